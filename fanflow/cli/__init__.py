@@ -1,0 +1,1 @@
+"""CLI layer: the ``fanflow`` command (typer)."""

@@ -1,0 +1,56 @@
+"""Loading workflow scripts for ``fanflow run``.
+
+A script is a Python file with a ``main`` function. ``main(argv)`` receives the
+arguments given after ``--`` (``main()`` with no parameter is fine too) and
+returns the sink node, or a list/tuple of sink nodes. The script's module is
+registered with cloudpickle to be pickled by value, so its tasks reach workers
+in other processes without the file being importable there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from fanflow.dag.node import Node
+from fanflow.errors import FanflowError
+
+
+class ScriptError(FanflowError):
+    """A workflow script could not be loaded or did not return nodes."""
+
+
+def load_module(path: str) -> Any:
+    file = Path(path)
+    if not file.is_file():
+        raise ScriptError(f"workflow script {path!r} does not exist")
+    name = f"fanflow_script_{file.stem}_{uuid.uuid4().hex[:6]}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ScriptError(f"cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+def load_sinks(path: str, argv: list[str]) -> tuple[list[Node], bool]:
+    """The sink nodes a script's ``main`` returns, and whether it returned a single node."""
+    module = load_module(path)
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise ScriptError(f"{path} must define main(argv) returning the sink node(s)")
+    takes_args = bool(inspect.signature(main).parameters)
+    result = main(argv) if takes_args else main()
+    if isinstance(result, Node):
+        return [result], True
+    if isinstance(result, (list, tuple)) and result and all(isinstance(n, Node) for n in result):
+        return list(result), False
+    raise ScriptError(f"{path}: main() must return a fanflow node or a list of nodes, got {type(result).__name__}")

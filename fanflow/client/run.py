@@ -1,0 +1,246 @@
+"""One run of a DAG, from the client's side: ship, start the roots, wait, fetch, clean up.
+
+The client is not a scheduler: it starts one worker per root and then only
+listens. It subscribes to the run's channel BEFORE starting the roots, so no
+completion message can be missed, and it also polls the run status and the
+sinks' output keys as a fallback. After it has the results (or the error), it
+deletes every key of the run, each one named from the DAG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fanflow.config import Config
+from fanflow.dag.encoding import encode
+from fanflow.dag.graph import DAG
+from fanflow.errors import (
+    ConfigError,
+    FanflowError,
+    RunCancelledError,
+    RunTimeoutError,
+    StoreError,
+    TaskFailedError,
+)
+from fanflow.platforms.base import Platform
+from fanflow.store import keys, open_store
+from fanflow.store.base import CANCELLED, FAILED, MISSING, RUNNING, Store
+from fanflow.worker import Invocation, WorkerSettings, sign
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25
+"""Fallback poll period of the status and result keys, in case a message is lost."""
+
+PROGRESS_AFTER_S = 1.0
+"""A progress bar appears only for runs that last longer than this."""
+
+_client_secret = secrets.token_hex(32)
+
+
+class Run:
+    """A single execution of ``dag`` under ``config`` on an acquired ``platform``."""
+
+    def __init__(self, dag: DAG, config: Config, platform: Platform) -> None:
+        self.dag = dag
+        self.config = config
+        self.platform = platform
+        self.store: Store = open_store(config.store)
+        if not platform.in_process and self.store.keeps_objects:
+            raise ConfigError(
+                f"platform {config.platform!r} runs workers outside this process, so it needs a shared "
+                "store: pass store='redis://host:port/0'"
+            )
+        self.run_id = dag.new_run_id()
+        self.secret = (config.secret or _client_secret).encode()
+        self.settings = WorkerSettings(
+            key_ttl_s=config.key_ttl_s,
+            lease_ms=config.lease_ms,
+            max_value_bytes=config.max_value_bytes,
+            default_memory_mb=config.memory_mb,
+            metrics_upload=config.metrics_upload,
+        )
+        self.encoded_size = 0
+        self.submitted_at = 0.0
+        self.finished_at = 0.0
+        self._status_key = keys.status(self.run_id)
+        self._sub: Any = None
+
+    # -- start -------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe, write the run state and the DAG, then invoke one worker per root."""
+        store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
+        self._sub = store.subscribe(keys.channel(run))
+        store.set_status(self._status_key, RUNNING, ttl)
+        dag_field: Any = self.dag
+        if not self.platform.in_process:
+            data = encode(self.dag)
+            self.encoded_size = len(data)
+            if len(data) <= self.config.inline_dag_max_bytes:
+                dag_field = data
+            else:
+                stored, _ = store.dumps(data)
+                store.put_many({keys.dag(run): stored}, ttl)
+                dag_field = None
+        base = Invocation(
+            run,
+            (),
+            self.config.memory_mb,
+            self.config.store,
+            self.platform.name,
+            self.platform.options,
+            self.settings,
+            dag_field,
+            0.0,
+            (store, self.platform) if self.platform.in_process else None,
+        )
+        self.submitted_at = now = time.time()
+        invs = [base.with_start((r,), self._memory_for(r), now) for r in self.dag.roots]
+        if self.platform.in_process:
+            self.platform.invoke(invs)
+        else:
+            self.platform.invoke([sign(i, self.secret) for i in invs])
+
+    def _memory_for(self, t: int) -> int:
+        planned = self.dag.annotations.get(t, {}).get("memory_mb")
+        return int(planned or self.dag.task(t).memory_mb or self.config.memory_mb)
+
+    # -- wait --------------------------------------------------------------------
+    def wait(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Block until every sink is done; raise the run's error, timeout or cancellation."""
+        sinks = set(self.dag.sinks)
+        done: set[int] = set()
+        deadline = None if self.config.timeout_s is None else self.submitted_at + self.config.timeout_s
+        next_poll = time.monotonic() + POLL_S
+        progress = _Progress(self) if self._progress_wanted() else None
+        try:
+            while done != sinks:
+                if cancelled():
+                    self._stop(CANCELLED)
+                    raise RunCancelledError(f"run {self.run_id} was cancelled")
+                if deadline is not None and time.time() > deadline:
+                    self._stop(CANCELLED)
+                    raise RunTimeoutError(f"run {self.run_id} did not finish within timeout_s={self.config.timeout_s}")
+                message = self._sub.get(timeout=0.05 if progress else POLL_S)
+                if message is not None:
+                    if message == b"failed":
+                        self._raise_failure()
+                    elif message.startswith(b"sink:"):
+                        done.add(int(message[5:]))
+                    continue
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + POLL_S
+                    done |= self._poll(sinks - done)
+                if progress:
+                    progress.update()
+        finally:
+            if progress:
+                progress.close()
+        self.finished_at = time.time()
+
+    def _poll(self, pending: set[int]) -> set[int]:
+        status = self.store.get_status(self._status_key)
+        if status == FAILED:
+            self._raise_failure()
+        order = sorted(pending)
+        values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
+        return {t for t, v in zip(order, values, strict=True) if v is not MISSING}
+
+    def _stop(self, status: str) -> None:
+        try:
+            self.store.set_status(self._status_key, status, self.config.key_ttl_s)
+        except FanflowError:
+            log.warning("could not mark run %s as %s", self.run_id, status)
+
+    def _raise_failure(self) -> None:
+        records = self.store.read_list(keys.errors(self.run_id))
+        if not records:
+            raise StoreError(f"run {self.run_id} failed but left no error record")
+        record = json.loads(records[0])
+        (exc_obj,), _ = self.store.get_many([keys.error_object(self.run_id)])
+        if isinstance(exc_obj, FanflowError) and not isinstance(exc_obj, TaskFailedError):
+            exc_obj.remote_traceback = record["traceback"]  # type: ignore[attr-defined]
+            raise exc_obj
+        err = TaskFailedError(
+            f"task {record['task']!r} failed on attempt {record['attempt']}: "
+            f"{record['exc_type'].rsplit('.', 1)[-1]}: {record['message']}",
+            task=record["task"],
+            run_id=self.run_id,
+            exc_type=record["exc_type"],
+            remote_traceback=record["traceback"],
+            attempt=record["attempt"],
+            worker_id=record["worker"],
+        )
+        raise err from (exc_obj if isinstance(exc_obj, BaseException) else None)
+
+    def _progress_wanted(self) -> bool:
+        if self.config.progress is not None:
+            return self.config.progress
+        return sys.stderr.isatty()
+
+    # -- finish ------------------------------------------------------------------
+    def results(self) -> tuple[Any, ...]:
+        order = self.dag.sinks
+        values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
+        for t, v in zip(order, values, strict=True):
+            if v is MISSING:
+                raise StoreError(
+                    f"run {self.run_id}: the output of sink {self.dag.name(t)!r} vanished before it was read"
+                )
+        return tuple(values)
+
+    def cleanup(self) -> None:
+        """Delete every key of the run (never the event stream), named from the DAG."""
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        try:
+            self.store.delete(list(keys.run_keys(self.run_id, self.dag.deps)))
+        except FanflowError:
+            log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
+
+
+class _Progress:
+    """A rich progress bar fed by counting ``task_finished`` events."""
+
+    def __init__(self, run: Run) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._run = run
+        self._stream = keys.events(run.run_id)
+        self._after = "0"
+        self._done = 0
+        self._bar: Any = None
+        self._columns = (
+            TextColumn(f"[bold]{run.dag.sink_name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        self._progress_cls = Progress
+        self._shown_task: Any = None
+
+    def update(self) -> None:
+        run = self._run
+        if self._bar is None:
+            if time.time() - run.submitted_at < PROGRESS_AFTER_S:
+                return
+            self._bar = self._progress_cls(*self._columns, transient=False)
+            self._bar.start()
+            self._shown_task = self._bar.add_task("run", total=len(run.dag))
+        events = run.store.read_events(self._stream, self._after)
+        if events:
+            self._after = events[-1][0]
+            self._done += sum(1 for _, e in events if e.get("kind") == "task_finished")
+            self._bar.update(self._shown_task, completed=self._done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._shown_task, completed=self._done)
+            self._bar.stop()

@@ -1,0 +1,255 @@
+"""Configuration: one frozen object, from keyword args, ``FANFLOW_*`` env vars or ``fanflow.toml``.
+
+Precedence when fanflow resolves the config for a run with none given:
+defaults < ``fanflow.toml`` in the working directory < ``FANFLOW_<KEY>`` env vars.
+An explicit :class:`Config` (or dict) passed to ``compute`` is used as it is.
+Unknown keys and bad values raise :class:`fanflow.ConfigError` naming the key,
+the value and what is accepted. Secrets and URL passwords are masked whenever
+the config is shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fanflow.errors import ConfigError
+
+STORE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster")
+METADATA_SCHEMES = ("sqlite", "redis", "rediss", "none")
+PLATFORMS = ("threads", "processes", "http", "ray", "lambda")
+PLANNERS = ("none", "wukong", "uniform", "critical-path")
+UPLOAD_STRATEGIES = ("shutdown", "task", "periodic", "buffer")
+TOML_NAME = "fanflow.toml"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str) or "://" not in value:
+            raise ConfigError(f"config {key}={value!r}: expected a URL such as '{schemes[0]}://...'")
+        scheme = value.split("://", 1)[0]
+        if scheme not in schemes:
+            raise ConfigError(
+                f"config {key}={mask_url(value)!r}: unknown scheme {scheme!r}; use one of {', '.join(schemes)}"
+            )
+        return value
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in options:
+            hint = difflib.get_close_matches(str(value), options, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"config {key}={value!r}: unknown value{extra}; use one of {', '.join(options)}")
+        return str(value)
+
+    return check
+
+
+def _number(kind: type, low: float, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if isinstance(value, str):
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ConfigError(f"config {key}={value!r}: expected a {kind.__name__}") from None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
+            raise ConfigError(f"config {key}={value!r}: expected a {kind.__name__} >= {low}")
+        if value < low:
+            raise ConfigError(f"config {key}={value!r}: must be >= {low}")
+        return kind(value)
+
+    return check
+
+
+def _flag(optional: bool) -> Callable[[str, Any], bool | None]:
+    def check(key: str, value: Any) -> bool | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"config {key}={value!r}: expected true or false")
+
+    return check
+
+
+def _text(optional: bool) -> Callable[[str, Any], str | None]:
+    def check(key: str, value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config {key}: expected a non-empty string")
+        return value
+
+    return check
+
+
+def _upload(key: str, value: Any) -> str:
+    """``shutdown`` | ``task`` | ``periodic:<seconds>`` | ``buffer:<items>``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"config {key}={value!r}: expected a string such as 'shutdown' or 'periodic:5'")
+    name, _, arg = value.partition(":")
+    if name not in UPLOAD_STRATEGIES:
+        raise ConfigError(f"config {key}={value!r}: use one of shutdown, task, periodic:<seconds>, buffer:<items>")
+    if name in ("periodic", "buffer"):
+        try:
+            ok = float(arg) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config {key}={value!r}: {name} needs a positive number, e.g. '{name}:5'")
+    elif arg:
+        raise ConfigError(f"config {key}={value!r}: {name} takes no argument")
+    return value
+
+
+def _field(default: Any, check: Callable[[str, Any], Any], doc: str, secret: bool = False) -> Any:
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "secret": secret})
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Config:
+    """Everything that selects where and how a DAG runs. All fields are optional."""
+
+    store: str = _field("memory://", _url(STORE_SCHEMES), "where outputs and run state live")
+    platform: str = _field("threads", _choice(PLATFORMS), "how workers are invoked")
+    metadata: str = _field("sqlite:///.fanflow/metadata.db", _url(METADATA_SCHEMES), "run history store")
+    planner: str = _field("wukong", _choice(PLANNERS), "how tasks get resources and placement")
+    secret: str | None = _field(None, _text(True), "HMAC key for payloads", secret=True)
+    max_workers: int | None = _field(None, _number(int, 1, optional=True), "concurrent workers (platform default)")
+    memory_mb: int = _field(1769, _number(int, 128), "default memory per worker, MB")
+    inline_dag_max_bytes: int = _field(256 * 1024, _number(int, 0), "ship the DAG inline below this size")
+    max_value_bytes: int = _field(256 * 1024 * 1024, _number(int, 1), "largest task output accepted")
+    key_ttl_s: int = _field(24 * 3600, _number(int, 1), "TTL of every store key a run writes")
+    lease_ms: int = _field(30_000, _number(int, 100), "fan-in claim lease, refreshed while a task runs")
+    timeout_s: float | None = _field(None, _number(float, 0.001, optional=True), "fail a run that takes longer")
+    progress: bool | None = _field(None, _flag(True), "progress bar: None = when attached to a terminal")
+    pool: str | None = _field(None, _text(True), "name of a shared worker pool to use instead of starting one")
+    idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
+    metrics_upload: str = _field("shutdown", _upload, "when workers upload metrics")
+    retention_runs: int = _field(1000, _number(int, 1), "runs kept in the metadata store")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+
+    # -- building -------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "arguments") -> Config:
+        """Build from a mapping, rejecting unknown keys with a suggestion."""
+        known = cls.keys()
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"unknown config key {key!r} in {source}{extra}; known keys: {', '.join(known)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The ``FANFLOW_<KEY>`` variables as a mapping (unknown ``FANFLOW_`` names are errors)."""
+        environ = os.environ if environ is None else environ
+        out: dict[str, str] = {}
+        known = cls.keys()
+        for name, value in environ.items():
+            if not name.startswith("FANFLOW_"):
+                continue
+            key = name[len("FANFLOW_") :].lower()
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                extra = f" (did you mean FANFLOW_{hint[0].upper()}?)" if hint else ""
+                raise ConfigError(f"unknown environment variable {name}{extra}")
+            out[key] = value
+        return out
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> dict[str, Any]:
+        """The keys of a ``fanflow.toml`` file (top level, or under ``[fanflow]``)."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return dict(data.get("fanflow", data))
+
+    @classmethod
+    def load(cls, cwd: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Defaults < ``fanflow.toml`` < env vars < ``overrides``."""
+        values: dict[str, Any] = {}
+        toml_path = Path(cwd or ".") / TOML_NAME
+        source = "arguments"
+        if toml_path.is_file():
+            values.update(cls.from_toml(toml_path))
+            source = f"{toml_path} or the environment"
+        values.update(cls.from_env(environ))
+        values.update(overrides)
+        return cls.from_mapping(values, source=source)
+
+    @classmethod
+    def resolve(cls, config: Config | Mapping[str, Any] | None = None, **overrides: Any) -> Config:
+        """The config to use for a run: given explicitly, or loaded from file and env."""
+        if config is None:
+            return cls.load(**overrides)
+        if isinstance(config, Config):
+            return config.replace(**overrides) if overrides else config
+        if isinstance(config, Mapping):
+            return cls.from_mapping({**config, **overrides})
+        raise ConfigError(f"config must be a fanflow.Config, a dict or None, got {type(config).__name__}")
+
+    def replace(self, **changes: Any) -> Config:
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Config.from_mapping({**base, **changes})
+
+    # -- showing --------------------------------------------------------------
+    def display(self) -> dict[str, Any]:
+        """The values with secrets and URL passwords masked: safe to print or log."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"] and value is not None:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[f.name] = value
+        return out
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.display().items())
+        return f"Config({body})"
+
+    def describe(self) -> dict[str, str]:
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(self)}

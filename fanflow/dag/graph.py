@@ -1,0 +1,219 @@
+"""The DAG: an immutable, column-oriented view of the graph reachable from sinks.
+
+Tasks are numbered in topological order (upstream before downstream), and every
+per-task fact is a column indexed by that number: which :class:`Task` runs it
+(``task_of``), its argument templates, its upstream ids (``deps``) and its
+downstream ids (``dependents``). The same columns come out of
+:meth:`DAG.from_sinks` on the client and out of decoding on a worker, so the
+worker loop never needs node objects.
+
+:class:`SubDAG` is the cheap view a worker uses: the tasks reachable downstream
+of its start tasks, computed lazily, never a copy of the columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from fanflow.dag.nested import map_nested
+from fanflow.dag.node import Node, Task, is_ref
+from fanflow.errors import DAGCycleError, DAGError
+
+
+class DAG:
+    """A full DAG. Build it with :meth:`from_sinks`; workers get it from decoding."""
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        task_of: list[int],
+        args: list[Any],
+        kwargs: list[Any],
+        deps: list[tuple[int, ...]],
+        sinks: tuple[int, ...],
+        nodes: list[Node] | None = None,
+        annotations: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
+        self.tasks = tasks
+        self.task_of = task_of
+        self.args = args
+        self.kwargs = kwargs
+        self.deps = deps
+        self.sinks = sinks
+        self.nodes = nodes
+        # Per-task plan decisions (resources, placement, optimizations), sparse.
+        self.annotations: dict[int, dict[str, Any]] = annotations or {}
+        dependents: list[list[int]] = [[] for _ in deps]
+        for i, ups in enumerate(deps):
+            for u in ups:
+                dependents[u].append(i)
+        self.dependents: list[tuple[int, ...]] = [tuple(d) for d in dependents]
+        self._sink_set = frozenset(sinks)
+
+    # -- building -------------------------------------------------------------
+    @classmethod
+    def from_sinks(cls, sinks: Sequence[Node]) -> DAG:
+        """Collect every node reachable from ``sinks`` and number them topologically.
+
+        Iterative, so a chain of any depth builds without touching the recursion
+        limit. Raises :class:`DAGCycleError` if the graph loops back on itself.
+        """
+        if not sinks:
+            raise DAGError("nothing to compute: pass at least one node")
+        for s in sinks:
+            if not isinstance(s, Node):
+                raise DAGError(f"expected fanflow nodes to compute, got {type(s).__name__}: {s!r:.80}")
+        order: dict[int, int] = {}  # id(node) -> topological index
+        nodes: list[Node] = []
+        on_path: set[int] = set()
+        for sink in sinks:
+            if id(sink) in order:
+                continue
+            stack: list[tuple[Node, int]] = [(sink, 0)]
+            on_path.add(id(sink))
+            while stack:
+                node, pos = stack[-1]
+                deps = node.deps
+                if pos < len(deps):
+                    stack[-1] = (node, pos + 1)
+                    up = deps[pos]
+                    key = id(up)
+                    if key in order:
+                        continue
+                    if key in on_path:
+                        raise DAGCycleError(
+                            f"task {up.task.name!r} depends on itself through {node.task.name!r}: "
+                            "the graph is not a DAG (was a node mutated after use?)"
+                        )
+                    on_path.add(key)
+                    stack.append((up, 0))
+                else:
+                    stack.pop()
+                    on_path.discard(id(node))
+                    order[id(node)] = len(nodes)
+                    nodes.append(node)
+        task_index: dict[int, int] = {}
+        tasks: list[Task] = []
+        task_of: list[int] = []
+        for node in nodes:
+            t = task_index.get(id(node.task))
+            if t is None:
+                t = task_index[id(node.task)] = len(tasks)
+                tasks.append(node.task)
+            task_of.append(t)
+        deps_ids = [tuple(order[id(u)] for u in n.deps) for n in nodes]
+        sink_ids = tuple(dict.fromkeys(order[id(s)] for s in sinks))
+        return cls(
+            tasks,
+            task_of,
+            [n._args for n in nodes],
+            [n._kwargs for n in nodes],
+            deps_ids,
+            sink_ids,
+            nodes=nodes,
+        )
+
+    # -- structure ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.deps)
+
+    def task(self, i: int) -> Task:
+        return self.tasks[self.task_of[i]]
+
+    def name(self, i: int) -> str:
+        """Readable task key: ``<task name>-<index>``."""
+        return f"{self.tasks[self.task_of[i]].name}-{i}"
+
+    def indegree(self, i: int) -> int:
+        return len(self.deps[i])
+
+    def is_sink(self, i: int) -> bool:
+        return i in self._sink_set
+
+    @cached_property
+    def roots(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.deps) if not d)
+
+    @property
+    def edges(self) -> Iterator[tuple[int, int]]:
+        for i, ups in enumerate(self.deps):
+            for u in ups:
+                yield (u, i)
+
+    @property
+    def sink_name(self) -> str:
+        return self.tasks[self.task_of[self.sinks[0]]].name
+
+    @cached_property
+    def signature(self) -> str:
+        """Hash of structure and task code; the same DAG built twice gets the same one.
+
+        Constant argument values are not part of it (only their types), so one
+        workflow run on different data keeps one signature and one history.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        codes = [t.code_hash for t in self.tasks]
+        for i, ups in enumerate(self.deps):
+            digest.update(f"{codes[self.task_of[i]]}|{ups}|{_shape(self.args[i])}|{_shape(self.kwargs[i])}\n".encode())
+        digest.update(repr(self.sinks).encode())
+        return digest.hexdigest()
+
+    def new_run_id(self) -> str:
+        """``<utc yyyymmddThhmmss>_<sink name>_<uuid8>_<signature8>``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        return f"{stamp}_{self.sink_name}_{uuid.uuid4().hex[:8]}_{self.signature[:8]}"
+
+    def subdag(self, start: Sequence[int]) -> SubDAG:
+        return SubDAG(self, tuple(start))
+
+
+def _shape(template: Any) -> str:
+    if template is None:
+        return "-"
+    return repr(
+        map_nested(
+            template,
+            lambda x: f"@{x.i}" if is_ref(x) else type(x).__name__,
+            lambda x: not isinstance(x, (list, tuple, dict)),
+        )
+    )
+
+
+class SubDAG:
+    """What a worker may run from ``start``: the tasks reachable downstream of it.
+
+    A view over the full DAG's columns; membership is computed on first use.
+    """
+
+    def __init__(self, dag: DAG, start: tuple[int, ...]) -> None:
+        for s in start:
+            if not 0 <= s < len(dag):
+                raise DAGError(f"start task {s} is not in the DAG ({len(dag)} tasks)")
+        self.dag = dag
+        self.start = start
+
+    @cached_property
+    def members(self) -> frozenset[int]:
+        seen = set(self.start)
+        stack = list(self.start)
+        dependents = self.dag.dependents
+        while stack:
+            for d in dependents[stack.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    stack.append(d)
+        return frozenset(seen)
+
+    def __contains__(self, i: object) -> bool:
+        return i in self.members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.members))

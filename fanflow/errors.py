@@ -1,0 +1,91 @@
+"""The one exception hierarchy of fanflow.
+
+Every error fanflow raises on purpose is a :class:`FanflowError`. Messages say
+what was wrong and what to do about it, and name the task when there is one.
+"""
+
+from __future__ import annotations
+
+
+class FanflowError(Exception):
+    """Root of every error raised by fanflow."""
+
+
+class ConfigError(FanflowError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class DAGError(FanflowError):
+    """The task graph is malformed."""
+
+
+class DAGCycleError(DAGError):
+    """The graph has a cycle, e.g. because a node was mutated after use."""
+
+
+class SerializationError(DAGError):
+    """A value could not be serialized for a platform that needs it."""
+
+
+class ValueTooLargeError(FanflowError):
+    """A task output is larger than ``max_value_bytes``."""
+
+
+class TaskFailedError(FanflowError):
+    """A task failed for good; the original exception is chained when known.
+
+    ``remote_traceback`` holds the traceback text as the worker saw it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str,
+        run_id: str,
+        exc_type: str = "",
+        remote_traceback: str = "",
+        attempt: int = 1,
+        worker_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.task = task
+        self.run_id = run_id
+        self.exc_type = exc_type
+        self.remote_traceback = remote_traceback
+        self.attempt = attempt
+        self.worker_id = worker_id
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class RunCancelledError(FanflowError):
+    """The run was cancelled before it finished."""
+
+
+class RunTimeoutError(FanflowError):
+    """The run did not finish within the configured timeout."""
+
+
+class StoreError(FanflowError):
+    """The store failed in a way that is not a plain connection loss."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached; the URL in the message has its password masked."""
+
+
+class PayloadRejectedError(FanflowError):
+    """An invocation payload is unsigned or its signature does not match."""
+
+
+class PlatformError(FanflowError):
+    """A platform could not start or invoke workers."""
+
+
+class NoRetry(Exception):  # noqa: N818 - a marker users raise, named for how it reads
+    """Raise (or subclass) this inside a task to fail at once, without retries."""

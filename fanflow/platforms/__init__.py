@@ -1,0 +1,49 @@
+"""Platform layer: invokers of workers, one module per platform behind :class:`Platform`.
+
+Each platform module provides two functions:
+
+- ``client_platform(config, handler)``: the platform a client runs on (it may
+  start resources, e.g. a pool of worker processes);
+- ``worker_platform(options, handler)``: the invoker a worker rebuilds from the
+  ``options`` shipped in its payload, to start further workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fanflow.errors import ConfigError
+from fanflow.platforms.base import Handler, Platform
+
+__all__ = ["Handler", "Platform", "client_platform", "worker_platform"]
+
+_MODULES = {
+    "threads": "fanflow.platforms.threads",
+    "processes": "fanflow.platforms.processes",
+    "http": "fanflow.platforms.http",
+    "ray": "fanflow.platforms.ray",
+    "lambda": "fanflow.platforms.aws_lambda",
+}
+
+
+def _module(name: str) -> Any:
+    path = _MODULES.get(name)
+    if path is None:
+        raise ConfigError(f"unknown platform {name!r}; use one of {', '.join(_MODULES)}")
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        if exc.name == path:
+            raise ConfigError(f"platform {name!r} is not available in this version of fanflow") from exc
+        raise ConfigError(
+            f"platform {name!r} needs the package {exc.name!r}: install it (see the README's extras)"
+        ) from exc
+
+
+def client_platform(config: Any, handler: Handler) -> Platform:
+    return _module(config.platform).client_platform(config, handler)  # type: ignore[no-any-return]
+
+
+def worker_platform(name: str, options: dict[str, Any], handler: Handler) -> Platform:
+    return _module(name).worker_platform(options, handler)  # type: ignore[no-any-return]

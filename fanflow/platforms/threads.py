@@ -1,0 +1,87 @@
+"""The ``threads`` platform: workers are threads of this process.
+
+A small pool of daemon threads takes invocation objects from one queue, so an
+invocation costs a queue put rather than a thread start. Threads are started on
+demand up to ``max_workers`` and stay for the life of the platform.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from fanflow.platforms.base import Handler
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+def default_max_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class ThreadsPlatform:
+    """Runs each invocation on one of up to ``max_workers`` threads."""
+
+    name = "threads"
+    in_process = True
+
+    def __init__(self, handler: Handler, max_workers: int | None = None) -> None:
+        self.options: dict[str, Any] = {}
+        self._handler = handler
+        self._max = max_workers or default_max_workers()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def invoke(self, invocations: Sequence[Any]) -> None:
+        put = self._queue.put
+        for inv in invocations:
+            put(inv)
+        with self._lock:
+            wanted = min(self._max - len(self._threads), len(invocations) - self._idle)
+            for _ in range(max(0, wanted)):
+                t = threading.Thread(target=self._serve, name=f"fanflow-worker-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _serve(self) -> None:
+        get = self._queue.get
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = get()
+            with self._lock:
+                self._idle -= 1
+            if item is _STOP:
+                return
+            try:
+                self._handler(item)
+            except BaseException:  # the handler reports task errors itself; this is a bug guard
+                log.exception("fanflow worker crashed outside of a task")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+
+
+def client_platform(config: Any, handler: Handler) -> ThreadsPlatform:
+    """The platform a client uses for ``platform="threads"``."""
+    return ThreadsPlatform(handler, config.max_workers)
+
+
+def worker_platform(options: dict[str, Any], handler: Handler) -> ThreadsPlatform:
+    """Threads workers get invocation objects, so they never rebuild a platform from a payload."""
+    raise NotImplementedError("the threads platform passes invocation objects, not payloads")

@@ -1,0 +1,47 @@
+"""Store layer: the :class:`Store` protocol, key names, and stores opened by URL."""
+
+from __future__ import annotations
+
+import threading
+
+from fanflow.errors import ConfigError
+from fanflow.store.base import CANCELLED, FAILED, MISSING, RUNNING, Claim, Store, Subscription
+
+__all__ = ["CANCELLED", "FAILED", "MISSING", "RUNNING", "Claim", "Store", "Subscription", "open_store"]
+
+_open: dict[str, Store] = {}
+_lock = threading.Lock()
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``, shared per process: ``memory://[name]``, ``redis://``, ``rediss://``."""
+    store = _open.get(url)
+    if store is not None:
+        return store
+    with _lock:
+        store = _open.get(url)
+        if store is None:
+            store = _new_store(url)
+            _open[url] = store
+    return store
+
+
+def _new_store(url: str) -> Store:
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
+        from fanflow.store.memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme in ("redis", "rediss", "redis+cluster"):
+        from fanflow.store import redis as redis_store
+
+        return redis_store.connect(url)
+    raise ConfigError(f"unknown store URL scheme {scheme!r}; use memory://, redis:// or rediss://")
+
+
+def forget_store(url: str) -> None:
+    """Close and drop the shared store for ``url`` (a new one opens on next use)."""
+    with _lock:
+        store = _open.pop(url, None)
+    if store is not None:
+        store.close()

@@ -1,0 +1,126 @@
+"""The :class:`Store` protocol: what the worker loop and the client need of a store.
+
+Every method that touches several keys does it in one round trip. A store
+implementation is one module behind this protocol (``memory``, ``redis``), opened
+from its URL by :func:`fanflow.store.open_store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""Returned by :meth:`Store.get_many` for a key that does not exist."""
+
+RUNNING = "running"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Tell dependent task ``task`` that upstream ``member`` is done, and try to claim it.
+
+    The claim succeeds exactly once per task, for the caller whose notification
+    completes the dependency set (``indegree`` distinct members). Repeated
+    notifications from a re-run upstream are idempotent.
+    """
+
+    deps_key: str
+    claim_key: str
+    member: int
+    indegree: int
+
+
+class Subscription(Protocol):
+    def get(self, timeout: float) -> bytes | None:
+        """The next message, or None after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Outputs, fan-in state, errors, events and messages of runs."""
+
+    url: str
+    keeps_objects: bool
+    """True when values are kept as Python objects (no serialization): in-process only."""
+
+    def get_many(self, keys: Sequence[str]) -> tuple[list[Any], list[int]]:
+        """Values (``MISSING`` where absent) and their stored sizes in bytes, in one round trip."""
+        ...
+
+    def dumps(self, value: Any) -> tuple[Any, int]:
+        """The form ``value`` is stored in, and its size in bytes.
+
+        Raises :class:`fanflow.SerializationError` when it cannot be stored. Values
+        given to :meth:`put_many` and :meth:`finish` are in this form.
+        """
+        ...
+
+    def put_many(self, items: Mapping[str, Any], ttl_s: int) -> None:
+        """Store dumped values with a TTL in one round trip."""
+        ...
+
+    def finish(
+        self,
+        puts: Mapping[str, Any],
+        claims: Sequence[Claim],
+        owner: str,
+        ttl_s: int,
+        lease_ms: int,
+        publish: Sequence[tuple[str, bytes]] = (),
+    ) -> list[bool]:
+        """Store dumped outputs, notify dependents and publish, all in one round trip.
+
+        Returns, per claim, whether ``owner`` now holds it.
+        """
+        ...
+
+    def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
+        """Extend the lease of claims ``owner`` holds (a heartbeat)."""
+        ...
+
+    def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
+        """Atomically append an error record and set the run status to failed, then publish."""
+        ...
+
+    def set_status(self, status_key: str, status: str, ttl_s: int) -> None: ...
+
+    def get_status(self, status_key: str) -> str | None: ...
+
+    def read_list(self, key: str) -> list[bytes]: ...
+
+    def publish(self, channel: str, message: bytes) -> None: ...
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Start listening on ``channel``; messages published after this returns are kept."""
+        ...
+
+    def append_events(self, stream: str, events: Sequence[Mapping[str, Any]], ttl_s: int) -> None:
+        """Add events to a stream in one round trip."""
+        ...
+
+    def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Events after id ``after``, oldest first, as ``(id, fields)``."""
+        ...
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """Delete exactly these keys; returns how many existed."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,88 @@
+"""Worker layer: :func:`handle`, the single entry point every platform calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from fanflow.dag.encoding import decode
+from fanflow.dag.graph import DAG
+from fanflow.errors import DAGError
+from fanflow.platforms import worker_platform
+from fanflow.store import keys, open_store
+from fanflow.store.base import MISSING
+from fanflow.worker.invocation import Invocation, WorkerSettings, sign, verify
+from fanflow.worker.loop import Worker
+
+__all__ = ["Invocation", "Worker", "WorkerSettings", "handle", "sign"]
+
+log = logging.getLogger(__name__)
+
+_DAG_CACHE_SIZE = 16
+_dags: OrderedDict[str, DAG] = OrderedDict()
+_dags_lock = threading.Lock()
+_cold = True
+
+
+def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[str, Any]:
+    """Run one worker invocation to its end and return a short report.
+
+    ``payload`` is signed bytes (every out-of-process platform) or, inside the
+    client's own process, an :class:`Invocation` object. Bytes are verified with
+    ``secret`` (default: the ``FANFLOW_SECRET`` env var) before anything is
+    unpickled; a bad signature raises :class:`fanflow.PayloadRejectedError`.
+    Task failures never raise here: they are recorded in the store for the client.
+    """
+    global _cold
+    cold, _cold = _cold, False
+    if isinstance(payload, Invocation):
+        inv = payload
+        store, platform = inv.runtime
+    else:
+        if secret is None:
+            env = os.environ.get("FANFLOW_SECRET")
+            secret = env.encode() if env else None
+        inv = verify(bytes(payload), secret)
+        store = open_store(inv.store_url)
+        platform = worker_platform(inv.platform, inv.platform_options, handle)
+    dag = _dag_for(inv, store)
+    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold)
+    try:
+        worker.run()
+    except Exception as exc:
+        log.debug("worker %s failed outside a task", worker.id, exc_info=True)
+        worker.fail_outside_task(exc)
+    return {
+        "worker": worker.id,
+        "run_id": inv.run_id,
+        "tasks": worker.tasks_run,
+        "cold": cold,
+        "latency_s": max(0.0, worker.started_at - inv.invoked_at) if inv.invoked_at else 0.0,
+        "finished_at": time.time(),
+    }
+
+
+def _dag_for(inv: Invocation, store: Any) -> DAG:
+    """The run's DAG: the object itself in-process, else decoded once per run and cached."""
+    if isinstance(inv.dag, DAG):
+        return inv.dag
+    with _dags_lock:
+        dag = _dags.get(inv.run_id)
+        if dag is not None:
+            _dags.move_to_end(inv.run_id)
+            return dag
+    data = inv.dag
+    if data is None:
+        (data,), _ = store.get_many([keys.dag(inv.run_id)])
+        if data is MISSING:
+            raise DAGError(f"run {inv.run_id}: its DAG is not in the store (the run ended or expired)")
+    dag = decode(data)
+    with _dags_lock:
+        _dags[inv.run_id] = dag
+        while len(_dags) > _DAG_CACHE_SIZE:
+            _dags.popitem(last=False)
+    return dag

@@ -1,0 +1,333 @@
+"""THE worker loop: the one scheduler of fanflow, run by every platform.
+
+There is no central scheduler. A worker is started with a few *start tasks*
+whose claims it already holds, and for each task it runs four small steps:
+
+1. **inputs** (:meth:`Worker._inputs`): every upstream value comes from the
+   worker's local cache when this worker produced it, otherwise all missing
+   ones are fetched in ONE store round trip.
+2. **execute** (:meth:`Worker._execute`): call the function with the upstream
+   values substituted into its argument template; retry with exponential
+   backoff and jitter on the exceptions the task allows (never on ``NoRetry``).
+3. **output + notify** (:meth:`Worker._finish`): store the output and tell each
+   dependent "this upstream is done" in ONE round trip. Telling is the fan-in
+   claim: the store adds this task to the dependent's set of finished upstreams
+   and, when the set is complete, grants the claim to exactly one caller. A
+   re-run upstream adds itself again, which changes nothing, so a dependent is
+   never triggered twice.
+4. **continue** (:meth:`Worker._continue`): of the dependents this worker just
+   claimed, it keeps one to run next, the one with most inputs already in its
+   cache, and starts a new worker on the platform for each of the others (one
+   worker per fan-out branch, as in WUKONG). Nothing claimed: the worker exits.
+
+State of a worker, all local to it:
+
+- ``cache``: outputs this worker produced, by task id. An entry is dropped once
+  every dependent of that task has run here; others may still need it locally.
+- ``events``: a buffer of timestamped events, flushed to the run's event stream
+  at most every ``EVENT_FLUSH_S`` and when the worker exits.
+
+A task that fails for good writes its error record and the run status in one
+atomic step and publishes it; workers then stop at their next status check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from fanflow.dag.graph import DAG
+from fanflow.dag.node import substitute
+from fanflow.errors import FanflowError, NoRetry, ValueTooLargeError
+from fanflow.platforms.base import Platform
+from fanflow.store import keys
+from fanflow.store.base import MISSING, RUNNING, Claim, Store
+from fanflow.worker.invocation import Invocation, sign
+
+log = logging.getLogger(__name__)
+
+EVENT_FLUSH_S = 0.1
+"""Most time a worker's events wait before they reach the stream."""
+
+STATUS_CHECK_S = 0.2
+"""How often a worker on a remote store asks whether its run was stopped."""
+
+
+class InputLostError(FanflowError):
+    """An upstream output the task needs is not in the store."""
+
+
+class _Stop(Exception):  # noqa: N818 - internal control flow, never escapes the loop
+    """The run was failed or cancelled elsewhere; this worker exits quietly."""
+
+
+class Worker:
+    """One invocation: runs its start tasks and the chain of tasks it claims."""
+
+    def __init__(
+        self,
+        inv: Invocation,
+        store: Store,
+        platform: Platform,
+        dag: DAG,
+        *,
+        secret: bytes | None = None,
+        cold: bool = False,
+    ) -> None:
+        self.inv = inv
+        self.store = store
+        self.platform = platform
+        self.dag = dag
+        self.secret = secret
+        self.id = f"{socket.gethostname()[:16]}-{uuid.uuid4().hex[:8]}"
+        self.run_id = inv.run_id
+        self.settings = inv.settings
+        self.cache: dict[int, Any] = {}
+        self.events: list[dict[str, Any]] = []
+        self.tasks_run = 0
+        self.cold = cold
+        self._ran_here: set[int] = set()
+        self._current = -1
+        self._status_key = keys.status(inv.run_id)
+        self._remote = not store.keeps_objects
+        now = time.time()
+        self._last_flush = now
+        self._next_status_check = now + STATUS_CHECK_S
+        self.started_at = now
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self) -> None:
+        """Run the start tasks and everything this worker claims after them."""
+        self._emit(
+            "worker_started",
+            -1,
+            cold=self.cold,
+            memory_mb=self.inv.memory_mb,
+            latency_s=max(0.0, self.started_at - self.inv.invoked_at) if self.inv.invoked_at else 0.0,
+        )
+        ready = deque(self.inv.start)
+        try:
+            while ready:
+                self._check_running()
+                task = ready.popleft()
+                claimed = self._run_task(task)
+                if claimed:
+                    ready.extend(self._continue(claimed))
+        except _Stop:
+            pass
+        finally:
+            self._emit("worker_stopped", -1, tasks=self.tasks_run)
+            self._flush_events()
+
+    def _run_task(self, t: int) -> list[int]:
+        dag = self.dag
+        self._current = t
+        started = time.time()
+        self._emit("task_started", t, t_=started)
+        values, in_bytes, fetch_s = self._inputs(t)
+        value, attempt, exec_s = self._execute(t, values)
+        if value is _FAILED:
+            raise _Stop
+        claimed, out_bytes, store_s = self._finish(t, value)
+        self.tasks_run += 1
+        self._ran_here.add(t)
+        self._release_inputs(t)
+        if dag.dependents[t]:
+            self.cache[t] = value
+        self._emit(
+            "task_finished",
+            t,
+            attempt=attempt,
+            exec_s=exec_s,
+            fetch_s=fetch_s,
+            store_s=store_s,
+            in_bytes=in_bytes,
+            out_bytes=out_bytes,
+            memory_mb=self.inv.memory_mb,
+        )
+        now = time.time()
+        if now - self._last_flush >= EVENT_FLUSH_S:
+            self._flush_events()
+        return claimed
+
+    # -- 1. inputs ------------------------------------------------------------------
+    def _inputs(self, t: int) -> tuple[list[Any], list[int | None], float]:
+        """Upstream values in dependency order; sizes are None for local (cached) inputs."""
+        ups = self.dag.deps[t]
+        if not ups:
+            return [], [], 0.0
+        cache = self.cache
+        values = [cache.get(u, MISSING) for u in ups]
+        sizes: list[int | None] = [None] * len(ups)
+        missing = [i for i, v in enumerate(values) if v is MISSING]
+        if not missing:
+            return values, sizes, 0.0
+        began = time.perf_counter()
+        fetched, fetched_sizes = self.store.get_many([keys.output(self.run_id, ups[i]) for i in missing])
+        elapsed = time.perf_counter() - began
+        for i, v, n in zip(missing, fetched, fetched_sizes, strict=True):
+            if v is MISSING:
+                raise InputLostError(
+                    f"task {self.dag.name(t)!r}: its input {self.dag.name(ups[i])!r} is not in the store "
+                    "(expired or lost); raise key_ttl_s if runs outlive it"
+                )
+            values[i] = v
+            sizes[i] = n
+        return values, sizes, elapsed
+
+    # -- 2. execute -----------------------------------------------------------------
+    def _execute(self, t: int, values: list[Any]) -> tuple[Any, int, float]:
+        dag = self.dag
+        task = dag.task(t)
+        func = task.func
+        targs, tkwargs = dag.args[t], dag.kwargs[t]
+        attempt = 0
+        while True:
+            attempt += 1
+            began = time.perf_counter()
+            try:
+                if targs is None:
+                    value = func(*values)
+                else:
+                    args = substitute(targs, values)
+                    value = func(*args, **substitute(tkwargs, values)) if tkwargs else func(*args)
+                return value, attempt, time.perf_counter() - began
+            except Exception as exc:
+                if isinstance(exc, NoRetry) or not isinstance(exc, task.retry_on) or attempt > task.retries:
+                    self._fail(t, exc, attempt)
+                    return _FAILED, attempt, time.perf_counter() - began
+                delay = task.retry_backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                self._emit("task_retry", t, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+                time.sleep(delay)
+
+    # -- 3. output + notify -----------------------------------------------------------------
+    def _finish(self, t: int, value: Any) -> tuple[list[int], int, float]:
+        dag, store, run = self.dag, self.store, self.run_id
+        dependents = dag.dependents[t]
+        stored, size = self._dump(t, value)
+        puts = {keys.output(run, t): stored}
+        claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
+        publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
+        began = time.perf_counter()
+        won = store.finish(puts, claims, self.id, self.settings.key_ttl_s, self.settings.lease_ms, publish)
+        elapsed = time.perf_counter() - began
+        return [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed
+
+    def _dump(self, t: int, value: Any) -> tuple[Any, int]:
+        try:
+            stored, size = self.store.dumps(value)
+        except FanflowError as exc:
+            raise type(exc)(f"task {self.dag.name(t)!r}: its output cannot be stored: {exc}") from exc
+        if self._remote and size > self.settings.max_value_bytes:
+            raise ValueTooLargeError(
+                f"task {self.dag.name(t)!r}: output is {size:,} bytes, more than max_value_bytes="
+                f"{self.settings.max_value_bytes:,}; split the work into smaller tasks or raise the limit"
+            )
+        return stored, size
+
+    def _release_inputs(self, t: int) -> None:
+        dependents, cache, ran = self.dag.dependents, self.cache, self._ran_here
+        for u in self.dag.deps[t]:
+            if u in cache and all(d in ran for d in dependents[u]):
+                del cache[u]
+
+    # -- 4. continue -----------------------------------------------------------------
+    def _continue(self, claimed: list[int]) -> list[int]:
+        """Keep the claimed task with most cached inputs; start a worker for each other one."""
+        if len(claimed) == 1:
+            return claimed
+        deps, cache = self.dag.deps, self.cache
+        here = max(claimed, key=lambda d: sum(u in cache for u in deps[d]))
+        self._invoke([d for d in claimed if d != here])
+        return [here]
+
+    def _invoke(self, tasks: Sequence[int]) -> None:
+        now = time.time()
+        memory = self.inv.memory_mb
+        invs = [self.inv.with_start((d,), self._memory_for(d, memory), now) for d in tasks]
+        if self.platform.in_process:
+            self.platform.invoke(invs)
+            return
+        if self.secret is None:
+            raise FanflowError("a worker without a secret cannot invoke other workers")
+        self.platform.invoke([sign(i, self.secret) for i in invs])
+
+    def _memory_for(self, t: int, fallback: int) -> int:
+        planned = self.dag.annotations.get(t, {}).get("memory_mb")
+        if planned:
+            return int(planned)
+        return self.dag.task(t).memory_mb or fallback
+
+    # -- run state -----------------------------------------------------------------
+    def _check_running(self) -> None:
+        if self._remote:
+            now = time.time()
+            if now < self._next_status_check:
+                return
+            self._next_status_check = now + STATUS_CHECK_S
+        status = self.store.get_status(self._status_key)
+        if status is not None and status != RUNNING:
+            raise _Stop
+
+    def _fail(self, t: int, exc: BaseException, attempt: int) -> None:
+        """Record a failure for good: error record + run status, atomically, then publish."""
+        run = self.run_id
+        name = self.dag.name(t) if t >= 0 else "<worker>"
+        record = {
+            "run_id": run,
+            "task": name,
+            "task_id": t,
+            "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+            "worker": self.id,
+            "attempt": attempt,
+            "time": time.time(),
+        }
+        self._emit("task_failed", t, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+        try:
+            stored, _ = self.store.dumps(exc)
+            self.store.put_many({keys.error_object(run): stored}, self.settings.key_ttl_s)
+        except Exception:  # the record below still carries the type, message and traceback
+            log.debug("could not store the exception object of %s", name, exc_info=True)
+        self.store.fail_run(
+            self._status_key,
+            keys.errors(run),
+            json.dumps(record).encode(),
+            self.settings.key_ttl_s,
+            keys.channel(run),
+        )
+
+    def fail_outside_task(self, exc: BaseException) -> None:
+        """A failure of the worker itself (store, serialization, lost input) fails the run."""
+        self._fail(self._current, exc, 1)
+        self._flush_events()
+
+    # -- events -----------------------------------------------------------------
+    def _emit(self, kind: str, task: int, t_: float | None = None, **fields: Any) -> None:
+        fields["kind"] = kind
+        fields["task"] = task
+        fields["worker"] = self.id
+        fields["t"] = time.time() if t_ is None else t_
+        self.events.append(fields)
+
+    def _flush_events(self) -> None:
+        if not self.events:
+            return
+        batch, self.events = self.events, []
+        self._last_flush = time.time()
+        try:
+            self.store.append_events(keys.events(self.run_id), batch, self.settings.key_ttl_s)
+        except Exception:  # events are observability; losing a batch must not fail the run
+            log.warning("could not write %d events of run %s", len(batch), self.run_id, exc_info=True)
+
+
+_FAILED = object()
