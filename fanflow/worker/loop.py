@@ -24,8 +24,11 @@ State of a worker, all local to it:
 
 - ``cache``: outputs this worker produced, by task id. An entry is dropped once
   every dependent of that task has run here; others may still need it locally.
-- ``events``: a buffer of timestamped events, flushed to the run's event stream
-  at most every ``EVENT_FLUSH_S`` and when the worker exits.
+- ``events``: a buffer of timestamped events (the run's metrics are derived
+  from them), written to the run's event stream in batches as the
+  ``metrics_upload`` strategy says: at worker exit (``shutdown``), after each
+  task (``task``), every X seconds (``periodic:X``) or when X events wait
+  (``buffer:X``). Every strategy also writes at exit.
 
 A task that fails for good writes its error record and the run status in one
 atomic step and publishes it; workers then stop at their next status check.
@@ -54,8 +57,6 @@ from fanflow.worker.invocation import Invocation, sign
 
 log = logging.getLogger(__name__)
 
-EVENT_FLUSH_S = 0.1
-"""Most time a worker's events wait before they reach the stream."""
 
 STATUS_CHECK_S = 0.2
 """How often a worker on a remote store asks whether its run was stopped."""
@@ -100,6 +101,9 @@ class Worker:
         self._remote = not store.keeps_objects
         now = time.time()
         self._last_flush = now
+        strategy, _, arg = inv.settings.metrics_upload.partition(":")
+        self._flush_every_s = float(arg) if strategy == "periodic" else None
+        self._flush_at_len = 1 if strategy == "task" else int(float(arg)) if strategy == "buffer" else None
         self._next_status_check = now + STATUS_CHECK_S
         self.started_at = now
 
@@ -153,8 +157,9 @@ class Worker:
             out_bytes=out_bytes,
             memory_mb=self.inv.memory_mb,
         )
-        now = time.time()
-        if now - self._last_flush >= EVENT_FLUSH_S:
+        if (self._flush_at_len is not None and len(self.events) >= self._flush_at_len) or (
+            self._flush_every_s is not None and time.time() - self._last_flush >= self._flush_every_s
+        ):
             self._flush_events()
         return claimed
 
