@@ -23,6 +23,7 @@ from fanflow.errors import ConfigError
 
 STORE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster")
 METADATA_SCHEMES = ("sqlite", "redis", "rediss", "none")
+"""``none`` (also accepted bare, without ``://``) turns history recording off."""
 PLATFORMS = ("threads", "processes", "http", "ray", "lambda")
 PLANNERS = ("none", "wukong", "uniform", "critical-path")
 UPLOAD_STRATEGIES = ("shutdown", "task", "periodic", "buffer")
@@ -46,6 +47,8 @@ def mask_url(url: str) -> str:
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
+        if value == "none" and "none" in schemes:
+            return value
         if not isinstance(value, str) or "://" not in value:
             raise ConfigError(f"config {key}={value!r}: expected a URL such as '{schemes[0]}://...'")
         scheme = value.split("://", 1)[0]
@@ -163,6 +166,11 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+        if self.platform != "threads" and self.store.startswith("memory://"):
+            raise ConfigError(
+                f"platform {self.platform!r} runs workers outside this process, so it needs a shared "
+                "store: pass store='redis://host:port/0'"
+            )
 
     # -- building -------------------------------------------------------------
     @classmethod

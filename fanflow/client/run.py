@@ -21,7 +21,6 @@ from fanflow.config import Config
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.errors import (
-    ConfigError,
     FanflowError,
     RunCancelledError,
     RunTimeoutError,
@@ -52,11 +51,6 @@ class Run:
         self.config = config
         self.platform = platform
         self.store: Store = open_store(config.store)
-        if not platform.in_process and self.store.keeps_objects:
-            raise ConfigError(
-                f"platform {config.platform!r} runs workers outside this process, so it needs a shared "
-                "store: pass store='redis://host:port/0'"
-            )
         self.run_id = dag.new_run_id()
         self.secret = (config.secret or _client_secret).encode()
         self.settings = WorkerSettings(

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from fanflow.dag.nested import map_nested
-from fanflow.dag.node import Node, Task, is_ref
+from fanflow.dag.node import Node, Ref, Task, is_ref
 from fanflow.errors import DAGCycleError, DAGError
 
 
@@ -156,11 +156,11 @@ class DAG:
         Constant argument values are not part of it (only their types), so one
         workflow run on different data keeps one signature and one history.
         """
-        digest = hashlib.blake2b(digest_size=16)
         codes = [t.code_hash for t in self.tasks]
-        for i, ups in enumerate(self.deps):
-            digest.update(f"{codes[self.task_of[i]]}|{ups}|{_shape(self.args[i])}|{_shape(self.kwargs[i])}\n".encode())
-        digest.update(repr(self.sinks).encode())
+        task_of, args, kwargs = self.task_of, self.args, self.kwargs
+        lines = [f"{codes[task_of[i]]}|{ups}|{_shape(args[i])}|{_shape(kwargs[i])}" for i, ups in enumerate(self.deps)]
+        lines.append(repr(self.sinks))
+        digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=16)
         return digest.hexdigest()
 
     def new_run_id(self) -> str:
@@ -175,6 +175,8 @@ class DAG:
 def _shape(template: Any) -> str:
     if template is None:
         return "-"
+    if type(template) is tuple and not any(isinstance(x, (list, tuple, dict, Ref)) for x in template):
+        return ",".join(type(x).__name__ for x in template)
     return repr(
         map_nested(
             template,

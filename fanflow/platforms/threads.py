@@ -1,8 +1,8 @@
 """The ``threads`` platform: workers are threads of this process.
 
 A small pool of daemon threads takes invocation objects from one queue, so an
-invocation costs a queue put rather than a thread start. Threads are started on
-demand up to ``max_workers`` and stay for the life of the platform.
+invocation costs a queue put rather than a thread start. Threads are started as
+invocations arrive, up to ``max_workers``, and stay for the life of the platform.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class ThreadsPlatform:
         self._max = max_workers or default_max_workers()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -44,9 +43,10 @@ class ThreadsPlatform:
         put = self._queue.put
         for inv in invocations:
             put(inv)
+        if len(self._threads) >= self._max:
+            return
         with self._lock:
-            wanted = min(self._max - len(self._threads), len(invocations) - self._idle)
-            for _ in range(max(0, wanted)):
+            for _ in range(min(self._max - len(self._threads), len(invocations))):
                 t = threading.Thread(target=self._serve, name=f"fanflow-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 t.start()
@@ -54,11 +54,7 @@ class ThreadsPlatform:
     def _serve(self) -> None:
         get = self._queue.get
         while True:
-            with self._lock:
-                self._idle += 1
             item = get()
-            with self._lock:
-                self._idle -= 1
             if item is _STOP:
                 return
             try:

@@ -8,8 +8,7 @@ from its URL by :func:`fanflow.store.open_store`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class _Missing:
@@ -30,8 +29,7 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """Tell dependent task ``task`` that upstream ``member`` is done, and try to claim it.
 
     The claim succeeds exactly once per task, for the caller whose notification

@@ -1,37 +1,72 @@
 """The in-process store of the embedded default.
 
 Values are kept as the Python objects the tasks returned: no pickling, so the
-embedded path stays as fast as a thread hand-off. One lock guards the fan-in
-state; plain reads and writes of the value dict rely on dict operations being
-atomic. Every ``memory://<name>`` URL names one store per process, so the
-client and the worker threads of a run share it.
+embedded path costs a dict write rather than a serialization. Like Redis, one
+keyspace holds every kind of entry (values, fan-in sets, claims, lists,
+streams), so deleting a run's keys is one pop per key. One lock guards the
+compound fan-in step; plain reads and writes rely on dict operations being
+atomic. Every ``memory://<name>`` URL names one store per process, so the client
+and the worker threads of a run share it.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fanflow.store.base import FAILED, MISSING, Claim
 
 _SWEEP_EVERY_S = 30.0
+_FIXED_SIZE = (int, float, bool, type(None), complex)
 
 
 def sizeof(value: Any) -> int:
     """Bytes a value would take in a store: exact for buffers, a shallow estimate otherwise."""
+    kind = type(value)
+    if kind in _FIXED_SIZE:
+        return sys.getsizeof(value)
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if kind is str:
+        return len(value.encode("utf-8", "surrogatepass"))
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value)
-    if isinstance(value, str):
-        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, memoryview):
+        return value.nbytes
     return sys.getsizeof(value)
+
+
+class _Members(set[int]):
+    """A fan-in set: the upstream tasks that reported done."""
+
+
+class _Lease:
+    __slots__ = ("deadline", "owner")
+
+    def __init__(self, owner: str, deadline: float) -> None:
+        self.owner = owner
+        self.deadline = deadline
+
+
+class _List(list[bytes]):
+    """An append-only list (error records)."""
+
+
+class _Stream:
+    """Event batches with increasing sequence numbers (ids ``<seq>-0``)."""
+
+    __slots__ = ("batches", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.batches: list[list[dict[str, Any]]] = []
 
 
 class _Subscription:
@@ -57,28 +92,24 @@ class MemoryStore:
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._values: dict[str, Any] = {}
-        self._sets: dict[str, set[int]] = {}
-        self._claims: dict[str, tuple[str, float]] = {}
-        self._lists: dict[str, list[bytes]] = {}
-        self._streams: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._data: dict[str, Any] = {}
         self._expiry: dict[str, float] = {}
         self._subs: dict[str, list[_Subscription]] = {}
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
 
     # -- values -----------------------------------------------------------------
-    def get_many(self, keys: Sequence[str]) -> tuple[list[Any], list[int]]:
-        values = self._values
-        got = [values.get(k, MISSING) for k in keys]
-        return got, [0 if v is MISSING else sizeof(v) for v in got]
-
     def dumps(self, value: Any) -> tuple[Any, int]:
         return value, sizeof(value)
 
+    def get_many(self, keys: Sequence[str]) -> tuple[list[Any], list[int]]:
+        data = self._data
+        got = [data.get(k, MISSING) for k in keys]
+        return got, [0 if v is MISSING else sizeof(v) for v in got]
+
     def put_many(self, items: Mapping[str, Any], ttl_s: int) -> None:
-        self._values.update(items)
+        self._data.update(items)
         self._expire_later(items, ttl_s)
 
     def finish(
@@ -95,45 +126,51 @@ class MemoryStore:
         won: list[bool] = []
         if claims:
             deadline = time.monotonic() + lease_ms / 1000
+            data = self._data
             with self._lock:
-                sets, held = self._sets, self._claims
                 for c in claims:
-                    members = sets.get(c.deps_key)
+                    members = data.get(c.deps_key)
                     if members is None:
-                        members = sets[c.deps_key] = set()
+                        members = data[c.deps_key] = _Members()
                     members.add(c.member)
-                    ok = len(members) >= c.indegree and c.claim_key not in held
+                    ok = len(members) >= c.indegree and c.claim_key not in data
                     if ok:
-                        held[c.claim_key] = (owner, deadline)
+                        data[c.claim_key] = _Lease(owner, deadline)
                     won.append(ok)
+            self._expire_later([k for c in claims for k in (c.deps_key, c.claim_key)], ttl_s)
         for channel, message in publish:
             self.publish(channel, message)
         return won
 
     def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
         deadline = time.monotonic() + lease_ms / 1000
-        with self._lock:
-            for key in claim_keys:
-                if self._claims.get(key, ("",))[0] == owner:
-                    self._claims[key] = (owner, deadline)
+        for key in claim_keys:
+            lease = self._data.get(key)
+            if isinstance(lease, _Lease) and lease.owner == owner:
+                lease.deadline = deadline
 
     # -- run state ----------------------------------------------------------------
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
         with self._lock:
-            self._lists.setdefault(errors_key, []).append(record)
-            self._values[status_key] = FAILED
+            records = self._data.get(errors_key)
+            if not isinstance(records, _List):
+                records = self._data[errors_key] = _List()
+            records.append(record)
+            self._data[status_key] = FAILED
+        self._expire_later((status_key, errors_key), ttl_s)
         self.publish(channel, b"failed")
 
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
-        self._values[status_key] = status
+        self._data[status_key] = status
         self._expire_later((status_key,), ttl_s)
 
     def get_status(self, status_key: str) -> str | None:
-        value = self._values.get(status_key)
+        value = self._data.get(status_key)
         return value if isinstance(value, str) else None
 
     def read_list(self, key: str) -> list[bytes]:
-        return list(self._lists.get(key, ()))
+        value = self._data.get(key)
+        return list(value) if isinstance(value, _List) else []
 
     # -- messages -------------------------------------------------------------------
     def publish(self, channel: str, message: bytes) -> None:
@@ -155,29 +192,39 @@ class MemoryStore:
                 self._subs.pop(channel, None)
 
     def append_events(self, stream: str, events: Sequence[Mapping[str, Any]], ttl_s: int) -> None:
+        # The batch is kept as the worker built it (no copy): it is never mutated after a flush.
         with self._lock:
-            entries = self._streams.setdefault(stream, [])
-            entries.extend((f"{next(self._ids)}-0", dict(e)) for e in events)
+            entry = self._data.get(stream)
+            if not isinstance(entry, _Stream):
+                entry = self._data[stream] = _Stream()
+            entry.seqs.append(next(self._seq))
+            entry.batches.append(events)  # type: ignore[arg-type]
+        self._expire_later((stream,), ttl_s)
 
     def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
-        after_n = int(after.split("-", 1)[0])
-        entries = self._streams.get(stream, [])
-        out = [e for e in entries if int(e[0].split("-", 1)[0]) > after_n]
+        entry = self._data.get(stream)
+        if not isinstance(entry, _Stream):
+            return []
+        start = bisect.bisect_right(entry.seqs, int(after.split("-", 1)[0]))
+        out = [
+            (f"{seq}-0", event)
+            for seq, batch in zip(entry.seqs[start:], entry.batches[start:], strict=True)
+            for event in batch
+        ]
         return out[:count] if count is not None else out
 
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:
+        data, expiry = self._data, self._expiry
         found = 0
         with self._lock:
             for key in keys:
-                for table in (self._values, self._sets, self._claims, self._lists, self._streams):
-                    if table.pop(key, MISSING) is not MISSING:
-                        found += 1
-                        break
-                self._expiry.pop(key, None)
+                if data.pop(key, MISSING) is not MISSING:
+                    found += 1
+                expiry.pop(key, None)
         return found
 
-    def _expire_later(self, keys: Any, ttl_s: int) -> None:
+    def _expire_later(self, keys: Iterable[str], ttl_s: int) -> None:
         now = time.monotonic()
         deadline = now + ttl_s
         expiry = self._expiry
@@ -187,9 +234,9 @@ class MemoryStore:
             self._next_sweep = now + _SWEEP_EVERY_S
             self.delete([k for k, d in list(expiry.items()) if d <= now])
 
-    def key_count(self) -> int:
-        """Keys currently held (used by tests to prove cleanup)."""
-        return sum(len(t) for t in (self._values, self._sets, self._claims, self._lists))
+    def keys(self) -> list[str]:
+        """Every key currently held (tests use it to prove cleanup)."""
+        return list(self._data)
 
     def close(self) -> None:
         """Nothing to release: the store lives as long as the process."""

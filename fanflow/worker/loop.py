@@ -36,8 +36,10 @@ atomic step and publishes it; workers then stop at their next status check.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -60,6 +62,15 @@ log = logging.getLogger(__name__)
 
 STATUS_CHECK_S = 0.2
 """How often a worker on a remote store asks whether its run was stopped."""
+
+
+_WORKER_PREFIX = f"{socket.gethostname()[:16]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+_worker_numbers = itertools.count(1)
+
+
+def _new_worker_id() -> str:
+    """Unique across hosts and processes without a uuid per worker: host, pid, salt, counter."""
+    return f"{_WORKER_PREFIX}-{next(_worker_numbers)}"
 
 
 class InputLostError(FanflowError):
@@ -88,7 +99,7 @@ class Worker:
         self.platform = platform
         self.dag = dag
         self.secret = secret
-        self.id = f"{socket.gethostname()[:16]}-{uuid.uuid4().hex[:8]}"
+        self.id = _new_worker_id()
         self.run_id = inv.run_id
         self.settings = inv.settings
         self.cache: dict[int, Any] = {}
@@ -135,7 +146,7 @@ class Worker:
         dag = self.dag
         self._current = t
         started = time.time()
-        self._emit("task_started", t, t_=started)
+        self.events.append({"kind": "task_started", "task": t, "worker": self.id, "t": started})
         values, in_bytes, fetch_s = self._inputs(t)
         value, attempt, exec_s = self._execute(t, values)
         if value is _FAILED:
@@ -201,6 +212,8 @@ class Worker:
             try:
                 if targs is None:
                     value = func(*values)
+                elif not values:
+                    value = func(*targs, **tkwargs) if tkwargs else func(*targs)
                 else:
                     args = substitute(targs, values)
                     value = func(*args, **substitute(tkwargs, values)) if tkwargs else func(*args)
@@ -317,11 +330,11 @@ class Worker:
         self._flush_events()
 
     # -- events -----------------------------------------------------------------
-    def _emit(self, kind: str, task: int, t_: float | None = None, **fields: Any) -> None:
+    def _emit(self, kind: str, task: int, **fields: Any) -> None:
         fields["kind"] = kind
         fields["task"] = task
         fields["worker"] = self.id
-        fields["t"] = time.time() if t_ is None else t_
+        fields["t"] = time.time()
         self.events.append(fields)
 
     def _flush_events(self) -> None:

@@ -1,0 +1,71 @@
+"""The fanflow command line: run, config, --version."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fanflow
+
+SCRIPT = """
+import fanflow
+
+@fanflow.task
+def square(x):
+    return x * x
+
+@fanflow.task
+def total(xs):
+    return sum(xs)
+
+def main(argv):
+    n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 4
+    return total([square(i) for i in range(n)])
+"""
+
+
+def fanflow_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "FANFLOW_METADATA": "none", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "fanflow.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_version(tmp_path: Path) -> None:
+    done = fanflow_cli("--version", cwd=tmp_path)
+    assert done.returncode == 0
+    assert fanflow.__version__ in done.stdout
+
+
+def test_run_script_with_arguments(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(SCRIPT)
+    done = fanflow_cli("run", "flow.py", "--no-progress", "--", "--n", "10", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(i * i for i in range(10)))
+
+
+def test_run_reports_bad_scripts_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    done = fanflow_cli("run", "empty.py", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "must define main" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = fanflow_cli("run", "nope.py", cwd=tmp_path)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_run_rejects_bad_options(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(SCRIPT)
+    done = fanflow_cli("run", "flow.py", "--platform", "lambada", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "did you mean 'lambda'" in done.stderr
+
+
+def test_config_masks_secrets(tmp_path: Path) -> None:
+    (tmp_path / "fanflow.toml").write_text('store = "redis://app:pa55word@localhost:6390/0"\n')
+    done = fanflow_cli("config", cwd=tmp_path, env={"FANFLOW_SECRET": "very-secret-key", "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "pa55word" not in done.stdout and "very-secret-key" not in done.stdout
+    assert "app:***@localhost:6390" in done.stdout

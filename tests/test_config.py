@@ -1,0 +1,71 @@
+"""Config from keyword args, env vars and fanflow.toml, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fanflow
+from fanflow.config import Config
+
+
+def test_defaults_are_the_embedded_engine() -> None:
+    cfg = Config()
+    assert (cfg.store, cfg.platform) == ("memory://", "threads")
+
+
+def test_keyword_args_are_validated() -> None:
+    assert Config(platform="processes", store="redis://h:1/0", max_workers=4).max_workers == 4
+    with pytest.raises(fanflow.ConfigError, match="did you mean 'threads'"):
+        Config(platform="thread")
+    with pytest.raises(fanflow.ConfigError, match="max_workers"):
+        Config(max_workers=0)
+    with pytest.raises(fanflow.ConfigError, match="unknown scheme 'http'"):
+        Config(store="http://x")
+    with pytest.raises(fanflow.ConfigError, match="periodic"):
+        Config(metrics_upload="periodic:abc")
+
+
+def test_unknown_key_suggests_the_right_one() -> None:
+    with pytest.raises(fanflow.ConfigError, match=r"unknown config key 'stor'.*did you mean 'store'"):
+        Config.from_mapping({"stor": "memory://"})
+
+
+def test_env_vars_are_parsed_and_checked(tmp_path: Path) -> None:
+    cfg = Config.load(cwd=tmp_path, environ={"FANFLOW_MAX_WORKERS": "3", "FANFLOW_PROGRESS": "false"})
+    assert cfg.max_workers == 3 and cfg.progress is False
+    with pytest.raises(fanflow.ConfigError, match="FANFLOW_PLATFORM"):
+        Config.load(cwd=tmp_path, environ={"FANFLOW_PLATFROM": "threads"})
+    with pytest.raises(fanflow.ConfigError, match="expected a int"):
+        Config.load(cwd=tmp_path, environ={"FANFLOW_MAX_WORKERS": "many"})
+
+
+def test_toml_file_then_env_then_overrides(tmp_path: Path) -> None:
+    (tmp_path / "fanflow.toml").write_text('max_workers = 5\nplanner = "uniform"\nlease_ms = 2000\n')
+    cfg = Config.load(cwd=tmp_path, environ={"FANFLOW_LEASE_MS": "3000"}, planner="none")
+    assert (cfg.max_workers, cfg.lease_ms, cfg.planner) == (5, 3000, "none")
+    (tmp_path / "fanflow.toml").write_text("[fanflow]\nmystery = 1\n")
+    with pytest.raises(fanflow.ConfigError, match="mystery"):
+        Config.load(cwd=tmp_path, environ={})
+    (tmp_path / "fanflow.toml").write_text("max_workers = [\n")
+    with pytest.raises(fanflow.ConfigError, match="not valid TOML"):
+        Config.load(cwd=tmp_path, environ={})
+
+
+def test_secrets_and_passwords_are_masked() -> None:
+    cfg = Config(store="redis://user:hunter2@host:6380/1", secret="s3cr3t-value")
+    shown = repr(cfg) + str(cfg.display())
+    assert "hunter2" not in shown and "s3cr3t-value" not in shown
+    assert "redis://user:***@host:6380/1" in shown
+
+
+def test_resolve_accepts_dicts_and_rejects_junk() -> None:
+    assert Config.resolve({"max_workers": 2}).max_workers == 2
+    with pytest.raises(fanflow.ConfigError):
+        Config.resolve("threads")  # type: ignore[arg-type]
+
+
+def test_memory_store_cannot_serve_out_of_process_platforms() -> None:
+    with pytest.raises(fanflow.ConfigError, match="needs a shared store"):
+        Config(platform="processes", store="memory://")
