@@ -10,6 +10,7 @@ from fanflow.api import compute, gather, submit, task, visualize
 from fanflow.client.session import RunFuture
 from fanflow.config import Config
 from fanflow.dag.node import Node, Task
+from fanflow.dask import from_dask
 from fanflow.errors import (
     ConfigError,
     DAGCycleError,
@@ -53,6 +54,7 @@ __all__ = [
     "ValueTooLargeError",
     "__version__",
     "compute",
+    "from_dask",
     "gather",
     "submit",
     "task",

@@ -1,0 +1,306 @@
+"""Dask interop: run Dask graphs on fanflow, and turn Dask collections into fanflow nodes.
+
+Two entry points:
+
+* :func:`get` implements Dask's scheduler ``get(dsk, keys, **kwargs)`` protocol, so
+  ``dask.compute(x, scheduler=fanflow.dask.get)`` and ``x.compute(scheduler=fanflow.dask.get)``
+  run any Dask collection (delayed, array, ...) as one fanflow run.
+* :func:`from_dask` turns one Dask collection into a :class:`fanflow.Node` whose value is
+  what ``obj.compute()`` returns, to be combined with other fanflow nodes.
+
+How a Dask graph maps onto fanflow (graphs in the legacy tuple format are first brought to
+the task-spec format with ``dask._task_spec.convert_legacy_graph``, as Dask's own
+schedulers do):
+
+* a graph key holding a ``Task`` becomes ONE fanflow node. Its :class:`fanflow.Task` wraps
+  the Dask task's callable and is named after it (``dask.utils.funcname``); one fanflow task
+  is made per distinct callable, so fanflow's metrics and history group by function. A fused
+  task (``_execute_subgraph``, from Dask's linear fusion) stays one node, named
+  ``fused-<function of its output>``;
+* ``TaskRef``/``Alias`` arguments become the upstream node (or constant) of the key they
+  name; a graph-level ``Alias`` is the same node as its target, not a new one;
+* ``DataNode`` values, and keys holding them, are constants passed inline: only keys that
+  hold tasks become nodes;
+* ``List``/``Tuple``/``Dict`` containers in arguments become plain lists, tuples and dicts
+  with nodes inside (fanflow substitutes nodes at any depth); any other inline task in an
+  argument (a ``Set``, a named tuple, a nested ``Task``) becomes a node of its own.
+
+The graph is walked iteratively from the requested keys, so a graph of any depth converts
+without touching the recursion limit, and tasks the keys do not need are never converted
+(the graph is culled). :func:`get` receives the graph already optimized by Dask;
+:func:`from_dask` optimizes it first with ``dask.optimize``, the way ``dask.compute`` does.
+
+Dask is an optional dependency (``pip install "fanflow[dask]"``); this module imports it
+only when called, so ``import fanflow`` works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+from fanflow.api import compute
+from fanflow.config import Config
+from fanflow.dag.node import Node, Task
+from fanflow.errors import DAGError, FanflowError
+
+__all__ = ["DaskGraphError", "DaskNotInstalledError", "from_dask", "get"]
+
+Key = Hashable
+"""A Dask key: a str, bytes, int, float or a tuple of them."""
+
+_DASK_SCHEDULER_KWARGS = frozenset(
+    {
+        "cache",
+        "callbacks",
+        "chunksize",
+        "dumps",
+        "func_dumps",
+        "func_loads",
+        "get_id",
+        "initializer",
+        "loads",
+        "num_workers",
+        "pack_exception",
+        "raise_exception",
+        "rerun_exceptions_locally",
+    }
+)
+"""Keyword arguments Dask's local schedulers take that mean nothing to fanflow; ``get`` ignores them."""
+
+
+class DaskNotInstalledError(FanflowError, ImportError):
+    """Dask interop was used but Dask is not installed."""
+
+
+class DaskGraphError(DAGError):
+    """A Dask graph or collection cannot be converted to fanflow nodes."""
+
+
+@functools.cache
+def _task_spec() -> ModuleType:
+    """``dask._task_spec``, or a :class:`DaskNotInstalledError` saying how to install it."""
+    try:
+        from dask import _task_spec
+    except ImportError as exc:
+        raise DaskNotInstalledError(
+            'fanflow\'s Dask interop needs dask >= 2024.12: pip install "fanflow[dask]"'
+        ) from exc
+    return _task_spec
+
+
+def get(dsk: Any, keys: Any, config: Config | Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Compute ``keys`` of the Dask graph ``dsk`` as one fanflow run (Dask's scheduler ``get`` protocol).
+
+    ``dsk`` is a mapping from keys to tasks (task-spec objects or legacy ``(func, *args)``
+    tuples) or anything with ``__dask_graph__()``, such as the expression ``dask.compute``
+    passes. ``keys`` is one key or a list of keys, nested to any depth; the result has the
+    same shape, with lists of keys returned as lists of values.
+
+    ``config`` (a :class:`fanflow.Config` or a dict) picks where the run goes; other fanflow
+    config keys may be given as keyword arguments (``platform="threads"``) and override it.
+    Dask's own scheduler arguments (``num_workers``, a non-string ``pool``, ...) are ignored,
+    except ``cache``, whose values are used as already-computed keys. Use it as
+    ``dask.compute(x, scheduler=fanflow.dask.get)`` or, with options,
+    ``x.compute(scheduler=fanflow.dask.get, platform="threads")``.
+    """
+    cache: Mapping[Key, Any] = kwargs.get("cache") or {}
+    overrides = {k: v for k, v in kwargs.items() if k not in _DASK_SCHEDULER_KWARGS}
+    if "pool" in overrides and not isinstance(overrides["pool"], str):
+        del overrides["pool"]  # Dask's executor pool; fanflow's ``pool`` is the name of a worker pool
+    graph = dsk if isinstance(dsk, Mapping) else _graph_of(dsk)
+    converter = _Converter(_task_spec().convert_legacy_graph(graph, all_keys=set(graph) | set(cache)), cache)
+    wanted = list(_flatten(keys))
+    converter.resolve(wanted)
+    results = _compute_values([converter.values[k] for k in wanted], config, overrides)
+    return _nest(keys, dict(zip(wanted, results, strict=True)))
+
+
+def from_dask(obj: Any) -> Node:
+    """The fanflow node whose value is what ``obj.compute()`` returns, for a Dask collection ``obj``.
+
+    The collection's graph is optimized as ``dask.compute`` would (``dask.optimize``), every
+    Dask task it needs becomes one fanflow node, and the collection's
+    ``__dask_postcompute__`` finalizer (e.g. the concatenation of an array's blocks) becomes
+    the returned node. ``fanflow.compute(from_dask(x))`` then equals ``x.compute()``.
+    """
+    spec = _task_spec()
+    import dask
+    from dask.delayed import single_key
+
+    if not dask.is_dask_collection(obj):
+        raise DaskGraphError(
+            f"from_dask needs a Dask collection (dask.delayed, dask.array, ...), got {type(obj).__name__}; "
+            "wrap plain functions with fanflow.task instead"
+        )
+    (optimized,) = dask.optimize(obj)
+    graph = spec.convert_legacy_graph(dict(optimized.__dask_graph__()))
+    keys = optimized.__dask_keys__()
+    finalize, extra = optimized.__dask_postcompute__()
+    converter = _Converter(graph)
+    converter.resolve(_flatten(keys))
+    parts = _nest(keys, converter.values)
+    if finalize is single_key and isinstance(parts[0], Node):
+        return parts[0]  # a delayed: its own node already has the value, no finalizer needed
+    return converter.task_for(finalize)(parts, *extra)
+
+
+def _compute_values(
+    values: list[Any], config: Config | Mapping[str, Any] | None, overrides: dict[str, Any]
+) -> list[Any]:
+    """``values`` with every node replaced by its computed value, all nodes in one fanflow run."""
+    nodes = list({id(v): v for v in values if isinstance(v, Node)}.values())
+    if not nodes:
+        return values
+    results = dict(zip(map(id, nodes), compute(*nodes, config=config, **overrides), strict=True))
+    return [results[id(v)] if isinstance(v, Node) else v for v in values]
+
+
+def _graph_of(dsk: Any) -> Mapping[Key, Any]:
+    graph_method: Callable[[], Mapping[Key, Any]] | None = getattr(dsk, "__dask_graph__", None)
+    if graph_method is None:
+        raise DaskGraphError(
+            f"get() needs a Dask graph (a dict of keys to tasks) or an object with __dask_graph__(), "
+            f"got {type(dsk).__name__}"
+        )
+    return graph_method()
+
+
+def _flatten(keys: Any) -> Iterable[Key]:
+    """The keys in ``keys``, a key or lists of keys nested to any depth (tuples are keys)."""
+    if not isinstance(keys, list):
+        yield keys
+        return
+    stack = [iter(keys)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
+
+
+def _nest(keys: Any, values: Mapping[Key, Any]) -> Any:
+    """``keys`` with every key replaced by its value, keeping the list nesting."""
+    if isinstance(keys, list):
+        return [_nest(k, values) for k in keys]
+    return values[keys]
+
+
+class _Converter:
+    """Turns the task-spec graph ``graph`` into fanflow nodes, key by key, on demand.
+
+    ``values`` maps every converted key to its :class:`Node` (task keys) or its constant
+    value (data keys, keys given in ``known``).
+    """
+
+    def __init__(self, graph: Mapping[Key, Any], known: Mapping[Key, Any] | None = None) -> None:
+        spec = _task_spec()
+        self._spec = spec
+        self._graph = graph
+        self.values: dict[Key, Any] = dict(known or {})
+        # (id of the callable, name of a fused task) -> (the callable, kept alive so ids stay unique, its task)
+        self._tasks: dict[tuple[int, str | None], tuple[Callable[..., Any], Task]] = {}
+
+    # -- the graph walk ---------------------------------------------------------
+    def resolve(self, wanted: Iterable[Key]) -> None:
+        """Convert ``wanted`` and everything they depend on, dependencies first, without recursion."""
+        values = self.values
+        expanding: set[Key] = set()
+        stack: list[tuple[Key, bool]] = [(k, False) for k in wanted]
+        while stack:
+            key, expanded = stack.pop()
+            if key in values:
+                continue
+            node = self._lookup(key)
+            if expanded:
+                expanding.discard(key)
+                values[key] = self._convert(node)
+                continue
+            expanding.add(key)
+            stack.append((key, True))
+            for dep in node.dependencies:
+                if dep in values:
+                    continue
+                if dep in expanding:
+                    raise DaskGraphError(f"the Dask graph has a cycle: {dep!r} depends on itself through {key!r}")
+                stack.append((dep, False))
+
+    def _lookup(self, key: Key) -> Any:
+        try:
+            return self._graph[key]
+        except (KeyError, TypeError):
+            raise DaskGraphError(
+                f"key {key!r} is not in the Dask graph: ask only for keys of the graph, "
+                "and pass already-computed inputs as data (or in cache=...)"
+            ) from None
+
+    def _convert(self, node: Any) -> Any:
+        spec = self._spec
+        if isinstance(node, spec.DataNode):
+            return node.value
+        if isinstance(node, spec.Alias):
+            return self.values[node.target]
+        if isinstance(node, spec.Task):
+            return self._node(node)
+        return node
+
+    # -- one task ---------------------------------------------------------------
+    def _node(self, task: Any) -> Node:
+        """The fanflow node for the Dask ``Task`` ``task``, whose dependencies are all converted."""
+        ftask = self.task_for(task.func, self._fused_name(task))
+        args = [self._arg(a) for a in task.args]
+        kwargs = {name: self._arg(v) for name, v in task.kwargs.items()}
+        return ftask(*args, **kwargs)
+
+    def _arg(self, arg: Any) -> Any:
+        """One argument of a Dask task, as fanflow takes it: nodes in place of references."""
+        spec = self._spec
+        if isinstance(arg, spec.TaskRef):
+            return self.values[arg.key]
+        if not isinstance(arg, spec.GraphNode):
+            return arg
+        if isinstance(arg, spec.DataNode):
+            return arg.value
+        if isinstance(arg, spec.Alias):
+            return self.values[arg.target]
+        if isinstance(arg, spec.List):
+            return [self._arg(a) for a in arg.args]
+        if isinstance(arg, spec.Tuple):
+            return tuple(self._arg(a) for a in arg.args)
+        if arg.func is getattr(spec, "_identity_cast", None) and arg.kwargs.get("typ") in (list, tuple):
+            return arg.kwargs["typ"](self._arg(a) for a in arg.args)  # a legacy list/tuple of references
+        if isinstance(arg, spec.Dict):
+            items = [self._arg(a) for a in arg.args]
+            if not any(isinstance(k, Node) for k in items[::2]):
+                return dict(zip(items[::2], items[1::2], strict=True))
+        return self._node(arg)
+
+    def _fused_name(self, task: Any) -> str | None:
+        """``fused-<function>`` for a task made by Dask's linear fusion, else None."""
+        if task.func is not getattr(self._spec, "_execute_subgraph", None):
+            return None
+        inner, outkey = task.args[0], task.args[1]
+        out = inner.get(outkey)
+        return f"fused-{_funcname(out.func)}" if isinstance(out, self._spec.Task) else "fused"
+
+    def task_for(self, func: Callable[..., Any], name: str | None = None) -> Task:
+        """The one fanflow task for ``func`` (per ``name`` for fused tasks), made on first use."""
+        cached = self._tasks.get((id(func), name))
+        if cached is None:
+            cached = self._tasks[(id(func), name)] = (func, Task(func, name=name or _funcname(func)))
+        return cached[1]
+
+
+def _funcname(func: Callable[..., Any]) -> str:
+    """Dask's name for ``func``; a ``toolz.compose`` is named after its last (outermost) function."""
+    from dask.utils import funcname
+
+    funcs = getattr(func, "funcs", None)
+    if type(func).__name__ == "Compose" and isinstance(funcs, tuple) and funcs:
+        return _funcname(funcs[-1])
+    return str(funcname(func))

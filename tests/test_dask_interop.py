@@ -1,0 +1,232 @@
+"""Dask interop: ``fanflow.dask.get`` as a Dask scheduler, and ``fanflow.from_dask``.
+
+Every result is checked against Dask's own synchronous scheduler.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fanflow
+import fanflow.dask as ffdask
+from fanflow.dag.graph import DAG
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+task_spec = pytest.importorskip("dask._task_spec")
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def deep_sum(data: Any, extra: Any = None) -> int:
+    """Sum every number in nested lists/tuples/dicts/sets, plus ``extra`` (same rule)."""
+    total = 0
+    stack = [data, extra]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+        elif item is not None:
+            total += item
+    return total
+
+
+def scheduler(config: fanflow.Config) -> Any:
+    """``fanflow.dask.get`` bound to ``config``, to pass as ``scheduler=``."""
+
+    def get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return ffdask.get(dsk, keys, config=config, **kwargs)
+
+    return get
+
+
+def sync(*collections: Any) -> tuple[Any, ...]:
+    return dask.compute(*collections, scheduler="sync")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(42)
+
+
+# -- delayed ----------------------------------------------------------------------
+
+
+def test_delayed_nested_containers_and_kwargs(run_config: fanflow.Config) -> None:
+    delayed = dask.delayed
+    x = delayed(inc)(1)
+    y = delayed(add)(x, b=x)
+    z = delayed(deep_sum)([x, (y, 3), {"a": x, "b": [y, {"c": 5}]}], extra={"k": delayed(add)(y, b=10)})
+    assert dask.compute(z, y, scheduler=scheduler(run_config)) == sync(z, y)
+    assert z.compute(scheduler=ffdask.get, config=run_config) == sync(z)[0]
+
+
+def test_delayed_compute_passes_config_keys_and_ignores_dask_kwargs(run_config: fanflow.Config) -> None:
+    x = dask.delayed(add)(dask.delayed(inc)(1), 2)
+    config = {k: getattr(run_config, k) for k in ("platform", "store", "progress", "metadata")}
+    with ThreadPoolExecutor(1) as pool:
+        got = x.compute(scheduler=ffdask.get, config=config, platform=run_config.platform, num_workers=2, pool=pool)
+    assert got == 4
+    with pytest.raises(fanflow.ConfigError, match="unknown config key"):
+        x.compute(scheduler=ffdask.get, config=run_config, no_such_option=1)
+
+
+def test_delayed_as_default_scheduler(run_config: fanflow.Config) -> None:
+    parts = [dask.delayed(inc)(i) for i in range(10)]
+    total = dask.delayed(sum)(parts)
+    with dask.config.set(scheduler=scheduler(run_config)):
+        assert total.compute() == sum(range(1, 11))
+
+
+# -- get on raw graphs ------------------------------------------------------------------
+
+
+def test_get_legacy_graph_nested_keys(run_config: fanflow.Config) -> None:
+    dsk = {
+        "a": 1,
+        "b": (inc, "a"),
+        "c": (add, "a", "b"),
+        "d": (sum, ["a", "b", (inc, "c")]),
+        "e": [(sum, ["c", "d"]), 2],
+        "f": "b",
+    }
+    get = ffdask.get
+    assert get(dsk, "d", config=run_config) == 1 + 2 + 4
+    assert get(dsk, ["a", ["c", ["d", "f"]], []], config=run_config) == [1, [3, [7, 2]], []]
+    assert get(dsk, [["e"], "a"], config=run_config) == [[[10, 2]], 1]
+    assert get(dsk, ["c"], config=run_config, cache={"b": 100}) == [101]
+
+
+def test_get_task_spec_graph(run_config: fanflow.Config) -> None:
+    ts = task_spec
+    x, y = ts.DataNode("x", 1), ts.DataNode("y", 2)
+    z = ts.Task("z", add, x.ref(), y.ref())
+    w = ts.Task("w", sum, ts.List(x.ref(), y.ref(), z.ref()))
+    dsk = {
+        "x": x,
+        "y": y,
+        "z": z,
+        "w": w,
+        "v": ts.List(ts.Task(None, sum, ts.List(w.ref(), z.ref())), 2),
+        "s": ts.Task("s", deep_sum, ts.Set(x.ref(), z.ref()), extra=ts.Dict(k=ts.Tuple(w.ref(), 1))),
+        "alias": ts.Alias("alias", "z"),
+        ("tuple-key", 0): ts.Task(("tuple-key", 0), inc, ts.TaskRef("alias")),
+    }
+    keys = [["w", "v"], ("tuple-key", 0), "s", "alias", "x"]
+    assert ffdask.get(dsk, keys, config=run_config) == [[6, [9, 2]], 4, 1 + 3 + 6 + 1, 3, 1]
+
+
+def test_get_deep_chain_beyond_recursion_limit(run_config: fanflow.Config) -> None:
+    depth = sys.getrecursionlimit() + 500
+    dsk: dict[str, Any] = {"x0": 0}
+    for i in range(1, depth):
+        dsk[f"x{i}"] = (inc, f"x{i - 1}")
+    assert ffdask.get(dsk, f"x{depth - 1}", config=run_config) == depth - 1
+
+
+def test_get_errors() -> None:
+    with pytest.raises(ffdask.DaskGraphError, match="not in the Dask graph"):
+        ffdask.get({"a": task_spec.Task("a", inc, task_spec.TaskRef("missing"))}, "a")
+    with pytest.raises(ffdask.DaskGraphError, match="cycle"):
+        ffdask.get({"a": (inc, "b"), "b": (inc, "a")}, "a")
+    with pytest.raises(ffdask.DaskGraphError, match="Dask graph"):
+        ffdask.get(42, "a")
+
+
+# -- dask.array -----------------------------------------------------------------------
+
+
+def test_array_sum_and_matmul(run_config: fanflow.Config, rng: np.random.Generator) -> None:
+    a = da.from_array(rng.random((60, 40)), chunks=(20, 20))
+    b = da.from_array(rng.random((40, 30)), chunks=(20, 15))
+    got = dask.compute(a.sum(), a @ b, (a @ b).sum(axis=0), scheduler=scheduler(run_config))
+    for mine, theirs in zip(got, sync(a.sum(), a @ b, (a @ b).sum(axis=0)), strict=True):
+        np.testing.assert_allclose(mine, theirs)
+    np.testing.assert_allclose((a @ b).compute(scheduler=ffdask.get, config=run_config), a.compute() @ b.compute())
+
+
+def test_array_tsqr(run_config: fanflow.Config, rng: np.random.Generator) -> None:
+    a = da.from_array(rng.random((120, 6)), chunks=(20, 6))
+    q, r = da.linalg.tsqr(a)
+    got_q, got_r = dask.compute(q, r, scheduler=scheduler(run_config))
+    want_q, want_r = sync(q, r)
+    np.testing.assert_allclose(got_q, want_q)
+    np.testing.assert_allclose(got_r, want_r)
+    np.testing.assert_allclose(got_q @ got_r, a.compute(), atol=1e-12)
+
+
+def test_array_svd(run_config: fanflow.Config, rng: np.random.Generator) -> None:
+    a = da.from_array(rng.random((120, 6)), chunks=(20, 6))
+    u, s, v = da.linalg.svd(a)
+    got = dask.compute(u, s, v, scheduler=scheduler(run_config))
+    for mine, theirs in zip(got, sync(u, s, v), strict=True):
+        np.testing.assert_allclose(mine, theirs)
+    np.testing.assert_allclose(got[1], np.linalg.svd(a.compute(), compute_uv=False))
+
+
+def test_array_svd_compressed(run_config: fanflow.Config, rng: np.random.Generator) -> None:
+    a = da.from_array(rng.random((60, 60)), chunks=(20, 20))
+    u, s, v = da.linalg.svd_compressed(a, k=4, n_power_iter=2, seed=7)
+    got = dask.compute(u, s, v, scheduler=scheduler(run_config))
+    for mine, theirs in zip(got, sync(u, s, v), strict=True):
+        np.testing.assert_allclose(mine, theirs)
+
+
+# -- from_dask --------------------------------------------------------------------------
+
+
+def test_from_dask_delayed(run_config: fanflow.Config) -> None:
+    x = dask.delayed(inc)(1)
+    y = dask.delayed(add)(dask.delayed(add)(x, 2), b=x)
+    node = fanflow.from_dask(y)
+    assert isinstance(node, fanflow.Node)
+    assert node.name == "add"
+    dag = DAG.from_sinks([node])
+    assert len(dag) == 3  # one node per Dask task, no finalizer for a delayed
+    assert sorted(t.name for t in dag.tasks) == ["add", "inc"]  # one fanflow task per callable
+    assert fanflow.compute(node, config=run_config) == (y.compute(scheduler="sync"),)
+    assert fanflow.from_dask(dask.delayed(5)).compute(run_config) == 5
+
+
+def test_from_dask_array_mixes_with_fanflow_nodes(run_config: fanflow.Config, rng: np.random.Generator) -> None:
+    a = da.from_array(rng.random((40, 40)), chunks=(10, 20))
+    expr = (a @ a.T + 1).sum(axis=1)
+    node = fanflow.from_dask(expr)
+    dag = DAG.from_sinks([node])
+    names = Counter(dag.task(i).name for i in range(len(dag)))
+    assert names["finalize"] == 1
+    assert len(dag.tasks) == len({(id(t.func), t.name) for t in dag.tasks})
+    (got,) = fanflow.compute(node, config=run_config)
+    np.testing.assert_allclose(got, expr.compute(scheduler="sync"))
+    doubled = fanflow.task(np.multiply, name="double")(node, 2)
+    np.testing.assert_allclose(doubled.compute(run_config), 2 * expr.compute(scheduler="sync"))
+
+
+def test_from_dask_rejects_non_collections() -> None:
+    with pytest.raises(ffdask.DaskGraphError, match="needs a Dask collection"):
+        fanflow.from_dask(42)
+
+
+def test_missing_dask_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask", None)
+    ffdask._task_spec.cache_clear()
+    try:
+        with pytest.raises(ffdask.DaskNotInstalledError, match=r'pip install "fanflow\[dask\]"') as info:
+            fanflow.from_dask(object())
+        assert isinstance(info.value, fanflow.FanflowError)
+    finally:
+        ffdask._task_spec.cache_clear()
