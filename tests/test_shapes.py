@@ -111,6 +111,12 @@ def test_multiple_sinks_share_parts_in_one_run(run_config: fanflow.Config) -> No
     assert calls == [7]
 
 
+def test_repeated_sinks_give_one_value_each(run_config: fanflow.Config) -> None:
+    a, b = inc(1), inc(5)
+    assert fanflow.compute(a, a, config=run_config) == (2, 2)
+    assert fanflow.compute(a, b, a, config=run_config) == (2, 6, 2)
+
+
 def test_constants_only(run_config: fanflow.Config) -> None:
     assert total([1, 2, 3]).compute(run_config) == 6
 

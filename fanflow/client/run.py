@@ -180,6 +180,7 @@ class Run:
 
     # -- finish ------------------------------------------------------------------
     def results(self) -> tuple[Any, ...]:
+        """The sinks' values in the order (and with the repeats) they were asked for."""
         order = self.dag.sinks
         values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
         for t, v in zip(order, values, strict=True):
@@ -187,7 +188,8 @@ class Run:
                 raise StoreError(
                     f"run {self.run_id}: the output of sink {self.dag.name(t)!r} vanished before it was read"
                 )
-        return tuple(values)
+        by_task = dict(zip(order, values, strict=True))
+        return tuple(by_task[t] for t in self.dag.outputs)
 
     def cleanup(self) -> None:
         """Delete every key of the run (never the event stream), named from the DAG."""

@@ -38,6 +38,7 @@ class DAG:
         sinks: tuple[int, ...],
         nodes: list[Node] | None = None,
         annotations: dict[int, dict[str, Any]] | None = None,
+        outputs: tuple[int, ...] | None = None,
     ) -> None:
         self.tasks = tasks
         self.task_of = task_of
@@ -45,6 +46,8 @@ class DAG:
         self.kwargs = kwargs
         self.deps = deps
         self.sinks = sinks
+        # The sinks as the caller asked for them, repeats included: compute(a, a) gives two values.
+        self.outputs = outputs if outputs is not None else sinks
         self.nodes = nodes
         # Per-task plan decisions (resources, placement, optimizations), sparse.
         self.annotations: dict[int, dict[str, Any]] = annotations or {}
@@ -107,7 +110,8 @@ class DAG:
                 tasks.append(node.task)
             task_of.append(t)
         deps_ids = [tuple(order[id(u)] for u in n.deps) for n in nodes]
-        sink_ids = tuple(dict.fromkeys(order[id(s)] for s in sinks))
+        outputs = tuple(order[id(s)] for s in sinks)
+        sink_ids = tuple(dict.fromkeys(outputs))
         return cls(
             tasks,
             task_of,
@@ -116,6 +120,7 @@ class DAG:
             deps_ids,
             sink_ids,
             nodes=nodes,
+            outputs=outputs,
         )
 
     # -- structure ------------------------------------------------------------
