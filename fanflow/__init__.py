@@ -9,13 +9,16 @@ from importlib.metadata import PackageNotFoundError, version
 from fanflow.api import compute, gather, submit, task, visualize
 from fanflow.client.session import RunFuture
 from fanflow.config import Config
-from fanflow.dag.node import Node, Task
+from fanflow.dag.node import MapNode, Node, Task
+from fanflow.dag.node import map_task as map
 from fanflow.dask import from_dask
 from fanflow.errors import (
     ConfigError,
     DAGCycleError,
     DAGError,
     FanflowError,
+    InputLostError,
+    MapInputError,
     NoRetry,
     PayloadRejectedError,
     PlatformError,
@@ -39,6 +42,9 @@ __all__ = [
     "DAGCycleError",
     "DAGError",
     "FanflowError",
+    "InputLostError",
+    "MapInputError",
+    "MapNode",
     "NoRetry",
     "Node",
     "PayloadRejectedError",
@@ -56,6 +62,7 @@ __all__ = [
     "compute",
     "from_dask",
     "gather",
+    "map",
     "submit",
     "task",
     "visualize",

@@ -27,6 +27,14 @@ class SerializationError(DAGError):
     """A value could not be serialized for a platform that needs it."""
 
 
+class InputLostError(FanflowError):
+    """An upstream output a task needs is not in the store (expired or lost)."""
+
+
+class MapInputError(FanflowError):
+    """The value given to ``fanflow.map`` is not a list or tuple."""
+
+
 class ValueTooLargeError(FanflowError):
     """A task output is larger than ``max_value_bytes``."""
 

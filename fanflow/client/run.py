@@ -197,7 +197,10 @@ class Run:
             self._sub.close()
             self._sub = None
         try:
-            self.store.delete(list(keys.run_keys(self.run_id, self.dag.deps)))
+            maps = sorted(self.dag.maps)
+            sizes, _ = self.store.get_many([keys.map_size(self.run_id, m) for m in maps])
+            expanded = {m: n for m, n in zip(maps, sizes, strict=True) if n is not MISSING}
+            self.store.delete(list(keys.run_keys(self.run_id, self.dag.deps, expanded)))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
 

@@ -24,7 +24,7 @@ FORMAT = "fanflow-dag/1"
 def encode(dag: DAG) -> bytes:
     """Serialize ``dag``; raises :class:`SerializationError` naming the bad task."""
     task_of = array("I", dag.task_of).tobytes()
-    body = (FORMAT, dag.tasks, task_of, dag.deps, dag.args, dag.kwargs, dag.sinks, dag.annotations)
+    body = (FORMAT, dag.tasks, task_of, dag.deps, dag.args, dag.kwargs, dag.sinks, dag.annotations, dag.maps)
     try:
         return cloudpickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
@@ -39,10 +39,10 @@ def decode(data: bytes) -> DAG:
         raise DAGError(f"cannot decode DAG ({len(data)} bytes): {exc}") from exc
     if not isinstance(body, tuple) or not body or body[0] != FORMAT:
         raise DAGError(f"not a fanflow DAG encoding (expected format {FORMAT!r})")
-    _, tasks, task_of_bytes, deps, args, kwargs, sinks, annotations = body
+    _, tasks, task_of_bytes, deps, args, kwargs, sinks, annotations, maps = body
     task_of = array("I")
     task_of.frombytes(task_of_bytes)
-    return DAG(tasks, task_of.tolist(), args, kwargs, deps, sinks, annotations=annotations)
+    return DAG(tasks, task_of.tolist(), args, kwargs, deps, sinks, annotations=annotations, maps=maps)
 
 
 def _find_unpicklable(dag: DAG, exc: Exception) -> SerializationError:

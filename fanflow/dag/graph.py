@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from fanflow.dag.nested import map_nested
-from fanflow.dag.node import Node, Ref, Task, is_ref
+from fanflow.dag.node import MapNode, Node, Ref, Task, is_ref
 from fanflow.errors import DAGCycleError, DAGError
 
 
@@ -39,6 +39,7 @@ class DAG:
         nodes: list[Node] | None = None,
         annotations: dict[int, dict[str, Any]] | None = None,
         outputs: tuple[int, ...] | None = None,
+        maps: frozenset[int] = frozenset(),
     ) -> None:
         self.tasks = tasks
         self.task_of = task_of
@@ -49,6 +50,8 @@ class DAG:
         # The sinks as the caller asked for them, repeats included: compute(a, a) gives two values.
         self.outputs = outputs if outputs is not None else sinks
         self.nodes = nodes
+        # Dynamic fan-outs (fanflow.map): expanded into element tasks by the worker that claims them.
+        self.maps = maps
         # Per-task plan decisions (resources, placement, optimizations), sparse.
         self.annotations: dict[int, dict[str, Any]] = annotations or {}
         dependents: list[list[int]] = [[] for _ in deps]
@@ -121,6 +124,7 @@ class DAG:
             sink_ids,
             nodes=nodes,
             outputs=outputs,
+            maps=frozenset(i for i, n in enumerate(nodes) if isinstance(n, MapNode)),
         )
 
     # -- structure ------------------------------------------------------------
@@ -165,6 +169,7 @@ class DAG:
         task_of, args, kwargs = self.task_of, self.args, self.kwargs
         lines = [f"{codes[task_of[i]]}|{ups}|{_shape(args[i])}|{_shape(kwargs[i])}" for i, ups in enumerate(self.deps)]
         lines.append(repr(self.sinks))
+        lines.append(repr(sorted(self.maps)))
         digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=16)
         return digest.hexdigest()
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from fanflow.dag.nested import map_nested
+from fanflow.dag.nested import collect, map_nested
 from fanflow.errors import DAGError
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -268,6 +268,45 @@ class Node:
     def visualize(self, path: str = "dag.svg", **options: Any) -> str:
         """Draw the DAG (SVG/PNG via graphviz when ``dot`` exists, else HTML); returns the path."""
         return _get_runner().visualize([self], path, **options)
+
+
+class MapNode(Node):
+    """A dynamic fan-out: ``task`` applied to every item of a list known only at run time.
+
+    ``deps[0]`` is the node producing the list; its value is expanded by the
+    worker that claims this node into one element task per item, and the
+    node's own value is the list of their results, in order. Further arguments
+    (constants or nodes) are passed to every element after the item.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, task: Task, items: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not isinstance(items, Node):
+            raise DAGError(
+                f"fanflow.map({task.name}, ...) needs a node whose value is a list; for a list known now, "
+                f"write [{task.name}(x) for x in items]"
+            )
+        if any(n is items for n in collect(list(args) + list(kwargs.values()), is_node)):
+            raise DAGError(f"fanflow.map({task.name}, ...): pass the list node once, not again as an argument")
+        super().__init__(task, (items, *args), kwargs)
+        if self._args is None:  # keep the item slot explicit: element calls substitute it
+            object.__setattr__(self, "_args", tuple(Ref(i) for i in range(len(self.deps))))
+
+    def __repr__(self) -> str:
+        return f"<fanflow.MapNode {self.task.name} over {self.deps[0].task.name}>"
+
+
+def map_task(func: Callable[..., Any], items: Node, *args: Any, **kwargs: Any) -> MapNode:
+    """``fanflow.map``: a node whose value is ``[func(x, *args, **kwargs) for x in items]``.
+
+    ``items`` is a node whose value (a list or tuple) is known only at run time;
+    the worker that finishes it creates one task per item. Maps chain: the
+    result of a map can feed another ``fanflow.map`` or any task, which then
+    gets the results as a list in item order.
+    """
+    task = func if isinstance(func, Task) else Task(func)
+    return MapNode(task, items, args, kwargs)
 
 
 def _getitem_func(value: Any, key: Any) -> Any:

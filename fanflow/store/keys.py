@@ -8,7 +8,7 @@ derives every key of a run from the DAG, so cleanup never needs SCAN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 PREFIX = "ff"
 
@@ -23,6 +23,30 @@ def deps(run_id: str, task: int) -> str:
 
 def claim(run_id: str, task: int) -> str:
     return f"{PREFIX}:{{{run_id}:{task}}}:claim"
+
+
+def element_input(run_id: str, task: int, index: int) -> str:
+    """Item ``index`` of a dynamic fan-out (``fanflow.map``) node, as its element task gets it."""
+    return f"{PREFIX}:{{{run_id}:{task}.{index}}}:in"
+
+
+def element_output(run_id: str, task: int, index: int) -> str:
+    return f"{PREFIX}:{{{run_id}:{task}.{index}}}:out"
+
+
+def map_size(run_id: str, task: int) -> str:
+    """How many elements a dynamic fan-out got (the client reads it to clean up)."""
+    return f"{PREFIX}:{{{run_id}:{task}}}:n"
+
+
+def parts(run_id: str, task: int) -> str:
+    """The fan-in set of a dynamic fan-out's finished elements."""
+    return f"{PREFIX}:{{{run_id}:{task}}}:parts"
+
+
+def collect(run_id: str, task: int) -> str:
+    """The claim of gathering a dynamic fan-out's element results."""
+    return f"{PREFIX}:{{{run_id}:{task}}}:collect"
 
 
 def status(run_id: str) -> str:
@@ -51,8 +75,19 @@ def events(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:events"
 
 
-def run_keys(run_id: str, deps_of: Sequence[Sequence[int]]) -> Iterator[str]:
-    """Every key a run may write, except its event stream."""
+def run_keys(run_id: str, deps_of: Sequence[Sequence[int]], map_sizes: Mapping[int, int]) -> Iterator[str]:
+    """Every key a run may write, except its event stream.
+
+    ``map_sizes`` gives the element count of each dynamic fan-out that expanded
+    (read from its ``map_size`` key); the keys of its elements follow from it.
+    """
+    for task, n in map_sizes.items():
+        yield map_size(run_id, task)
+        yield parts(run_id, task)
+        yield collect(run_id, task)
+        for i in range(n):
+            yield element_input(run_id, task, i)
+            yield element_output(run_id, task, i)
     yield status(run_id)
     yield errors(run_id)
     yield error_object(run_id)

@@ -20,6 +20,15 @@ whose claims it already holds, and for each task it runs four small steps:
    cache, and starts a new worker on the platform for each of the others (one
    worker per fan-out branch, as in WUKONG). Nothing claimed: the worker exits.
 
+A dynamic fan-out (``fanflow.map``) is a task whose width is known only when
+its input list exists. The worker that claims it *expands* it
+(:meth:`Worker._expand`): it stores the items other workers need and the
+element count in one round trip, runs element 0 itself and invokes one worker
+per other element. Each element finishes with the same exactly-once claim, on
+the map's set of finished elements; the worker whose element completes the set
+gathers every result in order (:meth:`Worker._collect`) and completes the map
+node like any task, so maps chain and feed reductions.
+
 State of a worker, all local to it:
 
 - ``cache``: outputs this worker produced, by task id. An entry is dropped once
@@ -51,7 +60,7 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.errors import FanflowError, NoRetry, ValueTooLargeError
+from fanflow.errors import FanflowError, InputLostError, MapInputError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
 from fanflow.store import keys
 from fanflow.store.base import MISSING, RUNNING, Claim, Store
@@ -73,8 +82,12 @@ def _new_worker_id() -> str:
     return f"{_WORKER_PREFIX}-{next(_worker_numbers)}"
 
 
-class InputLostError(FanflowError):
-    """An upstream output the task needs is not in the store."""
+Item = int | tuple[int, int, int]
+"""A unit of work: a task id, or ``(map task, element index, element count)``."""
+
+
+def _task_of(item: Item) -> int:
+    return item[0] if type(item) is tuple else item  # type: ignore[index,return-value]
 
 
 class _Stop(Exception):  # noqa: N818 - internal control flow, never escapes the loop
@@ -107,6 +120,8 @@ class Worker:
         self.tasks_run = 0
         self.cold = cold
         self._ran_here: set[int] = set()
+        self._elements: dict[int, dict[int, Any]] = {}  # map node -> items kept here for local elements
+        self._results: dict[int, dict[int, Any]] = {}  # map node -> element results made here
         self._current = -1
         self._status_key = keys.status(inv.run_id)
         self._remote = not store.keeps_objects
@@ -128,12 +143,12 @@ class Worker:
             memory_mb=self.inv.memory_mb,
             latency_s=max(0.0, self.started_at - self.inv.invoked_at) if self.inv.invoked_at else 0.0,
         )
-        ready = deque(self.inv.start)
+        ready: deque[Item] = deque(self.inv.start)
         try:
             while ready:
                 self._check_running()
-                task = ready.popleft()
-                claimed = self._run_task(task)
+                item = ready.popleft()
+                claimed = self._run_element(*item) if type(item) is tuple else self._run_task(item)
                 if claimed:
                     ready.extend(self._continue(claimed))
         except _Stop:
@@ -142,48 +157,125 @@ class Worker:
             self._emit("worker_stopped", -1, tasks=self.tasks_run)
             self._flush_events()
 
-    def _run_task(self, t: int) -> list[int]:
-        dag = self.dag
+    def _run_task(self, t: int) -> list[Item]:
         self._current = t
         started = time.time()
         self.events.append({"kind": "task_started", "task": t, "worker": self.id, "t": started})
         values, in_bytes, fetch_s = self._inputs(t)
+        if t in self.dag.maps:
+            return self._expand(t, values)
         value, attempt, exec_s = self._execute(t, values)
-        if value is _FAILED:
-            raise _Stop
+        return self._complete(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+
+    def _complete(self, t: int, value: Any, **fields: Any) -> list[Item]:
+        """Store ``t``'s output, notify its dependents, keep it in the cache; the claimed dependents."""
         claimed, out_bytes, store_s = self._finish(t, value)
         self.tasks_run += 1
         self._ran_here.add(t)
         self._release_inputs(t)
-        if dag.dependents[t]:
+        if self.dag.dependents[t]:
             self.cache[t] = value
+        self._emit("task_finished", t, store_s=store_s, out_bytes=out_bytes, memory_mb=self.inv.memory_mb, **fields)
+        self._maybe_flush()
+        return claimed  # type: ignore[return-value]
+
+    # -- dynamic fan-outs (fanflow.map) ---------------------------------------------
+    def _expand(self, m: int, values: list[Any]) -> list[Item]:
+        """Turn a claimed map node into one element task per item: run one here, invoke the rest.
+
+        The items other workers need are stored in one round trip with the
+        element count; the last element to finish gathers the results in order.
+        """
+        items = values[0]
+        if not isinstance(items, (list, tuple)):
+            raise MapInputError(
+                f"task {self.dag.name(m)!r}: fanflow.map needs its input to be a list or tuple, "
+                f"got {type(items).__name__}"
+            )
+        n = len(items)
+        self._emit("map_expanded", m, elements=n)
+        run, ttl = self.run_id, self.settings.key_ttl_s
+        puts = {keys.map_size(run, m): self.store.dumps(n)[0]}
+        for i in range(1, n):
+            puts[keys.element_input(run, m, i)] = self._dump(m, items[i])[0]
+        self.store.put_many(puts, ttl)
+        if n == 0:
+            return self._complete(m, [], attempt=1, exec_s=0.0, fetch_s=0.0, in_bytes=[])
+        self._elements[m] = {0: items[0]}
+        self._invoke([(m, i, n) for i in range(1, n)])
+        return [(m, 0, n)]
+
+    def _run_element(self, m: int, i: int, n: int) -> list[Item]:
+        """Element ``i`` of map ``m``: the map's function on one item, then the fan-in of all ``n``."""
+        self._current = m
+        run = self.run_id
+        self.events.append({"kind": "task_started", "task": m, "element": i, "worker": self.id, "t": time.time()})
+        local = self._elements.get(m, {})
+        began = time.perf_counter()
+        others, in_bytes, fetch_s = self._inputs(m, skip_first=True)
+        if i in local:
+            item = local.pop(i)
+        else:
+            (item,), (size,) = self.store.get_many([keys.element_input(run, m, i)])
+            if item is MISSING:
+                raise InputLostError(f"task {self.dag.name(m)!r}: item {i} of its list is not in the store")
+            in_bytes[0] = size
+            fetch_s = time.perf_counter() - began
+        value, attempt, exec_s = self._execute(m, [item, *others[1:]])
+        stored, out_bytes = self._dump(m, value)
+        claim = Claim(keys.parts(run, m), keys.collect(run, m), i, n)
+        began = time.perf_counter()
+        (won,) = self.store.finish(
+            {keys.element_output(run, m, i): stored}, [claim], self.id, self.settings.key_ttl_s, self.settings.lease_ms
+        )
         self._emit(
             "task_finished",
-            t,
+            m,
+            element=i,
             attempt=attempt,
             exec_s=exec_s,
             fetch_s=fetch_s,
-            store_s=store_s,
+            store_s=time.perf_counter() - began,
             in_bytes=in_bytes,
             out_bytes=out_bytes,
             memory_mb=self.inv.memory_mb,
         )
-        if (self._flush_at_len is not None and len(self.events) >= self._flush_at_len) or (
-            self._flush_every_s is not None and time.time() - self._last_flush >= self._flush_every_s
-        ):
-            self._flush_events()
-        return claimed
+        self._maybe_flush()
+        self._results.setdefault(m, {})[i] = value
+        if not won:
+            return []
+        return self._collect(m, n)
+
+    def _collect(self, m: int, n: int) -> list[Item]:
+        """Gather every element's result (those made here from memory, the rest in one round trip)."""
+        mine = self._results.pop(m, {})
+        self._elements.pop(m, None)
+        missing = [j for j in range(n) if j not in mine]
+        began = time.perf_counter()
+        fetched, sizes = self.store.get_many([keys.element_output(self.run_id, m, j) for j in missing])
+        results = [mine.get(j) for j in range(n)]
+        for j, v in zip(missing, fetched, strict=True):
+            if v is MISSING:
+                raise InputLostError(f"task {self.dag.name(m)!r}: the result of element {j} is not in the store")
+            results[j] = v
+        self._emit("map_collected", m, elements=n, fetched=len(missing), fetch_bytes=sum(sizes))
+        fetch_s = time.perf_counter() - began
+        local_inputs = [None] * len(self.dag.deps[m])
+        return self._complete(m, results, attempt=1, exec_s=0.0, fetch_s=fetch_s, in_bytes=local_inputs)
 
     # -- 1. inputs ------------------------------------------------------------------
-    def _inputs(self, t: int) -> tuple[list[Any], list[int | None], float]:
-        """Upstream values in dependency order; sizes are None for local (cached) inputs."""
+    def _inputs(self, t: int, skip_first: bool = False) -> tuple[list[Any], list[int | None], float]:
+        """Upstream values in dependency order; sizes are None for local (cached) inputs.
+
+        ``skip_first`` leaves out ``deps[0]`` (an element of a map needs its item, not the whole list).
+        """
         ups = self.dag.deps[t]
         if not ups:
             return [], [], 0.0
         cache = self.cache
         values = [cache.get(u, MISSING) for u in ups]
         sizes: list[int | None] = [None] * len(ups)
-        missing = [i for i, v in enumerate(values) if v is MISSING]
+        missing = [i for i, v in enumerate(values) if v is MISSING and not (skip_first and i == 0)]
         if not missing:
             return values, sizes, 0.0
         began = time.perf_counter()
@@ -227,7 +319,7 @@ class Worker:
                 time.sleep(delay)
 
     # -- 3. output + notify -----------------------------------------------------------------
-    def _finish(self, t: int, value: Any) -> tuple[list[int], int, float]:
+    def _finish(self, t: int, value: Any) -> tuple[list[Item], int, float]:
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
         stored, size = self._dump(t, value)
@@ -258,19 +350,19 @@ class Worker:
                 del cache[u]
 
     # -- 4. continue -----------------------------------------------------------------
-    def _continue(self, claimed: list[int]) -> list[int]:
+    def _continue(self, claimed: list[Item]) -> list[Item]:
         """Keep the claimed task with most cached inputs; start a worker for each other one."""
         if len(claimed) == 1:
             return claimed
         deps, cache = self.dag.deps, self.cache
-        here = max(claimed, key=lambda d: sum(u in cache for u in deps[d]))
+        here = max(claimed, key=lambda d: sum(u in cache for u in deps[_task_of(d)]))
         self._invoke([d for d in claimed if d != here])
         return [here]
 
-    def _invoke(self, tasks: Sequence[int]) -> None:
+    def _invoke(self, items: Sequence[Item]) -> None:
         now = time.time()
         memory = self.inv.memory_mb
-        invs = [self.inv.with_start((d,), self._memory_for(d, memory), now) for d in tasks]
+        invs = [self.inv.with_start((d,), self._memory_for(_task_of(d), memory), now) for d in items]
         if self.platform.in_process:
             self.platform.invoke(invs)
             return
@@ -330,6 +422,12 @@ class Worker:
         self._flush_events()
 
     # -- events -----------------------------------------------------------------
+    def _maybe_flush(self) -> None:
+        if (self._flush_at_len is not None and len(self.events) >= self._flush_at_len) or (
+            self._flush_every_s is not None and time.time() - self._last_flush >= self._flush_every_s
+        ):
+            self._flush_events()
+
     def _emit(self, kind: str, task: int, **fields: Any) -> None:
         fields["kind"] = kind
         fields["task"] = task
