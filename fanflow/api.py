@@ -10,6 +10,7 @@ from fanflow.config import Config
 from fanflow.dag import draw
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node, Task, set_runner
+from fanflow.metrics.recorder import build_dag
 
 __all__ = ["compute", "gather", "submit", "task", "visualize"]
 
@@ -50,13 +51,13 @@ def compute(*nodes: Node, config: ConfigLike = None, **overrides: Any) -> tuple[
     ``config`` or of the config loaded from ``fanflow.toml`` and ``FANFLOW_*``.
     """
     cfg = Config.resolve(config, **overrides)
-    return session().execute(DAG.from_sinks(nodes), cfg)
+    return session().execute(build_dag(nodes), cfg)
 
 
 def submit(*nodes: Node, config: ConfigLike = None, **overrides: Any) -> RunFuture:
     """Start computing ``nodes`` in the background; the future's result is a tuple."""
     cfg = Config.resolve(config, **overrides)
-    return session().submit(DAG.from_sinks(nodes), cfg)
+    return session().submit(build_dag(nodes), cfg)
 
 
 def visualize(*nodes: Node, path: str = "dag.svg") -> str:
@@ -72,7 +73,7 @@ class _Runner:
 
     def submit(self, nodes: Sequence[Node], config: ConfigLike, **options: Any) -> RunFuture:
         cfg = Config.resolve(config, **options)
-        return session().submit(DAG.from_sinks(nodes), cfg, single=len(nodes) == 1)
+        return session().submit(build_dag(nodes), cfg, single=len(nodes) == 1)
 
     def visualize(self, nodes: Sequence[Node], path: str, **options: Any) -> str:
         return draw.write(DAG.from_sinks(nodes), path, **options)

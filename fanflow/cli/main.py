@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fanflow
+from fanflow.cli.runs import register as register_runs
 from fanflow.cli.script import load_sinks
 from fanflow.config import Config
 from fanflow.errors import FanflowError
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+register_runs(app)
 console = Console()
 err_console = Console(stderr=True)
 

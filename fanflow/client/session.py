@@ -18,6 +18,7 @@ from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
 from fanflow.errors import RunCancelledError
+from fanflow.metrics.recorder import record_run
 from fanflow.platforms import Platform, client_platform
 from fanflow.worker import handle
 
@@ -80,6 +81,7 @@ class Session:
             run = Run(dag, config, platform)
             if on_start is not None:
                 on_start(run)
+            error: BaseException | None = None
             try:
                 run.start()
                 try:
@@ -88,8 +90,12 @@ class Session:
                     run._stop("cancelled")
                     raise
                 return run.results()
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
                 run.cleanup()
+                record_run(run, error)
         finally:
             self.release(config)
 

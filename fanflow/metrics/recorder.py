@@ -1,0 +1,146 @@
+"""Recording a run in the metadata store, on the client, right after the run ends.
+
+The client calls :func:`record_run` once per run, on success and on failure,
+after cleanup (the event stream survives cleanup). Recording is observability:
+any error in it is logged as a warning and never changes the run's outcome.
+
+The last events can trail the completion message: the sink's worker publishes
+"done" in the same round trip that stores the output, and only then emits
+``task_finished``/``worker_stopped`` and flushes (at exit, with the default
+``shutdown`` strategy). So :func:`collect_events` reads the stream until it is
+*complete* (every task finished and every worker seen has stopped) or a short
+deadline passes: up to :data:`SETTLE_S` after a success, where completeness is
+certain to come within moments, and :data:`SETTLE_FAILED_S` after a failure,
+where workers that never got to flush may never show up. A failed run is thus
+recorded with what its workers had written by then.
+
+DAG build time is measured by :func:`build_dag`, which the API uses in place of
+``DAG.from_sinks``; it is remembered per DAG object (weakly) until the run is
+recorded, so no signature between the API and the client has to carry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fanflow.config import mask_url
+from fanflow.dag.graph import DAG
+from fanflow.dag.node import Node
+from fanflow.errors import RunCancelledError, RunTimeoutError
+from fanflow.metrics.build import build_metrics, summaries_of
+from fanflow.metrics.records import RunMetrics, RunRecord
+from fanflow.store import Store, keys
+from fanflow.store.metadata import is_disabled, open_metadata
+
+if TYPE_CHECKING:
+    from fanflow.client.run import Run
+
+log = logging.getLogger(__name__)
+
+SETTLE_S = 5.0
+"""Longest wait for the last events of a successful run."""
+
+SETTLE_FAILED_S = 0.5
+"""Longest wait for the events of a failed or cancelled run."""
+
+_POLL_S = 0.002
+
+_build_times: weakref.WeakKeyDictionary[DAG, float] = weakref.WeakKeyDictionary()
+
+
+def build_dag(nodes: Sequence[Node]) -> DAG:
+    """``DAG.from_sinks(nodes)``, remembering how long it took for the run's record."""
+    began = time.perf_counter()
+    dag = DAG.from_sinks(nodes)
+    _build_times[dag] = time.perf_counter() - began
+    return dag
+
+
+def status_of(error: BaseException | None) -> str:
+    """The run status recorded for the way it ended."""
+    if error is None:
+        return "succeeded"
+    if isinstance(error, RunTimeoutError):
+        return "timeout"
+    if isinstance(error, (RunCancelledError, KeyboardInterrupt)):
+        return "cancelled"
+    return "failed"
+
+
+def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> list[dict[str, Any]]:
+    """The run's events, read until complete or until the settle deadline passes."""
+    stream = keys.events(run_id)
+    deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
+    events: list[dict[str, Any]] = []
+    finished: set[Any] = set()
+    running: dict[str, int] = {}  # worker -> started minus stopped (workers may appear via any event)
+    after = "0"
+    while True:
+        batch = store.read_events(stream, after)
+        if batch:
+            after = batch[-1][0]
+            for _, e in batch:
+                events.append(e)
+                kind, worker = e.get("kind"), str(e.get("worker"))
+                running.setdefault(worker, 1)
+                if kind == "worker_stopped":
+                    running[worker] = 0
+                elif kind == "task_finished" and e.get("element") is None:
+                    finished.add(str(e.get("task")))
+        all_stopped = not any(running.values())
+        if all_stopped and (len(finished) >= n_tasks or not succeeded):
+            return events
+        if time.monotonic() >= deadline:
+            log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
+            return events
+        time.sleep(_POLL_S)
+
+
+def record_run(run: Run, error: BaseException | None) -> RunMetrics | None:
+    """Build the run's metrics from its events and save them; never raises.
+
+    Returns the metrics, or None when recording is off (``metadata="none"``),
+    the run never started, or recording failed (logged as a warning).
+    """
+    config = run.config
+    if is_disabled(config.metadata) or not run.submitted_at:
+        return None
+    try:
+        began = time.perf_counter()
+        status = status_of(error)
+        dag = run.dag
+        events = collect_events(run.store, run.run_id, len(dag), status == "succeeded")
+        finished_at = run.finished_at or time.time()
+        header = RunRecord(
+            run_id=run.run_id,
+            signature=dag.signature,
+            sink=dag.sink_name,
+            status=status,
+            planner=config.planner,
+            platform=config.platform,
+            metrics_upload=config.metrics_upload,
+            memory_mb=config.memory_mb,
+            submitted_at=run.submitted_at,
+            finished_at=finished_at,
+            makespan_s=max(0.0, finished_at - run.submitted_at),
+            dag_build_s=_build_times.get(dag, 0.0),
+            encoded_size=run.encoded_size,
+            error=None
+            if error is None
+            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        )
+        metrics = build_metrics(dag, events, header)
+        metrics.run.record_s = time.perf_counter() - began
+        run_doc, task_docs, worker_docs = metrics.to_docs()
+        store = open_metadata(config.metadata)
+        store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries_of(metrics.tasks))
+        store.gc(config.retention_runs)
+        log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
+        return metrics
+    except Exception as exc:
+        log.warning("run %s: could not record its metrics in %s: %s", run.run_id, mask_url(config.metadata), exc)
+        return None

@@ -1,0 +1,208 @@
+"""The :class:`MetadataStore` protocol: where the history of runs lives, and the running summary.
+
+A metadata store keeps, per run, one *run document*, its *task documents*, its
+*worker documents* and its *event list* (so a run can be replayed long after
+the run store's event stream expired). Documents are plain JSON-able dicts: the
+store layer sits below :mod:`fanflow.metrics`, which owns their meaning and
+converts them to typed records. A store only reads the few fields it indexes:
+
+- run: ``run_id``, ``signature`` (DAG signature), ``submitted_at``;
+- task: ``task`` (id in the DAG), ``identity`` (the task function), ``memory_mb``.
+
+History is indexed two ways, by DAG signature ("the past runs of this
+workflow") and by ``(function identity, memory_mb)`` ("every past execution of
+f at m MB"), which is what planning asks.
+
+History stays bounded in two ways. Retention (:meth:`MetadataStore.gc`) keeps
+the newest N runs with all their documents. Beside it, a :class:`Summary` per
+``(identity, memory_mb)`` is merged into on every save and never shrinks: a
+fixed-size record (count, mean and M2 of execution time, min/max, and the sums
+a least-squares fit of time on input bytes needs), so a prediction costs one
+lookup however long the history is, and survives retention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+from fanflow.errors import FanflowError
+
+
+class MetadataError(FanflowError):
+    """The metadata store cannot be opened or used."""
+
+
+class RunNotFoundError(MetadataError):
+    """No run with this id is in the metadata store."""
+
+
+SummaryKey = tuple[str, int]
+"""``(function identity, memory_mb)``."""
+
+
+@dataclass(slots=True)
+class Summary:
+    """Running summary of one function's executions at one memory size.
+
+    ``y`` is the execution time in seconds, ``x`` the task's total input bytes
+    (local and fetched) and ``out`` its output bytes. Mean and variance use
+    Welford's update and Chan's merge, which stay accurate where a plain sum of
+    squares would cancel; the x sums are what a least-squares line needs.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = math.inf
+    max: float = 0.0
+    sum_x: float = 0.0
+    sum_xx: float = 0.0
+    sum_xy: float = 0.0
+    sum_out: float = 0.0
+    sum_x_out: float = 0.0
+
+    def add(self, exec_s: float, in_bytes: float, out_bytes: float) -> None:
+        """Count one execution."""
+        self.count += 1
+        delta = exec_s - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (exec_s - self.mean)
+        self.min = min(self.min, exec_s)
+        self.max = max(self.max, exec_s)
+        self.sum_x += in_bytes
+        self.sum_xx += in_bytes * in_bytes
+        self.sum_xy += in_bytes * exec_s
+        self.sum_out += out_bytes
+        self.sum_x_out += in_bytes * out_bytes
+
+    def merge(self, other: Summary) -> Summary:
+        """A new summary of both sets of executions (Chan et al.'s parallel update)."""
+        if other.count == 0:
+            return Summary(**asdict(self))
+        if self.count == 0:
+            return Summary(**asdict(other))
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        return Summary(
+            count=n,
+            mean=self.mean + delta * other.count / n,
+            m2=self.m2 + other.m2 + delta * delta * self.count * other.count / n,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            sum_x=self.sum_x + other.sum_x,
+            sum_xx=self.sum_xx + other.sum_xx,
+            sum_xy=self.sum_xy + other.sum_xy,
+            sum_out=self.sum_out + other.sum_out,
+            sum_x_out=self.sum_x_out + other.sum_x_out,
+        )
+
+    @property
+    def variance(self) -> float:
+        """Sample variance of the execution time (0 below two executions)."""
+        return self.m2 / (self.count - 1) if self.count > 1 else 0.0
+
+    @property
+    def stdev(self) -> float:
+        return math.sqrt(self.variance)
+
+    def _line(self, sum_y: float, sum_xy: float) -> tuple[float, float]:
+        """Least-squares ``(intercept, slope)`` of y on x; flat when x never varied."""
+        n = self.count
+        denom = n * self.sum_xx - self.sum_x * self.sum_x
+        if n < 2 or abs(denom) <= 1e-12 * max(1.0, n * self.sum_xx):
+            return sum_y / n, 0.0
+        slope = (n * sum_xy - self.sum_x * sum_y) / denom
+        return (sum_y - slope * self.sum_x) / n, slope
+
+    def predict_exec_s(self, in_bytes: float) -> float:
+        """Execution time expected for ``in_bytes`` of input (never below the fastest seen)."""
+        if self.count == 0:
+            raise MetadataError("an empty summary predicts nothing; check Summary.count first")
+        intercept, slope = self._line(self.mean * self.count, self.sum_xy)
+        return max(self.min, intercept + slope * in_bytes)
+
+    def predict_out_bytes(self, in_bytes: float) -> float:
+        """Output size expected for ``in_bytes`` of input (never negative)."""
+        if self.count == 0:
+            raise MetadataError("an empty summary predicts nothing; check Summary.count first")
+        intercept, slope = self._line(self.sum_out, self.sum_x_out)
+        return max(0.0, intercept + slope * in_bytes)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
+        known = {f.name for f in fields(cls)}
+        values = {k: float(v) for k, v in data.items() if k in known}
+        values["count"] = int(values.get("count", 0))
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def of(cls, executions: Iterable[tuple[float, float, float]]) -> Summary:
+        """The summary of ``(exec_s, in_bytes, out_bytes)`` triples."""
+        summary = cls()
+        for exec_s, in_bytes, out_bytes in executions:
+            summary.add(exec_s, in_bytes, out_bytes)
+        return summary
+
+
+@dataclass(slots=True)
+class StoredRun:
+    """Everything kept of one run, as documents."""
+
+    run: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    workers: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
+class MetadataStore(Protocol):
+    """History of runs: documents by run, by DAG signature and by function, plus summaries."""
+
+    url: str
+
+    def save_run(
+        self,
+        run: Mapping[str, Any],
+        tasks: Sequence[Mapping[str, Any]],
+        workers: Sequence[Mapping[str, Any]],
+        events: Sequence[Mapping[str, Any]],
+        summaries: Mapping[SummaryKey, Summary],
+    ) -> None:
+        """Store one run's documents and merge ``summaries`` into the running ones, atomically.
+
+        Saving a run id again replaces its documents but merges its summaries
+        again, so callers save each run once.
+        """
+        ...
+
+    def runs(self, signature: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Run documents, newest first; only runs of one DAG when ``signature`` is given."""
+        ...
+
+    def load_run(self, run_id: str) -> StoredRun:
+        """Every document of a run; :class:`RunNotFoundError` when it is not kept."""
+        ...
+
+    def task_history(
+        self, identities: Iterable[str] | None = None, memory_mb: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Task documents of the kept runs, oldest first, filtered by function and memory."""
+        ...
+
+    def summaries(self, identities: Iterable[str] | None = None) -> dict[SummaryKey, Summary]:
+        """The running summaries, for every function or only for ``identities``."""
+        ...
+
+    def gc(self, keep_runs: int) -> list[str]:
+        """Delete all but the newest ``keep_runs`` runs; returns the ids deleted.
+
+        Summaries are kept: they already count the deleted runs' executions.
+        """
+        ...
+
+    def close(self) -> None: ...
