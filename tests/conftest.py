@@ -7,11 +7,54 @@ own ``redis-server`` on a free port (see ``redis_url``).
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 import fanflow
 
-PLATFORMS = ["threads"]
+PLATFORMS = ["threads", "processes"]
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private ``redis-server`` on a free port for the whole session (no persistence)."""
+    port = _free_port()
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(params=PLATFORMS)
@@ -20,4 +63,12 @@ def run_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     meta = tmp_path_factory.mktemp("meta") / "metadata.db"
     if request.param == "threads":
         return fanflow.Config(platform="threads", store="memory://", progress=False, metadata=f"sqlite:///{meta}")
+    if request.param == "processes":
+        return fanflow.Config(
+            platform="processes",
+            store=request.getfixturevalue("redis_url"),
+            max_workers=2,
+            progress=False,
+            metadata=f"sqlite:///{meta}",
+        )
     raise AssertionError(f"no fixture for platform {request.param}")

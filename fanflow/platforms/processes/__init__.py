@@ -1,0 +1,102 @@
+"""The ``processes`` platform: a FaaS emulator on one machine.
+
+Invoking a worker is one ``RPUSH`` of its signed payload to the Redis queue of a
+pool (see :mod:`.pool`); a pool host runs it on a warm worker process, or
+cold-starts one. The same invoker serves the client (starting the roots) and
+the workers (starting fan-out branches), so every invocation goes the same way.
+
+By default each client starts its own pool host in background threads, shared
+by all its runs in flight and closed when the last one ends (``keep_warm =
+False``); its workers check payloads with the client's secret. With
+``config.pool = "NAME"`` the client starts nothing and queues to the long-lived
+pool of ``fanflow worker-pool --name NAME``, which must share its secret.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fanflow.config import mask_url
+from fanflow.errors import ConfigError, PlatformError
+from fanflow.platforms.base import Handler
+from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key
+from fanflow.store import open_store
+from fanflow.store.redis import RedisStore
+from fanflow.worker.invocation import peek
+
+__all__ = ["PoolHost", "ProcessesPlatform", "client_platform", "worker_platform"]
+
+
+def _redis_store(url: str) -> RedisStore:
+    store = open_store(url)
+    if not isinstance(store, RedisStore):
+        raise ConfigError(
+            f"platform 'processes' queues invocations in Redis: pass store='redis://host:port/db', not {url!r}"
+        )
+    return store
+
+
+class ProcessesPlatform:
+    """Queues invocations for a pool; owns the pool's host when the client started it."""
+
+    name = "processes"
+    in_process = False
+    keep_warm = False
+
+    def __init__(self, store_url: str, pool: str, host: PoolHost | None = None) -> None:
+        self.options: dict[str, Any] = {"store": store_url, "pool": pool}
+        self.pool = pool
+        self.host = host
+        self._store = _redis_store(store_url)
+
+    def invoke(self, invocations: Sequence[Any]) -> None:
+        """Queue signed payloads, routed by the memory class each one carries; one round trip."""
+        if not invocations:
+            return
+        payloads = [bytes(p) for p in invocations]
+        push(self._store, self.pool, pack_entries([peek(p).memory_mb for p in payloads], payloads))
+
+    def close(self) -> None:
+        """Stop the pool host this client started (a shared pool keeps running)."""
+        if self.host is not None:
+            self.host.close()
+            self.host = None
+            self._store.delete([queue_key(self.pool)])  # invocations of failed runs nobody will take
+
+
+def client_platform(config: Any, handler: Handler) -> ProcessesPlatform:
+    """The platform of a client: its own pool host, or the shared pool ``config.pool``."""
+    store = _redis_store(config.store)
+    if config.pool:
+        if config.secret is None:
+            raise ConfigError(
+                f"config.pool={config.pool!r} runs workers with the pool's secret: set config.secret "
+                "(or FANFLOW_SECRET) to the secret the pool was started with"
+            )
+        if not store.client.exists(alive_key(config.pool)):
+            raise PlatformError(
+                f"no worker pool named {config.pool!r} is running on {mask_url(store.url)}: "
+                f"start one with `fanflow worker-pool --name {config.pool} --store <url>`"
+            )
+        return ProcessesPlatform(config.store, config.pool)
+    from fanflow.client.run import _client_secret  # the client layer's per-process secret signs the payloads
+
+    pool = f"client-{uuid.uuid4().hex[:12]}"
+    secret = (config.secret or _client_secret).encode()
+    host = PoolHost(store, pool, secret, max_workers=config.max_workers, idle_timeout_s=config.idle_timeout_s)
+    host.start()
+    return ProcessesPlatform(config.store, pool, host)
+
+
+_invokers: dict[tuple[str, str], ProcessesPlatform] = {}
+
+
+def worker_platform(options: dict[str, Any], handler: Handler) -> ProcessesPlatform:
+    """The invoker a worker uses for fan-out: the same queue its own invocation came from."""
+    key = (options["store"], options["pool"])
+    invoker = _invokers.get(key)
+    if invoker is None:
+        invoker = _invokers[key] = ProcessesPlatform(*key)
+    return invoker

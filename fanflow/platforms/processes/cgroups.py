@@ -1,0 +1,168 @@
+"""CPU and memory limits for worker processes, the way a FaaS platform sizes them.
+
+On AWS Lambda a function's CPU share grows with its memory: 1769 MB buys one
+vCPU. The pool emulates that with Linux control groups, one cgroup per worker
+process (a class-wide group would make the workers of one memory class share
+one vCPU and one memory limit, which no FaaS platform does):
+
+- cgroup v2: ``cpu.max = "<quota> <period>"`` and ``memory.max``;
+- cgroup v1: ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``memory.limit_in_bytes``.
+
+Groups are made under the cgroup this process already lives in, never at the
+root, so the limits of whoever started fanflow still apply to its workers. The
+pool's groups sit under one parent per pool (``fanflow-<pool>-<pid>``), removed
+when the pool closes. Where cgroups are not writable (no root, read-only mount,
+v2 without delegated controllers) workers run unthrottled, and the first pool
+of the process logs ONE warning saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MB_PER_VCPU = 1769
+"""Memory that buys one vCPU, as on AWS Lambda."""
+
+PERIOD_US = 100_000
+MIN_QUOTA_US = 1_000
+ROOT = Path("/sys/fs/cgroup")
+
+_warned = False
+
+
+def cpu_quota_us(memory_mb: int, period_us: int = PERIOD_US) -> int:
+    """CPU time per period for ``memory_mb`` (1769 MB = one full period, i.e. 1 vCPU)."""
+    return max(MIN_QUOTA_US, period_us * memory_mb // MB_PER_VCPU)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where to make groups and which files set the limits."""
+
+    cpu_dir: Path
+    memory_dir: Path
+    v2: bool
+
+
+def _own_paths() -> dict[str, str]:
+    """This process's cgroup path per controller (``""`` for the v2 unified hierarchy)."""
+    paths: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            paths[name] = path.lstrip("/")
+    return paths
+
+
+def _detect() -> _Layout:
+    """The directories under which this process may make cgroups; raises OSError where it may not."""
+    paths = _own_paths()
+    unified = ROOT / "cgroup.controllers"
+    if unified.is_file():
+        own = ROOT / paths.get("", "")
+        if not {"cpu", "memory"} <= set((own / "cgroup.controllers").read_text().split()):
+            raise OSError(f"the cpu and memory controllers are not delegated to {own}")
+        return _Layout(own, own, v2=True)
+    dirs = []
+    for controller in ("cpu", "memory"):
+        if controller not in paths:
+            raise OSError(f"no cgroup v1 {controller} controller for this process")
+        mount = next((ROOT / n for n in (controller, "cpu,cpuacct") if (ROOT / n).is_dir()), None)
+        if mount is None:
+            raise OSError(f"the cgroup v1 {controller} hierarchy is not mounted under {ROOT}")
+        dirs.append(mount / paths[controller])
+    return _Layout(dirs[0], dirs[1], v2=False)
+
+
+class Cgroups:
+    """The cgroups of one pool: a parent group, and one group per worker process."""
+
+    def __init__(self, pool: str) -> None:
+        self._groups: list[Path] = []
+        self.available = False
+        try:
+            layout = _detect()
+            name = f"fanflow-{pool}-{os.getpid()}"
+            if layout.v2:
+                self._parents = [_mkdir(layout.cpu_dir / name)]
+                if not {"cpu", "memory"} <= set((self._parents[0] / "cgroup.controllers").read_text().split()):
+                    raise OSError(f"{layout.cpu_dir} does not enable the cpu and memory controllers for its children")
+                (self._parents[0] / "cgroup.subtree_control").write_text("+cpu +memory")
+            else:
+                self._parents = [_mkdir(layout.cpu_dir / name), _mkdir(layout.memory_dir / name)]
+            self._layout = layout
+            self.available = True
+        except OSError as exc:
+            self._parents = []
+            self.close()
+            _warn_once(exc)
+
+    def place(self, pid: int, child: str, memory_mb: int) -> None:
+        """Put process ``pid`` in a new group ``child`` limited to ``memory_mb`` and its CPU share."""
+        if not self.available:
+            return
+        quota = cpu_quota_us(memory_mb)
+        limit = str(memory_mb * 1024 * 1024)
+        try:
+            if self._layout.v2:
+                group = _mkdir(self._parents[0] / child)
+                self._groups.append(group)
+                (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (group / "memory.max").write_text(limit)
+                (group / "cgroup.procs").write_text(str(pid))
+                return
+            cpu = _mkdir(self._parents[0] / child)
+            self._groups.append(cpu)
+            (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            memory = _mkdir(self._parents[1] / child)
+            self._groups.append(memory)
+            (memory / "memory.limit_in_bytes").write_text(limit)
+            (cpu / "cgroup.procs").write_text(str(pid))
+            (memory / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            log.warning("could not limit worker process %d to %d MB with cgroups: %s", pid, memory_mb, exc)
+
+    def remove(self, child: str) -> None:
+        """Remove the groups of a worker process that has exited."""
+        for parent in self._parents:
+            group = parent / child
+            if group in self._groups:
+                self._groups.remove(group)
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+
+    def close(self) -> None:
+        """Remove every group this pool made (its processes must have exited)."""
+        for group in self._groups:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self._groups = []
+        for parent in self._parents:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        self._parents = []
+        self.available = False
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _warn_once(exc: OSError) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning(
+            "cgroups are not writable here (%s): worker processes run without CPU and memory limits, "
+            "so memory_mb does not size them. Run the pool as root on a host with cgroup v1, or with "
+            "the cpu and memory controllers delegated (cgroup v2), to emulate FaaS sizing.",
+            exc,
+        )

@@ -1,0 +1,366 @@
+"""The pool host: takes invocations from a Redis queue and runs them on warm worker processes.
+
+A pool is named; its queue is the Redis list ``ff:pool:<name>:queue``. An
+entry is the invocation's ``memory_mb`` (4 bytes) followed by the signed
+payload, so the host routes by memory class without verifying or unpickling
+anything; the worker process verifies the signature before it unpickles. One
+list per pool, rather than one per memory class, keeps the queue FIFO across
+classes and lets the host block on a single key it knows in advance.
+
+Two threads make a host:
+
+- the *popper* takes entries only while it holds capacity (a semaphore of
+  ``max_workers`` permits, one per invocation in flight), with ``BLPOP`` and
+  then ``LPOP <count>`` for the rest of the permits it can take, so a burst
+  costs a few commands. Entries it cannot run stay in Redis for other hosts;
+- the *dispatcher* owns the worker processes. It sends an entry to an idle
+  warm worker of the same memory class, else cold-starts one (a fresh
+  interpreter, placed in its cgroup), evicting an idle worker of another class
+  when the pool is full; a cold worker gets its payload once it reports ready.
+  Workers idle for ``idle_timeout_s`` are stopped. A worker that dies with an
+  invocation in flight (e.g. killed at its memory limit) fails that run with an
+  error record, so the client raises instead of waiting forever.
+
+A named pool (``fanflow worker-pool``) refreshes ``ff:pool:<name>:alive`` so
+clients can tell that it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe, wait
+
+from fanflow.errors import PayloadRejectedError, PlatformError
+from fanflow.platforms.processes import child as child_protocol
+from fanflow.platforms.processes.cgroups import Cgroups
+from fanflow.store import keys
+from fanflow.store.redis import RedisStore
+from fanflow.worker.invocation import verify
+
+log = logging.getLogger(__name__)
+
+QUEUE_TTL_MS = 24 * 3600 * 1000
+"""The queue expires this long after its last push, so an abandoned pool leaves nothing behind."""
+
+POP_TIMEOUT_S = 0.2
+"""Longest block on the queue; also how fast a host notices it should stop."""
+
+ALIVE_TTL_S = 10
+ALIVE_EVERY_S = 3.0
+STOP_GRACE_S = 2.0
+"""How long a stopping worker may take to finish before it is killed."""
+
+_ENTRY = struct.Struct("<I")
+_CHILD_MAIN = f"from {child_protocol.__name__} import main; main()"
+
+
+def queue_key(pool: str) -> str:
+    return f"{keys.PREFIX}:pool:{pool}:queue"
+
+
+def alive_key(pool: str) -> str:
+    return f"{keys.PREFIX}:pool:{pool}:alive"
+
+
+def pack_entries(memory_mb: list[int], payloads: list[bytes]) -> list[bytes]:
+    """Queue entries: ``memory_mb`` as 4 bytes, then the signed payload."""
+    return [_ENTRY.pack(mb) + p for mb, p in zip(memory_mb, payloads, strict=True)]
+
+
+def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
+    """Append entries to the pool's queue and refresh its TTL, in one round trip."""
+    pipe = store.client.pipeline(transaction=False)
+    pipe.rpush(queue_key(pool), *entries)
+    pipe.pexpire(queue_key(pool), QUEUE_TTL_MS)
+    pipe.execute()
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process as the dispatcher sees it."""
+
+    name: str
+    memory_mb: int
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    ready: bool = False
+    payload: bytes | None = None
+    """The invocation in flight (or waiting for the worker to be ready)."""
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class PoolHost:
+    """Runs the invocations queued for pool ``name`` on up to ``max_workers`` worker processes."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        name: str,
+        secret: bytes,
+        *,
+        max_workers: int | None = None,
+        idle_timeout_s: float = 60.0,
+        advertise: bool = False,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.idle_timeout_s = idle_timeout_s
+        self.stats = {"invocations": 0, "cold_starts": 0, "refused": 0, "crashed": 0}
+        self._secret = secret
+        self._advertise = advertise
+        self._queue = queue_key(name)
+        self._permits = threading.Semaphore(self.max_workers)
+        self._inbox: deque[bytes] = deque()
+        self._wake_r, self._wake_w = Pipe(duplex=False)
+        self._stop = threading.Event()
+        self._workers: list[_Worker] = []
+        self._ids = itertools.count(1)
+        self._cgroups = Cgroups(name)
+        self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+        self._env.pop("FANFLOW_SECRET", None)
+        self._popper: threading.Thread | None = None
+        self._dispatcher: threading.Thread | None = None
+
+    # -- lifetime --------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve in background threads (the client's own pool)."""
+        self._dispatcher = threading.Thread(target=self.serve, name=f"fanflow-pool-{self.name}", daemon=True)
+        self._dispatcher.start()
+
+    def serve(self) -> None:
+        """Serve in this thread until :meth:`stop` is called (``fanflow worker-pool``)."""
+        self._popper = threading.Thread(target=self._pop_loop, name=f"fanflow-pop-{self.name}", daemon=True)
+        self._popper.start()
+        try:
+            self._dispatch_loop()
+        finally:
+            self._popper.join(timeout=POP_TIMEOUT_S + 5)
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the host to stop; returns at once (see :meth:`close`)."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")
+
+    def close(self) -> None:
+        """Stop and wait until every worker process has exited and its cgroup is removed."""
+        self.stop()
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout=STOP_GRACE_S + POP_TIMEOUT_S + 10)
+
+    # -- popper ------------------------------------------------------------------------
+    def _pop_loop(self) -> None:
+        client, stop = self.store.client, self._stop
+        next_alive = 0.0
+        while not stop.is_set():
+            try:
+                if self._advertise and time.monotonic() >= next_alive:
+                    client.set(alive_key(self.name), os.getpid(), ex=ALIVE_TTL_S)
+                    next_alive = time.monotonic() + ALIVE_EVERY_S
+                if not self._permits.acquire(timeout=POP_TIMEOUT_S):
+                    continue
+                got = client.blpop([self._queue], timeout=POP_TIMEOUT_S)
+                if got is None:
+                    self._permits.release()
+                    continue
+                entries = [got[1]]
+                extra = 0
+                while self._permits.acquire(blocking=False):
+                    extra += 1
+                if extra:
+                    more = client.lpop(self._queue, extra) or []
+                    entries.extend(more)
+                    for _ in range(extra - len(more)):
+                        self._permits.release()
+                self._inbox.extend(entries)
+                self._wake_w.send_bytes(b"")
+            except Exception:  # Redis away or a bug: keep the pool alive, retry shortly
+                log.exception("pool %s could not take invocations from its queue; retrying", self.name)
+                stop.wait(1.0)
+
+    # -- dispatcher ----------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        idle_check = max(0.05, min(1.0, self.idle_timeout_s / 2))
+        while not self._stop.is_set():
+            by_conn = {w.conn: w for w in self._workers}
+            for conn in wait([self._wake_r, *by_conn], timeout=idle_check):
+                if conn is self._wake_r:
+                    self._drain_wake()
+                elif by_conn[conn] in self._workers:  # not lost while handling an earlier message
+                    self._on_message(by_conn[conn])
+            while self._inbox:
+                entry = self._inbox.popleft()
+                try:
+                    self._dispatch(entry)
+                except PlatformError:
+                    log.exception("pool %s could not run an invocation", self.name)
+                    self._permits.release()
+            self._retire_idle()
+
+    def _drain_wake(self) -> None:
+        while self._wake_r.poll():
+            self._wake_r.recv_bytes()
+
+    def _dispatch(self, entry: bytes) -> None:
+        (memory_mb,) = _ENTRY.unpack_from(entry)
+        payload = entry[_ENTRY.size :]
+        self.stats["invocations"] += 1
+        idle = [w for w in self._workers if w.ready and w.payload is None]
+        same = [w for w in idle if w.memory_mb == memory_mb]
+        if same:
+            worker = max(same, key=lambda w: w.last_used)  # the warmest; the others may time out
+            self._send(worker, payload)
+            return
+        if len(self._workers) >= self.max_workers and idle:
+            self._retire(min(idle, key=lambda w: w.last_used))
+        self._cold_start(memory_mb).payload = payload
+
+    def _cold_start(self, memory_mb: int) -> _Worker:
+        ours, theirs = Pipe()
+        name = f"w{next(self._ids)}"
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise PlatformError(f"pool {self.name}: cannot start a worker process ({exc})") from exc
+        finally:
+            theirs.close()
+        self._cgroups.place(proc.pid, name, memory_mb)
+        ours.send_bytes(pickle.dumps({"secret": self._secret, "log_level": logging.getLogger().level}))
+        worker = _Worker(name, memory_mb, proc, ours)
+        self._workers.append(worker)
+        self.stats["cold_starts"] += 1
+        return worker
+
+    def _send(self, worker: _Worker, payload: bytes) -> None:
+        worker.payload = payload
+        try:
+            worker.conn.send_bytes(payload)
+        except OSError:
+            self._lost(worker)
+
+    def _on_message(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._lost(worker)
+            return
+        if message == child_protocol.READY:
+            worker.ready = True
+            if worker.payload is not None:
+                self._send(worker, worker.payload)
+            return
+        if message == child_protocol.REFUSED:
+            self.stats["refused"] += 1
+        elif message.startswith(child_protocol.CRASHED):
+            self.stats["crashed"] += 1
+            self._fail_invocation(worker, f"the worker crashed outside of its tasks: {message[1:].decode()}")
+        worker.payload = None
+        worker.last_used = time.monotonic()
+        self._permits.release()
+
+    def _lost(self, worker: _Worker) -> None:
+        """A worker process died: fail the run it was serving, free its slot."""
+        self._workers.remove(worker)
+        worker.conn.close()
+        code = _reap(worker.proc, 5.0)
+        self._cgroups.remove(worker.name)
+        if worker.payload is not None:
+            self.stats["crashed"] += 1
+            self._permits.release()
+            hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if code is not None and code < 0 else ""
+            self._fail_invocation(worker, f"worker process {worker.proc.pid} exited with code {code}{hint}")
+
+    def _fail_invocation(self, worker: _Worker, why: str) -> None:
+        """Fail the run of the invocation ``worker`` was serving, so its client raises at once."""
+        try:
+            inv = verify(worker.payload or b"", self._secret)
+        except PayloadRejectedError:
+            return  # not a run of ours: nobody to tell
+        message = f"tasks {list(inv.start)} were lost: {why}"
+        log.error("pool %s: %s (run %s)", self.name, message, inv.run_id)
+        record = {
+            "run_id": inv.run_id,
+            "task": f"#{inv.start[0]}" if inv.start else "<worker>",
+            "task_id": inv.start[0] if inv.start else -1,
+            "exc_type": "fanflow.errors.PlatformError",
+            "message": message,
+            "traceback": f"{message}\n",
+            "worker": f"{self.name}/{worker.name}",
+            "attempt": 1,
+            "time": time.time(),
+        }
+        try:
+            self.store.fail_run(
+                keys.status(inv.run_id),
+                keys.errors(inv.run_id),
+                json.dumps(record).encode(),
+                inv.settings.key_ttl_s,
+                keys.channel(inv.run_id),
+            )
+        except Exception:  # the store is away too; the run's timeout is the client's last resort
+            log.exception("pool %s could not record the failure of run %s", self.name, inv.run_id)
+
+    def _retire_idle(self) -> None:
+        limit = time.monotonic() - self.idle_timeout_s
+        for worker in [w for w in self._workers if w.ready and w.payload is None and w.last_used < limit]:
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+        with contextlib.suppress(OSError):
+            worker.conn.send_bytes(b"")
+        worker.conn.close()
+        _reap(worker.proc, STOP_GRACE_S)
+        self._cgroups.remove(worker.name)
+
+    def _shutdown(self) -> None:
+        """Stop every worker (busy ones get a grace period), return unrun entries, remove cgroups."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send_bytes(b"")
+        deadline = time.monotonic() + STOP_GRACE_S
+        for worker in self._workers:
+            _reap(worker.proc, max(0.0, deadline - time.monotonic()))
+            worker.conn.close()
+        self._workers = []
+        self._cgroups.close()
+        if self._inbox:
+            try:
+                self.store.client.lpush(self._queue, *reversed(self._inbox))
+            except Exception:
+                log.warning("pool %s dropped %d queued invocations at shutdown", self.name, len(self._inbox))
+            self._inbox.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait for ``proc`` to exit, killing it after ``timeout``; its exit code."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("worker process %d does not die; leaving it", proc.pid)
+            return None

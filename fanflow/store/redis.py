@@ -1,0 +1,417 @@
+"""The Redis store: run state shared by worker processes, with one round trip per step.
+
+Design points, in the order a task meets them:
+
+- **Values** are framed pickle-5 (:func:`dumps`/:func:`loads`): cloudpickle writes
+  large buffers (numpy arrays, ``PickleBuffer``) out of band, and the frame keeps
+  them as raw bytes after the pickle stream. Decoding hands ``pickle.loads``
+  memoryviews into the fetched reply, so an array is rebuilt *on* the bytes Redis
+  returned, without a copy. Such arrays are read-only, as in Ray's object store.
+- **Inputs** are one ``MGET``; **output + notify + publish** is one pipeline:
+  ``SET ... EX`` per output, one ``EVALSHA`` of the claim script per dependent,
+  and ``PUBLISH``. The claim script (``SADD`` the upstream, then ``SET claim NX
+  PX lease`` once the set is complete) makes fan-in exactly-once: a re-run
+  upstream re-adds itself (no change) and the claim is ``NX``. Each script call
+  touches the keys of one task only (one hash tag), so it works on Redis Cluster.
+- Scripts are loaded once per connection with ``SCRIPT LOAD`` and called with
+  ``EVALSHA``; a pipeline that meets ``NOSCRIPT`` (server restarted or flushed)
+  reloads them and runs again, which is safe because every step is idempotent
+  (the ``NX`` claims never ran when their script was missing).
+- **Events** of a worker are packed into ONE stream entry (a JSON list in field
+  ``e``) so a worker costs one command for its metrics, not one per event.
+- Every key written carries a TTL. Clients never send the commands of
+  :data:`SCRIPT_ONLY_COMMANDS` directly, so ``INFO commandstats`` can tell the
+  commands clients send from those the scripts run inside.
+
+The store is synchronous: the worker loop runs blocking user code anyway, and a
+sync client avoids an event loop per worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import pickle
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import cloudpickle
+import redis
+from redis.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from fanflow.config import mask_url
+from fanflow.errors import SerializationError, StoreError, StoreUnavailableError
+from fanflow.store.base import FAILED, MISSING, Claim
+
+__all__ = ["RedisStore", "connect", "dumps", "loads"]
+
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 30.0
+"""Longest wait for one reply; blocking commands used by fanflow wait far less."""
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+_INBAND = 0
+_OUT_OF_BAND = 1
+_COUNT = struct.Struct("<BI")
+
+# KEYS: deps, claim. ARGV: member, indegree, owner, lease_ms, ttl_s.
+# The set gets its TTL when it is created (first member); the claim is granted
+# once, to the caller that finds the set complete.
+_CLAIM_LUA = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local n = redis.call('SCARD', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if n >= tonumber(ARGV[2]) and redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  return 1
+end
+return 0
+"""
+
+# KEYS: status, errors. ARGV: record, ttl_s, channel, failed.
+_FAIL_LUA = """
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'failed')
+return 1
+"""
+
+# KEYS: claim. ARGV: owner, lease_ms.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: stream. ARGV: packed events, ttl_s.
+_EVENTS_LUA = """
+redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd")
+"""Commands fanflow runs only inside its scripts, never sent by a client directly.
+(``SET`` is both: clients write values with it, and a claim script calls it once
+per dependent whose upstream set is complete.)"""
+
+
+# -- values -------------------------------------------------------------------------
+def dumps(value: Any) -> bytes:
+    """Frame ``value`` as pickle-5 with its large buffers out of band.
+
+    Layout: ``0 | pickle`` when there are no out-of-band buffers, else
+    ``1 | n:u32 | n x len:u64 | pickle_len:u64 | pickle | buffer_1 .. buffer_n``.
+    Raises :class:`SerializationError` when the value cannot be pickled.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(
+            f"a {type(value).__name__} cannot be pickled ({type(exc).__name__}: {exc}); return plain data "
+            "(numbers, strings, containers, numpy arrays) or objects that support pickle"
+        ) from exc
+    if not buffers:
+        return b"\x00" + data
+    raws = [b.raw() for b in buffers]
+    header = _COUNT.pack(_OUT_OF_BAND, len(raws)) + struct.pack(
+        f"<{len(raws) + 1}Q", *(r.nbytes for r in raws), len(data)
+    )
+    return b"".join((header, data, *raws))
+
+
+def loads(data: bytes) -> Any:
+    """Decode :func:`dumps` bytes; out-of-band buffers are views into ``data`` (no copy)."""
+    view = memoryview(data)
+    if view[0] == _INBAND:
+        return pickle.loads(view[1:])
+    _, n = _COUNT.unpack_from(view, 0)
+    sizes = struct.unpack_from(f"<{n + 1}Q", view, _COUNT.size)
+    pos = _COUNT.size + 8 * (n + 1)
+    body = view[pos : pos + sizes[-1]]
+    pos += sizes[-1]
+    buffers = []
+    for size in sizes[:-1]:
+        buffers.append(view[pos : pos + size])
+        pos += size
+    return pickle.loads(body, buffers=buffers)
+
+
+# -- errors -------------------------------------------------------------------------
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn redis-py exceptions into fanflow store errors that name the (masked) URL."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise _unavailable(args[0].url, exc) from exc  # type: ignore[attr-defined]
+        except RedisError as exc:
+            raise StoreError(f"Redis store {mask_url(args[0].url)}: {exc}") from exc  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+def _unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"cannot reach the Redis store at {mask_url(url)} ({type(exc).__name__}: {exc}). Check that "
+        "redis-server runs there and accepts connections, or pass another store URL "
+        "(store='redis://[user:password@]host:port/db', 'rediss://' for TLS)"
+    )
+
+
+# -- subscriptions -----------------------------------------------------------------------
+class RedisSubscription:
+    """One channel subscription on its own connection; confirmed before it is returned."""
+
+    def __init__(self, pubsub: PubSub, url: str) -> None:
+        self._pubsub = pubsub
+        self._url = url
+
+    def get(self, timeout: float) -> bytes | None:
+        """The next message on the channel, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if message is not None and message["type"] == "message":
+                    data: bytes = message["data"]
+                    return data
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise _unavailable(self._url, exc) from exc
+
+    def close(self) -> None:
+        """Unsubscribe and give the connection back."""
+        with contextlib.suppress(RedisError):  # a lost connection has nothing left to release
+            self._pubsub.close()
+
+
+# -- the store ---------------------------------------------------------------------------
+class RedisStore:
+    """A :class:`fanflow.store.Store` on one Redis server (``redis://`` or ``rediss://``)."""
+
+    keeps_objects = False
+
+    def __init__(self, url: str, client: redis.Redis) -> None:
+        self.url = url
+        self.client = client
+        """The redis-py client (thread-safe; a connection pool), for platforms built on Redis."""
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._fail = client.register_script(_FAIL_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
+        self._events = client.register_script(_EVENTS_LUA)
+
+    @_translated
+    def load_scripts(self) -> None:
+        """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
+        pipe = self.client.pipeline(transaction=False)
+        for script in (self._claim, self._fail, self._renew, self._events):
+            pipe.script_load(script.script)
+        pipe.execute()
+
+    def _execute(self, fill: Callable[[Any], None]) -> list[Any]:
+        """Fill and run a pipeline of idempotent commands; on NOSCRIPT load the scripts and run it again."""
+        pipe = self.client.pipeline(transaction=False)
+        fill(pipe)
+        try:
+            return pipe.execute()  # type: ignore[no-any-return]
+        except NoScriptError:
+            self.load_scripts()
+            pipe = self.client.pipeline(transaction=False)  # execute() emptied the first one
+            fill(pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+    def _evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.load_scripts()
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    # -- values -------------------------------------------------------------------------
+    @_translated
+    def get_many(self, keys: Sequence[str]) -> tuple[list[Any], list[int]]:
+        """Values (``MISSING`` where absent) and their stored sizes, with one ``MGET``."""
+        if not keys:
+            return [], []
+        raw = self.client.mget(keys)
+        values = [MISSING if data is None else loads(data) for data in raw]
+        return values, [0 if data is None else len(data) for data in raw]
+
+    def dumps(self, value: Any) -> tuple[bytes, int]:
+        """The framed pickle-5 bytes of ``value`` and their length."""
+        data = dumps(value)
+        return data, len(data)
+
+    @_translated
+    def put_many(self, items: Mapping[str, Any], ttl_s: int) -> None:
+        """``SET ... EX`` every item, in one pipeline."""
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items.items():
+            pipe.set(key, value, ex=ttl_s)
+        pipe.execute()
+
+    @_translated
+    def finish(
+        self,
+        puts: Mapping[str, Any],
+        claims: Sequence[Claim],
+        owner: str,
+        ttl_s: int,
+        lease_ms: int,
+        publish: Sequence[tuple[str, bytes]] = (),
+    ) -> list[bool]:
+        """Outputs, fan-in claims and messages in ONE pipeline; per claim, whether ``owner`` won it."""
+        if not (puts or claims or publish):
+            return []
+        sha = self._claim.sha
+
+        def fill(pipe: Any) -> None:
+            for key, value in puts.items():
+                pipe.set(key, value, ex=ttl_s)
+            for c in claims:
+                pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, lease_ms, ttl_s)
+            for channel, message in publish:
+                pipe.publish(channel, message)
+
+        replies = self._execute(fill)
+        first = len(puts)
+        return [bool(r) for r in replies[first : first + len(claims)]]
+
+    @_translated
+    def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
+        """Extend the claims ``owner`` still holds, one script call per claim (cluster-safe), one pipeline."""
+        if not claim_keys:
+            return
+        sha = self._renew.sha
+
+        def fill(pipe: Any) -> None:
+            for key in claim_keys:
+                pipe.evalsha(sha, 1, key, owner, lease_ms)
+
+        self._execute(fill)
+
+    # -- run state ---------------------------------------------------------------------------
+    @_translated
+    def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
+        """Append the error record and set status ``failed`` in one script, which then publishes."""
+        self._evalsha(self._fail, (status_key, errors_key), (record, ttl_s, channel, FAILED))
+
+    @_translated
+    def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
+        self.client.set(status_key, status, ex=ttl_s)
+
+    @_translated
+    def get_status(self, status_key: str) -> str | None:
+        value = self.client.get(status_key)
+        return None if value is None else value.decode()
+
+    @_translated
+    def read_list(self, key: str) -> list[bytes]:
+        return list(self.client.lrange(key, 0, -1))
+
+    # -- messages -----------------------------------------------------------------------------
+    @_translated
+    def publish(self, channel: str, message: bytes) -> None:
+        self.client.publish(channel, message)
+
+    @_translated
+    def subscribe(self, channel: str) -> RedisSubscription:
+        """Subscribe on a dedicated connection and wait for the server's confirmation."""
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(channel)
+            deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreUnavailableError(
+                        f"Redis store {mask_url(self.url)} did not confirm a subscription within "
+                        f"{SUBSCRIBE_TIMEOUT_S:.0f} s; check the server's load and network"
+                    )
+                message = pubsub.get_message(timeout=remaining)
+                if message is not None and message["type"] == "subscribe":
+                    return RedisSubscription(pubsub, self.url)
+        except BaseException:
+            pubsub.close()
+            raise
+
+    @_translated
+    def append_events(self, stream: str, events: Sequence[Mapping[str, Any]], ttl_s: int) -> None:
+        """All ``events`` as ONE stream entry (a JSON list), with the stream's TTL, in one script call."""
+        if not events:
+            return
+        packed = json.dumps(list(events), separators=(",", ":"), default=repr)
+        self._evalsha(self._events, (stream,), (packed, ttl_s))
+
+    @_translated
+    def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Events of the entries after entry id ``after``; each event carries its entry's id.
+
+        ``count`` limits the number of *entries* read, never splitting one, so
+        passing the last id returned as ``after`` never skips an event.
+        """
+        low = "-" if after in ("0", "0-0") else f"({after}"
+        entries = self.client.xrange(stream, low, "+", count=count)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for entry_id, fields in entries:
+            eid = entry_id.decode()
+            out.extend((eid, event) for event in json.loads(fields[b"e"]))
+        return out
+
+    # -- lifetime -----------------------------------------------------------------------------
+    @_translated
+    def delete(self, keys: Sequence[str]) -> int:
+        """``UNLINK`` exactly these keys (freed in the background); returns how many existed."""
+        if not keys:
+            return 0
+        return int(self.client.unlink(*keys))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.client.close()
+
+
+def connect(url: str) -> RedisStore:
+    """Open the store at ``url`` and check that it answers; raises :class:`StoreUnavailableError`."""
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise StoreUnavailableError(
+            f"bad Redis store URL {mask_url(url)}: {exc}; use redis://[user:password@]host:port/db"
+        ) from exc
+    store = RedisStore(url, client)
+    try:
+        client.ping()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        client.close()
+        raise _unavailable(url, exc) from exc
+    except RedisError as exc:  # e.g. wrong password: the server answered, with an error
+        client.close()
+        raise StoreUnavailableError(
+            f"the Redis store at {mask_url(url)} refused the connection ({exc}); check the user and password in the URL"
+        ) from exc
+    store.load_scripts()
+    return store
