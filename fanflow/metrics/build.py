@@ -55,14 +55,13 @@ def _sizes(value: Any) -> list[int | None]:
     return [None if v is None else _int(v) for v in value or ()]
 
 
-def build_metrics(dag: DAG, events: Iterable[Mapping[str, Any]], header: RunRecord) -> RunMetrics:
+def build_metrics(dag: DAG, events: Iterable[dict[str, Any]], header: RunRecord) -> RunMetrics:
     """The metrics of the run ``header`` describes, from its ``events`` and its ``dag``.
 
     ``header`` carries the client's facts (ids, status, times, config); counts
     and byte totals are filled in here.
     """
-    events = [dict(e) for e in events]
-    events.sort(key=lambda e: _float(e.get("t")))
+    events = sorted(events, key=lambda e: _float(e.get("t")))  # workers' batches interleave in the stream
     workers: dict[str, WorkerRecord] = {}
     started: dict[int, tuple[float, str]] = {}
     ends: dict[int, dict[str, Any]] = {}

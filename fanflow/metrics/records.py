@@ -16,7 +16,7 @@ in the worker's cache (each fetched input carries that same time as its
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fanflow.store.metadata.base import StoredRun
@@ -211,8 +211,12 @@ class RunMetrics:
         return sorted(ran, key=lambda t: t.duration_s, reverse=True)[:n]
 
     def to_docs(self) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-        """The run, task and worker documents a metadata store keeps."""
-        return asdict(self.run), [asdict(t) for t in self.tasks], [asdict(w) for w in self.workers]
+        """The run, task and worker documents a metadata store keeps.
+
+        Written out field by field: ``dataclasses.asdict`` deep-copies every
+        value and cost more than the whole run for DAGs of thousands of tasks.
+        """
+        return _doc(self.run), [_task_doc(t) for t in self.tasks], [_doc(w) for w in self.workers]
 
     def to_json(self, indent: int | None = 2) -> str:
         """Everything, events included, as one JSON document."""
@@ -227,3 +231,24 @@ class RunMetrics:
             [WorkerRecord.from_doc(w) for w in stored.workers],
             stored.events,
         )
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (InputRecord, ElementRecord, TaskRecord, WorkerRecord, RunRecord)
+}
+
+
+def _doc(record: Any) -> dict[str, Any]:
+    """A flat record as a JSON-able dict (lists are copied, their items are plain values)."""
+    doc = {name: getattr(record, name) for name in _FIELDS[type(record)]}
+    for name, value in doc.items():
+        if isinstance(value, list):
+            doc[name] = list(value)
+    return doc
+
+
+def _task_doc(t: TaskRecord) -> dict[str, Any]:
+    doc = _doc(t)
+    doc["inputs"] = [_doc(i) for i in t.inputs]
+    doc["elements"] = [_doc(e) for e in t.elements]
+    return doc

@@ -27,6 +27,7 @@ from fanflow.store.metadata.base import MetadataError, RunNotFoundError, StoredR
 
 SCHEMA_VERSION = 1
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -119,20 +120,18 @@ class SQLiteMetadataStore:
         summaries: Mapping[SummaryKey, Summary],
     ) -> None:
         run_id = run["run_id"]
-        blob = zlib.compress(json.dumps(list(events), separators=(",", ":")).encode(), 6)
+        blob = zlib.compress(_dumps(list(events)).encode(), 6)
         with self._write() as db:
             self._delete_runs(db, [run_id])
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?)",
-                (run_id, run["signature"], run["submitted_at"], json.dumps(run), blob),
+                (run_id, run["signature"], run["submitted_at"], _dumps(run), blob),
             )
             db.executemany(
                 "INSERT INTO tasks VALUES (?, ?, ?, ?, ?)",
-                [(run_id, t["task"], t["identity"], t["memory_mb"], json.dumps(t)) for t in tasks],
+                [(run_id, t["task"], t["identity"], t["memory_mb"], _dumps(t)) for t in tasks],
             )
-            db.executemany(
-                "INSERT INTO workers VALUES (?, ?, ?)", [(run_id, w["worker"], json.dumps(w)) for w in workers]
-            )
+            db.executemany("INSERT INTO workers VALUES (?, ?, ?)", [(run_id, w["worker"], _dumps(w)) for w in workers])
             for (identity, memory_mb), part in summaries.items():
                 row = db.execute(
                     f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM summaries WHERE identity = ? AND memory_mb = ?",
