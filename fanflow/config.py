@@ -27,6 +27,7 @@ METADATA_SCHEMES = ("sqlite", "redis", "rediss", "none")
 PLATFORMS = ("threads", "processes", "http", "ray", "lambda")
 PLANNERS = ("none", "wukong", "uniform", "critical-path")
 UPLOAD_STRATEGIES = ("shutdown", "task", "periodic", "buffer")
+OPTIMIZATIONS = ("clustering", "delayed-io", "preload", "prewarm")
 TOML_NAME = "fanflow.toml"
 
 
@@ -137,6 +138,27 @@ def _upload(key: str, value: Any) -> str:
     return value
 
 
+def _optimizations(key: str, value: Any) -> str:
+    """A comma-separated subset of :data:`OPTIMIZATIONS`, or ``none``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"config {key}={value!r}: expected names separated by commas, e.g. 'clustering,delayed-io'")
+    names = [] if value.strip() in ("", "none") else [n.strip() for n in value.split(",")]
+    for name in names:
+        if name not in OPTIMIZATIONS:
+            hint = difflib.get_close_matches(name, OPTIMIZATIONS, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"config {key}: unknown optimization {name!r}{extra}; use {', '.join(OPTIMIZATIONS)}")
+    return ",".join(names) if names else "none"
+
+
+def _sla(key: str, value: Any) -> str:
+    """``mean`` or a percentile ``p50`` .. ``p99``."""
+    text = str(value)
+    if text == "mean" or (text[:1] == "p" and text[1:].isdigit() and 50 <= int(text[1:]) <= 99):
+        return text
+    raise ConfigError(f"config {key}={value!r}: use 'mean' or a percentile from 'p50' to 'p99'")
+
+
 def _field(default: Any, check: Callable[[str, Any], Any], doc: str, secret: bool = False) -> Any:
     return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "secret": secret})
 
@@ -162,6 +184,12 @@ class Config:
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
     metrics_upload: str = _field("shutdown", _upload, "when workers upload metrics")
     retention_runs: int = _field(1000, _number(int, 1), "runs kept in the metadata store")
+    optimizations: str = _field(
+        "clustering,delayed-io", _optimizations, "plan optimizations the workers apply (or 'none')"
+    )
+    sla: str = _field("mean", _sla, "prediction statistic planners use: mean or p50..p99")
+    slack: float = _field(0.1, _number(float, 0.0), "critical-path planner: allowed makespan over the best case")
+    max_recoveries: int = _field(3, _number(int, 0), "times one task may be recovered after a lost worker")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
