@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,21 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path) -> None:
     assert [t.status for t in m.tasks] == [FINISHED, FAILED, UNFINISHED]
     assert m.tasks[1].error == "ValueError: no" and m.tasks[1].attempt == 1
     assert m.critical_path() == [0, 1]
+
+
+@fanflow.task
+def slow(data: bytes) -> bytes:
+    time.sleep(0.3)
+    return data
+
+
+def test_timed_out_run_is_recorded_as_such(tmp_path: Path) -> None:
+    config = _config(tmp_path, timeout_s=0.05)
+    with pytest.raises(fanflow.RunTimeoutError):
+        slow(blob(1)).compute(config)
+    m = _last(config)
+    assert m.run.status == "timeout" and m.run.error and m.run.error.startswith("RunTimeoutError")
+    assert m.tasks[1].status == UNFINISHED and m.run.makespan_s >= 0.05
 
 
 def test_metadata_none_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,6 +71,12 @@ def status_of(error: BaseException | None) -> str:
     return "failed"
 
 
+def _error_text(error: BaseException) -> str:
+    """``Type: first line of the message`` (a task failure's message goes on with the remote traceback)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> list[dict[str, Any]]:
     """The run's events, read until complete or until the settle deadline passes."""
     stream = keys.events(run_id)
@@ -129,9 +135,7 @@ def record_run(run: Run, error: BaseException | None) -> RunMetrics | None:
             makespan_s=max(0.0, finished_at - run.submitted_at),
             dag_build_s=_build_times.get(dag, 0.0),
             encoded_size=run.encoded_size,
-            error=None
-            if error is None
-            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            error=None if error is None else _error_text(error),
         )
         metrics = build_metrics(dag, events, header)
         metrics.run.record_s = time.perf_counter() - began
