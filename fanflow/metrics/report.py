@@ -50,39 +50,52 @@ def _png(fig: Any) -> str:
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def _bars(ax: Any, bars: list[tuple[float, float, float, float]], color: str) -> None:
+    """Draw ``(x, width, y, height)`` rectangles as ONE collection (thousands of patches are slow)."""
+    from matplotlib.collections import PolyCollection
+
+    verts = [((x, y), (x + w, y), (x + w, y + h), (x, y + h)) for x, w, y, h in bars]
+    ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none"))
+
+
 def gantt(metrics: RunMetrics) -> Any:
     """Tasks per worker over time, split into fetch / execute / store."""
     figure = _figure_class()
+    from matplotlib.patches import Patch
+
     workers = metrics.workers
-    fig = figure(figsize=(11, 1.2 + 0.35 * max(1, len(workers))))
+    fig = figure(figsize=(11, min(16, 1.2 + 0.35 * max(1, len(workers)))))
     ax = fig.add_subplot()
     t0 = metrics.run.submitted_at
     label = len(metrics.tasks) <= _LABEL_MAX_TASKS
     row = {w.worker: y for y, w in enumerate(workers)}
-    for y, w in enumerate(workers):
-        ax.broken_barh([(w.started_at - t0, max(w.stopped_at - w.started_at, 1e-6))], (y - 0.4, 0.8), color="#eeeeee")
-    phases: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    lifetimes = [
+        (w.started_at - t0, max(w.stopped_at - w.started_at, 1e-6), y - 0.4, 0.8) for y, w in enumerate(workers)
+    ]
+    _bars(ax, lifetimes, "#eeeeee")
+    phases: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
     for t in metrics.tasks:
         if t.status == UNFINISHED or t.worker not in row:
             continue
-        x = t.started_at - t0
+        x, y = t.started_at - t0, row[t.worker]
         for (phase, _), width in zip(_PHASES, (t.fetch_s, t.exec_s, t.store_s), strict=True):
-            phases[phase].append((row[t.worker], x, width))
+            phases[phase].append((x, max(width, 1e-6), y - 0.3, 0.6))
             x += width
         if label:
-            ax.text(t.started_at - t0, row[t.worker] - 0.31, t.name, fontsize=6, va="bottom")
+            ax.text(t.started_at - t0, y - 0.31, t.name, fontsize=6, va="bottom")
     for phase, color in _PHASES:
-        by_row: dict[int, list[tuple[float, float]]] = defaultdict(list)
-        for y, x, width in phases[phase]:
-            by_row[y].append((x, max(width, 1e-6)))
-        for y, ranges in by_row.items():
-            ax.broken_barh(ranges, (y - 0.3, 0.6), color=color, label=phase if y == min(by_row) else None)
-    ax.set_yticks(range(len(workers)))
-    ax.set_yticklabels([f"{w.worker} ({'cold' if w.cold else 'warm'})" for w in workers], fontsize=7)
+        _bars(ax, phases[phase], color)
+    ax.autoscale_view()
+    if len(workers) <= _LABEL_MAX_TASKS:
+        ax.set_yticks(range(len(workers)))
+        ax.set_yticklabels([f"{w.worker} ({'cold' if w.cold else 'warm'})" for w in workers], fontsize=7)
+    else:
+        ax.set_ylabel(f"{len(workers)} workers, in start order")
     ax.invert_yaxis()
     ax.set_xlabel("seconds since submit")
     ax.set_title("Tasks per worker")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    handles = [Patch(color=color, label=phase) for phase, color in _PHASES]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     return fig
 
 
