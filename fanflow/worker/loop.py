@@ -150,7 +150,7 @@ class Worker:
                 item = ready.popleft()
                 claimed = self._run_element(*item) if type(item) is tuple else self._run_task(item)
                 if claimed:
-                    ready.extend(self._continue(claimed))
+                    ready.extend(self._continue(self._current, claimed))
         except _Stop:
             pass
         finally:
@@ -323,7 +323,7 @@ class Worker:
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
         stored, size = self._dump(t, value)
-        puts = {keys.output(run, t): stored}
+        puts = {} if self._keep_local(t) else {keys.output(run, t): stored}
         claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
         publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
         began = time.perf_counter()
@@ -350,19 +350,64 @@ class Worker:
                 del cache[u]
 
     # -- 4. continue -----------------------------------------------------------------
-    def _continue(self, claimed: list[Item]) -> list[Item]:
-        """Keep the claimed task with most cached inputs; start a worker for each other one."""
-        if len(claimed) == 1:
-            return claimed
+    def _keep_local(self, t: int) -> bool:
+        """Delayed I/O: skip the upload when the plan asks and no other worker can need the output.
+
+        Safe only when ``t`` is not a sink and each dependent has ``t`` as its
+        only input and the same placement label: this worker then claims every
+        dependent at once and keeps them all (see :meth:`_continue`).
+        """
+        dag = self.dag
+        plan = dag.annotations.get(t)
+        if not plan or plan.get("upload", True) or dag.is_sink(t) or not dag.dependents[t]:
+            return False
+        label = plan.get("worker")
+        ok = label is not None and all(
+            len(dag.deps[d]) == 1 and dag.annotations.get(d, {}).get("worker") == label for d in dag.dependents[t]
+        )
+        if ok:
+            self._emit("delayed_io", t)
+        return ok
+
+    def _continue(self, t: int, claimed: list[Item]) -> list[Item]:
+        """Choose what runs here next among the dependents ``t`` just claimed; invoke workers for the rest.
+
+        When the plan gives ``t`` a placement label, the dependents sharing it
+        stay here (clustering) and each other label gets one new worker.
+        Otherwise one dependent stays, the one with most inputs in the cache,
+        as in WUKONG, provided the plan does not want it at another memory size.
+        """
+        annotations = self.dag.annotations
+        label = annotations.get(t, {}).get("worker") if annotations else None
+        if label is not None:
+            groups: dict[Any, list[Item]] = {}
+            for d in claimed:
+                groups.setdefault(annotations.get(_task_of(d), {}).get("worker") or ("solo", d), []).append(d)
+            here = groups.pop(label, [])
+            if len(here) > 1:
+                self._emit("clustered", t, tasks=[_task_of(d) for d in here])
+            self._invoke_groups(list(groups.values()))
+            return here
+        memory = self.inv.memory_mb
+        fits = [d for d in claimed if annotations.get(_task_of(d), {}).get("memory_mb", memory) == memory]
+        if not fits:
+            self._invoke(claimed)
+            return []
         deps, cache = self.dag.deps, self.cache
-        here = max(claimed, key=lambda d: sum(u in cache for u in deps[_task_of(d)]))
-        self._invoke([d for d in claimed if d != here])
-        return [here]
+        keep = fits[0] if len(fits) == 1 else max(fits, key=lambda d: sum(u in cache for u in deps[_task_of(d)]))
+        self._invoke([d for d in claimed if d != keep])
+        return [keep]
 
     def _invoke(self, items: Sequence[Item]) -> None:
+        self._invoke_groups([[d] for d in items])
+
+    def _invoke_groups(self, groups: Sequence[Sequence[Item]]) -> None:
+        """Start one worker per group; a group's tasks run one after another in that worker."""
+        if not groups:
+            return
         now = time.time()
         memory = self.inv.memory_mb
-        invs = [self.inv.with_start((d,), self._memory_for(_task_of(d), memory), now) for d in items]
+        invs = [self.inv.with_start(tuple(g), self._memory_for(_task_of(g[0]), memory), now) for g in groups]
         if self.platform.in_process:
             self.platform.invoke(invs)
             return
