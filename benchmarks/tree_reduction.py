@@ -94,10 +94,15 @@ def embedded(n: int, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["embedded"], default="embedded")
+    parser.add_argument("--mode", choices=["embedded", "processes"], default="embedded")
     parser.add_argument("--n", type=int, default=8192, help="number of leaves")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.mode == "processes":
+        from _processes_mode import processes  # fanflow processes+redis vs dask distributed, N=1024 by default
+
+        processes(args.n if args.n != parser.get_default("n") else 1024, args.repeat, build_tree, inc, add)
+        return
     embedded(args.n, args.repeat)
 
 

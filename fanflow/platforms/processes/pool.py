@@ -9,10 +9,10 @@ classes and lets the host block on a single key it knows in advance.
 
 Two threads make a host:
 
-- the *popper* takes entries only while it holds capacity (a semaphore of
-  ``max_workers`` permits, one per invocation in flight), with ``BLPOP`` and
-  then ``LPOP <count>`` for the rest of the permits it can take, so a burst
-  costs a few commands. Entries it cannot run stay in Redis for other hosts;
+- the *popper* keeps a small inbox filled (see :data:`HOLD`): it takes
+  entries in batches with ``LPOP <count>``, blocking in ``BLPOP`` only when
+  the queue is empty, so a busy pool pays a fraction of a command per
+  invocation. The rest stays in Redis for other hosts;
 - the *dispatcher* owns the worker processes. It sends an entry to an idle
   warm worker of the same memory class, else cold-starts one (a fresh
   interpreter, placed in its cgroup), evicting an idle worker of another class
@@ -61,6 +61,12 @@ ALIVE_TTL_S = 10
 ALIVE_EVERY_S = 3.0
 STOP_GRACE_S = 2.0
 """How long a stopping worker may take to finish before it is killed."""
+
+HOLD = 4
+"""A host holds at most ``HOLD * max_workers`` entries (running or waiting). Once it holds
+half of that it refills with ONE ``LPOP <count>`` (``BLPOP`` only when the queue is
+empty), so a busy pool pays about ``1 / (HOLD/2 * max_workers)`` commands per invocation
+and the next invocation is always at hand when a worker finishes."""
 
 _ENTRY = struct.Struct("<I")
 _CHILD_MAIN = f"from {child_protocol.__name__} import main; main()"
@@ -122,7 +128,9 @@ class PoolHost:
         self._secret = secret
         self._advertise = advertise
         self._queue = queue_key(name)
-        self._permits = threading.Semaphore(self.max_workers)
+        self._held = 0
+        """Entries this host took from Redis and has not finished: in the inbox or running."""
+        self._held_cv = threading.Condition()
         self._inbox: deque[bytes] = deque()
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._stop = threading.Event()
@@ -166,26 +174,29 @@ class PoolHost:
     def _pop_loop(self) -> None:
         client, stop = self.store.client, self._stop
         next_alive = 0.0
+        high = HOLD * self.max_workers
+        low = high // 2
+
+        def wanted() -> bool:
+            return self._held <= low or stop.is_set()
+
         while not stop.is_set():
             try:
                 if self._advertise and time.monotonic() >= next_alive:
                     client.set(alive_key(self.name), os.getpid(), ex=ALIVE_TTL_S)
                     next_alive = time.monotonic() + ALIVE_EVERY_S
-                if not self._permits.acquire(timeout=POP_TIMEOUT_S):
-                    continue
-                got = client.blpop([self._queue], timeout=POP_TIMEOUT_S)
-                if got is None:
-                    self._permits.release()
-                    continue
-                entries = [got[1]]
-                extra = 0
-                while self._permits.acquire(blocking=False):
-                    extra += 1
-                if extra:
-                    more = client.lpop(self._queue, extra) or []
-                    entries.extend(more)
-                    for _ in range(extra - len(more)):
-                        self._permits.release()
+                with self._held_cv:
+                    if not self._held_cv.wait_for(wanted, POP_TIMEOUT_S) or stop.is_set():
+                        continue
+                    room = high - self._held
+                entries = client.lpop(self._queue, room) or []
+                if not entries:
+                    got = client.blpop([self._queue], timeout=POP_TIMEOUT_S)
+                    if got is None:
+                        continue
+                    entries = [got[1]]
+                with self._held_cv:
+                    self._held += len(entries)
                 self._inbox.extend(entries)
                 self._wake_w.send_bytes(b"")
             except Exception:  # Redis away or a bug: keep the pool alive, retry shortly
@@ -202,14 +213,20 @@ class PoolHost:
                     self._drain_wake()
                 elif by_conn[conn] in self._workers:  # not lost while handling an earlier message
                     self._on_message(by_conn[conn])
-            while self._inbox:
+            while self._inbox and sum(w.payload is not None for w in self._workers) < self.max_workers:
                 entry = self._inbox.popleft()
                 try:
                     self._dispatch(entry)
                 except PlatformError:
                     log.exception("pool %s could not run an invocation", self.name)
-                    self._permits.release()
+                    self._release()
             self._retire_idle()
+
+    def _release(self) -> None:
+        """One entry taken from the queue is done with: the popper may take more."""
+        with self._held_cv:
+            self._held -= 1
+            self._held_cv.notify()
 
     def _drain_wake(self) -> None:
         while self._wake_r.poll():
@@ -247,6 +264,7 @@ class PoolHost:
         ours.send_bytes(pickle.dumps({"secret": self._secret, "log_level": logging.getLogger().level}))
         worker = _Worker(name, memory_mb, proc, ours)
         self._workers.append(worker)
+        log.info("pool %s: cold start of worker %s (pid %d, %d MB)", self.name, name, proc.pid, memory_mb)
         self.stats["cold_starts"] += 1
         return worker
 
@@ -275,7 +293,7 @@ class PoolHost:
             self._fail_invocation(worker, f"the worker crashed outside of its tasks: {message[1:].decode()}")
         worker.payload = None
         worker.last_used = time.monotonic()
-        self._permits.release()
+        self._release()
 
     def _lost(self, worker: _Worker) -> None:
         """A worker process died: fail the run it was serving, free its slot."""
@@ -285,7 +303,7 @@ class PoolHost:
         self._cgroups.remove(worker.name)
         if worker.payload is not None:
             self.stats["crashed"] += 1
-            self._permits.release()
+            self._release()
             hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if code is not None and code < 0 else ""
             self._fail_invocation(worker, f"worker process {worker.proc.pid} exited with code {code}{hint}")
 
@@ -325,6 +343,7 @@ class PoolHost:
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
+        log.info("pool %s: stopping idle worker %s (pid %d)", self.name, worker.name, worker.proc.pid)
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.send_bytes(b"")

@@ -1,0 +1,222 @@
+"""The processes platform on a real ``redis-server``: exactly-once, cleanup, concurrency, cold/warm, signatures."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import fanflow
+from fanflow.client.run import Run
+from fanflow.dag.encoding import encode
+from fanflow.dag.graph import DAG
+from fanflow.platforms.processes import ProcessesPlatform, client_platform
+from fanflow.platforms.processes.cgroups import cpu_quota_us
+from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
+from fanflow.store import keys, open_store
+from fanflow.store.redis import RedisStore
+from fanflow.worker import handle
+from fanflow.worker.invocation import Invocation, WorkerSettings, peek, sign
+
+
+@fanflow.task
+def counted(url: str, counter: str, value: int) -> int:
+    redis.Redis.from_url(url).incr(counter)
+    return value
+
+
+@fanflow.task
+def gated(url: str, gate: str, value: int) -> int:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 60
+    while not client.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.01)
+    return value
+
+
+@fanflow.task
+def join(url: str, counter: str, a: int, b: int) -> int:
+    redis.Redis.from_url(url).incr(counter)
+    return a + b
+
+
+@fanflow.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@fanflow.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@fanflow.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@pytest.fixture
+def config(redis_url: str, tmp_path: Path) -> fanflow.Config:
+    return fanflow.Config(
+        platform="processes",
+        store=redis_url,
+        max_workers=2,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+    )
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Recording:
+    """A platform that remembers every payload it queues (so a test can queue one again)."""
+
+    def __init__(self, inner: ProcessesPlatform) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.in_process = inner.in_process
+        self.options = inner.options
+        self.sent: list[bytes] = []
+
+    def invoke(self, invocations: Sequence[Any]) -> None:
+        self.sent.extend(invocations)
+        self.inner.invoke(invocations)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_rerun_upstream_never_triggers_its_dependent_twice(
+    config: fanflow.Config, redis_url: str, client: redis.Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    a_runs, joins, gate = f"count:a:{tag}", f"count:join:{tag}", f"gate:{tag}"
+    a = counted(redis_url, a_runs, 1)
+    sink = join(redis_url, joins, a, gated(redis_url, gate, 2))
+    dag = DAG.from_sinks([sink])
+    platform = Recording(client_platform(config, handle))
+    run = Run(dag, config, platform)  # type: ignore[arg-type]
+    try:
+        run.start()
+        a_payload = next(p for p in platform.sent if dag.task(peek(p).start[0]).name == "counted")
+        wait_until(lambda: client.get(a_runs) == b"1", "the upstream to run")
+        platform.invoke([a_payload])  # the upstream runs again after it succeeded, before the fan-in completes
+        wait_until(lambda: client.get(a_runs) == b"2", "the upstream to run again")
+        client.set(gate, 1, ex=60)
+        run.wait()
+        assert run.results() == (3,)
+        platform.invoke([a_payload])  # and once more after its dependent ran
+        wait_until(lambda: client.get(a_runs) == b"3", "the upstream to run a third time")
+        time.sleep(0.3)
+        assert client.get(joins) == b"1"
+    finally:
+        run.cleanup()
+        platform.close()
+        client.delete(a_runs, joins, gate)
+
+
+def test_no_key_of_a_run_remains_but_its_events(config: fanflow.Config, client: redis.Redis) -> None:
+    top = inc(1)
+    future = total([add(inc(top), inc(top)), inc(top)]).submit(config)
+    assert future.result(timeout=60) == 6 + 3
+    left = {k.decode() for k in client.scan_iter(match=f"ff:{{{future.run_id}*", count=1000)}
+    assert left == {keys.events(future.run_id)}
+    assert not list(client.scan_iter(match="ff:pool:*"))  # the client's pool removed its queue
+
+
+def test_fifty_runs_in_flight_from_one_client(config: fanflow.Config) -> None:
+    futures = [add(inc(i), total([inc(i), i])).submit(config) for i in range(50)]
+    assert fanflow.gather(futures) == [(i + 1) + (2 * i + 1) for i in range(50)]
+    assert len({f.run_id for f in futures}) == 50
+
+
+def test_cold_and_warm_starts_are_recorded(config: fanflow.Config, redis_url: str) -> None:
+    root = inc(0)
+    future = total([add(root, i) for i in range(20)]).submit(config)
+    assert future.result(timeout=60) == sum(1 + i for i in range(20))
+    store = open_store(redis_url)
+    started = [e for _, e in store.read_events(keys.events(future.run_id)) if e["kind"] == "worker_started"]
+    assert len(started) == 20  # the root's worker, and one per fan-out branch but the one it kept
+    cold = [e for e in started if e["cold"]]
+    assert 1 <= len(cold) <= 2  # at most max_workers processes were ever started
+    assert len(started) - len(cold) >= 18
+    assert all(e["latency_s"] >= 0 for e in started)
+    assert max(e["latency_s"] for e in cold) > min(e["latency_s"] for e in started if not e["cold"])
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Iterator[PoolHost]:
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    host = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=1, idle_timeout_s=30)
+    thread = threading.Thread(target=host.serve, daemon=True)
+    thread.start()
+    yield host
+    host.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def _invocation(redis_url: str, pool: PoolHost, dag: DAG) -> Invocation:
+    settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20, default_memory_mb=256)
+    options = {"store": redis_url, "pool": pool.name}
+    run_id = dag.new_run_id()
+    return Invocation(run_id, (0,), 256, redis_url, "processes", options, settings, encode(dag), time.time())
+
+
+def test_a_payload_with_a_bad_signature_runs_nothing(pool: PoolHost, redis_url: str, client: redis.Redis) -> None:
+    counter = f"count:forged:{uuid.uuid4().hex[:8]}"
+    dag = DAG.from_sinks([counted(redis_url, counter, 7)])
+    forged, genuine = _invocation(redis_url, pool, dag), _invocation(redis_url, pool, dag)
+    store = pool.store
+    push(store, pool.name, pack_entries([256], [sign(forged, b"another secret")]))
+    wait_until(lambda: pool.stats["refused"] == 1, "the pool to refuse the forged payload")
+    assert client.get(counter) is None
+    assert not list(client.scan_iter(match=f"ff:{{{forged.run_id}*"))
+    push(store, pool.name, pack_entries([256], [sign(genuine, b"pool-secret")]))  # the same, signed right, runs
+    wait_until(lambda: client.get(counter) == b"1", "the genuine payload to run")
+    assert store.get_many([keys.output(genuine.run_id, 0)])[0] == [7]
+    client.delete(counter)
+
+
+def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, redis_url: str) -> None:
+    if not pool._cgroups.available:
+        pytest.skip("cgroups are not writable here")
+    dag = DAG.from_sinks([inc(1)])
+    inv = _invocation(redis_url, pool, dag)
+    push(pool.store, pool.name, pack_entries([256], [sign(inv, b"pool-secret")]))
+    wait_until(lambda: pool.store.get_many([keys.output(inv.run_id, 0)])[0] == [2], "the invocation to run")
+    (worker,) = pool._workers
+    lines = Path(f"/proc/{worker.proc.pid}/cgroup").read_text().splitlines()
+    groups = {ctl: path for _, ctls, path in (line.split(":", 2) for line in lines) for ctl in ctls.split(",")}
+    if "memory" in groups:  # cgroup v1
+        cpu = Path("/sys/fs/cgroup/cpu") / groups["cpu"].lstrip("/")
+        memory = Path("/sys/fs/cgroup/memory") / groups["memory"].lstrip("/")
+        assert int((cpu / "cpu.cfs_quota_us").read_text()) == cpu_quota_us(256)
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * 1024 * 1024
+    else:
+        group = Path("/sys/fs/cgroup") / groups[""].lstrip("/")
+        assert (group / "cpu.max").read_text().split()[0] == str(cpu_quota_us(256))
+        assert int((group / "memory.max").read_text()) == 256 * 1024 * 1024
+    assert "fanflow-" in str(groups.get("cpu", groups.get("")))

@@ -1,0 +1,149 @@
+"""The Redis store against a real ``redis-server``: the Store protocol, exactly-once claims, TTLs."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import fanflow
+from fanflow.store import keys
+from fanflow.store.base import MISSING, Claim
+from fanflow.store.redis import RedisStore, connect, dumps, loads
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisStore]:
+    s = connect(redis_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def run() -> str:
+    return f"test_{uuid.uuid4().hex[:8]}"
+
+
+def test_values_round_trip_in_one_mget(store: RedisStore, run: str) -> None:
+    values = {keys.output(run, 0): {"a": [1, 2.5, None]}, keys.output(run, 1): "text", keys.output(run, 2): None}
+    store.put_many({k: store.dumps(v)[0] for k, v in values.items()}, ttl_s=60)
+    got, sizes = store.get_many([*values, keys.output(run, 9)])
+    assert got == [*values.values(), MISSING]
+    assert all(n > 0 for n in sizes[:3]) and sizes[3] == 0
+
+
+def test_numpy_travels_out_of_band_without_copy() -> None:
+    array = np.arange(100_000, dtype=np.float64).reshape(100, 1000)
+    data = dumps(array)
+    assert len(data) < array.nbytes + 1024  # raw buffer once, not pickled into the stream and copied
+    back = loads(data)
+    assert np.array_equal(back, array)
+    assert not back.flags.writeable  # a view into the fetched bytes: read-only, never copied
+    assert np.shares_memory(back, np.frombuffer(data, dtype=np.uint8))
+
+
+def test_unpicklable_value_raises_serialization_error(store: RedisStore) -> None:
+    with pytest.raises(fanflow.SerializationError, match="cannot be pickled"):
+        store.dumps(socket.socket())
+
+
+def test_claim_is_granted_exactly_once(store: RedisStore, run: str) -> None:
+    d = 5
+    claim = [Claim(keys.deps(run, d), keys.claim(run, d), member, 3) for member in (1, 2, 3)]
+    assert store.finish({}, [claim[0]], "w1", 60, 5000) == [False]
+    assert store.finish({}, [claim[1]], "w2", 60, 5000) == [False]
+    assert store.finish({}, [claim[0]], "w1", 60, 5000) == [False]  # a re-run upstream: no double count
+    assert store.finish({}, [claim[2]], "w3", 60, 5000) == [True]
+    for c, owner in zip(claim, ("w1", "w2", "w3"), strict=True):  # re-runs after the claim never re-trigger
+        assert store.finish({}, [c], owner, 60, 5000) == [False]
+    assert store.client.get(keys.claim(run, d)) == b"w3"
+
+
+def test_finish_writes_outputs_claims_and_publishes_in_one_call(store: RedisStore, run: str) -> None:
+    sub = store.subscribe(keys.channel(run))
+    try:
+        out, _ = store.dumps(42)
+        won = store.finish(
+            {keys.output(run, 0): out},
+            [Claim(keys.deps(run, 1), keys.claim(run, 1), 0, 1), Claim(keys.deps(run, 2), keys.claim(run, 2), 0, 2)],
+            "w",
+            60,
+            5000,
+            [(keys.channel(run), b"sink:0")],
+        )
+        assert won == [True, False]
+        assert store.get_many([keys.output(run, 0)])[0] == [42]
+        assert sub.get(timeout=2) == b"sink:0"
+        assert sub.get(timeout=0.05) is None
+    finally:
+        sub.close()
+
+
+def test_every_key_written_has_a_ttl(store: RedisStore, run: str) -> None:
+    ttl = 120
+    store.put_many({keys.output(run, 0): store.dumps(1)[0]}, ttl)
+    store.finish(
+        {keys.output(run, 1): store.dumps(2)[0]}, [Claim(keys.deps(run, 2), keys.claim(run, 2), 1, 1)], "w", ttl, 5000
+    )
+    store.finish({}, [Claim(keys.deps(run, 3), keys.claim(run, 3), 1, 2)], "w", ttl, 5000)
+    store.set_status(keys.status(run), "running", ttl)
+    store.fail_run(keys.status(run), keys.errors(run), b"{}", ttl, keys.channel(run))
+    store.append_events(keys.events(run), [{"kind": "x"}], ttl)
+    store.renew_leases([keys.claim(run, 2)], "w", 9000)
+    written = list(store.client.scan_iter(match=f"ff:{{{run}*"))
+    assert len(written) == 8
+    for key in written:
+        assert 0 < store.client.pttl(key) <= ttl * 1000, key
+    assert 5000 < store.client.pttl(keys.claim(run, 2)) <= 9000  # the lease was renewed for its owner
+
+
+def test_fail_run_records_error_and_status_then_publishes(store: RedisStore, run: str) -> None:
+    sub = store.subscribe(keys.channel(run))
+    try:
+        store.set_status(keys.status(run), "running", 60)
+        store.fail_run(keys.status(run), keys.errors(run), b'{"task": "t"}', 60, keys.channel(run))
+        assert sub.get(timeout=2) == b"failed"
+    finally:
+        sub.close()
+    assert store.get_status(keys.status(run)) == "failed"
+    assert store.read_list(keys.errors(run)) == [b'{"task": "t"}']
+
+
+def test_events_are_one_entry_per_batch(store: RedisStore, run: str) -> None:
+    stream = keys.events(run)
+    store.append_events(stream, [{"kind": "a", "t": 1.5}, {"kind": "b"}], 60)
+    store.append_events(stream, [{"kind": "c"}], 60)
+    assert store.client.xlen(stream) == 2
+    events = store.read_events(stream)
+    assert [e["kind"] for _, e in events] == ["a", "b", "c"]
+    assert events[0][0] == events[1][0] != events[2][0]
+    assert [e["kind"] for _, e in store.read_events(stream, after=events[0][0])] == ["c"]
+    assert store.read_events(stream, after=events[2][0]) == []
+    assert [e["kind"] for _, e in store.read_events(stream, count=1)] == ["a", "b"]  # whole entries only
+
+
+def test_delete_exact_keys(store: RedisStore, run: str) -> None:
+    store.put_many({keys.output(run, 0): store.dumps(0)[0], keys.output(run, 1): store.dumps(1)[0]}, 60)
+    assert store.delete([keys.output(run, 0), keys.output(run, 1), keys.output(run, 2)]) == 2
+    assert store.get_many([keys.output(run, 0)])[0] == [MISSING]
+
+
+def test_scripts_reload_after_flush(store: RedisStore, run: str) -> None:
+    store.client.script_flush()
+    assert store.finish({}, [Claim(keys.deps(run, 1), keys.claim(run, 1), 0, 1)], "w", 60, 5000) == [True]
+
+
+def test_closed_port_gives_store_unavailable_with_masked_password() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://user:hunter2@127.0.0.1:{port}/0"
+    with pytest.raises(fanflow.StoreUnavailableError) as info:
+        connect(url)
+    message = str(info.value)
+    assert "hunter2" not in message
+    assert f"redis://user:***@127.0.0.1:{port}/0" in message
+    assert "redis-server" in message  # says what to do
