@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import fanflow
 from fanflow.client.session import session
 from fanflow.dag import DAG
-from fanflow.store import keys, open_store
+from fanflow.store.metadata import open_metadata
 
 
 @fanflow.task
@@ -25,12 +26,12 @@ def merge(*parts: list[int]) -> int:
     return sum(sum(p) for p in parts)
 
 
-def run_with(dag: DAG, store_url: str) -> tuple[Any, list[dict[str, Any]]]:
-    cfg = fanflow.Config(store=store_url, progress=False, metadata="none", metrics_upload="task")
+def run_with(dag: DAG, store_url: str, tmp_path: Path) -> tuple[Any, list[dict[str, Any]]]:
+    meta = f"sqlite:///{tmp_path / 'meta.db'}"
+    cfg = fanflow.Config(store=store_url, progress=False, metadata=meta, metrics_upload="task")
     captured: list[str] = []
     values = session().execute(dag, cfg, on_start=lambda r: captured.append(r.run_id))
-    events = [e for _, e in open_store(store_url).read_events(keys.events(captured[0]))]
-    return values[0], events
+    return values[0], open_metadata(meta).load_run(captured[0]).events
 
 
 def fan_out_dag() -> DAG:
@@ -42,41 +43,41 @@ def workers_of(events: list[dict[str, Any]]) -> dict[int, str]:
     return {e["task"]: e["worker"] for e in events if e["kind"] == "task_finished"}
 
 
-def test_without_a_plan_each_fan_out_branch_gets_a_worker() -> None:
-    value, events = run_with(fan_out_dag(), "memory://plain")
+def test_without_a_plan_each_fan_out_branch_gets_a_worker(tmp_path: Path) -> None:
+    value, events = run_with(fan_out_dag(), "memory://plain", tmp_path)
     assert value == 3 * sum(range(1, 11))
     ran = workers_of(events)
     assert len({ran[1], ran[2], ran[3]}) == 3
 
 
-def test_shared_label_clusters_a_fan_out_in_one_worker() -> None:
+def test_shared_label_clusters_a_fan_out_in_one_worker(tmp_path: Path) -> None:
     dag = fan_out_dag()
     for t in range(len(dag)):
         dag.annotations[t] = {"worker": "A"}
-    value, events = run_with(dag, "memory://clustered")
+    value, events = run_with(dag, "memory://clustered", tmp_path)
     assert value == 3 * sum(range(1, 11))
     assert len(set(workers_of(events).values())) == 1
     assert any(e["kind"] == "clustered" and e["task"] == 0 for e in events)
 
 
-def test_labels_split_work_between_workers() -> None:
+def test_labels_split_work_between_workers(tmp_path: Path) -> None:
     dag = fan_out_dag()
     labels = ["A", "A", "B", "B", "A"]
     for t, label in enumerate(labels):
         dag.annotations[t] = {"worker": label}
-    value, events = run_with(dag, "memory://split")
+    value, events = run_with(dag, "memory://split", tmp_path)
     ran = workers_of(events)
     assert value == 3 * sum(range(1, 11))
     assert ran[0] == ran[1] and ran[2] == ran[3] and ran[0] != ran[2]
 
 
-def test_delayed_io_skips_uploads_only_where_safe() -> None:
+def test_delayed_io_skips_uploads_only_where_safe(tmp_path: Path) -> None:
     root = source(5)
     chain = grow(grow(root))
     dag = DAG.from_sinks([merge(chain, grow(root))])
     for t in range(len(dag)):
         dag.annotations[t] = {"worker": "A", "upload": False}
-    value, events = run_with(dag, "memory://delayed")
+    value, events = run_with(dag, "memory://delayed", tmp_path)
     assert value == sum(range(2, 7)) + sum(range(1, 6))
     kept_local = {e["task"] for e in events if e["kind"] == "delayed_io"}
     # grow(root) feeding grow(...) has one single-input dependent: kept local. The root feeds two tasks
@@ -87,11 +88,11 @@ def test_delayed_io_skips_uploads_only_where_safe() -> None:
     assert fan_in in uploads
 
 
-def test_planned_memory_starts_a_worker_of_that_size() -> None:
+def test_planned_memory_starts_a_worker_of_that_size(tmp_path: Path) -> None:
     root = source(3)
     dag = DAG.from_sinks([grow(grow(root))])
     dag.annotations[2] = {"memory_mb": 3008}
-    value, events = run_with(dag, "memory://memory")
+    value, events = run_with(dag, "memory://memory", tmp_path)
     assert value == [2, 3, 4]
     started = {e["worker"]: e["memory_mb"] for e in events if e["kind"] == "worker_started"}
     ran = workers_of(events)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import fanflow
@@ -91,15 +93,15 @@ def test_map_is_one_node_in_the_static_dag() -> None:
     assert len(dag) == 3 and dag.maps == frozenset({1})
 
 
-def test_elements_are_recorded_as_tasks() -> None:
-    from fanflow.store import keys, open_store
+def test_elements_are_recorded_as_tasks(tmp_path: Path) -> None:
+    from fanflow.store.metadata import open_metadata
 
-    cfg = fanflow.Config(store="memory://dyn-events", progress=False, metadata="none", metrics_upload="task")
-    run_ids: list[str] = []
+    meta = f"sqlite:///{tmp_path / 'meta.db'}"
+    cfg = fanflow.Config(progress=False, metadata=meta, metrics_upload="task")
     fut = total(fanflow.map(square, split(8))).submit(cfg)
     assert fut.result(timeout=30) == sum(i * i for i in range(8))
-    run_ids.append(fut.run_id)
-    events = open_store("memory://dyn-events").read_events(keys.events(run_ids[0]))
+    stored = open_metadata(meta).load_run(fut.run_id)
+    events = [(None, e) for e in stored.events]
     finished = [e for _, e in events if e["kind"] == "task_finished" and "element" in e]
     assert sorted(e["element"] for e in finished) == list(range(8))
     assert any(e["kind"] == "map_expanded" and e["elements"] == 8 for _, e in events)

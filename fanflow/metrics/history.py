@@ -19,13 +19,14 @@ from collections.abc import Iterable
 from fanflow.dag.graph import DAG
 from fanflow.metrics.normalize import from_baseline, to_baseline
 from fanflow.metrics.records import TaskRecord
-from fanflow.store.metadata import MetadataStore, Summary, SummaryKey, open_metadata
+from fanflow.store.metadata import MetadataStore, Summary, SummaryKey, drain, open_metadata
 
 
 class History:
     """Past executions and running summaries of some (or all) task functions."""
 
     def __init__(self, store: MetadataStore, identities: Iterable[str] | None = None) -> None:
+        drain()  # runs this process finished are recorded in the background: see them
         wanted = None if identities is None else sorted(set(identities))
         self.summaries: dict[SummaryKey, Summary] = store.summaries(wanted)
         self._executions: dict[SummaryKey, list[TaskRecord]] = {}

@@ -1,8 +1,12 @@
-"""Recording a run in the metadata store, on the client, right after the run ends.
+"""Recording a run in the metadata store, on the client, after the run ends.
 
 The client calls :func:`record_run` once per run, on success and on failure,
-after cleanup (the event stream survives cleanup). Recording is observability:
-any error in it is logged as a warning and never changes the run's outcome.
+after cleanup (the event stream survives cleanup). The work (reading the
+events, building records, saving them) is deferred to the metadata layer's
+background writer, so ``compute()`` returns as soon as the results are in;
+reads in this process and interpreter exit wait for it
+(:func:`fanflow.store.metadata.defer`). Recording is observability: any error
+in it is logged as a warning and never changes the run's outcome.
 
 The last events can trail the completion message: the sink's worker publishes
 "done" in the same round trip that stores the output, and only then emits
@@ -34,7 +38,7 @@ from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
 from fanflow.metrics.records import RunMetrics, RunRecord
 from fanflow.store import Store, keys
-from fanflow.store.metadata import is_disabled, open_metadata
+from fanflow.store.metadata import defer, is_disabled, open_metadata
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -106,15 +110,21 @@ def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> 
         time.sleep(_POLL_S)
 
 
-def record_run(run: Run, error: BaseException | None) -> RunMetrics | None:
+def record_run(run: Run, error: BaseException | None) -> None:
+    """Record the run in the background (see the module docstring); never raises."""
+    if is_disabled(run.config.metadata) or not run.submitted_at:
+        if run.store.keeps_objects:
+            run.store.delete([keys.events(run.run_id)])  # nobody will read them: free the memory now
+        return
+    defer(lambda: _record(run, error))
+
+
+def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
     """Build the run's metrics from its events and save them; never raises.
 
-    Returns the metrics, or None when recording is off (``metadata="none"``),
-    the run never started, or recording failed (logged as a warning).
+    Returns the metrics, or None when recording failed (logged as a warning).
     """
     config = run.config
-    if is_disabled(config.metadata) or not run.submitted_at:
-        return None
     try:
         began = time.perf_counter()
         status = status_of(error)
@@ -144,6 +154,8 @@ def record_run(run: Run, error: BaseException | None) -> RunMetrics | None:
         store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries_of(metrics.tasks))
         store.gc(config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
+        if run.store.keeps_objects:
+            run.store.delete([keys.events(run.run_id)])  # now kept in the metadata store
         return metrics
     except Exception as exc:
         log.warning("run %s: could not record its metrics in %s: %s", run.run_id, mask_url(config.metadata), exc)

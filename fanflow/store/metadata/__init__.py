@@ -3,11 +3,21 @@
 ``sqlite:///path.db`` (the embedded default, ``.fanflow/metadata.db``) or
 ``redis://host:port/db``; ``none`` turns recording off. Opened stores are
 shared per process and per URL, like run stores.
+
+Writes can be deferred with :func:`defer`: one background thread runs them in
+order, so recording a run's history never delays ``compute()``. Every read
+through :func:`open_metadata` first waits for the deferred writes (so this
+process always reads what it wrote), and the interpreter waits for them at
+exit (so no history is lost).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import queue
 import threading
+from collections.abc import Callable
 
 from fanflow.config import mask_url
 from fanflow.store.metadata.base import (
@@ -26,12 +36,74 @@ __all__ = [
     "StoredRun",
     "Summary",
     "SummaryKey",
+    "defer",
+    "drain",
     "is_disabled",
     "open_metadata",
 ]
 
 _open: dict[str, MetadataStore] = {}
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
+
+EXIT_DRAIN_S = 60.0
+"""Longest wait at interpreter exit for deferred history writes."""
+
+
+class _Writer:
+    """One daemon thread running deferred jobs in submission order."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="fanflow-metadata-writer", daemon=True)
+                self._thread.start()
+                atexit.register(self.drain, EXIT_DRAIN_S)
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # a job reports its own failures; this guards the thread
+                log.exception("a deferred metadata write failed")
+            finally:
+                self._jobs.task_done()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job ran; False if ``timeout`` passed first."""
+        if self._thread is None or threading.current_thread() is self._thread:
+            return True
+        done = threading.Event()
+
+        def wait_all() -> None:
+            self._jobs.join()
+            done.set()
+
+        threading.Thread(target=wait_all, daemon=True).start()
+        finished = done.wait(timeout)
+        if not finished:
+            log.warning("gave up waiting for deferred history writes after %.0f s", timeout or 0)
+        return finished
+
+
+_writer = _Writer()
+
+
+def defer(job: Callable[[], None]) -> None:
+    """Run ``job`` (a write to a metadata store) in the background, in submission order."""
+    _writer.submit(job)
+
+
+def drain(timeout: float | None = None) -> bool:
+    """Wait for every deferred write; True when none is left."""
+    return _writer.drain(timeout)
 
 
 def is_disabled(url: str) -> bool:
@@ -43,6 +115,7 @@ def open_metadata(url: str) -> MetadataStore:
     """The metadata store at ``url``, opened once per process (SQLite files by absolute path)."""
     if is_disabled(url):
         raise MetadataError("metadata='none' turns run history off; pass a sqlite:/// or redis:// URL to read it")
+    _writer.drain()
     scheme = url.split("://", 1)[0]
     if scheme == "sqlite":
         from fanflow.store.metadata.sqlite import SQLiteMetadataStore, path_of
