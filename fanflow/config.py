@@ -190,6 +190,7 @@ class Config:
     sla: str = _field("mean", _sla, "prediction statistic planners use: mean or p50..p99")
     slack: float = _field(0.1, _number(float, 0.0), "critical-path planner: allowed makespan over the best case")
     max_recoveries: int = _field(3, _number(int, 0), "times one task may be recovered after a lost worker")
+    requirements: str | None = _field(None, _text(True), "path of the workflow's requirements.txt")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fanflow.client import requirements
 from fanflow.config import Config
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
@@ -69,6 +70,7 @@ class Run:
     # -- start -------------------------------------------------------------------
     def start(self) -> None:
         """Subscribe, write the run state and the DAG, then invoke one worker per root."""
+        requirements.check(self.dag, self.config, self.platform)
         store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
         self._sub = store.subscribe(keys.channel(run))
         store.set_status(self._status_key, RUNNING, ttl)
