@@ -51,7 +51,7 @@ class SVD(NamedTuple):
 
 
 class _Tree(NamedTuple):
-    """A node of the QR tree: its (Q, R) node and its two children (none for a leaf)."""
+    """A node of the QR tree: its (Q, R) node, its two children and, for a leaf, its row block (else -1)."""
 
     factor: fanflow.Node
     children: tuple[_Tree, _Tree] | None
