@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 import fanflow
+from fanflow.cli.plan import register as register_plan
 from fanflow.cli.pool import register as register_pool
 from fanflow.cli.runs import register as register_runs
 from fanflow.cli.script import load_sinks
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_runs(app)
+register_plan(app)
 register_pool(app)
 console = Console()
 err_console = Console(stderr=True)

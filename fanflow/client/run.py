@@ -63,6 +63,8 @@ class Run:
         )
         self.encoded_size = 0
         self.submitted_at = 0.0
+        self.planning_s = 0.0
+        self.predicted_makespan_s: float | None = None
         self.finished_at = 0.0
         self._status_key = keys.status(self.run_id)
         self._sub: Any = None

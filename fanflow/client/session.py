@@ -19,6 +19,7 @@ from fanflow.config import Config
 from fanflow.dag.graph import DAG
 from fanflow.errors import RunCancelledError
 from fanflow.metrics.recorder import record_run
+from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
 from fanflow.worker import handle
 
@@ -79,6 +80,8 @@ class Session:
         platform = self.acquire(config)
         try:
             run = Run(dag, config, platform)
+            plan = apply_plan(dag, config)
+            run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
             if on_start is not None:
                 on_start(run)
             error: BaseException | None = None

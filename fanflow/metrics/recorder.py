@@ -145,6 +145,8 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
             makespan_s=max(0.0, finished_at - run.submitted_at),
             dag_build_s=_build_times.get(dag, 0.0),
             encoded_size=run.encoded_size,
+            planning_s=run.planning_s,
+            predicted_makespan_s=run.predicted_makespan_s,
             error=None if error is None else _error_text(error),
         )
         metrics = build_metrics(dag, events, header)

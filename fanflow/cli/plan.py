@@ -1,0 +1,169 @@
+"""``fanflow plan FILE.py``: plan a workflow script without running it, print the plan, draw the DAG.
+
+The plan is what a run with the same config would use: the same planner, the
+same history (``config.metadata``), the same worker cap. Small DAGs get one row
+per task; DAGs over :data:`PER_TASK_ROWS` tasks get one row per function.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+from fanflow.cli.script import load_sinks
+from fanflow.config import Config
+from fanflow.dag import draw
+from fanflow.dag.graph import DAG
+from fanflow.errors import FanflowError
+from fanflow.planning import Plan, make_plan
+
+PER_TASK_ROWS = 40
+"""Above this many tasks the table summarizes per function."""
+
+_MEMORY_COLORS = {512: "#d8f3dc", 1024: "#95d5b2", 1769: "#52b788", 3008: "#1b4332"}
+_WORKER_PALETTE = ("#8ecae6", "#ffb703", "#90be6d", "#f28482", "#b8b8ff", "#f4a261", "#84a59d", "#e5989b")
+
+
+def _memory_color(memory_mb: int) -> str:
+    if memory_mb in _MEMORY_COLORS:
+        return _MEMORY_COLORS[memory_mb]
+    nearest = min(_MEMORY_COLORS, key=lambda m: abs(m - memory_mb))
+    return _MEMORY_COLORS[nearest]
+
+
+def colors_of(dag: DAG, plan: Plan, by: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Per-task fill colours and labels for drawing the plan, ``by`` "memory" or "worker"."""
+    colors: dict[int, str] = {}
+    labels: dict[int, str] = {}
+    memory = plan.assignment.memory_mb if plan.assignment else [0] * len(dag)
+    workers = plan.simulation.worker if plan.simulation else [0] * len(dag)
+    for t in range(len(dag)):
+        if by == "memory":
+            colors[t] = _memory_color(memory[t])
+            labels[t] = f"{dag.name(t)} {memory[t]}MB"
+        else:
+            colors[t] = _WORKER_PALETTE[workers[t] % len(_WORKER_PALETTE)]
+            labels[t] = f"{dag.name(t)} w{workers[t]}"
+    return colors, labels
+
+
+def _tables(dag: DAG, plan: Plan) -> list[Table]:
+    sim, costs, assignment = plan.simulation, plan.costs, plan.assignment
+    assert sim is not None and costs is not None and assignment is not None
+    defaults = set(plan.defaults)
+    if len(dag) <= PER_TASK_ROWS:
+        tasks = Table(
+            "task",
+            Column("memory", justify="right"),
+            "worker",
+            Column("start s", justify="right"),
+            Column("finish s", justify="right"),
+            "upload",
+            "from",
+            title="Tasks",
+            title_justify="left",
+        )
+        for t in range(len(dag)):
+            note = plan.annotations.get(t, {})
+            tasks.add_row(
+                dag.name(t),
+                f"{assignment.memory_mb[t]} MB",
+                f"w{sim.worker[t]} ({note.get('worker', '-')})",
+                f"{sim.start[t]:.4f}",
+                f"{sim.finish[t]:.4f}",
+                "no" if note.get("upload") is False else "yes",
+                "defaults" if t in defaults else "history",
+            )
+    else:
+        by_function: dict[str, list[int]] = defaultdict(list)
+        for t in range(len(dag)):
+            by_function[dag.task(t).name].append(t)
+        tasks = Table(
+            "function",
+            Column("tasks", justify="right"),
+            "memory (tasks)",
+            Column("workers", justify="right"),
+            Column("mean duration s", justify="right"),
+            Column("from defaults", justify="right"),
+            title="Per function",
+            title_justify="left",
+        )
+        for name, ids in by_function.items():
+            mems = Counter(assignment.memory_mb[t] for t in ids)
+            tasks.add_row(
+                name,
+                str(len(ids)),
+                ", ".join(f"{m} MB ({c})" for m, c in sorted(mems.items())),
+                str(len({sim.worker[t] for t in ids})),
+                f"{sum(sim.duration[t] for t in ids) / len(ids):.4f}",
+                str(sum(t in defaults for t in ids)),
+            )
+    summary = Table("field", Column("value", overflow="fold"), title="Plan", title_justify="left")
+    summary.add_row("planner", plan.planner)
+    summary.add_row("tasks / workers", f"{len(dag)} / {sim.workers}")
+    summary.add_row("predicted makespan", f"{sim.makespan:.4f} s")
+    if plan.best_makespan_s is not None and plan.target_makespan_s is not None:
+        summary.add_row("best case / target", f"{plan.best_makespan_s:.4f} s / {plan.target_makespan_s:.4f} s")
+    summary.add_row("predicted cost", f"{sim.cost_gb_s:.4f} GB-s")
+    summary.add_row("predicted bytes moved", f"{sim.bytes_moved:,.0f} B")
+    summary.add_row("history", "used" if plan.used_history else "none (defaults)")
+    summary.add_row("tasks predicted from defaults", f"{len(defaults)} / {len(dag)}")
+    summary.add_row("planning time", f"{plan.planning_s * 1e3:.1f} ms")
+    path = " -> ".join(dag.name(t) for t in sim.critical_path[:20])
+    more = f" ... ({len(sim.critical_path)} tasks)" if len(sim.critical_path) > 20 else ""
+    summary.add_row("critical path", path + more)
+    return [summary, tasks]
+
+
+def plan_command(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="Workflow script defining main() -> node(s).")],
+    planner: Annotated[str | None, typer.Option(help="none | wukong | uniform | critical-path")] = None,
+    sla: Annotated[str | None, typer.Option(help="mean | p50..p99")] = None,
+    slack: Annotated[float | None, typer.Option(help="critical-path: allowed makespan over the best case")] = None,
+    optimizations: Annotated[str | None, typer.Option(help="clustering,delayed-io,preload,prewarm or none")] = None,
+    platform: Annotated[str | None, typer.Option(help="platform the plan is for (sets the worker cap)")] = None,
+    store: Annotated[str | None, typer.Option(help="store URL (needed with --platform processes)")] = None,
+    metadata: Annotated[str | None, typer.Option(help="metadata store URL with the history")] = None,
+    color: Annotated[str, typer.Option(help="colour the picture by memory or worker")] = "memory",
+    output: Annotated[str | None, typer.Option("-o", "--output", help="DAG picture (.svg/.png/.html)")] = None,
+) -> None:
+    """Plan a workflow script (no run) and print it; arguments after `--` go to the script's main(argv)."""
+    console = Console()
+    try:
+        if color not in ("memory", "worker"):
+            raise FanflowError(f"--color {color!r}: use memory or worker")
+        options = dict(
+            planner=planner,
+            sla=sla,
+            slack=slack,
+            optimizations=optimizations,
+            platform=platform,
+            store=store,
+            metadata=metadata,
+        )
+        cfg = Config.load(**{k: v for k, v in options.items() if v is not None})
+        sinks, _ = load_sinks(file, list(ctx.args))
+        dag = DAG.from_sinks(sinks)
+        plan = make_plan(dag, cfg)
+        if plan.simulation is None:
+            console.print(f"planner {cfg.planner!r} makes no plan: workers follow WUKONG's defaults")
+            return
+        for table in _tables(dag, plan):
+            console.print(table)
+        if output:
+            colors, labels = colors_of(dag, plan, color)
+            written = draw.write(dag, output, colors=colors, labels=labels)
+            console.print(f"wrote {written}")
+    except FanflowError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plan`` to the ``fanflow`` command."""
+    app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(plan_command)

@@ -1,0 +1,156 @@
+"""Making a plan for a run: read history once, predict, place, choose memory, simulate, annotate.
+
+:func:`make_plan` is what the client calls before a run (through
+:func:`apply_plan`) and what ``fanflow plan`` prints. It builds one
+:class:`~fanflow.metrics.History` per call from ``config.metadata`` (only the
+planners that use history read it: ``uniform`` and ``critical-path``), turns it
+into per-task predictions (:mod:`fanflow.planning.predict`), runs the chosen
+planner (:mod:`fanflow.planning.planners`) and simulates the result
+(:mod:`fanflow.planning.simulate`) under the run's worker cap, which gives the
+predicted makespan recorded beside the actual one.
+
+``metadata="none"``, or a metadata store that cannot be read, plans without
+history: every prediction is then a documented default, and the plan lists
+those tasks in :attr:`Plan.defaults`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanflow.config import Config
+from fanflow.dag.graph import DAG
+from fanflow.errors import FanflowError
+from fanflow.metrics.history import History
+from fanflow.planning.planners import (
+    MEMORY_CHOICES,
+    claimers,
+    critical_path_assignment,
+    place,
+    prewarm_times,
+    upload_flags,
+)
+from fanflow.planning.predict import DagCosts, Predictor
+from fanflow.planning.simulate import Assignment, Simulation, simulate
+from fanflow.store.metadata import is_disabled
+
+log = logging.getLogger(__name__)
+
+HISTORY_PLANNERS = ("uniform", "critical-path")
+"""Planners that read run history; ``wukong`` plans from defaults and ``none`` does nothing."""
+
+
+@dataclass(slots=True)
+class Plan:
+    """A planner's decisions for one DAG and what the simulator predicts of them."""
+
+    planner: str
+    annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    simulation: Simulation | None = None
+    costs: DagCosts | None = None
+    assignment: Assignment | None = None
+    best_makespan_s: float | None = None
+    """Critical-path planner: the makespan with the largest memory everywhere."""
+    target_makespan_s: float | None = None
+    """Critical-path planner: the makespan it had to stay within (best × (1 + slack))."""
+    planning_s: float = 0.0
+    used_history: bool = False
+
+    @property
+    def predicted_makespan_s(self) -> float | None:
+        return None if self.simulation is None else self.simulation.makespan
+
+    @property
+    def defaults(self) -> list[int]:
+        """Tasks whose predictions came from defaults rather than history."""
+        return [] if self.costs is None else self.costs.defaults
+
+
+def load_history(dag: DAG, config: Config) -> History | None:
+    """The history of ``dag``'s functions, or None (recording off, or the store unreadable: logged)."""
+    if is_disabled(config.metadata):
+        return None
+    try:
+        return History.for_dag(dag, config.metadata)
+    except FanflowError as exc:
+        log.warning("planning without history: %s", exc)
+        return None
+
+
+def worker_cap(config: Config) -> int | None:
+    """Concurrent workers the run's platform allows (None: no cap, as on a FaaS platform)."""
+    if config.max_workers:
+        return config.max_workers
+    if config.platform == "processes":
+        return os.cpu_count() or 1
+    return None
+
+
+def make_plan(dag: DAG, config: Config, history: History | None = None, read_history: bool = True) -> Plan:
+    """Plan ``dag`` with ``config.planner``; ``history`` is read from ``config.metadata`` unless given.
+
+    Nothing is written to the DAG; :func:`apply_plan` does that.
+    """
+    began = time.perf_counter()
+    name = config.planner
+    if name == "none" or len(dag) == 0:
+        return Plan(name, planning_s=time.perf_counter() - began)
+    if history is None and read_history and name in HISTORY_PLANNERS:
+        history = load_history(dag, config)
+    costs = Predictor(history, config.sla).costs(dag)
+    enabled = set(config.optimizations.split(",")) if config.optimizations != "none" else set()
+    clustering = "clustering" in enabled
+    requested = [dag.task(t).memory_mb for t in range(len(dag))]
+    n = len(dag)
+    plan = Plan(name, costs=costs, used_history=history is not None)
+    if name == "critical-path":
+        top = max(MEMORY_CHOICES)
+        labels = _labels(dag, costs, [r or top for r in requested], clustering)
+        upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
+        assignment, _, best = critical_path_assignment(
+            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested
+        )
+        plan.best_makespan_s = best
+        plan.target_makespan_s = best * (1 + config.slack)
+    else:
+        memory = [r or config.memory_mb for r in requested]
+        labels = _labels(dag, costs, memory, clustering)
+        upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
+        assignment = Assignment(memory, labels, upload)
+    sim = simulate(dag, costs, assignment, worker_cap(config))
+    plan.simulation = sim
+    plan.assignment = assignment
+    prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
+    annotations: dict[int, dict[str, Any]] = {}
+    with_memory = name != "wukong"
+    for t in range(n):
+        note: dict[str, Any] = {"worker": f"w{labels[t]}"}
+        if with_memory:
+            note["memory_mb"] = assignment.memory_mb[t]
+        if upload is not None and not upload[t]:
+            note["upload"] = False
+        if t in prewarm:
+            note["prewarm_s"] = prewarm[t]
+        annotations[t] = note
+    plan.annotations = annotations
+    plan.planning_s = time.perf_counter() - began
+    return plan
+
+
+def _labels(dag: DAG, costs: DagCosts, memory: list[int], clustering: bool) -> list[int]:
+    """Placement, then one correction: fan-ins follow the input the simulation says claims them."""
+    labels = place(dag, costs, memory, clustering)
+    follow = claimers(dag, simulate(dag, costs, Assignment(memory, labels)))
+    return place(dag, costs, memory, clustering, follow) if follow else labels
+
+
+def apply_plan(dag: DAG, config: Config) -> Plan:
+    """Plan ``dag`` and write the annotations into it (replacing the planner's keys per task)."""
+    plan = make_plan(dag, config)
+    for t, note in plan.annotations.items():
+        dag.annotations.setdefault(t, {}).update(note)
+    return plan

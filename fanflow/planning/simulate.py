@@ -1,0 +1,252 @@
+"""Simulating a run: when each task starts and finishes under a plan, the makespan, cost and critical path.
+
+The simulator replays the worker loop's rules, not an idealized schedule, so a
+prediction can be compared with a real run:
+
+- the client starts one worker per root at time 0; a new worker begins
+  ``start_s`` (the predicted start latency) after it is invoked;
+- a task finishes ``fetch + exec + upload`` after it begins: ``fetch`` is one
+  round trip for the inputs produced in *other* workers (inputs this worker made
+  are in its cache and cost nothing), ``exec`` is the function at the worker's
+  memory, ``upload`` is the store + notify round trip (notify only when delayed
+  I/O skips the upload, which happens only where the loop would allow it);
+- the task that finishes a dependent's last input claims it. The claiming
+  worker keeps the claimed dependents that share its task's placement label
+  (FIFO, one after another) and starts one new worker per other label; without
+  labels it keeps one (the one with most inputs in its cache), as WUKONG does;
+- a worker runs at the memory planned for the task it was started for, and
+  ends when it has nothing left to run. Cost is the sum over workers of
+  memory (GB) × time alive (first task start to last task finish): GB-seconds.
+
+It is an event simulation: a heap of task finish events, processed in time
+order, over plain lists indexed by task id, so it is O((tasks + edges) log
+tasks) and needs no node objects. ``max_workers`` optionally caps concurrent
+workers (an invocation waits for a free slot), as a local worker pool does; a
+FaaS platform has no cap.
+
+Besides times, the result keeps the *structure* the run took (which worker ran
+each task, which task it waited for, and the task before it in its worker): the
+critical-path planner reuses it to update longest paths incrementally instead
+of simulating the whole DAG again after each change.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fanflow.dag.graph import DAG
+from fanflow.planning.predict import DagCosts, scale
+
+
+@dataclass(slots=True)
+class Assignment:
+    """A plan in simulator form: per task memory (MB), placement label (None: WUKONG default) and upload flag."""
+
+    memory_mb: list[int]
+    labels: list[int] | None = None
+    upload: list[bool] | None = None
+
+
+@dataclass(slots=True)
+class Simulation:
+    """Predicted times of one run (seconds from the start of the run) and its structure."""
+
+    start: list[float]
+    finish: list[float]
+    duration: list[float]
+    """fetch + exec + upload of each task (without waiting for a worker to start)."""
+    worker: list[int]
+    """Simulated worker index per task."""
+    claimer: list[int]
+    """The task whose finish completed this one's inputs (-1 for a root)."""
+    waited_for: list[int]
+    """The task whose finish let this one begin: its claimer, or the task before it in its worker (-1: none)."""
+    previous: list[int]
+    """The task run just before this one in the same worker (-1 when it was the worker's first)."""
+    head_latency: list[float]
+    """Start latency paid before this task (non-zero only for a worker's first task)."""
+    order: list[int]
+    """Tasks in the order they began (a topological order of the DAG plus the per-worker sequences)."""
+    worker_memory: list[int]
+    worker_begin: list[float]
+    worker_end: list[float]
+    makespan: float
+    cost_gb_s: float
+    bytes_fetched: float
+    bytes_uploaded: float
+    critical_path: list[int]
+
+    @property
+    def workers(self) -> int:
+        return len(self.worker_memory)
+
+    @property
+    def bytes_moved(self) -> float:
+        """Bytes through the store: inputs fetched plus outputs uploaded."""
+        return self.bytes_fetched + self.bytes_uploaded
+
+
+def delayable(dag: DAG, t: int, labels: Sequence[int]) -> bool:
+    """True when no other worker can need ``t``'s output: not a sink, every dependent single-input and co-placed.
+
+    This is the worker loop's own safety rule for delayed I/O.
+    """
+    if dag.is_sink(t) or not dag.dependents[t]:
+        return False
+    deps, label = dag.deps, labels[t]
+    return all(len(deps[d]) == 1 and labels[d] == label for d in dag.dependents[t])
+
+
+def keeps_local(dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None) -> bool:
+    """True when the loop skips ``t``'s upload: the plan asks for it and :func:`delayable` allows it."""
+    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels)
+
+
+def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | None = None) -> Simulation:
+    """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules)."""
+    n = len(dag)
+    deps, dependents = dag.deps, dag.dependents
+    labels, memory = plan.labels, plan.memory_mb
+    exec_512, out_bytes = costs.exec_512, costs.out_bytes
+    start_s = costs.start_s
+    z = costs.z
+    f_base, f_slope, f_floor = costs.fetch.intercept + z * costs.fetch.sd, costs.fetch.slope, costs.fetch.floor
+    u_base, u_slope, u_floor = costs.upload.intercept + z * costs.upload.sd, costs.upload.slope, costs.upload.floor
+    local = [keeps_local(dag, t, labels, plan.upload) for t in range(n)]
+    remaining = [len(d) for d in deps]
+    start = [0.0] * n
+    finish = [0.0] * n
+    duration = [0.0] * n
+    worker = [-1] * n
+    claimer = [-1] * n
+    waited_for = [-1] * n
+    previous = [-1] * n
+    head_latency = [0.0] * n
+    claimed_at = [0.0] * n
+    order: list[int] = []
+    w_memory: list[int] = []
+    w_begin: list[float] = []
+    w_end: list[float] = []
+    w_last: list[int] = []
+    w_queue: list[deque[int]] = []
+    w_scale: list[float] = []
+    heap: list[tuple[float, int, int]] = []
+    seq = 0
+    fetched = uploaded = 0.0
+    slots = max_workers if max_workers else n + 1
+    waiting: deque[tuple[list[int], float]] = deque()
+
+    def run_next(w: int, now: float) -> None:
+        nonlocal seq, fetched, uploaded
+        t = w_queue[w].popleft()
+        factor = w_scale[w]
+        remote = 0.0
+        for u in deps[t]:
+            if worker[u] != w:
+                remote += out_bytes[u]
+        up = 0.0 if local[t] else out_bytes[t]
+        fetch = max(f_floor, f_base + f_slope * remote) if remote > 0 else 0.0
+        d = (fetch + exec_512[t] + max(u_floor, u_base + u_slope * up)) * factor
+        fetched += remote
+        uploaded += up
+        prev = w_last[w]
+        if prev >= 0:
+            previous[t] = prev
+            if now > claimed_at[t]:
+                waited_for[t] = prev
+        worker[t] = w
+        start[t] = now
+        duration[t] = d
+        finish[t] = now + d
+        w_last[w] = t
+        order.append(t)
+        seq += 1
+        heapq.heappush(heap, (now + d, seq, t))
+
+    def new_worker(tasks: list[int], at: float) -> None:
+        nonlocal slots
+        if slots <= 0:
+            waiting.append((tasks, at))
+            return
+        slots -= 1
+        w = len(w_memory)
+        mem = memory[tasks[0]]
+        begin = at + start_s
+        w_memory.append(mem)
+        w_scale.append(scale(mem))
+        w_begin.append(begin)
+        w_end.append(begin)
+        w_last.append(-1)
+        w_queue.append(deque(tasks))
+        head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
+        run_next(w, begin)
+
+    for r in dag.roots:
+        new_worker([r], 0.0)
+    while heap:
+        now, _, t = heapq.heappop(heap)
+        w = worker[t]
+        claimed: list[int] = []
+        for d in dependents[t]:
+            remaining[d] -= 1
+            if remaining[d] == 0:
+                claimed.append(d)
+                claimer[d] = waited_for[d] = t
+                claimed_at[d] = now
+        others: dict[object, list[int]] = {}
+        if claimed:
+            if labels is not None:
+                mine = labels[t]
+                for d in claimed:
+                    if labels[d] == mine:
+                        w_queue[w].append(d)
+                    else:
+                        others.setdefault(labels[d], []).append(d)
+            else:
+                fits = [d for d in claimed if memory[d] == w_memory[w]]
+                keep = max(fits, key=lambda d: sum(worker[u] == w for u in deps[d]), default=-1)
+                for d in claimed:
+                    if d == keep:
+                        w_queue[w].append(d)
+                    else:
+                        others[("solo", d)] = [d]
+        for group in others.values():
+            new_worker(group, now)
+        if w_queue[w]:
+            run_next(w, now)
+            continue
+        w_end[w] = now
+        slots += 1
+        if waiting:
+            tasks, at = waiting.popleft()
+            new_worker(tasks, max(at, now))
+
+    sinks = dag.sinks
+    last = max(sinks, key=lambda s: finish[s])
+    path = [last]
+    while waited_for[path[-1]] >= 0:
+        path.append(waited_for[path[-1]])
+    path.reverse()
+    cost = sum(m / 1024 * (e - b) for m, b, e in zip(w_memory, w_begin, w_end, strict=True))
+    return Simulation(
+        start,
+        finish,
+        duration,
+        worker,
+        claimer,
+        waited_for,
+        previous,
+        head_latency,
+        order,
+        w_memory,
+        w_begin,
+        w_end,
+        finish[last],
+        cost,
+        fetched,
+        uploaded,
+        path,
+    )

@@ -1,0 +1,262 @@
+"""Planning: predictions from history, the simulator on hand-computed DAGs, the planners, and runs with each planner."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import fanflow
+from fanflow.cli.main import app
+from fanflow.dag.graph import DAG
+from fanflow.metrics import History
+from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
+from fanflow.planning.planners import critical_path_assignment, place
+from fanflow.planning.predict import DEFAULT_EXEC_S, Line, fit_line, sla_z
+from fanflow.store.metadata import drain, open_metadata
+
+
+@fanflow.task
+def blob(n: int) -> bytes:
+    return b"x" * n
+
+
+@fanflow.task
+def grow(data: bytes, extra: int) -> bytes:
+    return data + b"y" * extra
+
+
+@fanflow.task
+def join(*parts: bytes) -> int:
+    return sum(len(p) for p in parts)
+
+
+@fanflow.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@fanflow.task
+def never_ran(x: int) -> int:
+    return x
+
+
+def tree(n: int) -> fanflow.Node:
+    level: list = list(range(n))
+    while len(level) > 1:
+        paired = [add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+def fan(n: int = 3) -> fanflow.Node:
+    root = blob(1000)
+    return join(*[grow(root, 100 * (i + 1)) for i in range(n)])
+
+
+def costs_of(n: int, exec_s: float = 1.0, **kwargs: float) -> DagCosts:
+    """Hand-made predictions: every task ``exec_s`` at 512 MB, fetch 0.1 s, upload 0.05 s, start 0.5 s."""
+    fetch = Line(kwargs.get("fetch", 0.1), 0.0, 0.0, 1)
+    upload = Line(kwargs.get("upload", 0.05), 0.0, 0.0, 1)
+    start = kwargs.get("start", 0.5)
+    return DagCosts([exec_s] * n, [0.0] * n, [100.0] * n, fetch, upload, start, start, start, 0.0)
+
+
+# -- predictions -------------------------------------------------------------------------
+
+
+def test_fit_line_and_sla() -> None:
+    line = fit_line([0, 1, 2, 3], [1, 3, 5, 7])
+    assert line is not None and line.slope == pytest.approx(2) and line.intercept == pytest.approx(1)
+    flat = fit_line([5, 5], [1.0, 3.0])
+    assert flat is not None and flat.slope == 0 and flat.at(100) == pytest.approx(2.0)
+    assert fit_line([], []) is None
+    assert sla_z("mean") == 0 and sla_z("p50") == pytest.approx(0)
+    assert sla_z("p95") == pytest.approx(1.645, abs=1e-3)
+
+
+def test_predictions_from_history_and_explicit_unknowns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    cfg = fanflow.Config(metadata=url, progress=False, planner="none")
+    for _ in range(3):
+        assert fan().compute(cfg) == 3 * 1000 + 600
+    drain()
+    dag = DAG.from_sinks([fan()])
+    history = History.for_dag(dag, url)
+    predictor = Predictor(history)
+    grown = predictor.out_bytes(grow.identity, 1000)
+    assert grown.known and grown.samples == 9
+    assert 1000 < grown.value < 1400
+    e = predictor.exec_s(blob.identity, 512, 0)
+    assert e.known and e.value > 0
+    # memory past one vCPU buys nothing; less memory is slower, in proportion
+    assert predictor.exec_s(blob.identity, 256, 0).value == pytest.approx(2 * e.value)
+    assert predictor.exec_s(blob.identity, 3008, 0).value == pytest.approx(
+        predictor.exec_s(blob.identity, 1769, 0).value
+    )
+    unknown = predictor.exec_s(never_ran.identity, 512, 10)
+    assert not unknown.known and unknown.value == DEFAULT_EXEC_S
+    assert not predictor.out_bytes(never_ran.identity, 0).known
+    costs = predictor.costs(dag)
+    assert costs.defaults == []
+    assert costs.transfer_known and costs.start_known
+    assert costs.start_s > 0 and costs.upload.at(1000) > 0
+    # percentiles sit above the mean
+    p99 = Predictor(history, "p99").exec_s(grow.identity, 512, 1000).value
+    assert p99 >= Predictor(history, "mean").exec_s(grow.identity, 512, 1000).value
+
+
+def test_without_history_every_task_is_from_defaults() -> None:
+    dag = DAG.from_sinks([fan()])
+    costs = Predictor(None).costs(dag)
+    assert costs.defaults == list(range(len(dag)))
+    assert all(e > 0 for e in costs.exec_512) and all(o > 0 for o in costs.out_bytes)
+    assert not costs.transfer_known and not costs.start_known
+
+
+# -- simulation --------------------------------------------------------------------------
+
+
+def diamond() -> DAG:
+    a = blob(1)
+    return DAG.from_sinks([join(grow(a, 1), grow(a, 2))])
+
+
+def test_simulation_of_a_diamond_by_hand() -> None:
+    dag = diamond()  # 0: blob, 1: grow, 2: grow, 3: join
+    sim = simulate(dag, costs_of(4), Assignment([512] * 4))
+    # w0 starts at 0.5: blob 0.5 -> 1.55, keeps grow-1 (1.55 -> 2.6); grow-2 on a new worker from 2.05,
+    # fetches blob's output: 2.05 -> 3.2; it claims join, which fetches grow-1's output: 3.2 -> 4.35.
+    assert sim.finish == pytest.approx([1.55, 2.6, 3.2, 4.35])
+    assert sim.makespan == pytest.approx(4.35)
+    assert sim.critical_path == [0, 2, 3]
+    assert sim.workers == 2
+    assert sim.cost_gb_s == pytest.approx(0.5 * ((2.6 - 0.5) + (4.35 - 2.05)))
+    assert sim.bytes_fetched == pytest.approx(200) and sim.bytes_uploaded == pytest.approx(400)
+
+
+def test_simulation_with_one_label_runs_one_worker_and_skips_safe_uploads() -> None:
+    dag = diamond()
+    sim = simulate(dag, costs_of(4), Assignment([1024] * 4, [0] * 4, [False] * 4))
+    # one worker at 1024 MB (twice as fast), nothing fetched; blob's upload is skipped (both
+    # dependents take it alone), the grows' are not (join has two inputs), the sink's never.
+    each = (1.0 + 0.05) / 2
+    assert sim.workers == 1
+    assert sim.makespan == pytest.approx(0.5 + 4 * each)
+    assert sim.bytes_fetched == 0 and sim.bytes_uploaded == pytest.approx(300)
+    assert sim.cost_gb_s == pytest.approx(1.0 * 4 * each)
+
+
+def test_simulation_worker_cap_queues_invocations() -> None:
+    dag = DAG.from_sinks([join(*[blob(i) for i in range(4)])])
+    free = simulate(dag, costs_of(5), Assignment([512] * 5))
+    capped = simulate(dag, costs_of(5), Assignment([512] * 5), max_workers=2)
+    assert capped.makespan > free.makespan
+
+
+# -- planners ------------------------------------------------------------------------------
+
+
+def test_wukong_labels_fan_out_and_fan_in() -> None:
+    dag = DAG.from_sinks([fan(3)])  # 0: blob, 1-3: grow, 4: join
+    plan = make_plan(dag, fanflow.Config(planner="wukong", metadata="none", optimizations="none"))
+    labels = [plan.annotations[t]["worker"] for t in range(len(dag))]
+    assert labels[1] == labels[0]  # the first branch continues in the producer's worker
+    assert len({labels[0], labels[2], labels[3]}) == 3  # every other branch gets its own
+    assert labels[4] in labels[1:4]  # the fan-in continues in one of its inputs' workers
+    assert all("memory_mb" not in a and "upload" not in a for a in plan.annotations.values())
+    assert plan.defaults == list(range(len(dag)))
+
+
+def test_delayed_io_is_annotated_only_where_safe_and_when_enabled() -> None:
+    a = blob(10)
+    dag = DAG.from_sinks([join(grow(grow(a, 1), 1))])  # a chain: every upload but the sink's can be skipped
+    plan = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", optimizations="delayed-io"))
+    assert [plan.annotations[t].get("upload", True) for t in range(4)] == [False, False, False, True]
+    plain = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", optimizations="none"))
+    assert all("upload" not in a for a in plain.annotations.values())
+    warm = make_plan(
+        DAG.from_sinks([fan(3)]), fanflow.Config(planner="uniform", metadata="none", optimizations="prewarm")
+    )
+    assert any("prewarm_s" in a for a in warm.annotations.values())
+
+
+def test_uniform_uses_one_memory_size() -> None:
+    dag = DAG.from_sinks([fan(4)])
+    plan = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", memory_mb=3008))
+    assert {a["memory_mb"] for a in plan.annotations.values()} == {3008}
+    assert plan.predicted_makespan_s is not None and plan.predicted_makespan_s > 0
+
+
+def lopsided() -> DAG:
+    """A long chain and a short branch from one root, joined: the short branch has slack."""
+    root = blob(1)
+    long = grow(grow(grow(grow(root, 1), 1), 1), 1)
+    short = grow(root, 2)
+    return DAG.from_sinks([join(long, short)])
+
+
+def test_critical_path_downgrades_only_off_the_critical_path() -> None:
+    dag = lopsided()
+    n = len(dag)
+    costs = costs_of(n, start=0.01, fetch=0.01, upload=0.01)
+    labels = place(dag, costs, [3008] * n, clustering=False)
+    plan, sim, best = critical_path_assignment(dag, costs, labels, None, slack=0.1)
+    assert sim.makespan <= best * 1.1 + 1e-9
+    on_path = set(sim.critical_path)
+    short = next(t for t in range(n) if dag.deps[t] == (0,) and dag.dependents[t] == (n - 1,))
+    assert short not in on_path
+    assert plan.memory_mb[short] < 1769
+    # the critical path keeps its best-case speed (1769 MB is as fast as 3008 MB in the model)
+    assert all(plan.memory_mb[t] >= 1769 for t in on_path)
+    uniform = simulate(dag, costs, Assignment([3008] * n, labels))
+    assert sim.cost_gb_s < uniform.cost_gb_s
+
+
+def test_planning_a_tree_of_8191_tasks_is_fast() -> None:
+    dag = DAG.from_sinks([tree(8192)])
+    assert len(dag) == 8191
+    began = time.perf_counter()
+    plan = make_plan(dag, fanflow.Config(planner="critical-path", metadata="none"))
+    elapsed = time.perf_counter() - began
+    assert elapsed < 10.0  # about 0.4 s here; benchmarks/planning.py measures it
+    assert plan.simulation is not None and len(plan.simulation.critical_path) == 13  # one add per level
+
+
+def test_plan_cli_prints_and_draws(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    script = tmp_path / "wf.py"
+    script.write_text(
+        "import fanflow\n"
+        "@fanflow.task\ndef inc(x):\n    return x + 1\n"
+        "@fanflow.task\ndef total(*xs):\n    return sum(xs)\n"
+        "def main():\n    return total(*[inc(i) for i in range(4)])\n"
+    )
+    out = tmp_path / "plan.html"
+    result = CliRunner().invoke(
+        app, ["plan", str(script), "--planner", "critical-path", "--metadata", "none", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "predicted makespan" in result.output and "critical path" in result.output
+    assert out.exists()
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planner", ["none", "wukong", "uniform", "critical-path"])
+def test_each_planner_computes_the_right_result(run_config: fanflow.Config, planner: str) -> None:
+    cfg = run_config.replace(planner=planner, optimizations="clustering,delayed-io,prewarm")
+    assert tree(16).compute(cfg) == sum(range(16))
+    assert fan(3).compute(cfg) == 3 * 1000 + 600
+    drain()
+    run = open_metadata(cfg.metadata).runs(limit=1)[0]
+    assert run["planner"] == planner
+    if planner == "none":
+        assert run["predicted_makespan_s"] is None
+    else:
+        assert run["predicted_makespan_s"] > 0 and run["planning_s"] > 0
