@@ -10,6 +10,7 @@ from fanflow.config import Config
 from fanflow.dag import draw
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node, Task, set_runner
+from fanflow.dashboard import open_for_run
 from fanflow.metrics.recorder import build_dag
 
 __all__ = ["compute", "gather", "submit", "task", "visualize"]
@@ -44,20 +45,21 @@ def task(func: Callable[..., Any] | None = None, /, **options: Any) -> Task | Ca
     return lambda f: Task(f, **options)
 
 
-def compute(*nodes: Node, config: ConfigLike = None, **overrides: Any) -> tuple[Any, ...]:
+def compute(*nodes: Node, config: ConfigLike = None, dashboard: bool = False, **overrides: Any) -> tuple[Any, ...]:
     """Compute several sinks of one DAG in ONE run; returns their values as a tuple.
 
     ``overrides`` are config keys (e.g. ``platform="threads"``) applied on top of
     ``config`` or of the config loaded from ``fanflow.toml`` and ``FANFLOW_*``.
+    ``dashboard=True`` opens the live dashboard on this run (docs/dashboard.md).
     """
     cfg = Config.resolve(config, **overrides)
-    return session().execute(build_dag(nodes), cfg)
+    return session().execute(build_dag(nodes), cfg, on_start=open_for_run if dashboard else None)
 
 
-def submit(*nodes: Node, config: ConfigLike = None, **overrides: Any) -> RunFuture:
+def submit(*nodes: Node, config: ConfigLike = None, dashboard: bool = False, **overrides: Any) -> RunFuture:
     """Start computing ``nodes`` in the background; the future's result is a tuple."""
     cfg = Config.resolve(config, **overrides)
-    return session().submit(build_dag(nodes), cfg)
+    return session().submit(build_dag(nodes), cfg, on_start=open_for_run if dashboard else None)
 
 
 def visualize(*nodes: Node, path: str = "dag.svg") -> str:
@@ -71,9 +73,10 @@ class _Runner:
     def compute(self, nodes: Sequence[Node], config: ConfigLike, **options: Any) -> tuple[Any, ...]:
         return compute(*nodes, config=config, **options)
 
-    def submit(self, nodes: Sequence[Node], config: ConfigLike, **options: Any) -> RunFuture:
+    def submit(self, nodes: Sequence[Node], config: ConfigLike, dashboard: bool = False, **options: Any) -> RunFuture:
         cfg = Config.resolve(config, **options)
-        return session().submit(build_dag(nodes), cfg, single=len(nodes) == 1)
+        hook = open_for_run if dashboard else None
+        return session().submit(build_dag(nodes), cfg, single=len(nodes) == 1, on_start=hook)
 
     def visualize(self, nodes: Sequence[Node], path: str, **options: Any) -> str:
         return draw.write(DAG.from_sinks(nodes), path, **options)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 import fanflow
 from fanflow.cli.plan import register as register_plan
+from fanflow.cli.dashboard import dashboard
 from fanflow.cli.pool import register as register_pool
 from fanflow.cli.runs import register as register_runs
 from fanflow.cli.script import load_sinks
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_runs(app)
+app.command("dashboard")(dashboard)
 register_plan(app)
 register_pool(app)
 console = Console()

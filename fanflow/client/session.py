@@ -17,6 +17,7 @@ from typing import Any
 from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
+from fanflow.dashboard.tracking import note_end, note_start
 from fanflow.errors import RunCancelledError
 from fanflow.metrics.recorder import record_run
 from fanflow.planning import apply_plan
@@ -87,6 +88,7 @@ class Session:
             error: BaseException | None = None
             try:
                 run.start()
+                note_start(run)
                 try:
                     run.wait(cancelled)
                 except KeyboardInterrupt:
@@ -97,19 +99,27 @@ class Session:
                 error = exc
                 raise
             finally:
+                note_end(run, error)
                 run.cleanup()
                 record_run(run, error)
         finally:
             self.release(config)
 
-    def submit(self, dag: DAG, config: Config, single: bool = False) -> RunFuture:
+    def submit(
+        self, dag: DAG, config: Config, single: bool = False, on_start: Callable[[Run], None] | None = None
+    ) -> RunFuture:
         """Start ``dag`` in the background; the future's result is the tuple of sink
         values, or the one value when ``single``."""
         future = RunFuture()
 
+        def started(run: Run) -> None:
+            future.run_id = run.run_id
+            if on_start is not None:
+                on_start(run)
+
         def target() -> None:
             try:
-                values = self.execute(dag, config, future.cancelled, lambda r: setattr(future, "run_id", r.run_id))
+                values = self.execute(dag, config, future.cancelled, started)
             except RunCancelledError:
                 return  # the future is already in its cancelled state
             except BaseException as exc:

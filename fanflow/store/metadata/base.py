@@ -2,7 +2,9 @@
 
 A metadata store keeps, per run, one *run document*, its *task documents*, its
 *worker documents* and its *event list* (so a run can be replayed long after
-the run store's event stream expired). Documents are plain JSON-able dicts: the
+the run store's event stream expired). A run also gets a small *started
+document* when it starts (its header and DAG structure, written by the client),
+so a dashboard can show it while it is in flight. Documents are plain JSON-able dicts: the
 store layer sits below :mod:`fanflow.metrics`, which owns their meaning and
 converts them to typed records. A store only reads the few fields it indexes:
 
@@ -202,7 +204,26 @@ class MetadataStore(Protocol):
         """Delete all but the newest ``keep_runs`` runs; returns the ids deleted.
 
         Summaries are kept: they already count the deleted runs' executions.
+        Started documents of the deleted runs go with them.
         """
+        ...
+
+    def save_started(self, doc: Mapping[str, Any], ttl_s: int) -> None:
+        """Keep the *started document* of a run (``run_id``, ``submitted_at``, header, DAG structure).
+
+        Written when a run starts, so a dashboard knows runs in flight before
+        their records exist; saving the same run id again replaces it. It is
+        kept ``ttl_s`` seconds (the run's key TTL: past it nothing of the run is
+        live) or until :meth:`gc` deletes its run.
+        """
+        ...
+
+    def started_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Started documents of the runs not saved yet (in flight, or ended unrecorded), newest first."""
+        ...
+
+    def load_started(self, run_id: str) -> dict[str, Any] | None:
+        """The started document of a run, saved or not, while it is kept; None otherwise."""
         ...
 
     def close(self) -> None: ...

@@ -9,7 +9,10 @@ Key layout (prefix ``ffmeta:``; use a separate db number to keep it apart):
 - ``exec:<identity>|<memory_mb>``: hash ``<run_id>:<task>`` -> task JSON, so "every
   execution of f at m MB" is one ``HGETALL``; ``functions`` indexes these keys;
 - ``summary:<identity>|<memory_mb>``: hash of the :class:`Summary` fields;
-  ``summaries`` indexes them.
+  ``summaries`` indexes them;
+- ``started:<run_id>``: the run's started document (JSON, expiring with the
+  run's key TTL); ``started`` is a sorted set of those not known to be saved,
+  pruned as they are listed.
 
 A save is one optimistic transaction: ``WATCH`` the summaries it merges into,
 read them, merge in Python (the same code as every store), then ``MULTI``/``EXEC``
@@ -147,7 +150,39 @@ class RedisMetadataStore:
     def gc(self, keep_runs: int) -> list[str]:
         doomed = [r.decode() for r in self._do(self._r.zrange, PREFIX + "runs", 0, -(keep_runs + 1))]
         self._do(self._delete_runs, doomed)
+        if doomed:
+            self._do(self._r.delete, *(PREFIX + f"started:{r}" for r in doomed))
         return doomed
+
+    def save_started(self, doc: Mapping[str, Any], ttl_s: int) -> None:
+        run_id = doc["run_id"]
+        with self._r.pipeline() as pipe:
+            pipe.set(PREFIX + f"started:{run_id}", json.dumps(doc, separators=(",", ":")), ex=ttl_s)
+            pipe.zadd(PREFIX + "started", {run_id: float(doc["submitted_at"])})
+            self._do(pipe.execute)
+
+    def started_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        ids = [r.decode() for r in self._do(self._r.zrevrange, PREFIX + "started", 0, -1)]
+        if not ids:
+            return []
+        with self._r.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.get(PREFIX + f"started:{run_id}")
+                pipe.hexists(PREFIX + f"run:{run_id}", "doc")
+            found = self._do(pipe.execute)
+        docs, gone = [], []
+        for run_id, doc, saved in zip(ids, found[::2], found[1::2], strict=True):
+            if doc is None or saved:
+                gone.append(run_id)
+            else:
+                docs.append(json.loads(doc))
+        if gone:
+            self._do(self._r.zrem, PREFIX + "started", *gone)
+        return docs if limit is None else docs[:limit]
+
+    def load_started(self, run_id: str) -> dict[str, Any] | None:
+        doc = self._do(self._r.get, PREFIX + f"started:{run_id}")
+        return None if doc is None else json.loads(doc)
 
     # -- reading ---------------------------------------------------------------------
     def runs(self, signature: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 One table per kind of document (``runs``, ``tasks``, ``workers``) holds each
 document as JSON beside the columns it is looked up by; ``summaries`` holds one
-row per ``(identity, memory_mb)``. A run's events are one zlib-compressed JSON
+row per ``(identity, memory_mb)``; ``started`` the started document of each
+recent run, with its expiry. A run's events are one zlib-compressed JSON
 blob in its ``runs`` row: they are only ever read whole (replay, export), and
 compressed they take a few bytes per event.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +46,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_function ON tasks (identity, memory_mb);
 CREATE TABLE IF NOT EXISTS workers (
     run_id TEXT NOT NULL, worker TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (run_id, worker)
+);
+CREATE TABLE IF NOT EXISTS started (
+    run_id TEXT PRIMARY KEY, submitted_at REAL NOT NULL, expires_at REAL NOT NULL, doc TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS summaries (
     identity TEXT NOT NULL, memory_mb INTEGER NOT NULL,
@@ -160,7 +165,29 @@ class SQLiteMetadataStore:
             ]
             if doomed:
                 self._delete_runs(db, doomed)
+                db.executemany("DELETE FROM started WHERE run_id = ?", [(r,) for r in doomed])
         return doomed
+
+    def save_started(self, doc: Mapping[str, Any], ttl_s: int) -> None:
+        now = time.time()
+        with self._write() as db:
+            db.execute("DELETE FROM started WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT OR REPLACE INTO started VALUES (?, ?, ?, ?)",
+                (doc["run_id"], doc["submitted_at"], now + ttl_s, _dumps(doc)),
+            )
+
+    def started_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT doc FROM started s WHERE expires_at >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM runs r WHERE r.run_id = s.run_id) ORDER BY submitted_at DESC LIMIT ?",
+            (time.time(), -1 if limit is None else limit),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def load_started(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT doc FROM started WHERE run_id = ? AND expires_at >= ?", (run_id, time.time()))
+        return json.loads(rows[0][0]) if rows else None
 
     # -- reading ---------------------------------------------------------------------
     def runs(self, signature: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

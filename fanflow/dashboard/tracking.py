@@ -1,0 +1,166 @@
+"""What the client tells the dashboard about its runs: a started document, and errors at the end.
+
+A run's records reach the metadata store only after it ends, but a dashboard
+must draw a run in flight: its DAG, which tasks exist, what they call. So the
+client saves a small *started document* right after it invokes the roots
+(:func:`note_start`): the run header and the DAG structure as columns (each
+function once, then per task its function index and upstream ids), a few
+bytes per task. The write goes through the metadata layer's background writer
+(:func:`fanflow.store.metadata.defer`), like the run's records, so it never
+delays the run, and it is queued before them, so it is stored first.
+
+Live progress is not written here: the dashboard reads the run's event stream
+in the run store, the same stream the metrics are built from.
+
+A failed run's tracebacks live in the run store's error list, which cleanup
+deletes. :func:`note_end` copies that list into the started document before
+cleanup, so a finished run's page still shows them. Successful runs cost no
+write at the end.
+
+A dashboard opened in this process (``compute(..., dashboard=True)``) also
+keeps its runs in :data:`LOCAL`, with their store objects: it can then show a
+run whatever the metadata store (even ``none``), including one in a
+``memory://`` store no other process sees.
+
+Everything here is observability: an error is logged and never fails a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fanflow.config import mask_url
+from fanflow.metrics.recorder import status_of
+from fanflow.store import Store, keys
+from fanflow.store.metadata import defer, is_disabled, open_metadata
+
+if TYPE_CHECKING:
+    from fanflow.client.run import Run
+
+log = logging.getLogger(__name__)
+
+LOCAL_MAX_RUNS = 100
+"""Runs an in-process dashboard keeps in memory (oldest dropped first)."""
+
+
+def started_doc(run: Run) -> dict[str, Any]:
+    """The started document of ``run``: header and DAG structure, JSON-able."""
+    dag, config = run.dag, run.config
+    return {
+        "run_id": run.run_id,
+        "signature": dag.signature,
+        "sink": dag.sink_name,
+        "planner": config.planner,
+        "platform": config.platform,
+        "metrics_upload": config.metrics_upload,
+        "memory_mb": config.memory_mb,
+        "submitted_at": run.submitted_at or time.time(),
+        "store": mask_url(config.store),
+        "functions": [[t.name, t.identity] for t in dag.tasks],
+        "task_of": list(dag.task_of),
+        "deps": [list(d) for d in dag.deps],
+        "maps": sorted(dag.maps),
+        "sinks": list(dag.sinks),
+        "errors": [],
+    }
+
+
+def error_records(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The error records workers wrote for ``run_id`` (type, message, traceback, task, worker, ...)."""
+    out = []
+    for raw in store.read_list(keys.errors(run_id)):
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            log.debug("run %s: an error record is not JSON", run_id)
+    return out
+
+
+@dataclass
+class LocalRun:
+    """A run shown by the dashboard of this process."""
+
+    doc: dict[str, Any]
+    store: Store
+    status: str = "running"
+    ended_at: float | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LocalRuns:
+    """The runs of this process that its dashboard was opened on, newest last, bounded."""
+
+    def __init__(self, limit: int = LOCAL_MAX_RUNS) -> None:
+        self._runs: OrderedDict[str, LocalRun] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, run: Run) -> None:
+        with self._lock:
+            self._runs[run.run_id] = LocalRun(started_doc(run), run.store)
+            while len(self._runs) > self._limit:
+                self._runs.popitem(last=False)
+
+    def get(self, run_id: str) -> LocalRun | None:
+        return self._runs.get(run_id)
+
+    def all(self) -> list[LocalRun]:
+        """Every kept run, newest first."""
+        with self._lock:
+            return list(reversed(self._runs.values()))
+
+    def started(self, run: Run) -> None:
+        entry = self._runs.get(run.run_id)
+        if entry is not None:
+            entry.doc["submitted_at"] = run.submitted_at
+
+    def ended(self, run_id: str, status: str, errors: list[dict[str, Any]]) -> None:
+        entry = self._runs.get(run_id)
+        if entry is not None:
+            entry.status, entry.ended_at, entry.errors = status, time.time(), errors
+
+
+LOCAL = LocalRuns()
+
+
+def note_start(run: Run) -> None:
+    """Save ``run``'s started document in its metadata store (call right after ``run.start()``)."""
+    LOCAL.started(run)
+    if not is_disabled(run.config.metadata):
+        defer(lambda: _save(run, []))
+
+
+def _save(run: Run, errors: list[dict[str, Any]]) -> None:
+    """Build and save the started document (in the background writer: the DAG is immutable)."""
+    config = run.config
+    try:
+        doc = started_doc(run)
+        doc["errors"] = errors
+        open_metadata(config.metadata).save_started(doc, config.key_ttl_s)
+    except Exception as exc:
+        log.warning("run %s: could not save its started document in %s: %s", run.run_id, mask_url(config.metadata), exc)
+
+
+def note_end(run: Run, error: BaseException | None) -> None:
+    """Keep a failed run's error records beside its started document (call before ``run.cleanup()``)."""
+    if error is None:
+        LOCAL.ended(run.run_id, "succeeded", [])
+        return
+    if not run.submitted_at:
+        return
+    try:
+        errors = error_records(run.store, run.run_id)
+    except Exception as exc:
+        log.warning("run %s: could not read its error records: %s", run.run_id, exc)
+        errors = []
+    if not errors:
+        errors = [{"task": None, "exc_type": type(error).__name__, "message": str(error), "traceback": ""}]
+    LOCAL.ended(run.run_id, status_of(error), errors)
+    if not is_disabled(run.config.metadata):
+        defer(lambda: _save(run, errors))
