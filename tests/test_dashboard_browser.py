@@ -155,6 +155,7 @@ def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None
     page.wait_for_function(
         "Object.values(window.fanflowDashboard.nodeStates()).some(s => s === 'done')", timeout=10_000
     )
+    page.wait_for_timeout(300)  # node colours fade in over 0.25 s
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
     assert "tasks done" in page.inner_text("#progress-text")
 
