@@ -155,7 +155,7 @@ def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None
     page.wait_for_function(
         "Object.values(window.fanflowDashboard.nodeStates()).some(s => s === 'done')", timeout=10_000
     )
-    page.wait_for_timeout(300)  # node colours fade in over 0.25 s
+    page.wait_for_timeout(300)  # let the canvas repaint
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
     assert "tasks done" in page.inner_text("#progress-text")
 
@@ -184,7 +184,7 @@ def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None
     )
     page.wait_for_function("document.querySelector('#replay-play').textContent.includes('Play')")  # stops at the end
     page.click("button[data-mode=worker]")
-    page.wait_for_timeout(400)  # let the colour transition finish before the picture
+    page.wait_for_timeout(300)  # let the canvas repaint
     page.screenshot(path=str(ARTIFACTS / "dashboard-replay.png"), full_page=True)
 
 

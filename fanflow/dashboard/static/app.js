@@ -167,8 +167,7 @@ class DagView {
           shape: "round-rectangle", "background-color": "data(color)", "border-width": 1, "border-color": "#94a3b8",
           label: big ? "" : "data(label)", "font-size": 11, "text-valign": "center", "text-halign": "center",
           color: "#111827", width: big ? 14 : "label", height: big ? 14 : 24, padding: big ? 0 : 8,
-          "font-family": "ui-monospace, Menlo, Consolas, monospace", "transition-property": "background-color",
-          "transition-duration": "0.25s" } },
+          "font-family": "ui-monospace, Menlo, Consolas, monospace" } },
         { selector: "edge", style: {
           width: 1.4, "line-color": "#b6bfcd", "target-arrow-color": "#b6bfcd", "target-arrow-shape": "triangle",
           "arrow-scale": 0.8, "curve-style": "bezier", label: "data(label)", "font-size": 9, color: "#6b7280",
