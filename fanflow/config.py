@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,17 @@ PLANNERS = ("none", "wukong", "uniform", "critical-path")
 UPLOAD_STRATEGIES = ("shutdown", "task", "periodic", "buffer")
 OPTIMIZATIONS = ("clustering", "delayed-io", "preload", "prewarm")
 TOML_NAME = "fanflow.toml"
+
+_PROCESS_SECRET = secrets.token_hex(32)
+
+
+def signing_secret(config: Config) -> bytes:
+    """The HMAC key for payloads: ``config.secret``, else one generated per client process.
+
+    The generated key suits platforms whose workers this process starts (it hands
+    the key to them); a shared pool or a remote gateway needs ``secret`` set.
+    """
+    return (config.secret or _PROCESS_SECRET).encode()
 
 
 def mask_url(url: str) -> str:
@@ -184,13 +196,12 @@ class Config:
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
     metrics_upload: str = _field("shutdown", _upload, "when workers upload metrics")
     retention_runs: int = _field(1000, _number(int, 1), "runs kept in the metadata store")
-    optimizations: str = _field(
-        "clustering,delayed-io", _optimizations, "plan optimizations the workers apply (or 'none')"
-    )
+    optimizations: str = _field("none", _optimizations, "plan optimizations the workers apply, e.g. 'clustering'")
     sla: str = _field("mean", _sla, "prediction statistic planners use: mean or p50..p99")
     slack: float = _field(0.1, _number(float, 0.0), "critical-path planner: allowed makespan over the best case")
     max_recoveries: int = _field(3, _number(int, 0), "times one task may be recovered after a lost worker")
     requirements: str | None = _field(None, _text(True), "path of the workflow's requirements.txt")
+    store_retry_s: float = _field(10.0, _number(float, 0.0), "keep retrying a lost store connection this long")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -79,6 +79,14 @@ class RunTimeoutError(FanflowError):
     """The run did not finish within the configured timeout."""
 
 
+class RunStateLostError(FanflowError):
+    """A run's state vanished from the store (a restart without persistence, a flush)."""
+
+
+class TaskLostError(FanflowError):
+    """A task's worker was lost more often than ``max_recoveries`` allows."""
+
+
 class StoreError(FanflowError):
     """The store failed in a way that is not a plain connection loss."""
 

@@ -98,7 +98,7 @@ def test_chain_runs_on_one_worker_with_exact_sizes(tmp_path: Path) -> None:
     assert [(i.task, i.bytes, i.local, i.download_s) for i in m.tasks[2].inputs] == [(1, 120, True, None)]
     assert m.tasks[1].fetch_s == 0 and m.run.bytes_fetched == 0 and m.run.bytes_local == 220
     assert m.critical_path() == [0, 1, 2]
-    assert m.run.dag_build_s > 0 and m.run.planning_s == 0 and m.run.makespan_s > 0
+    assert m.run.dag_build_s > 0 and 0 <= m.run.planning_s < 0.05 and m.run.makespan_s > 0
     assert m.run.sink == "grow" and m.run.run_id.endswith(m.run.signature[:8])
 
 

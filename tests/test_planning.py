@@ -160,9 +160,14 @@ def test_simulation_worker_cap_queues_invocations() -> None:
 # -- planners ------------------------------------------------------------------------------
 
 
+def test_wukong_without_optimizations_leaves_the_loop_its_own_wukong_policy() -> None:
+    plan = make_plan(DAG.from_sinks([fan(3)]), fanflow.Config(planner="wukong", metadata="none", optimizations="none"))
+    assert plan.annotations == {} and plan.simulation is None
+
+
 def test_wukong_labels_fan_out_and_fan_in() -> None:
     dag = DAG.from_sinks([fan(3)])  # 0: blob, 1-3: grow, 4: join
-    plan = make_plan(dag, fanflow.Config(planner="wukong", metadata="none", optimizations="none"))
+    plan = make_plan(dag, fanflow.Config(planner="wukong", metadata="none", optimizations="prewarm"))
     labels = [plan.annotations[t]["worker"] for t in range(len(dag))]
     assert labels[1] == labels[0]  # the first branch continues in the producer's worker
     assert len({labels[0], labels[2], labels[3]}) == 3  # every other branch gets its own

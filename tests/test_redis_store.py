@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -57,9 +58,12 @@ def test_claim_is_granted_exactly_once(store: RedisStore, run: str) -> None:
     assert store.finish({}, [claim[1]], "w2", 60, 5000) == [False]
     assert store.finish({}, [claim[0]], "w1", 60, 5000) == [False]  # a re-run upstream: no double count
     assert store.finish({}, [claim[2]], "w3", 60, 5000) == [True]
-    for c, owner in zip(claim, ("w1", "w2", "w3"), strict=True):  # re-runs after the claim never re-trigger
+    for c, owner in zip(claim[:2], ("w1", "w2"), strict=True):  # others' re-runs after the claim never re-trigger
         assert store.finish({}, [c], owner, 60, 5000) == [False]
+    # The owner (an invocation redelivered after its worker died) re-enters its own claim.
+    assert store.finish({}, [claim[2]], "w3", 60, 5000) == [True]
     assert store.client.get(keys.claim(run, d)) == b"w3"
+    assert store.client.ttl(keys.claim(run, d)) > 30  # a claim lasts the run, not a lease
 
 
 def test_finish_writes_outputs_claims_and_publishes_in_one_call(store: RedisStore, run: str) -> None:
@@ -92,12 +96,23 @@ def test_every_key_written_has_a_ttl(store: RedisStore, run: str) -> None:
     store.set_status(keys.status(run), "running", ttl)
     store.fail_run(keys.status(run), keys.errors(run), b"{}", ttl, keys.channel(run))
     store.append_events(keys.events(run), [{"kind": "x"}], ttl)
-    store.renew_leases([keys.claim(run, 2)], "w", 9000)
+    store.renew_leases([keys.lease(run, 2)], "w", 9000)
     written = list(store.client.scan_iter(match=f"ff:{{{run}*"))
-    assert len(written) == 8
+    assert len(written) == 9
     for key in written:
         assert 0 < store.client.pttl(key) <= ttl * 1000, key
-    assert 5000 < store.client.pttl(keys.claim(run, 2)) <= 9000  # the lease was renewed for its owner
+    assert 5000 < store.client.pttl(keys.lease(run, 2)) <= 9000
+
+
+def test_leases_are_renewed_read_and_ended(store: RedisStore, run: str) -> None:
+    lease = [keys.lease(run, t) for t in range(3)]
+    store.renew_leases(lease[:2], "inv-a", 200)
+    assert store.read_leases(lease) == ["inv-a", "inv-a", None]
+    store.end_leases(lease[:1], 60)
+    time.sleep(0.3)
+    assert store.read_leases(lease) == ["done", None, None]  # the unrenewed one expired
+    store.take_claim(keys.claim(run, 1), "inv-b", 60)
+    assert store.client.get(keys.claim(run, 1)) == b"inv-b"
 
 
 def test_fail_run_records_error_and_status_then_publishes(store: RedisStore, run: str) -> None:

@@ -149,3 +149,17 @@ def test_submit_and_gather(run_config: fanflow.Config) -> None:
 def test_plain_builtin_as_task(run_config: fanflow.Config) -> None:
     mul = fanflow.task(operator.mul, name="mul")
     assert mul(inc(2), 4).compute(run_config) == 12
+
+
+def test_a_failed_task_is_never_completed(run_config: fanflow.Config) -> None:
+    from fanflow.store.metadata import open_metadata
+
+    future = add(boom(1), 1).submit(run_config)
+    with pytest.raises(fanflow.TaskFailedError):
+        future.result(timeout=60)
+    events = open_metadata(run_config.metadata).load_run(future.run_id).events
+    assert [e["kind"] for e in events if e["task"] == 0 and e["kind"].startswith("task_")] == [
+        "task_started",
+        "task_failed",
+    ]
+    assert not any(e["kind"] == "task_started" and e["task"] == 1 for e in events)

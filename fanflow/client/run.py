@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fanflow.client import requirements
-from fanflow.config import Config
+from fanflow.config import Config, mask_url, signing_secret
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.errors import (
     FanflowError,
     RunCancelledError,
+    RunStateLostError,
     RunTimeoutError,
     StoreError,
     TaskFailedError,
+    TaskLostError,
 )
 from fanflow.platforms.base import Platform
 from fanflow.store import keys, open_store
-from fanflow.store.base import CANCELLED, FAILED, MISSING, RUNNING, Store
+from fanflow.store.base import CANCELLED, FAILED, LEASE_DONE, MISSING, RUNNING, Store, error_record
 from fanflow.worker import Invocation, WorkerSettings, sign
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ POLL_S = 0.25
 PROGRESS_AFTER_S = 1.0
 """A progress bar appears only for runs that last longer than this."""
 
-_client_secret = secrets.token_hex(32)
-
 
 class Run:
     """A single execution of ``dag`` under ``config`` on an acquired ``platform``."""
@@ -51,15 +50,17 @@ class Run:
         self.dag = dag
         self.config = config
         self.platform = platform
-        self.store: Store = open_store(config.store)
+        self.store: Store = open_store(config.store, retry_s=config.store_retry_s)
         self.run_id = dag.new_run_id()
-        self.secret = (config.secret or _client_secret).encode()
+        self.secret = signing_secret(config)
         self.settings = WorkerSettings(
             key_ttl_s=config.key_ttl_s,
             lease_ms=config.lease_ms,
             max_value_bytes=config.max_value_bytes,
             default_memory_mb=config.memory_mb,
             metrics_upload=config.metrics_upload,
+            max_recoveries=config.max_recoveries,
+            store_retry_s=config.store_retry_s,
         )
         self.encoded_size = 0
         self.submitted_at = 0.0
@@ -68,6 +69,9 @@ class Run:
         self.finished_at = 0.0
         self._status_key = keys.status(self.run_id)
         self._sub: Any = None
+        self._base: Invocation | None = None
+        self._leased: dict[int, str] = {}  # task -> owner, for tasks whose lease the watch has seen
+        self.recoveries: dict[int, int] = {}
 
     # -- start -------------------------------------------------------------------
     def start(self) -> None:
@@ -75,18 +79,16 @@ class Run:
         requirements.check(self.dag, self.config, self.platform)
         store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
         self._sub = store.subscribe(keys.channel(run))
-        store.set_status(self._status_key, RUNNING, ttl)
         dag_field: Any = self.dag
         if not self.platform.in_process:
+            # Stored once for every worker that gets it by reference (fan-outs, recoveries), and
+            # inline in the roots' payloads when small enough, saving them a round trip.
             data = encode(self.dag)
             self.encoded_size = len(data)
-            if len(data) <= self.config.inline_dag_max_bytes:
-                dag_field = data
-            else:
-                stored, _ = store.dumps(data)
-                store.put_many({keys.dag(run): stored}, ttl)
-                dag_field = None
-        base = Invocation(
+            store.put_many({keys.dag(run): store.dumps(data)[0]}, ttl)
+            dag_field = data if len(data) <= self.config.inline_dag_max_bytes else None
+        store.set_status(self._status_key, RUNNING, ttl)
+        self._base = base = Invocation(
             run,
             (),
             self.config.memory_mb,
@@ -99,7 +101,9 @@ class Run:
             (store, self.platform) if self.platform.in_process else None,
         )
         self.submitted_at = now = time.time()
-        invs = [base.with_start((r,), self._memory_for(r), now) for r in self.dag.roots]
+        self._invoke([base.with_start((r,), self._memory_for(r), now) for r in self.dag.roots])
+
+    def _invoke(self, invs: list[Invocation]) -> None:
         if self.platform.in_process:
             self.platform.invoke(invs)
         else:
@@ -116,6 +120,8 @@ class Run:
         done: set[int] = set()
         deadline = None if self.config.timeout_s is None else self.submitted_at + self.config.timeout_s
         next_poll = time.monotonic() + POLL_S
+        watch_every = self.config.lease_ms / 2000
+        next_watch = time.monotonic() + watch_every if not self.store.keeps_objects else float("inf")
         progress = _Progress(self) if self._progress_wanted() else None
         try:
             while done != sinks:
@@ -135,6 +141,9 @@ class Run:
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + POLL_S
                     done |= self._poll(sinks - done)
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + watch_every
+                    self._watch()
                 if progress:
                     progress.update()
         finally:
@@ -146,9 +155,54 @@ class Run:
         status = self.store.get_status(self._status_key)
         if status == FAILED:
             self._raise_failure()
+        if status is None:
+            raise RunStateLostError(
+                f"run {self.run_id}: its state is gone from the store at {mask_url(self.config.store)} "
+                "(restarted without persistence, or flushed); run it again, and turn on Redis AOF "
+                "(appendonly yes) for runs to survive a restart"
+            )
         order = sorted(pending)
         values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
         return {t for t, v in zip(order, values, strict=True) if v is not MISSING}
+
+    def _watch(self) -> None:
+        """Re-invoke every task whose lease was seen alive and then expired without ``done``."""
+        n = len(self.dag)
+        leases = self.store.read_leases([keys.lease(self.run_id, t) for t in range(n)])
+        lost = []
+        for t, owner in enumerate(leases):
+            if owner is None:
+                if t in self._leased:
+                    lost.append(t)
+            elif owner == LEASE_DONE:
+                self._leased.pop(t, None)
+            else:
+                self._leased[t] = owner
+        for t in lost:
+            self._recover(t)
+
+    def _recover(self, t: int) -> None:
+        """Hand lost task ``t`` to a new invocation, or fail the run after ``max_recoveries``."""
+        tries = self.recoveries[t] = self.recoveries.get(t, 0) + 1
+        owner = self._leased.pop(t)
+        name = self.dag.name(t)
+        if tries > self.config.max_recoveries:
+            message = (
+                f"task {name!r} was lost with its worker {tries} times (max_recoveries="
+                f"{self.config.max_recoveries}): it may exceed its memory_mb or crash its process"
+            )
+            record = error_record(self.run_id, name, t, "fanflow.errors.TaskLostError", message, owner, tries)
+            status, errors, ttl = self._status_key, keys.errors(self.run_id), self.config.key_ttl_s
+            self.store.fail_run(status, errors, record, ttl, keys.channel(self.run_id))
+            raise TaskLostError(message)
+        assert self._base is not None
+        inv = self._base.with_start((t,), self._memory_for(t), time.time())
+        if self.dag.deps[t]:
+            self.store.take_claim(keys.claim(self.run_id, t), inv.inv_id, self.config.key_ttl_s)
+        log.warning("run %s: task %s lost its worker; re-invoking it (try %d)", self.run_id, name, tries)
+        event = {"kind": "task_recovered", "task": t, "worker": owner, "t": time.time(), "attempt": tries}
+        self.store.append_events(keys.events(self.run_id), [event], self.config.key_ttl_s)
+        self._invoke([inv])
 
     def _stop(self, status: str) -> None:
         try:

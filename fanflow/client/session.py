@@ -42,7 +42,15 @@ class Session:
         self._lock = threading.Lock()
 
     def _key(self, config: Config) -> tuple[Any, ...]:
-        return (config.platform, config.store, config.max_workers, config.pool, config.idle_timeout_s, config.secret)
+        return (
+            config.platform,
+            config.store,
+            config.max_workers,
+            config.pool,
+            config.idle_timeout_s,
+            config.secret,
+            config.endpoints,
+        )
 
     def acquire(self, config: Config) -> Platform:
         key = self._key(config)
@@ -61,6 +69,14 @@ class Session:
                 self._platforms[key] = (platform, count - 1)
                 return
             del self._platforms[key]
+        platform.close()
+
+    def _halt(self, config: Config) -> None:
+        """Stop the platform's workers now, if it was started for this run alone (not a shared pool)."""
+        with self._lock:
+            platform, count = self._platforms[self._key(config)]
+            if count > 1 or getattr(platform, "keep_warm", True):
+                return
         platform.close()
 
     def close(self) -> None:
@@ -100,6 +116,8 @@ class Session:
                 raise
             finally:
                 note_end(run, error)
+                if error is not None:
+                    self._halt(config)  # no worker of a failed or cancelled run may write after cleanup
                 run.cleanup()
                 record_run(run, error)
         finally:

@@ -156,8 +156,7 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
         store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries_of(metrics.tasks))
         store.gc(config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
-        if run.store.keeps_objects:
-            run.store.delete([keys.events(run.run_id)])  # now kept in the metadata store
+        run.store.delete([keys.events(run.run_id)])  # now kept with the run's metadata
         return metrics
     except Exception as exc:
         log.warning("run %s: could not record its metrics in %s: %s", run.run_id, mask_url(config.metadata), exc)

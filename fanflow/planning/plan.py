@@ -97,12 +97,14 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     """
     began = time.perf_counter()
     name = config.planner
-    if name == "none" or len(dag) == 0:
+    enabled = set(config.optimizations.split(",")) if config.optimizations != "none" else set()
+    # The worker loop's own policy is WUKONG's (one worker per fan-out branch, continuation on
+    # fan-in), so WUKONG without optimizations needs no annotations and costs nothing.
+    if name == "none" or len(dag) == 0 or (name == "wukong" and not enabled):
         return Plan(name, planning_s=time.perf_counter() - began)
     if history is None and read_history and name in HISTORY_PLANNERS:
         history = load_history(dag, config)
     costs = Predictor(history, config.sla).costs(dag)
-    enabled = set(config.optimizations.split(",")) if config.optimizations != "none" else set()
     clustering = "clustering" in enabled
     requested = [dag.task(t).memory_mb for t in range(len(dag))]
     n = len(dag)

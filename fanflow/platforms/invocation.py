@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class WorkerSettings:
     max_value_bytes: int
     default_memory_mb: int
     metrics_upload: str = "shutdown"
+    max_recoveries: int = 3
+    store_retry_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -49,8 +52,12 @@ class Invocation:
     invoked_at: float = 0.0
     runtime: Any = field(default=None, compare=False)
     """In-process only: the (store, platform) objects to use; never shipped."""
+    inv_id: str = ""
+    """Names this invocation; it owns the claims its worker takes, so a redelivered
+    invocation (same payload, after its worker died) re-enters them."""
 
-    def with_start(self, start: tuple[int, ...], memory_mb: int, invoked_at: float) -> Invocation:
+    def with_start(self, start: tuple[Any, ...], memory_mb: int, invoked_at: float) -> Invocation:
+        """A new invocation of the same run, with its own id."""
         return Invocation(
             self.run_id,
             start,
@@ -62,7 +69,12 @@ class Invocation:
             self.dag,
             invoked_at,
             self.runtime,
+            new_invocation_id(),
         )
+
+
+def new_invocation_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def sign(inv: Invocation, secret: bytes) -> bytes:
@@ -80,6 +92,8 @@ def sign(inv: Invocation, secret: bytes) -> bytes:
             inv.settings,
             inv.dag,
             inv.invoked_at,
+            None,
+            inv.inv_id,
         ),
         protocol=pickle.HIGHEST_PROTOCOL,
     )

@@ -13,20 +13,23 @@ _open: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
-def open_store(url: str) -> Store:
-    """The store for ``url``, shared per process: ``memory://[name]``, ``redis://``, ``rediss://``."""
+def open_store(url: str, retry_s: float = 10.0) -> Store:
+    """The store for ``url``, shared per process: ``memory://[name]``, ``redis://``, ``rediss://``.
+
+    ``retry_s`` bounds how long a lost connection is retried (set by the first opener).
+    """
     store = _open.get(url)
     if store is not None:
         return store
     with _lock:
         store = _open.get(url)
         if store is None:
-            store = _new_store(url)
+            store = _new_store(url, retry_s)
             _open[url] = store
     return store
 
 
-def _new_store(url: str) -> Store:
+def _new_store(url: str, retry_s: float) -> Store:
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
         from fanflow.store.memory import MemoryStore
@@ -35,7 +38,7 @@ def _new_store(url: str) -> Store:
     if scheme in ("redis", "rediss", "redis+cluster"):
         from fanflow.store import redis as redis_store
 
-        return redis_store.connect(url)
+        return redis_store.connect(url, retry_s)
     raise ConfigError(f"unknown store URL scheme {scheme!r}; use memory://, redis:// or rediss://")
 
 

@@ -7,6 +7,8 @@ from its URL by :func:`fanflow.store.open_store`.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -25,16 +27,44 @@ MISSING: Any = _Missing()
 """Returned by :meth:`Store.get_many` for a key that does not exist."""
 
 RUNNING = "running"
+LEASE_DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"
+
+
+def error_record(
+    run_id: str,
+    task: str,
+    task_id: int,
+    exc_type: str,
+    message: str,
+    worker: str,
+    attempt: int,
+    traceback: str = "",
+) -> bytes:
+    """The JSON record of a failure for good, as :meth:`Store.fail_run` stores it and clients read it."""
+    return json.dumps(
+        {
+            "run_id": run_id,
+            "task": task,
+            "task_id": task_id,
+            "exc_type": exc_type,
+            "message": message,
+            "traceback": traceback or f"{message}\n",
+            "worker": worker,
+            "attempt": attempt,
+            "time": time.time(),
+        }
+    ).encode()
 
 
 class Claim(NamedTuple):
     """Tell dependent task ``task`` that upstream ``member`` is done, and try to claim it.
 
     The claim succeeds exactly once per task, for the caller whose notification
-    completes the dependency set (``indegree`` distinct members). Repeated
-    notifications from a re-run upstream are idempotent.
+    completes the dependency set (``indegree`` distinct members), and lasts as
+    long as the run. Repeated notifications from a re-run upstream are
+    idempotent; the owner itself (a redelivered invocation) re-enters its claim.
     """
 
     deps_key: str
@@ -89,8 +119,20 @@ class Store(Protocol):
         """
         ...
 
-    def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
-        """Extend the lease of claims ``owner`` holds (a heartbeat)."""
+    def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:
+        """Set each lease to ``owner`` for ``lease_ms`` more (a heartbeat), in one round trip."""
+        ...
+
+    def end_leases(self, lease_keys: Sequence[str], ttl_s: int) -> None:
+        """Mark leases ``done``: their tasks finished, nobody needs to watch them."""
+        ...
+
+    def read_leases(self, lease_keys: Sequence[str]) -> list[str | None]:
+        """Each lease's owner (or ``done``), None where it expired or never existed; one round trip."""
+        ...
+
+    def take_claim(self, claim_key: str, owner: str, ttl_s: int) -> None:
+        """Give a task's claim to ``owner`` (recovery hands a lost task to a new invocation)."""
         ...
 
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:

@@ -49,6 +49,11 @@ def collect(run_id: str, task: int) -> str:
     return f"{PREFIX}:{{{run_id}:{task}}}:collect"
 
 
+def lease(run_id: str, task: int) -> str:
+    """Liveness of a long-running task: refreshed by its worker's heartbeat, ``done`` at the end."""
+    return f"{PREFIX}:{{{run_id}:{task}}}:lease"
+
+
 def status(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:status"
 
@@ -94,6 +99,7 @@ def run_keys(run_id: str, deps_of: Sequence[Sequence[int]], map_sizes: Mapping[i
     yield dag(run_id)
     for task, ups in enumerate(deps_of):
         yield output(run_id, task)
+        yield lease(run_id, task)
         if ups:
             yield deps(run_id, task)
             yield claim(run_id, task)

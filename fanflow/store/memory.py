@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fanflow.store.base import FAILED, MISSING, Claim
+from fanflow.store.base import FAILED, LEASE_DONE, MISSING, Claim
 
 _SWEEP_EVERY_S = 30.0
 _FIXED_SIZE = (int, float, bool, type(None), complex)
@@ -125,7 +125,7 @@ class MemoryStore:
             self.put_many(puts, ttl_s)
         won: list[bool] = []
         if claims:
-            deadline = time.monotonic() + lease_ms / 1000
+            deadline = float("inf")  # a claim lasts as long as the run
             data = self._data
             with self._lock:
                 for c in claims:
@@ -133,8 +133,9 @@ class MemoryStore:
                     if members is None:
                         members = data[c.deps_key] = _Members()
                     members.add(c.member)
-                    ok = len(members) >= c.indegree and c.claim_key not in data
-                    if ok:
+                    held = data.get(c.claim_key)
+                    ok = len(members) >= c.indegree and (held is None or held.owner == owner)
+                    if ok and held is None:
                         data[c.claim_key] = _Lease(owner, deadline)
                     won.append(ok)
             self._expire_later([k for c in claims for k in (c.deps_key, c.claim_key)], ttl_s)
@@ -142,12 +143,27 @@ class MemoryStore:
             self.publish(channel, message)
         return won
 
-    def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
+    def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:
         deadline = time.monotonic() + lease_ms / 1000
-        for key in claim_keys:
+        for key in lease_keys:
+            self._data[key] = _Lease(owner, deadline)
+
+    def end_leases(self, lease_keys: Sequence[str], ttl_s: int) -> None:
+        for key in lease_keys:
+            self._data[key] = _Lease(LEASE_DONE, float("inf"))
+        self._expire_later(lease_keys, ttl_s)
+
+    def read_leases(self, lease_keys: Sequence[str]) -> list[str | None]:
+        now = time.monotonic()
+        out: list[str | None] = []
+        for key in lease_keys:
             lease = self._data.get(key)
-            if isinstance(lease, _Lease) and lease.owner == owner:
-                lease.deadline = deadline
+            out.append(lease.owner if isinstance(lease, _Lease) and lease.deadline > now else None)
+        return out
+
+    def take_claim(self, claim_key: str, owner: str, ttl_s: int) -> None:
+        self._data[claim_key] = _Lease(owner, float("inf"))
+        self._expire_later((claim_key,), ttl_s)
 
     # -- run state ----------------------------------------------------------------
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:

@@ -40,14 +40,16 @@ from typing import Any, ParamSpec, TypeVar
 
 import cloudpickle
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from fanflow.config import mask_url
 from fanflow.errors import SerializationError, StoreError, StoreUnavailableError
-from fanflow.store.base import FAILED, MISSING, Claim
+from fanflow.store.base import FAILED, LEASE_DONE, MISSING, Claim
 
 __all__ = ["RedisStore", "connect", "dumps", "loads"]
 
@@ -57,20 +59,24 @@ SOCKET_TIMEOUT_S = 30.0
 
 SUBSCRIBE_TIMEOUT_S = 5.0
 
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 2.0
+
 _INBAND = 0
 _OUT_OF_BAND = 1
 _COUNT = struct.Struct("<BI")
 
-# KEYS: deps, claim. ARGV: member, indegree, owner, lease_ms, ttl_s.
+# KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
 # The set gets its TTL when it is created (first member); the claim is granted
-# once, to the caller that finds the set complete.
+# once, to the caller that finds the set complete, and lasts as long as the run.
+# Its owner (an invocation id) re-enters it: a redelivered invocation goes on.
 _CLAIM_LUA = """
 redis.call('SADD', KEYS[1], ARGV[1])
 local n = redis.call('SCARD', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-if n >= tonumber(ARGV[2]) and redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
-  return 1
-end
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if n < tonumber(ARGV[2]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
 
@@ -81,12 +87,6 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], 'failed')
 return 1
-"""
-
-# KEYS: claim. ARGV: owner, lease_ms.
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
 """
 
 # KEYS: stream. ARGV: packed events, ttl_s.
@@ -213,14 +213,13 @@ class RedisStore:
         """The redis-py client (thread-safe; a connection pool), for platforms built on Redis."""
         self._claim = client.register_script(_CLAIM_LUA)
         self._fail = client.register_script(_FAIL_LUA)
-        self._renew = client.register_script(_RENEW_LUA)
         self._events = client.register_script(_EVENTS_LUA)
 
     @_translated
     def load_scripts(self) -> None:
         """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._claim, self._fail, self._renew, self._events):
+        for script in (self._claim, self._fail, self._events):
             pipe.script_load(script.script)
         pipe.execute()
 
@@ -287,7 +286,7 @@ class RedisStore:
             for key, value in puts.items():
                 pipe.set(key, value, ex=ttl_s)
             for c in claims:
-                pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, lease_ms, ttl_s)
+                pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
             for channel, message in publish:
                 pipe.publish(channel, message)
 
@@ -296,17 +295,27 @@ class RedisStore:
         return [bool(r) for r in replies[first : first + len(claims)]]
 
     @_translated
-    def renew_leases(self, claim_keys: Sequence[str], owner: str, lease_ms: int) -> None:
-        """Extend the claims ``owner`` still holds, one script call per claim (cluster-safe), one pipeline."""
-        if not claim_keys:
-            return
-        sha = self._renew.sha
+    def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:
+        """Set each lease to ``owner`` for ``lease_ms``, in one pipeline."""
+        if lease_keys:
+            self._execute(lambda pipe: [pipe.set(key, owner, px=lease_ms) for key in lease_keys])
 
-        def fill(pipe: Any) -> None:
-            for key in claim_keys:
-                pipe.evalsha(sha, 1, key, owner, lease_ms)
+    @_translated
+    def end_leases(self, lease_keys: Sequence[str], ttl_s: int) -> None:
+        """Mark leases ``done`` for the rest of the run, in one pipeline."""
+        if lease_keys:
+            self._execute(lambda pipe: [pipe.set(key, LEASE_DONE, ex=ttl_s) for key in lease_keys])
 
-        self._execute(fill)
+    @_translated
+    def read_leases(self, lease_keys: Sequence[str]) -> list[str | None]:
+        """Each lease's owner (or ``done``), None where absent, with one ``MGET``."""
+        if not lease_keys:
+            return []
+        return [None if v is None else v.decode() for v in self.client.mget(lease_keys)]
+
+    @_translated
+    def take_claim(self, claim_key: str, owner: str, ttl_s: int) -> None:
+        self.client.set(claim_key, owner, ex=ttl_s)
 
     # -- run state ---------------------------------------------------------------------------
     @_translated
@@ -389,14 +398,34 @@ class RedisStore:
         self.client.close()
 
 
-def connect(url: str) -> RedisStore:
-    """Open the store at ``url`` and check that it answers; raises :class:`StoreUnavailableError`."""
+def retry_policy(budget_s: float) -> Retry:
+    """Exponential backoff with jitter, retried until about ``budget_s`` seconds have passed.
+
+    Every command fanflow sends is safe to repeat (idempotent writes, NX claims,
+    re-entrant for their owner), so a dropped connection or a restarting server
+    costs a pause, not a run; past the budget the error reaches the caller.
+    """
+    steps, waited, delay = 0, 0.0, RETRY_BASE_S
+    while waited < budget_s:
+        waited += min(delay, RETRY_CAP_S)
+        delay *= 2
+        steps += 1
+    return Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), steps)
+
+
+def connect(url: str, retry_s: float = 10.0) -> RedisStore:
+    """Open the store at ``url`` and check that it answers; raises :class:`StoreUnavailableError`.
+
+    Lost connections are retried for about ``retry_s`` seconds (see :func:`retry_policy`).
+    """
     try:
         client = redis.Redis.from_url(
             url,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30,
+            retry=retry_policy(retry_s),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
     except ValueError as exc:
         raise StoreUnavailableError(

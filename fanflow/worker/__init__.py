@@ -13,9 +13,9 @@ from fanflow.dag.encoding import decode
 from fanflow.dag.graph import DAG
 from fanflow.errors import DAGError
 from fanflow.platforms import worker_platform
+from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING
-from fanflow.worker.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.worker.loop import Worker
 
 __all__ = ["Invocation", "Worker", "WorkerSettings", "handle", "sign"]
@@ -47,7 +47,7 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[
             env = os.environ.get("FANFLOW_SECRET")
             secret = env.encode() if env else None
         inv = verify(bytes(payload), secret)
-        store = open_store(inv.store_url)
+        store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s)
         platform = worker_platform(inv.platform, inv.platform_options, handle)
     dag = _dag_for(inv, store)
     worker = Worker(inv, store, platform, dag, secret=secret, cold=cold)

@@ -46,7 +46,6 @@ atomic step and publishes it; workers then stop at their next status check.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
@@ -60,17 +59,28 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.errors import FanflowError, InputLostError, MapInputError, NoRetry, ValueTooLargeError
+from fanflow.errors import (
+    FanflowError,
+    InputLostError,
+    MapInputError,
+    NoRetry,
+    ValueTooLargeError,
+)
 from fanflow.platforms.base import Platform
+from fanflow.platforms.invocation import Invocation, sign
 from fanflow.store import keys
-from fanflow.store.base import MISSING, RUNNING, Claim, Store
-from fanflow.worker.invocation import Invocation, sign
+from fanflow.store.base import MISSING, RUNNING, Claim, Store, error_record
+from fanflow.worker.heartbeat import heartbeat
 
 log = logging.getLogger(__name__)
 
 
 STATUS_CHECK_S = 0.2
 """How often a worker on a remote store asks whether its run was stopped."""
+
+FANOUT_INLINE_MAX = 16 * 1024
+"""Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
+reference (the client stored the DAG once), so a wide fan-out does not push N copies."""
 
 
 _WORKER_PREFIX = f"{socket.gethostname()[:16]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -113,6 +123,8 @@ class Worker:
         self.dag = dag
         self.secret = secret
         self.id = _new_worker_id()
+        # Claims belong to the invocation, not to this worker: a redelivered invocation re-enters them.
+        self.owner = inv.inv_id or self.id
         self.run_id = inv.run_id
         self.settings = inv.settings
         self.cache: dict[int, Any] = {}
@@ -164,8 +176,19 @@ class Worker:
         values, in_bytes, fetch_s = self._inputs(t)
         if t in self.dag.maps:
             return self._expand(t, values)
-        value, attempt, exec_s = self._execute(t, values)
-        return self._complete(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+        if not self._remote:  # in-process workers cannot be lost apart from their client
+            value, attempt, exec_s = self._execute(t, values)
+            return self._complete(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+        lease_key = keys.lease(self.run_id, t)
+        token = heartbeat.track(self.store, lease_key, self.owner, self.settings.lease_ms)
+        try:
+            value, attempt, exec_s = self._execute(t, values)
+            claimed = self._complete(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+        finally:
+            leased = heartbeat.untrack(token)
+        if leased:
+            self.store.end_leases([lease_key], self.settings.key_ttl_s)
+        return claimed
 
     def _complete(self, t: int, value: Any, **fields: Any) -> list[Item]:
         """Store ``t``'s output, notify its dependents, keep it in the cache; the claimed dependents."""
@@ -225,9 +248,8 @@ class Worker:
         stored, out_bytes = self._dump(m, value)
         claim = Claim(keys.parts(run, m), keys.collect(run, m), i, n)
         began = time.perf_counter()
-        (won,) = self.store.finish(
-            {keys.element_output(run, m, i): stored}, [claim], self.id, self.settings.key_ttl_s, self.settings.lease_ms
-        )
+        ttl, lease = self.settings.key_ttl_s, self.settings.lease_ms
+        (won,) = self.store.finish({keys.element_output(run, m, i): stored}, [claim], self.owner, ttl, lease)
         self._emit(
             "task_finished",
             m,
@@ -313,7 +335,7 @@ class Worker:
             except Exception as exc:
                 if isinstance(exc, NoRetry) or not isinstance(exc, task.retry_on) or attempt > task.retries:
                     self._fail(t, exc, attempt)
-                    return _FAILED, attempt, time.perf_counter() - began
+                    raise _Stop from exc
                 delay = task.retry_backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
                 self._emit("task_retry", t, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
                 time.sleep(delay)
@@ -327,7 +349,7 @@ class Worker:
         claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
         publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
         began = time.perf_counter()
-        won = store.finish(puts, claims, self.id, self.settings.key_ttl_s, self.settings.lease_ms, publish)
+        won = store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms, publish)
         elapsed = time.perf_counter() - began
         return [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed
 
@@ -407,7 +429,11 @@ class Worker:
             return
         now = time.time()
         memory = self.inv.memory_mb
-        invs = [self.inv.with_start(tuple(g), self._memory_for(_task_of(g[0]), memory), now) for g in groups]
+        base = self.inv
+        if isinstance(base.dag, bytes) and len(base.dag) > FANOUT_INLINE_MAX:
+            base = base.with_start(base.start, memory, now)
+            base.dag = None
+        invs = [base.with_start(tuple(g), self._memory_for(_task_of(g[0]), memory), now) for g in groups]
         if self.platform.in_process:
             self.platform.invoke(invs)
             return
@@ -428,25 +454,18 @@ class Worker:
             if now < self._next_status_check:
                 return
             self._next_status_check = now + STATUS_CHECK_S
-        status = self.store.get_status(self._status_key)
-        if status is not None and status != RUNNING:
+        # No status at all means the client already cleaned up, or the store lost the run; either
+        # way nobody waits for this worker, and the client reports a loss itself.
+        if self.store.get_status(self._status_key) != RUNNING:
             raise _Stop
 
     def _fail(self, t: int, exc: BaseException, attempt: int) -> None:
         """Record a failure for good: error record + run status, atomically, then publish."""
         run = self.run_id
         name = self.dag.name(t) if t >= 0 else "<worker>"
-        record = {
-            "run_id": run,
-            "task": name,
-            "task_id": t,
-            "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-            "worker": self.id,
-            "attempt": attempt,
-            "time": time.time(),
-        }
+        exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        trace = "".join(traceback.format_exception(exc))
+        record = error_record(run, name, t, exc_type, str(exc), self.id, attempt, trace)
         self._emit("task_failed", t, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
         try:
             stored, _ = self.store.dumps(exc)
@@ -456,7 +475,7 @@ class Worker:
         self.store.fail_run(
             self._status_key,
             keys.errors(run),
-            json.dumps(record).encode(),
+            record,
             self.settings.key_ttl_s,
             keys.channel(run),
         )
@@ -490,5 +509,3 @@ class Worker:
         except Exception:  # events are observability; losing a batch must not fail the run
             log.warning("could not write %d events of run %s", len(batch), self.run_id, exc_info=True)
 
-
-_FAILED = object()

@@ -18,13 +18,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fanflow.config import mask_url
+from fanflow.config import mask_url, signing_secret
 from fanflow.errors import ConfigError, PlatformError
 from fanflow.platforms.base import Handler
+from fanflow.platforms.invocation import peek
 from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key
 from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
-from fanflow.worker.invocation import peek
 
 __all__ = ["PoolHost", "ProcessesPlatform", "client_platform", "worker_platform"]
 
@@ -81,10 +81,9 @@ def client_platform(config: Any, handler: Handler) -> ProcessesPlatform:
                 f"start one with `fanflow worker-pool --name {config.pool} --store <url>`"
             )
         return ProcessesPlatform(config.store, config.pool)
-    from fanflow.client.run import _client_secret  # the client layer's per-process secret signs the payloads
 
     pool = f"client-{uuid.uuid4().hex[:12]}"
-    secret = (config.secret or _client_secret).encode()
+    secret = signing_secret(config)
     host = PoolHost(store, pool, secret, max_workers=config.max_workers, idle_timeout_s=config.idle_timeout_s)
     host.start()
     return ProcessesPlatform(config.store, pool, host)

@@ -28,8 +28,8 @@ clients can tell that it runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
 from fanflow.errors import PayloadRejectedError, PlatformError
+from fanflow.platforms.invocation import verify
 from fanflow.platforms.processes import child as child_protocol
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
+from fanflow.store.base import error_record
 from fanflow.store.redis import RedisStore
-from fanflow.worker.invocation import verify
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ class PoolHost:
         self.name = name
         self.max_workers = max_workers or os.cpu_count() or 1
         self.idle_timeout_s = idle_timeout_s
-        self.stats = {"invocations": 0, "cold_starts": 0, "refused": 0, "crashed": 0}
+        self.stats = {"invocations": 0, "cold_starts": 0, "refused": 0, "crashed": 0, "redelivered": 0}
+        self._deliveries: dict[bytes, int] = {}
+        """Redeliveries per payload digest, for payloads whose worker died."""
         self._secret = secret
         self._advertise = advertise
         self._queue = queue_key(name)
@@ -296,16 +299,35 @@ class PoolHost:
         self._release()
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker process died: fail the run it was serving, free its slot."""
+        """A worker process died: redeliver its invocation to a new process, up to ``max_recoveries`` times.
+
+        The redelivered payload keeps its invocation id, so its worker re-enters
+        the claims the dead one took and carries on where it stopped (tasks it
+        had finished run again: execution is at-least-once, fan-in exactly-once).
+        """
         self._workers.remove(worker)
         worker.conn.close()
         code = _reap(worker.proc, 5.0)
         self._cgroups.remove(worker.name)
-        if worker.payload is not None:
-            self.stats["crashed"] += 1
-            self._release()
-            hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if code is not None and code < 0 else ""
-            self._fail_invocation(worker, f"worker process {worker.proc.pid} exited with code {code}{hint}")
+        if worker.payload is None:
+            return
+        self.stats["crashed"] += 1
+        hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if code is not None and code < 0 else ""
+        why = f"worker process {worker.proc.pid} exited with code {code}{hint}"
+        digest = hashlib.blake2b(worker.payload, digest_size=16).digest()
+        tries = self._deliveries[digest] = self._deliveries.get(digest, 0) + 1
+        try:
+            allowed = verify(worker.payload, self._secret).settings.max_recoveries
+        except PayloadRejectedError:
+            allowed = 0
+        if tries <= allowed:
+            log.warning("pool %s: %s; redelivering its invocation (%d of %d)", self.name, why, tries, allowed)
+            self.stats["redelivered"] += 1
+            self._inbox.appendleft(_ENTRY.pack(worker.memory_mb) + worker.payload)
+            return
+        self._deliveries.pop(digest, None)
+        self._release()
+        self._fail_invocation(worker, f"{why}, {tries} times")
 
     def _fail_invocation(self, worker: _Worker, why: str) -> None:
         """Fail the run of the invocation ``worker`` was serving, so its client raises at once."""
@@ -313,24 +335,17 @@ class PoolHost:
             inv = verify(worker.payload or b"", self._secret)
         except PayloadRejectedError:
             return  # not a run of ours: nobody to tell
-        message = f"tasks {list(inv.start)} were lost: {why}"
+        message = f"tasks {list(inv.start)} were lost: {why} (max_recoveries={inv.settings.max_recoveries})"
         log.error("pool %s: %s (run %s)", self.name, message, inv.run_id)
-        record = {
-            "run_id": inv.run_id,
-            "task": f"#{inv.start[0]}" if inv.start else "<worker>",
-            "task_id": inv.start[0] if inv.start else -1,
-            "exc_type": "fanflow.errors.PlatformError",
-            "message": message,
-            "traceback": f"{message}\n",
-            "worker": f"{self.name}/{worker.name}",
-            "attempt": 1,
-            "time": time.time(),
-        }
+        task = f"#{inv.start[0]}" if inv.start else "<worker>"
+        task_id = inv.start[0] if inv.start else -1
+        exc_type = "fanflow.errors.PlatformError"
+        record = error_record(inv.run_id, task, task_id, exc_type, message, f"{self.name}/{worker.name}", 1)
         try:
             self.store.fail_run(
                 keys.status(inv.run_id),
                 keys.errors(inv.run_id),
-                json.dumps(record).encode(),
+                record,
                 inv.settings.key_ttl_s,
                 keys.channel(inv.run_id),
             )

@@ -1,0 +1,303 @@
+"""Failures, recovery and security: a run finishes right or fails fast and clearly, never hangs.
+
+Fault injection is real: tasks SIGKILL their own worker process, redis-server is
+killed and restarted, a whole worker pool is SIGKILLed, and ``fanflow run`` gets
+SIGINT. Counters that must survive a process live in files under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import RedisServer
+from tests_support import bump, wait_for_file
+
+import fanflow
+from fanflow.store import keys
+from fanflow.store.metadata import drain, open_metadata
+
+
+# -- tasks (module level, so worker processes import them) ---------------------------------
+@fanflow.task(retries=3, retry_backoff=0.01)
+def flaky(counter: str, fail_times: int, value: int) -> int:
+    """Raises on its first ``fail_times`` attempts, then returns ``value``."""
+    if bump(counter) <= fail_times:
+        raise ConnectionError(f"transient failure {bump(counter, 0)}")
+    return value
+
+
+@fanflow.task(retries=3, retry_backoff=0.01)
+def refuses(counter: str) -> int:
+    bump(counter)
+    raise fanflow.NoRetry("this input can never work")
+
+
+@fanflow.task(retries=3, retry_backoff=0.01, retry_on=(ConnectionError,))
+def wrong_kind(counter: str) -> int:
+    bump(counter)
+    raise KeyError("not a retryable error")
+
+
+@fanflow.task
+def slow_inc(x: int, delay: float) -> int:
+    time.sleep(delay)
+    return x + 1
+
+
+@fanflow.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@fanflow.task
+def dies_once(marker: str, x: int) -> int:
+    """SIGKILLs its own worker process the first time it runs (as an OOM kill would)."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+@fanflow.task
+def long_then_value(started: str, seconds: float, x: int) -> int:
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return x
+
+
+@fanflow.task
+def fails_at(stamp: str) -> int:
+    Path(stamp).write_text(repr(time.time()))
+    raise RuntimeError("broken on purpose")
+
+
+def tree(leaves: list[fanflow.Node]) -> fanflow.Node:
+    level = leaves
+    while len(level) > 1:
+        level = [add(level[i], level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def run_id_of(future: fanflow.RunFuture) -> str:
+    return future.run_id
+
+
+# -- retries ----------------------------------------------------------------------------------
+def test_third_attempt_succeeds_and_metrics_show_three_attempts(run_config: fanflow.Config, tmp_path: Path) -> None:
+    future = add(flaky(str(tmp_path / "n"), 2, 40), 2).submit(run_config)
+    assert future.result(timeout=60) == 42
+    drain()
+    tasks = open_metadata(run_config.metadata).load_run(future.run_id).tasks
+    assert {t["name"]: t["attempt"] for t in tasks}["flaky-0"] == 3
+
+
+def test_no_retry_marker_fails_at_once(run_config: fanflow.Config, tmp_path: Path) -> None:
+    with pytest.raises(fanflow.TaskFailedError, match=r"refuses.*attempt 1.*never work"):
+        refuses(str(tmp_path / "n")).compute(run_config)
+    assert bump(str(tmp_path / "n"), 0) == 1
+
+
+def test_only_allowed_exceptions_are_retried(run_config: fanflow.Config, tmp_path: Path) -> None:
+    with pytest.raises(fanflow.TaskFailedError, match="KeyError"):
+        wrong_kind(str(tmp_path / "n")).compute(run_config)
+    assert bump(str(tmp_path / "n"), 0) == 1
+
+
+def test_failure_reaches_the_client_within_a_second(run_config: fanflow.Config, tmp_path: Path) -> None:
+    stamp = tmp_path / "failed_at"
+    sink = add(fails_at(str(stamp)), slow_inc(1, 0.0))
+    with pytest.raises(fanflow.TaskFailedError) as info:
+        sink.compute(run_config)
+    noticed = time.time()
+    assert noticed - float(stamp.read_text()) < 1.0
+    assert "broken on purpose" in info.value.remote_traceback
+    assert info.value.task.startswith("fails_at")
+
+
+# -- lost workers -------------------------------------------------------------------------------
+@pytest.fixture
+def processes(redis_url: str, tmp_path: Path) -> fanflow.Config:
+    meta = f"sqlite:///{tmp_path / 'meta.db'}"
+    return fanflow.Config(platform="processes", store=redis_url, max_workers=2, progress=False, metadata=meta)
+
+
+def test_sigkill_of_a_worker_in_a_200_task_dag_still_gives_the_right_result(
+    processes: fanflow.Config, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "killed")
+    leaves = [slow_inc(i, 0.002) for i in range(100)]
+    leaves[37] = dies_once(marker, slow_inc(37, 0.002))  # the kill lands in the middle of the run
+    sink = tree(leaves)
+    assert len(fanflow.dag.DAG.from_sinks([sink])) == 200
+    expected = sum(i + 1 for i in range(100))
+    assert sink.compute(processes) == expected
+    assert Path(marker).exists()
+
+
+def test_a_task_lost_every_time_fails_clearly(processes: fanflow.Config, tmp_path: Path) -> None:
+    @fanflow.task
+    def always_dies() -> int:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    began = time.monotonic()
+    with pytest.raises(fanflow.FanflowError, match=r"lost|exited"):
+        always_dies().compute(processes.replace(max_recoveries=1))
+    assert time.monotonic() - began < 30
+
+
+@pytest.fixture
+def shared_pool(redis_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A `fanflow worker-pool` in its own process group, so a test can SIGKILL all of it."""
+    tests_dir = str(Path(__file__).parent)  # the pool's workers import this module's tasks
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "FANFLOW_SECRET": "pool-test-secret", "FANFLOW_METADATA": "none", "PYTHONPATH": path}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fanflow.cli", "worker-pool", "--store", redis_url, "--name", "lease-test"],
+            env=env,
+            start_new_session=True,
+        )
+        procs.append(proc)
+        alive = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 30
+        while not alive.exists("ff:pool:lease-test:alive"):
+            assert time.monotonic() < deadline, "the worker pool did not come up"
+            time.sleep(0.05)
+        return proc
+
+    start()
+    yield "lease-test", {"start": start}  # type: ignore[dict-item]
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_the_client_reinvokes_a_task_whose_lease_expired(
+    redis_url: str, tmp_path: Path, shared_pool: tuple[str, dict[str, object]]
+) -> None:
+    name, control = shared_pool
+    started = tmp_path / "started"
+    config = fanflow.Config(
+        platform="processes", store=redis_url, pool=name, secret="pool-test-secret", lease_ms=900,
+        progress=False, metadata="none", timeout_s=60,
+    )  # fmt: skip
+    future = add(long_then_value(str(started), 2.0, 40), 2).submit(config)
+    wait_for_file(started, timeout=30)
+    time.sleep(0.6)  # past lease_ms/3: the heartbeat has written the task's lease
+    pool_pid = int(redis.Redis.from_url(redis_url).get(f"ff:pool:{name}:alive") or 0)
+    assert pool_pid
+    os.killpg(pool_pid, signal.SIGKILL)  # the pool host and its workers vanish: nobody can redeliver
+    started.unlink()
+    redis.Redis.from_url(redis_url).delete(f"ff:pool:{name}:alive")
+    control["start"]()  # type: ignore[operator]
+    assert future.result(timeout=60) == 42
+    assert started.exists()  # the task ran again, in the new pool
+
+
+# -- store faults ---------------------------------------------------------------------------------
+def _restart_mid_run(server: RedisServer, tmp_path: Path, config: fanflow.Config) -> fanflow.RunFuture:
+    started = tmp_path / "started"
+    future = add(long_then_value(str(started), 1.5, 40), slow_inc(1, 0.0)).submit(config)
+    wait_for_file(started, timeout=30)
+    server.kill()
+    time.sleep(0.3)
+    server.start()
+    return future
+
+
+def test_redis_restart_without_persistence_fails_clearly(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, "--save", "", "--appendonly", "no").start()
+    try:
+        config = fanflow.Config(
+            platform="processes", store=server.url, max_workers=2, progress=False, metadata="none", timeout_s=60
+        )
+        future = _restart_mid_run(server, tmp_path, config)
+        with pytest.raises(fanflow.FanflowError, match=r"state is gone|restarted"):
+            future.result(timeout=60)
+    finally:
+        server.kill()
+
+
+def test_redis_restart_with_aof_completes_the_run(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, "--save", "", "--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        config = fanflow.Config(
+            platform="processes", store=server.url, max_workers=2, progress=False, metadata="none", timeout_s=60
+        )
+        future = _restart_mid_run(server, tmp_path, config)
+        assert future.result(timeout=60) == 42
+    finally:
+        server.kill()
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+def test_future_cancel_stops_the_run_and_cleans_up(processes: fanflow.Config, redis_url: str, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    future = add(long_then_value(str(started), 3.0, 1), slow_inc(1, 3.0)).submit(processes)
+    wait_for_file(started, timeout=30)
+    assert future.cancel()
+    assert future.cancelled()
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 20
+    while list(client.scan_iter(match=f"ff:{{{future.run_id}*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    drain()
+    assert not list(client.scan_iter(match=f"ff:{{{future.run_id}*"))
+
+
+SCRIPT = """
+import time
+from pathlib import Path
+import fanflow
+
+@fanflow.task
+def slow(marker, x):
+    Path(marker).write_text("running")
+    time.sleep(30)
+    return x
+
+@fanflow.task
+def add(a, b):
+    return a + b
+
+def main(argv):
+    return add(slow(argv[0], 1), slow(argv[0], 2))
+"""
+
+
+def test_ctrl_c_of_fanflow_run_leaves_no_key_behind(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(SCRIPT)
+    marker = tmp_path / "running"
+    env = {**os.environ, "FANFLOW_METADATA": f"sqlite:///{tmp_path / 'meta.db'}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanflow.cli", "run", "flow.py", "--platform", "processes", "--store", redis_url,
+         "--max-workers", "2", "--no-progress", "--", str(marker)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for_file(marker, timeout=60)
+    client = redis.Redis.from_url(redis_url)
+    run_keys = [k for k in client.scan_iter(match="ff:{*", count=1000) if b"_add_" in k]
+    assert run_keys, "the run should have keys while it runs"
+    run_id = run_keys[0].decode().split("{", 1)[1].split(":", 1)[0].rstrip("}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not list(client.scan_iter(match=f"ff:{{{run_id}*")), err.decode()[-2000:]
+    assert not list(client.scan_iter(match="ff:pool:*"))
+
+
+def test_run_keys_include_every_kind(redis_url: str) -> None:
+    named = list(keys.run_keys("r", [(), (0,)], {1: 2}))
+    assert keys.lease("r", 0) in named and keys.element_output("r", 1, 1) in named
