@@ -201,6 +201,9 @@ class Config:
     slack: float = _field(0.1, _number(float, 0.0), "critical-path planner: allowed makespan over the best case")
     max_recoveries: int = _field(3, _number(int, 0), "times one task may be recovered after a lost worker")
     requirements: str | None = _field(None, _text(True), "path of the workflow's requirements.txt")
+    endpoints: str | None = _field(
+        None, _text(True), "where workers are invoked: gateway URLs (http, comma-separated), function (lambda)"
+    )
     store_retry_s: float = _field(10.0, _number(float, 0.0), "keep retrying a lost store connection this long")
 
     def __post_init__(self) -> None:
