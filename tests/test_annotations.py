@@ -97,3 +97,15 @@ def test_planned_memory_starts_a_worker_of_that_size(tmp_path: Path) -> None:
     started = {e["worker"]: e["memory_mb"] for e in events if e["kind"] == "worker_started"}
     ran = workers_of(events)
     assert started[ran[2]] == 3008 and started[ran[0]] != 3008
+
+
+def test_roots_sharing_a_label_start_in_one_worker(tmp_path: Path) -> None:
+    dag = DAG.from_sinks([merge(source(3), source(4), source(5))])
+    for t in range(len(dag)):
+        dag.annotations[t] = {"worker": "A" if t < 2 else "B"}
+    value, events = run_with(dag, "memory://roots", tmp_path)
+    ran = workers_of(events)
+    assert value == sum(range(3)) + sum(range(4)) + sum(range(5))
+    assert ran[0] == ran[1] and ran[2] != ran[0]
+    # Two root workers; a third only if the fan-in is claimed away from its label.
+    assert sum(e["kind"] == "worker_started" for e in events) in (2, 3)

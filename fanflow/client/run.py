@@ -101,7 +101,16 @@ class Run:
             (store, self.platform) if self.platform.in_process else None,
         )
         self.submitted_at = now = time.time()
-        self._invoke([base.with_start((r,), self._memory_for(r), now) for r in self.dag.roots])
+        self._invoke([base.with_start(group, self._memory_for(group[0]), now) for group in self._root_groups()])
+
+    def _root_groups(self) -> list[tuple[int, ...]]:
+        """One worker per root, as in WUKONG; roots the plan gives one placement label share a worker."""
+        groups: dict[Any, list[int]] = {}
+        annotations = self.dag.annotations
+        for r in self.dag.roots:
+            label = annotations.get(r, {}).get("worker") if annotations else None
+            groups.setdefault(("root", r) if label is None else label, []).append(r)
+        return [tuple(g) for g in groups.values()]
 
     def _invoke(self, invs: list[Invocation]) -> None:
         if self.platform.in_process:
