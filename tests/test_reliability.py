@@ -7,6 +7,7 @@ SIGINT. Counters that must survive a process live in files under ``tmp_path``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -301,3 +302,21 @@ def test_ctrl_c_of_fanflow_run_leaves_no_key_behind(redis_url: str, tmp_path: Pa
 def test_run_keys_include_every_kind(redis_url: str) -> None:
     named = list(keys.run_keys("r", [(), (0,)], {1: 2}))
     assert keys.lease("r", 0) in named and keys.element_output("r", 1, 1) in named
+
+
+def test_runs_errors_prints_the_remote_traceback(run_config: fanflow.Config, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fanflow.cli.main import app
+
+    future = add(fails_at(str(tmp_path / "stamp")), 1).submit(run_config)
+    with pytest.raises(fanflow.TaskFailedError):
+        future.result(timeout=60)
+    drain()
+    out = CliRunner().invoke(app, ["runs", "errors", future.run_id, "--metadata", run_config.metadata, "--json"])
+    assert out.exit_code == 0, out.output
+    (record,) = json.loads(out.output)
+    assert record["task"].startswith("fails_at") and record["attempt"] == 1
+    assert "broken on purpose" in record["traceback"] and "RuntimeError" in record["exc_type"]
+    shown = CliRunner().invoke(app, ["runs", "errors", future.run_id[:20], "--metadata", run_config.metadata])
+    assert shown.exit_code == 0 and "broken on purpose" in shown.output

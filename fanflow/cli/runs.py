@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Column, Table
 
 from fanflow.config import Config
@@ -127,6 +129,41 @@ def show(
         for row in task_rows(metrics, ids):
             table.add_row(*row)
         _console().print(table)
+
+
+@runs_app.command("errors")
+def errors(
+    run_id: RunIdArgument,
+    metadata: MetadataOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """The error records of a failed run: task, exception, message, remote traceback, worker, attempt."""
+    try:
+        store = _store(metadata)
+        full_id = _resolve(store, run_id)
+    except FanflowError as exc:
+        _fail(exc)
+        return
+    started = store.load_started(full_id) or {}
+    records = started.get("errors") or []
+    if not records:
+        run = {r["run_id"]: r for r in store.runs()}.get(full_id, {})
+        if run.get("error"):
+            records = [{"task": None, "exc_type": "", "message": run["error"], "traceback": ""}]
+    if json_output:
+        _console().print_json(json.dumps(records))
+        return
+    if not records:
+        _console().print(f"run {full_id} has no error records (it did not fail, or they expired with key_ttl_s)")
+        return
+    for record in records:
+        title = f"{record.get('task') or 'run'}: {record.get('exc_type') or 'error'}"
+        details = [f"message: {record.get('message', '')}"]
+        for key in ("worker", "attempt", "time"):
+            if record.get(key) is not None:
+                details.append(f"{key}: {record[key]}")
+        body = "\n".join(details) + ("\n\n" + record["traceback"].rstrip() if record.get("traceback") else "")
+        _console().print(Panel(body, title=title, title_align="left", border_style="red"), markup=False)
 
 
 @runs_app.command("export")
