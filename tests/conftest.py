@@ -15,10 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from platforms_support import GATEWAY_SECRET, start_cluster, start_gateways, stop
 
 import fanflow
 
 PLATFORMS = ["threads", "processes"]
+SHAPE_PLATFORMS = ["cluster", "http", "ray"]
+"""Platforms only the DAG-shape suite (tests/test_shapes.py) runs on as well, to keep the suite's time:
+processes on a Redis Cluster, 2 gateways on localhost, a local Ray instance."""
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -91,10 +95,64 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.kill()
 
 
-@pytest.fixture(params=PLATFORMS)
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster (no replicas) for the whole session."""
+    ports, procs = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    stop(procs)
+
+
+@pytest.fixture(scope="session")
+def gateway_urls() -> Iterator[list[str]]:
+    """Two ``fanflow gateway`` processes on localhost, verifying with ``GATEWAY_SECRET``."""
+    urls, procs = start_gateways(2)
+    yield urls
+    stop(procs)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray instance (2 CPUs) for the session; skips when Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``run_config`` runs each test on every platform of PLATFORMS, the DAG shapes on SHAPE_PLATFORMS too."""
+    if "run_config" in metafunc.fixturenames:
+        extra = SHAPE_PLATFORMS if metafunc.module.__name__.rsplit(".", 1)[-1] == "test_shapes" else []
+        metafunc.parametrize("run_config", PLATFORMS + extra, indirect=True)
+
+
+@pytest.fixture
 def run_config(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> fanflow.Config:
     """A config for each platform under test (progress off, history in a temp dir)."""
     meta = tmp_path_factory.mktemp("meta") / "metadata.db"
+    if request.param == "cluster":
+        return fanflow.Config(
+            platform="processes",
+            store=request.getfixturevalue("redis_cluster_url"),
+            max_workers=2,
+            progress=False,
+            metadata=f"sqlite:///{meta}",
+        )
+    if request.param == "http":
+        return fanflow.Config(
+            platform="http",
+            store=request.getfixturevalue("redis_url"),
+            endpoints=",".join(request.getfixturevalue("gateway_urls")),
+            secret=GATEWAY_SECRET,
+            progress=False,
+            metadata=f"sqlite:///{meta}",
+        )
+    if request.param == "ray":
+        request.getfixturevalue("ray_local")
+        return fanflow.Config(
+            platform="ray", store=request.getfixturevalue("redis_url"), progress=False, metadata=f"sqlite:///{meta}"
+        )
     if request.param == "threads":
         return fanflow.Config(platform="threads", store="memory://", progress=False, metadata=f"sqlite:///{meta}")
     if request.param == "processes":

@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 import fanflow
-from fanflow.cli.plan import register as register_plan
 from fanflow.cli.dashboard import dashboard
+from fanflow.cli.deploy import register as register_deploy
+from fanflow.cli.gateway import register as register_gateway
+from fanflow.cli.plan import register as register_plan
 from fanflow.cli.pool import register as register_pool
 from fanflow.cli.runs import register as register_runs
 from fanflow.cli.script import load_sinks
@@ -31,9 +33,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_runs(app)
-app.command("dashboard")(dashboard)
 register_plan(app)
+app.command("dashboard")(dashboard)
 register_pool(app)
+register_gateway(app)
+register_deploy(app)
 console = Console()
 err_console = Console(stderr=True)
 

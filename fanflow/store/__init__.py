@@ -35,11 +35,15 @@ def _new_store(url: str, retry_s: float) -> Store:
         from fanflow.store.memory import MemoryStore
 
         return MemoryStore(url)
-    if scheme in ("redis", "rediss", "redis+cluster"):
+    if scheme == "redis+cluster":
+        from fanflow.store import redis_cluster
+
+        return redis_cluster.connect(url, retry_s)
+    if scheme in ("redis", "rediss"):
         from fanflow.store import redis as redis_store
 
         return redis_store.connect(url, retry_s)
-    raise ConfigError(f"unknown store URL scheme {scheme!r}; use memory://, redis:// or rediss://")
+    raise ConfigError(f"unknown store URL scheme {scheme!r}; use memory://, redis://, rediss:// or redis+cluster://")
 
 
 def forget_store(url: str) -> None:

@@ -1,0 +1,238 @@
+"""The ``http`` platform: workers behind HTTP gateways, the way Knative, OpenFaaS and Cloud Run run functions.
+
+A gateway (``fanflow gateway``, :mod:`.gateway`) takes one signed payload per
+``POST /invoke`` and answers ``202 Accepted`` at once; the work runs later on
+the gateway's warm pool. This module is the invoker: the client posts the roots
+and every worker posts its fan-out branches to the same gateway URLs
+(``config.endpoints``, shipped to workers in the payload options), so there is
+no central scheduler here either: a gateway only queues.
+
+Design choices:
+
+- **async, bounded**: posts go out concurrently on one event loop in a
+  background thread (``httpx.AsyncClient``, kept-alive connections), at most
+  :data:`MAX_IN_FLIGHT` at a time, so a 1000-way fan-out costs a few round
+  trips, not 1000 sequential ones, and never floods a gateway;
+- **retries with failover**: a connection error, a timeout, a 5xx or a 429 is
+  retried with exponential backoff and jitter, each attempt on the next gateway
+  in the list (round robin), so one gateway down costs a retry, not a run.
+  Posting twice is safe: a worker re-run notifies idempotently and claims are
+  exactly-once. Other 4xx answers (a bad signature, a malformed payload) are
+  not retried: they would fail again;
+- :meth:`HttpPlatform.invoke` returns once every payload is *accepted*, which a
+  gateway answers before any work starts: it never waits for the work, but a
+  worker does not end (and a client does not wait) with invocations that no
+  gateway took, and a gateway nobody can reach fails the run with a clear error
+  instead of hanging it.
+
+Gateways verify payloads with their own ``FANFLOW_SECRET``, so the client must
+sign with that secret: ``config.secret`` is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from fanflow.errors import ConfigError, PlatformError
+from fanflow.platforms.base import Handler
+
+__all__ = ["HttpPlatform", "client_platform", "parse_endpoints", "worker_platform"]
+
+MAX_IN_FLIGHT = 32
+"""Posts in flight at once, per invoker."""
+
+RETRIES = 5
+"""Attempts after the first, spread over the gateways."""
+
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 2.0
+REQUEST_TIMEOUT_S = 30.0
+
+_RETRYABLE = frozenset({429, 502, 503, 504})
+
+
+def parse_endpoints(value: str | Sequence[str] | None) -> list[str]:
+    """Gateway base URLs from ``config.endpoints`` (comma-separated) or a list; raises :class:`ConfigError`."""
+    if value is None:
+        raise ConfigError(
+            "platform 'http' posts invocations to gateways: set config.endpoints (or FANFLOW_ENDPOINTS) to "
+            "their URLs, comma-separated, e.g. 'http://10.0.0.5:8080,http://10.0.0.6:8080'"
+        )
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = [u.strip().rstrip("/") for u in items if u.strip()]
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if not urls or bad:
+        raise ConfigError(
+            f"config endpoints={value!r}: expected gateway URLs such as 'http://host:8080', comma-separated"
+            + (f" ({', '.join(bad)} is not one)" if bad else "")
+        )
+    return urls
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+class HttpPlatform:
+    """Posts signed payloads to gateways, concurrently, with retries and failover."""
+
+    name = "http"
+    in_process = False
+
+    def __init__(self, endpoints: Sequence[str], *, max_in_flight: int = MAX_IN_FLIGHT, retries: int = RETRIES) -> None:
+        self.endpoints = list(endpoints)
+        self.options: dict[str, Any] = {"endpoints": self.endpoints}
+        self._retries = retries
+        self._max_in_flight = max_in_flight
+        self._turn = itertools.count(random.randrange(len(self.endpoints)))
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fanflow-http-invoker", daemon=True)
+        self._thread.start()
+
+    # -- invoking -------------------------------------------------------------------
+    def invoke(self, invocations: Sequence[Any]) -> None:
+        """Post every payload; returns once each is accepted (202). Raises :class:`PlatformError`."""
+        if invocations:
+            self._call(self._post_all([bytes(p) for p in invocations]))
+
+    def _call(self, coro: Any) -> Any:
+        if self._loop.is_closed():
+            raise PlatformError("the http platform was closed; start a new run to get a new one")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        if self._client is None or self._slots is None:
+            limits = httpx.Limits(max_connections=self._max_in_flight, max_keepalive_connections=self._max_in_flight)
+            self._client = httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S)
+            self._slots = asyncio.Semaphore(self._max_in_flight)
+        return self._client, self._slots
+
+    async def _post_all(self, payloads: list[bytes]) -> None:
+        results = await asyncio.gather(*(self._post(p) for p in payloads), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            first = errors[0]
+            if len(errors) > 1 and isinstance(first, PlatformError):
+                raise PlatformError(f"{len(errors)} of {len(payloads)} invocations were not accepted; first: {first}")
+            raise first
+
+    async def _post(self, payload: bytes) -> None:
+        client, slots = self._session()
+        turn = next(self._turn)
+        last = ""
+        async with slots:
+            for attempt in range(self._retries + 1):
+                base = self.endpoints[(turn + attempt) % len(self.endpoints)]
+                try:
+                    response = await client.post(
+                        f"{base}/invoke", content=payload, headers={"content-type": "application/octet-stream"}
+                    )
+                except httpx.TransportError as exc:
+                    last = f"{base}: {type(exc).__name__}: {exc}"
+                else:
+                    if response.status_code == 202:
+                        return
+                    if response.status_code < 500 and response.status_code not in _RETRYABLE:
+                        raise PlatformError(
+                            f"gateway {base} refused an invocation (HTTP {response.status_code}: "
+                            f"{response.text.strip()[:300]}); a 403 means the gateway's FANFLOW_SECRET differs "
+                            "from config.secret"
+                        )
+                    last = f"{base}: HTTP {response.status_code}"
+                if attempt < self._retries:
+                    await asyncio.sleep(_backoff(attempt))
+        raise PlatformError(
+            f"no gateway accepted an invocation after {self._retries + 1} attempts (last: {last}); check that "
+            f"`fanflow gateway` runs at {', '.join(self.endpoints)} and answers GET /healthz"
+        )
+
+    # -- what the client asks before a run -----------------------------------------------
+    def check_health(self) -> None:
+        """Raise :class:`PlatformError` unless at least one gateway answers ``GET /healthz``."""
+        self._call(self._check_health())
+
+    async def _check_health(self) -> None:
+        client, _ = self._session()
+        problems = []
+        for base in self.endpoints:
+            try:
+                response = await client.get(f"{base}/healthz", timeout=5.0)
+            except httpx.TransportError as exc:
+                problems.append(f"{base}: {type(exc).__name__}")
+                continue
+            if response.status_code == 200:
+                return
+            problems.append(f"{base}: HTTP {response.status_code}")
+        raise PlatformError(
+            f"no fanflow gateway is healthy ({'; '.join(problems)}): start one with `fanflow gateway` "
+            "(same FANFLOW_SECRET as the client) or fix config.endpoints"
+        )
+
+    def missing_requirements(self, specs: Sequence[str]) -> list[str]:
+        """Ask a gateway which of ``specs`` its workers lack (they run in the gateway's environment)."""
+        return self._call(self._missing(list(specs)))  # type: ignore[no-any-return]
+
+    async def _missing(self, specs: list[str]) -> list[str]:
+        client, _ = self._session()
+        last = ""
+        for base in self.endpoints:
+            try:
+                response = await client.post(f"{base}/requirements", json=specs)
+            except httpx.TransportError as exc:
+                last = f"{base}: {type(exc).__name__}"
+                continue
+            if response.status_code == 200:
+                return list(response.json()["missing"])
+            last = f"{base}: HTTP {response.status_code}: {response.text.strip()[:200]}"
+        raise PlatformError(f"no gateway could check the workflow's requirements (last: {last})")
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connections and stop the event loop."""
+        if self._loop.is_closed():
+            return
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
+            self._client = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def client_platform(config: Any, handler: Handler) -> HttpPlatform:
+    """The platform of a client: checks the secret and that a gateway is up before the run starts."""
+    if config.secret is None:
+        raise ConfigError(
+            "platform 'http': the gateways verify payloads with their FANFLOW_SECRET, so set config.secret "
+            "(or FANFLOW_SECRET) to the same secret here"
+        )
+    platform = HttpPlatform(parse_endpoints(config.endpoints))
+    try:
+        platform.check_health()
+    except PlatformError:
+        platform.close()
+        raise
+    return platform
+
+
+_invokers: dict[tuple[str, ...], HttpPlatform] = {}
+_invokers_lock = threading.Lock()
+
+
+def worker_platform(options: dict[str, Any], handler: Handler) -> HttpPlatform:
+    """The invoker a worker uses for fan-out: the gateways its own invocation names, one per process."""
+    key = tuple(options["endpoints"])
+    with _invokers_lock:
+        invoker = _invokers.get(key)
+        if invoker is None:
+            invoker = _invokers[key] = HttpPlatform(key)
+    return invoker

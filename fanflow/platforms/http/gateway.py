@@ -1,0 +1,219 @@
+"""The gateway: fanflow's worker served over HTTP, with the invocation contract of HTTP FaaS platforms.
+
+Knative Serving, OpenFaaS and Cloud Run all expect the same of a container:
+listen on ``$PORT`` (default 8080) on every interface, answer each request
+quickly, answer health checks, and stop cleanly on SIGTERM. The gateway does:
+
+- ``POST /invoke``: the body is ONE signed invocation payload. The gateway
+  checks its signature (403 if it does not match: nothing unverified is queued,
+  let alone unpickled), queues it and answers ``202 Accepted`` at once, so the
+  caller never waits for the work (the asynchronous-invocation contract).
+- ``GET /healthz``: 200 while serving, 503 once draining, so a load balancer
+  stops sending work to a gateway that is shutting down.
+- ``POST /requirements``: a JSON list of requirement strings; answers which
+  ones the workers here lack (the workers run in the gateway's environment).
+  The check is handed in by the caller (the CLI passes the client layer's),
+  so this platform module never imports the layer above it.
+
+Behind the HTTP front sits the processes platform's pool host, reused as it is
+(:class:`fanflow.platforms.processes.PoolHost`): warm worker processes per
+memory class, cold starts, cgroup CPU/memory limits, crash reporting and
+redelivery of invocations whose worker died. The gateway feeds the pool the
+way every pool is fed, by pushing the entry onto the pool's Redis queue in the
+run's own store, and only then answers 202. So *accepted* means *durably
+queued*: an invocation accepted by a gateway that is then stopped is not lost
+(the pool returns unrun entries to the queue at shutdown), and gateways that
+share a queue (``--pool NAME``) share the work, any replica running what any
+replica accepted. Without ``--pool`` each gateway has its own queue, named after
+its host and port so that a restarted gateway finds what it left.
+
+One pool host runs per store URL seen in payloads (normally one): the payload
+is signed, so the store it names is trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from fanflow.errors import FanflowError, PayloadRejectedError, StoreUnavailableError
+from fanflow.platforms.invocation import verify
+from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
+from fanflow.store import open_store
+from fanflow.store.redis import RedisStore
+
+__all__ = ["Gateway", "default_pool_name"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Largest payload accepted (the DAG travels inline only below ``inline_dag_max_bytes``)."""
+
+
+def default_pool_name(port: int) -> str:
+    """The queue of a gateway started without ``--pool``: stable across restarts of the same host and port."""
+    return f"gateway-{socket.gethostname()}-{port}"
+
+
+class Gateway:
+    """An HTTP server that queues signed invocations for its own warm pool of worker processes."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        pool: str | None = None,
+        max_workers: int | None = None,
+        idle_timeout_s: float = 60.0,
+        missing_requirements: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        self._secret = secret
+        self._missing_requirements = missing_requirements
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.gateway = self  # type: ignore[attr-defined]
+        self.port = int(self._server.server_address[1])
+        self.pool = pool or default_pool_name(self.port)
+        self._max_workers = max_workers
+        self._idle_timeout_s = idle_timeout_s
+        self._hosts: dict[str, tuple[RedisStore, PoolHost]] = {}
+        self._lock = threading.Lock()
+        self.draining = False
+        self.accepted = 0
+
+    # -- requests ----------------------------------------------------------------------
+    def accept(self, payload: bytes) -> tuple[int, dict[str, Any]]:
+        """Verify and queue one payload; the HTTP status and JSON body to answer."""
+        try:
+            inv = verify(payload, self._secret)
+        except PayloadRejectedError as exc:
+            return HTTPStatus.FORBIDDEN, {"error": str(exc)}
+        if self.draining:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this gateway is shutting down; try another"}
+        try:
+            store, _ = self._pool_for(inv.store_url)
+            push(store, self.pool, pack_entries([inv.memory_mb], [payload]))
+        except StoreUnavailableError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
+        except FanflowError as exc:
+            return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+        self.accepted += 1
+        return HTTPStatus.ACCEPTED, {"accepted": 1, "run_id": inv.run_id}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "status": "draining" if self.draining else "ok",
+            "pool": self.pool,
+            "accepted": self.accepted,
+            "workers": {url: host.stats for url, (_, host) in self._hosts.items()},
+        }
+        return (HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK), body
+
+    def missing(self, specs: Any) -> tuple[int, dict[str, Any]]:
+        """Which of ``specs`` (requirement strings) the workers here lack."""
+        if self._missing_requirements is None:
+            return HTTPStatus.NOT_IMPLEMENTED, {"error": "this gateway was started without a requirements check"}
+        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            return HTTPStatus.BAD_REQUEST, {"error": "expected a JSON list of requirement strings"}
+        try:
+            return HTTPStatus.OK, {"missing": self._missing_requirements(specs)}
+        except FanflowError as exc:
+            return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+
+    def _pool_for(self, store_url: str) -> tuple[RedisStore, PoolHost]:
+        found = self._hosts.get(store_url)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._hosts.get(store_url)
+            if found is None:
+                store = open_store(store_url)
+                if not isinstance(store, RedisStore):
+                    raise FanflowError(
+                        "a gateway queues invocations in the run's store, which must be Redis "
+                        "(store='redis://...' or 'redis+cluster://...')"
+                    )
+                host = PoolHost(
+                    store, self.pool, self._secret, max_workers=self._max_workers, idle_timeout_s=self._idle_timeout_s
+                )
+                host.start()
+                found = self._hosts[store_url] = (store, host)
+        return found
+
+    # -- lifetime -----------------------------------------------------------------------
+    def serve(self) -> None:
+        """Serve until :meth:`stop`; then stop the pools, waiting for running workers."""
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
+            for _, host in list(self._hosts.values()):
+                host.close()
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread (tests, benchmarks)."""
+        thread = threading.Thread(target=self.serve, name=f"fanflow-gateway-{self.port}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Drain: refuse new invocations (health turns 503) and stop serving. Safe from a signal handler."""
+        self.draining = True
+        threading.Thread(target=self._server.shutdown, daemon=True).start()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: invokers reuse connections
+    server_version = "fanflow-gateway"
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] in ("/healthz", "/"):
+            self._answer(*self._gateway.health())
+        else:
+            self._answer(HTTPStatus.NOT_FOUND, {"error": "unknown path; use POST /invoke or GET /healthz"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in ("/invoke", "/requirements"):
+            self._answer(HTTPStatus.NOT_FOUND, {"error": "unknown path; use POST /invoke or GET /healthz"})
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._answer(HTTPStatus.LENGTH_REQUIRED, {"error": "send the payload with a Content-Length"})
+            return
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"payloads are limited to {MAX_BODY_BYTES}"})
+            return
+        body = self.rfile.read(int(length))
+        if path == "/invoke":
+            self._answer(*self._gateway.accept(body))
+            return
+        try:
+            specs = json.loads(body)
+        except ValueError:
+            specs = None
+        self._answer(*self._gateway.missing(specs))
+
+    @property
+    def _gateway(self) -> Gateway:
+        return self.server.gateway  # type: ignore[attr-defined,no-any-return]
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)

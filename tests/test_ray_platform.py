@@ -1,0 +1,60 @@
+"""The ray platform on a local Ray instance: tasks sized from memory_mb, nested fan-out, refusals.
+
+The DAG-shape suite runs on Ray through ``run_config`` (see conftest).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import fanflow
+
+ray = pytest.importorskip("ray")
+
+from fanflow.platforms.ray import MB_PER_VCPU, resources  # noqa: E402 - after the skip when Ray is absent
+
+
+@fanflow.task
+def where(x: int) -> tuple[int, float]:
+    """This worker's pid and the CPUs Ray gave the task running it."""
+    ctx = ray.get_runtime_context()
+    return os.getpid(), float(ctx.get_assigned_resources().get("CPU", 0.0)) + 0 * x
+
+
+@fanflow.task(memory_mb=2 * MB_PER_VCPU)
+def big(x: int) -> float:
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)) + 0 * x
+
+
+@fanflow.task(memory_mb=16 * MB_PER_VCPU)
+def huge(x: int) -> int:
+    return x
+
+
+@fanflow.task
+def pair(a: tuple[int, float], b: tuple[int, float]) -> list[tuple[int, float]]:
+    return [a, b]
+
+
+@pytest.fixture
+def config(ray_local: None, redis_url: str) -> fanflow.Config:
+    return fanflow.Config(platform="ray", store=redis_url, progress=False, metadata="none")
+
+
+def test_resources_follow_memory_like_lambda() -> None:
+    assert resources(MB_PER_VCPU) == {"memory": MB_PER_VCPU * 2**20, "num_cpus": 1.0}
+    assert resources(MB_PER_VCPU // 2)["num_cpus"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_every_invocation_is_a_ray_task_with_its_cpus(config: fanflow.Config) -> None:
+    (pid_a, cpu_a), (pid_b, cpu_b) = pair(where(1), where(2)).compute(config)
+    assert os.getpid() not in (pid_a, pid_b)  # ran in Ray workers, not here
+    assert cpu_a == cpu_b == 1.0  # default memory_mb 1769 = 1 vCPU
+    assert big(1).compute(config) == 2.0
+
+
+def test_a_request_no_node_can_meet_is_refused_not_queued_forever(config: fanflow.Config) -> None:
+    with pytest.raises(fanflow.PlatformError, match="more than any node has"):
+        huge(1).compute(config)

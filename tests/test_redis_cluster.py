@@ -1,0 +1,97 @@
+"""The Redis Cluster store on a real 3-master cluster: slots, scripts, cleanup, a run's spread.
+
+The DAG-shape suite runs on the cluster through ``run_config`` (see conftest);
+these tests check what is specific to a cluster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import fanflow
+from fanflow.store import keys, open_store
+from fanflow.store.base import MISSING, Claim
+from fanflow.store.redis_cluster import RedisClusterStore, connect
+
+
+@fanflow.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@fanflow.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@pytest.fixture
+def store(redis_cluster_url: str) -> RedisClusterStore:
+    opened = open_store(redis_cluster_url)
+    assert isinstance(opened, RedisClusterStore)
+    return opened
+
+
+@pytest.fixture
+def masters(redis_cluster_url: str) -> Iterator[list[redis.Redis]]:
+    port = int(redis_cluster_url.rsplit(":", 1)[1])
+    nodes = redis.Redis(port=port).cluster("nodes")
+    clients = [redis.Redis(host=a.split(":")[0], port=int(a.split(":")[1].split("@")[0])) for a in nodes]
+    yield clients
+    for c in clients:
+        c.close()
+
+
+def test_outputs_of_a_run_spread_over_every_master(store: RedisClusterStore, masters: list[redis.Redis]) -> None:
+    run = f"spread-{uuid.uuid4().hex[:8]}"
+    names = [keys.output(run, t) for t in range(300)]
+    before = [m.dbsize() for m in masters]
+    store.put_many({k: store.dumps(i)[0] for i, k in enumerate(names)}, ttl_s=60)
+    slots = {store.client.keyslot(k) for k in names}
+    assert len(slots) > 250  # one slot per task's hash tag, nearly all distinct
+    per_master = [m.dbsize() - b for m, b in zip(masters, before, strict=True)]
+    assert len(per_master) == 3 and all(n > 50 for n in per_master), per_master
+    values, sizes = store.get_many([*names, keys.output(run, 999)])  # one MGET per slot, one pipeline
+    assert values[:-1] == list(range(300)) and values[-1] is MISSING and sizes[-1] == 0
+    assert store.delete([*names, keys.output(run, 999)]) == 300
+    assert store.get_many(names)[0] == [MISSING] * 300
+
+
+def test_claim_script_stays_in_one_slot_and_is_exactly_once(store: RedisClusterStore) -> None:
+    run = f"claim-{uuid.uuid4().hex[:8]}"
+    task = 7
+    assert store.client.keyslot(keys.deps(run, task)) == store.client.keyslot(keys.claim(run, task))
+    claims = [Claim(keys.deps(run, task), keys.claim(run, task), member, 3) for member in (1, 2)]
+    assert store.finish({keys.output(run, 1): store.dumps(1)[0]}, claims, "w1", 60, 1000) == [False, False]
+    last = [Claim(keys.deps(run, task), keys.claim(run, task), 3, 3)]
+    assert store.finish({}, last, "w2", 60, 1000) == [True]
+    assert store.finish({}, last, "w3", 60, 1000) == [False]  # a re-run upstream never triggers twice
+
+
+def test_scripts_come_back_after_a_master_flushes_them(store: RedisClusterStore, masters: list[redis.Redis]) -> None:
+    for m in masters:
+        m.script_flush()
+    run = f"noscript-{uuid.uuid4().hex[:8]}"
+    claim = Claim(keys.deps(run, 1), keys.claim(run, 1), 0, 1)
+    assert store.finish({}, [claim], "w", 60, 1000) == [True]
+
+
+def test_a_run_writes_on_every_master(redis_cluster_url: str, masters: list[redis.Redis]) -> None:
+    for m in masters:
+        m.config_resetstat()
+    config = fanflow.Config(
+        platform="processes", store=redis_cluster_url, max_workers=2, progress=False, metadata="none"
+    )
+    assert total([inc(i) for i in range(200)]).compute(config) == sum(range(1, 201))
+    writes = [int(m.info("commandstats").get("cmdstat_set", {}).get("calls", 0)) for m in masters]
+    assert all(n > 20 for n in writes), writes
+
+
+def test_bad_cluster_urls_say_what_to_use() -> None:
+    with pytest.raises(fanflow.StoreUnavailableError, match="only database 0"):
+        connect("redis+cluster://127.0.0.1:7000/3")
+    with pytest.raises(fanflow.StoreUnavailableError, match="cannot reach"):
+        connect("redis+cluster://127.0.0.1:1")
