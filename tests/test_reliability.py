@@ -320,3 +320,30 @@ def test_runs_errors_prints_the_remote_traceback(run_config: fanflow.Config, tmp
     assert "broken on purpose" in record["traceback"] and "RuntimeError" in record["exc_type"]
     shown = CliRunner().invoke(app, ["runs", "errors", future.run_id[:20], "--metadata", run_config.metadata])
     assert shown.exit_code == 0 and "broken on purpose" in shown.output
+
+
+@fanflow.task
+def wipe_output_of_task_1(store_url: str) -> int:
+    """Waits for task 1's output to be stored, then deletes it, as a lost delayed-I/O output would be."""
+    from fanflow.store import open_store
+
+    store = open_store(store_url)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        gone = [k for k in store.stored_keys() if k.endswith(":1}:out")]  # type: ignore[attr-defined]
+        if gone:
+            store.delete(gone)
+            return 2
+        time.sleep(0.005)
+    raise AssertionError("task 1 never stored its output")
+
+
+def test_an_input_missing_from_the_store_is_recomputed_from_its_producers(tmp_path: Path) -> None:
+    url = "memory://lineage"
+    meta = f"sqlite:///{tmp_path / 'meta.db'}"
+    producer = add(slow_inc(0, 0.0), 1)  # tasks 0 and 1
+    sink = add(producer, wipe_output_of_task_1(url))  # the wiper's worker completes the sink's inputs
+    future = sink.submit(fanflow.Config(store=url, progress=False, metadata=meta, metrics_upload="task"))
+    assert future.result(timeout=60) == 4
+    events = open_metadata(meta).load_run(future.run_id).events
+    assert [e["task"] for e in events if e["kind"] == "recomputed"] == [1]

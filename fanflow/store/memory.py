@@ -250,7 +250,7 @@ class MemoryStore:
             self._next_sweep = now + _SWEEP_EVERY_S
             self.delete([k for k, d in list(expiry.items()) if d <= now])
 
-    def keys(self) -> list[str]:
+    def stored_keys(self) -> list[str]:
         """Every key currently held (tests use it to prove cleanup)."""
         return list(self._data)
 

@@ -304,14 +304,29 @@ class Worker:
         fetched, fetched_sizes = self.store.get_many([keys.output(self.run_id, ups[i]) for i in missing])
         elapsed = time.perf_counter() - began
         for i, v, n in zip(missing, fetched, fetched_sizes, strict=True):
-            if v is MISSING:
-                raise InputLostError(
-                    f"task {self.dag.name(t)!r}: its input {self.dag.name(ups[i])!r} is not in the store "
-                    "(expired or lost); raise key_ttl_s if runs outlive it"
-                )
-            values[i] = v
+            values[i] = self._recompute(t, ups[i]) if v is MISSING else v
             sizes[i] = n
         return values, sizes, elapsed
+
+    def _recompute(self, t: int, u: int) -> Any:
+        """Lineage: run upstream ``u`` again from its own inputs, as its output is not in the store.
+
+        That happens when ``u``'s worker kept the output local (delayed I/O) and
+        was lost, or when the output expired. The value is stored again for any
+        other consumer; ``u``'s dependents were notified the first time, so they
+        are not notified again. Recursion follows missing outputs only, one
+        level per lost producer.
+        """
+        if u in self.dag.maps:
+            raise InputLostError(
+                f"task {self.dag.name(t)!r}: its input {self.dag.name(u)!r} (a fanflow.map) is not in the store "
+                "(expired or lost); raise key_ttl_s if runs outlive it"
+            )
+        self._emit("recomputed", u, for_task=t)
+        values, _, _ = self._inputs(u)
+        value, _, _ = self._execute(u, values)
+        self.store.put_many({keys.output(self.run_id, u): self._dump(u, value)[0]}, self.settings.key_ttl_s)
+        return value
 
     # -- 2. execute -----------------------------------------------------------------
     def _execute(self, t: int, values: list[Any]) -> tuple[Any, int, float]:
@@ -508,4 +523,3 @@ class Worker:
             self.store.append_events(keys.events(self.run_id), batch, self.settings.key_ttl_s)
         except Exception:  # events are observability; losing a batch must not fail the run
             log.warning("could not write %d events of run %s", len(batch), self.run_id, exc_info=True)
-
