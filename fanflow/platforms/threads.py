@@ -3,6 +3,12 @@
 A small pool of daemon threads takes invocation objects from one queue, so an
 invocation costs a queue put rather than a thread start. Threads are started as
 invocations arrive, up to ``max_workers``, and stay for the life of the platform.
+
+Numeric libraries (OpenBLAS, MKL, OpenMP) start their own thread per core for
+each call; with several worker threads calling them at once the cores are
+oversubscribed many times over (a QR-heavy workload ran 16x slower). While the
+platform is open it caps those pools, through threadpoolctl, so that worker
+threads times library threads stays about the core count.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+from threadpoolctl import threadpool_limits
 
 from fanflow.platforms.base import Handler
 
@@ -38,6 +46,7 @@ class ThreadsPlatform:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._blas_limit: threadpool_limits | None = None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         put = self._queue.put
@@ -46,6 +55,8 @@ class ThreadsPlatform:
         if len(self._threads) >= self._max:
             return
         with self._lock:
+            if self._blas_limit is None and self._max > 1:
+                self._blas_limit = threadpool_limits(limits=max(1, (os.cpu_count() or 1) // self._max))
             for _ in range(min(self._max - len(self._threads), len(invocations))):
                 t = threading.Thread(target=self._serve, name=f"fanflow-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
@@ -71,6 +82,8 @@ class ThreadsPlatform:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
 
 
 def client_platform(config: Any, handler: Handler) -> ThreadsPlatform:

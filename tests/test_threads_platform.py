@@ -1,0 +1,20 @@
+"""The threads platform: numeric libraries' own thread pools are capped while it runs."""
+
+from __future__ import annotations
+
+import fanflow
+
+
+@fanflow.task
+def blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_blas_runs_one_thread_per_worker_thread_at_most() -> None:
+    import numpy as np
+
+    np.linalg.qr(np.ones((4, 4)))  # make sure the BLAS library is loaded
+    seen = blas_threads().compute(fanflow.Config(progress=False, metadata="none", max_workers=4))
+    assert seen and all(n == 1 for n in seen)  # 2 cores / 4 worker threads, at least 1
