@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import fanflow
 
 
@@ -17,4 +19,5 @@ def test_blas_runs_one_thread_per_worker_thread_at_most() -> None:
 
     np.linalg.qr(np.ones((4, 4)))  # make sure the BLAS library is loaded
     seen = blas_threads().compute(fanflow.Config(progress=False, metadata="none", max_workers=4))
-    assert seen and all(n == 1 for n in seen)  # 2 cores / 4 worker threads, at least 1
+    cap = max(1, (os.cpu_count() or 1) // 4)
+    assert seen and all(n <= cap for n in seen)
