@@ -69,3 +69,26 @@ def test_config_masks_secrets(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "pa55word" not in done.stdout and "very-secret-key" not in done.stdout
     assert "app:***@localhost:6390" in done.stdout
+
+
+def test_run_checks_the_requirements_file_beside_the_script(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(SCRIPT)
+    (tmp_path / "requirements.txt").write_text("numpy>=1.20\nno-such-package-fanflow-test>=1\n")
+    done = fanflow_cli("run", "flow.py", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "no-such-package-fanflow-test>=1 (not installed)" in done.stderr
+    (tmp_path / "requirements.txt").write_text("numpy>=1.20\n")
+    assert fanflow_cli("run", "flow.py", "--no-progress", cwd=tmp_path).returncode == 0
+
+
+def test_script_tasks_keep_their_identity_across_processes(tmp_path: Path) -> None:
+    (tmp_path / "flow.py").write_text(SCRIPT)
+    probe = (
+        "from fanflow.cli.script import load_sinks; sinks, _ = load_sinks('flow.py', []); print(sinks[0].task.identity)"
+    )
+    first, second = (
+        subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        for _ in range(2)
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and "total" in first.stdout

@@ -8,6 +8,7 @@ list/tuple of sink nodes; they are computed in one run and the result printed.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -78,11 +79,22 @@ def run(
     max_workers: Annotated[int | None, typer.Option(help="Concurrent workers.")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    requirements: Annotated[
+        str | None, typer.Option(help="The workflow's requirements.txt (default: one beside FILE, if any).")
+    ] = None,
 ) -> None:
     """Run a workflow script; arguments after `--` go to the script's main(argv)."""
+    beside = Path(file).parent / "requirements.txt"
+    if requirements is None and beside.is_file():
+        requirements = str(beside)
     try:
         cfg = config_from_options(
-            platform=platform, store=store, planner=planner, max_workers=max_workers, progress=progress
+            platform=platform,
+            store=store,
+            planner=planner,
+            max_workers=max_workers,
+            progress=progress,
+            requirements=requirements,
         )
         sinks, single = load_sinks(file, list(ctx.args))
         values = fanflow.compute(*sinks, config=cfg)

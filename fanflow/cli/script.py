@@ -9,10 +9,10 @@ in other processes without the file being importable there.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,10 @@ def load_module(path: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise ScriptError(f"workflow script {path!r} does not exist")
-    name = f"fanflow_script_{file.stem}_{uuid.uuid4().hex[:6]}"
+    # Named after the file's absolute path, so its tasks keep one identity (and one run
+    # history) from one process to the next.
+    digest = hashlib.blake2b(str(file.resolve()).encode(), digest_size=4).hexdigest()
+    name = f"fanflow_script_{file.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise ScriptError(f"cannot load {path!r} as a Python module")
