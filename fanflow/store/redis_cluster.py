@@ -10,7 +10,8 @@ run-level keys share ``{<run>}`` (see :mod:`fanflow.store.keys`), so
 - every Lua call touches ONE slot: the claim script (deps + claim of one task),
   the failure script (status + errors of one run), lease renewals and event
   appends (one key each) run on the node that owns that slot;
-- a run's outputs spread over all the masters, one slot per task.
+- a run's keys spread over all the masters, one slot per task (an output read
+  by one task only lives in that reader's slot, beside its fan-in keys).
 
 What a cluster changes is how multi-key commands travel, which the client
 class below takes care of, so the store's methods run unchanged:
