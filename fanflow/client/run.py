@@ -267,7 +267,7 @@ class Run:
             maps = sorted(self.dag.maps)
             sizes, _ = self.store.get_many([keys.map_size(self.run_id, m) for m in maps])
             expanded = {m: n for m, n in zip(maps, sizes, strict=True) if n is not MISSING}
-            self.store.delete(list(keys.run_keys(self.run_id, self.dag.deps, expanded)))
+            self.store.delete(list(keys.run_keys(self.run_id, self.dag, expanded)))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
 

@@ -71,6 +71,10 @@ class Claim(NamedTuple):
     claim_key: str
     member: int
     indegree: int
+    output_key: str | None = None
+    """With ``output``: the upstream's output, stored only if this claim is NOT won (if it is,
+    the caller runs the dependent itself with the value in memory). Same hash tag as the claim."""
+    output: Any = None
 
 
 class Subscription(Protocol):

@@ -8,13 +8,30 @@ derives every key of a run from the DAG, so cleanup never needs SCAN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
+
+from fanflow.dag.graph import DAG
 
 PREFIX = "ff"
 
 
-def output(run_id: str, task: int) -> str:
-    return f"{PREFIX}:{{{run_id}:{task}}}:out"
+def output(run_id: str, task: int, consumer: int | None = None) -> str:
+    """Where ``task``'s output is stored.
+
+    An output read by one task only (``consumer``) lives under that consumer's
+    hash tag, beside its fan-in keys, so one script can notify the consumer and
+    store the output only when another worker will need it.
+    """
+    if consumer is None:
+        return f"{PREFIX}:{{{run_id}:{task}}}:out"
+    return f"{PREFIX}:{{{run_id}:{consumer}}}:in:{task}"
+
+
+def output_of(run_id: str, graph: DAG, task: int) -> str:
+    """``task``'s output key in ``graph``: under its sole consumer's tag unless it is a sink or has several."""
+    dependents = graph.dependents[task]
+    sole = len(dependents) == 1 and not graph.is_sink(task)
+    return output(run_id, task, dependents[0] if sole else None)
 
 
 def deps(run_id: str, task: int) -> str:
@@ -80,7 +97,7 @@ def events(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:events"
 
 
-def run_keys(run_id: str, deps_of: Sequence[Sequence[int]], map_sizes: Mapping[int, int]) -> Iterator[str]:
+def run_keys(run_id: str, graph: DAG, map_sizes: Mapping[int, int]) -> Iterator[str]:
     """Every key a run may write, except its event stream.
 
     ``map_sizes`` gives the element count of each dynamic fan-out that expanded
@@ -97,8 +114,8 @@ def run_keys(run_id: str, deps_of: Sequence[Sequence[int]], map_sizes: Mapping[i
     yield errors(run_id)
     yield error_object(run_id)
     yield dag(run_id)
-    for task, ups in enumerate(deps_of):
-        yield output(run_id, task)
+    for task, ups in enumerate(graph.deps):
+        yield output_of(run_id, graph, task)
         yield lease(run_id, task)
         if ups:
             yield deps(run_id, task)

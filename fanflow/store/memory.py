@@ -137,8 +137,10 @@ class MemoryStore:
                     ok = len(members) >= c.indegree and (held is None or held.owner == owner)
                     if ok and held is None:
                         data[c.claim_key] = _Lease(owner, deadline)
+                    elif not ok and c.output_key is not None:
+                        data[c.output_key] = c.output
                     won.append(ok)
-            self._expire_later([k for c in claims for k in (c.deps_key, c.claim_key)], ttl_s)
+            self._expire_later([k for c in claims for k in (c.deps_key, c.claim_key, c.output_key) if k], ttl_s)
         for channel, message in publish:
             self.publish(channel, message)
         return won

@@ -80,6 +80,21 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
 
+# KEYS: deps, claim, output. ARGV: member, indegree, owner, ttl_s, value.
+# The claim script, plus: store the upstream's output unless the claim is won
+# (the winner runs the dependent with the value in memory and never uploads it).
+_CLAIM_OR_STORE_LUA = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local n = redis.call('SCARD', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if n >= tonumber(ARGV[2]) then
+  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
+  if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+end
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4])
+return 0
+"""
+
 # KEYS: status, errors. ARGV: record, ttl_s, channel, failed.
 _FAIL_LUA = """
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -212,6 +227,7 @@ class RedisStore:
         self.client = client
         """The redis-py client (thread-safe; a connection pool), for platforms built on Redis."""
         self._claim = client.register_script(_CLAIM_LUA)
+        self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
         self._fail = client.register_script(_FAIL_LUA)
         self._events = client.register_script(_EVENTS_LUA)
 
@@ -219,7 +235,7 @@ class RedisStore:
     def load_scripts(self) -> None:
         """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._claim, self._fail, self._events):
+        for script in (self._claim, self._claim_or_store, self._fail, self._events):
             pipe.script_load(script.script)
         pipe.execute()
 
@@ -280,13 +296,27 @@ class RedisStore:
         """Outputs, fan-in claims and messages in ONE pipeline; per claim, whether ``owner`` won it."""
         if not (puts or claims or publish):
             return []
-        sha = self._claim.sha
+        sha, sha_or_store = self._claim.sha, self._claim_or_store.sha
 
         def fill(pipe: Any) -> None:
             for key, value in puts.items():
                 pipe.set(key, value, ex=ttl_s)
             for c in claims:
-                pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
+                if c.output_key is None:
+                    pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
+                else:
+                    pipe.evalsha(
+                        sha_or_store,
+                        3,
+                        c.deps_key,
+                        c.claim_key,
+                        c.output_key,
+                        c.member,
+                        c.indegree,
+                        owner,
+                        ttl_s,
+                        c.output,
+                    )
             for channel, message in publish:
                 pipe.publish(channel, message)
 

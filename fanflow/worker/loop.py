@@ -301,7 +301,8 @@ class Worker:
         if not missing:
             return values, sizes, 0.0
         began = time.perf_counter()
-        fetched, fetched_sizes = self.store.get_many([keys.output(self.run_id, ups[i]) for i in missing])
+        run, dag = self.run_id, self.dag
+        fetched, fetched_sizes = self.store.get_many([keys.output_of(run, dag, ups[i]) for i in missing])
         elapsed = time.perf_counter() - began
         for i, v, n in zip(missing, fetched, fetched_sizes, strict=True):
             values[i] = self._recompute(t, ups[i]) if v is MISSING else v
@@ -325,7 +326,9 @@ class Worker:
         self._emit("recomputed", u, for_task=t)
         values, _, _ = self._inputs(u)
         value, _, _ = self._execute(u, values)
-        self.store.put_many({keys.output(self.run_id, u): self._dump(u, value)[0]}, self.settings.key_ttl_s)
+        self.store.put_many(
+            {keys.output_of(self.run_id, self.dag, u): self._dump(u, value)[0]}, self.settings.key_ttl_s
+        )
         return value
 
     # -- 2. execute -----------------------------------------------------------------
@@ -357,11 +360,23 @@ class Worker:
 
     # -- 3. output + notify -----------------------------------------------------------------
     def _finish(self, t: int, value: Any) -> tuple[list[Item], int, float]:
+        """Store ``t``'s output and notify its dependents in one round trip; the ones it claimed.
+
+        An output read by one task only is stored by the claim itself, and only
+        if another worker will run that task: when this worker wins the claim
+        it runs the task next with the value in memory (store-unless-claimed).
+        """
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
         stored, size = self._dump(t, value)
-        puts = {} if self._keep_local(t) else {keys.output(run, t): stored}
         claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
+        if self._keep_local(t):
+            puts = {}
+        elif len(dependents) == 1 and not dag.is_sink(t) and self._would_keep(t, dependents[0]):
+            puts = {}
+            claims[0] = claims[0]._replace(output_key=keys.output(run, t, dependents[0]), output=stored)
+        else:
+            puts = {keys.output_of(run, dag, t): stored}
         publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
         began = time.perf_counter()
         won = store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms, publish)
@@ -405,6 +420,16 @@ class Worker:
         if ok:
             self._emit("delayed_io", t)
         return ok
+
+    def _would_keep(self, t: int, d: int) -> bool:
+        """Whether :meth:`_continue` would run ``d`` here if ``t`` claimed it (alone)."""
+        annotations = self.dag.annotations
+        if not annotations:
+            return True
+        label = annotations.get(t, {}).get("worker")
+        if label is not None:
+            return annotations.get(d, {}).get("worker") == label
+        return annotations.get(d, {}).get("memory_mb", self.inv.memory_mb) == self.inv.memory_mb
 
     def _continue(self, t: int, claimed: list[Item]) -> list[Item]:
         """Choose what runs here next among the dependents ``t`` just claimed; invoke workers for the rest.
