@@ -35,9 +35,9 @@ State of a worker, all local to it:
   every dependent of that task has run here; others may still need it locally.
 - ``events``: a buffer of timestamped events (the run's metrics are derived
   from them), written to the run's event stream in batches as the
-  ``metrics_upload`` strategy says: at worker exit (``shutdown``), after each
-  task (``task``), every X seconds (``periodic:X``) or when X events wait
-  (``buffer:X``). Every strategy also writes at exit.
+  ``metrics_upload`` strategy says: at worker exit (``shutdown``), at the start
+  and end of each task (``task``), every X seconds (``periodic:X``) or when X
+  events wait (``buffer:X``). Every strategy also writes at exit.
 
 A task that fails for good writes its error record and the run status in one
 atomic step and publishes it; workers then stop at their next status check.
@@ -173,6 +173,8 @@ class Worker:
         self._current = t
         started = time.time()
         self.events.append({"kind": "task_started", "task": t, "worker": self.id, "t": started})
+        if self._flush_at_len == 1:  # "task": a live view sees the task running, not only done
+            self._flush_events()
         values, in_bytes, fetch_s = self._inputs(t)
         if t in self.dag.maps:
             return self._expand(t, values)
