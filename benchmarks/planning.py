@@ -12,7 +12,9 @@ writable) with a temporary SQLite history:
 3. bytes moved through the store (fetched inputs + uploaded outputs, from the
    run metrics; an output the loop kept local under delayed I/O is not
    uploaded) on gemm and svd1, with and without clustering + delayed I/O
-   (target: at least 50% less).
+   (target: at least 50% less);
+4. the time the critical-path planner takes for an 8,191-task tree reduction
+   (target: at most 1 s).
 
 Run: ``python benchmarks/planning.py`` (a few minutes; ``--repeat`` sets the measured runs).
 """
@@ -124,7 +126,7 @@ def main() -> None:
         print("1. predicted vs actual makespan, critical-path planner, after 3 warm-up runs")
         print(f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'error':>9}")
         errors = []
-        cp = base.replace(planner="critical-path")
+        cp = base.replace(planner="critical-path", optimizations="none")
         for name, build in loads.items():
             run(build, cp, WARMUP)
             for m in run(build, cp, args.repeat):
@@ -136,7 +138,7 @@ def main() -> None:
 
         print("\n2. critical-path vs uniform at 3008 MB (median of runs)")
         print(f"{'workload':<17}{'planner':<15}{'makespan s':>11}{'cost GB-s':>11}{'predicted GB-s':>16}")
-        uniform = base.replace(planner="uniform", memory_mb=3008)
+        uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
         for name, build in loads.items():
             for label, cfg in (("uniform-3008", uniform), ("critical-path", cp)):
                 ms = run(build, cfg, args.repeat)
@@ -154,6 +156,13 @@ def main() -> None:
             opt = run(build, base.replace(planner="uniform", optimizations="clustering,delayed-io"), 1)[0]
             a, b = bytes_moved(plain), bytes_moved(opt)
             print(f"{name:<17}{a:>12,}{b:>25,}{1 - b / a:>8.1%}  (target >= 50%)")
+
+        print("\n4. planning time, critical-path planner, tree reduction of 8,191 tasks (target <= 1 s)")
+        tree = DAG.from_sinks([load_module(str(EXAMPLES / "tree_reduction.py")).build(8192)])
+        for opts in ("none", "clustering,delayed-io"):
+            began = time.perf_counter()
+            make_plan(tree, cp.replace(optimizations=opts))
+            print(f"optimizations={opts}: {time.perf_counter() - began:.3f} s")
 
 
 if __name__ == "__main__":

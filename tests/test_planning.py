@@ -11,9 +11,10 @@ import fanflow
 from fanflow.cli.main import app
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
+from fanflow.metrics.records import FINISHED, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
 from fanflow.planning.planners import critical_path_assignment, place
-from fanflow.planning.predict import DEFAULT_EXEC_S, Line, fit_line, sla_z
+from fanflow.planning.predict import DEFAULT_EXEC_S, Line, MemoryModel, fit_line, pure_latencies, sla_z
 from fanflow.store.metadata import drain, open_metadata
 
 
@@ -59,10 +60,9 @@ def fan(n: int = 3) -> fanflow.Node:
 
 def costs_of(n: int, exec_s: float = 1.0, **kwargs: float) -> DagCosts:
     """Hand-made predictions: every task ``exec_s`` at 512 MB, fetch 0.1 s, upload 0.05 s, start 0.5 s."""
-    fetch = Line(kwargs.get("fetch", 0.1), 0.0, 0.0, 1)
-    upload = Line(kwargs.get("upload", 0.05), 0.0, 0.0, 1)
-    start = kwargs.get("start", 0.5)
-    return DagCosts([exec_s] * n, [0.0] * n, [100.0] * n, fetch, upload, start, start, start, 0.0)
+    return DagCosts.uniform(
+        n, exec_s, 100.0, kwargs.get("fetch", 0.1), kwargs.get("upload", 0.05), kwargs.get("start", 0.5)
+    )
 
 
 # -- predictions -------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_predictions_from_history_and_explicit_unknowns(tmp_path: Path) -> None:
     costs = predictor.costs(dag)
     assert costs.defaults == []
     assert costs.transfer_known and costs.start_known
-    assert costs.start_s > 0 and costs.upload.at(1000) > 0
+    assert costs.start_s(512) > 0 and costs.upload_s(1000, 512) > 0
     # percentiles sit above the mean
     p99 = Predictor(history, "p99").exec_s(grow.identity, 512, 1000).value
     assert p99 >= Predictor(history, "mean").exec_s(grow.identity, 512, 1000).value
@@ -113,7 +113,7 @@ def test_without_history_every_task_is_from_defaults() -> None:
     dag = DAG.from_sinks([fan()])
     costs = Predictor(None).costs(dag)
     assert costs.defaults == list(range(len(dag)))
-    assert all(e > 0 for e in costs.exec_512) and all(o > 0 for o in costs.out_bytes)
+    assert all(e > 0 for e in costs.exec_at(512)) and all(o > 0 for o in costs.out_bytes)
     assert not costs.transfer_known and not costs.start_known
 
 
@@ -141,11 +141,11 @@ def test_simulation_of_a_diamond_by_hand() -> None:
 def test_simulation_with_one_label_runs_one_worker_and_skips_safe_uploads() -> None:
     dag = diamond()
     sim = simulate(dag, costs_of(4), Assignment([1024] * 4, [0] * 4, [False] * 4))
-    # one worker at 1024 MB (twice as fast), nothing fetched; blob's upload is skipped (both
-    # dependents take it alone), the grows' are not (join has two inputs), the sink's never.
+    # one worker at 1024 MB (twice as fast, its start too), nothing fetched; blob's upload is skipped
+    # (both dependents take it alone), the grows' are not (join has two inputs), the sink's never.
     each = (1.0 + 0.05) / 2
     assert sim.workers == 1
-    assert sim.makespan == pytest.approx(0.5 + 4 * each)
+    assert sim.makespan == pytest.approx(0.5 / 2 + 4 * each)
     assert sim.bytes_fetched == 0 and sim.bytes_uploaded == pytest.approx(300)
     assert sim.cost_gb_s == pytest.approx(1.0 * 4 * each)
 
@@ -208,17 +208,55 @@ def test_critical_path_downgrades_only_off_the_critical_path() -> None:
     dag = lopsided()
     n = len(dag)
     costs = costs_of(n, start=0.01, fetch=0.01, upload=0.01)
+    short = next(t for t in range(n) if dag.deps[t] == (0,) and dag.dependents[t] == (n - 1,))
+    # the short branch's function was measured as fast at 512 MB as at 1769 MB (a task shorter than its
+    # CPU quota per period is not throttled): only a measured size makes a downgrade save anything,
+    # since in the proportional model GB-seconds do not depend on memory below one vCPU
+    costs.function[short] = 1
+    costs.exec_models.append(MemoryModel([(m, 0.0, 0.3) for m in (512, 1769) for _ in range(3)], Line(1, 0, 0, 0)))
     labels = place(dag, costs, [3008] * n, clustering=False)
     plan, sim, best = critical_path_assignment(dag, costs, labels, None, slack=0.1)
     assert sim.makespan <= best * 1.1 + 1e-9
     on_path = set(sim.critical_path)
-    short = next(t for t in range(n) if dag.deps[t] == (0,) and dag.dependents[t] == (n - 1,))
     assert short not in on_path
-    assert plan.memory_mb[short] < 1769
+    assert plan.memory_mb[short] == 512
     # the critical path keeps its best-case speed (1769 MB is as fast as 3008 MB in the model)
     assert all(plan.memory_mb[t] >= 1769 for t in on_path)
     uniform = simulate(dag, costs, Assignment([3008] * n, labels))
     assert sim.cost_gb_s < uniform.cost_gb_s
+
+
+def test_measured_sizes_win_and_unmeasured_ones_scale() -> None:
+    model = MemoryModel([(3008, 0.0, 0.02)] * 3 + [(512, 0.0, 0.01)] * 3, Line(1, 0, 0, 0))
+    assert model.measured(512) and model.line(512).at(0) == pytest.approx(0.01)
+    assert model.line(3008).at(0) == pytest.approx(0.02)  # slower at 3008 MB, as measured
+    assert not model.measured(1024)
+    # 1024 MB: the pooled 512 MB-normalized mean (0.01 and 0.02·1769/512), halved
+    assert model.line(1024).at(0) == pytest.approx((0.01 + 0.02 * 1769 / 512) / 2 / 2)
+    empty = MemoryModel([], Line(0.5, 0, 0, 0))
+    assert not empty.known and empty.line(1024).at(0) == pytest.approx(0.25)
+
+
+def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
+    def record(worker: str, began: float, ended: float, latency: float, cold: bool) -> TaskRecord:
+        return TaskRecord(
+            "r", 0, "t", "f", [], FINISHED, worker, 512, 1, began, ended, 0.0, 0.0, 0.0, [], 0, cold, latency, 0, 0, 0
+        )
+
+    # one slot: w2 was invoked at 0 with w1 but waited for w1 to end at 1.0, then started warm at 1.01
+    records = [record("w1", 0.5, 1.0, 0.5, True), record("w2", 1.01, 1.2, 1.01, False)]
+    assert pure_latencies(records, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
+    assert pure_latencies(records, None)[1] == (512, False, 1.01)
+
+
+def test_pool_replay_pays_cold_starts_per_memory_size() -> None:
+    dag = DAG.from_sinks([join(*[blob(i) for i in range(4)])])
+    costs = costs_of(5, start=0.01)
+    costs.cold = MemoryModel.flat(1.0)
+    one = simulate(dag, costs, Assignment([1769] * 5), max_workers=2)
+    assert sum(one.worker_cold) == 2  # the fresh pool starts two processes, later workers reuse them
+    mixed = simulate(dag, costs, Assignment([1769, 512, 1769, 512, 1769]), max_workers=2)
+    assert sum(mixed.worker_cold) > 2 and mixed.makespan > one.makespan
 
 
 def test_planning_a_tree_of_8191_tasks_is_fast() -> None:

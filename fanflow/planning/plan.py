@@ -104,26 +104,27 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
         return Plan(name, planning_s=time.perf_counter() - began)
     if history is None and read_history and name in HISTORY_PLANNERS:
         history = load_history(dag, config)
-    costs = Predictor(history, config.sla).costs(dag)
+    cap = worker_cap(config)
+    costs = Predictor(history, config.sla, cap).costs(dag)
     clustering = "clustering" in enabled
     requested = [dag.task(t).memory_mb for t in range(len(dag))]
     n = len(dag)
     plan = Plan(name, costs=costs, used_history=history is not None)
     if name == "critical-path":
         top = max(MEMORY_CHOICES)
-        labels = _labels(dag, costs, [r or top for r in requested], clustering)
+        labels = _labels(dag, costs, [r or top for r in requested], clustering, cap)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
-        assignment, _, best = critical_path_assignment(
-            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested
+        assignment, sim, best = critical_path_assignment(
+            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested, cap
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
     else:
         memory = [r or config.memory_mb for r in requested]
-        labels = _labels(dag, costs, memory, clustering)
+        labels = _labels(dag, costs, memory, clustering, cap)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
-    sim = simulate(dag, costs, assignment, worker_cap(config))
+        sim = simulate(dag, costs, assignment, cap)
     plan.simulation = sim
     plan.assignment = assignment
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
@@ -143,10 +144,10 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     return plan
 
 
-def _labels(dag: DAG, costs: DagCosts, memory: list[int], clustering: bool) -> list[int]:
+def _labels(dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None) -> list[int]:
     """Placement, then one correction: fan-ins follow the input the simulation says claims them."""
     labels = place(dag, costs, memory, clustering)
-    follow = claimers(dag, simulate(dag, costs, Assignment(memory, labels)))
+    follow = claimers(dag, simulate(dag, costs, Assignment(memory, labels), cap))
     return place(dag, costs, memory, clustering, follow) if follow else labels
 
 

@@ -22,25 +22,32 @@ that claims it (without history: the largest input, then the first). With
 *clustering*, a fan-out branch also stays in its producer's worker when its
 predicted execution is shorter than what moving it would cost (a worker start
 plus fetching the producer's output), and a fan-in may continue in any of its
-inputs' labels, not only those it is the first dependent of.
+inputs' labels, not only those it is the first dependent of, and roots feeding
+one fan-in share a label when their output is worth more than their
+parallelism (:func:`_root_groups`).
 
 **wukong** needs no history: default predictions only choose labels.
 **uniform** gives every task one memory size (``config.memory_mb``).
-**critical-path** (the author's algorithm): simulate with the largest memory
-everywhere (the best case, ``B``), target ``B × (1 + slack)``, and downgrade the
-workers off the critical path, one at a time, to the smallest memory whose
-slower tasks still fit in their slack. Slack is ``target - (finish + tail)``,
-where ``finish`` is the longest path to the end of a task and ``tail`` the
-longest path from it to the end of the run, in the structure the simulation
-produced (dependencies plus the order of tasks within a worker). Accepting a
-downgrade updates ``finish`` forward and ``tail`` backward only in the cone it
-reaches, stopping where values do not change, so planning stays near linear.
-A full simulation then checks the plan (a slower task can change which input
-finishes last, hence which worker claims a task); downgrades that now sit on a
-path over the target are undone and the check repeats, a few rounds at most.
-Memory above one vCPU (1769 MB) buys no speed in the model, so every worker
-first gets the cheapest memory that matches the largest one's speed: the
-critical path keeps its best-case time at a lower price.
+**critical-path** (the author's algorithm, grounded in simulation): simulate
+every *uniform* plan over :data:`MEMORY_CHOICES` (under the run's worker cap,
+so cold starts per size and the pool count); the fastest is the best case
+``B`` and the target is ``B × (1 + slack)``. The largest memory is not assumed
+fastest: measured per-size times decide (a cold start at 512 MB can cost three
+times one at 1769 MB). From the fastest uniform plan, downgrade the workers off
+the critical path, one at a time, to the smallest memory whose slower tasks
+(and slower start) still fit in their slack. Slack is ``target - (finish +
+tail)``, where ``finish`` is the longest path to the end of a task and ``tail``
+the longest path from it to the end of the run, in the structure the
+simulation produced (dependencies plus the order of tasks within a worker).
+Accepting a downgrade updates ``finish`` forward and ``tail`` backward only in
+the cone it reaches, stopping where values do not change, so planning stays
+near linear. A full simulation then checks the plan (a slower task can change
+which input finishes last, and a new size in a small pool evicts warm
+processes); downgrades that now sit on a path over the target are undone and
+the check repeats, :data:`MAX_CHECK_ROUNDS` at most. Every plan within the
+target (each uniform one, each confirmed downgrade) is a candidate, and the
+cheapest predicted one wins, so the predicted makespan never exceeds the
+target.
 """
 
 from __future__ import annotations
@@ -49,13 +56,13 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
-from fanflow.planning.predict import DagCosts, scale
+from fanflow.planning.predict import DagCosts
 from fanflow.planning.simulate import Assignment, Simulation, delayable, simulate
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
 """Memory sizes (MB) the critical-path planner chooses from, ascending."""
 
-MAX_CHECK_ROUNDS = 4
+MAX_CHECK_ROUNDS = 2
 """Full simulations the critical-path planner may use to confirm its downgrades."""
 
 _EPS = 1e-9
@@ -71,18 +78,23 @@ def place(
     """
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
-    exec_512, out_bytes = costs.exec_512, costs.out_bytes
+    out_bytes = costs.out_bytes
     follow = follow or {}
     labels = [-1] * n
     done = [0.0] * n  # predicted finish, ignoring transfers: enough to tell which input comes last
     next_label = 0
+    together = _root_groups(dag, costs, memory) if clustering else {}
     for t in range(n):
         ups = deps[t]
-        work = exec_512[t] * scale(memory[t])
+        work = costs.exec_at(memory[t])[t]
+        if t in together and together[t] != t:
+            labels[t] = labels[together[t]]
+            done[t] = work
+            continue
         candidates: list[int] = []
         for u in ups:
             first = dependents[u][0] == t
-            cheap = len(ups) > 1 or work <= costs.start_s + costs.fetch_s(out_bytes[u], memory[u])
+            cheap = len(ups) > 1 or work <= costs.start_s(memory[t]) + costs.fetch_s(out_bytes[u], memory[u])
             if first or (clustering and cheap):
                 candidates.append(u)
         chosen = follow.get(t, -1)
@@ -95,6 +107,41 @@ def place(
             next_label += 1
         done[t] = max((done[u] for u in ups), default=0.0) + work
     return labels
+
+
+def _root_groups(dag: DAG, costs: DagCosts, memory: Sequence[int]) -> dict[int, int]:
+    """Clustering of roots: roots feeding one fan-in share a worker when shipping their output costs more.
+
+    Two roots that are inputs of the same task are put together (union-find,
+    each group keyed by its smallest task id) when the root's execution is
+    shorter than what running it apart costs: a worker start plus fetching
+    its output. The client starts one worker per label of roots, so the group
+    runs in one worker and the fan-ins it feeds find those inputs local (the
+    blocks of a matrix product sharing an inner index, for one).
+    """
+    deps = dag.deps
+    parent: dict[int, int] = {r: r for r in dag.roots}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for d in range(len(dag)):
+        ups = [u for u in deps[d] if not deps[u]]
+        if len(deps[d]) < 2 or len(ups) < 2:
+            continue
+        worth = [
+            u
+            for u in ups
+            if costs.exec_at(memory[u])[u] <= costs.start_s(memory[u]) + costs.fetch_s(costs.out_bytes[u], memory[d])
+        ]
+        for u in worth[1:]:
+            a, b = find(worth[0]), find(u)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {r: find(r) for r in parent}
 
 
 def claimers(dag: DAG, sim: Simulation) -> dict[int, int]:
@@ -130,14 +177,9 @@ def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dic
     root_set = set(roots)
     for t in range(len(sim.start)):
         if sim.previous[t] < 0 and t not in root_set:
-            out[t] = max(0.0, sim.start[t] - sim.head_latency[t] - costs.cold_start_s)
+            cold = costs.cold_s(sim.worker_memory[sim.worker[t]])
+            out[t] = max(0.0, sim.start[t] - sim.head_latency[t] - cold)
     return out
-
-
-def cheapest_equal(memory_mb: int, choices: Sequence[int]) -> int:
-    """The smallest choice as fast as ``memory_mb`` in the model (memory past one vCPU buys no speed)."""
-    target = scale(memory_mb)
-    return min((m for m in choices if scale(m) <= target + _EPS), default=memory_mb)
 
 
 class _Paths:
@@ -203,21 +245,27 @@ class _Paths:
                     heapq.heappush(back, (-rank[p], p))
 
 
-def _durations(dag: DAG, costs: DagCosts, sim: Simulation, tasks: Sequence[int], memory_mb: int) -> list[float]:
-    """Durations of one worker's tasks if that worker had ``memory_mb`` (same inputs fetched, same uploads)."""
-    deps, worker, out = dag.deps, sim.worker, costs.out_bytes
-    factor = scale(memory_mb)
-    base_scale = scale(sim.worker_memory[worker[tasks[0]]])
+def _weights(costs: DagCosts, sim: Simulation, tasks: Sequence[int], memory_mb: int, pool: bool) -> list[float]:
+    """Path weights (overhead before + duration) of one worker's tasks if it had ``memory_mb``.
+
+    The same inputs are fetched and the same outputs uploaded; the worker's
+    start latency becomes that of the new size (cold or warm as simulated, the
+    mix without a pool) and its queue wait stays; the loop gaps follow the size.
+    """
+    w = sim.worker[tasks[0]]
+    execute = costs.exec_at(memory_mb)
+    if not pool:
+        latency = costs.start_s(memory_mb)
+    elif sim.worker_cold[w]:
+        latency = costs.cold_s(memory_mb)
+    else:
+        latency = costs.warm_s(memory_mb)
+    gap = costs.gap_s(memory_mb)
     result = []
-    for t in tasks:
-        w = worker[t]
-        remote = sum(out[u] for u in deps[t] if worker[u] != w)
-        fetch = costs.fetch_s(remote, memory_mb)
-        old_fetch = costs.fetch_s(remote, sim.worker_memory[w])
-        execute = costs.exec_512[t] * factor
-        # the upload part keeps its simulated value, rescaled to the new memory
-        rest = (sim.duration[t] - old_fetch - costs.exec_512[t] * base_scale) * factor / base_scale
-        result.append(fetch + execute + max(0.0, rest))
+    for i, t in enumerate(tasks):
+        before = sim.head_latency[t] - sim.worker_latency[w] + latency if i == 0 else gap
+        d = costs.fetch_s(sim.remote_bytes[t], memory_mb) + execute[t] + costs.upload_s(sim.up_bytes[t], memory_mb)
+        result.append(before + d)
     return result
 
 
@@ -229,19 +277,22 @@ def downgrade(
     target: float,
     choices: Sequence[int],
     fixed: set[int],
+    pool: bool,
 ) -> list[int]:
     """Lower the memory of workers off the critical path within their slack; returns the workers changed.
 
-    Workers are visited by best-case cost, largest first (most to save). Each
-    gets the smallest memory in ``choices`` for which every task of the worker,
-    delayed by its own extra time and that of the worker's tasks before it,
-    still (1) finishes within its slack and (2) finishes before the input that
-    claims each of its dependents in the simulation: a slower task must not
-    become the one that claims a fan-in, or the fan-in would move to this
-    slower worker (or to a new one), which the slack does not account for.
+    Workers are visited by cost, largest first (most to save). Each gets the
+    smallest memory in ``choices`` for which every task of the worker, delayed
+    by its own extra time and that of the worker's tasks before it (a slower
+    start included), still (1) finishes within its slack and (2) finishes
+    before the input that claims each of its dependents in the simulation: a
+    slower task must not become the one that claims a fan-in, or the fan-in
+    would move to this slower worker (or to a new one), which the slack does
+    not account for. A size predicted slower (measured, or scaled where never
+    measured) is only taken where the slack absorbs it.
     """
     paths = _Paths(dag, sim)
-    finish = paths.finish
+    finish, weight = paths.finish, paths.weight
     dependents, claimer, worker = dag.dependents, sim.claimer, sim.worker
     by_worker: list[list[int]] = [[] for _ in range(sim.workers)]
     for t in sim.order:
@@ -256,11 +307,11 @@ def downgrade(
         for m in choices:
             if m >= current:
                 break
-            new = _durations(dag, costs, sim, tasks, m)
+            new = _weights(costs, sim, tasks, m, pool)
             extra = 0.0
             fits = True
-            for t, d in zip(tasks, new, strict=True):
-                extra += d - sim.duration[t]
+            for t, nw in zip(tasks, new, strict=True):
+                extra += nw - weight[t]
                 if extra > paths.slack(t, target) + _EPS:
                     fits = False
                     break
@@ -273,7 +324,7 @@ def downgrade(
                     break
             if not fits:
                 continue
-            paths.reweigh({t: sim.head_latency[t] + d for t, d in zip(tasks, new, strict=True)})
+            paths.reweigh(dict(zip(tasks, new, strict=True)))
             for t in tasks:
                 plan.memory_mb[t] = m
             changed.append(w)
@@ -289,35 +340,49 @@ def critical_path_assignment(
     slack: float,
     choices: Sequence[int] = MEMORY_CHOICES,
     requested: Sequence[int | None] | None = None,
+    max_workers: int | None = None,
 ) -> tuple[Assignment, Simulation, float]:
     """The critical-path plan's memory sizes, its simulation and the best-case makespan.
 
-    ``requested`` holds per-task memory a user asked for (``@task(memory_mb=...)``),
-    which the planner keeps.
+    The best case is the fastest *uniform* plan over ``choices`` (simulated,
+    so cold starts, the pool and measured per-size times all count; the
+    largest memory is not assumed fastest). Every uniform plan within the
+    target is a candidate, and so is the per-worker downgrade of the fastest
+    one once a full simulation confirms it; the cheapest predicted candidate
+    wins. ``requested`` holds per-task memory a user asked for
+    (``@task(memory_mb=...)``), which the planner keeps.
     """
     n = len(dag)
-    top = max(choices)
-    fast = cheapest_equal(top, choices)
     requested = requested or [None] * n
-    memory = [r or fast for r in requested]
     fixed = {t for t in range(n) if requested[t]}
-    plan = Assignment(memory, labels, upload)
-    sim = simulate(dag, costs, plan)
-    best = sim.makespan
+    pool = bool(max_workers)
+
+    def uniform(m: int) -> Assignment:
+        return Assignment([r or m for r in requested], labels, upload)
+
+    trials = [(simulate(dag, costs, uniform(m), max_workers), m) for m in sorted(choices)]
+    best = min(s.makespan for s, _ in trials)
     target = best * (1.0 + slack)
-    ordered = sorted(c for c in choices if c <= fast)
-    for _ in range(MAX_CHECK_ROUNDS):
-        downgrade(dag, costs, plan, sim, target, ordered, fixed)
-        sim = simulate(dag, costs, plan)
-        if sim.makespan <= target * (1 + 1e-6):
-            return plan, sim, best
-        # which input finishes last moved: the workers on the new critical path get their best memory back
+    limit = target * (1 + 1e-6)
+    candidates = [(s.cost_gb_s, uniform(m), s) for s, m in trials if s.makespan <= limit]
+    sim, fast = min(((s, m) for s, m in trials if s.makespan <= best * (1 + 1e-6)), key=lambda sm: sm[0].cost_gb_s)
+    plan = uniform(fast)
+    below = [c for c in sorted(choices) if c < fast]
+    for _ in range(MAX_CHECK_ROUNDS if below else 0):
+        if not downgrade(dag, costs, plan, sim, target, below, fixed, pool):
+            break
+        sim = simulate(dag, costs, plan, max_workers)
+        if sim.makespan <= limit:
+            candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
+            break
+        # which input finishes last moved, or the pool started processes the slack did not
+        # foresee: the workers on the new critical path get the fast size back
         on_path = {sim.worker[t] for t in sim.critical_path}
         for t in range(n):
             if sim.worker[t] in on_path and t not in fixed:
                 plan.memory_mb[t] = fast
-        sim = simulate(dag, costs, plan)
-    for t in range(n):
-        if t not in fixed:
-            plan.memory_mb[t] = fast
-    return plan, simulate(dag, costs, plan), best
+        sim = simulate(dag, costs, plan, max_workers)
+        if sim.makespan <= limit:
+            candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
+    _, chosen, chosen_sim = min(candidates, key=lambda c: c[0])
+    return chosen, chosen_sim, best

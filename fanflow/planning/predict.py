@@ -1,43 +1,56 @@
-"""Predictions from run history: execution time, output size, transfer time and worker start latency.
+"""Predictions from run history: execution time, output size, transfers, loop overhead and worker starts.
 
 Every planner question is answered from a :class:`~fanflow.metrics.History`
 read ONCE per planning call; nothing here touches a store afterwards.
 
-The models, and why:
+Every time-like quantity is a :class:`MemoryModel`: a least-squares line per
+memory size *where that size was measured* (raw seconds, at least
+:data:`MIN_LINE_SAMPLES` samples), and otherwise one line fitted on the samples
+of every size normalized to 512 MB (:mod:`fanflow.metrics.normalize`) and scaled
+back to the size asked for. Measured sizes win because the normalization model
+(time inversely proportional to the CPU share) is wrong in both directions on
+real workers: a task shorter than its CPU quota per scheduling period runs at
+full speed at 512 MB, a multithreaded BLAS call at 3008 MB can be *slower* than
+at 512 MB on a busy machine, and a cold start (a fresh interpreter importing
+numpy) is CPU bound and does follow the model. Scaling is only the fallback
+for a size never seen, and there it is the conservative guess: less memory is
+slower.
 
-- **Execution time** of a function is a least-squares line of its time on its
-  total input bytes, fitted on the samples *normalized to 512 MB*
-  (``exec_s_512``, :mod:`fanflow.metrics.normalize`), pooled over every memory
-  size it ran at. Pooling is what lets a planner ask about a memory size the
-  function never ran at: the time at ``m`` MB is the 512 MB time converted with
-  :func:`~fanflow.metrics.normalize.from_baseline`. Below
-  :data:`MIN_LINE_SAMPLES` samples (or when the input size never varied) the
-  line is flat: the mean.
-- **Output size** is a line of output bytes on input bytes (flat below
-  :data:`MIN_LINE_SAMPLES`). It does not depend on memory.
-- **Transfer time** is ``latency + bytes × seconds_per_byte``, two lines fitted
-  over every execution of the DAG's functions: *fetch* from the one fetch round
-  trip of each task that fetched something (fetched bytes, ``fetch_s``), and
-  *upload* from what a task spent after executing (output bytes, task duration
-  minus fetch and execution: serializing, the store + notify round trip and the
-  loop's own bookkeeping), both normalized to 512 MB like execution times.
-- **Worker start latency** (invoke to worker start) is the mean over past
-  workers, cold and warm separately, plus the mix of both, which is what a new
-  worker is expected to cost when the planner cannot tell which one it gets.
+- **Execution time** per function: a line of time on total input bytes.
+- **Output size** per function: a line of output bytes on input bytes
+  (memory plays no part).
+- **Fetch**: one round trip for the inputs not in the worker's cache, a line
+  of ``fetch_s`` on fetched bytes.
+- **Upload**: what a task spends after executing (serializing, the store +
+  notify round trip, the loop's bookkeeping), a line on output bytes.
+- **Loop gap**: the time between one task's finish and the next task's start
+  in the same worker (choosing what to continue with, invoking the other
+  branches, the run-status check).
+- **Worker start**, cold and warm separately: invoke to worker start *minus the
+  time the invocation waited in the queue for a free worker slot*. A pool with
+  ``max_workers`` slots queues invocations FIFO, and the recorded latency
+  includes that wait; the simulator models the queue itself, so the wait is
+  removed here by replaying each past run's workers through the same FIFO
+  (:func:`pure_latencies`). Without a cap the latency is taken as recorded.
+  ``mix`` pools cold and warm: what a new worker costs when the platform gives
+  no way to tell which one it gets.
 - **SLA**: ``mean`` is the fitted value; a percentile ``pNN`` adds ``z(NN)``
-  residual standard deviations to it (normal approximation of the residuals,
-  ``z`` from :class:`statistics.NormalDist`); ``p50`` is the mean.
+  residual standard deviations (normal approximation of the residuals, ``z``
+  from :class:`statistics.NormalDist`); ``p50`` is the mean.
 
-An unknown is never a silent zero. Every answer is a :class:`Prediction` whose
-``known`` says whether history backed it; unknowns use the documented defaults
-(:data:`DEFAULT_EXEC_S` and friends), and :class:`DagCosts` lists the tasks
-predicted from defaults so the plan can say so. Summaries (which survive
-retention) back a function whose executions were all garbage-collected.
+An unknown is never a silent zero. Every answer is a :class:`Prediction` (or a
+model) whose ``known`` says whether history backed it; unknowns use the
+documented defaults (:data:`DEFAULT_EXEC_S` and friends), and
+:class:`DagCosts` lists the tasks predicted from defaults so the plan can say
+so. Summaries (which survive retention) back a function whose executions were
+all garbage-collected.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,12 +69,17 @@ DEFAULT_LATENCY_S = 0.002
 """Per-round-trip latency at 512 MB assumed when no transfer was ever recorded."""
 DEFAULT_SECONDS_PER_BYTE = 1e-8
 """Transfer cost assumed when none was recorded (100 MB/s)."""
+DEFAULT_GAP_S = 0.001
+"""Loop time between two tasks of one worker at 512 MB assumed without history."""
 DEFAULT_COLD_START_S = 0.5
-"""Cold start latency (a new worker process) assumed without worker history."""
+"""Cold start latency (a new worker process) at 512 MB assumed without worker history."""
 DEFAULT_WARM_START_S = 0.01
-"""Warm start latency (a pooled worker) assumed without worker history."""
+"""Warm start latency (a pooled worker) at 512 MB assumed without worker history."""
 MIN_LINE_SAMPLES = 3
-"""Fewer samples than this give a flat fit (the mean) rather than a line."""
+"""Fewer samples than this give a flat fit (the mean) rather than a line, and do not make a memory size "measured"."""
+
+Sample = tuple[int, float, float]
+"""``(memory_mb, x, seconds)``: one raw measurement at a memory size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,11 @@ class Line:
 
     def at(self, x: float, z: float = 0.0) -> float:
         return max(self.floor, self.intercept + self.slope * x + z * self.sd)
+
+    def scaled(self, factor: float) -> Line:
+        """The same line with every time multiplied by ``factor`` (another memory size)."""
+        f = factor
+        return Line(self.intercept * f, self.slope * f, self.sd * f, self.count, self.floor * f)
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float], floor: float = 0.0) -> Line | None:
@@ -112,48 +135,232 @@ def sla_z(sla: str) -> float:
 
 @functools.cache
 def scale(memory_mb: int) -> float:
-    """Factor turning a 512 MB time into the time at ``memory_mb``."""
+    """Factor turning a 512 MB time into the time at ``memory_mb`` in the normalization model."""
     return from_baseline(1.0, memory_mb)
+
+
+class MemoryModel:
+    """One time-like quantity at any memory size: measured lines where measured, scaled elsewhere.
+
+    ``line(m)`` is the line fitted on the raw samples at ``m`` when there are at
+    least :data:`MIN_LINE_SAMPLES` of them; otherwise the line fitted on every
+    sample normalized to 512 MB, scaled to ``m``; with no sample at all, the
+    ``default`` line (at 512 MB) scaled to ``m``, and ``known`` is False.
+    """
+
+    __slots__ = ("_cache", "_default", "_measured", "_pooled", "count")
+
+    def __init__(self, samples: Iterable[Sample], default: Line) -> None:
+        by_memory: dict[int, tuple[list[float], list[float]]] = {}
+        px: list[float] = []
+        py: list[float] = []
+        for memory, x, y in samples:
+            xs, ys = by_memory.setdefault(memory, ([], []))
+            xs.append(x)
+            ys.append(y)
+            px.append(x)
+            py.append(to_baseline(y, memory))
+        self._measured: dict[int, Line] = {}
+        for memory, (xs, ys) in by_memory.items():
+            if len(xs) >= MIN_LINE_SAMPLES:
+                line = fit_line(xs, ys, floor=min(ys))
+                if line is not None:
+                    self._measured[memory] = line
+        self._pooled = fit_line(px, py, floor=min(py, default=0.0))
+        self._default = default
+        self._cache: dict[int, Line] = {}
+        self.count = len(px)
+
+    @classmethod
+    def flat(cls, seconds_512: float, slope: float = 0.0, known: bool = True) -> MemoryModel:
+        """A model with no samples: ``seconds_512 + slope·x`` at 512 MB, scaled by the normalization model."""
+        model = cls((), Line(seconds_512, slope, 0.0, 0, 0.0))
+        if known:
+            model.count = 1
+        return model
+
+    @property
+    def known(self) -> bool:
+        return self.count > 0
+
+    def measured(self, memory_mb: int) -> bool:
+        """True when ``memory_mb`` has a line of its own (not scaled from other sizes)."""
+        return memory_mb in self._measured
+
+    def line(self, memory_mb: int) -> Line:
+        found = self._cache.get(memory_mb)
+        if found is None:
+            found = self._measured.get(memory_mb)
+            if found is None:
+                found = (self._pooled or self._default).scaled(scale(memory_mb))
+            self._cache[memory_mb] = found
+        return found
+
+
+def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> list[tuple[int, bool, float]]:
+    """``(memory, cold, seconds)`` per past worker: its start latency without the wait for a free slot.
+
+    A worker is rebuilt from its tasks (its start is its first task's start, its
+    end its last task's finish; the loop has no work between them and the
+    worker's own start and stop). Per run, workers are replayed in invocation
+    order through ``max_workers`` FIFO slots, each held from dispatch to the
+    worker's end: a worker is dispatched at ``max(invoked, earliest free slot,
+    previous dispatch)``, and its pure latency is its start minus that.
+    """
+    workers: dict[tuple[str, str], list[float]] = {}
+    kinds: dict[tuple[str, str], tuple[int, bool]] = {}
+    for r in records:
+        if not r.worker:
+            continue
+        key = (r.run_id, r.worker)
+        span = workers.get(key)
+        if span is None:
+            workers[key] = [r.started_at, r.finished_at, r.worker_latency_s]
+            kinds[key] = (r.memory_mb, r.worker_cold)
+        else:
+            span[0] = min(span[0], r.started_at)
+            span[1] = max(span[1], r.finished_at)
+    runs: dict[str, list[tuple[float, float, float, tuple[str, str]]]] = {}
+    for key, (begin, end, latency) in workers.items():
+        runs.setdefault(key[0], []).append((begin - latency, begin, end, key))
+    out: list[tuple[int, bool, float]] = []
+    for entries in runs.values():
+        entries.sort()
+        free = [-math.inf] * max_workers if max_workers else []
+        last = -math.inf
+        for invoked, begin, end, key in entries:
+            dispatched = invoked
+            if free:
+                dispatched = max(invoked, heapq.heappop(free), last)
+                heapq.heappush(free, end)
+                last = dispatched
+            memory, cold = kinds[key]
+            out.append((memory, cold, max(0.0, begin - dispatched)))
+    return out
+
+
+def loop_gaps(records: Iterable[TaskRecord]) -> list[Sample]:
+    """``(memory, 0, seconds)`` for each pair of consecutive tasks in one worker: finish to next start."""
+    by_worker: dict[tuple[str, str], list[TaskRecord]] = {}
+    for r in records:
+        if r.worker:
+            by_worker.setdefault((r.run_id, r.worker), []).append(r)
+    out: list[Sample] = []
+    for tasks in by_worker.values():
+        tasks.sort(key=lambda r: r.started_at)
+        for a, b in itertools.pairwise(tasks):
+            out.append((b.memory_mb, 0.0, max(0.0, b.started_at - a.finished_at)))
+    return out
 
 
 @dataclass(slots=True)
 class DagCosts:
-    """Per-task predictions for one DAG, as plain lists indexed by task id (what the simulator reads).
+    """Per-task predictions for one DAG: sizes as lists indexed by task id, times as memory models.
 
-    Times are at 512 MB; multiply by :func:`scale` for another memory size.
+    ``exec_at(m)`` gives every task's execution time at ``m`` MB (computed once
+    per memory size): the simulator and the planners read plain lists.
     """
 
-    exec_512: list[float]
     in_bytes: list[float]
     out_bytes: list[float]
-    fetch: Line
-    upload: Line
-    start_s: float
-    cold_start_s: float
-    warm_start_s: float
-    z: float
+    function: list[int]
+    """Index of each task's function in ``exec_models``."""
+    exec_models: list[MemoryModel]
+    fetch: MemoryModel
+    upload: MemoryModel
+    gap: MemoryModel
+    cold: MemoryModel
+    warm: MemoryModel
+    mix: MemoryModel
+    z: float = 0.0
     defaults: list[int] = field(default_factory=list)
     """Tasks whose execution time or output size came from a default, not from history."""
-    transfer_known: bool = False
-    start_known: bool = False
+    _exec_at: dict[int, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def uniform(
+        cls,
+        n: int,
+        exec_s: float,
+        out_bytes: float,
+        fetch_s: float,
+        upload_s: float,
+        start_s: float,
+        gap_s: float = 0.0,
+    ) -> DagCosts:
+        """Hand-made costs (every time at 512 MB, scaled by the normalization model): for tests and examples."""
+        return cls(
+            [0.0] * n,
+            [out_bytes] * n,
+            [0] * n,
+            [MemoryModel.flat(exec_s)],
+            MemoryModel.flat(fetch_s),
+            MemoryModel.flat(upload_s),
+            MemoryModel.flat(gap_s),
+            MemoryModel.flat(start_s),
+            MemoryModel.flat(start_s),
+            MemoryModel.flat(start_s),
+        )
+
+    @property
+    def transfer_known(self) -> bool:
+        return self.upload.known
+
+    @property
+    def start_known(self) -> bool:
+        return self.mix.known
+
+    def exec_at(self, memory_mb: int) -> list[float]:
+        """Execution time of every task at ``memory_mb``."""
+        found = self._exec_at.get(memory_mb)
+        if found is None:
+            lines = [m.line(memory_mb) for m in self.exec_models]
+            z = self.z
+            found = [lines[f].at(x, z) for f, x in zip(self.function, self.in_bytes, strict=True)]
+            self._exec_at[memory_mb] = found
+        return found
 
     def fetch_s(self, nbytes: float, memory_mb: int) -> float:
         """One fetch round trip of ``nbytes`` at ``memory_mb`` (0 when nothing is fetched)."""
-        return self.fetch.at(nbytes, self.z) * scale(memory_mb) if nbytes > 0 else 0.0
+        return self.fetch.line(memory_mb).at(nbytes, self.z) if nbytes > 0 else 0.0
 
     def upload_s(self, nbytes: float, memory_mb: int) -> float:
-        """Store + notify round trip (and loop overhead) for an output of ``nbytes`` (0: notify only)."""
-        return self.upload.at(nbytes, self.z) * scale(memory_mb)
+        """Store + notify round trip and loop bookkeeping for an output of ``nbytes`` (0: notify only)."""
+        return self.upload.line(memory_mb).at(nbytes, self.z)
+
+    def gap_s(self, memory_mb: int) -> float:
+        """Loop time between two tasks of one worker."""
+        return self.gap.line(memory_mb).at(0.0, self.z)
+
+    def cold_s(self, memory_mb: int) -> float:
+        return self.cold.line(memory_mb).at(0.0, self.z)
+
+    def warm_s(self, memory_mb: int) -> float:
+        return self.warm.line(memory_mb).at(0.0, self.z)
+
+    def start_s(self, memory_mb: int) -> float:
+        """A new worker when the platform cannot say whether it is cold or warm: the mix of both."""
+        return self.mix.line(memory_mb).at(0.0, self.z)
+
+
+def _default(seconds: float, per_byte: float = 0.0) -> Line:
+    return Line(seconds, per_byte, 0.0, 0, seconds)
 
 
 class Predictor:
-    """Answers prediction questions from a :class:`History` (or from defaults when it is None)."""
+    """Answers prediction questions from a :class:`History` (or from defaults when it is None).
 
-    def __init__(self, history: History | None, sla: str = "mean") -> None:
+    ``max_workers`` is the worker cap of the platform the history was recorded
+    on (None: no cap); it is what lets :func:`pure_latencies` take queueing out
+    of the recorded start latencies.
+    """
+
+    def __init__(self, history: History | None, sla: str = "mean", max_workers: int | None = None) -> None:
         self.history = history
         self.sla = sla
         self.z = sla_z(sla)
-        self._exec: dict[str, Line | None] = {}
+        self.max_workers = max_workers
+        self._exec: dict[str, MemoryModel] = {}
         self._out: dict[str, Line | None] = {}
         self._records: dict[str, list[TaskRecord]] = {}
 
@@ -166,34 +373,40 @@ class Predictor:
             self._records[identity] = found
         return found
 
-    def _exec_line(self, identity: str) -> Line | None:
-        if identity not in self._exec:
+    def exec_model(self, identity: str) -> MemoryModel:
+        """Execution time of ``identity`` (seconds on input bytes) at any memory size."""
+        found = self._exec.get(identity)
+        if found is None:
             records = self._finished(identity)
-            xs = [float(r.in_bytes) for r in records]
-            ys = [r.exec_s_512 for r in records]
-            self._exec[identity] = fit_line(xs, ys, floor=min(ys, default=0.0))
-        return self._exec[identity]
+            found = MemoryModel(((r.memory_mb, float(r.in_bytes), r.exec_s) for r in records), _default(DEFAULT_EXEC_S))
+            if not found.known:
+                found = self._from_summaries(identity) or found
+            self._exec[identity] = found
+        return found
+
+    def _from_summaries(self, identity: str) -> MemoryModel | None:
+        """When executions were garbage-collected: a flat model from the summary nearest 512 MB."""
+        if self.history is None:
+            return None
+        at_512 = self.history.predict_exec_s(identity, BASELINE_MB, 0.0)
+        if at_512 is None:
+            return None
+        sizes = self.history.memory_sizes(identity)
+        nearest = min(sizes, key=lambda m: abs(m - BASELINE_MB))
+        summary = self.history.summaries[(identity, nearest)]
+        spread = to_baseline(summary.stdev, nearest) * self.z
+        return MemoryModel.flat(max(at_512 + spread, to_baseline(summary.min, nearest)))
+
+    def exec_s(self, identity: str, memory_mb: int, in_bytes: float) -> Prediction:
+        """Execution time of ``identity`` at ``memory_mb`` on ``in_bytes`` of input."""
+        model = self.exec_model(identity)
+        return Prediction(model.line(memory_mb).at(in_bytes, self.z), model.known, model.count)
 
     def _out_line(self, identity: str) -> Line | None:
         if identity not in self._out:
             records = self._finished(identity)
             self._out[identity] = fit_line([float(r.in_bytes) for r in records], [float(r.out_bytes) for r in records])
         return self._out[identity]
-
-    def exec_s(self, identity: str, memory_mb: int, in_bytes: float) -> Prediction:
-        """Execution time of ``identity`` at ``memory_mb`` on ``in_bytes`` of input."""
-        line = self._exec_line(identity)
-        if line is not None:
-            return Prediction(from_baseline(line.at(in_bytes, self.z), memory_mb), True, line.count)
-        if self.history is not None:
-            at_512 = self.history.predict_exec_s(identity, BASELINE_MB, in_bytes)
-            if at_512 is not None:
-                sizes = self.history.memory_sizes(identity)
-                nearest = min(sizes, key=lambda m: abs(m - BASELINE_MB))
-                summary = self.history.summaries[(identity, nearest)]
-                spread = to_baseline(summary.stdev, nearest) * self.z
-                return Prediction(from_baseline(max(at_512 + spread, summary.min), memory_mb), True, summary.count)
-        return Prediction(from_baseline(DEFAULT_EXEC_S, memory_mb), False)
 
     def out_bytes(self, identity: str, in_bytes: float) -> Prediction:
         """Output size of ``identity`` for ``in_bytes`` of input."""
@@ -206,81 +419,45 @@ class Predictor:
                 return Prediction(merged, True)
         return Prediction(in_bytes if in_bytes > 0 else DEFAULT_OUT_BYTES, False)
 
-    def transfer_lines(self, identities: Iterable[str]) -> tuple[Line, Line, bool]:
-        """(fetch, upload) lines at 512 MB over the executions of ``identities``; True when fitted."""
-        fx: list[float] = []
-        fy: list[float] = []
-        ux: list[float] = []
-        uy: list[float] = []
-        for identity in identities:
-            for r in self._finished(identity):
-                if r.fetch_s > 0 and r.fetched_bytes > 0:
-                    fx.append(float(r.fetched_bytes))
-                    fy.append(r.fetch_s_512)
-                post = max(r.store_s, r.duration_s - r.fetch_s - r.exec_s)
-                ux.append(float(r.out_bytes))
-                uy.append(to_baseline(post, r.memory_mb))
-        fetch = fit_line(fx, fy, floor=min(fy, default=0.0))
-        upload = fit_line(ux, uy, floor=min(uy, default=0.0))
-        default = Line(DEFAULT_LATENCY_S, DEFAULT_SECONDS_PER_BYTE, 0.0, 0, DEFAULT_LATENCY_S)
-        if upload is None:
-            return fetch or default, default, False
-        if fetch is None:  # nothing was ever fetched: a fetch costs what an upload costs
-            fetch = upload
-        return fetch, upload, True
-
-    def start_latency(self, identities: Iterable[str]) -> tuple[Prediction, Prediction, Prediction]:
-        """(any new worker, cold, warm) start latencies, from the workers that ran these functions."""
-        seen: dict[tuple[str, str], tuple[bool, float]] = {}
-        for identity in identities:
-            for r in self._finished(identity):
-                if r.worker:
-                    seen.setdefault((r.run_id, r.worker), (r.worker_cold, r.worker_latency_s))
-        cold = [s for c, s in seen.values() if c]
-        warm = [s for c, s in seen.values() if not c]
-        both = cold + warm
-
-        def stat(values: list[float], default: float) -> Prediction:
-            line = fit_line([0.0] * len(values), values)
-            if line is None:
-                return Prediction(default, False)
-            return Prediction(line.at(0.0, self.z), True, line.count)
-
-        mix_default = DEFAULT_WARM_START_S
-        return stat(both, mix_default), stat(cold, DEFAULT_COLD_START_S), stat(warm, DEFAULT_WARM_START_S)
+    def overheads(self, identities: Iterable[str]) -> tuple[MemoryModel, ...]:
+        """(fetch, upload, gap, cold, warm, mix) models over the executions of ``identities``."""
+        records = [r for identity in dict.fromkeys(identities) for r in self._finished(identity)]
+        fetch = [(r.memory_mb, float(r.fetched_bytes), r.fetch_s) for r in records if r.fetch_s > 0 and r.fetched_bytes]
+        upload = [
+            (r.memory_mb, float(r.out_bytes), max(r.store_s, r.duration_s - r.fetch_s - r.exec_s)) for r in records
+        ]
+        starts = pure_latencies(records, self.max_workers)
+        transfer = _default(DEFAULT_LATENCY_S, DEFAULT_SECONDS_PER_BYTE)
+        upload_model = MemoryModel(upload, transfer)
+        # nothing was ever fetched: a fetch costs what an upload costs
+        fetch_model = MemoryModel(fetch, transfer) if fetch else upload_model
+        return (
+            fetch_model,
+            upload_model,
+            MemoryModel(loop_gaps(records), _default(DEFAULT_GAP_S)),
+            MemoryModel(((m, 0.0, s) for m, c, s in starts if c), _default(DEFAULT_COLD_START_S)),
+            MemoryModel(((m, 0.0, s) for m, c, s in starts if not c), _default(DEFAULT_WARM_START_S)),
+            MemoryModel(((m, 0.0, s) for m, _, s in starts), _default(DEFAULT_WARM_START_S)),
+        )
 
     def costs(self, dag: DAG) -> DagCosts:
         """Predictions for every task of ``dag``, in one topological pass (input bytes from upstream outputs)."""
         n = len(dag)
         deps, task_of, tasks = dag.deps, dag.task_of, dag.tasks
         identities = [t.identity for t in tasks]
-        exec_512 = [0.0] * n
+        models = [self.exec_model(ident) for ident in identities]
         in_bytes = [0.0] * n
         out_bytes = [0.0] * n
         defaults: list[int] = []
         for i in range(n):
-            ident = identities[task_of[i]]
+            f = task_of[i]
             x = sum(out_bytes[u] for u in deps[i])
             in_bytes[i] = x
-            e = self.exec_s(ident, BASELINE_MB, x)
-            o = self.out_bytes(ident, x)
-            exec_512[i] = e.value
+            o = self.out_bytes(identities[f], x)
             out_bytes[i] = o.value
-            if not (e.known and o.known):
+            if not (models[f].known and o.known):
                 defaults.append(i)
-        fetch, upload, transfer_known = self.transfer_lines(identities)
-        start, cold, warm = self.start_latency(identities)
+        fetch, upload, gap, cold, warm, mix = self.overheads(identities)
         return DagCosts(
-            exec_512,
-            in_bytes,
-            out_bytes,
-            fetch,
-            upload,
-            start.value,
-            cold.value,
-            warm.value,
-            self.z,
-            defaults,
-            transfer_known,
-            start.known,
+            in_bytes, out_bytes, list(task_of), models, fetch, upload, gap, cold, warm, mix, self.z, defaults
         )

@@ -3,9 +3,21 @@
 The simulator replays the worker loop's rules, not an idealized schedule, so a
 prediction can be compared with a real run:
 
-- the client starts one worker per root at time 0; a new worker begins
-  ``start_s`` (the predicted start latency) after it is invoked;
-- a task finishes ``fetch + exec + upload`` after it begins: ``fetch`` is one
+- the client starts one worker per root at time 0 (roots sharing a placement
+  label share one worker); a new worker begins its start latency after it is
+  invoked;
+- with ``max_workers`` (a local pool, such as the processes platform) the
+  simulator replays the pool: at most ``max_workers`` workers run at once and
+  further invocations wait FIFO for a slot; the pool starts empty (the client
+  starts a fresh one per run), keeps a finished worker's process idle, gives
+  an invocation an idle process of the same memory size (a *warm* start, at
+  the warm latency of that size) or else starts a fresh process (a *cold*
+  start at that size's cold latency), evicting the least recently used idle
+  process when the pool is full. This is why memory choices interact: a plan
+  mixing sizes in a small pool pays cold starts a uniform plan does not.
+  Without a cap (a FaaS platform) every new worker pays the mixed latency;
+- a task that is not its worker's first begins the loop gap after the one
+  before it, and finishes ``fetch + exec + upload`` after it begins: ``fetch`` is one
   round trip for the inputs produced in *other* workers (inputs this worker made
   are in its cache and cost nothing), ``exec`` is the function at the worker's
   memory, ``upload`` is the store + notify round trip (notify only when delayed
@@ -20,9 +32,7 @@ prediction can be compared with a real run:
 
 It is an event simulation: a heap of task finish events, processed in time
 order, over plain lists indexed by task id, so it is O((tasks + edges) log
-tasks) and needs no node objects. ``max_workers`` optionally caps concurrent
-workers (an invocation waits for a free slot), as a local worker pool does; a
-FaaS platform has no cap.
+tasks) and needs no node objects.
 
 Besides times, the result keeps the *structure* the run took (which worker ran
 each task, which task it waited for, and the task before it in its worker): the
@@ -38,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.planning.predict import DagCosts, scale
+from fanflow.planning.predict import DagCosts
 
 
 @dataclass(slots=True)
@@ -67,12 +77,21 @@ class Simulation:
     previous: list[int]
     """The task run just before this one in the same worker (-1 when it was the worker's first)."""
     head_latency: list[float]
-    """Start latency paid before this task (non-zero only for a worker's first task)."""
+    """Time between being claimable and beginning, for a worker's first task (queue wait + start
+    latency), or the loop gap after the previous task of its worker."""
     order: list[int]
     """Tasks in the order they began (a topological order of the DAG plus the per-worker sequences)."""
     worker_memory: list[int]
     worker_begin: list[float]
     worker_end: list[float]
+    worker_cold: list[bool]
+    """Per worker: True when the simulated pool had to start a fresh process for it."""
+    worker_latency: list[float]
+    """Per worker: the start latency (cold, warm or mixed) it paid, without the queue wait."""
+    remote_bytes: list[float]
+    """Per task: bytes fetched from the store (inputs made in other workers)."""
+    up_bytes: list[float]
+    """Per task: bytes uploaded (0 when delayed I/O kept the output local)."""
     makespan: float
     cost_gb_s: float
     bytes_fetched: float
@@ -105,16 +124,29 @@ def keeps_local(dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence
     return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels)
 
 
+class _AtMemory:
+    """Every cost the simulator needs at one memory size, as plain numbers (computed once per size)."""
+
+    __slots__ = ("cold", "exec", "f_base", "f_floor", "f_slope", "gap", "start", "u_base", "u_floor", "u_slope", "warm")
+
+    def __init__(self, costs: DagCosts, memory_mb: int) -> None:
+        z = costs.z
+        fetch, upload = costs.fetch.line(memory_mb), costs.upload.line(memory_mb)
+        self.f_base, self.f_slope, self.f_floor = fetch.intercept + z * fetch.sd, fetch.slope, fetch.floor
+        self.u_base, self.u_slope, self.u_floor = upload.intercept + z * upload.sd, upload.slope, upload.floor
+        self.exec = costs.exec_at(memory_mb)
+        self.gap = costs.gap_s(memory_mb)
+        self.cold = costs.cold_s(memory_mb)
+        self.warm = costs.warm_s(memory_mb)
+        self.start = costs.start_s(memory_mb)
+
+
 def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | None = None) -> Simulation:
     """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules)."""
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     labels, memory = plan.labels, plan.memory_mb
-    exec_512, out_bytes = costs.exec_512, costs.out_bytes
-    start_s = costs.start_s
-    z = costs.z
-    f_base, f_slope, f_floor = costs.fetch.intercept + z * costs.fetch.sd, costs.fetch.slope, costs.fetch.floor
-    u_base, u_slope, u_floor = costs.upload.intercept + z * costs.upload.sd, costs.upload.slope, costs.upload.floor
+    out_bytes = costs.out_bytes
     local = [keeps_local(dag, t, labels, plan.upload) for t in range(n)]
     remaining = [len(d) for d in deps]
     start = [0.0] * n
@@ -132,30 +164,49 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     w_end: list[float] = []
     w_last: list[int] = []
     w_queue: list[deque[int]] = []
-    w_scale: list[float] = []
+    w_costs: list[_AtMemory] = []
+    w_cold: list[bool] = []
+    w_latency: list[float] = []
+    remote_bytes = [0.0] * n
+    up_bytes = [0.0] * n
+    at_memory: dict[int, _AtMemory] = {}
     heap: list[tuple[float, int, int]] = []
     seq = 0
     fetched = uploaded = 0.0
-    slots = max_workers if max_workers else n + 1
+    pool = max_workers is not None and max_workers > 0
+    slots = max_workers if pool else n + 1
+    idle: list[tuple[float, int]] = []  # (idle since, memory) of pooled processes with nothing to run
+    processes = 0
     waiting: deque[tuple[list[int], float]] = deque()
+
+    def costs_at(mem: int) -> _AtMemory:
+        found = at_memory.get(mem)
+        if found is None:
+            found = at_memory[mem] = _AtMemory(costs, mem)
+        return found
 
     def run_next(w: int, now: float) -> None:
         nonlocal seq, fetched, uploaded
         t = w_queue[w].popleft()
-        factor = w_scale[w]
+        c = w_costs[w]
+        prev = w_last[w]
+        if prev >= 0:
+            head_latency[t] = c.gap
+            now += c.gap
         remote = 0.0
         for u in deps[t]:
             if worker[u] != w:
                 remote += out_bytes[u]
         up = 0.0 if local[t] else out_bytes[t]
-        fetch = max(f_floor, f_base + f_slope * remote) if remote > 0 else 0.0
-        d = (fetch + exec_512[t] + max(u_floor, u_base + u_slope * up)) * factor
+        fetch = max(c.f_floor, c.f_base + c.f_slope * remote) if remote > 0 else 0.0
+        d = fetch + c.exec[t] + max(c.u_floor, c.u_base + c.u_slope * up)
         fetched += remote
         uploaded += up
-        prev = w_last[w]
+        remote_bytes[t] = remote
+        up_bytes[t] = up
         if prev >= 0:
             previous[t] = prev
-            if now > claimed_at[t]:
+            if now - c.gap > claimed_at[t]:
                 waited_for[t] = prev
         worker[t] = w
         start[t] = now
@@ -167,25 +218,44 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         heapq.heappush(heap, (now + d, seq, t))
 
     def new_worker(tasks: list[int], at: float) -> None:
-        nonlocal slots
+        nonlocal slots, processes
         if slots <= 0:
             waiting.append((tasks, at))
             return
         slots -= 1
         w = len(w_memory)
         mem = memory[tasks[0]]
-        begin = at + start_s
+        c = costs_at(mem)
+        if not pool:
+            cold, latency = False, c.start
+        else:
+            same = [i for i, (_, m) in enumerate(idle) if m == mem]
+            if same:
+                idle.pop(same[-1])
+                cold, latency = False, c.warm
+            else:
+                if processes >= (max_workers or 0) and idle:
+                    idle.pop(0)  # the pool evicts the idle process used least recently
+                    processes -= 1
+                processes += 1
+                cold, latency = True, c.cold
+        begin = at + latency
         w_memory.append(mem)
-        w_scale.append(scale(mem))
+        w_costs.append(c)
+        w_cold.append(cold)
         w_begin.append(begin)
         w_end.append(begin)
         w_last.append(-1)
         w_queue.append(deque(tasks))
-        head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
+        w_latency.append(latency)
         run_next(w, begin)
+        head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
 
-    for r in dag.roots:
-        new_worker([r], 0.0)
+    roots: dict[object, list[int]] = {}
+    for r in dag.roots:  # the client starts one worker per root, or per placement label of roots
+        roots.setdefault(("root", r) if labels is None else labels[r], []).append(r)
+    for group in roots.values():
+        new_worker(group, 0.0)
     while heap:
         now, _, t = heapq.heappop(heap)
         w = worker[t]
@@ -220,6 +290,8 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
             continue
         w_end[w] = now
         slots += 1
+        if pool:
+            idle.append((now, w_memory[w]))
         if waiting:
             tasks, at = waiting.popleft()
             new_worker(tasks, max(at, now))
@@ -244,6 +316,10 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         w_memory,
         w_begin,
         w_end,
+        w_cold,
+        w_latency,
+        remote_bytes,
+        up_bytes,
         finish[last],
         cost,
         fetched,
