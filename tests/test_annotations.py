@@ -74,18 +74,21 @@ def test_labels_split_work_between_workers(tmp_path: Path) -> None:
 def test_delayed_io_skips_uploads_only_where_safe(tmp_path: Path) -> None:
     root = source(5)
     chain = grow(grow(root))
-    dag = DAG.from_sinks([merge(chain, grow(root))])
+    side = grow(root)
+    dag = DAG.from_sinks([merge(chain, side)])
+    order = {id(n): t for t, n in enumerate(dag.nodes or [])}
+    first, second, other = order[id(chain.deps[0])], order[id(chain)], order[id(side)]
     for t in range(len(dag)):
         dag.annotations[t] = {"worker": "A", "upload": False}
+    dag.annotations[other] = {"worker": "B", "upload": False}  # the fan-in also waits on another worker
     value, events = run_with(dag, "memory://delayed", tmp_path)
     assert value == sum(range(2, 7)) + sum(range(1, 6))
     kept_local = {e["task"] for e in events if e["kind"] == "delayed_io"}
-    # grow(root) feeding grow(...) has one single-input dependent: kept local. The root feeds two tasks
-    # that both have it as only input: kept local too. Tasks feeding the fan-in `merge` must upload.
-    fan_in = len(dag) - 1
-    assert kept_local and all(fan_in not in dag.dependents[t] for t in kept_local)
-    uploads = {e["task"]: e["out_bytes"] for e in events if e["kind"] == "task_finished"}
-    assert fan_in in uploads
+    # Label A is not closed (merge needs B's output), so only the output whose one consumer takes it
+    # alone and shares its label stays local. The root feeds two labels; the tasks feeding the fan-in
+    # must upload.
+    assert kept_local == {first}
+    assert second not in kept_local and other not in kept_local
 
 
 def test_planned_memory_starts_a_worker_of_that_size(tmp_path: Path) -> None:
@@ -109,3 +112,32 @@ def test_roots_sharing_a_label_start_in_one_worker(tmp_path: Path) -> None:
     assert ran[0] == ran[1] and ran[2] != ran[0]
     # Two root workers; a third only if the fan-in is claimed away from its label.
     assert sum(e["kind"] == "worker_started" for e in events) in (2, 3)
+
+
+def test_a_closed_label_keeps_fan_in_inputs_local(run_config: fanflow.Config) -> None:
+    from fanflow.dag.placement import closed_labels
+    from fanflow.store.metadata import open_metadata
+
+    dag = DAG.from_sinks([merge(grow(source(4)), grow(source(5)))])  # merge: two inputs, both under "A"
+    for t in range(len(dag)):
+        dag.annotations[t] = {"worker": "A", "upload": False}
+    assert closed_labels(dag, ["A"] * len(dag)) == {"A"}
+    cfg = run_config.replace(metrics_upload="task")
+    captured: list[str] = []
+    (value,) = session().execute(dag, cfg, on_start=lambda r: captured.append(r.run_id))
+    assert value == sum(range(1, 5)) + sum(range(1, 6))
+    events = open_metadata(cfg.metadata).load_run(captured[0]).events
+    sink = dag.sinks[0]
+    kept = {e["task"] for e in events if e["kind"] == "delayed_io"}
+    assert kept == set(range(len(dag))) - {sink}  # nothing but the sink is uploaded
+    assert len({e["worker"] for e in events if e["kind"] == "task_finished"}) == 1
+
+
+def test_a_label_with_an_input_from_elsewhere_is_not_closed() -> None:
+    from fanflow.dag.placement import closed_labels, delayable
+
+    dag = DAG.from_sinks([merge(source(1), source(2))])
+    labels = ["A", "B", "A"]
+    closed = closed_labels(dag, labels)
+    assert closed == {"B"}
+    assert not delayable(dag, 0, labels, closed)  # its consumer also waits on B's output

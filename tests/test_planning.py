@@ -141,12 +141,12 @@ def test_simulation_of_a_diamond_by_hand() -> None:
 def test_simulation_with_one_label_runs_one_worker_and_skips_safe_uploads() -> None:
     dag = diamond()
     sim = simulate(dag, costs_of(4), Assignment([1024] * 4, [0] * 4, [False] * 4))
-    # one worker at 1024 MB (twice as fast, its start too), nothing fetched; blob's upload is skipped
-    # (both dependents take it alone), the grows' are not (join has two inputs), the sink's never.
+    # one worker at 1024 MB (twice as fast, its start too), nothing fetched; the one label is closed,
+    # so every upload but the sink's is skipped.
     each = (1.0 + 0.05) / 2
     assert sim.workers == 1
     assert sim.makespan == pytest.approx(0.5 / 2 + 4 * each)
-    assert sim.bytes_fetched == 0 and sim.bytes_uploaded == pytest.approx(300)
+    assert sim.bytes_fetched == 0 and sim.bytes_uploaded == pytest.approx(100)
     assert sim.cost_gb_s == pytest.approx(1.0 * 4 * each)
 
 

@@ -56,8 +56,9 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
+from fanflow.dag.placement import closed_labels, delayable
 from fanflow.planning.predict import DagCosts
-from fanflow.planning.simulate import Assignment, Simulation, delayable, simulate
+from fanflow.planning.simulate import Assignment, Simulation, simulate
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
 """Memory sizes (MB) the critical-path planner chooses from, ascending."""
@@ -168,7 +169,8 @@ def claimers(dag: DAG, sim: Simulation) -> dict[int, int]:
 
 def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
     """Delayed I/O: False where the loop may skip the upload (its own safety rule), True elsewhere."""
-    return [not delayable(dag, t, labels) for t in range(len(dag))]
+    closed = closed_labels(dag, labels)
+    return [not delayable(dag, t, labels, closed) for t in range(len(dag))]
 
 
 def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dict[int, float]:

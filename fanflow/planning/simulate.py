@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
+from fanflow.dag.placement import closed_labels, delayable
 from fanflow.planning.predict import DagCosts
 
 
@@ -108,20 +109,11 @@ class Simulation:
         return self.bytes_fetched + self.bytes_uploaded
 
 
-def delayable(dag: DAG, t: int, labels: Sequence[int]) -> bool:
-    """True when no other worker can need ``t``'s output: not a sink, every dependent single-input and co-placed.
-
-    This is the worker loop's own safety rule for delayed I/O.
-    """
-    if dag.is_sink(t) or not dag.dependents[t]:
-        return False
-    deps, label = dag.deps, labels[t]
-    return all(len(deps[d]) == 1 and labels[d] == label for d in dag.dependents[t])
-
-
-def keeps_local(dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None) -> bool:
-    """True when the loop skips ``t``'s upload: the plan asks for it and :func:`delayable` allows it."""
-    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels)
+def keeps_local(
+    dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None, closed: frozenset[Hashable]
+) -> bool:
+    """True when the loop skips ``t``'s upload: the plan asks for it and the loop's rule allows it."""
+    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels, closed)
 
 
 class _AtMemory:
@@ -147,7 +139,8 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     deps, dependents = dag.deps, dag.dependents
     labels, memory = plan.labels, plan.memory_mb
     out_bytes = costs.out_bytes
-    local = [keeps_local(dag, t, labels, plan.upload) for t in range(n)]
+    closed = closed_labels(dag, labels) if labels is not None else frozenset()
+    local = [keeps_local(dag, t, labels, plan.upload, closed) for t in range(n)]
     remaining = [len(d) for d in deps]
     start = [0.0] * n
     finish = [0.0] * n

@@ -53,12 +53,14 @@ import socket
 import time
 import traceback
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
+from fanflow.dag.placement import closed_labels, delayable
 from fanflow.errors import (
     FanflowError,
     InputLostError,
@@ -90,6 +92,18 @@ _worker_numbers = itertools.count(1)
 def _new_worker_id() -> str:
     """Unique across hosts and processes without a uuid per worker: host, pid, salt, counter."""
     return f"{_WORKER_PREFIX}-{next(_worker_numbers)}"
+
+
+_placements: weakref.WeakKeyDictionary[DAG, tuple[list[Any], frozenset[Any]]] = weakref.WeakKeyDictionary()
+
+
+def _placement(dag: DAG) -> tuple[list[Any], frozenset[Any]]:
+    """The plan's label per task and its closed labels, worked out once per DAG in a process."""
+    found = _placements.get(dag)
+    if found is None:
+        labels = [dag.annotations.get(t, {}).get("worker") for t in range(len(dag))]
+        found = _placements[dag] = (labels, closed_labels(dag, labels))
+    return found
 
 
 Item = int | tuple[int, int, int]
@@ -407,18 +421,14 @@ class Worker:
     def _keep_local(self, t: int) -> bool:
         """Delayed I/O: skip the upload when the plan asks and no other worker can need the output.
 
-        Safe only when ``t`` is not a sink and each dependent has ``t`` as its
-        only input and the same placement label: this worker then claims every
-        dependent at once and keeps them all (see :meth:`_continue`).
+        The rule (:func:`fanflow.dag.placement.delayable`) is shared with the
+        planner's simulator, so plans predict what the loop does.
         """
-        dag = self.dag
-        plan = dag.annotations.get(t)
-        if not plan or plan.get("upload", True) or dag.is_sink(t) or not dag.dependents[t]:
+        plan = self.dag.annotations.get(t)
+        if not plan or plan.get("upload", True):
             return False
-        label = plan.get("worker")
-        ok = label is not None and all(
-            len(dag.deps[d]) == 1 and dag.annotations.get(d, {}).get("worker") == label for d in dag.dependents[t]
-        )
+        labels, closed = _placement(self.dag)
+        ok = delayable(self.dag, t, labels, closed)
         if ok:
             self._emit("delayed_io", t)
         return ok
