@@ -18,17 +18,14 @@ encoding <= 40 KB and decode <= 2 ms.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from _redis import redis_server
 
 import fanflow
 from fanflow.dag.encoding import decode, encode
@@ -36,36 +33,6 @@ from fanflow.dag.graph import DAG
 from fanflow.platforms.processes.pool import PoolHost
 from fanflow.store import open_store
 from fanflow.store.redis import SCRIPT_ONLY_COMMANDS, RedisStore
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throw-away ``redis-server`` on a free port, no persistence."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(port=port)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.05)
-            client.close()
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def command_counts(client: redis.Redis) -> tuple[int, int, int]:

@@ -22,15 +22,14 @@ Run: ``python benchmarks/planning.py`` (a few minutes; ``--repeat`` sets the mea
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _redis import redis_server
 
 import fanflow
 from fanflow.cli.script import load_module
@@ -41,34 +40,6 @@ from fanflow.store.metadata import drain, open_metadata
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WARMUP = 3
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throw-away ``redis-server`` on a free port, no persistence."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def workloads() -> dict[str, Callable[[], list[Any]]]:
