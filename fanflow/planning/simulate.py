@@ -24,7 +24,8 @@ prediction can be compared with a real run:
   I/O skips the upload, which happens only where the loop would allow it);
 - the task that finishes a dependent's last input claims it. The claiming
   worker keeps the claimed dependents that share its task's placement label
-  (FIFO, one after another) and starts one new worker per other label; without
+  (FIFO, one after another) and starts one new worker per other label (when
+  none shares it, the group with most local inputs that fits stays); without
   labels it keeps one (the one with most inputs in its cache), as WUKONG does;
 - a worker runs at the memory planned for the task it was started for, and
   ends when it has nothing left to run. Cost is the sum over workers of
@@ -268,6 +269,11 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
                         w_queue[w].append(d)
                     else:
                         others.setdefault(labels[d], []).append(d)
+                fits = [k for k, g in others.items() if memory[g[0]] == w_memory[w]]
+                if not any(labels[d] == mine for d in claimed) and fits:
+                    # As the loop: no claimed task shares the label, so a group that fits stays here.
+                    best = max(fits, key=lambda k: sum(worker[u] == w for d in others[k] for u in deps[d]))
+                    w_queue[w].extend(others.pop(best))
             else:
                 fits = [d for d in claimed if memory[d] == w_memory[w]]
                 keep = max(fits, key=lambda d: sum(worker[u] == w for u in deps[d]), default=-1)

@@ -438,31 +438,44 @@ class Worker:
         annotations = self.dag.annotations
         if not annotations:
             return True
+        fits = annotations.get(d, {}).get("memory_mb", self.inv.memory_mb) == self.inv.memory_mb
         label = annotations.get(t, {}).get("worker")
-        if label is not None:
-            return annotations.get(d, {}).get("worker") == label
-        return annotations.get(d, {}).get("memory_mb", self.inv.memory_mb) == self.inv.memory_mb
+        return fits or (label is not None and annotations.get(d, {}).get("worker") == label)
 
     def _continue(self, t: int, claimed: list[Item]) -> list[Item]:
         """Choose what runs here next among the dependents ``t`` just claimed; invoke workers for the rest.
 
         When the plan gives ``t`` a placement label, the dependents sharing it
-        stay here (clustering) and each other label gets one new worker.
-        Otherwise one dependent stays, the one with most inputs in the cache,
-        as in WUKONG, provided the plan does not want it at another memory size.
+        stay here (clustering) and each other label gets one new worker; if
+        none shares it, the label group with most inputs in the cache stays
+        instead (the plan's guess of who finishes a fan-in last was wrong).
+        Without labels one dependent stays, the one with most inputs in the
+        cache, as in WUKONG. Either way only at this worker's memory size.
         """
         annotations = self.dag.annotations
         label = annotations.get(t, {}).get("worker") if annotations else None
+        memory = self.inv.memory_mb
         if label is not None:
             groups: dict[Any, list[Item]] = {}
             for d in claimed:
                 groups.setdefault(annotations.get(_task_of(d), {}).get("worker") or ("solo", d), []).append(d)
             here = groups.pop(label, [])
+            if not here:
+                # The plan guessed another input would finish last. Its worker may be gone, and a new
+                # one would fetch every input: continue here, as WUKONG does, if the memory fits.
+                deps, cache = self.dag.deps, self.cache
+                fits = [
+                    k
+                    for k, g in groups.items()
+                    if annotations.get(_task_of(g[0]), {}).get("memory_mb", memory) == memory
+                ]
+                if fits:
+                    best = max(fits, key=lambda k: sum(u in cache for d in groups[k] for u in deps[_task_of(d)]))
+                    here = groups.pop(best)
             if len(here) > 1:
                 self._emit("clustered", t, tasks=[_task_of(d) for d in here])
             self._invoke_groups(list(groups.values()))
             return here
-        memory = self.inv.memory_mb
         fits = [d for d in claimed if annotations.get(_task_of(d), {}).get("memory_mb", memory) == memory]
         if not fits:
             self._invoke(claimed)
