@@ -11,7 +11,6 @@ from typing import Any
 
 from fanflow.dag.encoding import decode
 from fanflow.dag.graph import DAG
-from fanflow.errors import DAGError
 from fanflow.platforms import worker_platform
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.store import keys, open_store
@@ -50,6 +49,9 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[
         store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s)
         platform = worker_platform(inv.platform, inv.platform_options, handle)
     dag = _dag_for(inv, store)
+    if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
+        log.info("run %s ended before its worker started; exiting", inv.run_id)
+        return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
     worker = Worker(inv, store, platform, dag, secret=secret, cold=cold)
     try:
         worker.run()
@@ -66,8 +68,11 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[
     }
 
 
-def _dag_for(inv: Invocation, store: Any) -> DAG:
-    """The run's DAG: the object itself in-process, else decoded once per run and cached."""
+def _dag_for(inv: Invocation, store: Any) -> DAG | None:
+    """The run's DAG: the object itself in-process, else decoded once per run and cached.
+
+    None when the DAG is neither inline nor in the store: the run has ended.
+    """
     if isinstance(inv.dag, DAG):
         return inv.dag
     with _dags_lock:
@@ -79,7 +84,7 @@ def _dag_for(inv: Invocation, store: Any) -> DAG:
     if data is None:
         (data,), _ = store.get_many([keys.dag(inv.run_id)])
         if data is MISSING:
-            raise DAGError(f"run {inv.run_id}: its DAG is not in the store (the run ended or expired)")
+            return None
     dag = decode(data)
     with _dags_lock:
         _dags[inv.run_id] = dag
