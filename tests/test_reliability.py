@@ -183,6 +183,10 @@ def shared_pool(redis_url: str) -> Iterator[tuple[str, dict[str, str]]]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    client = redis.Redis.from_url(redis_url)  # a SIGKILLed pool leaves its queue and alive keys behind
+    stale = list(client.scan_iter(match="ff:pool:lease-test:*"))
+    if stale:
+        client.delete(*stale)
 
 
 def test_the_client_reinvokes_a_task_whose_lease_expired(
