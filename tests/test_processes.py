@@ -222,3 +222,25 @@ def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, red
         assert (group / "cpu.max").read_text().split()[0] == str(cpu_quota_us(256))
         assert int((group / "memory.max").read_text()) == 256 * 1024 * 1024
     assert "fanflow-" in str(groups.get("cpu", groups.get("")))
+
+
+@fanflow.task
+def napping(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def test_prewarm_has_a_worker_of_the_planned_memory_ready(config: fanflow.Config) -> None:
+    from fanflow.client.session import session
+
+    dag = DAG.from_sinks([inc(napping(1, 1.5))])
+    dag.annotations[1] = {"memory_mb": 1024, "prewarm_s": 0.05}
+    captured: list[str] = []
+    (value,) = session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    assert value == 2
+    events = open_metadata(config.metadata).load_run(captured[0]).events
+    assert any(e["kind"] == "prewarmed" and e["task"] == 1 and e["memory_mb"] == 1024 for e in events)
+    started = {e["worker"]: e for e in events if e["kind"] == "worker_started"}
+    ran = {e["task"]: e["worker"] for e in events if e["kind"] == "task_finished"}
+    assert started[ran[1]]["memory_mb"] == 1024
+    assert started[ran[1]]["cold"] is False  # the prewarmed process was up before the task needed it

@@ -27,7 +27,7 @@ _dags_lock = threading.Lock()
 _cold = True
 
 
-def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[str, Any]:
+def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bool | None = None) -> dict[str, Any]:
     """Run one worker invocation to its end and return a short report.
 
     ``payload`` is signed bytes (every out-of-process platform) or, inside the
@@ -35,9 +35,12 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None) -> dict[
     ``secret`` (default: the ``FANFLOW_SECRET`` env var) before anything is
     unpickled; a bad signature raises :class:`fanflow.PayloadRejectedError`.
     Task failures never raise here: they are recorded in the store for the client.
+    ``cold`` says whether this invocation waited for its process to start; by
+    default, the first invocation in a process is cold.
     """
     global _cold
-    cold, _cold = _cold, False
+    first, _cold = _cold, False
+    cold = first if cold is None else cold
     if isinstance(payload, Invocation):
         inv = payload
         store, platform = inv.runtime

@@ -58,6 +58,13 @@ class ProcessesPlatform:
         payloads = [bytes(p) for p in invocations]
         push(self._store, self.pool, pack_entries([peek(p).memory_mb for p in payloads], payloads))
 
+    def prewarm(self, memory_mb: int) -> bool:
+        """Start an idle worker of ``memory_mb`` ahead of need; False for a shared pool (not ours to steer)."""
+        if self.host is None:
+            return False
+        self.host.prewarm(memory_mb)
+        return True
+
     def close(self) -> None:
         """Stop the pool host this client started (a shared pool keeps running)."""
         if self.host is not None:

@@ -10,8 +10,9 @@ client can import (test modules, a project's packages) import here too.
 
 Protocol (length-framed messages of :mod:`multiprocessing.connection`):
 
-- pool -> worker, once: the pickled setup (``secret``, ``log_level``); the
-  secret travels here, never on the command line or in the environment;
+- pool -> worker, once: the pickled setup (``secret``, ``log_level``,
+  ``prewarmed``); the secret travels here, never on the command line or in the
+  environment; a prewarmed worker's first invocation is a warm start;
 - worker -> pool: ``R`` once imported and ready;
 - pool -> worker: one signed invocation payload; worker -> pool: ``D`` (done),
   ``X`` (refused: bad signature) or ``E`` + traceback (the worker itself
@@ -45,6 +46,7 @@ def serve(conn: Connection) -> None:
     secret: bytes = setup["secret"]
     logging.basicConfig(level=setup["log_level"], format="%(levelname)s fanflow-worker: %(message)s")
     conn.send_bytes(READY)
+    cold = not setup.get("prewarmed", False)
     while True:
         try:
             payload = conn.recv_bytes()
@@ -53,7 +55,7 @@ def serve(conn: Connection) -> None:
         if not payload:
             return
         try:
-            handle(payload, secret=secret)
+            handle(payload, secret=secret, cold=cold)
             reply = DONE
         except PayloadRejectedError as exc:
             log.warning("refused an invocation: %s", exc)
@@ -62,6 +64,7 @@ def serve(conn: Connection) -> None:
             log.exception("the worker crashed outside of its tasks")
             reply = CRASHED + traceback.format_exc().encode(errors="replace")
         conn.send_bytes(reply)
+        cold = False
 
 
 def main() -> None:

@@ -125,7 +125,8 @@ class PoolHost:
         self.name = name
         self.max_workers = max_workers or os.cpu_count() or 1
         self.idle_timeout_s = idle_timeout_s
-        self.stats = {"invocations": 0, "cold_starts": 0, "refused": 0, "crashed": 0, "redelivered": 0}
+        self.stats = {"invocations": 0, "cold_starts": 0, "refused": 0, "crashed": 0, "redelivered": 0, "prewarmed": 0}
+        self._prewarm: deque[int] = deque()
         self._deliveries: dict[bytes, int] = {}
         """Redeliveries per payload digest, for payloads whose worker died."""
         self._secret = secret
@@ -216,6 +217,8 @@ class PoolHost:
                     self._drain_wake()
                 elif by_conn[conn] in self._workers:  # not lost while handling an earlier message
                     self._on_message(by_conn[conn])
+            while self._prewarm:
+                self._warm_one(self._prewarm.popleft())
             while self._inbox and sum(w.payload is not None for w in self._workers) < self.max_workers:
                 entry = self._inbox.popleft()
                 try:
@@ -224,6 +227,26 @@ class PoolHost:
                     log.exception("pool %s could not run an invocation", self.name)
                     self._release()
             self._retire_idle()
+
+    def prewarm(self, memory_mb: int) -> None:
+        """Have an idle worker process of ``memory_mb`` ready before work for it arrives (any thread)."""
+        self._prewarm.append(memory_mb)
+        self._wake_w.send_bytes(b"")
+
+    def _warm_one(self, memory_mb: int) -> None:
+        """Cold-start an idle worker of ``memory_mb`` now, unless one is idle or the pool is full of busy ones."""
+        if any(w.memory_mb == memory_mb and w.payload is None for w in self._workers):
+            return
+        idle = [w for w in self._workers if w.payload is None]
+        if len(self._workers) >= self.max_workers:
+            if not idle:
+                return
+            self._retire(min(idle, key=lambda w: w.last_used))
+        try:
+            self._cold_start(memory_mb, prewarmed=True)
+            self.stats["prewarmed"] += 1
+        except PlatformError:
+            log.exception("pool %s could not prewarm a %d MB worker", self.name, memory_mb)
 
     def _release(self) -> None:
         """One entry taken from the queue is done with: the popper may take more."""
@@ -249,7 +272,7 @@ class PoolHost:
             self._retire(min(idle, key=lambda w: w.last_used))
         self._cold_start(memory_mb).payload = payload
 
-    def _cold_start(self, memory_mb: int) -> _Worker:
+    def _cold_start(self, memory_mb: int, prewarmed: bool = False) -> _Worker:
         ours, theirs = Pipe()
         name = f"w{next(self._ids)}"
         try:
@@ -264,7 +287,8 @@ class PoolHost:
         finally:
             theirs.close()
         self._cgroups.place(proc.pid, name, memory_mb)
-        ours.send_bytes(pickle.dumps({"secret": self._secret, "log_level": logging.getLogger().level}))
+        setup = {"secret": self._secret, "log_level": logging.getLogger().level, "prewarmed": prewarmed}
+        ours.send_bytes(pickle.dumps(setup))
         worker = _Worker(name, memory_mb, proc, ours)
         self._workers.append(worker)
         log.info("pool %s: cold start of worker %s (pid %d, %d MB)", self.name, name, proc.pid, memory_mb)
