@@ -68,10 +68,19 @@ def measured_cost(m: RunMetrics) -> float:
 
 
 def bytes_moved(m: RunMetrics) -> int:
-    """Fetched input bytes plus uploaded output bytes (outputs kept local by delayed I/O are not uploaded)."""
-    kept = {int(e["task"]) for e in m.events if e.get("kind") == "delayed_io"}
-    uploaded = sum(t.out_bytes for t in m.tasks if t.task not in kept)
-    return sum(t.fetched_bytes for t in m.tasks) + uploaded
+    """Fetched input bytes plus the bytes of outputs that really went to the store.
+
+    A worker records ``uploaded`` per task: False when delayed I/O kept the
+    output local, or when the claim script skipped it because this worker runs
+    the only consumer next.
+    """
+    uploaded = {
+        int(e["task"]): e.get("uploaded", True)
+        for e in m.events
+        if e.get("kind") == "task_finished" and e.get("element") is None
+    }
+    sent = sum(t.out_bytes for t in m.tasks if uploaded.get(t.task, True))
+    return sum(t.fetched_bytes for t in m.tasks) + sent
 
 
 def run(build: Callable[[], list[Any]], cfg: fanflow.Config, times: int) -> list[RunMetrics]:

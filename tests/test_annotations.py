@@ -84,9 +84,8 @@ def test_delayed_io_skips_uploads_only_where_safe(tmp_path: Path) -> None:
     value, events = run_with(dag, "memory://delayed", tmp_path)
     assert value == sum(range(2, 7)) + sum(range(1, 6))
     kept_local = {e["task"] for e in events if e["kind"] == "delayed_io"}
-    # Label A is not closed (merge needs B's output), so only the output whose one consumer takes it
-    # alone and shares its label stays local. The root feeds two labels; the tasks feeding the fan-in
-    # must upload.
+    # The chain's outputs stay local (their consumers surely run in A's worker); the root feeds two
+    # labels, and the fan-in waits on B's output, so whoever claims it may be another worker.
     assert kept_local == {first}
     assert second not in kept_local and other not in kept_local
 
@@ -114,14 +113,14 @@ def test_roots_sharing_a_label_start_in_one_worker(tmp_path: Path) -> None:
     assert sum(e["kind"] == "worker_started" for e in events) in (2, 3)
 
 
-def test_a_closed_label_keeps_fan_in_inputs_local(run_config: fanflow.Config) -> None:
-    from fanflow.dag.placement import closed_labels
+def test_anchored_tasks_keep_fan_in_inputs_local(run_config: fanflow.Config) -> None:
+    from fanflow.dag.placement import anchored_tasks
     from fanflow.store.metadata import open_metadata
 
     dag = DAG.from_sinks([merge(grow(source(4)), grow(source(5)))])  # merge: two inputs, both under "A"
     for t in range(len(dag)):
         dag.annotations[t] = {"worker": "A", "upload": False}
-    assert closed_labels(dag, ["A"] * len(dag)) == {"A"}
+    assert anchored_tasks(dag, ["A"] * len(dag)) == set(range(len(dag)))
     cfg = run_config.replace(metrics_upload="task")
     captured: list[str] = []
     (value,) = session().execute(dag, cfg, on_start=lambda r: captured.append(r.run_id))
@@ -133,11 +132,19 @@ def test_a_closed_label_keeps_fan_in_inputs_local(run_config: fanflow.Config) ->
     assert len({e["worker"] for e in events if e["kind"] == "task_finished"}) == 1
 
 
-def test_a_label_with_an_input_from_elsewhere_is_not_closed() -> None:
-    from fanflow.dag.placement import closed_labels, delayable
+def test_anchoring_stops_where_an_input_comes_from_another_label() -> None:
+    from fanflow.dag.placement import anchored_tasks, delayable
 
-    dag = DAG.from_sinks([merge(source(1), source(2))])
-    labels = ["A", "B", "A"]
-    closed = closed_labels(dag, labels)
-    assert closed == {"B"}
-    assert not delayable(dag, 0, labels, closed)  # its consumer also waits on B's output
+    a1, b = source(1), source(2)
+    a2 = grow(a1)
+    dag = DAG.from_sinks([merge(a2, b)])  # tasks: a1, a2, b, merge
+    order = {id(n): t for t, n in enumerate(dag.nodes or [])}
+    labels: list[str | None] = [None] * len(dag)
+    for node, label in ((a1, "A"), (a2, "A"), (b, "B")):
+        labels[order[id(node)]] = label
+    fan_in = dag.sinks[0]
+    labels[fan_in] = "A"
+    anchored = anchored_tasks(dag, labels)
+    assert anchored == {order[id(a1)], order[id(a2)], order[id(b)]}  # not the fan-in: it waits on B
+    assert delayable(dag, order[id(a1)], labels, anchored)  # its consumer surely runs in A's worker
+    assert not delayable(dag, order[id(a2)], labels, anchored)  # its consumer may be claimed by B's worker

@@ -141,7 +141,7 @@ def test_simulation_of_a_diamond_by_hand() -> None:
 def test_simulation_with_one_label_runs_one_worker_and_skips_safe_uploads() -> None:
     dag = diamond()
     sim = simulate(dag, costs_of(4), Assignment([1024] * 4, [0] * 4, [False] * 4))
-    # one worker at 1024 MB (twice as fast, its start too), nothing fetched; the one label is closed,
+    # one worker at 1024 MB (twice as fast, its start too), nothing fetched; every task is anchored in the one label,
     # so every upload but the sink's is skipped.
     each = (1.0 + 0.05) / 2
     assert sim.workers == 1

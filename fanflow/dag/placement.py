@@ -6,11 +6,13 @@ that share its task's label; the client starts a label's roots together), and
 the simulator must predict exactly what the loop will do, so the one rule that
 decides whether an output may stay out of the store lives here.
 
-A label is **closed** when each of its tasks is a root or has all its inputs
-under the same label (and none is a dynamic fan-out, whose elements fan out).
-All roots of a closed label start in one worker, and every other task of it is
-claimed by whoever finishes its last input, so by induction one worker runs the
-whole label and holds every output of it in memory.
+A task is **anchored** when it is certain to run in the worker that starts its
+label's roots: it is such a root, or every input of it is an anchored task of
+the same label (and it is not a dynamic fan-out, whose elements fan out). By
+induction that one worker produces all of an anchored task's inputs, so it is
+the one to finish the last of them, claims the task and, the label matching,
+keeps it. An output whose consumers are all anchored in its label never needs
+the store.
 """
 
 from __future__ import annotations
@@ -20,26 +22,24 @@ from collections.abc import Hashable, Sequence
 from fanflow.dag.graph import DAG
 
 
-def closed_labels(dag: DAG, labels: Sequence[Hashable | None]) -> frozenset[Hashable]:
-    """The labels one worker is sure to run entirely (see the module docstring)."""
-    seen: set[Hashable] = set()
-    broken: set[Hashable] = set()
+def anchored_tasks(dag: DAG, labels: Sequence[Hashable | None]) -> frozenset[int]:
+    """The tasks certain to run in their label's root worker (see the module docstring)."""
+    anchored: set[int] = set()
     deps, maps = dag.deps, dag.maps
-    for t, label in enumerate(labels):
-        if label is None:
+    for t, label in enumerate(labels):  # topological order: inputs are decided first
+        if label is None or t in maps:
             continue
-        seen.add(label)
-        if t in maps or any(labels[u] != label for u in deps[t]):
-            broken.add(label)
-    return frozenset(seen - broken)
+        if all(u in anchored and labels[u] == label for u in deps[t]):
+            anchored.add(t)
+    return frozenset(anchored)
 
 
-def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], closed: frozenset[Hashable]) -> bool:
+def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], anchored: frozenset[int]) -> bool:
     """True when no other worker can need ``t``'s output, so delayed I/O may skip its upload.
 
-    Either every dependent shares ``t``'s closed label, or every dependent has
-    ``t`` as its only input and shares its label (it is claimed, and kept, by
-    ``t``'s worker the moment ``t`` finishes). A sink's output is always stored.
+    Every dependent shares ``t``'s label and either is anchored, or has ``t``
+    as its only input (it is claimed, and kept, by ``t``'s worker the moment
+    ``t`` finishes). A sink's output is always stored.
     """
     label = labels[t]
     dependents = dag.dependents[t]
@@ -47,4 +47,4 @@ def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], closed: froze
         return False
     if not all(labels[d] == label for d in dependents):
         return False
-    return label in closed or all(len(dag.deps[d]) == 1 for d in dependents)
+    return all(d in anchored or len(dag.deps[d]) == 1 for d in dependents)

@@ -56,7 +56,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import closed_labels, delayable
+from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.planning.predict import DagCosts
 from fanflow.planning.simulate import Assignment, Simulation, simulate
 
@@ -169,8 +169,8 @@ def claimers(dag: DAG, sim: Simulation) -> dict[int, int]:
 
 def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
     """Delayed I/O: False where the loop may skip the upload (its own safety rule), True elsewhere."""
-    closed = closed_labels(dag, labels)
-    return [not delayable(dag, t, labels, closed) for t in range(len(dag))]
+    anchored = anchored_tasks(dag, labels)
+    return [not delayable(dag, t, labels, anchored) for t in range(len(dag))]
 
 
 def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dict[int, float]:

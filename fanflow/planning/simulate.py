@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import closed_labels, delayable
+from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.planning.predict import DagCosts
 
 
@@ -111,10 +111,10 @@ class Simulation:
 
 
 def keeps_local(
-    dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None, closed: frozenset[Hashable]
+    dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None, anchored: frozenset[int]
 ) -> bool:
     """True when the loop skips ``t``'s upload: the plan asks for it and the loop's rule allows it."""
-    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels, closed)
+    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels, anchored)
 
 
 class _AtMemory:
@@ -140,8 +140,8 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     deps, dependents = dag.deps, dag.dependents
     labels, memory = plan.labels, plan.memory_mb
     out_bytes = costs.out_bytes
-    closed = closed_labels(dag, labels) if labels is not None else frozenset()
-    local = [keeps_local(dag, t, labels, plan.upload, closed) for t in range(n)]
+    anchored = anchored_tasks(dag, labels) if labels is not None else frozenset()
+    local = [keeps_local(dag, t, labels, plan.upload, anchored) for t in range(n)]
     remaining = [len(d) for d in deps]
     start = [0.0] * n
     finish = [0.0] * n

@@ -60,7 +60,7 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.dag.placement import closed_labels, delayable
+from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.errors import (
     FanflowError,
     InputLostError,
@@ -94,15 +94,15 @@ def _new_worker_id() -> str:
     return f"{_WORKER_PREFIX}-{next(_worker_numbers)}"
 
 
-_placements: weakref.WeakKeyDictionary[DAG, tuple[list[Any], frozenset[Any]]] = weakref.WeakKeyDictionary()
+_placements: weakref.WeakKeyDictionary[DAG, tuple[list[Any], frozenset[int]]] = weakref.WeakKeyDictionary()
 
 
-def _placement(dag: DAG) -> tuple[list[Any], frozenset[Any]]:
-    """The plan's label per task and its closed labels, worked out once per DAG in a process."""
+def _placement(dag: DAG) -> tuple[list[Any], frozenset[int]]:
+    """The plan's label per task and its anchored tasks, worked out once per DAG in a process."""
     found = _placements.get(dag)
     if found is None:
         labels = [dag.annotations.get(t, {}).get("worker") for t in range(len(dag))]
-        found = _placements[dag] = (labels, closed_labels(dag, labels))
+        found = _placements[dag] = (labels, anchored_tasks(dag, labels))
     return found
 
 
@@ -208,13 +208,16 @@ class Worker:
 
     def _complete(self, t: int, value: Any, **fields: Any) -> list[Item]:
         """Store ``t``'s output, notify its dependents, keep it in the cache; the claimed dependents."""
-        claimed, out_bytes, store_s = self._finish(t, value)
+        claimed, out_bytes, store_s, uploaded = self._finish(t, value)
         self.tasks_run += 1
         self._ran_here.add(t)
         self._release_inputs(t)
         if self.dag.dependents[t]:
             self.cache[t] = value
-        self._emit("task_finished", t, store_s=store_s, out_bytes=out_bytes, memory_mb=self.inv.memory_mb, **fields)
+        memory = self.inv.memory_mb
+        self._emit(
+            "task_finished", t, store_s=store_s, out_bytes=out_bytes, uploaded=uploaded, memory_mb=memory, **fields
+        )
         self._maybe_flush()
         return claimed  # type: ignore[return-value]
 
@@ -375,7 +378,7 @@ class Worker:
                 time.sleep(delay)
 
     # -- 3. output + notify -----------------------------------------------------------------
-    def _finish(self, t: int, value: Any) -> tuple[list[Item], int, float]:
+    def _finish(self, t: int, value: Any) -> tuple[list[Item], int, float, bool]:
         """Store ``t``'s output and notify its dependents in one round trip; the ones it claimed.
 
         An output read by one task only is stored by the claim itself, and only
@@ -397,7 +400,9 @@ class Worker:
         began = time.perf_counter()
         won = store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms, publish)
         elapsed = time.perf_counter() - began
-        return [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed
+        stored_unless_claimed = bool(claims) and claims[0].output_key is not None
+        uploaded = bool(puts) or (stored_unless_claimed and not won[0])
+        return [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
 
     def _dump(self, t: int, value: Any) -> tuple[Any, int]:
         try:
@@ -427,8 +432,8 @@ class Worker:
         plan = self.dag.annotations.get(t)
         if not plan or plan.get("upload", True):
             return False
-        labels, closed = _placement(self.dag)
-        ok = delayable(self.dag, t, labels, closed)
+        labels, anchored = _placement(self.dag)
+        ok = delayable(self.dag, t, labels, anchored)
         if ok:
             self._emit("delayed_io", t)
         return ok
