@@ -125,7 +125,10 @@ class MemoryStore:
             self.put_many(puts, ttl_s)
         won: list[bool] = []
         if claims:
-            deadline = float("inf")  # a claim lasts as long as the run
+            # Claims and fan-in sets last the run: the client deletes them by name, and they live
+            # and die with this process anyway, so only values carry an expiry here.
+            deadline = float("inf")
+            deadline_ttl = time.monotonic() + ttl_s
             data = self._data
             with self._lock:
                 for c in claims:
@@ -135,12 +138,13 @@ class MemoryStore:
                     members.add(c.member)
                     held = data.get(c.claim_key)
                     ok = len(members) >= c.indegree and (held is None or held.owner == owner)
-                    if ok and held is None:
-                        data[c.claim_key] = _Lease(owner, deadline)
-                    elif not ok and c.output_key is not None:
+                    if ok:
+                        if held is None:
+                            data[c.claim_key] = _Lease(owner, deadline)
+                    elif c.output_key is not None:
                         data[c.output_key] = c.output
+                        self._expiry[c.output_key] = deadline_ttl
                     won.append(ok)
-            self._expire_later([k for c in claims for k in (c.deps_key, c.claim_key, c.output_key) if k], ttl_s)
         for channel, message in publish:
             self.publish(channel, message)
         return won

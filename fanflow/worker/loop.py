@@ -388,14 +388,16 @@ class Worker:
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
         stored, size = self._dump(t, value)
-        claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
-        if self._keep_local(t):
-            puts = {}
-        elif len(dependents) == 1 and not dag.is_sink(t) and self._would_keep(t, dependents[0]):
-            puts = {}
-            claims[0] = claims[0]._replace(output_key=keys.output(run, t, dependents[0]), output=stored)
+        local = self._keep_local(t)
+        puts: dict[str, Any] = {}
+        if not local and len(dependents) == 1 and not dag.is_sink(t) and self._would_keep(t, dependents[0]):
+            d = dependents[0]
+            out = keys.output(run, t, d)
+            claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d]), out, stored)]
         else:
-            puts = {keys.output_of(run, dag, t): stored}
+            claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
+            if not local:
+                puts[keys.output_of(run, dag, t)] = stored
         publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
         began = time.perf_counter()
         won = store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms, publish)
