@@ -303,3 +303,11 @@ def test_each_planner_computes_the_right_result(run_config: fanflow.Config, plan
         assert run["predicted_makespan_s"] is None
     else:
         assert run["predicted_makespan_s"] > 0 and run["planning_s"] > 0
+
+
+def test_preload_is_annotated_on_fan_ins_when_enabled() -> None:
+    dag = DAG.from_sinks([fan(3)])  # 4: join of three
+    plan = make_plan(dag, fanflow.Config(planner="wukong", metadata="none", optimizations="preload"))
+    assert [t for t, a in plan.annotations.items() if a.get("preload")] == [4]
+    plain = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", optimizations="none"))
+    assert not any(a.get("preload") for a in plain.annotations.values())

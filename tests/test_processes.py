@@ -244,3 +244,21 @@ def test_prewarm_has_a_worker_of_the_planned_memory_ready(config: fanflow.Config
     ran = {e["task"]: e["worker"] for e in events if e["kind"] == "task_finished"}
     assert started[ran[1]]["memory_mb"] == 1024
     assert started[ran[1]]["cold"] is False  # the prewarmed process was up before the task needed it
+
+
+def test_preload_fetches_finished_inputs_while_the_planned_worker_is_busy(config: fanflow.Config) -> None:
+    from fanflow.client.session import session
+
+    slow, quick = napping(1, 1.5), inc(5)
+    dag = DAG.from_sinks([add(slow, quick)])
+    order = {id(n): t for t, n in enumerate(dag.nodes or [])}
+    s, q, fan_in = order[id(slow)], order[id(quick)], dag.sinks[0]
+    dag.annotations.update({s: {"worker": "A"}, q: {"worker": "B"}, fan_in: {"worker": "A", "preload": True}})
+    captured: list[str] = []
+    (value,) = session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    assert value == 7
+    events = open_metadata(config.metadata).load_run(captured[0]).events
+    (preloaded,) = [e for e in events if e["kind"] == "preloaded"]
+    assert preloaded["task"] == fan_in and preloaded["inputs"] == [q] and preloaded["bytes"] > 0
+    finished = {e["task"]: e for e in events if e["kind"] == "task_finished"}
+    assert finished[fan_in]["fetch_s"] == 0  # nothing left to fetch when it started

@@ -138,6 +138,8 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
             note["upload"] = False
         if t in prewarm:
             note["prewarm_s"] = prewarm[t]
+        if "preload" in enabled and len(dag.deps[t]) > 1:
+            note["preload"] = True
         annotations[t] = note
     plan.annotations = annotations
     plan.planning_s = time.perf_counter() - began

@@ -50,6 +50,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -106,6 +107,38 @@ def _placement(dag: DAG) -> tuple[list[Any], frozenset[int]]:
     return found
 
 
+class _Preload:
+    """A background fetch of some tasks' outputs, retried as they finish; :meth:`result` ends it."""
+
+    POLL_S = 0.05
+
+    def __init__(self, store: Store, output_keys: list[str], tasks: list[int]) -> None:
+        self._found: dict[int, tuple[Any, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fetch, args=(store, output_keys, tasks), daemon=True)
+        self._thread.start()
+
+    def _fetch(self, store: Store, output_keys: list[str], tasks: list[int]) -> None:
+        wanted = dict(zip(tasks, output_keys, strict=True))
+        while wanted and not self._stop.is_set():
+            try:
+                values, sizes = store.get_many(list(wanted.values()))
+            except Exception:  # an optimization only: the task fetches its inputs itself if this fails
+                log.debug("preload failed", exc_info=True)
+                return
+            for u, v, n in zip(list(wanted), values, sizes, strict=True):
+                if v is not MISSING:
+                    self._found[u] = (v, n)
+                    del wanted[u]
+            self._stop.wait(self.POLL_S)
+
+    def result(self) -> dict[int, tuple[Any, int]]:
+        """Stop polling and return what arrived: task -> (value, size)."""
+        self._stop.set()
+        self._thread.join()
+        return self._found
+
+
 Item = int | tuple[int, int, int]
 """A unit of work: a task id, or ``(map task, element index, element count)``."""
 
@@ -148,6 +181,7 @@ class Worker:
         self._ran_here: set[int] = set()
         self._elements: dict[int, dict[int, Any]] = {}  # map node -> items kept here for local elements
         self._results: dict[int, dict[int, Any]] = {}  # map node -> element results made here
+        self._preloads: dict[int, _Preload] = {}  # planned dependent -> the fetch of its other inputs
         self._current = -1
         self._status_key = keys.status(inv.run_id)
         self._remote = not store.keeps_objects
@@ -195,6 +229,7 @@ class Worker:
         if not self._remote:  # in-process workers cannot be lost apart from their client
             value, attempt, exec_s = self._execute(t, values)
             return self._complete(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+        self._preload_for(t)
         lease_key = keys.lease(self.run_id, t)
         token = heartbeat.track(self.store, lease_key, self.owner, self.settings.lease_ms)
         try:
@@ -317,6 +352,8 @@ class Worker:
         values = [cache.get(u, MISSING) for u in ups]
         sizes: list[int | None] = [None] * len(ups)
         missing = [i for i, v in enumerate(values) if v is MISSING and not (skip_first and i == 0)]
+        if missing and self._preloads:
+            missing = self._take_preloaded(t, ups, missing, values, sizes)
         if not missing:
             return values, sizes, 0.0
         began = time.perf_counter()
@@ -327,6 +364,48 @@ class Worker:
             values[i] = self._recompute(t, ups[i]) if v is MISSING else v
             sizes[i] = n
         return values, sizes, elapsed
+
+    def _preload_for(self, t: int) -> None:
+        """Preload: while ``t`` runs, fetch the finished inputs of the planned dependents that will run here.
+
+        A dependent marked ``preload`` in the plan and sharing ``t``'s label is
+        expected to be claimed by this worker when ``t`` finishes; its other
+        inputs that are already in the store are fetched in a background thread
+        now, so it starts without a fetch round trip. Inputs not finished yet are
+        fetched as usual when it starts.
+        """
+        annotations = self.dag.annotations
+        label = annotations.get(t, {}).get("worker") if annotations else None
+        if label is None:
+            return
+        dag, run, cache = self.dag, self.run_id, self.cache
+        for d in dag.dependents[t]:
+            note = annotations.get(d, {})
+            if not note.get("preload") or note.get("worker") != label or d in self._preloads:
+                continue
+            others = [u for u in dag.deps[d] if u != t and u not in cache]
+            if others:
+                self._preloads[d] = _Preload(self.store, [keys.output_of(run, dag, u) for u in others], others)
+
+    def _take_preloaded(
+        self, t: int, ups: Sequence[int], missing: list[int], values: list[Any], sizes: list[int | None]
+    ) -> list[int]:
+        """Fill ``values`` from a finished preload for ``t``; the positions still missing."""
+        preload = self._preloads.pop(t, None)
+        if preload is None:
+            return missing
+        got = preload.result()
+        still = []
+        for i in missing:
+            hit = got.get(ups[i])
+            if hit is None:
+                still.append(i)
+            else:
+                values[i], sizes[i] = hit
+        if len(still) < len(missing):
+            loaded = [ups[i] for i in missing if i not in still]
+            self._emit("preloaded", t, inputs=loaded, bytes=sum(got[u][1] for u in loaded))
+        return still
 
     def _recompute(self, t: int, u: int) -> Any:
         """Lineage: run upstream ``u`` again from its own inputs, as its output is not in the store.
