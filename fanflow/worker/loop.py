@@ -214,6 +214,8 @@ class Worker:
         except _Stop:
             pass
         finally:
+            for preload in self._preloads.values():  # for tasks another worker claimed
+                preload.result()
             self._emit("worker_stopped", -1, tasks=self.tasks_run)
             self._flush_events()
 
@@ -352,7 +354,7 @@ class Worker:
         values = [cache.get(u, MISSING) for u in ups]
         sizes: list[int | None] = [None] * len(ups)
         missing = [i for i, v in enumerate(values) if v is MISSING and not (skip_first and i == 0)]
-        if missing and self._preloads:
+        if self._preloads and t in self._preloads:
             missing = self._take_preloaded(t, ups, missing, values, sizes)
         if not missing:
             return values, sizes, 0.0
@@ -390,11 +392,8 @@ class Worker:
     def _take_preloaded(
         self, t: int, ups: Sequence[int], missing: list[int], values: list[Any], sizes: list[int | None]
     ) -> list[int]:
-        """Fill ``values`` from a finished preload for ``t``; the positions still missing."""
-        preload = self._preloads.pop(t, None)
-        if preload is None:
-            return missing
-        got = preload.result()
+        """Stop ``t``'s preload and fill ``values`` from it; the positions still missing."""
+        got = self._preloads.pop(t).result()
         still = []
         for i in missing:
             hit = got.get(ups[i])
