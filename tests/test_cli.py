@@ -92,3 +92,29 @@ def test_script_tasks_keep_their_identity_across_processes(tmp_path: Path) -> No
     )
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and "total" in first.stdout
+
+
+SLOW_SCRIPT = """
+import time
+import fanflow
+
+@fanflow.task
+def slow(x):
+    time.sleep(1.3)
+    return x
+
+def main(argv):
+    return slow(7)
+"""
+
+
+def test_progress_bar_goes_to_stderr_for_long_runs_and_is_off_on_request(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
+    shown = fanflow_cli("run", "slow.py", "--progress", cwd=tmp_path, env={"FANFLOW_METADATA": "none"})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "7"  # the result alone on stdout
+    assert "slow" in shown.stderr and "1/1" in shown.stderr
+    hidden = fanflow_cli("run", "slow.py", "--no-progress", cwd=tmp_path)
+    assert hidden.returncode == 0 and hidden.stdout.strip() == "7" and "1/1" not in hidden.stderr
+    piped = fanflow_cli("run", "slow.py", cwd=tmp_path)  # not a terminal: off by default
+    assert piped.returncode == 0 and "1/1" not in piped.stderr

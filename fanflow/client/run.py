@@ -186,7 +186,7 @@ class Run:
                     progress.update()
         finally:
             if progress:
-                progress.close()
+                progress.close(finished=done == sinks)
         self.finished_at = time.time()
 
     def _poll(self, pending: set[int]) -> set[int]:
@@ -307,6 +307,7 @@ class _Progress:
     """A rich progress bar fed by counting ``task_finished`` events."""
 
     def __init__(self, run: Run) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._run = run
@@ -321,6 +322,7 @@ class _Progress:
             TimeElapsedColumn(),
         )
         self._progress_cls = Progress
+        self._console = Console(stderr=True)
         self._shown_task: Any = None
 
     def update(self) -> None:
@@ -328,7 +330,8 @@ class _Progress:
         if self._bar is None:
             if time.time() - run.submitted_at < PROGRESS_AFTER_S:
                 return
-            self._bar = self._progress_cls(*self._columns, transient=False)
+            # On stderr, like the terminal check that turns it on: results on stdout stay clean.
+            self._bar = self._progress_cls(*self._columns, transient=False, console=self._console)
             self._bar.start()
             self._shown_task = self._bar.add_task("run", total=len(run.dag))
         events = run.store.read_events(self._stream, self._after)
@@ -337,7 +340,8 @@ class _Progress:
             self._done += sum(1 for _, e in events if e.get("kind") == "task_finished")
             self._bar.update(self._shown_task, completed=self._done)
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
+        """Stop the bar; a finished run shows every task done (the last workers' events may still trail)."""
         if self._bar is not None:
-            self._bar.update(self._shown_task, completed=self._done)
+            self._bar.update(self._shown_task, completed=len(self._run.dag) if finished else self._done)
             self._bar.stop()
