@@ -21,7 +21,7 @@ import fanflow
 from fanflow.platforms.http import HttpPlatform, parse_endpoints
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
 
-SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20, default_memory_mb=1769)
+SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
 
 
 @fanflow.task

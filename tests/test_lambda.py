@@ -30,7 +30,7 @@ from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verif
 from fanflow.store import keys
 
 SECRET = "lambda-test-secret"
-SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20, default_memory_mb=1769)
+SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
 
 
 @fanflow.task

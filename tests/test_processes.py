@@ -181,7 +181,7 @@ def pool(redis_url: str) -> Iterator[PoolHost]:
 
 
 def _invocation(redis_url: str, pool: PoolHost, dag: DAG) -> Invocation:
-    settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20, default_memory_mb=256)
+    settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
     options = {"store": redis_url, "pool": pool.name}
     run_id = dag.new_run_id()
     return Invocation(run_id, (0,), 256, redis_url, "processes", options, settings, encode(dag), time.time())

@@ -58,7 +58,6 @@ class Run:
             key_ttl_s=config.key_ttl_s,
             lease_ms=config.lease_ms,
             max_value_bytes=config.max_value_bytes,
-            default_memory_mb=config.memory_mb,
             metrics_upload=config.metrics_upload,
             max_recoveries=config.max_recoveries,
             store_retry_s=config.store_retry_s,

@@ -32,7 +32,6 @@ class WorkerSettings:
     key_ttl_s: int
     lease_ms: int
     max_value_bytes: int
-    default_memory_mb: int
     metrics_upload: str = "shutdown"
     max_recoveries: int = 3
     store_retry_s: float = 10.0

@@ -44,11 +44,3 @@ def _new_store(url: str, retry_s: float) -> Store:
 
         return redis_store.connect(url, retry_s)
     raise ConfigError(f"unknown store URL scheme {scheme!r}; use memory://, redis://, rediss:// or redis+cluster://")
-
-
-def forget_store(url: str) -> None:
-    """Close and drop the shared store for ``url`` (a new one opens on next use)."""
-    with _lock:
-        store = _open.pop(url, None)
-    if store is not None:
-        store.close()
