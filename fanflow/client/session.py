@@ -61,22 +61,33 @@ class Session:
             self._platforms[key] = (entry[0], entry[1] + 1)
             return entry[0]
 
-    def release(self, config: Config) -> None:
+    def release(self, config: Config, platform: Platform) -> None:
+        """A run of ``platform`` ended; close the platform when it was the last and is not kept warm."""
         key = self._key(config)
         with self._lock:
-            platform, count = self._platforms[key]
-            if count > 1 or getattr(platform, "keep_warm", True):
-                self._platforms[key] = (platform, count - 1)
+            entry = self._platforms.get(key)
+            if entry is None or entry[0] is not platform:
+                return  # halted, and already replaced for later runs
+            if entry[1] > 1 or getattr(platform, "keep_warm", True):
+                self._platforms[key] = (platform, entry[1] - 1)
                 return
             del self._platforms[key]
         platform.close()
 
-    def _halt(self, config: Config) -> None:
-        """Stop the platform's workers now, if it was started for this run alone (not a shared pool)."""
+    def _halt(self, config: Config, platform: Platform) -> None:
+        """Stop the platform's workers now, if it was started for this run alone (not a shared pool).
+
+        It leaves the registry first, so a run submitted while it stops gets a new platform
+        instead of a closed one.
+        """
+        key = self._key(config)
         with self._lock:
-            platform, count = self._platforms[self._key(config)]
-            if count > 1 or getattr(platform, "keep_warm", True):
+            entry = self._platforms.get(key)
+            if entry is None or entry[0] is not platform:
                 return
+            if entry[1] > 1 or getattr(platform, "keep_warm", True):
+                return
+            del self._platforms[key]
         platform.close()
 
     def close(self) -> None:
@@ -117,11 +128,11 @@ class Session:
             finally:
                 note_end(run, error)
                 if error is not None:
-                    self._halt(config)  # no worker of a failed or cancelled run may write after cleanup
+                    self._halt(config, platform)  # no worker of a failed or cancelled run may write after cleanup
                 run.cleanup()
                 record_run(run, error)
         finally:
-            self.release(config)
+            self.release(config, platform)
 
     def submit(
         self, dag: DAG, config: Config, single: bool = False, on_start: Callable[[Run], None] | None = None

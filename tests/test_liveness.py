@@ -1,0 +1,174 @@
+"""Liveness: with the default config (no ``timeout_s``) every fault ends the run with a specific error.
+
+The rule under test (docs/reliability.md, "Liveness"): the client watches its
+platform's health and its run's progress, and a platform that refuses or loses
+an invocation tells the run. Faults are real: worker processes that cannot
+start or die, a shared pool SIGKILLed as a whole, tasks that call
+``sys.exit()``, a client with the wrong secret. Each test bounds its own wait
+(``future.result(timeout=...)``), so a hang fails the test instead of CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from tests_support import bump, wait_for_file
+
+import fanflow
+from fanflow.store import keys
+
+LIVENESS_S = 15.0
+"""Every fault must end its run within this many seconds (the issue's bound)."""
+
+POOL_SECRET = "liveness-pool-secret"
+
+
+# -- tasks (module level, so worker processes import them) ---------------------------------
+@fanflow.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@fanflow.task
+def boom() -> int:
+    raise RuntimeError("broken on purpose")
+
+
+@fanflow.task
+def boom_after(started: str) -> int:
+    wait_for_file(Path(started), timeout=30)
+    raise RuntimeError("broken on purpose")
+
+
+@fanflow.task
+def exits(how: str) -> int:
+    if how == "exit":
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@fanflow.task
+def nap(started: str, seconds: float, x: int) -> int:
+    bump(started)
+    time.sleep(seconds)
+    return x
+
+
+@fanflow.task
+def branches(n: int) -> list[int]:
+    return list(range(n))
+
+
+@fanflow.task
+def dies_first_time(x: int, marker: str, counter_dir: str) -> int:
+    """Counts its run, then SIGKILLs its worker process the first time (an OOM kill, say)."""
+    bump(os.path.join(counter_dir, f"ran-{x}"))
+    if not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+@fanflow.task
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@fanflow.task
+def always_killed() -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture
+def processes(redis_url: str) -> fanflow.Config:
+    return fanflow.Config(platform="processes", store=redis_url, max_workers=2, progress=False, metadata="none")
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def shared_pool(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `fanflow worker-pool` processes, each in its own process group so a test can SIGKILL all of it."""
+    tests_dir = str(Path(__file__).parent)  # the pool's workers import this module's tasks
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+    procs: list[subprocess.Popen[bytes]] = []
+    names: set[str] = set()
+
+    def start(name: str, secret: str = POOL_SECRET, max_workers: int = 2) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "FANFLOW_SECRET": secret, "FANFLOW_METADATA": "none", "PYTHONPATH": path}
+        command = [sys.executable, "-m", "fanflow.cli", "worker-pool", "--store", redis_url, "--name", name]
+        proc = subprocess.Popen([*command, "--max-workers", str(max_workers)], env=env, start_new_session=True)
+        procs.append(proc)
+        names.add(name)
+        alive = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 30
+        while not alive.exists(f"ff:pool:{name}:alive"):
+            assert proc.poll() is None, "the worker pool exited at start"
+            assert time.monotonic() < deadline, "the worker pool did not come up"
+            time.sleep(0.05)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    client = redis.Redis.from_url(redis_url)  # a SIGKILLed pool leaves its pool keys behind
+    for name in names:
+        stale = list(client.scan_iter(match=f"ff:pool:{name}:*"))
+        if stale:
+            client.delete(*stale)
+
+
+def shared(redis_url: str, name: str, secret: str = POOL_SECRET) -> fanflow.Config:
+    return fanflow.Config(
+        platform="processes", store=redis_url, pool=name, secret=secret, progress=False, metadata="none"
+    )
+
+
+def ends_within(future: fanflow.RunFuture, seconds: float = LIVENESS_S) -> BaseException:
+    """The error ``future`` ends with; fails the test if it does not end within ``seconds``."""
+    began = time.monotonic()
+    try:
+        future.result(timeout=seconds)
+    except fanflow.FanflowError as exc:
+        assert time.monotonic() - began < seconds
+        return exc
+    except TimeoutError:
+        pytest.fail(f"the run did not end within {seconds} s")
+    pytest.fail("the run succeeded, but it should have failed")
+
+
+def run_keys_left(client: redis.Redis, run_id: str) -> list[bytes]:
+    return [k for k in client.scan_iter(match=f"ff:{{{run_id}*") if not k.endswith(b":events")]
+
+
+# -- 2. a run right after a failed run of the same session ----------------------------------
+def test_a_run_submitted_as_the_previous_run_fails_gets_a_working_pool(
+    processes: fanflow.Config, client: redis.Redis, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    # The failing run has a task in flight, so stopping its pool takes a moment (the grace period).
+    failing = add(boom_after(str(started)), nap(str(started), 5.0, 1)).submit(processes)
+    wait_for_file(started, timeout=30)
+    deadline = time.monotonic() + LIVENESS_S
+    while client.get(keys.status(failing.run_id)) == b"running":
+        assert time.monotonic() < deadline, "the failing run did not fail"
+        time.sleep(0.002)
+    following = add(1, 2).submit(processes)  # while the failed run's client stops its pool
+    assert following.result(timeout=LIVENESS_S) == 3
+    with pytest.raises(fanflow.TaskFailedError):
+        failing.result(timeout=LIVENESS_S)
