@@ -44,31 +44,12 @@ from typing import Any
 from fanflow.api import compute
 from fanflow.config import Config
 from fanflow.dag.node import Node, Task
-from fanflow.errors import DAGError, FanflowError
+from fanflow.errors import DAGError, FanflowError, TaskFailedError
 
-__all__ = ["DaskGraphError", "DaskNotInstalledError", "from_dask", "get"]
+__all__ = ["DaskGraphError", "DaskKeyError", "DaskNotInstalledError", "from_dask", "get"]
 
 Key = Hashable
 """A Dask key: a str, bytes, int, float or a tuple of them."""
-
-_DASK_SCHEDULER_KWARGS = frozenset(
-    {
-        "cache",
-        "callbacks",
-        "chunksize",
-        "dumps",
-        "func_dumps",
-        "func_loads",
-        "get_id",
-        "initializer",
-        "loads",
-        "num_workers",
-        "pack_exception",
-        "raise_exception",
-        "rerun_exceptions_locally",
-    }
-)
-"""Keyword arguments Dask's local schedulers take that mean nothing to fanflow; ``get`` ignores them."""
 
 
 class DaskNotInstalledError(FanflowError, ImportError):
@@ -77,6 +58,16 @@ class DaskNotInstalledError(FanflowError, ImportError):
 
 class DaskGraphError(DAGError):
     """A Dask graph or collection cannot be converted to fanflow nodes."""
+
+
+class DaskKeyError(DaskGraphError, KeyError):
+    """A key that was asked for, or that a task refers to, is not in the Dask graph.
+
+    A ``KeyError`` too, as Dask's scheduler contract asks of a missing key.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # the message, not KeyError's repr of it
 
 
 @functools.cache
@@ -97,25 +88,44 @@ def get(dsk: Any, keys: Any, config: Config | Mapping[str, Any] | None = None, *
     ``dsk`` is a mapping from keys to tasks (task-spec objects or legacy ``(func, *args)``
     tuples) or anything with ``__dask_graph__()``, such as the expression ``dask.compute``
     passes. ``keys`` is one key or a list of keys, nested to any depth; the result has the
-    same shape, with lists of keys returned as lists of values.
+    same shape, with lists of keys returned as tuples of values, as Dask's schedulers do.
+    A key that is not in the graph raises :class:`DaskKeyError` (a ``KeyError``).
 
-    ``config`` (a :class:`fanflow.Config` or a dict) picks where the run goes; other fanflow
-    config keys may be given as keyword arguments (``platform="threads"``) and override it.
-    Dask's own scheduler arguments (``num_workers``, a non-string ``pool``, ...) are ignored,
-    except ``cache``, whose values are used as already-computed keys. Use it as
-    ``dask.compute(x, scheduler=fanflow.dask.get)`` or, with options,
+    ``config`` (a :class:`fanflow.Config` or a dict) picks where the run goes; keyword
+    arguments named like fanflow config keys (``platform="threads"``) override it. Every
+    other keyword argument is ignored, as Dask's schedulers ignore what they do not know
+    (``num_workers``, Dask's executor ``pool``, ...), except ``cache``, whose values are
+    used as already-computed keys. A task's exception is raised as itself, with the
+    :class:`fanflow.TaskFailedError` (task name, run id, remote traceback) as its cause.
+    Use it as ``dask.compute(x, scheduler=fanflow.dask.get)`` or, with options,
     ``x.compute(scheduler=fanflow.dask.get, platform="threads")``.
     """
     cache: Mapping[Key, Any] = kwargs.get("cache") or {}
-    overrides = {k: v for k, v in kwargs.items() if k not in _DASK_SCHEDULER_KWARGS}
+    known = _config_keys()
+    overrides = {k: v for k, v in kwargs.items() if k in known}
     if "pool" in overrides and not isinstance(overrides["pool"], str):
         del overrides["pool"]  # Dask's executor pool; fanflow's ``pool`` is the name of a worker pool
     graph = dsk if isinstance(dsk, Mapping) else _graph_of(dsk)
     converter = _Converter(_task_spec().convert_legacy_graph(graph, all_keys=set(graph) | set(cache)), cache)
     wanted = list(_flatten(keys))
     converter.resolve(wanted)
-    results = _compute_values([converter.values[k] for k in wanted], config, overrides)
+    try:
+        results = _compute_values([converter.values[k] for k in wanted], config, overrides)
+    except TaskFailedError as failure:
+        original = failure.__cause__
+        if not isinstance(original, Exception):
+            raise  # the exception did not survive the trip (unpicklable): the fanflow error says what it was
+        # Dask's contract: the task's own exception. The fanflow error (task, run id, remote
+        # traceback) becomes its cause, the chain turned round (and cut, so it has no cycle).
+        failure.__cause__ = None
+        failure.__suppress_context__ = True
+        raise original from failure
     return _nest(keys, dict(zip(wanted, results, strict=True)))
+
+
+@functools.cache
+def _config_keys() -> frozenset[str]:
+    return frozenset(Config.keys())
 
 
 def from_dask(obj: Any) -> Node:
@@ -141,7 +151,7 @@ def from_dask(obj: Any) -> Node:
     finalize, extra = optimized.__dask_postcompute__()
     converter = _Converter(graph)
     converter.resolve(_flatten(keys))
-    parts = _nest(keys, converter.values)
+    parts = _nest(keys, converter.values, list)
     if finalize is single_key and isinstance(parts[0], Node):
         return parts[0]  # a delayed: its own node already has the value, no finalizer needed
     return converter.task_for(finalize)(parts, *extra)
@@ -184,10 +194,10 @@ def _flatten(keys: Any) -> Iterable[Key]:
             stack.pop()
 
 
-def _nest(keys: Any, values: Mapping[Key, Any]) -> Any:
-    """``keys`` with every key replaced by its value, keeping the list nesting."""
+def _nest(keys: Any, values: Mapping[Key, Any], container: type = tuple) -> Any:
+    """``keys`` with every key replaced by its value, each list of keys as a ``container`` of values."""
     if isinstance(keys, list):
-        return [_nest(k, values) for k in keys]
+        return container(_nest(k, values, container) for k in keys)
     return values[keys]
 
 
@@ -234,7 +244,7 @@ class _Converter:
         try:
             return self._graph[key]
         except (KeyError, TypeError):
-            raise DaskGraphError(
+            raise DaskKeyError(
                 f"key {key!r} is not in the Dask graph: ask only for keys of the graph, "
                 "and pass already-computed inputs as data (or in cache=...)"
             ) from None

@@ -5,6 +5,7 @@ Every result is checked against Dask's own synchronous scheduler.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from fanflow.dag.graph import DAG
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 task_spec = pytest.importorskip("dask._task_spec")
+GetFunctionTestMixin = pytest.importorskip("dask.utils_test").GetFunctionTestMixin
 
 
 def inc(x: int) -> int:
@@ -81,8 +83,10 @@ def test_delayed_compute_passes_config_keys_and_ignores_dask_kwargs(run_config: 
     with ThreadPoolExecutor(1) as pool:
         got = x.compute(scheduler=ffdask.get, config=config, platform=run_config.platform, num_workers=2, pool=pool)
     assert got == 4
+    # Dask's schedulers ignore keywords they do not know; so does get (fanflow.compute does not)
+    assert x.compute(scheduler=ffdask.get, config=run_config, no_such_option=1) == 4
     with pytest.raises(fanflow.ConfigError, match="unknown config key"):
-        x.compute(scheduler=ffdask.get, config=run_config, no_such_option=1)
+        fanflow.compute(ffdask.from_dask(x), config=run_config, no_such_option=1)
 
 
 def test_delayed_as_default_scheduler(run_config: fanflow.Config) -> None:
@@ -106,9 +110,9 @@ def test_get_legacy_graph_nested_keys(run_config: fanflow.Config) -> None:
     }
     get = ffdask.get
     assert get(dsk, "d", config=run_config) == 1 + 2 + 4
-    assert get(dsk, ["a", ["c", ["d", "f"]], []], config=run_config) == [1, [3, [7, 2]], []]
-    assert get(dsk, [["e"], "a"], config=run_config) == [[[10, 2]], 1]
-    assert get(dsk, ["c"], config=run_config, cache={"b": 100}) == [101]
+    assert get(dsk, ["a", ["c", ["d", "f"]], []], config=run_config) == (1, (3, (7, 2)), ())
+    assert get(dsk, [["e"], "a"], config=run_config) == (([10, 2],), 1)  # "e" holds a list: a value, not keys
+    assert get(dsk, ["c"], config=run_config, cache={"b": 100}) == (101,)
 
 
 def test_get_task_spec_graph(run_config: fanflow.Config) -> None:
@@ -127,7 +131,7 @@ def test_get_task_spec_graph(run_config: fanflow.Config) -> None:
         ("tuple-key", 0): ts.Task(("tuple-key", 0), inc, ts.TaskRef("alias")),
     }
     keys = [["w", "v"], ("tuple-key", 0), "s", "alias", "x"]
-    assert ffdask.get(dsk, keys, config=run_config) == [[6, [9, 2]], 4, 1 + 3 + 6 + 1, 3, 1]
+    assert ffdask.get(dsk, keys, config=run_config) == ((6, [9, 2]), 4, 1 + 3 + 6 + 1, 3, 1)
 
 
 def test_get_deep_chain_beyond_recursion_limit(run_config: fanflow.Config) -> None:
@@ -141,10 +145,35 @@ def test_get_deep_chain_beyond_recursion_limit(run_config: fanflow.Config) -> No
 def test_get_errors() -> None:
     with pytest.raises(ffdask.DaskGraphError, match="not in the Dask graph"):
         ffdask.get({"a": task_spec.Task("a", inc, task_spec.TaskRef("missing"))}, "a")
+    with pytest.raises(KeyError, match="'nope' is not in the Dask graph"):
+        ffdask.get({"a": 1, "b": (inc, "a")}, [["nope"], "b"])
     with pytest.raises(ffdask.DaskGraphError, match="cycle"):
         ffdask.get({"a": (inc, "b"), "b": (inc, "a")}, "a")
     with pytest.raises(ffdask.DaskGraphError, match="Dask graph"):
         ffdask.get(42, "a")
+
+
+def fails(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+
+
+def test_get_raises_the_task_exception_with_the_fanflow_error_as_cause(run_config: fanflow.Config) -> None:
+    x = dask.delayed(fails)(dask.delayed(inc)(1))
+    with pytest.raises(ValueError, match=r"^bad input 2$") as info:
+        x.compute(scheduler=ffdask.get, config=run_config)
+    cause = info.value.__cause__
+    assert isinstance(cause, fanflow.TaskFailedError)
+    assert cause.task.startswith("fails") and "raise ValueError" in cause.remote_traceback
+    assert cause.__cause__ is None  # the chain is turned round, not a cycle
+    with pytest.raises(fanflow.TaskFailedError, match=r"task .fails-?[0-9]*. failed") as own:
+        fanflow.compute(ffdask.from_dask(x), config=run_config)  # fanflow.compute keeps its own error
+    assert isinstance(own.value.__cause__, ValueError)
+
+
+class TestGetFunctionContract(GetFunctionTestMixin):
+    """Dask's own checks of a scheduler ``get``, on the embedded default with history off."""
+
+    get = staticmethod(functools.partial(ffdask.get, config=fanflow.Config(progress=False, metadata="none")))
 
 
 # -- dask.array -----------------------------------------------------------------------

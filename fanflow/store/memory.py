@@ -7,6 +7,12 @@ streams), so deleting a run's keys is one pop per key. One lock guards the
 compound fan-in step; plain reads and writes rely on dict operations being
 atomic. Every ``memory://<name>`` URL names one store per process, so the client
 and the worker threads of a run share it.
+
+Sizes feed metrics only, so they are estimates that cost O(1) per value and are
+taken once, by :meth:`MemoryStore.dumps`: the stored form is a :class:`_Sized`
+holding the object and its size, and reads hand both back without measuring
+again. :func:`sizeof` never walks an object's contents (``sys.getsizeof`` of a
+DataFrame measures every string in it).
 """
 
 from __future__ import annotations
@@ -27,20 +33,46 @@ _FIXED_SIZE = (int, float, bool, type(None), complex)
 
 
 def sizeof(value: Any) -> int:
-    """Bytes a value would take in a store: exact for buffers, a shallow estimate otherwise."""
+    """Bytes a value takes, in O(1): exact for buffers and arrays, a shallow estimate otherwise.
+
+    bytes-likes count their length, a str its length (in characters: encoding it
+    would be O(n)), numpy arrays and pandas Series/Index their ``nbytes``, a pandas
+    DataFrame the ``nbytes`` of its columns' buffers (object columns count 8
+    bytes per pointer, not the objects), anything else ``sys.getsizeof`` except
+    for objects whose ``__sizeof__`` is known to walk their contents.
+    """
     kind = type(value)
     if kind in _FIXED_SIZE:
         return sys.getsizeof(value)
-    if kind is bytes or kind is bytearray:
+    if kind is bytes or kind is bytearray or kind is str:
         return len(value)
-    if kind is str:
-        return len(value.encode("utf-8", "surrogatepass"))
+    if kind is memoryview:
+        return value.nbytes
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
-    if isinstance(value, memoryview):
-        return value.nbytes
+    columns = getattr(value, "_mgr", None)
+    if columns is not None:
+        return _frame_nbytes(value)
     return sys.getsizeof(value)
+
+
+def _frame_nbytes(frame: Any) -> int:
+    """Shallow bytes of a pandas DataFrame: its columns' buffers (``memory_usage(deep=False)``)."""
+    try:
+        return int(frame.memory_usage(index=True, deep=False).sum())
+    except (AttributeError, TypeError, ValueError):
+        return object.__sizeof__(frame)
+
+
+class _Sized:
+    """A stored value with the size :meth:`MemoryStore.dumps` measured, so reads never measure."""
+
+    __slots__ = ("size", "value")
+
+    def __init__(self, value: Any, size: int) -> None:
+        self.value = value
+        self.size = size
 
 
 class _Members(set[int]):
@@ -101,12 +133,22 @@ class MemoryStore:
 
     # -- values -----------------------------------------------------------------
     def dumps(self, value: Any) -> tuple[Any, int]:
-        return value, sizeof(value)
+        size = sizeof(value)
+        return _Sized(value, size), size
 
     def get_many(self, keys: Sequence[str]) -> tuple[list[Any], list[int]]:
         data = self._data
-        got = [data.get(k, MISSING) for k in keys]
-        return got, [0 if v is MISSING else sizeof(v) for v in got]
+        values: list[Any] = []
+        sizes: list[int] = []
+        for key in keys:
+            got = data.get(key, MISSING)
+            if type(got) is _Sized:
+                values.append(got.value)
+                sizes.append(got.size)
+            else:  # MISSING, or a value put without dumps (allowed for plain objects)
+                values.append(got)
+                sizes.append(0 if got is MISSING else sizeof(got))
+        return values, sizes
 
     def put_many(self, items: Mapping[str, Any], ttl_s: int) -> None:
         self._data.update(items)
