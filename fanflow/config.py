@@ -194,6 +194,9 @@ class Config:
     progress: bool | None = _field(None, _flag(True), "progress bar: None = when attached to a terminal")
     pool: str | None = _field(None, _text(True), "name of a shared worker pool to use instead of starting one")
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
+    keep_alive_s: float = _field(
+        60.0, _number(float, 0.0), "a client-started worker pool stays warm this long after its last run (0: stops)"
+    )
     metrics_upload: str = _field("shutdown", _upload, "when workers upload metrics")
     retention_runs: int = _field(1000, _number(int, 1), "runs kept in the metadata store")
     optimizations: str = _field("none", _optimizations, "plan optimizations the workers apply, e.g. 'clustering'")

@@ -18,6 +18,7 @@ import pytest
 from platforms_support import GATEWAY_SECRET, start_cluster, start_gateways, stop
 
 import fanflow
+from fanflow.client.session import session
 
 PLATFORMS = ["threads", "processes"]
 SHAPE_PLATFORMS = ["cluster", "http", "ray"]
@@ -118,6 +119,14 @@ def ray_local() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Close the pools a test's runs kept warm before its fixtures stop their redis-servers, so no
+    idle pool outlives the store it queues in (tests of keep-alive look within one test)."""
+    session().close_idle()
+    yield
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

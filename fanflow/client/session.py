@@ -1,17 +1,27 @@
 """The client session: platforms shared by the runs of this process, and the run entry points.
 
-Platforms are kept per (platform, store, max_workers, pool) and reference
-counted by the runs in flight. A platform that sets ``keep_warm = False`` (a pool
-of worker processes started for the client's runs) is closed when its last run
-ends; a cheap one (threads) stays for the life of the process.
+Platforms are kept per (platform, store, max_workers, pool, ...) and counted by
+the runs in flight. A cheap platform (threads, an http invoker) stays for the
+life of the process. A platform that sets ``keep_warm = False`` holds resources
+(a pool of worker processes the client started) and is kept *warm* the way a
+FaaS platform keeps a function instance: when its last run ends it stays up for
+``config.keep_alive_s`` (default 60 s), so the next ``compute()`` of the session
+finds its worker processes running, and is closed when that idle period passes
+without a run, when more than :data:`IDLE_MAX` such platforms sit idle (the
+oldest goes first), or at interpreter exit, whichever comes first. A platform a
+failed or cancelled run had to halt is unregistered at once: the next run gets
+a fresh one.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import itertools
+import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fanflow.client.run import Run
@@ -23,6 +33,11 @@ from fanflow.metrics.recorder import record_run
 from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
 from fanflow.worker import handle
+
+log = logging.getLogger(__name__)
+
+IDLE_MAX = 2
+"""Idle kept-warm platforms (pools of worker processes) a session holds at most."""
 
 
 class RunFuture(concurrent.futures.Future[Any]):
@@ -36,10 +51,33 @@ class RunFuture(concurrent.futures.Future[Any]):
     run_id: str = ""
 
 
+@dataclass(eq=False)
+class _Entry:
+    """A platform of the session and the runs using it."""
+
+    platform: Platform
+    runs: int = 0
+    idle: threading.Timer | None = None
+    """Closes the platform when its keep-alive period ends; set only while no run uses it."""
+    idle_order: int = 0
+
+
+def _closes_when_idle(platform: Platform) -> bool:
+    return not getattr(platform, "keep_warm", True)
+
+
+def _close(platform: Platform) -> None:
+    try:
+        platform.close()
+    except Exception:  # a store gone away must not turn the end of a session into a crash
+        log.warning("could not close the %s platform cleanly", platform.name, exc_info=True)
+
+
 class Session:
     def __init__(self) -> None:
-        self._platforms: dict[tuple[Any, ...], tuple[Platform, int]] = {}
+        self._platforms: dict[tuple[Any, ...], _Entry] = {}
         self._lock = threading.Lock()
+        self._idle_order = itertools.count()
 
     def _key(self, config: Config) -> tuple[Any, ...]:
         return (
@@ -53,48 +91,91 @@ class Session:
         )
 
     def acquire(self, config: Config) -> Platform:
+        """The platform for a run of ``config``: the session's (warm) one, else a new one."""
         key = self._key(config)
         with self._lock:
             entry = self._platforms.get(key)
             if entry is None:
-                entry = (client_platform(config, handle), 0)
-            self._platforms[key] = (entry[0], entry[1] + 1)
-            return entry[0]
+                entry = self._platforms[key] = _Entry(client_platform(config, handle))
+            elif entry.idle is not None:
+                entry.idle.cancel()
+                entry.idle = None
+            entry.runs += 1
+            return entry.platform
 
     def release(self, config: Config, platform: Platform) -> None:
-        """A run of ``platform`` ended; close the platform when it was the last and is not kept warm."""
+        """A run of ``config`` on ``platform`` ended: keep the platform warm, or close it."""
         key = self._key(config)
+        evicted: list[Platform] = []
         with self._lock:
             entry = self._platforms.get(key)
-            if entry is None or entry[0] is not platform:
-                return  # halted, and already replaced for later runs
-            if entry[1] > 1 or getattr(platform, "keep_warm", True):
-                self._platforms[key] = (platform, entry[1] - 1)
+            if entry is None or entry.platform is not platform:
+                return  # halted and unregistered by its run
+            entry.runs -= 1
+            if entry.runs or not _closes_when_idle(platform):
                 return
+            if config.keep_alive_s <= 0:
+                del self._platforms[key]
+                evicted.append(platform)
+            else:
+                entry.idle = threading.Timer(config.keep_alive_s, self._expire, (key, entry))
+                entry.idle.daemon = True
+                entry.idle_order = next(self._idle_order)
+                entry.idle.start()
+                evicted = self._evict_beyond(IDLE_MAX)
+        for old in evicted:
+            _close(old)
+
+    def _evict_beyond(self, limit: int) -> list[Platform]:
+        """Unregister the oldest idle platforms beyond ``limit`` (lock held); the caller closes them."""
+        idle = sorted(
+            ((k, e) for k, e in self._platforms.items() if e.idle is not None), key=lambda ke: ke[1].idle_order
+        )
+        evicted = []
+        for k, e in idle[: max(0, len(idle) - limit)]:
+            assert e.idle is not None
+            e.idle.cancel()
+            del self._platforms[k]
+            evicted.append(e.platform)
+        return evicted
+
+    def _expire(self, key: tuple[Any, ...], entry: _Entry) -> None:
+        """The keep-alive period of ``entry`` passed: close it unless a run took it meanwhile."""
+        with self._lock:
+            if self._platforms.get(key) is not entry or entry.runs or entry.idle is None:
+                return
+            entry.idle = None
             del self._platforms[key]
-        platform.close()
+        _close(entry.platform)
 
     def _halt(self, config: Config, platform: Platform) -> None:
         """Stop the platform's workers now, if it was started for this run alone (not a shared pool).
 
-        It leaves the registry first, so a run submitted while it stops gets a new platform
-        instead of a closed one.
+        It is unregistered first, so no later run is handed a closed platform.
         """
         key = self._key(config)
         with self._lock:
             entry = self._platforms.get(key)
-            if entry is None or entry[0] is not platform:
-                return
-            if entry[1] > 1 or getattr(platform, "keep_warm", True):
+            if entry is None or entry.platform is not platform or entry.runs > 1 or not _closes_when_idle(platform):
                 return
             del self._platforms[key]
-        platform.close()
+        _close(platform)
+
+    def close_idle(self) -> None:
+        """Close now the platforms no run is using (those kept warm); runs in flight keep theirs."""
+        with self._lock:
+            evicted = self._evict_beyond(0)
+        for platform in evicted:
+            _close(platform)
 
     def close(self) -> None:
+        """Close every platform of the session, warm or in use (interpreter exit)."""
         with self._lock:
             entries, self._platforms = list(self._platforms.values()), {}
-        for platform, _ in entries:
-            platform.close()
+        for entry in entries:
+            if entry.idle is not None:
+                entry.idle.cancel()
+            _close(entry.platform)
 
     # -- running -------------------------------------------------------------------
     def execute(
