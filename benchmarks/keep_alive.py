@@ -30,6 +30,7 @@ from rich.table import Table
 
 import fanflow
 from fanflow.cli.script import load_module
+from fanflow.client.session import session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -100,6 +101,7 @@ def main() -> None:
                         f"{median / shared:.2f}x",
                     )
         finally:
+            session().close()  # the kept-warm pools, before their redis-server stops
             pool.terminate()
             pool.wait(timeout=30)
     Console(width=140).print(table)

@@ -86,6 +86,7 @@ class Session:
             config.max_workers,
             config.pool,
             config.idle_timeout_s,
+            config.keep_alive_s,
             config.secret,
             config.endpoints,
         )
