@@ -23,7 +23,8 @@ import redis
 from tests_support import bump, wait_for_file
 
 import fanflow
-from fanflow.store import keys
+from fanflow.store import keys, open_store
+from fanflow.store.base import LEASE_DONE, Store, error_record
 
 LIVENESS_S = 15.0
 """Every fault must end its run within this many seconds (the issue's bound)."""
@@ -172,3 +173,29 @@ def test_a_run_submitted_as_the_previous_run_fails_gets_a_working_pool(
     assert following.result(timeout=LIVENESS_S) == 3
     with pytest.raises(fanflow.TaskFailedError):
         failing.result(timeout=LIVENESS_S)
+
+
+# -- 11. leases: a heartbeat still in flight when its task ends --------------------------------
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    url = "memory://liveness" if request.param == "memory" else request.getfixturevalue("redis_url")
+    opened = open_store(url)
+    yield opened
+    opened.close()
+
+
+def test_a_late_heartbeat_never_undoes_a_done_lease(store: Store) -> None:
+    lease = keys.lease("late-beat", 0)
+    store.renew_leases([lease], "inv-1", 5_000)
+    store.end_leases([lease], 60)
+    store.renew_leases([lease], "inv-1", 5_000)  # the beat that was in flight when the task ended
+    assert store.read_leases([lease]) == [LEASE_DONE]
+    store.delete([lease])
+
+
+def test_a_failure_recorded_after_its_run_ended_brings_no_key_back(store: Store) -> None:
+    run = "ended-run"
+    record = error_record(run, "late", 0, "fanflow.errors.InputLostError", "a late duplicate", "w", 1)
+    store.fail_run(keys.status(run), keys.errors(run), record, 60, keys.channel(run))
+    assert store.get_status(keys.status(run)) is None
+    assert store.read_list(keys.errors(run)) == []

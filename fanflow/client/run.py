@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fanflow import errors
 from fanflow.client import requirements
 from fanflow.config import Config, mask_url, signing_secret
 from fanflow.dag.encoding import encode
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 """Fallback poll period of the status and result keys, in case a message is lost."""
+
+HEALTH_S = 0.5
+"""How often the waiting client asks its platform whether it still serves (see ``check_serving``)."""
 
 PROGRESS_AFTER_S = 1.0
 """A progress bar appears only for runs that last longer than this."""
@@ -159,6 +163,8 @@ class Run:
         next_poll = time.monotonic() + POLL_S
         watch_every = self.config.lease_ms / 2000
         next_watch = time.monotonic() + watch_every if not self.store.keeps_objects else float("inf")
+        check_serving: Callable[[], None] | None = getattr(self.platform, "check_serving", None)
+        next_health = time.monotonic() + HEALTH_S
         progress = _Progress(self) if self._progress_wanted() else None
         try:
             while done != sinks:
@@ -181,12 +187,23 @@ class Run:
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + watch_every
                     self._watch()
+                if check_serving is not None and time.monotonic() >= next_health:
+                    next_health = time.monotonic() + HEALTH_S
+                    self._check_serving(check_serving)
                 if progress:
                     progress.update()
         finally:
             if progress:
                 progress.close(finished=done == sinks)
         self.finished_at = time.time()
+
+    def _check_serving(self, check_serving: Callable[[], None]) -> None:
+        """Liveness: a platform that no longer serves (host stopped, pool gone) ends the run now."""
+        try:
+            check_serving()
+        except FanflowError as exc:
+            self._stop(FAILED)  # workers that are still alive stop at their next status check
+            raise type(exc)(f"run {self.run_id}: {exc}") from exc
 
     def _poll(self, pending: set[int]) -> set[int]:
         status = self.store.get_status(self._status_key)
@@ -252,14 +269,19 @@ class Run:
         if not records:
             raise StoreError(f"run {self.run_id} failed but left no error record")
         record = json.loads(records[0])
+        task = self._task_name(record)
         (exc_obj,), _ = self.store.get_many([keys.error_object(self.run_id)])
         if isinstance(exc_obj, FanflowError) and not isinstance(exc_obj, TaskFailedError):
             exc_obj.remote_traceback = record["traceback"]  # type: ignore[attr-defined]
             raise exc_obj
+        platform_error = _fanflow_error_type(record["exc_type"])
+        if exc_obj is MISSING and platform_error is not None:
+            # Written by a platform that refused or lost an invocation: it knows task ids, we know names.
+            raise platform_error(f"task {task!r}: {record['message']}")
         err = TaskFailedError(
-            f"task {record['task']!r} failed on attempt {record['attempt']}: "
+            f"task {task!r} failed on attempt {record['attempt']}: "
             f"{record['exc_type'].rsplit('.', 1)[-1]}: {record['message']}",
-            task=record["task"],
+            task=task,
             run_id=self.run_id,
             exc_type=record["exc_type"],
             remote_traceback=record["traceback"],
@@ -267,6 +289,13 @@ class Run:
             worker_id=record["worker"],
         )
         raise err from (exc_obj if isinstance(exc_obj, BaseException) else None)
+
+    def _task_name(self, record: dict[str, Any]) -> str:
+        """The failed task's name; a record written by a platform names it by id only."""
+        task_id = record.get("task_id")
+        if str(record["task"]).startswith("#") and isinstance(task_id, int) and 0 <= task_id < len(self.dag):
+            return self.dag.name(task_id)
+        return str(record["task"])
 
     def _progress_wanted(self) -> bool:
         if self.config.progress is not None:
@@ -300,6 +329,15 @@ class Run:
             self.store.delete(list(keys.run_keys(self.run_id, self.dag, expanded)))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
+
+
+def _fanflow_error_type(exc_type: str) -> type[FanflowError] | None:
+    """The fanflow error class named ``fanflow.errors.<Name>``, except TaskFailedError; else None."""
+    module, _, name = exc_type.rpartition(".")
+    found = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(found, type) and issubclass(found, FanflowError) and found is not TaskFailedError:
+        return found
+    return None
 
 
 class _Progress:

@@ -3,6 +3,12 @@
 A platform only moves invocations; every platform ends in a call of
 :func:`fanflow.worker.handle`. In-process platforms (``threads``) get invocation
 objects and hand them over as they are; the others get signed payload bytes.
+
+Liveness: a platform that can tell it no longer runs what it was given (its
+host stopped, its shared pool is gone) may define ``check_serving()``, which
+raises :class:`fanflow.PlatformError` saying so; a waiting client calls it
+every second or so. A platform that refuses or loses an invocation tells the
+invocation's run with :func:`fanflow.platforms.lost.fail_invocation`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler
+from fanflow.platforms.lost import fail_invocation
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -84,8 +86,25 @@ class ThreadsPlatform:
                 return
             try:
                 self._handler(item)
-            except BaseException:  # the handler reports task errors itself; this is a bug guard
+            except BaseException as exc:  # the handler reports task errors itself; this is a bug guard
                 log.exception("fanflow worker crashed outside of a task")
+                self._tell_run(item, exc)
+
+    def _tell_run(self, inv: Any, exc: BaseException) -> None:
+        """The invocation is lost with its thread's crash: fail its run, so its client does not wait forever."""
+        runtime = getattr(inv, "runtime", None)
+        if runtime is None:
+            return
+        store, _ = runtime
+        why = f"the worker thread crashed outside of its tasks: {type(exc).__name__}: {exc}"
+        fail_invocation(
+            store, inv.run_id, inv.start, why, threading.current_thread().name, ttl_s=inv.settings.key_ttl_s
+        )
+
+    def check_serving(self) -> None:
+        """Raise :class:`PlatformError` once the platform is closed: nothing it was given runs any more."""
+        if self._closed:
+            raise PlatformError("the threads platform was closed while the run was in flight")
 
     def close(self) -> None:
         if self._closed:

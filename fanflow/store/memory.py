@@ -193,8 +193,11 @@ class MemoryStore:
 
     def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:
         deadline = time.monotonic() + lease_ms / 1000
-        for key in lease_keys:
-            self._data[key] = _Lease(owner, deadline)
+        with self._lock:
+            for key in lease_keys:
+                held = self._data.get(key)
+                if not (isinstance(held, _Lease) and held.owner == LEASE_DONE):  # a late beat never undoes done
+                    self._data[key] = _Lease(owner, deadline)
 
     def end_leases(self, lease_keys: Sequence[str], ttl_s: int) -> None:
         for key in lease_keys:
@@ -216,6 +219,8 @@ class MemoryStore:
     # -- run state ----------------------------------------------------------------
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
         with self._lock:
+            if status_key not in self._data:
+                return  # the run ended or lost its state: a late failure brings nothing back
             records = self._data.get(errors_key)
             if not isinstance(records, _List):
                 records = self._data[errors_key] = _List()

@@ -96,11 +96,22 @@ return 0
 """
 
 # KEYS: status, errors. ARGV: record, ttl_s, channel, failed.
+# A run whose status is gone has ended (cleaned up) or lost its state: a late
+# worker's failure must not bring its keys back.
 _FAIL_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], 'failed')
+return 1
+"""
+
+# KEYS: lease. ARGV: owner, lease_ms, done.
+# A heartbeat still in flight when its task ends must not overwrite ``done``.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
@@ -229,13 +240,14 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM_LUA)
         self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
         self._fail = client.register_script(_FAIL_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
         self._events = client.register_script(_EVENTS_LUA)
 
     @_translated
     def load_scripts(self) -> None:
         """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._claim, self._claim_or_store, self._fail, self._events):
+        for script in (self._claim, self._claim_or_store, self._fail, self._renew, self._events):
             pipe.script_load(script.script)
         pipe.execute()
 
@@ -326,9 +338,10 @@ class RedisStore:
 
     @_translated
     def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:
-        """Set each lease to ``owner`` for ``lease_ms``, in one pipeline."""
+        """Set each lease to ``owner`` for ``lease_ms`` unless it is ``done``, in one pipeline."""
         if lease_keys:
-            self._execute(lambda pipe: [pipe.set(key, owner, px=lease_ms) for key in lease_keys])
+            sha = self._renew.sha
+            self._execute(lambda pipe: [pipe.evalsha(sha, 1, key, owner, lease_ms, LEASE_DONE) for key in lease_keys])
 
     @_translated
     def end_leases(self, lease_keys: Sequence[str], ttl_s: int) -> None:
@@ -350,7 +363,10 @@ class RedisStore:
     # -- run state ---------------------------------------------------------------------------
     @_translated
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
-        """Append the error record and set status ``failed`` in one script, which then publishes."""
+        """Append the error record and set status ``failed`` in one script, which then publishes.
+
+        Nothing is written when the run's status is gone: the run ended or lost its state.
+        """
         self._evalsha(self._fail, (status_key, errors_key), (record, ttl_s, channel, FAILED))
 
     @_translated
