@@ -23,8 +23,18 @@ import redis
 from tests_support import bump, wait_for_file
 
 import fanflow
+from fanflow.platforms.invocation import branch_id
 from fanflow.store import keys, open_store
-from fanflow.store.base import LEASE_DONE, Store, error_record
+from fanflow.store.base import (
+    BEGIN_DUPLICATE,
+    BEGIN_RUN,
+    BEGIN_STOPPED,
+    LEASE_DONE,
+    MISSING,
+    RUNNING,
+    Store,
+    error_record,
+)
 
 LIVENESS_S = 15.0
 """Every fault must end its run within this many seconds (the issue's bound)."""
@@ -199,3 +209,26 @@ def test_a_failure_recorded_after_its_run_ended_brings_no_key_back(store: Store)
     store.fail_run(keys.status(run), keys.errors(run), record, 60, keys.channel(run))
     assert store.get_status(keys.status(run)) is None
     assert store.read_list(keys.errors(run)) == []
+
+
+# -- 6 and 9. a worker's first step: is the run running, did this invocation start already? --------
+def test_begin_runs_an_invocation_once_and_nothing_for_a_run_that_is_not_running(store: Store) -> None:
+    run = "begin-run"
+    status, started = keys.status(run), keys.started(run)
+    assert store.begin(status, started, "inv-a", "w1", 60, redelivered=False) == BEGIN_STOPPED  # no run state
+    assert store.get_many([started])[0] == [MISSING]  # and nothing written for it
+    store.set_status(status, RUNNING, 60)
+    assert store.begin(status, started, "inv-a", "w1", 60, redelivered=False) == BEGIN_RUN
+    assert store.begin(status, started, "inv-a", "w2", 60, redelivered=False) == BEGIN_DUPLICATE
+    assert store.begin(status, started, "inv-a", "w3", 60, redelivered=True) == BEGIN_RUN  # its worker died
+    assert store.begin(status, started, "inv-b", "w4", 60, redelivered=False) == BEGIN_RUN
+    store.set_status(status, "cancelled", 60)
+    assert store.begin(status, started, "inv-c", "w5", 60, redelivered=False) == BEGIN_STOPPED
+    assert started in set(keys.run_keys(run, fanflow.dag.DAG.from_sinks([add(1, 2)]), {}))
+    store.delete([status, started])
+
+
+def test_branch_ids_are_the_same_for_the_same_parent_and_start() -> None:
+    assert branch_id("parent", (3,)) == branch_id("parent", (3,))
+    assert branch_id("parent", ((5, 1, 4),)) != branch_id("parent", ((5, 2, 4),))
+    assert branch_id("parent", (3,)) != branch_id("other", (3,))

@@ -55,8 +55,10 @@ class Invocation:
     """Names this invocation; it owns the claims its worker takes, so a redelivered
     invocation (same payload, after its worker died) re-enters them."""
 
-    def with_start(self, start: tuple[Any, ...], memory_mb: int, invoked_at: float) -> Invocation:
-        """A new invocation of the same run, with its own id."""
+    def with_start(
+        self, start: tuple[Any, ...], memory_mb: int, invoked_at: float, inv_id: str | None = None
+    ) -> Invocation:
+        """A new invocation of the same run, with id ``inv_id`` (default: a new random one)."""
         return Invocation(
             self.run_id,
             start,
@@ -68,12 +70,22 @@ class Invocation:
             self.dag,
             invoked_at,
             self.runtime,
-            new_invocation_id(),
+            inv_id or new_invocation_id(),
         )
 
 
 def new_invocation_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def branch_id(parent: str, start: tuple[Any, ...]) -> str:
+    """The id of the invocation that invocation ``parent`` starts for ``start`` (tasks or map elements).
+
+    The same every time: when a platform redelivers ``parent`` after its worker
+    died, the branches it starts again carry the ids of the first ones, so a
+    branch that already started is not run a second time (see ``Store.begin``).
+    """
+    return hashlib.blake2b(f"{parent}/{start!r}".encode(), digest_size=8).hexdigest()
 
 
 def sign(inv: Invocation, secret: bytes) -> bytes:

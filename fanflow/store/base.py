@@ -27,6 +27,11 @@ MISSING: Any = _Missing()
 """Returned by :meth:`Store.get_many` for a key that does not exist."""
 
 RUNNING = "running"
+BEGIN_RUN = "run"
+BEGIN_STOPPED = "stopped"
+BEGIN_DUPLICATE = "duplicate"
+"""What :meth:`Store.begin` tells a worker: run, the run is not running, or another delivery of
+this invocation already started."""
 LEASE_DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"
@@ -146,6 +151,17 @@ class Store(Protocol):
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None: ...
 
     def get_status(self, status_key: str) -> str | None: ...
+
+    def begin(self, status_key: str, started_key: str, inv_id: str, token: str, ttl_s: int, redelivered: bool) -> str:
+        """A worker's first step, one round trip: may invocation ``inv_id`` run now?
+
+        ``BEGIN_STOPPED`` unless the run's status is running (it ended, failed, was
+        cancelled or lost its state). ``BEGIN_DUPLICATE`` when another delivery of the
+        same invocation already started (its id is recorded in the run's ``started_key``
+        hash), unless this one is ``redelivered`` by a platform that saw the first
+        one's worker die: then it takes the invocation over. Else ``BEGIN_RUN``.
+        """
+        ...
 
     def read_list(self, key: str) -> list[bytes]: ...
 

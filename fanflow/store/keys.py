@@ -84,6 +84,11 @@ def error_object(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:exc"
 
 
+def started(run_id: str) -> str:
+    """The invocations of a run that started, by id (a hash): a second delivery of one does not run it again."""
+    return f"{PREFIX}:{{{run_id}}}:started"
+
+
 def dag(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:dag"
 
@@ -114,6 +119,7 @@ def run_keys(run_id: str, graph: DAG, map_sizes: Mapping[int, int]) -> Iterator[
     yield errors(run_id)
     yield error_object(run_id)
     yield dag(run_id)
+    yield started(run_id)
     for task, ups in enumerate(graph.deps):
         yield output_of(run_id, graph, task)
         yield lease(run_id, task)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fanflow.store.base import FAILED, LEASE_DONE, MISSING, Claim
+from fanflow.store.base import BEGIN_DUPLICATE, BEGIN_RUN, BEGIN_STOPPED, FAILED, LEASE_DONE, MISSING, RUNNING, Claim
 
 _SWEEP_EVERY_S = 30.0
 _FIXED_SIZE = (int, float, bool, type(None), complex)
@@ -232,6 +232,19 @@ class MemoryStore:
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
         self._data[status_key] = status
         self._expire_later((status_key,), ttl_s)
+
+    def begin(self, status_key: str, started_key: str, inv_id: str, token: str, ttl_s: int, redelivered: bool) -> str:
+        with self._lock:
+            if self._data.get(status_key) != RUNNING:
+                return BEGIN_STOPPED
+            started = self._data.get(started_key)
+            if not isinstance(started, dict):
+                started = self._data[started_key] = {}
+            if inv_id in started and not redelivered:
+                return BEGIN_DUPLICATE
+            started[inv_id] = token
+        self._expire_later((started_key,), ttl_s)
+        return BEGIN_RUN
 
     def get_status(self, status_key: str) -> str | None:
         value = self._data.get(status_key)

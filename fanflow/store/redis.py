@@ -49,7 +49,16 @@ from redis.retry import Retry
 
 from fanflow.config import mask_url
 from fanflow.errors import SerializationError, StoreError, StoreUnavailableError
-from fanflow.store.base import FAILED, LEASE_DONE, MISSING, Claim
+from fanflow.store.base import (
+    BEGIN_DUPLICATE,
+    BEGIN_RUN,
+    BEGIN_STOPPED,
+    FAILED,
+    LEASE_DONE,
+    MISSING,
+    RUNNING,
+    Claim,
+)
 
 __all__ = ["RedisStore", "connect", "dumps", "loads"]
 
@@ -115,6 +124,20 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: status, started. ARGV: inv_id, token, ttl_s, redelivered, running.
+# A worker's first step: nothing runs for a run that is not running, and one
+# delivery of an invocation runs (a redelivery takes over from a dead worker).
+_BEGIN_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+elseif redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
+  return 2
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 # KEYS: stream. ARGV: packed events, ttl_s.
 _EVENTS_LUA = """
 redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
@@ -122,7 +145,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd")
+SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd", "hset", "hsetnx")
 """Commands fanflow runs only inside its scripts, never sent by a client directly.
 (``SET`` is both: clients write values with it, and a claim script calls it once
 per dependent whose upstream set is complete.)"""
@@ -241,13 +264,14 @@ class RedisStore:
         self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)
+        self._begin = client.register_script(_BEGIN_LUA)
         self._events = client.register_script(_EVENTS_LUA)
 
     @_translated
     def load_scripts(self) -> None:
         """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._claim, self._claim_or_store, self._fail, self._renew, self._events):
+        for script in (self._claim, self._claim_or_store, self._fail, self._renew, self._begin, self._events):
             pipe.script_load(script.script)
         pipe.execute()
 
@@ -372,6 +396,13 @@ class RedisStore:
     @_translated
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
         self.client.set(status_key, status, ex=ttl_s)
+
+    @_translated
+    def begin(self, status_key: str, started_key: str, inv_id: str, token: str, ttl_s: int, redelivered: bool) -> str:
+        """The run's status check and the invocation's start mark, in one script."""
+        args = (inv_id, token, ttl_s, "1" if redelivered else "0", RUNNING)
+        answer = self._evalsha(self._begin, (status_key, started_key), args)
+        return (BEGIN_STOPPED, BEGIN_RUN, BEGIN_DUPLICATE)[int(answer)]
 
     @_translated
     def get_status(self, status_key: str) -> str | None:
