@@ -38,16 +38,14 @@ from fanflow.config import signing_secret
 from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler
 from fanflow.platforms.invocation import peek
+from fanflow.platforms.sizing import MB_PER_VCPU, vcpus
 
 __all__ = ["MB_PER_VCPU", "RayPlatform", "client_platform", "resources", "worker_platform"]
-
-MB_PER_VCPU = 1769
-"""Memory that buys one vCPU, as on AWS Lambda."""
 
 
 def resources(memory_mb: int) -> dict[str, float]:
     """The Ray resource request of an invocation with ``memory_mb``."""
-    return {"memory": float(memory_mb * 1024 * 1024), "num_cpus": memory_mb / MB_PER_VCPU}
+    return {"memory": float(memory_mb * 1024 * 1024), "num_cpus": vcpus(memory_mb)}
 
 
 def _run(payload: bytes) -> dict[str, Any]:

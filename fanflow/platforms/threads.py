@@ -7,8 +7,9 @@ invocations arrive, up to ``max_workers``, and stay for the life of the platform
 Numeric libraries (OpenBLAS, MKL, OpenMP) start their own thread per core for
 each call; with several worker threads calling them at once the cores are
 oversubscribed many times over (a QR-heavy workload ran 16x slower). While the
-platform is open it caps those pools, through threadpoolctl, so that worker
-threads times library threads stays about the core count.
+platform is open it caps those pools, through threadpoolctl, at each worker
+thread's share of the cores (:func:`fanflow.platforms.sizing.blas_threads`, the
+rule out-of-process workers follow with their memory's vCPU share).
 
 Worker threads running small pure-Python tasks fight over the GIL: at
 CPython's default switch interval (5 ms) two threads on two cores hand the GIL
@@ -33,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler
 from fanflow.platforms.lost import fail_invocation
+from fanflow.platforms.sizing import blas_threads
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -70,7 +72,7 @@ class ThreadsPlatform:
             return
         with self._lock:
             if self._blas_limit is None and self._max > 1:
-                self._blas_limit = threadpool_limits(limits=max(1, (os.cpu_count() or 1) // self._max))
+                self._blas_limit = threadpool_limits(limits=blas_threads((os.cpu_count() or 1) / self._max))
                 self._switch_interval = sys.getswitchinterval()
                 sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
             for _ in range(min(self._max - len(self._threads), len(invocations))):

@@ -13,6 +13,7 @@ from fanflow.dag.encoding import decode
 from fanflow.dag.graph import DAG
 from fanflow.platforms import worker_platform
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
+from fanflow.platforms.sizing import blas_threads, limit_blas_threads, vcpus
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING
 from fanflow.worker.loop import Worker
@@ -49,6 +50,8 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bo
             env = os.environ.get("FANFLOW_SECRET")
             secret = env.encode() if env else None
         inv = verify(bytes(payload), secret)
+        # Before anything of the run is unpickled (and may load numpy): size numeric thread pools.
+        limit_blas_threads(blas_threads(vcpus(inv.memory_mb)))
         store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s)
         platform = worker_platform(inv.platform, inv.platform_options, handle)
     dag = _dag_for(inv, store)
