@@ -121,7 +121,9 @@ def test_recorded_run(client: TestClient, recorded: dict[str, str]) -> None:
     assert sink["sink"] and not sink["map"]
     path = body["critical_path"]
     assert path[-1] == sink["id"] and len(path) == 3
-    assert all(t["status"] == "finished" for t in body["tasks"]) and body["errors"] == []
+    assert [t["task"] for t in body["critical_tasks"]] == path and body["errors"] == []
+    assert all(t["status"] == "finished" for t in body["critical_tasks"])
+    assert body["functions"]["size"]["tasks"] == 3 and body["functions"]["size"]["in_bytes"] >= 600
 
 
 def test_failed_run_keeps_its_traceback(client: TestClient, recorded: dict[str, str]) -> None:
@@ -191,7 +193,7 @@ def test_unknown_run_is_a_clear_404(client: TestClient, suffix: str) -> None:
     assert "'no-such-run' is unknown" in response.json()["detail"]
 
 
-def test_functions_and_plots(client: TestClient, recorded: dict[str, str]) -> None:
+def test_functions_and_executions(client: TestClient, recorded: dict[str, str]) -> None:
     functions = {f["name"]: f for f in client.get("/api/functions").json()["functions"]}
     assert {"make", "size", "add"} <= set(functions)
     identity = functions["size"]["identity"]
@@ -199,12 +201,8 @@ def test_functions_and_plots(client: TestClient, recorded: dict[str, str]) -> No
     points = client.get("/api/functions/executions", params={"identity": identity}).json()["executions"]
     assert len(points) >= 3 and {"exec_s", "in_bytes", "memory_mb"} <= set(points[0])
     assert {p["in_bytes"] for p in points} >= {100, 200, 300}
-    for kind in ("input", "memory"):
-        png = client.get("/api/functions/plot.png", params={"identity": identity, "kind": kind})
-        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-        assert png.content.startswith(b"\x89PNG")
-    assert client.get("/api/functions/plot.png", params={"identity": identity, "kind": "pie"}).status_code == 400
-    missing = client.get("/api/functions/plot.png", params={"identity": "nope:123"})
+    assert recorded["succeeded"] in {p["run_id"] for p in points}  # the functions page links to the runs
+    missing = client.get("/api/functions/executions", params={"identity": "nope:123"})
     assert missing.status_code == 404 and "no recorded executions" in missing.json()["detail"]
 
 

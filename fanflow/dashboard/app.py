@@ -199,19 +199,8 @@ def create_app(source: Source, token: str | None = None, allowed_hosts: Iterable
 
     @app.get("/api/functions/executions")
     def executions(identity: str) -> Response:
-        """Kept executions of one function: time, input bytes, memory."""
+        """Kept executions of one function: time, input bytes, memory, run (the page draws its plots)."""
         return _json({"identity": identity, "executions": source.executions(identity)})
-
-    @app.get("/api/functions/plot.png")
-    def plot(identity: str, kind: str = "input") -> Response:
-        """Time vs input size (``kind=input``) or time vs memory (``kind=memory``) of one function, as PNG."""
-        from fanflow.dashboard.plots import KINDS, function_plot
-
-        if kind not in KINDS:
-            return _json({"detail": f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}"}, 400)
-        points = source.executions(identity)
-        name = identity.rsplit(":", 1)[0].rsplit(".", 1)[-1]
-        return Response(function_plot(name, points, kind), media_type="image/png")
 
     return app
 

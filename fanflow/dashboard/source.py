@@ -37,6 +37,9 @@ STATUSES = ("running", "succeeded", "failed", "cancelled", "timeout", "unrecorde
 
 DEFAULT_LIMIT = 200
 
+RECORDED_CACHE = 4
+"""Recorded runs kept parsed in memory (the newest asked for)."""
+
 
 class NotFoundError(FanflowError):
     """The dashboard knows nothing of this run or function (shown as HTTP 404)."""
@@ -70,15 +73,24 @@ class Source:
         self.local = local
         self.store_url = mask_url(store.url) if store is not None else None
         self.metadata_url = mask_url(metadata.url) if metadata is not None else None
+        self._recorded: dict[str, RunMetrics] = {}
 
     # -- locating a run --------------------------------------------------------------
     def _saved(self, run_id: str) -> RunMetrics | None:
         if self.metadata is None:
             return None
+        cached = self._recorded.get(run_id)
+        if cached is not None:
+            return cached
         try:
-            return RunMetrics.from_stored(self.metadata.load_run(run_id))
+            metrics = RunMetrics.from_stored(self.metadata.load_run(run_id))
         except RunNotFoundError:
             return None
+        # A recorded run never changes, and its page asks for it twice at once (header, then events).
+        self._recorded[run_id] = metrics
+        while len(self._recorded) > RECORDED_CACHE:
+            self._recorded.pop(next(iter(self._recorded)))
+        return metrics
 
     def _find(self, run_id: str) -> _Found:
         metrics = self._saved(run_id)
@@ -209,7 +221,8 @@ class Source:
             "live": header["live"],
             "graph": self._graph_of_doc(doc),
             "critical_path": [],
-            "tasks": [],
+            "critical_tasks": [],
+            "functions": {},
             "errors": self._live_errors(found, store),
             "notice": notice,
         }
@@ -270,7 +283,9 @@ class Source:
             for t in metrics.tasks
         ]
         edges = [{"source": u, "target": t.task, "index": k} for t in metrics.tasks for k, u in enumerate(t.deps)]
-        tasks = [
+        critical = metrics.critical_path() if any(t.status != UNFINISHED for t in metrics.tasks) else []
+        by_id = {t.task: t for t in metrics.tasks}
+        critical_tasks = [
             {
                 "task": t.task,
                 "name": t.name,
@@ -283,8 +298,15 @@ class Source:
                 "out_bytes": t.out_bytes,
                 "error": t.error,
             }
-            for t in metrics.tasks
+            for t in (by_id[i] for i in critical)
         ]
+        per_function: dict[str, dict[str, float]] = {}
+        for t, node in zip(metrics.tasks, nodes, strict=True):
+            row = per_function.setdefault(node["function"], {"tasks": 0, "exec_s": 0.0, "in_bytes": 0, "failed": 0})
+            row["tasks"] += 1
+            row["exec_s"] += t.exec_s or 0.0
+            row["in_bytes"] += t.in_bytes or 0
+            row["failed"] += t.status == "failed"
         errors = (started or {}).get("errors") or [
             {"task": t.name, "task_id": t.task, "exc_type": "", "message": t.error, "traceback": "", "worker": t.worker}
             for t in metrics.tasks
@@ -296,8 +318,9 @@ class Source:
             "run": header,
             "live": False,
             "graph": {"nodes": nodes, "edges": edges},
-            "critical_path": metrics.critical_path() if any(t.status != UNFINISHED for t in metrics.tasks) else [],
-            "tasks": tasks,
+            "critical_path": critical,
+            "critical_tasks": critical_tasks,
+            "functions": per_function,
             "errors": errors,
             "notice": None,
         }
@@ -375,8 +398,11 @@ class Source:
             for identity, sizes in by_identity.items()
         ]
 
-    def executions(self, identity: str) -> list[dict[str, float]]:
-        """Every kept execution of a function: ``exec_s``, ``in_bytes``, ``memory_mb`` (map elements count one each)."""
+    def executions(self, identity: str) -> list[dict[str, Any]]:
+        """Every kept execution of a function: ``exec_s``, ``in_bytes``, ``memory_mb``, ``run_id``.
+
+        Map elements count one each.
+        """
         if self.metadata is None:
             raise NotFoundError("this dashboard has no metadata store, so no function history")
         docs = self.metadata.task_history([identity])
@@ -409,14 +435,19 @@ class LiveFeed:
         return self.local is not None and self.local.ended_at is not None
 
 
-def _points(docs: Iterable[dict[str, Any]]) -> Iterable[dict[str, float]]:
+def _points(docs: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     for t in docs:
         if t.get("status") != "finished":
             continue
         elements = [e for e in t.get("elements", ()) if e.get("finished_at")]
         if elements:
             for e in elements:
-                yield {"exec_s": e["exec_s"], "in_bytes": e["fetched_bytes"], "memory_mb": e["memory_mb"]}
+                yield {
+                    "exec_s": e["exec_s"],
+                    "in_bytes": e["fetched_bytes"],
+                    "memory_mb": e["memory_mb"],
+                    "run_id": t.get("run_id"),
+                }
         else:
             in_bytes = sum(i.get("bytes", 0) for i in t.get("inputs", ()))
-            yield {"exec_s": t["exec_s"], "in_bytes": in_bytes, "memory_mb": t["memory_mb"]}
+            yield {"exec_s": t["exec_s"], "in_bytes": in_bytes, "memory_mb": t["memory_mb"], "run_id": t.get("run_id")}
