@@ -80,6 +80,12 @@ class Claim(NamedTuple):
     """With ``output``: the upstream's output, stored only if this claim is NOT won (if it is,
     the caller runs the dependent itself with the value in memory). Same hash tag as the claim."""
     output: Any = None
+    only_if_last: bool = False
+    """Join the dependency set only if that completes it (and then claim); otherwise change
+    nothing and report the claim not won. A worker holding a large output asks this first: when
+    it wins, it runs the dependent with the value in memory and the value never travels; when it
+    does not, it stores the value and then notifies as usual, so nobody can claim the dependent
+    before the value is in the store."""
 
 
 class Subscription(Protocol):

@@ -175,6 +175,9 @@ class MemoryStore:
             with self._lock:
                 for c in claims:
                     members = data.get(c.deps_key)
+                    if c.only_if_last and c.member not in (members or ()) and len(members or ()) + 1 < c.indegree:
+                        won.append(False)
+                        continue
                     if members is None:
                         members = data[c.deps_key] = _Members()
                     members.add(c.member)

@@ -104,6 +104,20 @@ redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4])
 return 0
 """
 
+# KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
+# The claim script for a caller that joins the set only if that completes it: otherwise nothing
+# changes and it answers 0 (the caller stores its output first, then notifies as usual).
+_CLAIM_IF_LAST_LUA = """
+local n = redis.call('SCARD', KEYS[1])
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then n = n + 1 end
+if n < tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+return 0
+"""
+
 # KEYS: status, errors. ARGV: record, ttl_s, channel, failed.
 # A run whose status is gone has ended (cleaned up) or lost its state: a late
 # worker's failure must not bring its keys back.
@@ -262,6 +276,7 @@ class RedisStore:
         """The redis-py client (thread-safe; a connection pool), for platforms built on Redis."""
         self._claim = client.register_script(_CLAIM_LUA)
         self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
+        self._claim_if_last = client.register_script(_CLAIM_IF_LAST_LUA)
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._begin = client.register_script(_BEGIN_LUA)
@@ -271,7 +286,15 @@ class RedisStore:
     def load_scripts(self) -> None:
         """Load the Lua scripts into the server's script cache (done on connect and after NOSCRIPT)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (self._claim, self._claim_or_store, self._fail, self._renew, self._begin, self._events):
+        for script in (
+            self._claim,
+            self._claim_or_store,
+            self._claim_if_last,
+            self._fail,
+            self._renew,
+            self._begin,
+            self._events,
+        ):
             pipe.script_load(script.script)
         pipe.execute()
 
@@ -332,14 +355,15 @@ class RedisStore:
         """Outputs, fan-in claims and messages in ONE pipeline; per claim, whether ``owner`` won it."""
         if not (puts or claims or publish):
             return []
-        sha, sha_or_store = self._claim.sha, self._claim_or_store.sha
+        sha, sha_or_store, sha_if_last = self._claim.sha, self._claim_or_store.sha, self._claim_if_last.sha
 
         def fill(pipe: Any) -> None:
             for key, value in puts.items():
                 pipe.set(key, value, ex=ttl_s)
             for c in claims:
                 if c.output_key is None:
-                    pipe.evalsha(sha, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
+                    script = sha_if_last if c.only_if_last else sha
+                    pipe.evalsha(script, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
                 else:
                     pipe.evalsha(
                         sha_or_store,
