@@ -28,6 +28,7 @@ from fanflow.errors import (
     StoreError,
     StoreUnavailableError,
     TaskFailedError,
+    ValueRejectedError,
     ValueTooLargeError,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "StoreUnavailableError",
     "Task",
     "TaskFailedError",
+    "ValueRejectedError",
     "ValueTooLargeError",
     "__version__",
     "compute",

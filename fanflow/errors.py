@@ -99,6 +99,13 @@ class PayloadRejectedError(FanflowError):
     """An invocation payload is unsigned or its signature does not match."""
 
 
+class ValueRejectedError(PayloadRejectedError):
+    """A value read from the store is not sealed with the run's secret, or its MAC does not match.
+
+    It is never unpickled: whoever wrote it did not hold the secret.
+    """
+
+
 class PlatformError(FanflowError):
     """A platform could not start or invoke workers."""
 

@@ -198,7 +198,8 @@ def test_a_payload_with_a_bad_signature_runs_nothing(pool: PoolHost, redis_url: 
     assert not list(client.scan_iter(match=f"ff:{{{forged.run_id}*"))
     push(store, pool.name, pack_entries([256], [sign(genuine, b"pool-secret")]))  # the same, signed right, runs
     wait_until(lambda: client.get(counter) == b"1", "the genuine payload to run")
-    assert store.get_many([keys.output(genuine.run_id, 0)])[0] == [7]
+    # The task counts before its output is stored: wait for the output, not only the count.
+    wait_until(lambda: store.get_many([keys.output(genuine.run_id, 0)])[0] == [7], "the genuine output")
     client.delete(counter)
 
 

@@ -30,6 +30,7 @@ from fanflow.errors import (
     StoreError,
     TaskFailedError,
     TaskLostError,
+    ValueRejectedError,
 )
 from fanflow.platforms.base import Platform
 from fanflow.store import keys, open_store
@@ -55,9 +56,9 @@ class Run:
         self.dag = dag
         self.config = config
         self.platform = platform
-        self.store: Store = open_store(config.store, retry_s=config.store_retry_s)
-        self.run_id = dag.new_run_id()
         self.secret = signing_secret(config)
+        self.store: Store = open_store(config.store, retry_s=config.store_retry_s, secret=self.secret)
+        self.run_id = dag.new_run_id()
         self.settings = WorkerSettings(
             key_ttl_s=config.key_ttl_s,
             lease_ms=config.lease_ms,
@@ -270,7 +271,11 @@ class Run:
             raise StoreError(f"run {self.run_id} failed but left no error record")
         record = json.loads(records[0])
         task = self._task_name(record)
-        (exc_obj,), _ = self.store.get_many([keys.error_object(self.run_id)])
+        try:
+            (exc_obj,), _ = self.store.get_many([keys.error_object(self.run_id)])
+        except ValueRejectedError:  # the record still names the task, the type and the traceback
+            log.warning("run %s: the stored exception object fails its MAC; reporting the record only", self.run_id)
+            exc_obj = None
         if isinstance(exc_obj, FanflowError) and not isinstance(exc_obj, TaskFailedError):
             exc_obj.remote_traceback = record["traceback"]  # type: ignore[attr-defined]
             raise exc_obj

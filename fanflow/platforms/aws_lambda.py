@@ -169,7 +169,7 @@ class LambdaPlatform:
         with self._stored_lock:
             if run_id in self._stored:
                 return
-        store = open_store(store_url)
+        store = open_store(store_url, secret=self._secret)  # sealed, as workers verify what they read
         store.put_many({keys.dag(run_id): store.dumps(dag)[0]}, ttl_s)
         with self._stored_lock:
             self._stored[run_id] = None

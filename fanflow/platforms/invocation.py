@@ -5,9 +5,13 @@ already holds), the resource config, where the store is and how to invoke more
 workers, and the DAG: inline (object in-process, encoded bytes when small) or
 ``None`` meaning "fetch it from the store by run id".
 
-Payload bytes are ``MAGIC | HMAC-SHA256(secret, body) | body``. The signature is
-checked before anything is unpickled, so a forged or tampered payload never
-reaches pickle.
+Payload bytes are ``MAGIC | HMAC-SHA256(secret, signed) | signed`` where
+``signed = run_len:u16 | run_id | body``. The signature is checked before
+anything is unpickled, so a forged or tampered payload never reaches pickle.
+The run id is in clear so a platform can tell a run about a payload it refuses
+(:func:`run_id_of`) without trusting the rest. A payload older than the run's
+``key_ttl_s`` is refused: every key of its run has expired by then, so only a
+replay can carry it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import struct
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from fanflow.config import mask_url
 from fanflow.errors import PayloadRejectedError
 
-MAGIC = b"FFP1"
+MAGIC = b"FFP2"
 _SIG_LEN = 32
+_RUN_LEN = struct.Struct("<H")
+_SIGNED_AT = len(MAGIC) + _SIG_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,15 @@ class Invocation:
     inv_id: str = ""
     """Names this invocation; it owns the claims its worker takes, so a redelivered
     invocation (same payload, after its worker died) re-enters them."""
+
+    def __repr__(self) -> str:
+        # Logged and shown in errors: the store URL may carry the Redis password.
+        options = {k: mask_url(v) if isinstance(v, str) and "://" in v else v for k, v in self.platform_options.items()}
+        return (
+            f"Invocation(run_id={self.run_id!r}, start={self.start!r}, memory_mb={self.memory_mb}, "
+            f"store_url={mask_url(self.store_url)!r}, platform={self.platform!r}, platform_options={options!r}, "
+            f"inv_id={self.inv_id!r})"
+        )
 
     def with_start(
         self, start: tuple[Any, ...], memory_mb: int, invoked_at: float, inv_id: str | None = None
@@ -108,24 +126,52 @@ def sign(inv: Invocation, secret: bytes) -> bytes:
         ),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
-    return MAGIC + hmac.new(secret, body, hashlib.sha256).digest() + body
+    run = inv.run_id.encode()
+    signed = _RUN_LEN.pack(len(run)) + run + body
+    return MAGIC + hmac.new(secret, signed, hashlib.sha256).digest() + signed
+
+
+def run_id_of(payload: bytes) -> str | None:
+    """The run id a payload names, read WITHOUT checking its signature; None if it is not a payload.
+
+    Only to tell that run about a payload refused here: never trust it for more.
+    """
+    view = memoryview(payload)
+    if len(view) < _SIGNED_AT + _RUN_LEN.size or bytes(view[: len(MAGIC)]) != MAGIC:
+        return None
+    (n,) = _RUN_LEN.unpack_from(view, _SIGNED_AT)
+    start = _SIGNED_AT + _RUN_LEN.size
+    try:
+        return bytes(view[start : start + n]).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def verify(payload: bytes, secret: bytes | None) -> Invocation:
-    """Check the signature, then decode. Raises :class:`PayloadRejectedError`."""
+    """Check the signature and the age, then decode. Raises :class:`PayloadRejectedError`."""
     if secret is None:
         raise PayloadRejectedError("this worker has no secret: set FANFLOW_SECRET to the client's secret")
     view = memoryview(payload)
-    if len(view) < len(MAGIC) + _SIG_LEN or bytes(view[: len(MAGIC)]) != MAGIC:
-        raise PayloadRejectedError("payload is not a signed fanflow invocation")
-    sig = bytes(view[len(MAGIC) : len(MAGIC) + _SIG_LEN])
-    body = view[len(MAGIC) + _SIG_LEN :]
-    if not hmac.compare_digest(sig, hmac.new(secret, body, hashlib.sha256).digest()):
+    if len(view) < _SIGNED_AT + _RUN_LEN.size or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise PayloadRejectedError("payload is not a signed fanflow invocation (of this fanflow version)")
+    sig = bytes(view[len(MAGIC) : _SIGNED_AT])
+    signed = view[_SIGNED_AT:]
+    if not hmac.compare_digest(sig, hmac.new(secret, signed, hashlib.sha256).digest()):
         raise PayloadRejectedError(
             "payload signature does not match: it was tampered with or signed with another secret"
         )
-    fields = pickle.loads(body)
-    return Invocation(*fields)
+    inv = _decode(signed)
+    if inv.invoked_at and time.time() - inv.invoked_at > inv.settings.key_ttl_s:
+        raise PayloadRejectedError(
+            f"payload of run {inv.run_id} was signed {time.time() - inv.invoked_at:,.0f} s ago, longer than its "
+            f"key_ttl_s={inv.settings.key_ttl_s}: its run is over, so this is a replay"
+        )
+    return inv
+
+
+def _decode(signed: memoryview) -> Invocation:
+    (n,) = _RUN_LEN.unpack_from(signed, 0)
+    return Invocation(*pickle.loads(signed[_RUN_LEN.size + n :]))
 
 
 def peek(payload: bytes) -> Invocation:
@@ -135,4 +181,4 @@ def peek(payload: bytes) -> Invocation:
     invocation by its ``memory_mb``; anything received from elsewhere goes through
     :func:`verify`.
     """
-    return Invocation(*pickle.loads(memoryview(payload)[len(MAGIC) + _SIG_LEN :]))
+    return _decode(memoryview(payload)[_SIGNED_AT:])

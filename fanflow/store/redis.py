@@ -2,11 +2,10 @@
 
 Design points, in the order a task meets them:
 
-- **Values** are framed pickle-5 (:func:`dumps`/:func:`loads`): cloudpickle writes
-  large buffers (numpy arrays, ``PickleBuffer``) out of band, and the frame keeps
-  them as raw bytes after the pickle stream. Decoding hands ``pickle.loads``
-  memoryviews into the fetched reply, so an array is rebuilt *on* the bytes Redis
-  returned, without a copy. Such arrays are read-only, as in Ray's object store.
+- **Values** are framed pickle-5 and, with a secret, sealed to their key by a
+  MAC that is checked before anything is unpickled (:mod:`fanflow.store.codec`).
+  Large buffers (numpy arrays) travel out of band and come back as views into
+  the bytes Redis returned, without a copy.
 - **Inputs** are one ``MGET``; **output + notify + publish** is one pipeline:
   ``SET ... EX`` per output, one ``EVALSHA`` of the claim script per dependent,
   and ``PUBLISH``. The claim script (``SADD`` the upstream, then ``SET claim NX
@@ -30,15 +29,13 @@ sync client avoids an event loop per worker process.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
-import pickle
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-import cloudpickle
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
@@ -48,7 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from fanflow.config import mask_url
-from fanflow.errors import SerializationError, StoreError, StoreUnavailableError
+from fanflow.errors import StoreError, StoreUnavailableError
 from fanflow.store.base import (
     BEGIN_DUPLICATE,
     BEGIN_RUN,
@@ -59,8 +56,9 @@ from fanflow.store.base import (
     RUNNING,
     Claim,
 )
+from fanflow.store.codec import Codec, Encoded
 
-__all__ = ["RedisStore", "connect", "dumps", "loads"]
+__all__ = ["RedisStore", "connect"]
 
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 30.0
@@ -70,10 +68,6 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
-
-_INBAND = 0
-_OUT_OF_BAND = 1
-_COUNT = struct.Struct("<BI")
 
 # KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
 # The set gets its TTL when it is created (first member); the claim is granted
@@ -165,48 +159,6 @@ SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd", "hset", "hsetnx")
 per dependent whose upstream set is complete.)"""
 
 
-# -- values -------------------------------------------------------------------------
-def dumps(value: Any) -> bytes:
-    """Frame ``value`` as pickle-5 with its large buffers out of band.
-
-    Layout: ``0 | pickle`` when there are no out-of-band buffers, else
-    ``1 | n:u32 | n x len:u64 | pickle_len:u64 | pickle | buffer_1 .. buffer_n``.
-    Raises :class:`SerializationError` when the value cannot be pickled.
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception as exc:
-        raise SerializationError(
-            f"a {type(value).__name__} cannot be pickled ({type(exc).__name__}: {exc}); return plain data "
-            "(numbers, strings, containers, numpy arrays) or objects that support pickle"
-        ) from exc
-    if not buffers:
-        return b"\x00" + data
-    raws = [b.raw() for b in buffers]
-    header = _COUNT.pack(_OUT_OF_BAND, len(raws)) + struct.pack(
-        f"<{len(raws) + 1}Q", *(r.nbytes for r in raws), len(data)
-    )
-    return b"".join((header, data, *raws))
-
-
-def loads(data: bytes) -> Any:
-    """Decode :func:`dumps` bytes; out-of-band buffers are views into ``data`` (no copy)."""
-    view = memoryview(data)
-    if view[0] == _INBAND:
-        return pickle.loads(view[1:])
-    _, n = _COUNT.unpack_from(view, 0)
-    sizes = struct.unpack_from(f"<{n + 1}Q", view, _COUNT.size)
-    pos = _COUNT.size + 8 * (n + 1)
-    body = view[pos : pos + sizes[-1]]
-    pos += sizes[-1]
-    buffers = []
-    for size in sizes[:-1]:
-        buffers.append(view[pos : pos + size])
-        pos += size
-    return pickle.loads(body, buffers=buffers)
-
-
 # -- errors -------------------------------------------------------------------------
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -266,14 +218,19 @@ class RedisSubscription:
 
 # -- the store ---------------------------------------------------------------------------
 class RedisStore:
-    """A :class:`fanflow.store.Store` on one Redis server (``redis://`` or ``rediss://``)."""
+    """A :class:`fanflow.store.Store` on one Redis server (``redis://`` or ``rediss://``).
+
+    With ``secret``, every value is sealed to its key when written and verified
+    before it is unpickled when read (:class:`fanflow.store.codec.Codec`).
+    """
 
     keeps_objects = False
 
-    def __init__(self, url: str, client: redis.Redis) -> None:
+    def __init__(self, url: str, client: redis.Redis, secret: bytes | None = None) -> None:
         self.url = url
         self.client = client
         """The redis-py client (thread-safe; a connection pool), for platforms built on Redis."""
+        self._codec = Codec(secret)
         self._claim = client.register_script(_CLAIM_LUA)
         self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
         self._claim_if_last = client.register_script(_CLAIM_IF_LAST_LUA)
@@ -297,6 +254,12 @@ class RedisStore:
         ):
             pipe.script_load(script.script)
         pipe.execute()
+
+    def with_secret(self, secret: bytes | None) -> RedisStore:
+        """This store (same connections) sealing and verifying values with ``secret``."""
+        other = copy.copy(self)
+        other._codec = Codec(secret)
+        return other
 
     def _execute(self, fill: Callable[[Any], None]) -> list[Any]:
         """Fill and run a pipeline of idempotent commands; on NOSCRIPT load the scripts and run it again."""
@@ -324,22 +287,24 @@ class RedisStore:
         if not keys:
             return [], []
         raw = self.client.mget(keys)
-        values = [MISSING if data is None else loads(data) for data in raw]
+        decode = self._codec.decode
+        values = [MISSING if data is None else decode(key, data) for key, data in zip(keys, raw, strict=True)]
         return values, [0 if data is None else len(data) for data in raw]
 
-    def dumps(self, value: Any) -> tuple[bytes, int]:
-        """The framed pickle-5 bytes of ``value`` and their length."""
-        data = dumps(value)
-        return data, len(data)
+    def dumps(self, value: Any) -> tuple[Encoded, int]:
+        """The frames of ``value`` (sealed to their key when stored) and their stored size."""
+        encoded = self._codec.encode(value)
+        return encoded, encoded.nbytes
 
     @_translated
     def put_many(self, items: Mapping[str, Any], ttl_s: int) -> None:
         """``SET ... EX`` every item, in one pipeline."""
         if not items:
             return
+        seal = self._codec.seal
         pipe = self.client.pipeline(transaction=False)
         for key, value in items.items():
-            pipe.set(key, value, ex=ttl_s)
+            pipe.set(key, seal(key, value), ex=ttl_s)
         pipe.execute()
 
     @_translated
@@ -356,11 +321,14 @@ class RedisStore:
         if not (puts or claims or publish):
             return []
         sha, sha_or_store, sha_if_last = self._claim.sha, self._claim_or_store.sha, self._claim_if_last.sha
+        seal = self._codec.seal
+        sealed = {key: seal(key, value) for key, value in puts.items()}
+        outputs = [None if c.output_key is None else seal(c.output_key, c.output) for c in claims]
 
         def fill(pipe: Any) -> None:
-            for key, value in puts.items():
+            for key, value in sealed.items():
                 pipe.set(key, value, ex=ttl_s)
-            for c in claims:
+            for c, output in zip(claims, outputs, strict=True):
                 if c.output_key is None:
                     script = sha_if_last if c.only_if_last else sha
                     pipe.evalsha(script, 2, c.deps_key, c.claim_key, c.member, c.indegree, owner, ttl_s)
@@ -375,7 +343,7 @@ class RedisStore:
                         c.indegree,
                         owner,
                         ttl_s,
-                        c.output,
+                        output,
                     )
             for channel, message in publish:
                 pipe.publish(channel, message)
@@ -514,8 +482,10 @@ def retry_policy(budget_s: float) -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), steps)
 
 
-def connect(url: str, retry_s: float = 10.0) -> RedisStore:
+def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> RedisStore:
     """Open the store at ``url`` and check that it answers; raises :class:`StoreUnavailableError`.
+
+    Values are sealed with ``secret`` and verified against it (see :class:`RedisStore`).
 
     Lost connections are retried for about ``retry_s`` seconds (see :func:`retry_policy`).
     """
@@ -532,7 +502,7 @@ def connect(url: str, retry_s: float = 10.0) -> RedisStore:
         raise StoreUnavailableError(
             f"bad Redis store URL {mask_url(url)}: {exc}; use redis://[user:password@]host:port/db"
         ) from exc
-    store = RedisStore(url, client)
+    store = RedisStore(url, client, secret)
     try:
         client.ping()
     except (RedisConnectionError, RedisTimeoutError) as exc:

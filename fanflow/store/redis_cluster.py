@@ -113,7 +113,7 @@ class RedisClusterStore(RedisStore):
             self.client.script_load(script.script)
 
 
-def connect(url: str, retry_s: float = 10.0) -> RedisClusterStore:
+def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> RedisClusterStore:
     """Open the cluster one of whose nodes is at ``url`` and check that it answers.
 
     Lost connections are retried for about ``retry_s`` seconds, as on one server
@@ -142,6 +142,6 @@ def connect(url: str, retry_s: float = 10.0) -> RedisClusterStore:
         raise StoreUnavailableError(
             f"the Redis Cluster at {mask_url(url)} refused the connection ({exc}); check the user and password"
         ) from exc
-    store = RedisClusterStore(url, client)
+    store = RedisClusterStore(url, client, secret)
     store.load_scripts()
     return store

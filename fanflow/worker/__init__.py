@@ -52,7 +52,7 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bo
         inv = verify(bytes(payload), secret)
         # Before anything of the run is unpickled (and may load numpy): size numeric thread pools.
         limit_blas_threads(blas_threads(vcpus(inv.memory_mb)))
-        store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s)
+        store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s, secret=secret)
         platform = worker_platform(inv.platform, inv.platform_options, handle)
     dag = _dag_for(inv, store)
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do

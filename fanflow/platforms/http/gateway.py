@@ -42,6 +42,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fanflow.config import mask_url
 from fanflow.errors import FanflowError, PayloadRejectedError, StoreUnavailableError
 from fanflow.platforms.invocation import verify
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
@@ -113,7 +114,8 @@ class Gateway:
             "status": "draining" if self.draining else "ok",
             "pool": self.pool,
             "accepted": self.accepted,
-            "workers": {url: host.stats for url, (_, host) in self._hosts.items()},
+            # Anyone who reaches the port sees this: store URLs without their passwords.
+            "workers": {mask_url(url): host.stats for url, (_, host) in self._hosts.items()},
         }
         return (HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK), body
 

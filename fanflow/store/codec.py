@@ -1,0 +1,166 @@
+"""How stores that serialize frame a value, and the MAC that seals it to its key.
+
+A value is encoded once into *frames* (:class:`Encoded`): a small header, the
+pickle-5 stream, and the large buffers (numpy arrays, ``PickleBuffer``) that
+cloudpickle wrote out of band, kept as views of the original objects. The
+stored bytes are then::
+
+    flags:u8 | [tag:32] | header | pickle | buffer_1 .. buffer_n
+
+``flags`` says whether buffers follow (``OUT_OF_BAND``) and whether a tag is
+present (``SEALED``); the header is ``n:u32 | n x len:u64 | pickle_len:u64``
+when buffers follow, empty otherwise.
+
+**The seal.** With a secret, the tag is HMAC-SHA256 over the *key name* the
+value is stored under, the flags and every frame, keyed by a key derived from
+the secret (never the secret itself). Reading verifies the tag before anything
+is unpickled, so
+
+- a value written by someone without the secret is refused, and
+- a value copied to another key (another run, another task, another role such
+  as the DAG) is refused too: key names carry the run id and the task.
+
+The MAC is fed the frames one by one as memoryviews, so sealing an MB-sized
+array hashes its buffer in place: the only copy is the one that builds the
+stored bytes, which the store needs anyway. HMAC-SHA256 rather than keyed
+BLAKE2b because it measured 2.5x faster on CPUs with SHA extensions (about
+550 MB/s against 215 MB/s for one core here).
+
+Decoding hands ``pickle.loads`` memoryviews into the bytes read, so an array
+is rebuilt *on* those bytes without a copy (and is read-only, as in Ray's
+object store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import cloudpickle
+
+from fanflow.errors import SerializationError, ValueRejectedError
+
+__all__ = ["Codec", "Encoded", "encode"]
+
+OUT_OF_BAND = 0x01
+SEALED = 0x02
+TAG_LEN = 32
+
+_COUNT = struct.Struct("<I")
+_NAME_LEN = struct.Struct("<I")
+
+Frame = bytes | memoryview
+
+
+class Encoded(NamedTuple):
+    """A value as frames, ready to be sealed to a key and stored."""
+
+    flags: int
+    frames: Sequence[Frame]
+    """The header (possibly empty), the pickle stream, then the out-of-band buffers."""
+    nbytes: int
+    """The size of the stored bytes, tag included when sealed."""
+
+
+def encode(value: Any, sealed: bool = False) -> Encoded:
+    """Frame ``value`` as pickle-5 with its large buffers out of band (no copy of them).
+
+    Raises :class:`SerializationError` when the value cannot be pickled.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(
+            f"a {type(value).__name__} cannot be pickled ({type(exc).__name__}: {exc}); return plain data "
+            "(numbers, strings, containers, numpy arrays) or objects that support pickle"
+        ) from exc
+    tag = TAG_LEN if sealed else 0
+    flags = SEALED if sealed else 0
+    if not buffers:
+        return Encoded(flags, (b"", data), 1 + tag + len(data))
+    raws = [b.raw() for b in buffers]
+    sizes = [r.nbytes for r in raws]
+    header = _COUNT.pack(len(raws)) + struct.pack(f"<{len(raws) + 1}Q", *sizes, len(data))
+    nbytes = 1 + tag + len(header) + len(data) + sum(sizes)
+    return Encoded(flags | OUT_OF_BAND, (header, data, *raws), nbytes)
+
+
+class Codec:
+    """Seals and opens stored values with the key derived from ``secret`` (None: no seal, no check).
+
+    A codec without a secret writes plain frames and reads sealed ones without
+    checking them: only a process that holds no secret uses one, and it trusts
+    its store. A codec with a secret refuses anything it cannot verify.
+    """
+
+    def __init__(self, secret: bytes | None) -> None:
+        # A key of its own for values, so a value's tag can never pass for a payload signature.
+        self._key = None if secret is None else hmac.digest(secret, b"fanflow store values v1", "sha256")
+
+    @property
+    def sealing(self) -> bool:
+        return self._key is not None
+
+    def encode(self, value: Any) -> Encoded:
+        """The frames of ``value``, sized for this codec's seal."""
+        return encode(value, sealed=self._key is not None)
+
+    def seal(self, key: str, value: Encoded) -> bytes:
+        """The bytes to store ``value`` under ``key``: flags, tag (when sealing), frames."""
+        flags = bytes((value.flags,))
+        if self._key is None:
+            return b"".join((flags, *value.frames))
+        if not value.flags & SEALED:
+            raise ValueError("encode with this codec before sealing")  # a programming error, not a user one
+        return b"".join((flags, self._tag(key, flags, value.frames), *value.frames))
+
+    def decode(self, key: str, data: bytes | memoryview) -> Any:
+        """Verify ``data`` read from ``key`` (when this codec has a secret), then unpickle it.
+
+        Raises :class:`ValueRejectedError` when it is unsealed or its tag does not match.
+        """
+        view = memoryview(data)
+        flags = view[0]
+        pos = 1
+        if flags & SEALED:
+            pos += TAG_LEN
+            if self._key is not None:
+                tag = self._tag(key, view[:1], (view[pos:],))
+                if not hmac.compare_digest(tag, view[1:pos]):
+                    raise ValueRejectedError(
+                        f"the value at {key!r} fails its MAC: it was written without this run's secret "
+                        "(tampered with, or copied from another key) or by a client with another secret; "
+                        "it was not unpickled"
+                    )
+        elif self._key is not None:
+            raise ValueRejectedError(
+                f"the value at {key!r} is not sealed with the run's secret, so it was not unpickled: "
+                "something other than a fanflow worker or client of this secret wrote it"
+            )
+        if not flags & OUT_OF_BAND:
+            return pickle.loads(view[pos:])
+        (n,) = _COUNT.unpack_from(view, pos)
+        pos += _COUNT.size
+        sizes = struct.unpack_from(f"<{n + 1}Q", view, pos)
+        pos += 8 * (n + 1)
+        body = view[pos : pos + sizes[-1]]
+        pos += sizes[-1]
+        buffers = []
+        for size in sizes[:-1]:
+            buffers.append(view[pos : pos + size])
+            pos += size
+        return pickle.loads(body, buffers=buffers)
+
+    def _tag(self, key: str, flags: bytes | memoryview, frames: Sequence[Frame]) -> bytes:
+        assert self._key is not None
+        name = key.encode()
+        mac = hmac.new(self._key, _NAME_LEN.pack(len(name)) + name, hashlib.sha256)
+        mac.update(flags)
+        for frame in frames:
+            mac.update(frame)
+        return mac.digest()
