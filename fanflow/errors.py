@@ -95,6 +95,10 @@ class StoreUnavailableError(StoreError):
     """The store cannot be reached; the URL in the message has its password masked."""
 
 
+class StoreAuthError(StoreUnavailableError):
+    """The store refused the connection's password, or wants one the URL does not give."""
+
+
 class PayloadRejectedError(FanflowError):
     """An invocation payload is unsigned or its signature does not match."""
 

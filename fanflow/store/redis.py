@@ -39,13 +39,13 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from fanflow.config import mask_url
-from fanflow.errors import StoreError, StoreUnavailableError
+from fanflow.errors import StoreAuthError, StoreError, StoreUnavailableError
 from fanflow.store.base import (
     BEGIN_DUPLICATE,
     BEGIN_RUN,
@@ -60,7 +60,10 @@ from fanflow.store.codec import Codec, Encoded
 
 __all__ = ["RedisStore", "connect"]
 
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+FIRST_CONNECT_S = 2.5
+"""How long opening a store keeps trying before it reports the store unreachable: a
+store that never answered is a wrong URL far more often than a restart."""
 SOCKET_TIMEOUT_S = 30.0
 """Longest wait for one reply; blocking commands used by fanflow wait far less."""
 
@@ -171,12 +174,23 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
+        except AuthenticationError as exc:
+            raise _refused(args[0].url, exc) from exc  # type: ignore[attr-defined]
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _unavailable(args[0].url, exc) from exc  # type: ignore[attr-defined]
         except RedisError as exc:
             raise StoreError(f"Redis store {mask_url(args[0].url)}: {exc}") from exc  # type: ignore[attr-defined]
 
     return wrapper
+
+
+def _refused(url: str, exc: BaseException) -> StoreAuthError:
+    missing = "NOAUTH" in str(exc) or "Authentication required" in str(exc)
+    what = "requires a password and the URL gives none" if missing else "refused the user or password in the URL"
+    return StoreAuthError(
+        f"the Redis store at {mask_url(url)} {what} ({exc}); put them in the URL: "
+        "redis://[user]:PASSWORD@host:port/db (or ?password=...)"
+    )
 
 
 def _unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
@@ -467,27 +481,65 @@ class RedisStore:
         self.client.close()
 
 
+class _Retry(Retry):
+    """Retries lost connections, never a refused password: that answer does not change by waiting."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, AuthenticationError) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def retry_policy(budget_s: float) -> Retry:
     """Exponential backoff with jitter, retried until about ``budget_s`` seconds have passed.
 
     Every command fanflow sends is safe to repeat (idempotent writes, NX claims,
     re-entrant for their owner), so a dropped connection or a restarting server
     costs a pause, not a run; past the budget the error reaches the caller.
+    Authentication errors are never retried.
     """
     steps, waited, delay = 0, 0.0, RETRY_BASE_S
     while waited < budget_s:
         waited += min(delay, RETRY_CAP_S)
         delay *= 2
         steps += 1
-    return Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), steps)
+    return _Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), steps)
+
+
+def first_ping(client: Any, url: str) -> None:
+    """Ping until the store answers, for at most :data:`FIRST_CONNECT_S`; raise a specific error.
+
+    The client's own retries are for connections that worked once; a first
+    connection gets this short window instead, so a wrong host, port or password
+    is reported within seconds.
+    """
+    deadline = time.monotonic() + FIRST_CONNECT_S
+    delay = RETRY_BASE_S
+    while True:
+        try:
+            client.ping()
+            return
+        except AuthenticationError as exc:
+            raise _refused(url, exc) from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() + delay >= deadline:
+                raise _unavailable(url, exc) from exc
+        except RedisError as exc:  # the server answered, with an error
+            raise StoreUnavailableError(
+                f"the Redis store at {mask_url(url)} refused the connection ({exc}); check the URL"
+            ) from exc
+        time.sleep(delay)
+        delay *= 2
 
 
 def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> RedisStore:
-    """Open the store at ``url`` and check that it answers; raises :class:`StoreUnavailableError`.
+    """Open the store at ``url`` and check that it answers, within a few seconds.
 
+    Raises :class:`StoreAuthError` for a missing or wrong password and
+    :class:`StoreUnavailableError` when nothing answers (see :func:`first_ping`).
     Values are sealed with ``secret`` and verified against it (see :class:`RedisStore`).
-
-    Lost connections are retried for about ``retry_s`` seconds (see :func:`retry_policy`).
+    Connections lost later are retried for about ``retry_s`` seconds (see :func:`retry_policy`).
     """
     try:
         client = redis.Redis.from_url(
@@ -495,23 +547,19 @@ def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> Red
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30,
-            retry=retry_policy(retry_s),
+            retry=_Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), 0),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
     except ValueError as exc:
         raise StoreUnavailableError(
             f"bad Redis store URL {mask_url(url)}: {exc}; use redis://[user:password@]host:port/db"
         ) from exc
-    store = RedisStore(url, client, secret)
     try:
-        client.ping()
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+        first_ping(client, url)
+    except StoreUnavailableError:
         client.close()
-        raise _unavailable(url, exc) from exc
-    except RedisError as exc:  # e.g. wrong password: the server answered, with an error
-        client.close()
-        raise StoreUnavailableError(
-            f"the Redis store at {mask_url(url)} refused the connection ({exc}); check the user and password in the URL"
-        ) from exc
+        raise
+    client.set_retry(retry_policy(retry_s))
+    store = RedisStore(url, client, secret)
     store.load_scripts()
     return store
