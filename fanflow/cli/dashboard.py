@@ -11,13 +11,31 @@ It binds 127.0.0.1 unless told otherwise, and refuses any other address without
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from fanflow.cli.output import console, print_error
 from fanflow.config import Config, mask_url
 from fanflow.errors import FanflowError
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before the URL is printed, so a port in use fails first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise FanflowError(
+            f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}. "
+            "Another program (maybe another dashboard) uses that port: "
+            "pass --port <other>, or --port 0 for any free one"
+        ) from None
+    return sock
 
 
 def dashboard(
@@ -32,7 +50,6 @@ def dashboard(
     ] = None,
 ) -> None:
     """Serve the live dashboard and run replay (Ctrl-C to stop)."""
-    err = Console(stderr=True)
     try:
         import uvicorn
 
@@ -45,18 +62,18 @@ def dashboard(
         cfg = Config.load(**{k: v for k, v in (("store", store), ("metadata", metadata)) if v is not None})
         source = Source(open_store(cfg.store), None if is_disabled(cfg.metadata) else open_metadata(cfg.metadata))
         app = create_app(source, token=token, allowed_hosts=LOOPBACK_NAMES if is_loopback(host) else None)
+        sock = _bind(host, port)
     except ImportError as exc:
-        err.print(f"[bold red]error:[/] the dashboard needs its extra: pip install 'fanflow[dashboard]' ({exc})")
+        print_error(f"the dashboard needs its extra: pip install 'fanflow[dashboard]' ({exc})")
         raise typer.Exit(1) from None
     except FanflowError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
     shown = f"[{host}]" if ":" in host else host
     query = "?token=<token>" if token else ""
-    err.print(
-        f"fanflow dashboard on http://{shown}:{port}/{query}  (store {mask_url(cfg.store)}, "
-        f"metadata {mask_url(cfg.metadata)})",
-        highlight=False,
-        markup=False,
+    console(stderr=True).print(
+        f"fanflow dashboard on http://{shown}:{sock.getsockname()[1]}/{query}  (store {mask_url(cfg.store)}, "
+        f"metadata {mask_url(cfg.metadata)})"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server.run(sockets=[sock])

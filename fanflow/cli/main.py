@@ -7,7 +7,6 @@ list/tuple of sink nodes; they are computed in one run and the result printed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ import fanflow
 from fanflow.cli.dashboard import dashboard
 from fanflow.cli.deploy import register as register_deploy
 from fanflow.cli.gateway import register as register_gateway
+from fanflow.cli.output import dumps, print_error
 from fanflow.cli.plan import register as register_plan
 from fanflow.cli.pool import register as register_pool
 from fanflow.cli.runs import register as register_runs
@@ -64,8 +64,8 @@ def config_from_options(**options: Any) -> Config:
 
 
 def fail(exc: FanflowError) -> None:
-    """Print a fanflow error without a Python traceback and exit with status 1."""
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    """Print a fanflow error (verbatim: tracebacks hold brackets) without a Python traceback and exit with status 1."""
+    print_error(exc)
     raise typer.Exit(1)
 
 
@@ -103,7 +103,7 @@ def run(
         return
     result = values[0] if single else list(values)
     if json_output:
-        console.print_json(json.dumps(result, default=repr))
+        typer.echo(dumps(result))
     else:
         console.print(repr(result) if not isinstance(result, str) else result, highlight=False, markup=False)
 

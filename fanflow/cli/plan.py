@@ -3,6 +3,12 @@
 The plan is what a run with the same config would use: the same planner, the
 same history (``config.metadata``), the same worker cap. Small DAGs get one row
 per task; DAGs over :data:`PER_TASK_ROWS` tasks get one row per function.
+
+With no planner (``none``, or ``wukong`` without optimizations) runs follow the
+worker loop's own policy and nothing is planned; the command then predicts that
+policy (default memory, one worker per fan-out branch) from the history, so
+``-o`` always draws the DAG with predicted times. The picture has a legend and
+the predicted critical path in red.
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ from collections import Counter, defaultdict
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
+from fanflow.cli.output import console as make_console
+from fanflow.cli.output import print_error
 from fanflow.cli.script import load_sinks
 from fanflow.config import Config
 from fanflow.dag import draw
 from fanflow.dag.graph import DAG
 from fanflow.errors import FanflowError
+from fanflow.metrics.report import human_bytes, human_duration
 from fanflow.planning import Plan, make_plan
 
 PER_TASK_ROWS = 40
@@ -35,20 +43,38 @@ def _memory_color(memory_mb: int) -> str:
     return _MEMORY_COLORS[nearest]
 
 
-def colors_of(dag: DAG, plan: Plan, by: str) -> tuple[dict[int, str], dict[int, str]]:
-    """Per-task fill colours and labels for drawing the plan, ``by`` "memory" or "worker"."""
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.3g}ms" if s < 1 else f"{s:.3g}s"
+
+
+def colors_of(dag: DAG, plan: Plan, by: str) -> tuple[dict[int, str], dict[int, str], dict[str, str]]:
+    """Per-task fill colours and labels for drawing the plan, ``by`` "memory" or "worker", and the legend.
+
+    Labels carry the predicted start and finish: ``name 1769MB 0.12s→0.31s``.
+    """
     colors: dict[int, str] = {}
     labels: dict[int, str] = {}
+    legend: dict[str, str] = {}
     memory = plan.assignment.memory_mb if plan.assignment else [0] * len(dag)
-    workers = plan.simulation.worker if plan.simulation else [0] * len(dag)
+    sim = plan.simulation
+    workers = sim.worker if sim else [0] * len(dag)
     for t in range(len(dag)):
+        when = f" {_seconds(sim.start[t])}→{_seconds(sim.finish[t])}" if sim else ""
         if by == "memory":
             colors[t] = _memory_color(memory[t])
-            labels[t] = f"{dag.name(t)} {memory[t]}MB"
+            labels[t] = f"{dag.name(t)} {memory[t]}MB{when}"
+            shade = "" if memory[t] in _MEMORY_COLORS else " (nearest shade)"
+            legend[f"{memory[t]} MB{shade}"] = colors[t]
         else:
             colors[t] = _WORKER_PALETTE[workers[t] % len(_WORKER_PALETTE)]
-            labels[t] = f"{dag.name(t)} w{workers[t]}"
-    return colors, labels
+            labels[t] = f"{dag.name(t)} w{workers[t]}{when}"
+            if len(legend) < len(_WORKER_PALETTE):
+                legend[f"worker w{workers[t]}"] = colors[t]
+    if by == "worker" and len(set(workers)) > len(_WORKER_PALETTE):
+        legend[f"(colours repeat every {len(_WORKER_PALETTE)} workers)"] = "#ffffff"
+    legend["predicted critical path (outline)"] = "#d62828"
+    legend["labels: task, memory or worker, predicted start→finish"] = "#ffffff"
+    return colors, labels, dict(sorted(legend.items(), key=lambda kv: kv[0].startswith(("predicted", "labels", "("))))
 
 
 def _tables(dag: DAG, plan: Plan) -> list[Table]:
@@ -60,8 +86,8 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
             "task",
             Column("memory", justify="right"),
             "worker",
-            Column("start s", justify="right"),
-            Column("finish s", justify="right"),
+            Column("start", justify="right"),
+            Column("finish", justify="right"),
             "upload",
             "from",
             title="Tasks",
@@ -73,8 +99,8 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
                 dag.name(t),
                 f"{assignment.memory_mb[t]} MB",
                 f"w{sim.worker[t]} ({note.get('worker', '-')})",
-                f"{sim.start[t]:.4f}",
-                f"{sim.finish[t]:.4f}",
+                human_duration(sim.start[t]),
+                human_duration(sim.finish[t]),
                 "no" if note.get("upload") is False else "yes",
                 "defaults" if t in defaults else "history",
             )
@@ -87,7 +113,7 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
             Column("tasks", justify="right"),
             "memory (tasks)",
             Column("workers", justify="right"),
-            Column("mean duration s", justify="right"),
+            Column("mean duration", justify="right"),
             Column("from defaults", justify="right"),
             title="Per function",
             title_justify="left",
@@ -99,20 +125,22 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
                 str(len(ids)),
                 ", ".join(f"{m} MB ({c})" for m, c in sorted(mems.items())),
                 str(len({sim.worker[t] for t in ids})),
-                f"{sum(sim.duration[t] for t in ids) / len(ids):.4f}",
+                human_duration(sum(sim.duration[t] for t in ids) / len(ids)),
                 str(sum(t in defaults for t in ids)),
             )
     summary = Table("field", Column("value", overflow="fold"), title="Plan", title_justify="left")
     summary.add_row("planner", plan.planner)
     summary.add_row("tasks / workers", f"{len(dag)} / {sim.workers}")
-    summary.add_row("predicted makespan", f"{sim.makespan:.4f} s")
+    summary.add_row("predicted makespan", human_duration(sim.makespan))
     if plan.best_makespan_s is not None and plan.target_makespan_s is not None:
-        summary.add_row("best case / target", f"{plan.best_makespan_s:.4f} s / {plan.target_makespan_s:.4f} s")
-    summary.add_row("predicted cost", f"{sim.cost_gb_s:.4f} GB-s")
-    summary.add_row("predicted bytes moved", f"{sim.bytes_moved:,.0f} B")
+        summary.add_row(
+            "best case / target", f"{human_duration(plan.best_makespan_s)} / {human_duration(plan.target_makespan_s)}"
+        )
+    summary.add_row("predicted cost", f"{sim.cost_gb_s:.4g} GB-s")
+    summary.add_row("predicted bytes moved", human_bytes(sim.bytes_moved))
     summary.add_row("history", "used" if plan.used_history else "none (defaults)")
     summary.add_row("tasks predicted from defaults", f"{len(defaults)} / {len(dag)}")
-    summary.add_row("planning time", f"{plan.planning_s * 1e3:.1f} ms")
+    summary.add_row("planning time", human_duration(plan.planning_s))
     path = " -> ".join(dag.name(t) for t in sim.critical_path[:20])
     more = f" ... ({len(sim.critical_path)} tasks)" if len(sim.critical_path) > 20 else ""
     summary.add_row("critical path", path + more)
@@ -133,7 +161,7 @@ def plan_command(
     output: Annotated[str | None, typer.Option("-o", "--output", help="DAG picture (.svg/.png/.html)")] = None,
 ) -> None:
     """Plan a workflow script (no run) and print it; arguments after `--` go to the script's main(argv)."""
-    console = Console()
+    console = make_console()
     try:
         if color not in ("memory", "worker"):
             raise FanflowError(f"--color {color!r}: use memory or worker")
@@ -150,17 +178,23 @@ def plan_command(
         sinks, _ = load_sinks(file, list(ctx.args))
         dag = DAG.from_sinks(sinks)
         plan = make_plan(dag, cfg)
-        if plan.simulation is None:
-            console.print(f"planner {cfg.planner!r} makes no plan: workers follow WUKONG's defaults")
-            return
+        if plan.simulation is None and len(dag):
+            console.print(
+                f"planner {cfg.planner!r} makes no plan: workers follow WUKONG's defaults. "
+                "Predicted for those defaults:"
+            )
+            # "uniform" without optimizations simulates exactly that policy at the default memory
+            plan = make_plan(dag, cfg.replace(planner="uniform", optimizations="none"))
+            plan.planner = f"{cfg.planner} (predicted with WUKONG's defaults)"
         for table in _tables(dag, plan):
             console.print(table)
         if output:
-            colors, labels = colors_of(dag, plan, color)
-            written = draw.write(dag, output, colors=colors, labels=labels)
+            colors, labels, legend = colors_of(dag, plan, color)
+            critical = plan.simulation.critical_path if plan.simulation else []
+            written = draw.write(dag, output, colors=colors, labels=labels, legend=legend, critical=critical)
             console.print(f"wrote {written}")
     except FanflowError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
 
 

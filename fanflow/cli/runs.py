@@ -20,7 +20,9 @@ from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Column, Table
+from rich.text import Text
 
+from fanflow.cli.output import console, dumps, iso_time, print_error
 from fanflow.config import Config
 from fanflow.errors import FanflowError
 from fanflow.metrics.records import RunMetrics, TaskRecord
@@ -31,7 +33,7 @@ runs_app = typer.Typer(help="Recorded runs: list, show, export, gc.", no_args_is
 
 def _console(stderr: bool = False) -> Console:
     """A console made per command, so it sizes itself to the terminal (or ``COLUMNS``) of that call."""
-    return Console(stderr=stderr)
+    return console(stderr)
 
 
 MetadataOption = Annotated[
@@ -41,7 +43,7 @@ RunIdArgument = Annotated[str, typer.Argument(help="Run id, a unique prefix of o
 
 
 def _fail(exc: FanflowError) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    print_error(exc)
     raise typer.Exit(1)
 
 
@@ -75,30 +77,44 @@ def list_runs(
     metadata: MetadataOption = None,
     limit: Annotated[int, typer.Option(help="Show at most this many runs, newest first.")] = 20,
     signature: Annotated[str | None, typer.Option(help="Only runs of the DAG with this signature.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run records as JSON.")] = False,
 ) -> None:
     """List recorded runs, newest first."""
+    from fanflow.metrics.report import human_duration
+
     try:
         docs = _store(metadata).runs(signature=signature, limit=limit)
     except FanflowError as exc:
         _fail(exc)
         return
+    if json_output:
+        typer.echo(dumps([{**d, "submitted": iso_time(d["submitted_at"])} for d in docs]))
+        return
     widest = max((len(d["run_id"]) for d in docs), default=6)
     table = Table(
         Column("run id", no_wrap=True, min_width=widest),
+        "DAG",
         "status",
+        "platform",
+        Column("submitted", no_wrap=True),
         Column("makespan", justify="right"),
         Column("tasks", justify="right"),
         Column("workers", justify="right"),
+        "error",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for d in docs:
         table.add_row(
             d["run_id"],
+            d["sink"],
             d["status"],
-            f"{d['makespan_s']:.4f}s",
+            d.get("platform") or "-",
+            iso_time(d["submitted_at"]),
+            human_duration(d["makespan_s"]),
             f"{d['tasks_finished']}/{d['tasks']}",
             str(d["workers"]),
+            (d.get("error") or "").split("\n")[0][:80],
         )
     _console().print(table)
 
@@ -151,19 +167,20 @@ def errors(
         if run.get("error"):
             records = [{"task": None, "exc_type": "", "message": run["error"], "traceback": ""}]
     if json_output:
-        _console().print_json(json.dumps(records))
+        typer.echo(json.dumps(records, indent=2))
         return
     if not records:
         _console().print(f"run {full_id} has no error records (it did not fail, or they expired with key_ttl_s)")
         return
     for record in records:
-        title = f"{record.get('task') or 'run'}: {record.get('exc_type') or 'error'}"
+        title = Text(f"{record.get('task') or 'run'}: {record.get('exc_type') or 'error'}")
         details = [f"message: {record.get('message', '')}"]
         for key in ("worker", "attempt", "time"):
             if record.get(key) is not None:
-                details.append(f"{key}: {record[key]}")
+                value = iso_time(float(record[key])) if key == "time" else record[key]
+                details.append(f"{key}: {value}")
         body = "\n".join(details) + ("\n\n" + record["traceback"].rstrip() if record.get("traceback") else "")
-        _console().print(Panel(body, title=title, title_align="left", border_style="red"), markup=False)
+        _console().print(Panel(body, title=title, title_align="left", border_style="red"))
 
 
 @runs_app.command("export")
@@ -222,11 +239,14 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
     metadata: MetadataOption = None,
 ) -> None:
-    """Write a self-contained HTML report of a run: timeline, transfers, DAG by duration."""
+    """Write a self-contained HTML report of a run: errors, timeline per process, transfers, DAG by duration."""
     from fanflow.metrics.report import render
 
     try:
-        page = render(load(metadata, run_id))
+        store = _store(metadata)
+        full_id = _resolve(store, run_id)
+        metrics = RunMetrics.from_stored(store.load_run(full_id))
+        page = render(metrics, (store.load_started(full_id) or {}).get("errors") or None)
     except FanflowError as exc:
         _fail(exc)
         return

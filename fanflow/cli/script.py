@@ -39,7 +39,13 @@ def load_module(path: str) -> Any:
         raise ScriptError(f"cannot load {path!r} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        where = f"{exc.filename or path}, line {exc.lineno}" if exc.lineno else str(exc.filename or path)
+        source = f"\n    {exc.text.rstrip()}" if exc.text else ""
+        raise ScriptError(f"workflow script {where}: {type(exc).__name__}: {exc.msg}{source}") from None
     cloudpickle.register_pickle_by_value(module)
     return module
 

@@ -22,6 +22,7 @@ from fanflow.client import requirements
 from fanflow.config import Config, mask_url, signing_secret
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
+from fanflow.dag.tracebacks import with_source_lines
 from fanflow.errors import (
     FanflowError,
     RunCancelledError,
@@ -289,7 +290,7 @@ class Run:
             task=task,
             run_id=self.run_id,
             exc_type=record["exc_type"],
-            remote_traceback=record["traceback"],
+            remote_traceback=with_source_lines(record["traceback"], self.dag),
             attempt=record["attempt"],
             worker_id=record["worker"],
         )

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fanflow.config import mask_url
+from fanflow.dag.tracebacks import with_source_lines
 from fanflow.metrics.recorder import status_of
 from fanflow.store import Store, keys
 from fanflow.store.metadata import defer, is_disabled, open_metadata
@@ -161,6 +162,7 @@ def note_end(run: Run, error: BaseException | None) -> None:
         errors = []
     if not errors:
         errors = [{"task": None, "exc_type": type(error).__name__, "message": str(error), "traceback": ""}]
+    errors = [{**e, "traceback": with_source_lines(e.get("traceback") or "", run.dag)} for e in errors]
     LOCAL.ended(run.run_id, status_of(error), errors)
     if not is_disabled(run.config.metadata):
         defer(lambda: _save(run, errors))

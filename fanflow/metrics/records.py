@@ -190,14 +190,16 @@ class RunMetrics:
     def critical_path(self) -> list[int]:
         """The chain that decided the end of the run, root first.
 
-        Start at the task that finished last and walk back, at each step, to the
+        Start at the task that ended the run (the first failure of a failed run,
+        else the task that finished last) and walk back, at each step, to the
         upstream that finished last: the input the task was waiting for.
         """
         done = [t for t in self.tasks if t.status != UNFINISHED]
         if not done:
             return []
         tasks = self.tasks
-        current = max(done, key=lambda t: t.finished_at)
+        failed = [t for t in done if t.status == FAILED]
+        current = min(failed, key=lambda t: t.finished_at) if failed else max(done, key=lambda t: t.finished_at)
         path = [current.task]
         while current.deps:
             current = max((tasks[d] for d in current.deps), key=lambda t: t.finished_at)

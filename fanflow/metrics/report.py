@@ -2,17 +2,19 @@
 
 Three pictures, each a PNG embedded as base64 so the page needs nothing else:
 
-- a Gantt chart, one row per worker, each task split into its fetch, execute
-  and store phases (phases are laid end to end from the task's start: the
-  records hold their durations, not their timestamps);
+- a timeline, one lane per worker process (a worker id names one invocation;
+  its process is the id without the trailing counter), invocations as grey
+  segments, each task a bar coloured by its function (legend), failed tasks
+  red and marked with a cross, cold starts marked;
 - transfer volumes per task function: bytes fetched, bytes taken from the
   worker's cache, bytes stored;
 - the DAG, tasks placed by depth (longest path from a root) and coloured by
   duration, the actual critical path drawn in red.
 
-Tables beside them give the run summary, the critical path and the slowest
-tasks. matplotlib is imported only here, through its object API (no pyplot, no
-global state), so recording runs never pays for it.
+Tables beside them give the run summary, the errors with their tracebacks, the
+critical path and the slowest tasks, all in human units (ms, s, kB, MB).
+matplotlib is imported only here, through its object API (no pyplot, no global
+state), so recording runs never pays for it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from itertools import pairwise
 from typing import Any
 
 from fanflow.errors import FanflowError
-from fanflow.metrics.records import UNFINISHED, RunMetrics
+from fanflow.metrics.records import FAILED, UNFINISHED, RunMetrics
 
-_PHASES = (("fetch", "#8ecae6"), ("execute", "#fb8500"), ("store", "#90be6d"))
+_PALETTE = ("#4f46e5", "#0891b2", "#ea580c", "#16a34a", "#db2777", "#9333ea", "#ca8a04", "#0d9488", "#2563eb")
+_FAILED = "#dc2626"
 _LABEL_MAX_TASKS = 60
 
 
@@ -58,45 +61,138 @@ def _bars(ax: Any, bars: list[tuple[float, float, float, float]], color: str) ->
     ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none"))
 
 
+def human_duration(seconds: float | None) -> str:
+    """``0.000123`` -> ``123 µs``, ``0.0456`` -> ``45.6 ms``, ``75.2`` -> ``1 min 15 s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{int(seconds // 60)} min {round(seconds % 60)} s"
+
+
+def human_bytes(n: float | None) -> str:
+    """``315.21`` -> ``315 B``, ``2_085_805`` -> ``2.09 MB``; ``-`` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{value:.3g} TB"  # pragma: no cover - the loop returns at GB
+
+
+def _time_axis(ax: Any, axis: str = "x") -> None:
+    """Ticks in human units (``0 ms``, ``250 ms``, ``1.5 s``) on ``axis``."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+    target.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else human_duration(abs(v))))
+
+
+def process_of(worker: str) -> str:
+    """The process of a worker id ``<host>-<pid>-<salt>-<n>``: the id without its counter."""
+    head, _, tail = worker.rpartition("-")
+    return head if head and tail.isdigit() and worker.count("-") >= 3 else worker
+
+
+MAX_LANES = 48
+
+
+def lanes(metrics: RunMetrics) -> list[tuple[str, list[str]]]:
+    """``(label, worker ids)`` per timeline lane: one per process, sub-lanes for invocations at the same time.
+
+    A process gets at most its share of :data:`MAX_LANES` sub-lanes; past that,
+    invocations share the sub-lane that frees first.
+    """
+    by_process: dict[str, list[Any]] = defaultdict(list)
+    for w in sorted(metrics.workers, key=lambda w: w.started_at):
+        by_process[process_of(w.worker)].append(w)
+    cap = max(1, MAX_LANES // max(1, len(by_process)))
+    out: list[tuple[str, list[str]]] = []
+    for process, workers in by_process.items():
+        ends: list[float] = []
+        members: list[list[str]] = []
+        for w in workers:
+            start = w.started_at - w.latency_s
+            free = next((k for k, end in enumerate(ends) if end <= start), None)
+            if free is None and len(ends) < cap:
+                ends.append(0.0)
+                members.append([])
+                free = len(ends) - 1
+            if free is None:
+                free = min(range(len(ends)), key=ends.__getitem__)
+            ends[free] = max(ends[free], w.stopped_at)
+            members[free].append(w.worker)
+        for k, ids in enumerate(members):
+            out.append((process + (f" #{k + 1}" if len(members) > 1 else ""), ids))
+    return out
+
+
 def gantt(metrics: RunMetrics) -> Any:
-    """Tasks per worker over time, split into fetch / execute / store."""
+    """Task bars per worker process over time, coloured by function; failures in red, marked."""
     figure = _figure_class()
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    workers = metrics.workers
-    fig = figure(figsize=(11, min(16, 1.2 + 0.35 * max(1, len(workers)))))
+    rows = lanes(metrics)
+    lane_of = {w: y for y, (_, ids) in enumerate(rows) for w in ids}
+    fig = figure(figsize=(11, min(14, 1.6 + 0.32 * max(1, len(rows)))))
     ax = fig.add_subplot()
     t0 = metrics.run.submitted_at
-    label = len(metrics.tasks) <= _LABEL_MAX_TASKS
-    row = {w.worker: y for y, w in enumerate(workers)}
-    lifetimes = [
-        (w.started_at - t0, max(w.stopped_at - w.started_at, 1e-6), y - 0.4, 0.8) for y, w in enumerate(workers)
+    invocations = [
+        (w.started_at - t0, max(w.stopped_at - w.started_at, 1e-6), lane_of[w.worker] - 0.4, 0.8)
+        for w in metrics.workers
     ]
-    _bars(ax, lifetimes, "#eeeeee")
-    phases: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    _bars(ax, invocations, "#e5e7eb")
+    waits = [(w.started_at - w.latency_s - t0, w.latency_s, lane_of[w.worker] - 0.4, 0.8) for w in metrics.workers]
+    _bars(ax, [b for b in waits if b[1] > 0], "#f1f5f9")
+    functions = sorted({_function(t.identity) for t in metrics.tasks})
+    color = {f: _PALETTE[k % len(_PALETTE)] for k, f in enumerate(functions)}
+    bars: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    failed: list[tuple[float, float]] = []
     for t in metrics.tasks:
-        if t.status == UNFINISHED or t.worker not in row:
+        if t.status == UNFINISHED or t.worker not in lane_of:
             continue
-        x, y = t.started_at - t0, row[t.worker]
-        for (phase, _), width in zip(_PHASES, (t.fetch_s, t.exec_s, t.store_s), strict=True):
-            phases[phase].append((x, max(width, 1e-6), y - 0.3, 0.6))
-            x += width
-        if label:
-            ax.text(t.started_at - t0, y - 0.31, t.name, fontsize=6, va="bottom")
-    for phase, color in _PHASES:
-        _bars(ax, phases[phase], color)
+        y = lane_of[t.worker]
+        key = "failed" if t.status == FAILED else _function(t.identity)
+        bars[key].append((t.started_at - t0, max(t.duration_s, 1e-6), y - 0.3, 0.6))
+        if t.status == FAILED:
+            failed.append((t.finished_at - t0, y))
+    for key, items in bars.items():
+        _bars(ax, items, _FAILED if key == "failed" else color[key])
+    if failed:
+        xs, ys = [x for x, _ in failed], [y for _, y in failed]
+        ax.scatter(xs, ys, marker="X", s=70, color=_FAILED, edgecolors="#450a0a", zorder=4)
+    cold = [(w.started_at - t0, lane_of[w.worker]) for w in metrics.workers if w.cold]
+    if cold:
+        ax.scatter([x for x, _ in cold], [y for _, y in cold], marker="|", s=120, color="#0284c7", zorder=4)
     ax.autoscale_view()
-    if len(workers) <= _LABEL_MAX_TASKS:
-        ax.set_yticks(range(len(workers)))
-        ax.set_yticklabels([f"{w.worker} ({'cold' if w.cold else 'warm'})" for w in workers], fontsize=7)
-    else:
-        ax.set_ylabel(f"{len(workers)} workers, in start order")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([label for label, _ in rows], fontsize=7 if len(rows) <= 24 else 5)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since submit")
-    ax.set_title("Tasks per worker")
-    handles = [Patch(color=color, label=phase) for phase, color in _PHASES]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    _time_axis(ax)
+    ax.set_xlabel("time since submit")
+    ax.set_title(f"Tasks per worker process ({len(metrics.workers)} invocations in {len(rows)} lanes)")
+    handles = [Patch(color=color[f], label=f) for f in functions[:20]]
+    handles += [
+        Patch(color=_FAILED, label="failed task (✕ where it failed)"),
+        Patch(color="#e5e7eb", label="worker invocation alive"),
+        Patch(color="#f1f5f9", label="waiting for a worker"),
+        Line2D([], [], color="#0284c7", marker="|", linestyle="none", markersize=10, label="cold start"),
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     return fig
+
+
+def _function(identity: str) -> str:
+    """``pkg.mod.f:0123abcd`` -> ``f``."""
+    return identity.rsplit(":", 1)[0].rsplit(".", 1)[-1]
 
 
 def transfers(metrics: RunMetrics) -> Any:
@@ -106,7 +202,7 @@ def transfers(metrics: RunMetrics) -> Any:
     for t in metrics.tasks:
         if t.status == UNFINISHED:
             continue
-        v = volumes[t.name.rsplit("-", 1)[0]]
+        v = volumes[_function(t.identity)]
         v[0] += t.fetched_bytes
         v[1] += t.in_bytes - t.fetched_bytes
         v[2] += t.out_bytes
@@ -120,6 +216,9 @@ def transfers(metrics: RunMetrics) -> Any:
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=8)
     ax.invert_yaxis()
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
     ax.set_xlabel("bytes")
     ax.set_title("Transfer volumes per task function")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
@@ -164,7 +263,12 @@ def dag_by_duration(metrics: RunMetrics) -> Any:
     if len(tasks) <= _LABEL_MAX_TASKS:
         for t, (x, y) in zip(tasks, pos, strict=True):
             ax.annotate(t.name, (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=6)
-    fig.colorbar(points, ax=ax, label="task duration (s)")
+    bar = fig.colorbar(points, ax=ax, label="task duration")
+    _time_axis(bar.ax, "y")
+    if any(t.status == FAILED for t in tasks):
+        bad = [pos[t.task] for t in tasks if t.status == FAILED]
+        ax.scatter([p[0] for p in bad], [p[1] for p in bad], marker="X", s=90, color=_FAILED, zorder=4, label="failed")
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("depth")
     ax.set_yticks([])
@@ -183,18 +287,21 @@ def summary_rows(metrics: RunMetrics) -> list[list[Any]]:
     """``[field, value]`` rows describing a run, shared by the CLI and the report."""
     r = metrics.run
     when = datetime.fromtimestamp(r.submitted_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    predicted = "-" if r.predicted_makespan_s is None else f"{r.predicted_makespan_s:.4f} s"
+    predicted = human_duration(r.predicted_makespan_s)
     return [
         ["run", r.run_id],
         ["status", r.status + (f" ({r.error})" if r.error else "")],
         ["submitted", when],
-        ["makespan", f"{r.makespan_s:.4f} s"],
+        ["makespan", human_duration(r.makespan_s)],
         ["predicted makespan", predicted],
         ["tasks finished", f"{r.tasks_finished} / {r.tasks}"],
         ["workers (cold)", f"{r.workers} ({r.cold_starts})"],
-        ["DAG build / planning", f"{r.dag_build_s * 1e3:.2f} ms / {r.planning_s * 1e3:.2f} ms"],
-        ["encoded DAG", f"{r.encoded_size:,} B"],
-        ["bytes fetched / local / stored", f"{r.bytes_fetched:,} / {r.bytes_local:,} / {r.bytes_out:,}"],
+        ["DAG build / planning", f"{human_duration(r.dag_build_s)} / {human_duration(r.planning_s)}"],
+        ["encoded DAG", human_bytes(r.encoded_size)],
+        [
+            "bytes fetched / local / stored",
+            f"{human_bytes(r.bytes_fetched)} / {human_bytes(r.bytes_local)} / {human_bytes(r.bytes_out)}",
+        ],
         ["platform / planner / upload", f"{r.platform} / {r.planner} / {r.metrics_upload}"],
         ["signature", r.signature],
     ]
@@ -208,24 +315,45 @@ def task_rows(metrics: RunMetrics, ids: list[int]) -> list[list[Any]]:
         rows.append(
             [
                 t.name,
+                t.status,
                 t.worker,
-                f"{t.duration_s * 1e3:.2f}",
-                f"{t.exec_s * 1e3:.2f}",
-                f"{t.fetch_s * 1e3:.2f}",
-                f"{t.store_s * 1e3:.2f}",
-                f"{t.in_bytes:,}",
-                f"{t.out_bytes:,}",
+                human_duration(t.duration_s),
+                human_duration(t.exec_s),
+                human_duration(t.fetch_s),
+                human_duration(t.store_s),
+                human_bytes(t.in_bytes),
+                human_bytes(t.out_bytes),
             ]
         )
     return rows
 
 
-TASK_HEADER = ["task", "worker", "total ms", "exec ms", "fetch ms", "store ms", "in B", "out B"]
+TASK_HEADER = ["task", "status", "worker", "total", "exec", "fetch", "store", "in", "out"]
 
 
-def render(metrics: RunMetrics) -> str:
-    """The report page for ``metrics`` as one self-contained HTML string."""
+def _errors(errors: list[dict[str, Any]]) -> str:
+    """Error records (task, type, message, traceback) as HTML, tracebacks verbatim."""
+    if not errors:
+        return ""
+    items = []
+    for e in errors:
+        head = f"{e.get('task') or 'run'}: {(e.get('exc_type') or 'error').rsplit('.', 1)[-1]}: {e.get('message', '')}"
+        where = f" (worker {e['worker']}, attempt {e.get('attempt', 1)})" if e.get("worker") else ""
+        trace = e.get("traceback") or "(no traceback recorded)"
+        items.append(f"<h4>{html.escape(head)}{html.escape(where)}</h4><pre>{html.escape(trace)}</pre>")
+    return f"<h3>Errors ({len(errors)})</h3>" + "".join(items)
+
+
+def render(metrics: RunMetrics, errors: list[dict[str, Any]] | None = None) -> str:
+    """The report page for ``metrics`` as one self-contained HTML string.
+
+    ``errors``: the run's error records (with remote tracebacks), shown first when the run failed.
+    """
     r = metrics.run
+    if errors is None and r.error:
+        errors = [{"task": t.name, "message": t.error, "worker": t.worker} for t in metrics.tasks if t.error] or [
+            {"message": r.error}
+        ]
     pictures = [_png(draw(metrics)) for draw in (gantt, transfers, dag_by_duration)]
     slowest = [t.task for t in metrics.slowest(10)]
     title = html.escape(f"fanflow run {r.run_id}")
@@ -235,9 +363,12 @@ def render(metrics: RunMetrics) -> str:
         "body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}"
         "table{border-collapse:collapse;margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;"
         "font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;display:block;margin:8px 0 24px}"
+        "pre{background:#fff7f7;border:1px solid #fecaca;padding:8px;font-size:12px;overflow-x:auto}"
+        "h4{color:#991b1b;margin:12px 0 4px}"
         "</style></head><body>"
         f"<h2>{title}</h2>"
         f"{_table(['field', 'value'], summary_rows(metrics))}"
+        f"{_errors(errors or [])}"
         "<h3>Timeline</h3>"
         f"{pictures[0]}"
         "<h3>Critical path (actual)</h3>"
