@@ -95,6 +95,10 @@ class StoreUnavailableError(StoreError):
     """The store cannot be reached; the URL in the message has its password masked."""
 
 
+class StoreFullError(StoreError):
+    """The store refuses writes: Redis reached its ``maxmemory`` under the ``noeviction`` policy."""
+
+
 class StoreAuthError(StoreUnavailableError):
     """The store refused the connection's password, or wants one the URL does not give."""
 

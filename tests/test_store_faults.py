@@ -6,13 +6,16 @@ Each test owns a real ``redis-server`` (a password, or ``--maxmemory`` with
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import RedisServer
 from platforms_support import free_port
+from tests_support import wait_for_file
 
 import fanflow
 
@@ -63,3 +66,58 @@ def test_a_store_that_refuses_or_is_absent_is_reported_within_3_s(
         _one().compute(_config(url, tmp_path))
     assert time.monotonic() - began < 3.0
     assert PASSWORD not in str(info.value)
+
+
+# -- a full store ---------------------------------------------------------------------------------
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of 2 MB that refuses writes once full (``noeviction``), as Redis does by default."""
+    server = RedisServer(tmp_path, "--save", "", "--maxmemory", "2mb", "--maxmemory-policy", "noeviction").start()
+    yield server
+    server.kill()
+
+
+@fanflow.task
+def _gated(started: str, gate: str) -> int:
+    Path(started).touch()
+    wait_for_file(Path(gate), 60)
+    return 1
+
+
+@fanflow.task
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _fill(url: str) -> None:
+    """Fill the store as another tenant would, then keep it over its limit (writes are refused)."""
+    client = redis.Redis.from_url(url)
+    with contextlib.suppress(redis.exceptions.OutOfMemoryError):
+        for i in range(1000):
+            client.set(f"filler:{i}", b"x" * 20_000)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used - 200_000)
+    client.close()
+
+
+def test_a_store_that_fills_up_mid_run_fails_the_run_within_seconds(full_redis: RedisServer, tmp_path: Path) -> None:
+    """The task's output write is refused, and so would be the failure record, a write too."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    future = _inc(_gated(str(started), str(gate))).submit(_config(full_redis.url, tmp_path))
+    wait_for_file(started, 60)
+    _fill(full_redis.url)
+    gate.touch()
+    began = time.monotonic()
+    with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
+        future.result(timeout=30)
+    assert time.monotonic() - began < 15
+
+
+def test_a_full_store_refuses_a_new_run_at_once(full_redis: RedisServer, tmp_path: Path) -> None:
+
+
+    _fill(full_redis.url)
+    began = time.monotonic()
+    with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
+        _one().compute(_config(full_redis.url, tmp_path))
+    assert time.monotonic() - began < 15

@@ -276,7 +276,7 @@ class Run:
             (exc_obj,), _ = self.store.get_many([keys.error_object(self.run_id)])
         except ValueRejectedError:  # the record still names the task, the type and the traceback
             log.warning("run %s: the stored exception object fails its MAC; reporting the record only", self.run_id)
-            exc_obj = None
+            exc_obj = MISSING
         if isinstance(exc_obj, FanflowError) and not isinstance(exc_obj, TaskFailedError):
             exc_obj.remote_traceback = record["traceback"]  # type: ignore[attr-defined]
             raise exc_obj

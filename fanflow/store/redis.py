@@ -39,13 +39,13 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError
+from redis.exceptions import AuthenticationError, NoScriptError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from fanflow.config import mask_url
-from fanflow.errors import StoreAuthError, StoreError, StoreUnavailableError
+from fanflow.errors import StoreAuthError, StoreError, StoreFullError, StoreUnavailableError
 from fanflow.store.base import (
     BEGIN_DUPLICATE,
     BEGIN_RUN,
@@ -127,6 +127,8 @@ redis.call('PUBLISH', ARGV[3], 'failed')
 return 1
 """
 
+_FAIL_ALLOW_OOM_LUA = "#!lua flags=allow-oom\n" + _FAIL_LUA
+
 # KEYS: lease. ARGV: owner, lease_ms, done.
 # A heartbeat still in flight when its task ends must not overwrite ``done``.
 _RENEW_LUA = """
@@ -176,12 +178,22 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except AuthenticationError as exc:
             raise _refused(args[0].url, exc) from exc  # type: ignore[attr-defined]
+        except OutOfMemoryError as exc:
+            raise _full(args[0].url, exc) from exc  # type: ignore[attr-defined]
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _unavailable(args[0].url, exc) from exc  # type: ignore[attr-defined]
         except RedisError as exc:
             raise StoreError(f"Redis store {mask_url(args[0].url)}: {exc}") from exc  # type: ignore[attr-defined]
 
     return wrapper
+
+
+def _full(url: str, exc: BaseException) -> StoreFullError:
+    return StoreFullError(
+        f"the Redis store at {mask_url(url)} is full: it reached its maxmemory and refuses writes ({exc}). "
+        "Raise maxmemory or free memory there; keep the policy noeviction (an evicting policy would drop "
+        "the state of running runs)"
+    )
 
 
 def _refused(url: str, exc: BaseException) -> StoreAuthError:
@@ -397,7 +409,13 @@ class RedisStore:
 
         Nothing is written when the run's status is gone: the run ended or lost its state.
         """
-        self._evalsha(self._fail, (status_key, errors_key), (record, ttl_s, channel, FAILED))
+        args = (record, ttl_s, channel, FAILED)
+        try:
+            self._evalsha(self._fail, (status_key, errors_key), args)
+        except OutOfMemoryError:
+            # A full store must still hear why a run fails: the record is small, so it may go over
+            # maxmemory (the allow-oom flag, Redis 7+). Otherwise the run would wait forever.
+            self.client.eval(_FAIL_ALLOW_OOM_LUA, 2, status_key, errors_key, *args)
 
     @_translated
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
