@@ -6,20 +6,11 @@ import re
 import threading
 
 import pytest
+from support import add, inc
 
 import fanflow
 from fanflow.dag import DAG, SubDAG
 from fanflow.dag.encoding import decode, encode
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 def diamond() -> fanflow.Node:

@@ -8,14 +8,15 @@ import webbrowser
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
+from support import install_hint, wait_until
 from typer.testing import CliRunner
 
 import fanflow
 
-pytest.importorskip("fastapi", reason="the dashboard extra is not installed")
+pytest.importorskip("fastapi", reason=install_hint("dashboard"))
 
+import httpx
 from fastapi.testclient import TestClient
 
 from fanflow.cli.main import app as cli_app
@@ -162,16 +163,13 @@ def _sse(text: str) -> list[tuple[str, Any]]:
 
 def test_live_run_is_listed_and_streamed(client: TestClient, metadata_url: str) -> None:
     future = fanflow.submit(add(nap(nap(1)), nap(2)), config=_config(metadata_url, metrics_upload="task"))
-    deadline = time.monotonic() + 5
-    while not future.run_id:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    run_id = future.run_id
-    while True:  # the started document is written by the background writer
-        listed = {r["run_id"]: r for r in client.get("/api/runs", params={"status": "running"}).json()["runs"]}
-        if run_id in listed or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    run_id = wait_until(lambda: future.run_id, 5, "the run to start")
+
+    def running() -> dict[str, Any]:
+        return {r["run_id"]: r for r in client.get("/api/runs", params={"status": "running"}).json()["runs"]}
+
+    # the started document is written by the background writer
+    listed = wait_until(lambda: run_id in running() and running(), 5, "the run to be listed as running")
     assert listed[run_id]["live"] and listed[run_id]["status"] == "running"
     live = client.get(f"/api/runs/{run_id}").json()
     assert live["live"] and live["notice"] is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import free_port, install_hint, wait_until
 
 import fanflow
 
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed: pip install playwright"
-)
-uvicorn = pytest.importorskip("uvicorn", reason="the dashboard extra is not installed")
+playwright_api = pytest.importorskip("playwright.sync_api", reason=install_hint("dev"))
+uvicorn = pytest.importorskip("uvicorn", reason=install_hint("dashboard"))
 
 from fanflow.dashboard.app import LOOPBACK_NAMES, create_app  # noqa: E402
 from fanflow.dashboard.source import Source  # noqa: E402
@@ -79,12 +77,6 @@ def explode(n: int) -> int:
     raise ValueError(f"cannot handle {n}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def metadata_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('dash') / 'metadata.db'}"
@@ -94,14 +86,11 @@ def metadata_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def server(metadata_url: str) -> Iterator[str]:
     """The dashboard on a free loopback port, reading the test's stores."""
     app = create_app(Source(open_store(STORE), open_metadata(metadata_url)), allowed_hosts=LOOPBACK_NAMES)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "the dashboard server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: srv.started, 10, "the dashboard server to start")
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     thread.join(timeout=10)
@@ -141,10 +130,7 @@ def _states(page: Any) -> dict[str, str]:
 
 def _watch_start(page: Any, server: str, future: Any) -> str:
     """Open the run's page while its first tasks are held: the sink waits, the roots are queued or running."""
-    deadline = time.monotonic() + 5
-    while not future.run_id:
-        assert time.monotonic() < deadline, "the run did not start"
-        time.sleep(0.01)
+    wait_until(lambda: future.run_id, 5, "the run to start")
     page.goto(f"{server}#/run/{future.run_id}")
     page.wait_for_function("Object.keys(window.fanflowDashboard.nodeStates()).length === 9")
     first = _states(page)

@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import install_hint
 
 import fanflow
 import fanflow.dask as ffdask
 from fanflow.dag.graph import DAG
 
-dask = pytest.importorskip("dask")
-da = pytest.importorskip("dask.array")
-task_spec = pytest.importorskip("dask._task_spec")
-GetFunctionTestMixin = pytest.importorskip("dask.utils_test").GetFunctionTestMixin
+dask = pytest.importorskip("dask", reason=install_hint("dask"))
+da = pytest.importorskip("dask.array", reason=install_hint("dask"))
+task_spec = pytest.importorskip("dask._task_spec", reason=install_hint("dask"))
+GetFunctionTestMixin = pytest.importorskip("dask.utils_test", reason=install_hint("dask")).GetFunctionTestMixin
 
 
 def inc(x: int) -> int:

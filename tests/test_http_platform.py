@@ -12,21 +12,20 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 import redis
-from platforms_support import GATEWAY_SECRET
+from support import GATEWAY_SECRET, inc, install_hint
 
 import fanflow
+
+pytest.importorskip("httpx", reason=install_hint("http"))
+
+import httpx
+
 from fanflow.platforms.http import HttpPlatform, parse_endpoints
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
 
 SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
 
 
 @fanflow.task
@@ -81,11 +80,17 @@ def test_both_gateways_take_work(gateway_urls: list[str], redis_url: str) -> Non
 
 def test_a_dead_gateway_in_the_list_costs_a_retry_not_the_run(gateway_urls: list[str], redis_url: str) -> None:
     dead = "http://127.0.0.1:9"  # discard port: connection refused
+
+    def accepted() -> int:
+        return int(httpx.get(f"{gateway_urls[0]}/healthz").json()["accepted"])
+
+    before = accepted()
     platform = HttpPlatform([dead, gateway_urls[0]], retries=3)
     try:
-        platform.invoke([_payload(redis_url) for _ in range(8)])  # every payload accepted, some after failover
+        platform.invoke([_payload(redis_url) for _ in range(8)])  # raises unless every payload is accepted
     finally:
         platform.close()
+    assert accepted() - before == 8  # all of them by the live gateway, some after failing over from the dead one
 
 
 class _Flaky(BaseHTTPRequestHandler):

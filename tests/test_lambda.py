@@ -15,14 +15,19 @@ import threading
 import time
 from typing import Any
 
-import boto3
 import pytest
 import redis
-from botocore.response import StreamingBody
-from botocore.stub import ANY, Stubber
+from support import inc, install_hint
 from typer.testing import CliRunner
 
 import fanflow
+
+pytest.importorskip("boto3", reason=install_hint("aws"))
+
+import boto3
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+
 from fanflow.cli.main import app
 from fanflow.platforms import aws_lambda
 from fanflow.platforms.aws_lambda import EVENT_LIMIT_BYTES, LambdaPlatform, event_for, handler
@@ -31,11 +36,6 @@ from fanflow.store import keys
 
 SECRET = "lambda-test-secret"
 SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
 
 
 @fanflow.task

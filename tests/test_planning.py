@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import add
 
 import fanflow
 from fanflow.cli.main import app
@@ -31,11 +32,6 @@ def grow(data: bytes, extra: int) -> bytes:
 @fanflow.task
 def join(*parts: bytes) -> int:
     return sum(len(p) for p in parts)
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 @fanflow.task

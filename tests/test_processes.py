@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from support import add, inc, wait_until
 
 import fanflow
 from fanflow.client.run import Run
@@ -35,27 +36,13 @@ def counted(url: str, counter: str, value: int) -> int:
 @fanflow.task
 def gated(url: str, gate: str, value: int) -> int:
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 60
-    while not client.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} never opened")
-        time.sleep(0.01)
+    wait_until(lambda: client.exists(gate), 60, f"gate {gate} to open")
     return value
 
 
 @fanflow.task
 def join(url: str, counter: str, a: int, b: int) -> int:
     redis.Redis.from_url(url).incr(counter)
-    return a + b
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
     return a + b
 
 
@@ -80,14 +67,6 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(redis_url)
     yield c
     c.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Recording:
@@ -121,16 +100,23 @@ def test_a_rerun_upstream_never_triggers_its_dependent_twice(
     try:
         run.start()
         a_payload = next(p for p in platform.sent if dag.task(peek(p).start[0]).name == "counted")
-        wait_until(lambda: client.get(a_runs) == b"1", "the upstream to run")
+        wait_until(lambda: client.get(a_runs) == b"1", 30, "the upstream to run")
         platform.invoke([a_payload])  # the upstream runs again after it succeeded, before the fan-in completes
-        wait_until(lambda: client.get(a_runs) == b"2", "the upstream to run again")
+        wait_until(lambda: client.get(a_runs) == b"2", 30, "the upstream to run again")
         client.set(gate, 1, ex=60)
         run.wait()
         assert run.results() == (3,)
         platform.invoke([a_payload])  # and once more after its dependent ran
-        wait_until(lambda: client.get(a_runs) == b"3", "the upstream to run a third time")
-        time.sleep(0.3)
-        assert client.get(joins) == b"1"
+        a_task, store = peek(a_payload).start[0], open_store(redis_url)
+
+        def upstream_workers_stopped() -> bool:
+            events = [e for _, e in store.read_events(keys.events(run.run_id))]
+            ran_a = {e["worker"] for e in events if e["kind"] == "task_finished" and e["task"] == a_task}
+            return len(ran_a) == 3 and ran_a <= {e["worker"] for e in events if e["kind"] == "worker_stopped"}
+
+        # Past its worker's end the third run has notified its dependent (and run it, were the claim wrong).
+        wait_until(upstream_workers_stopped, 30, "the upstream's third worker to stop")
+        assert client.get(a_runs) == b"3" and client.get(joins) == b"1"
     finally:
         run.cleanup()
         platform.close()
@@ -193,13 +179,13 @@ def test_a_payload_with_a_bad_signature_runs_nothing(pool: PoolHost, redis_url: 
     forged, genuine = _invocation(redis_url, pool, dag), _invocation(redis_url, pool, dag)
     store = pool.store
     push(store, pool.name, pack_entries([256], [sign(forged, b"another secret")]))
-    wait_until(lambda: pool.stats["refused"] == 1, "the pool to refuse the forged payload")
+    wait_until(lambda: pool.stats["refused"] == 1, 30, "the pool to refuse the forged payload")
     assert client.get(counter) is None
     assert not list(client.scan_iter(match=f"ff:{{{forged.run_id}*"))
     push(store, pool.name, pack_entries([256], [sign(genuine, b"pool-secret")]))  # the same, signed right, runs
-    wait_until(lambda: client.get(counter) == b"1", "the genuine payload to run")
+    wait_until(lambda: client.get(counter) == b"1", 30, "the genuine payload to run")
     # The task counts before its output is stored: wait for the output, not only the count.
-    wait_until(lambda: store.get_many([keys.output(genuine.run_id, 0)])[0] == [7], "the genuine output")
+    wait_until(lambda: store.get_many([keys.output(genuine.run_id, 0)])[0] == [7], 30, "the genuine output")
     client.delete(counter)
 
 
@@ -209,7 +195,7 @@ def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, red
     dag = DAG.from_sinks([inc(1)])
     inv = _invocation(redis_url, pool, dag)
     push(pool.store, pool.name, pack_entries([256], [sign(inv, b"pool-secret")]))
-    wait_until(lambda: pool.store.get_many([keys.output(inv.run_id, 0)])[0] == [2], "the invocation to run")
+    wait_until(lambda: pool.store.get_many([keys.output(inv.run_id, 0)])[0] == [2], 30, "the invocation to run")
     (worker,) = pool._workers
     lines = Path(f"/proc/{worker.proc.pid}/cgroup").read_text().splitlines()
     groups = {ctl: path for _, ctls, path in (line.split(":", 2) for line in lines) for ctl in ctls.split(",")}

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from support import install_hint
 
 import fanflow
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", reason=install_hint("ray"))
 
 from fanflow.platforms.ray import MB_PER_VCPU, resources  # noqa: E402 - after the skip when Ray is absent
 

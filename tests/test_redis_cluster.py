@@ -11,16 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from support import inc
 
 import fanflow
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING, Claim
 from fanflow.store.redis_cluster import RedisClusterStore, connect
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
 
 
 @fanflow.task

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from support import wait_until
 
 import fanflow
 from fanflow.store import keys
@@ -111,8 +111,8 @@ def test_leases_are_renewed_read_and_ended(store: RedisStore, run: str) -> None:
     store.renew_leases(lease[:2], "inv-a", 200)
     assert store.read_leases(lease) == ["inv-a", "inv-a", None]
     store.end_leases(lease[:1], 60)
-    time.sleep(0.3)
-    assert store.read_leases(lease) == ["done", None, None]  # the unrenewed one expired
+    expired = ["done", None, None]  # the unrenewed one expired after its 200 ms
+    wait_until(lambda: store.read_leases(lease) == expired, 5, "the unrenewed lease to expire")
     store.take_claim(keys.claim(run, 1), "inv-b", 60)
     assert store.client.get(keys.claim(run, 1)) == b"inv-b"
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import RedisServer
-from tests_support import bump, wait_for_file
+from support import RedisServer, add, bump, wait_until
 
 import fanflow
 from fanflow.store import keys
@@ -51,11 +50,6 @@ def wrong_kind(counter: str) -> int:
 def slow_inc(x: int, delay: float) -> int:
     time.sleep(delay)
     return x + 1
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 @fanflow.task
@@ -171,10 +165,7 @@ def shared_pool(redis_url: str) -> Iterator[tuple[str, dict[str, str]]]:
         )
         procs.append(proc)
         alive = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + 30
-        while not alive.exists("ff:pool:lease-test:alive"):
-            assert time.monotonic() < deadline, "the worker pool did not come up"
-            time.sleep(0.05)
+        wait_until(lambda: alive.exists("ff:pool:lease-test:alive"), 30, "the worker pool to come up")
         return proc
 
     start()
@@ -199,8 +190,9 @@ def test_the_client_reinvokes_a_task_whose_lease_expired(
         progress=False, metadata="none", timeout_s=60,
     )  # fmt: skip
     future = add(long_then_value(str(started), 2.0, 40), 2).submit(config)
-    wait_for_file(started, timeout=30)
-    time.sleep(0.6)  # past lease_ms/3: the heartbeat has written the task's lease
+    wait_until(started.exists, 30, "the long task to start")
+    lease = keys.lease(future.run_id, 0)  # the long task is task 0
+    wait_until(lambda: redis.Redis.from_url(redis_url).exists(lease), 30, "the heartbeat to write the task's lease")
     pool_pid = int(redis.Redis.from_url(redis_url).get(f"ff:pool:{name}:alive") or 0)
     assert pool_pid
     os.killpg(pool_pid, signal.SIGKILL)  # the pool host and its workers vanish: nobody can redeliver
@@ -215,9 +207,9 @@ def test_the_client_reinvokes_a_task_whose_lease_expired(
 def _restart_mid_run(server: RedisServer, tmp_path: Path, config: fanflow.Config) -> fanflow.RunFuture:
     started = tmp_path / "started"
     future = add(long_then_value(str(started), 1.5, 40), slow_inc(1, 0.0)).submit(config)
-    wait_for_file(started, timeout=30)
+    wait_until(started.exists, 30, "the long task to start")
     server.kill()
-    time.sleep(0.3)
+    time.sleep(0.3)  # the outage itself (not a wait): workers and client see refused connections meanwhile
     server.start()
     return future
 
@@ -251,15 +243,12 @@ def test_redis_restart_with_aof_completes_the_run(tmp_path: Path) -> None:
 def test_future_cancel_stops_the_run_and_cleans_up(processes: fanflow.Config, redis_url: str, tmp_path: Path) -> None:
     started = tmp_path / "started"
     future = add(long_then_value(str(started), 3.0, 1), slow_inc(1, 3.0)).submit(processes)
-    wait_for_file(started, timeout=30)
+    wait_until(started.exists, 30, "the long task to start")
     assert future.cancel()
     assert future.cancelled()
     client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 20
-    while list(client.scan_iter(match=f"ff:{{{future.run_id}*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
     drain()
-    assert not list(client.scan_iter(match=f"ff:{{{future.run_id}*"))
+    wait_until(lambda: not list(client.scan_iter(match=f"ff:{{{future.run_id}*")), 20, "the run's keys to be deleted")
 
 
 SCRIPT = """
@@ -291,7 +280,7 @@ def test_ctrl_c_of_fanflow_run_leaves_no_key_behind(redis_url: str, tmp_path: Pa
          "--max-workers", "2", "--no-progress", "--", str(marker)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    wait_for_file(marker, timeout=60)
+    wait_until(marker.exists, 60, "the script's first task to start")
     client = redis.Redis.from_url(redis_url)
     # Its status key names the run: other tests' runs have none left (a run without history may
     # leave its event stream until the TTL, so any key would not do).
@@ -334,14 +323,12 @@ def wipe_output_of_task_1(store_url: str) -> int:
     from fanflow.store import open_store
 
     store = open_store(store_url)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        gone = [k for k in store.stored_keys() if k.endswith("}:in:1")]  # type: ignore[attr-defined]
-        if gone:
-            store.delete(gone)
-            return 2
-        time.sleep(0.005)
-    raise AssertionError("task 1 never stored its output")
+
+    def stored() -> list[str]:
+        return [k for k in store.stored_keys() if k.endswith("}:in:1")]  # type: ignore[attr-defined]
+
+    store.delete(wait_until(stored, 20, "task 1 to store its output", interval=0.005))
+    return 2
 
 
 def test_an_input_missing_from_the_store_is_recomputed_from_its_producers(tmp_path: Path) -> None:

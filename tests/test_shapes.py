@@ -6,18 +6,9 @@ import operator
 from pathlib import Path
 
 import pytest
+from support import add, inc
 
 import fanflow
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
 
 
 @fanflow.task

@@ -6,18 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-import fanflow
-
-
-@fanflow.task
-def inc(x: int) -> int:
-    return x + 1
-
-
-@fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
+from support import add, inc
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz dot is not installed")
