@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests_support import bump, wait_for_file
+from support import add, bump, wait_until
 
 import fanflow
 from fanflow.platforms.invocation import branch_id
@@ -44,18 +44,13 @@ POOL_SECRET = "liveness-pool-secret"
 
 # -- tasks (module level, so worker processes import them) ---------------------------------
 @fanflow.task
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-@fanflow.task
 def boom() -> int:
     raise RuntimeError("broken on purpose")
 
 
 @fanflow.task
 def boom_after(started: str) -> int:
-    wait_for_file(Path(started), timeout=30)
+    wait_until(Path(started).exists, 30, "the other task to start")
     raise RuntimeError("broken on purpose")
 
 
@@ -125,11 +120,12 @@ def shared_pool(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes
         procs.append(proc)
         names.add(name)
         alive = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + 30
-        while not alive.exists(f"ff:pool:{name}:alive"):
+
+        def up() -> bool:
             assert proc.poll() is None, "the worker pool exited at start"
-            assert time.monotonic() < deadline, "the worker pool did not come up"
-            time.sleep(0.05)
+            return bool(alive.exists(f"ff:pool:{name}:alive"))
+
+        wait_until(up, 30, "the worker pool to come up", interval=0.05)
         return proc
 
     yield start
@@ -174,11 +170,12 @@ def test_a_run_submitted_as_the_previous_run_fails_gets_a_working_pool(
     started = tmp_path / "started"
     # The failing run has a task in flight, so stopping its pool takes a moment (the grace period).
     failing = add(boom_after(str(started)), nap(str(started), 5.0, 1)).submit(processes)
-    wait_for_file(started, timeout=30)
-    deadline = time.monotonic() + LIVENESS_S
-    while client.get(keys.status(failing.run_id)) == b"running":
-        assert time.monotonic() < deadline, "the failing run did not fail"
-        time.sleep(0.002)
+    wait_until(started.exists, 30, "the long task to start")
+
+    def failed() -> bool:
+        return client.get(keys.status(failing.run_id)) != b"running"
+
+    wait_until(failed, LIVENESS_S, "the failing run to fail", interval=0.002)
     following = add(1, 2).submit(processes)  # while the failed run's client stops its pool
     assert following.result(timeout=LIVENESS_S) == 3
     with pytest.raises(fanflow.TaskFailedError):
