@@ -15,9 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RedisServer
-from platforms_support import GATEWAY_SECRET, free_port, start_gateways, stop
-from tests_support import wait_for_file
+from support import GATEWAY_SECRET, RedisServer, free_port, start_gateways, stop, wait_until
 
 import fanflow
 from fanflow.dag.encoding import encode
@@ -148,7 +146,7 @@ def _quick() -> int:
 
 @fanflow.task
 def _gated(gate: str) -> int:
-    wait_for_file(Path(gate), 60)
+    wait_until(Path(gate).exists, 60, "the gate to open")
     return 2
 
 
@@ -171,11 +169,8 @@ def test_a_planted_task_output_fails_the_run_without_running_code(redis_url: str
     raw = open_store(redis_url).client  # type: ignore[attr-defined]
     before = set(raw.keys("ff:*:in:*"))
     future = _add(_quick(), _gated(str(gate))).submit(config)
-    deadline = time.monotonic() + 60
-    while not (found := set(raw.keys("ff:*:in:*")) - before):  # _quick's output, waiting for _gated
-        assert time.monotonic() < deadline, "the first input was never stored"
-        time.sleep(0.02)
-    (key,) = found
+    # _quick's output, waiting for _gated
+    (key,) = wait_until(lambda: set(raw.keys("ff:*:in:*")) - before, 60, "the first input to be stored")
     raw.set(key, _plain(_Planted(marker)), keepttl=True)
     gate.touch()
     with pytest.raises(fanflow.ValueRejectedError, match="not sealed"):

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import RedisServer
-from platforms_support import free_port
-from tests_support import wait_for_file
+from support import RedisServer, free_port, wait_until
 
 import fanflow
 
@@ -80,7 +78,7 @@ def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @fanflow.task
 def _gated(started: str, gate: str) -> int:
     Path(started).touch()
-    wait_for_file(Path(gate), 60)
+    wait_until(Path(gate).exists, 60, "the gate to open")
     return 1
 
 
@@ -104,7 +102,7 @@ def test_a_store_that_fills_up_mid_run_fails_the_run_within_seconds(full_redis: 
     """The task's output write is refused, and so would be the failure record, a write too."""
     started, gate = tmp_path / "started", tmp_path / "gate"
     future = _inc(_gated(str(started), str(gate))).submit(_config(full_redis.url, tmp_path))
-    wait_for_file(started, 60)
+    wait_until(started.exists, 60, "the task to start")
     _fill(full_redis.url)
     gate.touch()
     began = time.monotonic()
