@@ -309,7 +309,7 @@ def test_a_4095_task_run_page(page: Any, server: str, metadata_url: str) -> None
         "long_tasks": len(long_tasks),
     }
     (ARTIFACTS / "dashboard-benchmark.json").write_text(json.dumps(figures, indent=2))
-    assert figures["longest_task_ms"] < 5_000, figures  # was 2.8 s on an idle machine before task groups
+    assert figures["longest_task_ms"] < 4_000, figures  # 35-52 s before task groups on this loaded machine
     items = page.evaluate("window.fanflowDashboard.dagItems()")
     assert 2 <= len(items) <= 300 and all(i.startswith("g") for i in items), items
     assert set(_states(page).values()) == {"done"}

@@ -20,6 +20,7 @@ module only finds documents and events and shapes them as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -254,7 +255,7 @@ class Source:
         return {"nodes": nodes, "edges": edges}
 
     def _finished(self, metrics: RunMetrics) -> dict[str, Any]:
-        run_doc, _, _ = metrics.to_docs()
+        run_doc = {f.name: getattr(metrics.run, f.name) for f in dataclasses.fields(metrics.run)}  # not every task's
         header = self._finished_row(run_doc)
         header.update(
             finished_at=run_doc["finished_at"],

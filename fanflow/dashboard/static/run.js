@@ -251,7 +251,13 @@ class RunPage {
 
   renderTable(force) {
     const now = performance.now();
-    if (!force && now - this.table.drawnAt < TABLE_EVERY_MS) return;
+    if (!force && now - this.table.drawnAt < TABLE_EVERY_MS) {
+      // at most one redraw per TABLE_EVERY_MS while live or replaying, and always one after the last change
+      if (!this.table.trailing) {
+        this.table.trailing = setTimeout(() => { this.table.trailing = null; if (this.state) this.renderTable(true); }, TABLE_EVERY_MS);
+      }
+      return;
+    }
     this.table.drawnAt = now;
     const cols = this.tableColumns();
     const q = this.table.query.toLowerCase();
@@ -319,20 +325,25 @@ class RunPage {
     this.cards.bytes.value.textContent = fmtBytes(state.bytesFetched);
     this.progressText.textContent = `${counts.done} / ${n} tasks done · ${counts.running} running · ${counts.queued} queued · `
       + `${counts.failed} failed${counts.blocked ? ` · ${counts.blocked} not run (upstream failed)` : ""} · `
-      + `${new Set(state.workers.map((w) => w.process)).size} processes · ${fmtDur(Math.max(0, tNow - this.t0()))}`;
+      + `${plural(new Set(state.workers.map((w) => w.process)).size, "process", "processes")} · ${fmtDur(Math.max(0, tNow - this.t0()))}`;
     this.dagBox.dataset.drawn = "1";
-    // the rest in a task of its own, so no single task holds the page for long; frames coalesce into one
+    // the rest in tasks of their own, so no single task holds the page for long; frames coalesce into one
     if (this.restPending) return;
     this.restPending = true;
-    setTimeout(() => {
-      this.restPending = false;
-      if (window.fanflowDashboard.page !== this || !this.state) return;
-      const at = this.cursor ?? this.tEnd();
-      this.timeline.draw(this.state, this.t0(), this.live ? at : this.tEnd(), at, this.cursor);
-      this.renderFunctionProgress(this.state);
-      this.renderTable(false);
-      this.renderDetail();
-    }, 0);
+    const steps = [
+      () => {
+        const at = this.cursor ?? this.tEnd();
+        this.timeline.draw(this.state, this.t0(), this.live ? at : this.tEnd(), at, this.cursor);
+      },
+      () => this.renderFunctionProgress(this.state),
+      () => { this.renderTable(false); this.renderDetail(); },
+    ];
+    const next = () => {
+      if (window.fanflowDashboard.page !== this || !this.state) { this.restPending = false; return; }
+      steps.shift()();
+      if (steps.length) setTimeout(next, 0); else this.restPending = false;
+    };
+    setTimeout(next, 0);
   }
 
   renderFunctionProgress(state) {
@@ -383,6 +394,7 @@ class RunPage {
     let data = this.recordedEvents ? await this.recordedEvents : null;
     this.recordedEvents = null;
     if (!data || !data.ended) data = await api(`api/runs/${encodeURIComponent(this.runId)}/events`);
+    await new Promise((resolve) => setTimeout(resolve, 0)); // parsing the events was a task of its own
     this.events = [];
     insertSorted(this.events, data.events);
     this.buildReplay();
@@ -435,6 +447,8 @@ class RunPage {
   }
 
   teardown() {
+    clearTimeout(this.table.trailing);
+    this.table.trailing = null;
     this.dag.destroy();
     this.tableParts = null;
     this.tip.hidden = true;

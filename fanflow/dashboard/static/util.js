@@ -106,3 +106,5 @@ function processLabel(key) {
   const parts = key.split("-");
   return parts.length >= 3 ? `${parts.slice(0, -2).join("-")} pid ${parts[parts.length - 2]}` : key;
 }
+
+function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
