@@ -39,7 +39,16 @@ def needs_missing_package(x: int) -> int:
 
 
 def _payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
-    inv = Invocation("no-such-run", (0,), 1769, store_url, "http", {"endpoints": []}, SETTINGS, None, time.time())
+    inv = Invocation(
+        run_id="no-such-run",
+        start=(0,),
+        memory_mb=1769,
+        store_url=store_url,
+        platform="http",
+        platform_options={"endpoints": []},
+        settings=SETTINGS,
+        invoked_at=time.time(),
+    )
     return sign(inv, secret.encode())
 
 

@@ -30,9 +30,11 @@ from botocore.stub import ANY, Stubber
 
 from fanflow.cli.main import app
 from fanflow.platforms import aws_lambda
-from fanflow.platforms.aws_lambda import EVENT_LIMIT_BYTES, LambdaPlatform, event_for, handler
+from fanflow.platforms.aws_lambda import EVENT_LIMIT_BYTES, LambdaPlatform, event_for
+from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.store import keys
+from fanflow.worker.entry import lambda_handler as handler
 
 SECRET = "lambda-test-secret"
 SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
@@ -64,7 +66,7 @@ class _EmulatedLambda:
 def emulated_lambda(monkeypatch: pytest.MonkeyPatch) -> _EmulatedLambda:
     fake = _EmulatedLambda()
     monkeypatch.setenv("FANFLOW_SECRET", SECRET)
-    monkeypatch.setattr(aws_lambda, "_invokers", {})
+    monkeypatch.setattr(aws_lambda, "_invokers", InvokerCache())
     monkeypatch.setattr(aws_lambda.boto3, "client", lambda *a, **kw: fake)
     return fake
 
@@ -76,7 +78,17 @@ def stubbed() -> tuple[Any, Stubber]:
 
 
 def _payload(redis_url: str, dag: bytes | None = None) -> bytes:
-    inv = Invocation("run-l", (0,), 1769, redis_url, "lambda", {"function": "fn"}, SETTINGS, dag, time.time())
+    inv = Invocation(
+        run_id="run-l",
+        start=(0,),
+        memory_mb=1769,
+        store_url=redis_url,
+        platform="lambda",
+        platform_options={"function": "fn"},
+        settings=SETTINGS,
+        dag=dag,
+        invoked_at=time.time(),
+    )
     return sign(inv, SECRET.encode())
 
 
@@ -178,7 +190,7 @@ def test_deploy_dry_run_prints_layout_and_iam() -> None:
     result = CliRunner().invoke(app, ["deploy", "lambda", "--dry-run", "--function", "ff", "--region", "eu-west-1"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    assert plan["package"]["handler"] == "fanflow.platforms.aws_lambda.handler"
+    assert plan["package"]["handler"] == "fanflow.worker.entry.lambda_handler"
     assert any(d.startswith("cloudpickle==") for d in plan["package"]["distributions"])
     fan_out = plan["iam"]["function_role_policy"]["Statement"][1]
     assert fan_out["Action"] == "lambda:InvokeFunction" and fan_out["Resource"].endswith(":function:ff")

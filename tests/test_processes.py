@@ -24,7 +24,6 @@ from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
 from fanflow.store.metadata import drain, open_metadata
 from fanflow.store.redis import RedisStore
-from fanflow.worker import handle
 
 
 @fanflow.task
@@ -95,7 +94,7 @@ def test_a_rerun_upstream_never_triggers_its_dependent_twice(
     a = counted(redis_url, a_runs, 1)
     sink = join(redis_url, joins, a, gated(redis_url, gate, 2))
     dag = DAG.from_sinks([sink])
-    platform = Recording(client_platform(config, handle))
+    platform = Recording(client_platform(config))
     run = Run(dag, config, platform)  # type: ignore[arg-type]
     try:
         run.start()
@@ -170,7 +169,17 @@ def _invocation(redis_url: str, pool: PoolHost, dag: DAG) -> Invocation:
     settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
     options = {"store": redis_url, "pool": pool.name}
     run_id = dag.new_run_id()
-    return Invocation(run_id, (0,), 256, redis_url, "processes", options, settings, encode(dag), time.time())
+    return Invocation(
+        run_id=run_id,
+        start=(0,),
+        memory_mb=256,
+        store_url=redis_url,
+        platform="processes",
+        platform_options=options,
+        settings=settings,
+        dag=encode(dag),
+        invoked_at=time.time(),
+    )
 
 
 def test_a_payload_with_a_bad_signature_runs_nothing(pool: PoolHost, redis_url: str, client: redis.Redis) -> None:

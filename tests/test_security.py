@@ -93,17 +93,16 @@ def _honest() -> int:
 
 def _invocation(run_id: str, store_url: str, dag: Any = None, invoked_at: float | None = None) -> Invocation:
     return Invocation(
-        run_id,
-        (0,),
-        512,
-        store_url,
-        "processes",
-        {"store": store_url, "pool": "security-test"},
-        WorkerSettings(key_ttl_s=600, lease_ms=5000, max_value_bytes=1 << 20),
-        dag,
-        time.time() if invoked_at is None else invoked_at,
-        None,
-        "inv-replayed",
+        run_id=run_id,
+        start=(0,),
+        memory_mb=512,
+        store_url=store_url,
+        platform="processes",
+        platform_options={"store": store_url, "pool": "security-test"},
+        settings=WorkerSettings(key_ttl_s=600, lease_ms=5000, max_value_bytes=1 << 20),
+        dag=dag,
+        invoked_at=time.time() if invoked_at is None else invoked_at,
+        inv_id="inv-replayed",
     )
 
 

@@ -19,7 +19,7 @@ import typer
 from packaging.requirements import Requirement
 from rich.console import Console
 
-HANDLER = "fanflow.platforms.aws_lambda.handler"
+HANDLER = "fanflow.worker.entry.lambda_handler"
 RUNTIME = "python3.11"
 
 deploy_app = typer.Typer(help="Plan deployments of fanflow workers.", no_args_is_help=True)

@@ -17,14 +17,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fanflow.client.requirements import missing_here, parse
 from fanflow.config import Config
 from fanflow.errors import ConfigError, FanflowError
 from fanflow.platforms.http.gateway import Gateway
-
-
-def _missing(specs: list[str]) -> list[str]:
-    return missing_here(parse(specs, "the client's requirements"))
 
 
 def gateway(
@@ -53,7 +48,6 @@ def gateway(
             pool=pool,
             max_workers=cfg.max_workers,
             idle_timeout_s=cfg.idle_timeout_s,
-            missing_requirements=_missing,
         )
     except (FanflowError, OSError, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -13,32 +13,16 @@ elsewhere provides ``missing_requirements(specs)`` to ask them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 
+from fanflow.config import Config
 from fanflow.dag.graph import DAG
-from fanflow.errors import FanflowError
+from fanflow.platforms.base import Platform
+from fanflow.requirements import RequirementsError, missing_here, parse
 
-
-class RequirementsError(FanflowError):
-    """The workers lack packages the workflow requires, or a requirement is malformed."""
-
-
-def parse(specs: Iterable[str], source: str) -> list[Requirement]:
-    out = []
-    for spec in specs:
-        text = spec.split("#", 1)[0].strip()
-        if not text or text.startswith("-"):
-            continue  # blank lines, comments and pip options (-r, --index-url) are not packages
-        try:
-            out.append(Requirement(text))
-        except InvalidRequirement as exc:
-            raise RequirementsError(f"{source}: {spec!r} is not a valid requirement: {exc}") from exc
-    return out
+__all__ = ["RequirementsError", "check", "of_dag"]
 
 
 def of_dag(dag: DAG, requirements_file: str | None) -> list[Requirement]:
@@ -54,23 +38,7 @@ def of_dag(dag: DAG, requirements_file: str | None) -> list[Requirement]:
     return reqs
 
 
-def missing_here(reqs: Iterable[Requirement]) -> list[str]:
-    """The requirements this interpreter does not satisfy, each with what was found instead."""
-    missing = []
-    for req in reqs:
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        try:
-            found = metadata.version(req.name)
-        except metadata.PackageNotFoundError:
-            missing.append(f"{req} (not installed)")
-            continue
-        if req.specifier and not req.specifier.contains(found, prereleases=True):
-            missing.append(f"{req} (found {found})")
-    return missing
-
-
-def check(dag: DAG, config: Any, platform: Any) -> None:
+def check(dag: DAG, config: Config, platform: Platform) -> None:
     """Raise :class:`RequirementsError` listing every requirement the platform's workers lack."""
     reqs = of_dag(dag, config.requirements)
     if not reqs:

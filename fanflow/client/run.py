@@ -96,16 +96,15 @@ class Run:
             dag_field = data if len(data) <= self.config.inline_dag_max_bytes else None
         store.set_status(self._status_key, RUNNING, ttl)
         self._base = base = Invocation(
-            run,
-            (),
-            self.config.memory_mb,
-            self.config.store,
-            self.platform.name,
-            self.platform.options,
-            self.settings,
-            dag_field,
-            0.0,
-            (store, self.platform) if self.platform.in_process else None,
+            run_id=run,
+            start=(),
+            memory_mb=self.config.memory_mb,
+            store_url=self.config.store,
+            platform=self.platform.name,
+            platform_options=self.platform.options,
+            settings=self.settings,
+            dag=dag_field,
+            runtime=(store, self.platform) if self.platform.in_process else None,
         )
         self.submitted_at = now = time.time()
         self._invoke([base.with_start(group, self._memory_for(group[0]), now) for group in self._root_groups()])

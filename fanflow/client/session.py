@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import fanflow.worker  # noqa: F401 - loads the worker layer, which registers the handler threads workers run
 from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
@@ -32,7 +33,6 @@ from fanflow.errors import RunCancelledError
 from fanflow.metrics.recorder import record_run
 from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
-from fanflow.worker import handle
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Session:
         with self._lock:
             entry = self._platforms.get(key)
             if entry is None:
-                entry = self._platforms[key] = _Entry(client_platform(config, handle))
+                entry = self._platforms[key] = _Entry(client_platform(config))
             elif entry.idle is not None:
                 entry.idle.cancel()
                 entry.idle = None

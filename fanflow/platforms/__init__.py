@@ -2,10 +2,12 @@
 
 Each platform module provides two functions:
 
-- ``client_platform(config, handler)``: the platform a client runs on (it may
-  start resources, e.g. a pool of worker processes);
-- ``worker_platform(options, handler)``: the invoker a worker rebuilds from the
+- ``client_platform(config)``: the platform a client runs on (it may start
+  resources, e.g. a pool of worker processes);
+- ``worker_platform(options)``: the invoker a worker rebuilds from the
   ``options`` shipped in its payload, to start further workers.
+
+How a platform reaches the worker without importing it: see :mod:`fanflow.platforms.base`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fanflow.config import Config
 from fanflow.errors import ConfigError
-from fanflow.platforms.base import Handler, Platform
+from fanflow.platforms.base import Platform
 
-__all__ = ["Handler", "Platform", "client_platform", "worker_platform"]
+__all__ = ["Platform", "client_platform", "worker_platform"]
 
 _MODULES = {
     "threads": "fanflow.platforms.threads",
@@ -41,9 +44,11 @@ def _module(name: str) -> Any:
         ) from exc
 
 
-def client_platform(config: Any, handler: Handler) -> Platform:
-    return _module(config.platform).client_platform(config, handler)  # type: ignore[no-any-return]
+def client_platform(config: Config) -> Platform:
+    """The platform ``config.platform`` names, as a client uses it."""
+    return _module(config.platform).client_platform(config)  # type: ignore[no-any-return]
 
 
-def worker_platform(name: str, options: dict[str, Any], handler: Handler) -> Platform:
-    return _module(name).worker_platform(options, handler)  # type: ignore[no-any-return]
+def worker_platform(name: str, options: dict[str, Any]) -> Platform:
+    """The invoker a worker of platform ``name`` uses to start further workers."""
+    return _module(name).worker_platform(options)  # type: ignore[no-any-return]

@@ -3,12 +3,13 @@
 Two halves, one module, so the function's package and the invoker agree on
 one event format:
 
-- :func:`handler` is the Lambda entry point (``fanflow.platforms.aws_lambda.handler``).
-  The event is ``{"payload": "<base64 of the signed payload>"}``; the handler
-  calls :func:`fanflow.worker.handle`, which verifies the signature with the
-  function's ``FANFLOW_SECRET`` before anything is unpickled. A payload with a
-  bad signature is logged and answered, not raised: Lambda would retry a raised
-  error, and a forged payload fails the same way every time.
+- the event format (:func:`event_for`, :func:`payload_of`):
+  ``{"payload": "<base64 of the signed payload>"}``. The function's handler is
+  the worker layer's entry point ``fanflow.worker.entry.lambda_handler``, which
+  verifies the signature with the function's ``FANFLOW_SECRET`` before
+  anything is unpickled, and answers a bad signature rather than raising:
+  Lambda would retry a raised error, and a forged payload fails the same way
+  every time.
 - :class:`LambdaPlatform` invokes the function with boto3 ``invoke(InvocationType="Event")``,
   Lambda's asynchronous invocation: Lambda queues the event and answers 202
   before the function runs. The client invokes the roots and every worker
@@ -51,12 +52,13 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
-from fanflow.errors import ConfigError, PayloadRejectedError, PlatformError
-from fanflow.platforms.base import Handler
+from fanflow.config import Config
+from fanflow.errors import ConfigError, PlatformError
+from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import sign, verify
 from fanflow.store import keys, open_store
 
-__all__ = ["EVENT_LIMIT_BYTES", "LambdaPlatform", "client_platform", "event_for", "handler", "worker_platform"]
+__all__ = ["EVENT_LIMIT_BYTES", "LambdaPlatform", "client_platform", "event_for", "payload_of", "worker_platform"]
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +72,15 @@ _STORED_RUNS = 64
 """Runs whose DAG this process remembers having stored (so it stores each once)."""
 
 
-# -- the function ---------------------------------------------------------------------------
+# -- the event ------------------------------------------------------------------------------
 def event_for(payload: bytes) -> bytes:
     """The JSON event that carries ``payload`` to the function."""
     return json.dumps({"payload": base64.b64encode(payload).decode("ascii")}).encode()
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """AWS Lambda entry point: run one worker invocation, or check requirements.
-
-    ``{"payload": base64}`` runs a worker and returns its report;
-    ``{"requirements": [...]}`` returns ``{"missing": [...]}``, what this
-    function's environment lacks (asked by the client before a run).
-    """
-    if "requirements" in event:
-        from fanflow.client.requirements import missing_here, parse  # entry point: any layer may run here
-
-        return {"missing": missing_here(parse(event["requirements"], "the client's requirements"))}
-    from fanflow.worker import handle
-
-    try:
-        return handle(base64.b64decode(event["payload"]))
-    except PayloadRejectedError as exc:
-        log.error("refused an invocation: %s", exc)
-        return {"refused": str(exc)}
+def payload_of(event: dict[str, Any]) -> bytes:
+    """The signed payload an event from :func:`event_for` carries."""
+    return base64.b64decode(event["payload"])
 
 
 # -- the invoker ----------------------------------------------------------------------------
@@ -215,7 +202,7 @@ def _region_of(function: str) -> str | None:
     return parts[3] if len(parts) >= 7 and parts[0] == "arn" else None
 
 
-def client_platform(config: Any, handler: Handler) -> LambdaPlatform:
+def client_platform(config: Config) -> LambdaPlatform:
     """The platform of a client: ``config.endpoints`` names the function (name or ARN)."""
     if not config.endpoints:
         raise ConfigError(
@@ -231,16 +218,15 @@ def client_platform(config: Any, handler: Handler) -> LambdaPlatform:
     return LambdaPlatform(function, secret=config.secret.encode(), region=_region_of(function))
 
 
-_invokers: dict[tuple[str, str | None], LambdaPlatform] = {}
-_invokers_lock = threading.Lock()
+_invokers: InvokerCache[LambdaPlatform] = InvokerCache()
 
 
-def worker_platform(options: dict[str, Any], handler: Handler) -> LambdaPlatform:
+def worker_platform(options: dict[str, Any]) -> LambdaPlatform:
     """The invoker a worker uses for fan-out: its own function, re-signing with its ``FANFLOW_SECRET``."""
-    key = (options["function"], options.get("region"))
-    with _invokers_lock:
-        invoker = _invokers.get(key)
-        if invoker is None:
-            secret = os.environ.get("FANFLOW_SECRET")
-            invoker = _invokers[key] = LambdaPlatform(key[0], secret=secret.encode() if secret else None, region=key[1])
-    return invoker
+    function, region = options["function"], options.get("region")
+
+    def make() -> LambdaPlatform:
+        secret = os.environ.get("FANFLOW_SECRET")
+        return LambdaPlatform(function, secret=secret.encode() if secret else None, region=region)
+
+    return _invokers.get((function, region), make)

@@ -1,8 +1,12 @@
-"""The :class:`Platform` protocol: how workers are invoked.
+"""The :class:`Platform` protocol: how workers are invoked, and how a platform reaches the worker.
 
-A platform only moves invocations; every platform ends in a call of
-:func:`fanflow.worker.handle`. In-process platforms (``threads``) get invocation
-objects and hand them over as they are; the others get signed payload bytes.
+A platform only moves invocations; every one ends in the worker layer. A
+platform never imports that layer (it sits above): out-of-process platforms
+start workers in :data:`WORKER_ENTRY` by *name* (a process's command line, a
+Ray task run in the Ray worker, a Lambda function's configured handler), and
+the in-process ``threads`` platform calls the handler the worker layer
+registers here when it is imported (:func:`set_local_handler`), as the api
+layer registers the dag layer's runner.
 
 Liveness: a platform that can tell it no longer runs what it was given (its
 host stopped, its shared pool is gone) may define ``check_serving()``, which
@@ -13,11 +17,17 @@ invocation's run with :func:`fanflow.platforms.lost.fail_invocation`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from fanflow.errors import PlatformError
 
 Handler = Callable[[Any], Any]
-"""``fanflow.worker.handle``: given to platforms by the layer above, never imported up."""
+"""``fanflow.worker.handle``: runs one invocation to its end."""
+
+WORKER_ENTRY = "fanflow.worker.entry"
+"""The worker layer's entry points (process child main, Ray task, Lambda handler), named, never imported here."""
 
 
 class Platform(Protocol):
@@ -35,3 +45,38 @@ class Platform(Protocol):
     def close(self) -> None:
         """Release what the platform holds (threads, processes, connections)."""
         ...
+
+
+_local_handler: Handler | None = None
+
+
+def set_local_handler(handler: Handler) -> None:
+    """Called once by the worker layer: the handler in-process platforms hand invocation objects to."""
+    global _local_handler
+    _local_handler = handler
+
+
+def local_handler() -> Handler:
+    """The worker layer's handler for in-process workers; raises :class:`PlatformError` before it is loaded."""
+    if _local_handler is None:
+        raise PlatformError("the worker layer is not loaded: import fanflow.worker before running in-process")
+    return _local_handler
+
+
+P = TypeVar("P")
+
+
+class InvokerCache(Generic[P]):
+    """One invoker per key in a process, built once under a lock: the workers of a process share them."""
+
+    def __init__(self) -> None:
+        self._made: dict[Hashable, P] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], P]) -> P:
+        """The invoker for ``key``, made with ``make()`` the first time."""
+        with self._lock:
+            found = self._made.get(key)
+            if found is None:
+                found = self._made[key] = make()
+            return found

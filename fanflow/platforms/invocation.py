@@ -46,8 +46,10 @@ class WorkerSettings:
     store_retry_s: float = 10.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Invocation:
+    """One worker's start: built by keyword, shipped as signed bytes (:func:`sign`) unless in-process."""
+
     run_id: str
     start: tuple[int, ...]
     memory_mb: int
@@ -78,18 +80,33 @@ class Invocation:
     ) -> Invocation:
         """A new invocation of the same run, with id ``inv_id`` (default: a new random one)."""
         return Invocation(
-            self.run_id,
-            start,
-            memory_mb,
-            self.store_url,
-            self.platform,
-            self.platform_options,
-            self.settings,
-            self.dag,
-            invoked_at,
-            self.runtime,
-            inv_id or new_invocation_id(),
+            run_id=self.run_id,
+            start=start,
+            memory_mb=memory_mb,
+            store_url=self.store_url,
+            platform=self.platform,
+            platform_options=self.platform_options,
+            settings=self.settings,
+            dag=self.dag,
+            invoked_at=invoked_at,
+            runtime=self.runtime,
+            inv_id=inv_id or new_invocation_id(),
         )
+
+
+_SHIPPED = (
+    "run_id",
+    "start",
+    "memory_mb",
+    "store_url",
+    "platform",
+    "platform_options",
+    "settings",
+    "dag",
+    "invoked_at",
+    "inv_id",
+)
+"""The fields a payload carries (``runtime`` never leaves its process)."""
 
 
 def new_invocation_id() -> str:
@@ -110,22 +127,7 @@ def sign(inv: Invocation, secret: bytes) -> bytes:
     """Serialize and sign an invocation; the DAG must be bytes or None by now."""
     if not isinstance(inv.dag, (bytes, type(None))):
         raise TypeError("encode the DAG before signing a payload")
-    body = pickle.dumps(
-        (
-            inv.run_id,
-            inv.start,
-            inv.memory_mb,
-            inv.store_url,
-            inv.platform,
-            inv.platform_options,
-            inv.settings,
-            inv.dag,
-            inv.invoked_at,
-            None,
-            inv.inv_id,
-        ),
-        protocol=pickle.HIGHEST_PROTOCOL,
-    )
+    body = pickle.dumps(tuple(getattr(inv, f) for f in _SHIPPED), protocol=pickle.HIGHEST_PROTOCOL)
     run = inv.run_id.encode()
     signed = _RUN_LEN.pack(len(run)) + run + body
     return MAGIC + hmac.new(secret, signed, hashlib.sha256).digest() + signed
@@ -171,7 +173,7 @@ def verify(payload: bytes, secret: bytes | None) -> Invocation:
 
 def _decode(signed: memoryview) -> Invocation:
     (n,) = _RUN_LEN.unpack_from(signed, 0)
-    return Invocation(*pickle.loads(signed[_RUN_LEN.size + n :]))
+    return Invocation(**dict(zip(_SHIPPED, pickle.loads(signed[_RUN_LEN.size + n :]), strict=True)))
 
 
 def peek(payload: bytes) -> Invocation:

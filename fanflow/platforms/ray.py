@@ -2,7 +2,7 @@
 
 Ray already schedules tasks over a cluster, so fanflow brings no scheduler of
 its own here either: each invocation (a worker with its start tasks) becomes
-one Ray task running :func:`fanflow.worker.handle`, and a worker's fan-out
+one Ray task running the worker layer's ``ray_task`` entry point, and a worker's fan-out
 branches are Ray tasks it submits itself (nested tasks), exactly as it would
 post them to a gateway. Results stay in fanflow's store, not in Ray's object
 store, so the ``ObjectRef`` of a task is dropped at once; Ray still runs a task
@@ -27,16 +27,16 @@ the redelivery fanflow's claims are built for. Ray is reached through
 
 from __future__ import annotations
 
+import importlib
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 
-from fanflow.config import signing_secret
+from fanflow.config import Config, signing_secret
 from fanflow.errors import PlatformError
-from fanflow.platforms.base import Handler
+from fanflow.platforms.base import WORKER_ENTRY, InvokerCache
 from fanflow.platforms.invocation import peek
 from fanflow.platforms.sizing import MB_PER_VCPU, vcpus
 
@@ -49,10 +49,12 @@ def resources(memory_mb: int) -> dict[str, float]:
 
 
 def _run(payload: bytes) -> dict[str, Any]:
-    """The Ray task: one fanflow worker invocation (secret from ``FANFLOW_SECRET`` in its runtime env)."""
-    from fanflow.worker import handle  # an entry point, like the pool's child process: the worker layer runs here
+    """The Ray task, run in a Ray worker process: hands the payload to the worker layer's entry point.
 
-    return handle(payload)
+    The entry is resolved by name there, as a process's command line or a
+    Lambda function's handler names it: this module never imports the worker.
+    """
+    return importlib.import_module(WORKER_ENTRY).ray_task(payload)  # type: ignore[no-any-return]
 
 
 _task = ray.remote(_run)
@@ -98,7 +100,7 @@ class RayPlatform:
         """Nothing to release: the Ray connection outlives runs (``ray.shutdown()`` is the caller's)."""
 
 
-def client_platform(config: Any, handler: Handler) -> RayPlatform:
+def client_platform(config: Config) -> RayPlatform:
     """Connect to Ray (``config.endpoints``, ``RAY_ADDRESS`` or a new local instance) unless already connected."""
     if not ray.is_initialized():
         try:
@@ -112,14 +114,9 @@ def client_platform(config: Any, handler: Handler) -> RayPlatform:
     return RayPlatform({"env_vars": {"FANFLOW_SECRET": signing_secret(config).decode()}})
 
 
-_invoker: RayPlatform | None = None
-_invoker_lock = threading.Lock()
+_invokers: InvokerCache[RayPlatform] = InvokerCache()
 
 
-def worker_platform(options: dict[str, Any], handler: Handler) -> RayPlatform:
+def worker_platform(options: dict[str, Any]) -> RayPlatform:
     """Inside a Ray task: nested tasks inherit this task's runtime env, secret included."""
-    global _invoker
-    with _invoker_lock:
-        if _invoker is None:
-            _invoker = RayPlatform()
-    return _invoker
+    return _invokers.get("ray", RayPlatform)

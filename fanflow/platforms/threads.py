@@ -31,8 +31,9 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from fanflow.config import Config
 from fanflow.errors import PlatformError
-from fanflow.platforms.base import Handler
+from fanflow.platforms.base import Handler, local_handler
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.sizing import blas_threads
 
@@ -123,11 +124,11 @@ class ThreadsPlatform:
             sys.setswitchinterval(self._switch_interval)
 
 
-def client_platform(config: Any, handler: Handler) -> ThreadsPlatform:
-    """The platform a client uses for ``platform="threads"``."""
-    return ThreadsPlatform(handler, config.max_workers)
+def client_platform(config: Config) -> ThreadsPlatform:
+    """The platform a client uses for ``platform="threads"``: workers run the worker layer's handler here."""
+    return ThreadsPlatform(local_handler(), config.max_workers)
 
 
-def worker_platform(options: dict[str, Any], handler: Handler) -> ThreadsPlatform:
+def worker_platform(options: dict[str, Any]) -> ThreadsPlatform:
     """Threads workers get invocation objects, so they never rebuild a platform from a payload."""
     raise NotImplementedError("the threads platform passes invocation objects, not payloads")

@@ -1,4 +1,8 @@
-"""Worker layer: :func:`handle`, the single entry point every platform calls."""
+"""Worker layer: :func:`handle`, where every invocation on every platform ends.
+
+Out-of-process platforms reach it through :mod:`fanflow.worker.entry`; the
+in-process one through the handler registered with the platform layer below.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 from fanflow.dag.encoding import decode
 from fanflow.dag.graph import DAG
 from fanflow.platforms import worker_platform
+from fanflow.platforms.base import set_local_handler
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.platforms.sizing import blas_threads, limit_blas_threads, vcpus
 from fanflow.store import keys, open_store
@@ -53,7 +58,7 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bo
         # Before anything of the run is unpickled (and may load numpy): size numeric thread pools.
         limit_blas_threads(blas_threads(vcpus(inv.memory_mb)))
         store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s, secret=secret)
-        platform = worker_platform(inv.platform, inv.platform_options, handle)
+        platform = worker_platform(inv.platform, inv.platform_options)
     dag = _dag_for(inv, store)
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
@@ -97,3 +102,6 @@ def _dag_for(inv: Invocation, store: Any) -> DAG | None:
         while len(_dags) > _DAG_CACHE_SIZE:
             _dags.popitem(last=False)
     return dag
+
+
+set_local_handler(handle)

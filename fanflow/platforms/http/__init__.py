@@ -40,8 +40,9 @@ from typing import Any
 
 import httpx
 
+from fanflow.config import Config
 from fanflow.errors import ConfigError, PlatformError
-from fanflow.platforms.base import Handler
+from fanflow.platforms.base import InvokerCache
 
 __all__ = ["HttpPlatform", "client_platform", "parse_endpoints", "worker_platform"]
 
@@ -208,7 +209,7 @@ class HttpPlatform:
         self._loop.close()
 
 
-def client_platform(config: Any, handler: Handler) -> HttpPlatform:
+def client_platform(config: Config) -> HttpPlatform:
     """The platform of a client: checks the secret and that a gateway is up before the run starts."""
     if config.secret is None:
         raise ConfigError(
@@ -224,15 +225,10 @@ def client_platform(config: Any, handler: Handler) -> HttpPlatform:
     return platform
 
 
-_invokers: dict[tuple[str, ...], HttpPlatform] = {}
-_invokers_lock = threading.Lock()
+_invokers: InvokerCache[HttpPlatform] = InvokerCache()
 
 
-def worker_platform(options: dict[str, Any], handler: Handler) -> HttpPlatform:
+def worker_platform(options: dict[str, Any]) -> HttpPlatform:
     """The invoker a worker uses for fan-out: the gateways its own invocation names, one per process."""
-    key = tuple(options["endpoints"])
-    with _invokers_lock:
-        invoker = _invokers.get(key)
-        if invoker is None:
-            invoker = _invokers[key] = HttpPlatform(key)
-    return invoker
+    endpoints = tuple(options["endpoints"])
+    return _invokers.get(endpoints, lambda: HttpPlatform(endpoints))

@@ -11,9 +11,8 @@ quickly, answer health checks, and stop cleanly on SIGTERM. The gateway does:
 - ``GET /healthz``: 200 while serving, 503 once draining, so a load balancer
   stops sending work to a gateway that is shutting down.
 - ``POST /requirements``: a JSON list of requirement strings; answers which
-  ones the workers here lack (the workers run in the gateway's environment).
-  The check is handed in by the caller (the CLI passes the client layer's),
-  so this platform module never imports the layer above it.
+  ones the workers here lack (the workers run in the gateway's environment),
+  checked by the leaf module :mod:`fanflow.requirements`, as a Lambda function does.
 
 Behind the HTTP front sits the processes platform's pool host, reused as it is
 (:class:`fanflow.platforms.processes.PoolHost`): warm worker processes per
@@ -37,7 +36,6 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,6 +44,7 @@ from fanflow.config import mask_url
 from fanflow.errors import FanflowError, PayloadRejectedError, StoreUnavailableError
 from fanflow.platforms.invocation import verify
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
+from fanflow.requirements import missing_of_specs
 from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
 
@@ -74,10 +73,8 @@ class Gateway:
         pool: str | None = None,
         max_workers: int | None = None,
         idle_timeout_s: float = 60.0,
-        missing_requirements: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self._secret = secret
-        self._missing_requirements = missing_requirements
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.gateway = self  # type: ignore[attr-defined]
@@ -121,12 +118,10 @@ class Gateway:
 
     def missing(self, specs: Any) -> tuple[int, dict[str, Any]]:
         """Which of ``specs`` (requirement strings) the workers here lack."""
-        if self._missing_requirements is None:
-            return HTTPStatus.NOT_IMPLEMENTED, {"error": "this gateway was started without a requirements check"}
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             return HTTPStatus.BAD_REQUEST, {"error": "expected a JSON list of requirement strings"}
         try:
-            return HTTPStatus.OK, {"missing": self._missing_requirements(specs)}
+            return HTTPStatus.OK, {"missing": missing_of_specs(specs)}
         except FanflowError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
 

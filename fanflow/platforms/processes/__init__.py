@@ -18,9 +18,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fanflow.config import mask_url, signing_secret
+from fanflow.config import Config, mask_url, signing_secret
 from fanflow.errors import ConfigError, PlatformError
-from fanflow.platforms.base import Handler
+from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import peek
 from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key
 from fanflow.store import open_store
@@ -73,7 +73,7 @@ class ProcessesPlatform:
             self._store.delete([queue_key(self.pool)])  # invocations of failed runs nobody will take
 
 
-def client_platform(config: Any, handler: Handler) -> ProcessesPlatform:
+def client_platform(config: Config) -> ProcessesPlatform:
     """The platform of a client: its own pool host, or the shared pool ``config.pool``."""
     store = _redis_store(config.store)
     if config.pool:
@@ -96,13 +96,10 @@ def client_platform(config: Any, handler: Handler) -> ProcessesPlatform:
     return ProcessesPlatform(config.store, pool, host)
 
 
-_invokers: dict[tuple[str, str], ProcessesPlatform] = {}
+_invokers: InvokerCache[ProcessesPlatform] = InvokerCache()
 
 
-def worker_platform(options: dict[str, Any], handler: Handler) -> ProcessesPlatform:
+def worker_platform(options: dict[str, Any]) -> ProcessesPlatform:
     """The invoker a worker uses for fan-out: the same queue its own invocation came from."""
-    key = (options["store"], options["pool"])
-    invoker = _invokers.get(key)
-    if invoker is None:
-        invoker = _invokers[key] = ProcessesPlatform(*key)
-    return invoker
+    store, pool = options["store"], options["pool"]
+    return _invokers.get((store, pool), lambda: ProcessesPlatform(store, pool))

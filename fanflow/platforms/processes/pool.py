@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 
 from fanflow.errors import PayloadRejectedError, PlatformError
 from fanflow.platforms.invocation import verify
-from fanflow.platforms.processes import child as child_protocol
+from fanflow.platforms.processes import protocol
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
 from fanflow.store.base import error_record
@@ -70,7 +70,6 @@ empty), so a busy pool pays about ``1 / (HOLD/2 * max_workers)`` commands per in
 and the next invocation is always at hand when a worker finishes."""
 
 _ENTRY = struct.Struct("<I")
-_CHILD_MAIN = f"from {child_protocol.__name__} import main; main()"
 
 
 def queue_key(pool: str) -> str:
@@ -277,7 +276,7 @@ class PoolHost:
         name = f"w{next(self._ids)}"
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno())],
+                [sys.executable, "-c", protocol.CHILD_MAIN, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=self._env,
                 stdin=subprocess.DEVNULL,
@@ -308,14 +307,14 @@ class PoolHost:
         except (EOFError, OSError):
             self._lost(worker)
             return
-        if message == child_protocol.READY:
+        if message == protocol.READY:
             worker.ready = True
             if worker.payload is not None:
                 self._send(worker, worker.payload)
             return
-        if message == child_protocol.REFUSED:
+        if message == protocol.REFUSED:
             self.stats["refused"] += 1
-        elif message.startswith(child_protocol.CRASHED):
+        elif message.startswith(protocol.CRASHED):
             self.stats["crashed"] += 1
             self._fail_invocation(worker, f"the worker crashed outside of its tasks: {message[1:].decode()}")
         worker.payload = None

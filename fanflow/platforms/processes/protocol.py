@@ -1,0 +1,33 @@
+"""What the pool and its worker processes say over their pipe, and how a worker process is started.
+
+The pool starts each worker as a fresh interpreter (a cold start, as on a FaaS
+platform) running :data:`CHILD_MAIN` with one argument, the file descriptor of
+its pipe. A fresh interpreter rather than ``multiprocessing``'s spawn, because
+spawn re-imports the user's ``__main__`` in every child: a script that calls
+``compute()`` at top level without a ``__main__`` guard would run again in each
+worker. The process's main is the worker layer's entry point, named here and
+never imported (this layer sits below the worker).
+
+Messages (length-framed, :mod:`multiprocessing.connection`):
+
+- pool -> worker, once: the pickled setup (``secret``, ``log_level``,
+  ``prewarmed``); the secret travels here, never on the command line or in the
+  environment; a prewarmed worker's first invocation is a warm start;
+- worker -> pool: :data:`READY` once imported and ready;
+- pool -> worker: one signed invocation payload; worker -> pool: :data:`DONE`,
+  :data:`REFUSED` (bad signature) or :data:`CRASHED` + traceback (the worker
+  itself crashed before it could record the failure; the pool fails the run);
+- pool -> worker: an empty message, or end of file: exit.
+"""
+
+from __future__ import annotations
+
+from fanflow.platforms.base import WORKER_ENTRY
+
+CHILD_MAIN = f"from {WORKER_ENTRY} import process_main; process_main()"
+"""The ``python -c`` program of a worker process; its pipe's file descriptor follows as ``argv[1]``."""
+
+READY = b"R"
+DONE = b"D"
+REFUSED = b"X"
+CRASHED = b"E"

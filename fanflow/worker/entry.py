@@ -1,0 +1,96 @@
+"""Where each out-of-process platform starts a worker: the entry points, all in the worker layer.
+
+Platforms sit below the worker, so they name these functions rather than
+import them (:data:`fanflow.platforms.base.WORKER_ENTRY`):
+
+- :func:`process_main`: the main of a worker process of the ``processes``
+  platform's pool (and of a gateway's pool), started as
+  ``python -c "<CHILD_MAIN>" <fd>`` (:mod:`fanflow.platforms.processes.protocol`);
+- :func:`ray_task`: what the ``ray`` platform's task runs in a Ray worker;
+- :func:`lambda_handler`: the handler of the ``lambda`` platform's function.
+
+Each ends in :func:`fanflow.worker.handle`. The in-process ``threads``
+platform needs no entry: it calls ``handle`` in the client's process.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from fanflow.errors import PayloadRejectedError
+from fanflow.worker import handle
+
+__all__ = ["lambda_handler", "process_main", "ray_task", "serve_pipe"]
+
+log = logging.getLogger(__name__)
+
+
+# -- processes ----------------------------------------------------------------------------
+def process_main() -> None:
+    """A pool's worker process: the pipe's file descriptor is ``argv[1]``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the pool, which stops its workers
+    with Connection(int(sys.argv[1])) as conn:
+        serve_pipe(conn)
+
+
+def serve_pipe(conn: Connection) -> None:
+    """Run invocations from the pool until it says stop or goes away (the protocol of the pipe)."""
+    from fanflow.platforms.processes import protocol
+
+    setup = pickle.loads(conn.recv_bytes())
+    secret: bytes = setup["secret"]
+    logging.basicConfig(level=setup["log_level"], format="%(levelname)s fanflow-worker: %(message)s")
+    conn.send_bytes(protocol.READY)
+    cold = not setup.get("prewarmed", False)
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except EOFError:
+            return
+        if not payload:
+            return
+        try:
+            handle(payload, secret=secret, cold=cold)
+            reply = protocol.DONE
+        except PayloadRejectedError as exc:
+            log.warning("refused an invocation: %s", exc)
+            reply = protocol.REFUSED
+        except Exception:  # handle() records task failures itself; this is the worker breaking
+            log.exception("the worker crashed outside of its tasks")
+            reply = protocol.CRASHED + traceback.format_exc().encode(errors="replace")
+        conn.send_bytes(reply)
+        cold = False
+
+
+# -- ray ------------------------------------------------------------------------------------
+def ray_task(payload: bytes) -> dict[str, Any]:
+    """One invocation as a Ray task; the secret is ``FANFLOW_SECRET`` from the task's runtime env."""
+    return handle(payload)
+
+
+# -- lambda ---------------------------------------------------------------------------------
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda function's handler: run one worker invocation, or check requirements.
+
+    ``{"payload": base64}`` runs a worker and returns its report;
+    ``{"requirements": [...]}`` returns ``{"missing": [...]}``, what this
+    function's environment lacks (asked by the client before a run). A payload
+    with a bad signature is answered, not raised: Lambda would retry it.
+    """
+    if "requirements" in event:
+        from fanflow.requirements import missing_of_specs
+
+        return {"missing": missing_of_specs(event["requirements"])}
+    from fanflow.platforms.aws_lambda import payload_of
+
+    try:
+        return handle(payload_of(event))
+    except PayloadRejectedError as exc:
+        log.error("refused an invocation: %s", exc)
+        return {"refused": str(exc)}
