@@ -22,6 +22,7 @@ from fanflow.client import requirements
 from fanflow.config import Config, mask_url, signing_secret
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
+from fanflow.dag.placement import PlanView, plan_of, root_groups
 from fanflow.dag.tracebacks import with_source_lines
 from fanflow.errors import (
     FanflowError,
@@ -34,9 +35,9 @@ from fanflow.errors import (
     ValueRejectedError,
 )
 from fanflow.platforms.base import Platform
+from fanflow.platforms.invocation import Invocation, WorkerSettings, send
 from fanflow.store import keys, open_store
 from fanflow.store.base import CANCELLED, FAILED, LEASE_DONE, MISSING, RUNNING, Store, error_record
-from fanflow.worker import Invocation, WorkerSettings, sign
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ PROGRESS_AFTER_S = 1.0
 
 class Run:
     """A single execution of ``dag`` under ``config`` on an acquired ``platform``."""
+
+    plan: PlanView
+    """The plan the run starts with (set by :meth:`start`, after planning annotated the DAG)."""
 
     def __init__(self, dag: DAG, config: Config, platform: Platform) -> None:
         self.dag = dag
@@ -84,6 +88,7 @@ class Run:
     def start(self) -> None:
         """Subscribe, write the run state and the DAG, then invoke one worker per root."""
         requirements.check(self.dag, self.config, self.platform)
+        self.plan = plan_of(self.dag, refresh=True)  # planning wrote the annotations after this Run was made
         store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
         self._sub = store.subscribe(keys.channel(run))
         dag_field: Any = self.dag
@@ -107,7 +112,10 @@ class Run:
             runtime=(store, self.platform) if self.platform.in_process else None,
         )
         self.submitted_at = now = time.time()
-        self._invoke([base.with_start(group, self._memory_for(group[0]), now) for group in self._root_groups()])
+        starts = [
+            base.with_start(tuple(g), self._memory_for(g[0]), now) for g in root_groups(self.dag, self.plan.labels)
+        ]
+        self._invoke(starts)
         self._schedule_prewarms()
 
     def _schedule_prewarms(self) -> None:
@@ -118,7 +126,7 @@ class Run:
         returning True) do it; each one that fires is a ``prewarmed`` event.
         """
         prewarm = getattr(self.platform, "prewarm", None)
-        wanted = {t: a["prewarm_s"] for t, a in self.dag.annotations.items() if "prewarm_s" in a}
+        wanted = self.plan.prewarm_s
         if prewarm is None or not wanted:
             return
         for t, delay in sorted(wanted.items(), key=lambda item: item[1]):
@@ -136,24 +144,11 @@ class Run:
         except FanflowError:
             log.warning("run %s: could not prewarm a worker for %s", self.run_id, self.dag.name(t), exc_info=True)
 
-    def _root_groups(self) -> list[tuple[int, ...]]:
-        """One worker per root, as in WUKONG; roots the plan gives one placement label share a worker."""
-        groups: dict[Any, list[int]] = {}
-        annotations = self.dag.annotations
-        for r in self.dag.roots:
-            label = annotations.get(r, {}).get("worker") if annotations else None
-            groups.setdefault(("root", r) if label is None else label, []).append(r)
-        return [tuple(g) for g in groups.values()]
-
     def _invoke(self, invs: list[Invocation]) -> None:
-        if self.platform.in_process:
-            self.platform.invoke(invs)
-        else:
-            self.platform.invoke([sign(i, self.secret) for i in invs])
+        send(self.platform, invs, self.secret)
 
     def _memory_for(self, t: int) -> int:
-        planned = self.dag.annotations.get(t, {}).get("memory_mb")
-        return int(planned or self.dag.task(t).memory_mb or self.config.memory_mb)
+        return self.plan.memory_for(t, self.config.memory_mb)
 
     # -- wait --------------------------------------------------------------------
     def wait(self, cancelled: Callable[[], bool] = lambda: False) -> None:

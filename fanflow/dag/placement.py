@@ -1,10 +1,13 @@
-"""Placement rules shared by the worker loop and the planner's simulator.
+"""The plan as the worker loop reads it, and the placement rules the loop and the simulator share.
 
 A plan gives tasks *labels*: tasks with one label should run in one worker.
 The loop honours labels where it can (a worker keeps the dependents it claims
 that share its task's label; the client starts a label's roots together), and
-the simulator must predict exactly what the loop will do, so the one rule that
-decides whether an output may stay out of the store lives here.
+the simulator must predict exactly what the loop will do, so every rule that
+decides where a task runs lives here, as a pure function both call: which
+claimed dependents a worker keeps (:func:`continuation`), how the client
+groups roots (:func:`root_groups`), and whether an output may stay out of the
+store (:func:`delayable`). A plan reaches them as a typed :class:`PlanView`.
 
 A task is **anchored** when it is certain to run in the worker that starts its
 label's roots: it is such a root, or every input of it is an anchored task of
@@ -17,7 +20,9 @@ the store.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
 
@@ -48,3 +53,141 @@ def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], anchored: fro
     if not all(labels[d] == label for d in dependents):
         return False
     return all(d in anchored or len(dag.deps[d]) == 1 for d in dependents)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A DAG's plan as typed columns indexed by task id; what the plan leaves out is ``None``/default.
+
+    Built once per DAG (:func:`plan_of`) from ``dag.annotations`` (the planner's
+    ``worker``, ``memory_mb``, ``upload``, ``preload``, ``prewarm_s`` keys), or
+    straight from a planner's columns (:meth:`from_columns`) by the simulator.
+    """
+
+    labels: Sequence[Hashable | None]
+    """Placement label per task: tasks with one label should run in one worker."""
+    memory_mb: Sequence[int | None]
+    """Planned memory per task (None: the task's own ``memory_mb`` or the run's default)."""
+    upload: Sequence[bool]
+    """False where the plan asks for delayed I/O (skip the upload when :func:`delayable` allows)."""
+    preload: Sequence[bool]
+    """True where the plan asks to fetch the task's finished inputs while its claimer still runs."""
+    prewarm_s: Mapping[int, float]
+    """Task -> seconds after the run's start to start a worker of its memory (sparse)."""
+    requested_mb: Sequence[int | None]
+    """Each task's own ``memory_mb`` option."""
+    anchored: frozenset[int]
+    """See :func:`anchored_tasks`."""
+
+    @classmethod
+    def from_columns(
+        cls,
+        dag: DAG,
+        labels: Sequence[Hashable | None] | None,
+        memory_mb: Sequence[int | None] | None = None,
+        upload: Sequence[bool] | None = None,
+    ) -> PlanView:
+        """A view of a planner's columns (``None``: the plan does not decide that)."""
+        n = len(dag)
+        labels = labels if labels is not None else [None] * n
+        return cls(
+            labels=labels,
+            memory_mb=memory_mb if memory_mb is not None else [None] * n,
+            upload=upload if upload is not None else [True] * n,
+            preload=[False] * n,
+            prewarm_s={},
+            requested_mb=[dag.task(t).memory_mb for t in range(n)],
+            anchored=anchored_tasks(dag, labels),
+        )
+
+    def memory_for(self, t: int, default: int) -> int:
+        """The memory a worker started for ``t`` gets: planned, else the task's own, else ``default``."""
+        return int(self.memory_mb[t] or self.requested_mb[t] or default)
+
+    def fits(self, t: int, memory_mb: int) -> bool:
+        """Whether ``t`` may run in a worker of ``memory_mb`` (no planned memory fits any)."""
+        planned = self.memory_mb[t]
+        return planned is None or planned == memory_mb
+
+    def delays_upload(self, dag: DAG, t: int) -> bool:
+        """Delayed I/O: the plan asks to skip ``t``'s upload and :func:`delayable` allows it."""
+        return not self.upload[t] and delayable(dag, t, self.labels, self.anchored)
+
+
+_views: weakref.WeakKeyDictionary[DAG, PlanView] = weakref.WeakKeyDictionary()
+
+
+def plan_of(dag: DAG, *, refresh: bool = False) -> PlanView:
+    """The plan view of ``dag``'s annotations, built once per DAG object in a process.
+
+    The client passes ``refresh=True`` when it starts a run, after planning
+    wrote the annotations, so in-process workers never see an older plan.
+    """
+    found = None if refresh else _views.get(dag)
+    if found is None:
+        n = len(dag)
+        notes = [dag.annotations.get(t) or {} for t in range(n)] if dag.annotations else [{}] * n
+        labels = [a.get("worker") for a in notes]
+        found = _views[dag] = PlanView(
+            labels=labels,
+            memory_mb=[int(m) if m else None for m in (a.get("memory_mb") for a in notes)],
+            upload=[bool(a.get("upload", True)) for a in notes],
+            preload=[bool(a.get("preload")) for a in notes],
+            prewarm_s={t: float(a["prewarm_s"]) for t, a in enumerate(notes) if "prewarm_s" in a},
+            requested_mb=[dag.task(t).memory_mb for t in range(n)],
+            anchored=anchored_tasks(dag, labels),
+        )
+    return found
+
+
+def root_groups(dag: DAG, labels: Sequence[Hashable | None]) -> list[list[int]]:
+    """The client's start: one worker per root, as in WUKONG; roots sharing a label share a worker."""
+    groups: dict[Hashable, list[int]] = {}
+    for r in dag.roots:
+        label = labels[r]
+        groups.setdefault(("root", r) if label is None else label, []).append(r)
+    return list(groups.values())
+
+
+def continuation(
+    dag: DAG, plan: PlanView, t: int, claimed: Sequence[int], memory_mb: int, is_here: Callable[[int], bool]
+) -> tuple[list[int], list[list[int]]]:
+    """The continuation policy: of the dependents ``t`` just claimed, what runs next in this worker.
+
+    Returns the tasks to run here (in order) and the groups to start one new
+    worker each for. ``memory_mb`` is this worker's; ``is_here(u)`` says whether
+    ``u``'s output is already in this worker. The worker loop and the
+    simulator both call this, so plans predict what the loop does.
+
+    When ``t`` has a placement label, the dependents sharing it stay (clustering)
+    and each other label gets one new worker; if none shares it, the label
+    group with most inputs here stays instead, if its memory fits (the plan's
+    guess of who finishes a fan-in last was wrong; its worker may be gone, and
+    a new one would fetch every input). Without a label one dependent stays,
+    the one with most inputs here among those whose memory fits, as in WUKONG.
+    """
+    labels, deps = plan.labels, dag.deps
+    label = labels[t]
+    if label is not None:
+        groups: dict[Hashable, list[int]] = {}
+        for d in claimed:
+            mine = labels[d]
+            groups.setdefault(("solo", d) if mine is None else mine, []).append(d)
+        here = groups.pop(label, [])
+        if not here:
+            fits = [k for k, g in groups.items() if plan.fits(g[0], memory_mb)]
+            if fits:
+                best = max(fits, key=lambda k: sum(is_here(u) for d in groups[k] for u in deps[d]))
+                here = groups.pop(best)
+        return here, list(groups.values())
+    fits = [d for d in claimed if plan.fits(d, memory_mb)]
+    if not fits:
+        return [], [[d] for d in claimed]
+    keep = fits[0] if len(fits) == 1 else max(fits, key=lambda d: sum(is_here(u) for u in deps[d]))
+    return [keep], [[d] for d in claimed if d != keep]
+
+
+def runs_here_if_claimed(plan: PlanView, t: int, d: int, memory_mb: int) -> bool:
+    """Whether :func:`continuation` keeps ``d`` in ``t``'s worker when ``t`` claims ``d`` alone."""
+    label = plan.labels[t]
+    return (label is not None and plan.labels[d] == label) or plan.fits(d, memory_mb)

@@ -22,11 +22,12 @@ prediction can be compared with a real run:
   are in its cache and cost nothing), ``exec`` is the function at the worker's
   memory, ``upload`` is the store + notify round trip (notify only when delayed
   I/O skips the upload, which happens only where the loop would allow it);
-- the task that finishes a dependent's last input claims it. The claiming
-  worker keeps the claimed dependents that share its task's placement label
-  (FIFO, one after another) and starts one new worker per other label (when
-  none shares it, the group with most local inputs that fits stays); without
-  labels it keeps one (the one with most inputs in its cache), as WUKONG does;
+- the task that finishes a dependent's last input claims it, and the claiming
+  worker keeps or hands off the claimed dependents exactly as the loop does:
+  both call :func:`fanflow.dag.placement.continuation` (labelled dependents
+  cluster, one new worker per other label; without labels one dependent stays,
+  the one with most inputs in this worker, as WUKONG does); the roots are
+  grouped by :func:`fanflow.dag.placement.root_groups`, as the client does;
 - a worker runs at the memory planned for the task it was started for, and
   ends when it has nothing left to run. Cost is the sum over workers of
   memory (GB) × time alive (first task start to last task finish): GB-seconds.
@@ -45,11 +46,10 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import anchored_tasks, delayable
+from fanflow.dag.placement import PlanView, continuation, root_groups
 from fanflow.planning.predict import DagCosts
 
 
@@ -110,13 +110,6 @@ class Simulation:
         return self.bytes_fetched + self.bytes_uploaded
 
 
-def keeps_local(
-    dag: DAG, t: int, labels: Sequence[int] | None, upload: Sequence[bool] | None, anchored: frozenset[int]
-) -> bool:
-    """True when the loop skips ``t``'s upload: the plan asks for it and the loop's rule allows it."""
-    return upload is not None and labels is not None and not upload[t] and delayable(dag, t, labels, anchored)
-
-
 class _AtMemory:
     """Every cost the simulator needs at one memory size, as plain numbers (computed once per size)."""
 
@@ -138,10 +131,10 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules)."""
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
-    labels, memory = plan.labels, plan.memory_mb
+    memory = plan.memory_mb
+    view = PlanView.from_columns(dag, plan.labels, memory, plan.upload)
     out_bytes = costs.out_bytes
-    anchored = anchored_tasks(dag, labels) if labels is not None else frozenset()
-    local = [keeps_local(dag, t, labels, plan.upload, anchored) for t in range(n)]
+    local = [view.delays_upload(dag, t) for t in range(n)] if plan.upload is not None else [False] * n
     remaining = [len(d) for d in deps]
     start = [0.0] * n
     finish = [0.0] * n
@@ -245,10 +238,7 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         run_next(w, begin)
         head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
 
-    roots: dict[object, list[int]] = {}
-    for r in dag.roots:  # the client starts one worker per root, or per placement label of roots
-        roots.setdefault(("root", r) if labels is None else labels[r], []).append(r)
-    for group in roots.values():
+    for group in root_groups(dag, view.labels):
         new_worker(group, 0.0)
     while heap:
         now, _, t = heapq.heappop(heap)
@@ -260,29 +250,11 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
                 claimed.append(d)
                 claimer[d] = waited_for[d] = t
                 claimed_at[d] = now
-        others: dict[object, list[int]] = {}
+        others: list[list[int]] = []
         if claimed:
-            if labels is not None:
-                mine = labels[t]
-                for d in claimed:
-                    if labels[d] == mine:
-                        w_queue[w].append(d)
-                    else:
-                        others.setdefault(labels[d], []).append(d)
-                fits = [k for k, g in others.items() if memory[g[0]] == w_memory[w]]
-                if not any(labels[d] == mine for d in claimed) and fits:
-                    # As the loop: no claimed task shares the label, so a group that fits stays here.
-                    best = max(fits, key=lambda k: sum(worker[u] == w for d in others[k] for u in deps[d]))
-                    w_queue[w].extend(others.pop(best))
-            else:
-                fits = [d for d in claimed if memory[d] == w_memory[w]]
-                keep = max(fits, key=lambda d: sum(worker[u] == w for u in deps[d]), default=-1)
-                for d in claimed:
-                    if d == keep:
-                        w_queue[w].append(d)
-                    else:
-                        others[("solo", d)] = [d]
-        for group in others.values():
+            here, others = continuation(dag, view, t, claimed, w_memory[w], lambda u, w=w: worker[u] == w)
+            w_queue[w].extend(here)
+        for group in others:
             new_worker(group, now)
         if w_queue[w]:
             run_next(w, now)

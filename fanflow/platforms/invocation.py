@@ -22,11 +22,13 @@ import pickle
 import struct
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fanflow.config import mask_url
-from fanflow.errors import PayloadRejectedError
+from fanflow.errors import FanflowError, PayloadRejectedError
+from fanflow.platforms.base import Platform
 
 MAGIC = b"FFP2"
 _SIG_LEN = 32
@@ -147,6 +149,16 @@ def run_id_of(payload: bytes) -> str | None:
         return bytes(view[start : start + n]).decode()
     except UnicodeDecodeError:
         return None
+
+
+def send(platform: Platform, invocations: Sequence[Invocation], secret: bytes | None) -> None:
+    """Invoke one worker per invocation: the objects themselves in-process, else signed payloads."""
+    if platform.in_process:
+        platform.invoke(invocations)
+        return
+    if secret is None:
+        raise FanflowError("cannot sign invocations without a secret: set FANFLOW_SECRET for this worker")
+    platform.invoke([sign(inv, secret) for inv in invocations])
 
 
 def verify(payload: bytes, secret: bytes | None) -> Invocation:

@@ -1,0 +1,145 @@
+"""One continuation policy: the worker loop and the planner's simulator keep the same tasks together.
+
+Each case is a DAG and a plan (memory, labels, delayed I/O) whose claims do not
+depend on timing (every fan-in's inputs come from one worker), so the workers a
+real run uses are determined by the policy alone. The simulator predicts them
+from the same plan; both must give the same tasks to the same workers, at the
+same memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fanflow
+from fanflow.client.session import session
+from fanflow.dag import DAG
+from fanflow.dag.placement import PlanView, continuation, runs_here_if_claimed
+from fanflow.planning.predict import Predictor
+from fanflow.planning.simulate import Assignment, simulate
+from fanflow.store.metadata import open_metadata
+
+
+@fanflow.task
+def source(n: int) -> int:
+    return n
+
+
+@fanflow.task
+def grow(x: int) -> int:
+    return x + 1
+
+
+@fanflow.task
+def merge(*parts: int) -> int:
+    return sum(parts)
+
+
+def fan_out(width: int) -> DAG:
+    """A root, then ``width`` branches of two tasks, each branch end a sink (no fan-in: no race)."""
+    root = source(1)
+    return DAG.from_sinks([grow(grow(root)) for _ in range(width)])
+
+
+def two_roots() -> DAG:
+    return DAG.from_sinks([merge(grow(source(1)), grow(source(2)))])
+
+
+Case = tuple[DAG, Callable[[int], int], Callable[[int], int] | None, bool]
+"""A DAG; memory per task; label per task (None: no labels); whether delayed I/O is asked."""
+
+
+def cases() -> dict[str, Case]:
+    four = fan_out(4)  # task 0 the root; branch k is tasks 2k+1 -> 2k+2
+    last = len(four) - 1
+    return {
+        "no plan: one branch stays, the others get a worker each": (four, lambda t: 1769, None, False),
+        "a memory change starts a worker of that size": (four, lambda t: 3008 if t == last else 1769, None, False),
+        "labels cluster branches, one worker per other label": (
+            four,
+            lambda t: 1769,
+            lambda t: 0 if t <= 4 else 1,
+            True,
+        ),
+        "one label, delayed I/O: everything in one worker": (four, lambda t: 1769, lambda t: 0, True),
+        "no dependent shares the label: a group that fits stays": (
+            four,
+            lambda t: 3008 if t in (1, 2) else 1769,
+            lambda t: (t + 1) // 2,
+            False,
+        ),
+        "roots sharing a label start in one worker": (two_roots(), lambda t: 1769, lambda t: 0, True),
+    }
+
+
+def loop_partition(dag: DAG, config: fanflow.Config) -> set[tuple[frozenset[int], int]]:
+    """The tasks each worker of a real run ran, with that worker's memory."""
+    captured: list[str] = []
+    session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    events = open_metadata(config.metadata).load_run(captured[0]).events
+    memory = {e["worker"]: e["memory_mb"] for e in events if e["kind"] == "worker_started"}
+    tasks: dict[str, set[int]] = {}
+    for e in events:
+        if e["kind"] == "task_finished":
+            tasks.setdefault(e["worker"], set()).add(e["task"])
+    return {(frozenset(ts), memory[w]) for w, ts in tasks.items()}
+
+
+def simulated_partition(dag: DAG, assignment: Assignment) -> set[tuple[frozenset[int], int]]:
+    sim = simulate(dag, Predictor(None, "p50", None).costs(dag), assignment)
+    tasks: dict[int, set[int]] = {}
+    for t, w in enumerate(sim.worker):
+        tasks.setdefault(w, set()).add(t)
+    return {(frozenset(ts), sim.worker_memory[w]) for w, ts in tasks.items()}
+
+
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("platform", ["threads", "processes"])
+def test_loop_and_simulator_choose_the_same_continuations(
+    name: str, platform: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    dag, memory_of, label_of, delayed = cases()[name]
+    dag = DAG.from_sinks(list(dag.nodes[s] for s in dag.sinks) if dag.nodes else [])  # a fresh copy per run
+    n = len(dag)
+    memory = [memory_of(t) for t in range(n)]
+    labels = [label_of(t) for t in range(n)] if label_of is not None else None
+    upload = [False] * n if delayed else None
+    predicted = simulated_partition(dag, Assignment(memory, labels, upload))
+    for t in range(n):
+        note: dict[str, Any] = {"memory_mb": memory[t]}
+        if labels is not None:
+            note["worker"] = f"w{labels[t]}"
+        if upload is not None:
+            note["upload"] = False
+        dag.annotations[t] = note
+    store = request.getfixturevalue("redis_url") if platform == "processes" else "memory://continuation"
+    config = fanflow.Config(
+        platform=platform,
+        store=store,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        metrics_upload="task",
+        memory_mb=1769,
+    )
+    assert loop_partition(dag, config) == predicted
+    assert len(predicted) > 1 or labels is not None  # every case without labels fans out
+
+
+def test_a_single_claim_stays_exactly_when_the_continuation_keeps_it() -> None:
+    """The store-unless-claimed shortcut (:func:`runs_here_if_claimed`) is the policy's one-dependent case."""
+    dag = fan_out(3)
+    rng = random.Random(7)
+    n = len(dag)
+    for _ in range(200):
+        labels = [rng.choice([None, "a", "b"]) for _ in range(n)]
+        memory = [rng.choice([None, 1769, 3008]) for _ in range(n)]
+        plan = PlanView.from_columns(dag, labels, memory)
+        for t, d in itertools.product(range(n), repeat=2):
+            here, _ = continuation(dag, plan, t, [d], 1769, lambda u: False)
+            assert runs_here_if_claimed(plan, t, d, 1769) == (here == [d])
