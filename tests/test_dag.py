@@ -9,7 +9,7 @@ import pytest
 from support import add, inc
 
 import fanflow
-from fanflow.dag import DAG, SubDAG
+from fanflow.dag import DAG
 from fanflow.dag.encoding import decode, encode
 
 
@@ -101,16 +101,6 @@ def test_unpicklable_argument_names_the_task() -> None:
     node = fanflow.task(lambda _lock: 1, name="uses_lock")(lock)
     with pytest.raises(fanflow.SerializationError, match="uses_lock-0"):
         encode(DAG.from_sinks([node]))
-
-
-def test_subdag_is_the_downstream_view() -> None:
-    dag = DAG.from_sinks([diamond()])
-    view = dag.subdag([1])
-    assert isinstance(view, SubDAG) and not isinstance(view, DAG)
-    assert set(view) == {1, 3}
-    assert 0 not in view and len(view) == 2
-    with pytest.raises(fanflow.DAGError):
-        dag.subdag([99])
 
 
 def test_nodes_are_immutable() -> None:

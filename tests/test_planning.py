@@ -98,7 +98,7 @@ def test_predictions_from_history_and_explicit_unknowns(tmp_path: Path) -> None:
     assert not predictor.out_bytes(never_ran.identity, 0).known
     costs = predictor.costs(dag)
     assert costs.defaults == []
-    assert costs.transfer_known and costs.start_known
+    assert costs.upload.known and costs.mix.known
     assert costs.start_s(512) > 0 and costs.upload_s(1000, 512) > 0
     # percentiles sit above the mean
     p99 = Predictor(history, "p99").exec_s(grow.identity, 512, 1000).value
@@ -110,7 +110,7 @@ def test_without_history_every_task_is_from_defaults() -> None:
     costs = Predictor(None).costs(dag)
     assert costs.defaults == list(range(len(dag)))
     assert all(e > 0 for e in costs.exec_at(512)) and all(o > 0 for o in costs.out_bytes)
-    assert not costs.transfer_known and not costs.start_known
+    assert not costs.upload.known and not costs.mix.known
 
 
 # -- simulation --------------------------------------------------------------------------
@@ -224,9 +224,8 @@ def test_critical_path_downgrades_only_off_the_critical_path() -> None:
 
 def test_measured_sizes_win_and_unmeasured_ones_scale() -> None:
     model = MemoryModel([(3008, 0.0, 0.02)] * 3 + [(512, 0.0, 0.01)] * 3, Line(1, 0, 0, 0))
-    assert model.measured(512) and model.line(512).at(0) == pytest.approx(0.01)
+    assert model.line(512).at(0) == pytest.approx(0.01)
     assert model.line(3008).at(0) == pytest.approx(0.02)  # slower at 3008 MB, as measured
-    assert not model.measured(1024)
     # 1024 MB: the pooled 512 MB-normalized mean (0.01 and 0.02·1769/512), halved
     assert model.line(1024).at(0) == pytest.approx((0.01 + 0.02 * 1769 / 512) / 2 / 2)
     empty = MemoryModel([], Line(0.5, 0, 0, 0))

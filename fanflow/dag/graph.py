@@ -7,8 +7,6 @@ downstream ids (``dependents``). The same columns come out of
 :meth:`DAG.from_sinks` on the client and out of decoding on a worker, so the
 worker loop never needs node objects.
 
-:class:`SubDAG` is the cheap view a worker uses: the tasks reachable downstream
-of its start tasks, computed lazily, never a copy of the columns.
 """
 
 from __future__ import annotations
@@ -178,9 +176,6 @@ class DAG:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return f"{stamp}_{self.sink_name}_{uuid.uuid4().hex[:8]}_{self.signature[:8]}"
 
-    def subdag(self, start: Sequence[int]) -> SubDAG:
-        return SubDAG(self, tuple(start))
-
 
 def _shape(template: Any) -> str:
     if template is None:
@@ -194,38 +189,3 @@ def _shape(template: Any) -> str:
             lambda x: not isinstance(x, (list, tuple, dict)),
         )
     )
-
-
-class SubDAG:
-    """What a worker may run from ``start``: the tasks reachable downstream of it.
-
-    A view over the full DAG's columns; membership is computed on first use.
-    """
-
-    def __init__(self, dag: DAG, start: tuple[int, ...]) -> None:
-        for s in start:
-            if not 0 <= s < len(dag):
-                raise DAGError(f"start task {s} is not in the DAG ({len(dag)} tasks)")
-        self.dag = dag
-        self.start = start
-
-    @cached_property
-    def members(self) -> frozenset[int]:
-        seen = set(self.start)
-        stack = list(self.start)
-        dependents = self.dag.dependents
-        while stack:
-            for d in dependents[stack.pop()]:
-                if d not in seen:
-                    seen.add(d)
-                    stack.append(d)
-        return frozenset(seen)
-
-    def __contains__(self, i: object) -> bool:
-        return i in self.members
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self.members))

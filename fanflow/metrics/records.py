@@ -157,7 +157,7 @@ class RunRecord:
     """``finished_at - submitted_at``: what the user waited for, past building and planning."""
     dag_build_s: float = 0.0
     planning_s: float = 0.0
-    """Time the planner took; 0 until planning exists."""
+    """Time the planner took."""
     encoded_size: int = 0
     """Bytes of the encoded DAG shipped to workers; 0 when it was passed in-process."""
     predicted_makespan_s: float | None = None

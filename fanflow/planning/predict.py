@@ -183,10 +183,6 @@ class MemoryModel:
     def known(self) -> bool:
         return self.count > 0
 
-    def measured(self, memory_mb: int) -> bool:
-        """True when ``memory_mb`` has a line of its own (not scaled from other sizes)."""
-        return memory_mb in self._measured
-
     def line(self, memory_mb: int) -> Line:
         found = self._cache.get(memory_mb)
         if found is None:
@@ -301,14 +297,6 @@ class DagCosts:
             MemoryModel.flat(start_s),
             MemoryModel.flat(start_s),
         )
-
-    @property
-    def transfer_known(self) -> bool:
-        return self.upload.known
-
-    @property
-    def start_known(self) -> bool:
-        return self.mix.known
 
     def exec_at(self, memory_mb: int) -> list[float]:
         """Execution time of every task at ``memory_mb``."""
