@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, overload
 
+from fanflow.client.hooks import OnPlanned, RunHook
 from fanflow.client.session import RunFuture, gather, session
 from fanflow.config import Config
 from fanflow.dag import draw
@@ -53,13 +54,18 @@ def compute(*nodes: Node, config: ConfigLike = None, dashboard: bool = False, **
     ``dashboard=True`` opens the live dashboard on this run (docs/dashboard.md).
     """
     cfg = Config.resolve(config, **overrides)
-    return session().execute(build_dag(nodes), cfg, on_start=open_for_run if dashboard else None)
+    return session().execute(build_dag(nodes), cfg, hooks=_dashboard_hooks(dashboard))
 
 
 def submit(*nodes: Node, config: ConfigLike = None, dashboard: bool = False, **overrides: Any) -> RunFuture:
     """Start computing ``nodes`` in the background; the future's result is a tuple."""
     cfg = Config.resolve(config, **overrides)
-    return session().submit(build_dag(nodes), cfg, on_start=open_for_run if dashboard else None)
+    return session().submit(build_dag(nodes), cfg, hooks=_dashboard_hooks(dashboard))
+
+
+def _dashboard_hooks(dashboard: bool) -> tuple[RunHook, ...]:
+    """``dashboard=True``: show the run in this process's dashboard as soon as it has an id."""
+    return (OnPlanned(open_for_run),) if dashboard else ()
 
 
 def visualize(*nodes: Node, path: str = "dag.svg") -> str:
@@ -75,8 +81,8 @@ class _Runner:
 
     def submit(self, nodes: Sequence[Node], config: ConfigLike, dashboard: bool = False, **options: Any) -> RunFuture:
         cfg = Config.resolve(config, **options)
-        hook = open_for_run if dashboard else None
-        return session().submit(build_dag(nodes), cfg, single=len(nodes) == 1, on_start=hook)
+        hooks = _dashboard_hooks(dashboard)
+        return session().submit(build_dag(nodes), cfg, single=len(nodes) == 1, hooks=hooks)
 
     def visualize(self, nodes: Sequence[Node], path: str, **options: Any) -> str:
         return draw.write(DAG.from_sinks(nodes), path, **options)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import fanflow
+from fanflow.client.hooks import OnPlanned
 from fanflow.client.session import session
 from fanflow.dag import DAG
 from fanflow.store.metadata import open_metadata
@@ -30,7 +31,7 @@ def run_with(dag: DAG, store_url: str, tmp_path: Path) -> tuple[Any, list[dict[s
     meta = f"sqlite:///{tmp_path / 'meta.db'}"
     cfg = fanflow.Config(store=store_url, progress=False, metadata=meta, metrics_upload="task")
     captured: list[str] = []
-    values = session().execute(dag, cfg, on_start=lambda r: captured.append(r.run_id))
+    values = session().execute(dag, cfg, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     return values[0], open_metadata(meta).load_run(captured[0]).events
 
 
@@ -123,7 +124,7 @@ def test_anchored_tasks_keep_fan_in_inputs_local(run_config: fanflow.Config) -> 
     assert anchored_tasks(dag, ["A"] * len(dag)) == set(range(len(dag)))
     cfg = run_config.replace(metrics_upload="task")
     captured: list[str] = []
-    (value,) = session().execute(dag, cfg, on_start=lambda r: captured.append(r.run_id))
+    (value,) = session().execute(dag, cfg, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     assert value == sum(range(1, 5)) + sum(range(1, 6))
     events = open_metadata(cfg.metadata).load_run(captured[0]).events
     sink = dag.sinks[0]

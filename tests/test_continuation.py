@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import fanflow
+from fanflow.client.hooks import OnPlanned
 from fanflow.client.session import session
 from fanflow.dag import DAG
 from fanflow.dag.placement import PlanView, continuation, runs_here_if_claimed
@@ -81,7 +82,7 @@ def cases() -> dict[str, Case]:
 def loop_partition(dag: DAG, config: fanflow.Config) -> set[tuple[frozenset[int], int]]:
     """The tasks each worker of a real run ran, with that worker's memory."""
     captured: list[str] = []
-    session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    session().execute(dag, config, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     events = open_metadata(config.metadata).load_run(captured[0]).events
     memory = {e["worker"]: e["memory_mb"] for e in events if e["kind"] == "worker_started"}
     tasks: dict[str, set[int]] = {}

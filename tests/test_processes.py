@@ -227,12 +227,13 @@ def napping(x: int, seconds: float) -> int:
 
 
 def test_prewarm_has_a_worker_of_the_planned_memory_ready(config: fanflow.Config) -> None:
+    from fanflow.client.hooks import OnPlanned
     from fanflow.client.session import session
 
     dag = DAG.from_sinks([inc(napping(1, 1.5))])
     dag.annotations[1] = {"memory_mb": 1024, "prewarm_s": 0.05}
     captured: list[str] = []
-    (value,) = session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    (value,) = session().execute(dag, config, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     assert value == 2
     events = open_metadata(config.metadata).load_run(captured[0]).events
     assert any(e["kind"] == "prewarmed" and e["task"] == 1 and e["memory_mb"] == 1024 for e in events)
@@ -243,6 +244,7 @@ def test_prewarm_has_a_worker_of_the_planned_memory_ready(config: fanflow.Config
 
 
 def test_preload_fetches_finished_inputs_while_the_planned_worker_is_busy(config: fanflow.Config) -> None:
+    from fanflow.client.hooks import OnPlanned
     from fanflow.client.session import session
 
     slow, quick = napping(1, 1.5), inc(5)
@@ -251,7 +253,7 @@ def test_preload_fetches_finished_inputs_while_the_planned_worker_is_busy(config
     s, q, fan_in = order[id(slow)], order[id(quick)], dag.sinks[0]
     dag.annotations.update({s: {"worker": "A"}, q: {"worker": "B"}, fan_in: {"worker": "A", "preload": True}})
     captured: list[str] = []
-    (value,) = session().execute(dag, config, on_start=lambda r: captured.append(r.run_id))
+    (value,) = session().execute(dag, config, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     assert value == 7
     events = open_metadata(config.metadata).load_run(captured[0]).events
     (preloaded,) = [e for e in events if e["kind"] == "preloaded"]

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import fanflow.worker  # noqa: F401 - loads the worker layer, which registers the handler threads workers run
+from fanflow.client.hooks import STANDARD_HOOKS, OnPlanned, RunHook
 from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
-from fanflow.dashboard.tracking import note_end, note_start
 from fanflow.errors import RunCancelledError
-from fanflow.metrics.recorder import record_run
 from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
+from fanflow.store.base import CANCELLED
 
 log = logging.getLogger(__name__)
 
@@ -184,53 +184,56 @@ class Session:
         dag: DAG,
         config: Config,
         cancelled: Callable[[], bool] = lambda: False,
-        on_start: Callable[[Run], None] | None = None,
+        hooks: Sequence[RunHook] = (),
     ) -> tuple[Any, ...]:
-        """Run ``dag`` to the end and return its sinks' values, cleaning up on every path."""
+        """Run ``dag`` to the end and return its sinks' values, cleaning up on every path.
+
+        ``hooks`` hear of the run after the standard ones (:mod:`fanflow.client.hooks`).
+        """
+        every = (*STANDARD_HOOKS, *hooks)
         platform = self.acquire(config)
         try:
             run = Run(dag, config, platform)
             plan = apply_plan(dag, config)
             run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
-            if on_start is not None:
-                on_start(run)
+            for hook in every:
+                hook.planned(run)
             error: BaseException | None = None
             try:
                 run.start()
-                note_start(run)
+                for hook in every:
+                    hook.started(run)
                 try:
                     run.wait(cancelled)
                 except KeyboardInterrupt:
-                    run._stop("cancelled")
+                    run._stop(CANCELLED)
                     raise
                 return run.results()
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                note_end(run, error)
+                for hook in every:
+                    hook.ending(run, error)
                 if error is not None:
                     self._halt(config, platform)  # no worker of a failed or cancelled run may write after cleanup
                 run.cleanup()
-                record_run(run, error)
+                for hook in every:
+                    hook.ended(run, error)
         finally:
             self.release(config, platform)
 
-    def submit(
-        self, dag: DAG, config: Config, single: bool = False, on_start: Callable[[Run], None] | None = None
-    ) -> RunFuture:
+    def submit(self, dag: DAG, config: Config, single: bool = False, hooks: Sequence[RunHook] = ()) -> RunFuture:
         """Start ``dag`` in the background; the future's result is the tuple of sink
         values, or the one value when ``single``."""
         future = RunFuture()
 
-        def started(run: Run) -> None:
+        def named(run: Run) -> None:
             future.run_id = run.run_id
-            if on_start is not None:
-                on_start(run)
 
         def target() -> None:
             try:
-                values = self.execute(dag, config, future.cancelled, started)
+                values = self.execute(dag, config, future.cancelled, (OnPlanned(named), *hooks))
             except RunCancelledError:
                 return  # the future is already in its cancelled state
             except BaseException as exc:
