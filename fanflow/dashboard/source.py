@@ -31,9 +31,10 @@ from fanflow.dashboard.tracking import LOCAL, LocalRun, LocalRuns, error_records
 from fanflow.errors import FanflowError
 from fanflow.metrics.records import UNFINISHED, RunMetrics
 from fanflow.store import RUNNING, Store, keys
+from fanflow.store.base import ENDED
 from fanflow.store.metadata import MetadataStore, RunNotFoundError
 
-STATUSES = ("running", "succeeded", "failed", "cancelled", "timeout", "unrecorded")
+STATUSES = (RUNNING, *ENDED, "unrecorded")
 """Run statuses the history can be filtered by; ``running`` means every run in flight."""
 
 DEFAULT_LIMIT = 200
@@ -155,7 +156,7 @@ class Source:
         if signature:
             out = [r for r in out if r["signature"].startswith(signature)]
         if status:
-            out = [r for r in out if r["status"] == status or (status == "running" and r["live"])]
+            out = [r for r in out if r["status"] == status or (status == RUNNING and r["live"])]
         return out[:limit]
 
     @staticmethod
@@ -165,7 +166,7 @@ class Source:
             "sink": doc["sink"],
             "signature": doc["signature"],
             "status": status,
-            "live": status not in ("succeeded", "failed", "cancelled", "timeout"),
+            "live": status not in ENDED,
             "submitted_at": doc["submitted_at"],
             "makespan_s": None,
             "predicted_makespan_s": doc.get("predicted_makespan_s"),

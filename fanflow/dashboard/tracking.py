@@ -39,6 +39,7 @@ from fanflow.config import mask_url
 from fanflow.dag.tracebacks import with_source_lines
 from fanflow.metrics.recorder import status_of
 from fanflow.store import Store, keys
+from fanflow.store.base import RUNNING, SUCCEEDED
 from fanflow.store.metadata import defer, is_disabled, open_metadata
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class LocalRun:
 
     doc: dict[str, Any]
     store: Store
-    status: str = "running"
+    status: str = RUNNING
     ended_at: float | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
 
@@ -151,7 +152,7 @@ def _save(run: Run, errors: list[dict[str, Any]]) -> None:
 def note_end(run: Run, error: BaseException | None) -> None:
     """Keep a failed run's error records beside its started document (call before ``run.cleanup()``)."""
     if error is None:
-        LOCAL.ended(run.run_id, "succeeded", [])
+        LOCAL.ended(run.run_id, SUCCEEDED, [])
         return
     if not run.submitted_at:
         return

@@ -38,6 +38,7 @@ from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
 from fanflow.metrics.records import RunMetrics, RunRecord
 from fanflow.store import Store, keys
+from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.metadata import defer, is_disabled, open_metadata
 
 if TYPE_CHECKING:
@@ -67,12 +68,12 @@ def build_dag(nodes: Sequence[Node]) -> DAG:
 def status_of(error: BaseException | None) -> str:
     """The run status recorded for the way it ended."""
     if error is None:
-        return "succeeded"
+        return SUCCEEDED
     if isinstance(error, RunTimeoutError):
-        return "timeout"
+        return TIMEOUT
     if isinstance(error, (RunCancelledError, KeyboardInterrupt)):
-        return "cancelled"
-    return "failed"
+        return CANCELLED
+    return FAILED
 
 
 def _error_text(error: BaseException) -> str:
@@ -129,7 +130,7 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
         began = time.perf_counter()
         status = status_of(error)
         dag = run.dag
-        events = collect_events(run.store, run.run_id, len(dag), status == "succeeded")
+        events = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
         finished_at = run.finished_at or time.time()
         header = RunRecord(
             run_id=run.run_id,

@@ -27,14 +27,21 @@ MISSING: Any = _Missing()
 """Returned by :meth:`Store.get_many` for a key that does not exist."""
 
 RUNNING = "running"
+FAILED = "failed"
+CANCELLED = "cancelled"
+"""A run's status in its store while it lives (``running``, then ``failed`` or ``cancelled``)."""
+SUCCEEDED = "succeeded"
+TIMEOUT = "timeout"
+ENDED = (SUCCEEDED, FAILED, CANCELLED, TIMEOUT)
+"""How a run ended, as its history records it (:func:`fanflow.metrics.recorder.status_of`)."""
+
 BEGIN_RUN = "run"
 BEGIN_STOPPED = "stopped"
 BEGIN_DUPLICATE = "duplicate"
 """What :meth:`Store.begin` tells a worker: run, the run is not running, or another delivery of
 this invocation already started."""
 LEASE_DONE = "done"
-FAILED = "failed"
-CANCELLED = "cancelled"
+"""A lease's value once its task finished."""
 
 
 def error_record(
