@@ -110,9 +110,10 @@ def test_runs_list_json_and_full_width_when_piped(failed_run: tuple[Path, str]) 
     assert len(runs) == 2 and {r["status"] for r in runs} == {"failed"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", runs[0]["submitted"])
     assert runs[0]["platform"] == "threads" and "IndexError" in runs[0]["error"]
+    assert runs[0]["workflow"] == "failing.py"  # the script, not the sink's name
     table = cli("runs", "list", "--metadata", metadata, cwd=where)
     row = next(line for line in table.stdout.splitlines() if runs[0]["run_id"] in line)  # one line, not cut at 80
-    assert "failed" in row and "threads" in row and "IndexError" in row and len(row) > 80
+    assert "failed" in row and "threads" in row and "IndexError" in row and "failing.py" in row and len(row) > 80
 
 
 def test_run_json_prints_numpy_and_pandas_as_values(tmp_path: Path) -> None:

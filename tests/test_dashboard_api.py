@@ -100,6 +100,7 @@ def test_runs_list_and_filters(client: TestClient, recorded: dict[str, str]) -> 
     assert ids.index(recorded["failed"]) < ids.index(recorded["succeeded"])  # newest first
     ok = next(r for r in runs if r["run_id"] == recorded["succeeded"])
     assert ok["sink"] == "add" and ok["tasks"] == 7 and ok["tasks_finished"] == 7 and not ok["live"]
+    assert ok["workflow"] == "make" and ok["platform"] == "threads"  # the first task's function, not the sink
     assert ok["makespan_s"] > 0 and "predicted_makespan_s" in ok and "cost" in ok and ok["planner"]
 
     only_failed = client.get("/api/runs", params={"status": "failed"}).json()["runs"]

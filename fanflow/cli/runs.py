@@ -93,7 +93,7 @@ def list_runs(
     widest = max((len(d["run_id"]) for d in docs), default=6)
     table = Table(
         Column("run id", no_wrap=True, min_width=widest),
-        "DAG",
+        "workflow",
         "status",
         "platform",
         Column("submitted", no_wrap=True),
@@ -107,7 +107,7 @@ def list_runs(
     for d in docs:
         table.add_row(
             d["run_id"],
-            d["sink"],
+            d.get("workflow") or d["sink"],
             d["status"],
             d.get("platform") or "-",
             iso_time(d["submitted_at"]),

@@ -20,6 +20,7 @@ import cloudpickle
 
 from fanflow.dag.node import Node
 from fanflow.errors import FanflowError
+from fanflow.metrics.recorder import SCRIPT_MODULE
 
 
 class ScriptError(FanflowError):
@@ -33,7 +34,7 @@ def load_module(path: str) -> Any:
     # Named after the file's absolute path, so its tasks keep one identity (and one run
     # history) from one process to the next.
     digest = hashlib.blake2b(str(file.resolve()).encode(), digest_size=4).hexdigest()
-    name = f"fanflow_script_{file.stem}_{digest}"
+    name = f"{SCRIPT_MODULE}{file.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise ScriptError(f"cannot load {path!r} as a Python module")

@@ -152,7 +152,7 @@ class Source:
             rows[d["run_id"]] = self._finished_row(d)
         out = sorted(rows.values(), key=lambda r: r["submitted_at"], reverse=True)
         if dag:
-            out = [r for r in out if dag.lower() in r["sink"].lower()]
+            out = [r for r in out if dag.lower() in r["sink"].lower() or dag.lower() in r["workflow"].lower()]
         if signature:
             out = [r for r in out if r["signature"].startswith(signature)]
         if status:
@@ -164,6 +164,7 @@ class Source:
         return {
             "run_id": doc["run_id"],
             "sink": doc["sink"],
+            "workflow": doc.get("workflow") or doc["sink"],
             "signature": doc["signature"],
             "status": status,
             "live": status not in ENDED,
@@ -184,6 +185,7 @@ class Source:
         return {
             "run_id": d["run_id"],
             "sink": d["sink"],
+            "workflow": d.get("workflow") or d["sink"],
             "signature": d["signature"],
             "status": d["status"],
             "live": False,

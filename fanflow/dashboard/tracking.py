@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanflow.config import mask_url
 from fanflow.dag.tracebacks import with_source_lines
-from fanflow.metrics.recorder import status_of
+from fanflow.metrics.recorder import status_of, workflow_of
 from fanflow.store import Store, keys
 from fanflow.store.base import RUNNING, SUCCEEDED
 from fanflow.store.metadata import defer, is_disabled, open_metadata
@@ -58,6 +58,7 @@ def started_doc(run: Run) -> dict[str, Any]:
         "run_id": run.run_id,
         "signature": dag.signature,
         "sink": dag.sink_name,
+        "workflow": workflow_of(dag),
         "planner": config.planner,
         "platform": config.platform,
         "metrics_upload": config.metrics_upload,

@@ -26,9 +26,11 @@ recorded, so no signature between the API and the client has to carry it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fanflow.config import mask_url
@@ -63,6 +65,23 @@ def build_dag(nodes: Sequence[Node]) -> DAG:
     dag = DAG.from_sinks(nodes)
     _build_times[dag] = time.perf_counter() - began
     return dag
+
+
+SCRIPT_MODULE = "fanflow_script_"
+"""Prefix of the module name ``fanflow run`` gives a workflow script (``fanflow_script_<stem>_<digest>``)."""
+
+
+def workflow_of(dag: DAG) -> str:
+    """The workflow a DAG comes from: its script's file name, else the function of its first task."""
+    if len(dag) == 0:
+        return dag.sink_name
+    first = dag.tasks[dag.task_of[0]]
+    module = first.identity.split(":", 1)[0].rsplit(".", 1)[0]
+    if module.startswith(SCRIPT_MODULE):
+        return module[len(SCRIPT_MODULE) :].rsplit("_", 1)[0] + ".py"
+    if module == "__main__" and sys.argv and sys.argv[0]:
+        return Path(sys.argv[0]).name
+    return first.name
 
 
 def status_of(error: BaseException | None) -> str:
@@ -149,6 +168,7 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
             planning_s=run.planning_s,
             predicted_makespan_s=run.predicted_makespan_s,
             error=None if error is None else _error_text(error),
+            workflow=workflow_of(dag),
         )
         metrics = build_metrics(dag, events, header)
         metrics.run.record_s = time.perf_counter() - began

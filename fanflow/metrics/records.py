@@ -172,6 +172,8 @@ class RunRecord:
     bytes_out: int = 0
     record_s: float = 0.0
     """Client time spent collecting events and building these records."""
+    workflow: str = ""
+    """What the user ran: the script's file name (``fanflow run``), else the DAG's first task's function."""
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
