@@ -15,6 +15,21 @@ class ConfigError(FanflowError, ValueError):
     """A configuration key or value is invalid."""
 
 
+class MissingExtraError(ConfigError, ImportError):
+    """A platform or command needs an optional extra of fanflow that is not installed.
+
+    The message names the extra and the pip command; ``extra`` holds its name.
+    """
+
+    def __init__(self, feature: str, extra: str, module: str | None = None) -> None:
+        missing = f" (module {module!r} is missing)" if module else ""
+        super().__init__(f'{feature} needs the {extra!r} extra: pip install "fanflow[{extra}]"{missing}')
+        self.feature, self.extra, self.module = feature, extra, module
+
+    def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str, str | None]]:
+        return type(self), (self.feature, self.extra, self.module)
+
+
 class DAGError(FanflowError):
     """The task graph is malformed."""
 

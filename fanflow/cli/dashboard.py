@@ -18,7 +18,7 @@ import typer
 
 from fanflow.cli.output import console, print_error
 from fanflow.config import Config, mask_url
-from fanflow.errors import FanflowError
+from fanflow.errors import FanflowError, MissingExtraError
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -64,7 +64,7 @@ def dashboard(
         app = create_app(source, token=token, allowed_hosts=LOOPBACK_NAMES if is_loopback(host) else None)
         sock = _bind(host, port)
     except ImportError as exc:
-        print_error(f"the dashboard needs its extra: pip install 'fanflow[dashboard]' ({exc})")
+        print_error(MissingExtraError("fanflow dashboard", "dashboard", exc.name))
         raise typer.Exit(1) from None
     except FanflowError as exc:
         print_error(exc)

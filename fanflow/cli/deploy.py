@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from packaging.requirements import Requirement
 from rich.console import Console
+
+from fanflow.cli.output import print_error
+from fanflow.errors import MissingExtraError
 
 HANDLER = "fanflow.worker.entry.lambda_handler"
 RUNTIME = "python3.11"
@@ -27,6 +29,8 @@ deploy_app = typer.Typer(help="Plan deployments of fanflow workers.", no_args_is
 
 def _bundle() -> list[str]:
     """fanflow and every distribution it needs at run time, with the versions installed here."""
+    from packaging.requirements import Requirement
+
     seen: dict[str, str] = {}
     todo = ["fanflow"]
     while todo:
@@ -140,7 +144,12 @@ def deploy_lambda(
     if not 128 <= memory_mb <= 10240 or not 1 <= timeout <= 900:
         err.print("[bold red]error:[/] Lambda allows 128..10240 MB and 1..900 s", highlight=False)
         raise typer.Exit(1)
-    typer.echo(json.dumps(lambda_plan(function, region, memory_mb, timeout, requirements), indent=2))
+    try:
+        plan = lambda_plan(function, region, memory_mb, timeout, requirements)
+    except ModuleNotFoundError as exc:
+        print_error(MissingExtraError("fanflow deploy lambda", "aws", exc.name))
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(plan, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fanflow.cli.output import print_error
 from fanflow.config import Config
-from fanflow.errors import ConfigError, FanflowError
-from fanflow.platforms.http.gateway import Gateway
+from fanflow.errors import ConfigError, FanflowError, MissingExtraError
 
 
 def gateway(
@@ -34,6 +34,10 @@ def gateway(
     err = Console(stderr=True)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        try:  # here, not at the top: `fanflow --help` must work without the http extra
+            from fanflow.platforms.http.gateway import Gateway
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError("fanflow gateway", "http", exc.name) from exc
         overrides = {"max_workers": max_workers, "idle_timeout_s": idle_timeout}
         cfg = Config.load(**{k: v for k, v in overrides.items() if v is not None})
         if cfg.secret is None:
@@ -50,7 +54,7 @@ def gateway(
             idle_timeout_s=cfg.idle_timeout_s,
         )
     except (FanflowError, OSError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())

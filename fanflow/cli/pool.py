@@ -15,12 +15,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fanflow.cli.output import print_error
 from fanflow.config import Config, mask_url
 from fanflow.errors import ConfigError, FanflowError
-from fanflow.platforms.processes import PoolHost
-from fanflow.platforms.processes.pool import queue_key
-from fanflow.store import open_store
-from fanflow.store.redis import RedisStore
 
 
 def worker_pool(
@@ -31,6 +28,11 @@ def worker_pool(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every worker start and stop.")] = False,
 ) -> None:
     """Run a shared pool of worker processes until interrupted (Ctrl-C or SIGTERM)."""
+    from fanflow.platforms.processes import PoolHost  # here, so that other commands do not load the pool
+    from fanflow.platforms.processes.pool import queue_key
+    from fanflow.store import open_store
+    from fanflow.store.redis import RedisStore
+
     err = Console(stderr=True)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -53,7 +55,7 @@ def worker_pool(
             advertise=True,
         )
     except FanflowError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(1) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: host.stop())

@@ -23,6 +23,7 @@ import webbrowser
 from typing import TYPE_CHECKING
 
 from fanflow.dashboard.tracking import LOCAL
+from fanflow.errors import MissingExtraError
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -51,9 +52,12 @@ def ensure_server(config: Config) -> str:
     with _lock:
         if _url is not None:
             return _url
-        import uvicorn
+        try:
+            import uvicorn
 
-        from fanflow.dashboard.app import LOOPBACK_NAMES, create_app
+            from fanflow.dashboard.app import LOOPBACK_NAMES, create_app
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError("the dashboard (dashboard=True)", "dashboard", exc.name) from exc
         from fanflow.dashboard.source import Source
         from fanflow.store import open_store
         from fanflow.store.metadata import is_disabled, open_metadata

@@ -16,10 +16,13 @@ import importlib
 from typing import Any
 
 from fanflow.config import Config
-from fanflow.errors import ConfigError
+from fanflow.errors import ConfigError, MissingExtraError
 from fanflow.platforms.base import Platform
 
 __all__ = ["Platform", "client_platform", "worker_platform"]
+
+_EXTRAS = {"http": "http", "ray": "ray", "lambda": "aws"}
+"""The extra of fanflow each optional platform needs."""
 
 _MODULES = {
     "threads": "fanflow.platforms.threads",
@@ -39,9 +42,7 @@ def _module(name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name == path:
             raise ConfigError(f"platform {name!r} is not available in this version of fanflow") from exc
-        raise ConfigError(
-            f"platform {name!r} needs the package {exc.name!r}: install it (see the README's extras)"
-        ) from exc
+        raise MissingExtraError(f"platform {name!r}", _EXTRAS.get(name, "all"), exc.name) from exc
 
 
 def client_platform(config: Config) -> Platform:
