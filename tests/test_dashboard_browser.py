@@ -224,6 +224,7 @@ def test_failed_run_shows_traceback(page: Any, server: str, metadata_url: str) -
     page.wait_for_selector("#task-detail pre")
     detail = page.inner_text("#task-detail")
     assert failed in detail and "cannot handle 1000" in detail and "Traceback" in detail
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar belongs at the top of a full-page picture
     page.screenshot(path=str(ARTIFACTS / "dashboard-failed.png"), full_page=True)
 
 
