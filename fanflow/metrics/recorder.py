@@ -174,8 +174,8 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
         metrics.run.record_s = time.perf_counter() - began
         run_doc, task_docs, worker_docs = metrics.to_docs()
         store = open_metadata(config.metadata)
-        store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries_of(metrics.tasks))
-        store.gc(config.retention_runs)
+        summaries = summaries_of(metrics.tasks)
+        store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries, keep_runs=config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
         run.store.delete([keys.events(run.run_id)])  # now kept with the run's metadata
         return metrics

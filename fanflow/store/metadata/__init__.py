@@ -8,13 +8,16 @@ Writes can be deferred with :func:`defer`: one background thread runs them in
 order, so recording a run's history never delays ``compute()``. Every read
 through :func:`open_metadata` first waits for the deferred writes (so this
 process always reads what it wrote), and the interpreter waits for them at
-exit (so no history is lost).
+exit (so no history is lost). The SQLite store also holds saves in memory for
+a moment, to write several in one transaction; :func:`drain` and exit write
+them.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -43,6 +46,7 @@ __all__ = [
 ]
 
 _open: dict[str, MetadataStore] = {}
+_by_url: dict[tuple[str, str], MetadataStore] = {}  # (url, working directory when relative) -> store
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,6 @@ class _Writer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="fanflow-metadata-writer", daemon=True)
                 self._thread.start()
-                atexit.register(self.drain, EXIT_DRAIN_S)
         self._jobs.put(job)
 
     def _serve(self) -> None:
@@ -102,8 +105,16 @@ def defer(job: Callable[[], None]) -> None:
 
 
 def drain(timeout: float | None = None) -> bool:
-    """Wait for every deferred write; True when none is left."""
-    return _writer.drain(timeout)
+    """Wait for every deferred write, and have the stores write what they hold back; True when none is left."""
+    done = _writer.drain(timeout)
+    for store in list(_open.values()):
+        flush = getattr(store, "flush", None)  # stores that batch their writes (SQLite)
+        if flush is not None:
+            flush()
+    return done
+
+
+atexit.register(drain, EXIT_DRAIN_S)  # registered first, so it runs last: after anything that records a run
 
 
 def is_disabled(url: str) -> bool:
@@ -116,6 +127,11 @@ def open_metadata(url: str) -> MetadataStore:
     if is_disabled(url):
         raise MetadataError("metadata='none' turns run history off; pass a sqlite:/// or redis:// URL to read it")
     _writer.drain()
+    # Resolving a relative SQLite path stats every directory above it: look the URL up first.
+    by_url = (url, os.getcwd() if url.startswith("sqlite:///") and not url.startswith("sqlite:////") else "")
+    found = _by_url.get(by_url)
+    if found is not None:
+        return found
     scheme = url.split("://", 1)[0]
     if scheme == "sqlite":
         from fanflow.store.metadata.sqlite import SQLiteMetadataStore, path_of
@@ -129,6 +145,7 @@ def open_metadata(url: str) -> MetadataStore:
         )
     store = _open.get(key)
     if store is not None:
+        _by_url[by_url] = store
         return store
     with _lock:
         store = _open.get(key)
@@ -140,4 +157,5 @@ def open_metadata(url: str) -> MetadataStore:
 
                 store = RedisMetadataStore(url)
             _open[key] = store
+    _by_url[by_url] = store
     return store

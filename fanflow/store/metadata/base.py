@@ -162,6 +162,11 @@ class StoredRun:
     events: list[dict[str, Any]]
 
 
+def gc_every(keep_runs: int) -> int:
+    """Saves between the retention passes of ``save_run``: a tenth of what is kept (so at most 10% more)."""
+    return max(1, keep_runs // 10)
+
+
 class MetadataStore(Protocol):
     """History of runs: documents by run, by DAG signature and by function, plus summaries."""
 
@@ -174,11 +179,13 @@ class MetadataStore(Protocol):
         workers: Sequence[Mapping[str, Any]],
         events: Sequence[Mapping[str, Any]],
         summaries: Mapping[SummaryKey, Summary],
+        keep_runs: int | None = None,
     ) -> None:
         """Store one run's documents and merge ``summaries`` into the running ones, atomically.
 
         Saving a run id again replaces its documents but merges its summaries
-        again, so callers save each run once.
+        again, so callers save each run once. With ``keep_runs``, every
+        :func:`gc_every` saves in this process also apply retention (:meth:`gc`).
         """
         ...
 

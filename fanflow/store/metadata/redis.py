@@ -30,7 +30,14 @@ from typing import Any
 import redis
 
 from fanflow.config import mask_url
-from fanflow.store.metadata.base import MetadataError, RunNotFoundError, StoredRun, Summary, SummaryKey
+from fanflow.store.metadata.base import (
+    MetadataError,
+    RunNotFoundError,
+    StoredRun,
+    Summary,
+    SummaryKey,
+    gc_every,
+)
 
 PREFIX = "ffmeta:"
 _RETRIES = 20
@@ -59,6 +66,7 @@ class RedisMetadataStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._r = redis.Redis.from_url(url)
+        self._saves = 0  # saves since the last retention pass in this process
         self._do(self._r.ping)
 
     def _do(self, call: Any, *args: Any) -> Any:
@@ -77,6 +85,7 @@ class RedisMetadataStore:
         workers: Sequence[Mapping[str, Any]],
         events: Sequence[Mapping[str, Any]],
         summaries: Mapping[SummaryKey, Summary],
+        keep_runs: int | None = None,
     ) -> None:
         run_id = run["run_id"]
         if self._do(self._r.exists, PREFIX + f"run:{run_id}"):
@@ -94,6 +103,10 @@ class RedisMetadataStore:
         parts = sorted(summaries.items())
         summary_keys = [PREFIX + "summary:" + _fn_key(*k) for k, _ in parts]
         self._do(self._transact, run, fields, execs, parts, summary_keys)
+        self._saves += 1
+        if keep_runs is not None and self._saves >= gc_every(keep_runs):
+            self._saves = 0
+            self.gc(keep_runs)
 
     def _transact(
         self,
