@@ -43,7 +43,7 @@ import fanflow.dask as ffdask
 from fanflow.store.metadata import drain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tree_reduction import add, build_tree, inc  # noqa: E402
+from tree_reduction import add, build_tree, inc
 
 
 def seconds(fn: Callable[[], Any], calls: int = 1) -> float:
@@ -163,7 +163,8 @@ def history(db: Path, repeat: int, leaves: int) -> None:
     )
     runs = _runs_in(db) - runs_before
     size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
-    print(f"history file after {runs} more runs of TR-{leaves}: {size / 1e6:.2f} MB ({size / max(runs, 1) / 1e3:.0f} KB/run)")
+    per_run = size / max(runs, 1) / 1e3
+    print(f"history file after {runs} more runs of TR-{leaves}: {size / 1e6:.2f} MB ({per_run:.0f} KB/run)")
 
 
 def _runs_in(db: Path) -> int:
@@ -186,7 +187,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fanflow-bench-") as tmp:
         db = Path(tmp) / "metadata.db"
         config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")  # the default, in a temp file
-        print(f"dask {dask.__version__}, fanflow {fanflow.__version__}, {os.cpu_count()} cores; median of {args.repeat}")
+        versions = f"dask {dask.__version__}, fanflow {fanflow.__version__}"
+        print(f"{versions}, {os.cpu_count()} cores; median of {args.repeat}")
         if args.only in (None, "per-call"):
             per_call(config, args.repeat, args.calls)
         if args.only in (None, "shuffle"):
