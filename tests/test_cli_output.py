@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import install_hint
 
 from fanflow.cli.output import to_json_value
 from fanflow.metrics.records import RunMetrics
@@ -154,7 +155,7 @@ def test_dashboard_fails_before_printing_a_url_when_the_port_is_taken(tmp_path: 
 
 
 def test_report_of_a_failed_run(failed_run: tuple[Path, str]) -> None:
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason=install_hint("dashboard"))
     where, metadata = failed_run
     store = open_metadata(metadata)
     metrics = RunMetrics.from_stored(store.load_run(store.runs(limit=1)[0]["run_id"]))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from support import install_hint
 from typer.testing import CliRunner
 
 import fanflow
@@ -282,13 +283,17 @@ def test_every_platform_records_complete_runs(run_config: fanflow.Config) -> Non
 
 
 # -- CLI ------------------------------------------------------------------------------
-def test_cli_runs_and_report(tmp_path: Path) -> None:
+def _two_recorded_runs(tmp_path: Path) -> tuple[CliRunner, list[str], str]:
+    """A CLI runner, the ``--metadata`` option of a history of two runs, and the first run's id."""
     config = _config(tmp_path)
     _fan_out(3).compute(config)
     grow(blob(7), 1).compute(config)
-    url = ["--metadata", config.metadata]
-    runner = CliRunner(env={"COLUMNS": "200"})
     first = open_metadata(config.metadata).runs()[-1]["run_id"]
+    return CliRunner(env={"COLUMNS": "200"}), ["--metadata", config.metadata], first
+
+
+def test_cli_runs(tmp_path: Path) -> None:
+    runner, url, first = _two_recorded_runs(tmp_path)
 
     listed = runner.invoke(app, ["runs", "list", *url])
     assert listed.exit_code == 0, listed.output
@@ -306,6 +311,18 @@ def test_cli_runs_and_report(tmp_path: Path) -> None:
     rows = runner.invoke(app, ["runs", "export", "last", "--csv", *url]).output.strip().splitlines()
     assert rows[0].startswith("run_id,task,name") and len(rows) == 3
 
+    missing = runner.invoke(app, ["runs", "show", "nope", *url])
+    assert missing.exit_code == 1 and "no recorded run matches" in missing.output
+
+    collected = runner.invoke(app, ["runs", "gc", "--keep", "1", *url])
+    assert collected.exit_code == 0 and "removed 1" in collected.output
+    assert [r["sink"] for r in open_metadata(url[1]).runs()] == ["grow"]
+    assert math.isfinite(open_metadata(url[1]).runs()[0]["makespan_s"])
+
+
+def test_cli_report(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason=install_hint("dashboard"))
+    runner, url, first = _two_recorded_runs(tmp_path)
     out = tmp_path / "report.html"
     made = runner.invoke(app, ["report", first, "-o", str(out), *url])
     assert made.exit_code == 0, made.output
@@ -314,14 +331,6 @@ def test_cli_runs_and_report(tmp_path: Path) -> None:
     png = page.split("data:image/png;base64,", 1)[1].split('"', 1)[0]
     assert base64.b64decode(png).startswith(b"\x89PNG")
     assert "http" not in page.replace("http://www.w3.org", "")  # self-contained
-
-    missing = runner.invoke(app, ["runs", "show", "nope", *url])
-    assert missing.exit_code == 1 and "no recorded run matches" in missing.output
-
-    collected = runner.invoke(app, ["runs", "gc", "--keep", "1", *url])
-    assert collected.exit_code == 0 and "removed 1" in collected.output
-    assert [r["sink"] for r in open_metadata(config.metadata).runs()] == ["grow"]
-    assert math.isfinite(open_metadata(config.metadata).runs()[0]["makespan_s"])
 
 
 @fanflow.task

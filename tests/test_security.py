@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from support import GATEWAY_SECRET, RedisServer, free_port, start_gateways, stop, wait_until
+from support import GATEWAY_SECRET, RedisServer, free_port, install_hint, start_gateways, stop, wait_until
 
 import fanflow
 from fanflow.dag.encoding import encode
@@ -213,6 +212,7 @@ def test_a_password_in_the_url_query_is_masked_everywhere(locked_redis: RedisSer
 
 def test_gateway_health_never_shows_a_store_password(locked_redis: RedisServer) -> None:
     """``GET /healthz`` answers anyone who reaches the port: the store URLs it lists are masked."""
+    httpx = pytest.importorskip("httpx", reason=install_hint("http"))
     url = f"redis://:{PASSWORD}@127.0.0.1:{locked_redis.port}/0"
     (gateway,), procs = start_gateways(1)
     try:
