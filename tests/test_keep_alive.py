@@ -6,10 +6,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 import fanflow
 from fanflow.client.session import IDLE_MAX, session
@@ -56,14 +56,6 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_second_compute_runs_on_the_warm_workers_of_the_first(redis_url: str) -> None:
     config = _config(redis_url, keep_alive_s=30)
     first = pid_of(1).compute(config)
@@ -81,8 +73,8 @@ def test_an_idle_pool_closes_when_its_keep_alive_ends(redis_url: str) -> None:
     config = _config(redis_url, keep_alive_s=0.5)
     worker = pid_of(1).compute(config)
     platform = _platform(config)  # re-arms the keep-alive: the pool has been idle since now
-    _wait(lambda: platform.host is None, "the idle pool to close")
-    _wait(lambda: not _alive(worker), "its worker process to exit")
+    wait_until(lambda: platform.host is None, 20, "the idle pool to close")
+    wait_until(lambda: not _alive(worker), 20, "its worker process to exit")
     assert _platform(config) is not platform  # the next run gets a new pool
     session().close_idle()
 
@@ -90,7 +82,7 @@ def test_an_idle_pool_closes_when_its_keep_alive_ends(redis_url: str) -> None:
 def test_keep_alive_zero_stops_the_pool_with_its_run(redis_url: str) -> None:
     config = _config(redis_url, keep_alive_s=0)
     worker = pid_of(1).compute(config)
-    _wait(lambda: not _alive(worker), "the worker process to exit with the run")
+    wait_until(lambda: not _alive(worker), 20, "the worker process to exit with the run")
 
 
 def test_a_pool_halted_by_a_failed_run_is_not_reused(redis_url: str) -> None:
@@ -98,14 +90,14 @@ def test_a_pool_halted_by_a_failed_run_is_not_reused(redis_url: str) -> None:
     worker = pid_of(1).compute(config)
     with pytest.raises(fanflow.TaskFailedError, match="boom"):
         boom(1).compute(config)
-    _wait(lambda: not _alive(worker), "the halted pool's worker to exit")
+    wait_until(lambda: not _alive(worker), 20, "the halted pool's worker to exit")
     assert pid_of(2).compute(config) != worker  # a fresh pool, not the closed one
 
 
 def test_at_most_idle_max_pools_stay_warm(redis_url: str) -> None:
     configs = [_config(redis_url, keep_alive_s=30, max_workers=n) for n in range(1, IDLE_MAX + 2)]
     workers = [pid_of(i).compute(c) for i, c in enumerate(configs)]
-    _wait(lambda: not _alive(workers[0]), "the oldest idle pool to be closed")
+    wait_until(lambda: not _alive(workers[0]), 20, "the oldest idle pool to be closed")
     assert all(_alive(w) for w in workers[1:])
 
 
@@ -134,4 +126,4 @@ def test_interpreter_exit_closes_a_warm_pool(redis_url: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - began < 30  # exit does not wait for the 600 s keep-alive
     worker = int(done.stdout.strip())
-    _wait(lambda: not _alive(worker), "the script's worker process to exit with it", timeout=10)
+    wait_until(lambda: not _alive(worker), 10, "the script's worker process to exit with it")
