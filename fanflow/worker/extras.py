@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fanflow.dag.graph import DAG
@@ -25,9 +25,6 @@ from fanflow.store import keys
 from fanflow.store.base import MISSING, Store
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[..., None]
-"""The worker's one event function: ``emit(kind, task, **fields)``."""
 
 
 class Preload:
@@ -63,22 +60,18 @@ class Preload:
 
 
 class PlanExtras:
-    """One worker's preloads and delayed-I/O decisions."""
+    """One worker's preloads and delayed-I/O decisions (the worker records the events they lead to)."""
 
-    def __init__(self, store: Store, dag: DAG, run_id: str, plan: PlanView, emit: Emit) -> None:
+    def __init__(self, store: Store, dag: DAG, run_id: str, plan: PlanView) -> None:
         self._store = store
         self._dag = dag
         self._run_id = run_id
         self._plan = plan
-        self._emit = emit
         self._preloads: dict[int, Preload] = {}  # planned dependent -> the fetch of its other inputs
 
     def delays_upload(self, t: int) -> bool:
         """Delayed I/O: whether ``t``'s output skips the store (the plan asks and no other worker needs it)."""
-        if not self._plan.delays_upload(self._dag, t):
-            return False
-        self._emit("delayed_io", t)
-        return True
+        return self._plan.delays_upload(self._dag, t)
 
     def preload_for(self, t: int, cache: dict[int, Any]) -> None:
         """While ``t`` runs, start fetching the finished inputs of its planned dependents that will run here."""
@@ -97,11 +90,14 @@ class PlanExtras:
 
     def take_preloaded(
         self, t: int, ups: Sequence[int], missing: list[int], values: list[Any], sizes: list[int | None]
-    ) -> list[int]:
-        """Stop ``t``'s preload, if any, and fill ``values`` from it; the positions still missing."""
+    ) -> tuple[list[int], list[int], int]:
+        """Stop ``t``'s preload, if any, and fill ``values`` from it.
+
+        Returns the positions still missing, and the inputs the preload brought with their bytes.
+        """
         preload = self._preloads.pop(t, None) if self._preloads else None
         if preload is None:
-            return missing
+            return missing, [], 0
         got = preload.result()
         still = []
         for i in missing:
@@ -110,10 +106,8 @@ class PlanExtras:
                 still.append(i)
             else:
                 values[i], sizes[i] = hit
-        if len(still) < len(missing):
-            loaded = [ups[i] for i in missing if i not in still]
-            self._emit("preloaded", t, inputs=loaded, bytes=sum(got[u][1] for u in loaded))
-        return still
+        loaded = [ups[i] for i in missing if i not in still]
+        return still, loaded, sum(got[u][1] for u in loaded)
 
     def stop(self) -> None:
         """Stop the preloads of tasks another worker claimed (at worker exit)."""

@@ -127,8 +127,9 @@ class Worker:
         self.events: list[dict[str, Any]] = []
         self.tasks_run = 0
         self.cold = cold
-        self.maps = MapFanouts(self)
-        self.extras = PlanExtras(store, dag, inv.run_id, self.plan, self.emit)
+        # Neither holds the worker (no reference cycle): a finished worker and its cache go at once.
+        self.maps = MapFanouts()
+        self.extras = PlanExtras(store, dag, inv.run_id, self.plan)
         self._ran_here: set[int] = set()
         self._current = -1
         self._status_key = keys.status(inv.run_id)
@@ -158,7 +159,7 @@ class Worker:
                 item = ready.popleft()
                 if type(item) is tuple:
                     self._current = item[0]
-                    claimed = self.maps.run_element(*item)
+                    claimed = self.maps.run_element(self, *item)
                 elif item in self.dag.maps:
                     self._current = item
                     ready.extend(self._run_task(item))  # what the expansion runs here
@@ -182,7 +183,7 @@ class Worker:
             self._flush_events()
         values, in_bytes, fetch_s = self.inputs(t)
         if t in self.dag.maps:
-            return self.maps.expand(t, values)
+            return self.maps.expand(self, t, values)
         if not self._remote:  # in-process workers cannot be lost apart from their client
             value, attempt, exec_s = self.execute(t, values)
             return self.task_done(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
@@ -226,7 +227,9 @@ class Worker:
         values = [cache.get(u, MISSING) for u in ups]
         sizes: list[int | None] = [None] * len(ups)
         missing = [i for i, v in enumerate(values) if v is MISSING and not (skip_first and i == 0)]
-        missing = self.extras.take_preloaded(t, ups, missing, values, sizes)
+        missing, preloaded, preloaded_bytes = self.extras.take_preloaded(t, ups, missing, values, sizes)
+        if preloaded:
+            self.emit("preloaded", t, inputs=preloaded, bytes=preloaded_bytes)
         if not missing:
             return values, sizes, 0.0
         began = time.perf_counter()
@@ -298,6 +301,8 @@ class Worker:
         dependents = dag.dependents[t]
         stored, size = self.dump(t, value)
         local = self.extras.delays_upload(t)
+        if local:
+            self.emit("delayed_io", t)
         puts: dict[str, Any] = {}
         if (
             not local

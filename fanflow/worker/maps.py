@@ -27,19 +27,17 @@ if TYPE_CHECKING:
 
 
 class MapFanouts:
-    """The map steps of one worker."""
+    """The map steps of one worker; each takes that worker (``w``), whose steps it reuses."""
 
-    def __init__(self, worker: Worker) -> None:
-        self._w = worker
+    def __init__(self) -> None:
         self._items: dict[int, dict[int, Any]] = {}  # map node -> items kept here for local elements
         self._results: dict[int, dict[int, Any]] = {}  # map node -> element results made here
 
-    def expand(self, m: int, values: list[Any]) -> list[Item]:
+    def expand(self, w: Worker, m: int, values: list[Any]) -> list[Item]:
         """Turn claimed map node ``m`` into one element task per item: invoke the others, run element 0 here.
 
         Returns what runs here next: element 0, or (an empty list) the dependents the map claimed.
         """
-        w = self._w
         items = values[0]
         if not isinstance(items, (list, tuple)):
             raise MapInputError(
@@ -58,12 +56,11 @@ class MapFanouts:
         w.invoke([[(m, i, n)] for i in range(1, n)])
         return [(m, 0, n)]
 
-    def run_element(self, m: int, i: int, n: int) -> list[int]:
+    def run_element(self, w: Worker, m: int, i: int, n: int) -> list[int]:
         """Element ``i`` of map ``m``: the map's function on one item, then the fan-in of all ``n``.
 
         Returns the dependents claimed when this element was the last (the map is then done).
         """
-        w = self._w
         run = w.run_id
         w.emit("task_started", m, element=i)
         local = self._items.get(m, {})
@@ -99,11 +96,10 @@ class MapFanouts:
         self._results.setdefault(m, {})[i] = value
         if not won:
             return []
-        return self.collect(m, n)
+        return self.collect(w, m, n)
 
-    def collect(self, m: int, n: int) -> list[int]:
+    def collect(self, w: Worker, m: int, n: int) -> list[int]:
         """Gather every element's result (those made here from memory, the rest in one round trip)."""
-        w = self._w
         mine = self._results.pop(m, {})
         self._items.pop(m, None)
         missing = [j for j in range(n) if j not in mine]
