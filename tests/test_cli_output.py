@@ -143,7 +143,7 @@ def test_script_syntax_error_is_one_clear_message(tmp_path: Path) -> None:
 
 
 def test_dashboard_fails_before_printing_a_url_when_the_port_is_taken(tmp_path: Path) -> None:
-    pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn", reason=install_hint("dashboard"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
