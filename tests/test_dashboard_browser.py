@@ -188,6 +188,13 @@ def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None
         if "done" in seen[-1] and seen[-1] != {"done"}:
             break
     assert "done" in seen[-1] and seen[-1] != {"done"}, seen
+    # bars of tasks running at the cursor end at the cursor, not at the end of the run
+    open_bars = page.evaluate(
+        "(() => { const p = window.fanflowDashboard.page; return p.state.workers.flatMap(w => w.bars)"
+        ".filter(b => b.end === null).map(b => b.start <= p.cursor); })()"
+    )
+    running = [s for s in _states(page).values() if s == "running"]
+    assert len(open_bars) >= len(running) and all(open_bars), (open_bars, running)
 
     page.select_option("#replay-speed", "auto")
     slider.fill("0")
@@ -328,6 +335,18 @@ def test_a_4095_task_run_page(page: Any, server: str, metadata_url: str) -> None
     detail = page.inner_text("#task-detail")
     assert "pair-" in detail and "fetch / exec / store" in detail and "done" in detail
     page.screenshot(path=str(ARTIFACTS / "dashboard-4095-tasks-open.png"))
+
+    # hovering a timeline bar shows that task's details
+    page.locator("#gantt canvas").scroll_into_view_if_needed()
+    bar = page.evaluate(
+        "(() => { const t = window.fanflowDashboard.page.timeline; const r = t.canvas.getBoundingClientRect();"
+        " const row = t.hits.findIndex(h => h.some(b => b.x1 - b.x0 >= 3));"
+        " const b = t.hits[row].find(b => b.x1 - b.x0 >= 3);"
+        " return { x: r.left + (b.x0 + b.x1) / 2, y: r.top + 24 + row * t.rowH + t.rowH / 2 }; })()"
+    )
+    page.mouse.move(bar["x"], bar["y"])
+    page.wait_for_selector("#tip:not([hidden])")
+    assert re.search(r"(leaf|pair)-\d+", page.inner_text("#tip")), page.inner_text("#tip")
 
     # the table: search, sort
     page.fill("#task-search", "pair-409")

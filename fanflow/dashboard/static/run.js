@@ -3,6 +3,8 @@
 
 const TABLE_PAGE = 50;
 const TABLE_EVERY_MS = 700;
+const LIVE_EVERY_MS = 250;
+const LIVE_IDLE = 3;
 
 class RunPage {
   constructor(view, runId, detail, events) {
@@ -307,6 +309,7 @@ class RunPage {
 
   /* -- drawing the run at the cursor ----------------------------------------------------------- */
   draw() {
+    const began = performance.now();
     const until = this.cursor ?? Infinity;
     const finished = this.detail.run.finished_at;
     const ended = !this.live && (this.cursor === null || (finished && this.cursor >= finished));
@@ -338,10 +341,14 @@ class RunPage {
       () => this.renderFunctionProgress(this.state),
       () => { this.renderTable(false); this.renderDetail(); },
     ];
+    let cost = performance.now() - began;
     const next = () => {
       if (window.fanflowDashboard.page !== this || !this.state) { this.restPending = false; return; }
+      const t = performance.now();
       steps.shift()();
-      if (steps.length) setTimeout(next, 0); else this.restPending = false;
+      cost += performance.now() - t;
+      if (steps.length) setTimeout(next, 0);
+      else { this.restPending = false; this.drawCost = cost; }
     };
     setTimeout(next, 0);
   }
@@ -367,12 +374,11 @@ class RunPage {
     const conn = document.getElementById("conn");
     source.onopen = () => { conn.textContent = "● live"; };
     source.onerror = () => { conn.textContent = "reconnecting…"; };
-    let pending = false;
     source.addEventListener("events", (msg) => {
       const data = JSON.parse(msg.data);
       insertSorted(this.events, data.events);
       this.clockOffset = data.now - Date.now() / 1000;
-      if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; this.draw(); }); }
+      this.requestDraw();
     });
     source.addEventListener("end", async () => {
       source.close();
@@ -386,7 +392,20 @@ class RunPage {
         conn.textContent = String(err.message);
       }
     });
-    this.timers.push(setInterval(() => { if (this.live) this.draw(); }, 250));
+    this.timers.push(setInterval(() => { if (this.live) this.requestDraw(); }, LIVE_EVERY_MS));
+  }
+
+  /* One live redraw at a time, spaced by at least LIVE_EVERY_MS and LIVE_IDLE times the last redraw's cost,
+   * so a big run on a busy machine leaves the page responsive instead of redrawing back to back. */
+  requestDraw() {
+    if (this.drawTimer) return;
+    const wait = Math.max(LIVE_EVERY_MS, (this.drawCost || 0) * LIVE_IDLE) - (performance.now() - (this.drawnAt || 0));
+    this.drawTimer = setTimeout(() => {
+      this.drawTimer = null;
+      if (window.fanflowDashboard.page !== this || !this.live) return;
+      this.drawnAt = performance.now();
+      this.draw();
+    }, Math.max(0, wait));
   }
 
   /* recorded: all events at once, then the replay controls */
@@ -459,6 +478,7 @@ class RunPage {
     cancelAnimationFrame(this.frame);
     if (this.source) this.source.close();
     for (const t of this.timers) clearInterval(t);
+    clearTimeout(this.drawTimer);
     this.teardown();
     if (window.fanflowDashboard.page === this) window.fanflowDashboard.page = null;
     document.getElementById("conn").textContent = "";
