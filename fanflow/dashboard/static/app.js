@@ -148,8 +148,9 @@ function scatter(points, xKey, xLabel, fmtX) {
   if (!points.length) { root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no executions kept")); return root; }
   const xs = points.map((p) => p[xKey]);
   const ys = points.map((p) => p.exec_s);
-  const xMax = Math.max(...xs, 1e-9);
-  const yMax = Math.max(...ys, 1e-9);
+  // a little room past the largest value, and a unit range when every value is 0 (no inputs)
+  const xMax = Math.max(...xs) > 0 ? Math.max(...xs) * 1.08 : 1;
+  const yMax = Math.max(...ys) > 0 ? Math.max(...ys) * 1.08 : 1e-3;
   const x = (v) => L + (v / xMax) * (W - L - 12);
   const y = (v) => H - B - (v / yMax) * (H - B - 12);
   const xStep = niceStep(xMax, 4);
@@ -169,8 +170,6 @@ function scatter(points, xKey, xLabel, fmtX) {
   }
   root.append(svg("text", { x: (L + W) / 2, y: H - 6, "text-anchor": "middle", class: "axis-label" }, xLabel),
     svg("text", { x: 12, y: (H - B) / 2, transform: `rotate(-90 12 ${(H - B) / 2})`, "text-anchor": "middle", class: "axis-label" }, "execution time"));
-  sizes.forEach((m, k) => root.append(svg("circle", { cx: W - 80, cy: 18 + k * 14, r: 4, fill: PALETTE[k % PALETTE.length] }),
-    svg("text", { x: W - 72, y: 22 + k * 14 }, `${m} MB`)));
   return root;
 }
 
@@ -179,8 +178,11 @@ async function showPlots(box, f) {
   const data = await api("api/functions/executions?identity=" + encodeURIComponent(f.identity));
   const pts = data.executions;
   const runs = [...new Set(pts.map((p) => p.run_id).filter(Boolean))];
+  const sizes = [...new Set(pts.map((p) => p.memory_mb))].sort((p, q) => p - q);
   box.replaceChildren(el("div", { class: "plots" }, scatter(pts, "in_bytes", "input size", fmtBytes),
     scatter(pts, "memory_mb", "memory", (v) => Math.round(v) + " MB")),
+  el("div", { class: "legend" }, el("b", {}, "dots: one execution, by memory size: "),
+    sizes.map((m, k) => el("span", {}, el("i", { style: `background:${PALETTE[k % PALETTE.length]}` }), `${m} MB`))),
   runs.length ? el("div", { class: "fn-runs" }, el("span", { class: "muted" }, `in ${runs.length} kept runs: `),
     runs.slice(-12).reverse().map((r) => el("a", { class: "mono", href: "#/run/" + encodeURIComponent(r) }, r.slice(0, 22))),
     runs.length > 12 ? el("span", { class: "muted" }, " …") : null) : null);
