@@ -1,8 +1,12 @@
-"""Imports go one way, down the layers of docs/architecture.md."""
+"""Imports go one way, down the layers of docs/architecture.md, and a worker process loads only its own layers."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import fanflow
@@ -60,3 +64,16 @@ def test_no_runtime_import_goes_up_a_layer() -> None:
             if layer_of(target) > layer_of(module):
                 upward.append(f"{module} -> {target}")
     assert upward == []
+
+
+def test_a_worker_loads_no_layer_above_its_own() -> None:
+    """What a worker process imports: the worker layer and below, never client, planning, metrics or dashboard."""
+    code = (
+        "import json, sys, fanflow.worker, fanflow.worker.entry\n"
+        "print(json.dumps(sorted({m.split('.')[1] for m in sys.modules if m.startswith('fanflow.')})))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=60)
+    loaded = set(json.loads(out.stdout))
+    assert "worker" in loaded
+    assert not loaded & {"client", "planning", "metrics", "dashboard", "cli", "api", "dask"}, loaded
