@@ -68,6 +68,8 @@ def __getattr__(name: str) -> Any:
             value = "0.0.0+unknown"
     elif name in _LAZY:
         module, attr = _LAZY[name]
+        if name != "Config":
+            importlib.import_module("fanflow.api")  # registers the runner behind Node.compute/submit/visualize
         value = getattr(importlib.import_module(module), attr)
     else:
         raise AttributeError(f"module 'fanflow' has no attribute {name!r}")

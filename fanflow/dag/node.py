@@ -179,8 +179,8 @@ def set_runner(runner: Runner) -> None:
 
 
 def _get_runner() -> Runner:
-    if _runner is None:  # pragma: no cover - fanflow/__init__ registers it on import
-        raise DAGError("no runner registered: import fanflow before computing nodes")
+    if _runner is None:  # pragma: no cover - any API name taken from `fanflow` imports fanflow.api
+        raise DAGError("no runner registered: import fanflow.api (or use fanflow.task) before computing nodes")
     return _runner
 
 
