@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from support import wait_until
+from support import free_port, wait_until
 
 import fanflow
 from fanflow.store import keys
@@ -154,9 +154,7 @@ def test_scripts_reload_after_flush(store: RedisStore, run: str) -> None:
 
 
 def test_closed_port_gives_store_unavailable_with_masked_password() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"redis://user:hunter2@127.0.0.1:{port}/0"
     with pytest.raises(fanflow.StoreUnavailableError) as info:
         connect(url)
