@@ -238,6 +238,8 @@ def test_failed_run_shows_traceback(page: Any, server: str, metadata_url: str) -
 def test_history_compare_and_functions_pages(page: Any, server: str, metadata_url: str) -> None:
     for _ in range(2):
         fanflow.compute(total(measure(load(1))), config=_config(metadata_url))
+    with pytest.raises(fanflow.TaskFailedError):
+        fanflow.compute(explode(3), config=_config(metadata_url))
     drain()
     page.goto(f"{server}#/?status=succeeded")
     page.wait_for_selector("#runs tbody tr[data-run]")
