@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import secrets
 import tomllib
@@ -109,6 +110,8 @@ def _number(kind: type, low: float, optional: bool = False) -> Callable[[str, An
             or (kind is int and not isinstance(value, int))
         ):
             raise ConfigError(f"config {key}={value!r}: expected a {kind.__name__} >= {low}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config {key}={value!r}: must be a finite number >= {low}")
         if value < low:
             raise ConfigError(f"config {key}={value!r}: must be >= {low}")
         return kind(value)
@@ -264,10 +267,20 @@ class Config:
     def from_toml(cls, path: str | Path) -> dict[str, Any]:
         """The keys of a ``fanflow.toml`` file (top level, or under ``[fanflow]``)."""
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return dict(data.get("fanflow", data))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+        section = data.get("fanflow", data)
+        if not isinstance(section, dict):
+            raise ConfigError(
+                f"{path}: 'fanflow' must be a table of settings ([fanflow] then key = value lines), "
+                f"got {type(section).__name__} {section!r}"
+            )
+        return dict(section)
 
     @classmethod
     def load(cls, cwd: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:

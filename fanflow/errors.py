@@ -133,5 +133,9 @@ class PlatformError(FanflowError):
     """A platform could not start or invoke workers."""
 
 
+class NestedRunError(PlatformError):
+    """A task started a run on the threads platform that runs it, which would wait for its own threads."""
+
+
 class NoRetry(Exception):  # noqa: N818 - a marker users raise, named for how it reads
     """Raise (or subclass) this inside a task to fail at once, without retries."""

@@ -29,7 +29,7 @@ from fanflow.client.hooks import STANDARD_HOOKS, OnPlanned, RunHook
 from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
-from fanflow.errors import RunCancelledError
+from fanflow.errors import NestedRunError, RunCancelledError
 from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
 from fanflow.store.base import CANCELLED
@@ -101,6 +101,15 @@ class Session:
             elif entry.idle is not None:
                 entry.idle.cancel()
                 entry.idle = None
+            if getattr(entry.platform, "runs_this_thread", lambda: False)():
+                # The new run would queue behind the very tasks that wait for it: with every
+                # worker thread in such a task, nothing would ever run.
+                raise NestedRunError(
+                    "compute() or submit() was called inside a task, for the threads platform that runs the "
+                    "task: the new run needs worker threads its caller holds, so it could wait forever. "
+                    "Build the whole DAG before the run (use fanflow.map for fan-outs known only at run time), "
+                    "or give the inner run a config of its own (another platform or max_workers)"
+                )
             entry.runs += 1
             return entry.platform
 

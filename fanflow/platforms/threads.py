@@ -39,6 +39,7 @@ from fanflow.platforms.sizing import blas_threads
 
 log = logging.getLogger(__name__)
 _STOP = object()
+_here = threading.local()
 
 SWITCH_INTERVAL_S = 0.05
 """Least GIL switch interval while worker threads run (see the module docstring)."""
@@ -82,6 +83,7 @@ class ThreadsPlatform:
                 t.start()
 
     def _serve(self) -> None:
+        _here.platform = self
         get = self._queue.get
         while True:
             item = get()
@@ -103,6 +105,10 @@ class ThreadsPlatform:
         fail_invocation(
             store, inv.run_id, inv.start, why, threading.current_thread().name, ttl_s=inv.settings.key_ttl_s
         )
+
+    def runs_this_thread(self) -> bool:
+        """Whether the calling thread is one of this platform's workers (a task calling ``compute()``)."""
+        return getattr(_here, "platform", None) is self
 
     def check_serving(self) -> None:
         """Raise :class:`PlatformError` once the platform is closed: nothing it was given runs any more."""

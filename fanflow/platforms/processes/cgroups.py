@@ -11,7 +11,9 @@ one vCPU and one memory limit, which no FaaS platform does):
 Groups are made under the cgroup this process already lives in, never at the
 root, so the limits of whoever started fanflow still apply to its workers. The
 pool's groups sit under one parent per pool (``fanflow-<pool>-<pid>``), removed
-when the pool closes. Where cgroups are not writable (no root, read-only mount,
+when the pool closes. A pool that is SIGKILLed never closes them, so every pool
+removes, when it starts, the empty groups of pools whose process is gone
+(:func:`remove_stale`). Where cgroups are not writable (no root, read-only mount,
 v2 without delegated controllers) workers run unthrottled, and the first pool
 of the process logs ONE warning saying so.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,7 @@ class Cgroups:
         self.available = False
         try:
             layout = _detect()
+            remove_stale((layout.cpu_dir, layout.memory_dir))
             name = f"fanflow-{pool}-{os.getpid()}"
             if layout.v2:
                 self._parents = [_mkdir(layout.cpu_dir / name)]
@@ -149,6 +153,43 @@ class Cgroups:
                 parent.rmdir()
         self._parents = []
         self.available = False
+
+
+def remove_stale(dirs: Iterable[Path]) -> int:
+    """Remove the groups of pools whose process is gone (``fanflow-<pool>-<pid>``); how many went.
+
+    Only empty groups can be removed (the kernel refuses a group with processes
+    or children), so a live pool's groups stay even where its pid is not visible
+    from here; a pid that is alive, whatever it runs now, keeps its groups.
+    """
+    removed = 0
+    for base in dict.fromkeys(dirs):
+        try:
+            parents = [p for p in base.glob("fanflow-*") if p.is_dir()]
+        except OSError:
+            continue
+        for parent in parents:
+            pid = parent.name.rpartition("-")[2]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                for child in [c for c in parent.iterdir() if c.is_dir()]:
+                    child.rmdir()
+                parent.rmdir()
+                removed += 1
+    if removed:
+        log.info("removed %d cgroups left by worker pools that were killed", removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _mkdir(path: Path) -> Path:
