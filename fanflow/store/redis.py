@@ -499,14 +499,24 @@ class RedisStore:
         self.client.close()
 
 
+class _AuthFailed(Exception):  # noqa: N818 - carries an AuthenticationError past the retry loop
+    pass
+
+
 class _Retry(Retry):
     """Retries lost connections, never a refused password: that answer does not change by waiting."""
 
-    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
-        def retryable(error: Exception) -> bool:
-            return not isinstance(error, AuthenticationError) and (is_retryable is None or is_retryable(error))
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        def once() -> Any:
+            try:
+                return do()
+            except AuthenticationError as exc:  # a ConnectionError to redis-py, so it would be retried
+                raise _AuthFailed() from exc
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+        try:
+            return super().call_with_retry(once, fail, *args, **kwargs)
+        except _AuthFailed as wrapped:
+            raise wrapped.__cause__ from None  # type: ignore[misc]
 
 
 def retry_policy(budget_s: float) -> Retry:
