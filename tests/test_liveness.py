@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import add, bump, wait_until
+from support import add, bump, inc, wait_until
 
 import fanflow
 from fanflow.platforms.invocation import branch_id
@@ -35,6 +35,7 @@ from fanflow.store.base import (
     Store,
     error_record,
 )
+from fanflow.worker.heartbeat import heartbeat
 
 LIVENESS_S = 15.0
 """Every fault must end its run within this many seconds (the issue's bound)."""
@@ -91,6 +92,18 @@ def total(xs: list[int]) -> int:
 @fanflow.task
 def always_killed() -> int:
     os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+@fanflow.task
+def wipe_stored_inputs(store_url: str) -> int:
+    """Waits until a task's output is stored for its sole consumer, then deletes it (a lost output)."""
+    store = open_store(store_url)
+
+    def stored() -> list[str]:
+        return [k for k in store.stored_keys() if ":in:" in k]  # type: ignore[attr-defined]
+
+    store.delete(wait_until(stored, 20, "the chain's end to store its output", interval=0.005))
     return 0
 
 
@@ -229,3 +242,97 @@ def test_branch_ids_are_the_same_for_the_same_parent_and_start() -> None:
     assert branch_id("parent", (3,)) == branch_id("parent", (3,))
     assert branch_id("parent", ((5, 1, 4),)) != branch_id("parent", ((5, 2, 4),))
     assert branch_id("parent", (3,)) != branch_id("other", (3,))
+
+
+# -- 1. a worker process that cannot start, or dies at its cold start ---------------------------
+def test_a_worker_process_that_cannot_start_fails_the_run(
+    processes: fanflow.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    error = ends_within(add(1, 2).submit(processes))
+    assert isinstance(error, fanflow.PlatformError)
+    assert "cannot start a worker process" in str(error) and "'add-" in str(error)
+
+
+def test_a_worker_process_that_dies_at_its_cold_start_fails_the_run(
+    processes: fanflow.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead_on_arrival = tmp_path / "python"  # exits before the pool hands it its setup: a broken pipe
+    dead_on_arrival.write_text("#!/bin/sh\nexit 3\n")
+    dead_on_arrival.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(dead_on_arrival))
+    error = ends_within(add(1, 2).submit(processes.replace(max_recoveries=1)))
+    assert isinstance(error, fanflow.PlatformError)
+    assert "exited with code 3" in str(error)
+
+
+# -- 5. sys.exit() and KeyboardInterrupt inside a task ----------------------------------------
+@pytest.mark.parametrize("how", ["exit", "interrupt"])
+def test_a_task_that_exits_fails_the_run_naming_the_task(run_config: fanflow.Config, how: str) -> None:
+    error = ends_within(add(exits(how), 1).submit(run_config))
+    assert isinstance(error, fanflow.TaskFailedError)
+    assert error.task.startswith("exits")
+    assert ("SystemExit" if how == "exit" else "KeyboardInterrupt") in str(error)
+
+
+# -- 15. a client whose secret is not the shared pool's ---------------------------------------
+def test_a_client_with_another_secret_than_the_pool_fails_fast(
+    redis_url: str, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    shared_pool("other-secret")
+    error = ends_within(add(1, 2).submit(shared(redis_url, "other-secret", secret="not-the-pool-secret")))
+    assert isinstance(error, fanflow.PayloadRejectedError)
+    assert "other-secret" in str(error) and "config.secret" in str(error)
+
+
+# -- 16. a task that kills its worker every time (as an out-of-memory kill does) ---------------------
+def test_a_task_killed_every_time_fails_fast_naming_the_task(processes: fanflow.Config) -> None:
+    error = ends_within(add(always_killed(), 1).submit(processes))  # the default max_recoveries
+    assert isinstance(error, fanflow.PlatformError)
+    assert "'always_killed-" in str(error) and "#0" not in str(error) and "memory_mb" in str(error)
+
+
+# -- 6. a redelivered invocation does not run its fan-out branches twice -----------------------
+def test_a_redelivered_map_runs_each_other_element_once(
+    processes: fanflow.Config, tmp_path: Path, client: redis.Redis
+) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    # The worker that expands the map invokes elements 1-5, then dies in element 0; the pool
+    # redelivers its invocation, which expands the map again.
+    future = total(fanflow.map(dies_first_time, branches(6), str(tmp_path / "killed"), str(counts))).submit(processes)
+    assert future.result(timeout=60) == sum(range(6))
+    runs = {p.name: int(p.read_text()) for p in counts.iterdir()}
+    assert runs == {"ran-0": 2, **{f"ran-{i}": 1 for i in range(1, 6)}}
+    assert not run_keys_left(client, future.run_id)
+
+
+# -- 10. lineage recovery of a long chain -------------------------------------------------------
+def test_lineage_recovers_the_end_of_a_long_chain() -> None:
+    url = "memory://long-lineage"
+    chain = inc(0)
+    for _ in range(1_499):
+        chain = inc(chain)
+    # Only the chain's end is stored (for the sink, whose other input comes last); the wiper
+    # deletes it, so the sink's worker recomputes all 1,500 tasks from nothing.
+    sink = add(chain, wipe_stored_inputs(url))
+    assert sink.compute(fanflow.Config(store=url, progress=False, metadata="none")) == 1_500
+
+
+# -- 11. a heartbeat in flight when its task ends ------------------------------------------------
+def test_a_lease_renewed_as_its_task_ends_is_still_marked_done(redis_url: str) -> None:
+    store = open_store(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    lease = keys.lease("renew-race", 0)
+
+    def blocked(command: str | None = None) -> bool:
+        return any("b" in c["flags"] and command in (None, c["cmd"]) for c in admin.client_list())
+
+    admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # the first beat (after lease_ms/3) blocks
+    token = heartbeat.track(store, lease, "inv-1", 300)
+    wait_until(lambda: blocked("evalsha"), 5, "the heartbeat to renew the lease")
+    if heartbeat.untrack(token):  # the task ends now, its lease's first renewal in flight
+        store.end_leases([lease], 60)
+    wait_until(lambda: not blocked(), 5, "the paused writes to go through")
+    assert store.read_leases([lease]) == [LEASE_DONE]
+    store.delete([lease])

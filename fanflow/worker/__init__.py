@@ -33,7 +33,13 @@ _dags_lock = threading.Lock()
 _cold = True
 
 
-def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bool | None = None) -> dict[str, Any]:
+def handle(
+    payload: bytes | Invocation,
+    *,
+    secret: bytes | None = None,
+    cold: bool | None = None,
+    redelivered: bool = False,
+) -> dict[str, Any]:
     """Run one worker invocation to its end and return a short report.
 
     ``payload`` is signed bytes (every out-of-process platform) or, inside the
@@ -42,7 +48,9 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bo
     unpickled; a bad signature raises :class:`fanflow.PayloadRejectedError`.
     Task failures never raise here: they are recorded in the store for the client.
     ``cold`` says whether this invocation waited for its process to start; by
-    default, the first invocation in a process is cold.
+    default, the first invocation in a process is cold. ``redelivered`` says the
+    platform delivers it again because the worker it first went to died: it
+    takes the invocation over (see :meth:`Worker.run`).
     """
     global _cold
     first, _cold = _cold, False
@@ -63,7 +71,7 @@ def handle(payload: bytes | Invocation, *, secret: bytes | None = None, cold: bo
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
         return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
-    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold)
+    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold, redelivered=redelivered)
     try:
         worker.run()
     except Exception as exc:

@@ -55,8 +55,11 @@ def serve_pipe(conn: Connection) -> None:
             return
         if not payload:
             return
+        redelivered = payload[:1] == protocol.REDELIVERED
+        if redelivered:
+            payload = payload[1:]
         try:
-            handle(payload, secret=secret, cold=cold)
+            handle(payload, secret=secret, cold=cold, redelivered=redelivered)
             reply = protocol.DONE
         except PayloadRejectedError as exc:
             log.warning("refused an invocation: %s", exc)

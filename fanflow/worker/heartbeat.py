@@ -56,7 +56,7 @@ class Heartbeat:
         return token
 
     def untrack(self, token: int) -> bool:
-        """Stop watching; True if a lease was written (the caller then marks it done)."""
+        """Stop watching; True if a lease was written or is being written (the caller then marks it done)."""
         with self._lock:
             entry = self._entries.pop(token, None)
         return entry is not None and entry.beats > 0
@@ -67,10 +67,13 @@ class Heartbeat:
             now = time.monotonic()
             with self._lock:
                 due = [e for e in self._entries.values() if e.next_beat <= now]
+                for entry in due:
+                    # Counted before the write: a task that ends while it is in flight still marks
+                    # its lease done (and the store never lets a late renewal undo done).
+                    entry.beats += 1
             for entry in due:
                 try:
                     entry.store.renew_leases([entry.lease_key], entry.owner, entry.lease_ms)
-                    entry.beats += 1
                 except Exception:  # the store may be away for a moment; the next beat tries again
                     log.warning("could not renew the lease %s", entry.lease_key, exc_info=True)
                 entry.next_beat = now + entry.lease_ms / 3000

@@ -60,9 +60,9 @@ from fanflow.dag.node import substitute
 from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
-from fanflow.platforms.invocation import Invocation, send
+from fanflow.platforms.invocation import Invocation, branch_id, send
 from fanflow.store import keys
-from fanflow.store.base import MISSING, RUNNING, Claim, Store, error_record
+from fanflow.store.base import BEGIN_RUN, MISSING, RUNNING, Claim, Store, error_record
 from fanflow.worker.extras import PlanExtras
 from fanflow.worker.heartbeat import heartbeat
 from fanflow.worker.maps import MapFanouts
@@ -111,6 +111,7 @@ class Worker:
         *,
         secret: bytes | None = None,
         cold: bool = False,
+        redelivered: bool = False,
     ) -> None:
         self.inv = inv
         self.store = store
@@ -127,6 +128,8 @@ class Worker:
         self.events: list[dict[str, Any]] = []
         self.tasks_run = 0
         self.cold = cold
+        self.redelivered = redelivered
+        """The platform delivers this invocation again because the worker it first went to died."""
         # Neither holds the worker (no reference cycle): a finished worker and its cache go at once.
         self.maps = MapFanouts()
         self.extras = PlanExtras(store, dag, inv.run_id, self.plan)
@@ -144,7 +147,26 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> None:
-        """Run the start tasks and everything this worker claims after them."""
+        """Run the start tasks and everything this worker claims after them.
+
+        First (:meth:`Store.begin`, one round trip): nothing runs, and nothing is
+        written, for a run that is not running any more, nor for a second delivery
+        of an invocation that already started (a redelivered parent starts its
+        branches again with the same ids), unless this one is the platform's
+        redelivery after the first one's worker died.
+        """
+        verdict = self.store.begin(
+            self._status_key,
+            keys.started(self.run_id),
+            self.owner,
+            self.id,
+            self.settings.key_ttl_s,
+            self.redelivered,
+        )
+        if verdict != BEGIN_RUN:
+            log.info("run %s: invocation %s does not run (%s)", self.run_id, self.owner, verdict)
+            return
+        self._next_status_check = time.time() + STATUS_CHECK_S
         self.emit(
             "worker_started",
             -1,
@@ -247,19 +269,45 @@ class Worker:
         That happens when ``u``'s worker kept the output local (delayed I/O) and
         was lost, or when the output expired. The value is stored again for any
         other consumer; ``u``'s dependents were notified the first time, so they
-        are not notified again. Recursion follows missing outputs only, one
-        level per lost producer.
+        are not notified again. Missing inputs of ``u`` are recomputed in turn,
+        with an explicit stack (a chain of any length, no recursion limit): one
+        fetch round trip per level, then the tasks run innermost first.
         """
+        dag, cache = self.dag, self.cache
+        known: dict[int, Any] = {}
+        todo = [(u, t)]  # (task to recompute, the task that needs it)
+        self._lost_input(t, u)
+        while todo:
+            v, _ = todo[-1]
+            if v in known:  # needed twice on the way down; recomputed once
+                todo.pop()
+                continue
+            need = [w for w in dag.deps[v] if w not in known and w not in cache]
+            if need:
+                fetched, _ = self.store.get_many([keys.output_of(self.run_id, dag, w) for w in need])
+                for w, value in zip(need, fetched, strict=True):
+                    if value is MISSING:
+                        self._lost_input(v, w)
+                        todo.append((w, v))
+                    else:
+                        known[w] = value
+                if todo[-1][0] != v:
+                    continue
+            todo.pop()
+            values = [known[w] if w in known else cache[w] for w in dag.deps[v]]
+            value, _, _ = self.execute(v, values)
+            self.store.put_many({keys.output_of(self.run_id, dag, v): self.dump(v, value)[0]}, self.settings.key_ttl_s)
+            known[v] = value
+        return known[u]
+
+    def _lost_input(self, t: int, u: int) -> None:
+        """``u``, an input of ``t``, is to be recomputed: say so, or fail if it is a map's output."""
         if u in self.dag.maps:
             raise InputLostError(
                 f"task {self.dag.name(t)!r}: its input {self.dag.name(u)!r} (a fanflow.map) is not in the store "
                 "(expired or lost); raise key_ttl_s if runs outlive it"
             )
         self.emit("recomputed", u, for_task=t)
-        values, _, _ = self.inputs(u)
-        value, _, _ = self.execute(u, values)
-        self.store.put_many({keys.output_of(self.run_id, self.dag, u): self.dump(u, value)[0]}, self.settings.key_ttl_s)
-        return value
 
     # -- 2. execute -----------------------------------------------------------------
     def execute(self, t: int, values: list[Any]) -> tuple[Any, int, float]:
@@ -281,7 +329,7 @@ class Worker:
                     args = substitute(targs, values)
                     value = func(*args, **substitute(tkwargs, values)) if tkwargs else func(*args)
                 return value, attempt, time.perf_counter() - began
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() or KeyboardInterrupt in a task fail it too
                 if isinstance(exc, NoRetry) or not isinstance(exc, task.retry_on) or attempt > task.retries:
                     self._fail(t, exc, attempt)
                     raise _Stop from exc
@@ -367,7 +415,11 @@ class Worker:
             base = base.with_start(base.start, memory, now)
             base.dag = None
         plan = self.plan
-        invs = [base.with_start(tuple(g), plan.memory_for(_task_of(g[0]), memory), now) for g in groups]
+        owner = self.owner
+        invs = [
+            base.with_start(tuple(g), plan.memory_for(_task_of(g[0]), memory), now, branch_id(owner, tuple(g)))
+            for g in groups
+        ]
         send(self.platform, invs, self.secret)
 
     # -- run state -----------------------------------------------------------------

@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
 from fanflow.errors import PayloadRejectedError, PlatformError
-from fanflow.platforms.invocation import verify
+from fanflow.platforms.invocation import run_id_of, verify
+from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.processes import protocol
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
-from fanflow.store.base import error_record
 from fanflow.store.redis import RedisStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ ALIVE_TTL_S = 10
 ALIVE_EVERY_S = 3.0
 STOP_GRACE_S = 2.0
 """How long a stopping worker may take to finish before it is killed."""
+
+KILLED_REDELIVERIES = 1
+"""Redeliveries of an invocation whose worker was killed by a signal (e.g. out of memory), at most."""
 
 HOLD = 4
 """A host holds at most ``HOLD * max_workers`` entries (running or waiting). Once it holds
@@ -104,6 +107,8 @@ class _Worker:
     ready: bool = False
     payload: bytes | None = None
     """The invocation in flight (or waiting for the worker to be ready)."""
+    redelivered: bool = False
+    """``payload`` is delivered again, its first worker having died: the new one takes it over."""
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -222,9 +227,10 @@ class PoolHost:
                 entry = self._inbox.popleft()
                 try:
                     self._dispatch(entry)
-                except PlatformError:
+                except Exception as exc:  # one invocation's fault (no process, a bug) fails its run, not the pool
                     log.exception("pool %s could not run an invocation", self.name)
                     self._release()
+                    self._tell_run(_payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
             self._retire_idle()
 
     def prewarm(self, memory_mb: int) -> None:
@@ -259,17 +265,19 @@ class PoolHost:
 
     def _dispatch(self, entry: bytes) -> None:
         (memory_mb,) = _ENTRY.unpack_from(entry)
-        payload = entry[_ENTRY.size :]
+        payload, redelivered = _payload_of(entry)
         self.stats["invocations"] += 1
         idle = [w for w in self._workers if w.ready and w.payload is None]
         same = [w for w in idle if w.memory_mb == memory_mb]
         if same:
             worker = max(same, key=lambda w: w.last_used)  # the warmest; the others may time out
+            worker.redelivered = redelivered
             self._send(worker, payload)
             return
         if len(self._workers) >= self.max_workers and idle:
             self._retire(min(idle, key=lambda w: w.last_used))
-        self._cold_start(memory_mb).payload = payload
+        worker = self._cold_start(memory_mb)
+        worker.payload, worker.redelivered = payload, redelivered
 
     def _cold_start(self, memory_mb: int, prewarmed: bool = False) -> _Worker:
         ours, theirs = Pipe()
@@ -287,7 +295,8 @@ class PoolHost:
             theirs.close()
         self._cgroups.place(proc.pid, name, memory_mb)
         setup = {"secret": self._secret, "log_level": logging.getLogger().level, "prewarmed": prewarmed}
-        ours.send_bytes(pickle.dumps(setup))
+        with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
+            ours.send_bytes(pickle.dumps(setup))
         worker = _Worker(name, memory_mb, proc, ours)
         self._workers.append(worker)
         log.info("pool %s: cold start of worker %s (pid %d, %d MB)", self.name, name, proc.pid, memory_mb)
@@ -297,7 +306,7 @@ class PoolHost:
     def _send(self, worker: _Worker, payload: bytes) -> None:
         worker.payload = payload
         try:
-            worker.conn.send_bytes(payload)
+            worker.conn.send_bytes(protocol.REDELIVERED + payload if worker.redelivered else payload)
         except OSError:
             self._lost(worker)
 
@@ -312,21 +321,29 @@ class PoolHost:
             if worker.payload is not None:
                 self._send(worker, worker.payload)
             return
+        where = f"{self.name}/{worker.name}"
         if message == protocol.REFUSED:
             self.stats["refused"] += 1
+            self._tell_run(worker.payload or b"", "refused", where)
         elif message.startswith(protocol.CRASHED):
             self.stats["crashed"] += 1
-            self._fail_invocation(worker, f"the worker crashed outside of its tasks: {message[1:].decode()}")
+            self._tell_run(
+                worker.payload or b"", f"the worker crashed outside of its tasks: {message[1:].decode()}", where
+            )
         worker.payload = None
         worker.last_used = time.monotonic()
         self._release()
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker process died: redeliver its invocation to a new process, up to ``max_recoveries`` times.
+        """A worker process died: redeliver its invocation to a new process, or fail its run.
 
         The redelivered payload keeps its invocation id, so its worker re-enters
         the claims the dead one took and carries on where it stopped (tasks it
         had finished run again: execution is at-least-once, fan-in exactly-once).
+        A worker killed by a signal (SIGKILL: the out-of-memory killer, most
+        likely) is redelivered once: the same task at the same memory would be
+        killed again, so a second kill fails the run at once naming the task.
+        Other deaths are redelivered up to ``max_recoveries`` times.
         """
         self._workers.remove(worker)
         worker.conn.close()
@@ -335,45 +352,43 @@ class PoolHost:
         if worker.payload is None:
             return
         self.stats["crashed"] += 1
-        hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if code is not None and code < 0 else ""
-        why = f"worker process {worker.proc.pid} exited with code {code}{hint}"
+        killed = code is not None and code < 0
+        hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if killed else ""
+        why = f"its worker process {worker.proc.pid} exited with code {code}{hint}"
         digest = hashlib.blake2b(worker.payload, digest_size=16).digest()
         tries = self._deliveries[digest] = self._deliveries.get(digest, 0) + 1
         try:
             allowed = verify(worker.payload, self._secret).settings.max_recoveries
         except PayloadRejectedError:
             allowed = 0
+        if killed:
+            allowed = min(allowed, KILLED_REDELIVERIES)
         if tries <= allowed:
             log.warning("pool %s: %s; redelivering its invocation (%d of %d)", self.name, why, tries, allowed)
             self.stats["redelivered"] += 1
-            self._inbox.appendleft(_ENTRY.pack(worker.memory_mb) + worker.payload)
+            self._inbox.appendleft(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
             return
         self._deliveries.pop(digest, None)
         self._release()
-        self._fail_invocation(worker, f"{why}, {tries} times")
+        self._tell_run(worker.payload, f"{why}, {tries} times", f"{self.name}/{worker.name}")
 
-    def _fail_invocation(self, worker: _Worker, why: str) -> None:
-        """Fail the run of the invocation ``worker`` was serving, so its client raises at once."""
+    def _tell_run(self, payload: bytes, why: str, where: str) -> None:
+        """Fail the run of an invocation this pool refused or lost, so its client raises at once."""
         try:
-            inv = verify(worker.payload or b"", self._secret)
-        except PayloadRejectedError:
-            return  # not a run of ours: nobody to tell
-        message = f"tasks {list(inv.start)} were lost: {why} (max_recoveries={inv.settings.max_recoveries})"
-        log.error("pool %s: %s (run %s)", self.name, message, inv.run_id)
-        task = f"#{inv.start[0]}" if inv.start else "<worker>"
-        task_id = inv.start[0] if inv.start else -1
-        exc_type = "fanflow.errors.PlatformError"
-        record = error_record(inv.run_id, task, task_id, exc_type, message, f"{self.name}/{worker.name}", 1)
-        try:
-            self.store.fail_run(
-                keys.status(inv.run_id),
-                keys.errors(inv.run_id),
-                record,
-                inv.settings.key_ttl_s,
-                keys.channel(inv.run_id),
-            )
-        except Exception:  # the store is away too; the run's timeout is the client's last resort
-            log.exception("pool %s could not record the failure of run %s", self.name, inv.run_id)
+            inv = verify(payload, self._secret)
+        except PayloadRejectedError as exc:
+            run_id = run_id_of(payload)
+            log.error("pool %s refused an invocation of run %s: %s", self.name, run_id, exc)
+            if run_id is not None:  # unverified, so only ever told that it was refused
+                message = (
+                    f"the worker pool {self.name!r} refused its invocation: {exc}; a shared pool verifies "
+                    "payloads with its own secret, so set config.secret (FANFLOW_SECRET) to the pool's"
+                )
+                fail_invocation(self.store, run_id, (), message, where, exc_type="fanflow.errors.PayloadRejectedError")
+            return
+        message = f"{why} (max_recoveries={inv.settings.max_recoveries})"
+        log.error("pool %s: run %s lost invocation of tasks %s: %s", self.name, inv.run_id, list(inv.start), message)
+        fail_invocation(self.store, inv.run_id, inv.start, message, where, ttl_s=inv.settings.key_ttl_s)
 
     def _retire_idle(self) -> None:
         limit = time.monotonic() - self.idle_timeout_s
@@ -408,6 +423,14 @@ class PoolHost:
             self._inbox.clear()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _payload_of(entry: bytes) -> tuple[bytes, bool]:
+    """A queue entry's signed payload, and whether it is a redelivery (see :data:`protocol.REDELIVERED`)."""
+    payload = entry[_ENTRY.size :]
+    if payload[:1] == protocol.REDELIVERED:
+        return payload[1:], True
+    return payload, False
 
 
 def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

@@ -14,7 +14,9 @@ Messages (length-framed, :mod:`multiprocessing.connection`):
   ``prewarmed``); the secret travels here, never on the command line or in the
   environment; a prewarmed worker's first invocation is a warm start;
 - worker -> pool: :data:`READY` once imported and ready;
-- pool -> worker: one signed invocation payload; worker -> pool: :data:`DONE`,
+- pool -> worker: one signed invocation payload, after :data:`REDELIVERED` when
+  the pool delivers it again because the worker it first went to died (the new
+  worker then takes the invocation over); worker -> pool: :data:`DONE`,
   :data:`REFUSED` (bad signature) or :data:`CRASHED` + traceback (the worker
   itself crashed before it could record the failure; the pool fails the run);
 - pool -> worker: an empty message, or end of file: exit.
@@ -31,3 +33,5 @@ READY = b"R"
 DONE = b"D"
 REFUSED = b"X"
 CRASHED = b"E"
+REDELIVERED = b"!"
+"""Prefix of a payload the pool delivers again (payloads themselves start with their magic, ``FF``)."""
