@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -17,11 +18,12 @@ import fanflow
 from fanflow.client.run import Run
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
-from fanflow.platforms.invocation import Invocation, WorkerSettings, peek, sign
+from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, peek, sign
 from fanflow.platforms.processes import ProcessesPlatform, client_platform
 from fanflow.platforms.processes.cgroups import cpu_quota_us
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
+from fanflow.store.base import RUNNING
 from fanflow.store.metadata import drain, open_metadata
 from fanflow.store.redis import RedisStore
 
@@ -98,13 +100,16 @@ def test_a_rerun_upstream_never_triggers_its_dependent_twice(
     run = Run(dag, config, platform)  # type: ignore[arg-type]
     try:
         run.start()
-        a_payload = next(p for p in platform.sent if dag.task(peek(p).start[0]).name == "counted")
+        first = next(p for p in platform.sent if dag.task(peek(p).start[0]).name == "counted")
+        # The upstream again, as a recovery runs it: a new invocation (the same one would not run twice).
+        a_payload = sign(dataclasses.replace(peek(first), inv_id=new_invocation_id()), run.secret)
         wait_until(lambda: client.get(a_runs) == b"1", 30, "the upstream to run")
         platform.invoke([a_payload])  # the upstream runs again after it succeeded, before the fan-in completes
         wait_until(lambda: client.get(a_runs) == b"2", 30, "the upstream to run again")
         client.set(gate, 1, ex=60)
         run.wait()
         assert run.results() == (3,)
+        a_payload = sign(dataclasses.replace(peek(first), inv_id=new_invocation_id()), run.secret)
         platform.invoke([a_payload])  # and once more after its dependent ran
         a_task, store = peek(a_payload).start[0], open_store(redis_url)
 
@@ -165,10 +170,13 @@ def pool(redis_url: str) -> Iterator[PoolHost]:
     assert not thread.is_alive()
 
 
-def _invocation(redis_url: str, pool: PoolHost, dag: DAG) -> Invocation:
+def _invocation(redis_url: str, pool: PoolHost, dag: DAG, running: bool = True) -> Invocation:
+    """An invocation of a new run of ``dag``, marked running as a client would (workers of other runs do nothing)."""
     settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
     options = {"store": redis_url, "pool": pool.name}
     run_id = dag.new_run_id()
+    if running:
+        pool.store.set_status(keys.status(run_id), RUNNING, 60)
     return Invocation(
         run_id=run_id,
         start=(0,),
@@ -185,7 +193,7 @@ def _invocation(redis_url: str, pool: PoolHost, dag: DAG) -> Invocation:
 def test_a_payload_with_a_bad_signature_runs_nothing(pool: PoolHost, redis_url: str, client: redis.Redis) -> None:
     counter = f"count:forged:{uuid.uuid4().hex[:8]}"
     dag = DAG.from_sinks([counted(redis_url, counter, 7)])
-    forged, genuine = _invocation(redis_url, pool, dag), _invocation(redis_url, pool, dag)
+    forged, genuine = _invocation(redis_url, pool, dag, running=False), _invocation(redis_url, pool, dag)
     store = pool.store
     push(store, pool.name, pack_entries([256], [sign(forged, b"another secret")]))
     wait_until(lambda: pool.stats["refused"] == 1, 30, "the pool to refuse the forged payload")
