@@ -8,7 +8,7 @@ Three measurements, each printed as fanflow's time, Dask's time and the ratio
   ``fanflow.compute`` of a 3-task fanflow DAG against ``dask.compute`` of the same
   3 ``dask.delayed`` calls (each including the collection's optimization);
 * ``shuffle``: a pandas DataFrame shuffled on a key with the "tasks" method, then
-  grouped and summed (``--partitions 40``: about 2,700 tasks after optimization);
+  grouped and summed (``--partitions 92``: about 2,700 tasks);
 * ``history``: the embedded default's tree reduction of ``--tr`` leaves with the
   default SQLite history on and off (``metadata="none"``), each time including the
   wait for the history writer (:func:`fanflow.store.metadata.drain`), so the
@@ -179,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--calls", type=int, default=200, help="calls per per-call round")
-    parser.add_argument("--partitions", type=int, default=40)
+    parser.add_argument("--partitions", type=int, default=92)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tr", type=int, default=8192, help="leaves of the history tree reduction")
     parser.add_argument("--only", choices=("per-call", "shuffle", "history"))
