@@ -144,6 +144,14 @@ def test_events_of_a_recorded_run(client: TestClient, recorded: dict[str, str]) 
     assert rest["events"] == []
     tail = client.get(f"/api/runs/{recorded['succeeded']}/events", params={"after": "3"}).json()
     assert tail["events"] == body["events"][3:]
+    pages, after = [], "0"
+    while True:  # the page reads a big run in pieces
+        page = client.get(f"/api/runs/{recorded['succeeded']}/events", params={"after": after, "limit": 4}).json()
+        pages.append(page["events"])
+        after = page["last"]
+        if not page["more"]:
+            break
+    assert [e for p in pages for e in p] == body["events"] and all(len(p) <= 4 for p in pages) and len(pages) > 1
 
 
 def test_stream_of_a_recorded_run_ends_at_once(client: TestClient, recorded: dict[str, str]) -> None:

@@ -146,9 +146,9 @@ def create_app(source: Source, token: str | None = None, allowed_hosts: Iterable
         return _json(payload)
 
     @app.get("/api/runs/{run_id}/events")
-    def events(run_id: str, after: str = "0") -> Response:
-        """Events after ``after`` (a stream id, or a position for a recorded run)."""
-        return _json(source.events(run_id, after))
+    def events(run_id: str, after: str = "0", limit: int | None = Query(None, ge=1)) -> Response:
+        """Events after ``after`` (a stream id, or a position for a recorded run); ``limit`` caps a recorded run's."""
+        return _json(source.events(run_id, after, limit))
 
     @app.get("/api/runs/{run_id}/errors")
     def errors(run_id: str) -> Response:

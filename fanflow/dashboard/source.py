@@ -330,19 +330,24 @@ class Source:
         }
 
     # -- events --------------------------------------------------------------------------
-    def events(self, run_id: str, after: str = "0") -> dict[str, Any]:
+    def events(self, run_id: str, after: str = "0", limit: int | None = None) -> dict[str, Any]:
         """The run's events after stream id ``after``, oldest first, and whether the run is over.
 
-        A recorded run gives its saved events (ids are positions); a run in flight
-        gives what its store's stream holds.
+        A recorded run gives its saved events (ids are positions), at most ``limit``
+        of them (``more`` says whether others follow: a page reads a big run in
+        pieces, each parsed in a short task); a run in flight gives what its
+        store's stream holds.
         """
         found = self._find(run_id)
         if found.metrics is not None:
             start = int(after) if after.isdigit() else 0
-            events = found.metrics.events[start:]
+            every = found.metrics.events
+            end = len(every) if limit is None else min(len(every), start + limit)
             return {
-                "events": events,
-                "last": str(start + len(events)),
+                "events": every[start:end],
+                "last": str(end),
+                "more": end < len(every),
+                "total": len(every),
                 "ended": True,
                 "status": found.metrics.run.status,
             }
@@ -352,6 +357,7 @@ class Source:
         return {
             "events": [e for _, e in batch],
             "last": batch[-1][0] if batch else after,
+            "more": False,
             "ended": False,
             "status": status,
         }

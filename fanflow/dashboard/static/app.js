@@ -229,7 +229,7 @@ async function runView(view, runId) {
   view.replaceChildren(el("p", { class: "muted" }, "Loading run…"));
   let detail;
   // a recorded run's events are fetched at the same time as its header (a live run's come by its stream)
-  const events = api(`api/runs/${encodeURIComponent(runId)}/events`).catch(() => null);
+  const events = api(`api/runs/${encodeURIComponent(runId)}/events?after=0&limit=${EVENTS_PAGE}`).catch(() => null);
   for (let attempt = 0; ; attempt++) {
     try { detail = await api("api/runs/" + encodeURIComponent(runId)); break; } catch (err) {
       if (attempt >= 10) {
@@ -273,9 +273,9 @@ window.fanflowDashboard = {
   },
   isLive() { return Boolean(this.page && this.page.live); },
   /* Ids of the DAG's drawn nodes: t<task>, g<group>, c<group>:<chunk>. */
-  dagItems() { return this.page ? this.page.dag.cy.nodes().map((n) => n.id()) : []; },
+  dagItems() { return this.page && this.page.dag ? this.page.dag.cy.nodes().map((n) => n.id()) : []; },
   /* Where a drawn node is, in page coordinates (for clicking it). */
-  nodePosition(id) { return this.page ? this.page.dag.pagePosition(id) : null; },
+  nodePosition(id) { return this.page && this.page.dag ? this.page.dag.pagePosition(id) : null; },
 };
 
 window.addEventListener("hashchange", route);

@@ -160,19 +160,22 @@ class DagView {
   rebuild(focus) {
     const graph = this.graph;
     const ids = this.items();
-    const itemOf = new Map();
-    graph.nodes.forEach((_, i) => itemOf.set(i, this.itemOf(i)));
+    // items by index, links keyed by a number: this loop runs over every task edge of the run
+    const index = new Map(ids.map((id, k) => [id, k]));
+    const itemOf = new Int32Array(graph.nodes.length);
+    for (let i = 0; i < itemOf.length; i++) itemOf[i] = index.get(this.itemOf(i));
     const links = new Map();
+    const critical = this.criticalEdges;
     for (const e of graph.edges) {
-      const a = itemOf.get(e.source);
-      const b = itemOf.get(e.target);
+      const a = itemOf[e.source];
+      const b = itemOf[e.target];
       if (a === b) continue;
-      const key = a + ">" + b;
-      const link = links.get(key) || { a, b, count: 0, critical: false, task: null };
+      const key = a * ids.length + b;
+      let link = links.get(key);
+      if (!link) { link = { a: ids[a], b: ids[b], count: 0, critical: false, task: null }; links.set(key, link); }
       link.count++;
-      link.task = `${e.source}-${e.target}`;
-      if (this.criticalEdges.has(link.task)) link.critical = true;
-      links.set(key, link);
+      if (link.count === 1) link.task = `${e.source}-${e.target}`;
+      if (critical.size && critical.has(`${e.source}-${e.target}`)) link.critical = true;
     }
     const pos = this.layout(ids, links);
     const nodes = ids.map((id) => {
@@ -314,7 +317,8 @@ class DagView {
       if (!this.taskEdges) return;
       cy.edges().forEach((edge) => {
         const key = edge.data("task");
-        const moved = key ? state.edges.get(key) : null;
+        const [u, t] = key ? key.split("-").map(Number) : [];
+        const moved = key ? edgeMoved(this.graph, state, u, t) : null;
         set(edge, "label", moved ? (moved.local ? "local" : fmtBytes(moved.bytes)) : "");
         edge.toggleClass("local", Boolean(moved && moved.local));
       });

@@ -1,7 +1,7 @@
 /* fanflow dashboard: worker events folded into the state of a run at any instant.
  *
  * The server sends raw worker events; fold(graph, events, until) turns them into
- * task states, per-task figures, worker invocations and bytes moved per edge, as
+ * task states, per-task figures (bytes moved per edge among them) and worker invocations, as
  * they were at time `until`. A live run folds everything received so far, a
  * replay folds the events up to the slider's time: the same code, so live and
  * replay cannot disagree.
@@ -49,7 +49,7 @@ function prepareGraph(graph) {
 
 function newTask() {
   return { state: "waiting", worker: null, start: null, end: null, fetch_s: null, exec_s: null, store_s: null,
-    in_bytes: null, out_bytes: null, attempt: 1, memory_mb: null, error: null, elements: 0, elementsDone: 0 };
+    in_bytes: null, ins: null, out_bytes: null, attempt: 1, memory_mb: null, error: null, elements: 0, elementsDone: 0 };
 }
 
 /* Input sizes of a task_finished event: a list (one entry per input, null when taken from memory). */
@@ -71,7 +71,6 @@ function sum(list) {
 function fold(graph, events, until, ended) {
   const tasks = graph.nodes.map(newTask);
   const workers = new Map();
-  const edges = new Map();
   const open = new Map();
   let bytesFetched = 0;
   const worker = (id, t) => {
@@ -86,7 +85,7 @@ function fold(graph, events, until, ended) {
     const w = worker(e.worker, e.t);
     const s = e.task >= 0 ? tasks[e.task] : null;
     const element = e.element === undefined || e.element === null ? null : Number(e.element);
-    const key = `${e.worker}|${e.task}|${element ?? ""}`;
+    const key = s === null ? "" : element === null ? e.worker + "|" + e.task : e.worker + "|" + e.task + "|" + element;
     switch (e.kind) {
       case "worker_started":
         w.start = e.t; w.cold = e.cold === true || e.cold === "true"; w.latency = Number(e.latency_s) || 0;
@@ -118,14 +117,10 @@ function fold(graph, events, until, ended) {
           break;
         }
         w.tasks++;
-        Object.assign(s, { state: "done", end: e.t, worker: e.worker, out_bytes: Number(e.out_bytes),
-          in_bytes: inBytes, fetch_s: Number(e.fetch_s ?? NaN), exec_s: Number(e.exec_s ?? NaN),
-          store_s: Number(e.store_s ?? NaN), attempt: Number(e.attempt || s.attempt), memory_mb: e.memory_mb ?? w.memory_mb });
-        graph.deps[e.task].forEach((u, k) => {
-          const n = ins[k];
-          edges.set(`${u}-${e.task}`, n === null || n === undefined
-            ? { bytes: tasks[u].out_bytes, local: true } : { bytes: Number(n), local: false });
-        });
+        s.state = "done"; s.end = e.t; s.worker = e.worker; s.out_bytes = Number(e.out_bytes);
+        s.in_bytes = inBytes; s.ins = ins; s.fetch_s = Number(e.fetch_s ?? NaN); s.exec_s = Number(e.exec_s ?? NaN);
+        s.store_s = Number(e.store_s ?? NaN); s.attempt = Number(e.attempt || s.attempt);
+        s.memory_mb = e.memory_mb ?? w.memory_mb;
         break;
       }
       case "task_failed": {
@@ -155,7 +150,15 @@ function fold(graph, events, until, ended) {
     else if (ended) s.state = "notrun";
     else if (ready) s.state = "queued";
   }
-  return { tasks, workers: [...workers.values()], edges, bytesFetched, until };
+  return { tasks, workers: [...workers.values()], bytesFetched, until };
+}
+
+/* What edge u -> t moved, once t is done: {bytes, local} (local: t's worker had u's output in memory), else null. */
+function edgeMoved(graph, state, u, t) {
+  const target = state.tasks[t];
+  if (target.state !== "done" || !target.ins) return null;
+  const n = target.ins[graph.deps[t].indexOf(u)];
+  return n === null || n === undefined ? { bytes: state.tasks[u].out_bytes, local: true } : { bytes: Number(n), local: false };
 }
 
 /* Counts of each state among `indices` (all tasks when omitted). */

@@ -4,6 +4,7 @@
 const TABLE_PAGE = 50;
 const TABLE_EVERY_MS = 700;
 const LIVE_EVERY_MS = 250;
+const EVENTS_PAGE = 3000;
 const LIVE_IDLE = 3;
 
 class RunPage {
@@ -75,7 +76,7 @@ class RunPage {
       el("button", { class: "on", "data-mode": "state", onclick: (ev) => this.setMode("state", ev.target) }, "by state"),
       el("button", { "data-mode": "worker", onclick: (ev) => this.setMode("worker", ev.target) }, "by process"));
     const critical = d.critical_path.length ? el("label", {}, el("input", { type: "checkbox", id: "show-critical", checked: true,
-      onchange: (ev) => this.dag.highlightCritical(ev.target.checked) }), " critical path") : null;
+      onchange: (ev) => this.dag?.highlightCritical(ev.target.checked) }), " critical path") : null;
     const grouped = this.graph.nodes.length > GROUP_ABOVE;
     this.dagLegend = el("div", { class: "legend", id: "dag-legend" });
     this.view.replaceChildren(...[
@@ -94,7 +95,7 @@ class RunPage {
         el("div", { class: "row", style: "margin-bottom:10px" },
           el("h2", { class: "grow", style: "margin:0" }, "DAG", grouped
             ? el("span", { class: "muted", style: "font-weight:400" }, ` · ${this.graph.nodes.length} tasks shown as groups by function and level`) : null),
-          grouped ? el("button", { id: "regroup", onclick: () => this.dag.collapse() }, "close all groups") : null,
+          grouped ? el("button", { id: "regroup", onclick: () => this.dag?.collapse() }, "close all groups") : null,
           critical, modeSeg),
         el("div", { class: "dag-wrap" }, this.dagBox, this.detailBox),
         this.dagLegend),
@@ -106,7 +107,12 @@ class RunPage {
       hover: (i, ev) => this.hover(i, ev),
       hoverGroup: (members, title, ev) => this.hoverGroup(members, title, ev),
     };
-    this.dag = new DagView(this.dagBox, this.graph, d.critical_path, handlers);
+    // the graph view in a task of its own, after the page is on screen
+    this.dag = null;
+    this.dagTimer = setTimeout(() => {
+      this.dag = new DagView(this.dagBox, this.graph, d.critical_path, handlers);
+      if (this.state) this.colorDag();
+    }, 0);
     this.timeline = new Timeline(this.ganttBox, this.graph, { select: (i) => this.select(i, true), hover: handlers.hover });
     this.renderErrors();
     this.renderLegend();
@@ -185,7 +191,7 @@ class RunPage {
 
   select(i, reveal) {
     this.selected = i;
-    if (reveal) this.dag.reveal(i);
+    if (reveal && this.dag) this.dag.reveal(i);
     this.renderDetail();
   }
 
@@ -274,7 +280,9 @@ class RunPage {
     }
     const col = cols.find((c) => c[0] === this.table.sort) || cols[0];
     const key = col[1];
-    rows.sort((a, b) => { const ka = key(a); const kb = key(b); return (ka < kb ? -1 : ka > kb ? 1 : a - b) * (this.table.desc ? -1 : 1); });
+    const keys = new Map(rows.map((i) => [i, key(i)]));
+    const sign = this.table.desc ? -1 : 1;
+    rows.sort((a, b) => { const ka = keys.get(a); const kb = keys.get(b); return (ka < kb ? -1 : ka > kb ? 1 : a - b) * sign; });
     const pages = Math.max(1, Math.ceil(rows.length / TABLE_PAGE));
     this.table.page = Math.min(this.table.page, pages - 1);
     const shown = rows.slice(this.table.page * TABLE_PAGE, (this.table.page + 1) * TABLE_PAGE);
@@ -316,7 +324,7 @@ class RunPage {
     const state = fold(this.graph, this.events, until, ended);
     this.state = state;
     const colors = this.processColors();
-    this.dag.update(state, this.mode, (w) => colors.get(processKey(w)) || STATES.waiting.color);
+    if (this.dag) this.colorDag(colors);
     if (this.mode === "worker" && colors.size !== this.legendProcesses) { this.legendProcesses = colors.size; this.renderLegend(); }
     const n = state.tasks.length;
     const counts = countStates(state);
@@ -329,7 +337,6 @@ class RunPage {
     this.progressText.textContent = `${counts.done} / ${n} tasks done · ${counts.running} running · ${counts.queued} queued · `
       + `${counts.failed} failed${counts.blocked ? ` · ${counts.blocked} not run (upstream failed)` : ""} · `
       + `${plural(new Set(state.workers.map((w) => w.process)).size, "process", "processes")} · ${fmtDur(Math.max(0, tNow - this.t0()))}`;
-    this.dagBox.dataset.drawn = "1";
     // the rest in tasks of their own, so no single task holds the page for long; frames coalesce into one
     if (this.restPending) return;
     this.restPending = true;
@@ -351,6 +358,11 @@ class RunPage {
       else { this.restPending = false; this.drawCost = cost; }
     };
     setTimeout(next, 0);
+  }
+
+  colorDag(colors = this.processColors()) {
+    this.dag.update(this.state, this.mode, (w) => colors.get(processKey(w)) || STATES.waiting.color);
+    this.dagBox.dataset.drawn = "1";
   }
 
   renderFunctionProgress(state) {
@@ -410,12 +422,18 @@ class RunPage {
 
   /* recorded: all events at once, then the replay controls */
   async loadRecorded() {
+    // in pieces of EVENTS_PAGE, so that parsing a big run's events never holds the page for long
     let data = this.recordedEvents ? await this.recordedEvents : null;
     this.recordedEvents = null;
-    if (!data || !data.ended) data = await api(`api/runs/${encodeURIComponent(this.runId)}/events`);
-    await new Promise((resolve) => setTimeout(resolve, 0)); // parsing the events was a task of its own
+    const url = (after) => `api/runs/${encodeURIComponent(this.runId)}/events?after=${after}&limit=${EVENTS_PAGE}`;
+    if (!data || !data.ended) data = await api(url(0));
     this.events = [];
     insertSorted(this.events, data.events);
+    while (data.more) {
+      data = await api(url(data.last));
+      insertSorted(this.events, data.events);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 0));
     this.buildReplay();
     this.draw();
   }
@@ -466,9 +484,10 @@ class RunPage {
   }
 
   teardown() {
+    clearTimeout(this.dagTimer);
     clearTimeout(this.table.trailing);
     this.table.trailing = null;
-    this.dag.destroy();
+    if (this.dag) this.dag.destroy();
     this.tableParts = null;
     this.tip.hidden = true;
   }

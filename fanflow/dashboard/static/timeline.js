@@ -160,7 +160,7 @@ class Timeline {
       const hits = [];
       for (const w of lane.invocations) {
         const stop = w.stop ?? tNow;
-        if (w.latency > 0) this.hatch(ctx, x(w.start - w.latency), y + 2, x(w.start) - x(w.start - w.latency), rowH - 5, "");
+        if (x(w.start) - x(w.start - w.latency) >= 2) this.hatch(ctx, x(w.start - w.latency), y + 2, x(w.start) - x(w.start - w.latency), rowH - 5, "");
         ctx.fillStyle = "#e2e5ee";
         ctx.fillRect(x(w.start), y + 2, Math.max(x(stop) - x(w.start), 1), rowH - 5);
         if (w.cold) { ctx.fillStyle = "#38bdf8"; ctx.fillRect(x(w.start), y + 2, 3, rowH - 5); }
