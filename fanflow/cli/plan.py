@@ -14,7 +14,7 @@ the predicted critical path in red.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Column, Table
@@ -27,7 +27,9 @@ from fanflow.dag import draw
 from fanflow.dag.graph import DAG
 from fanflow.errors import FanflowError
 from fanflow.metrics.report import human_bytes, human_duration
-from fanflow.planning import Plan, make_plan
+
+if TYPE_CHECKING:
+    from fanflow.planning import Plan
 
 PER_TASK_ROWS = 40
 """Above this many tasks the table summarizes per function."""
@@ -161,6 +163,8 @@ def plan_command(
     output: Annotated[str | None, typer.Option("-o", "--output", help="DAG picture (.svg/.png/.html)")] = None,
 ) -> None:
     """Plan a workflow script (no run) and print it; arguments after `--` go to the script's main(argv)."""
+    from fanflow.planning import make_plan  # here: the planners are not loaded for other commands or --help
+
     console = make_console()
     try:
         if color not in ("memory", "worker"):
