@@ -224,3 +224,25 @@ def test_gateway_health_never_shows_a_store_password(locked_redis: RedisServer) 
         assert f":***@127.0.0.1:{locked_redis.port}" in health.text  # still says which store
     finally:
         stop(procs)
+
+
+def test_a_captured_payload_posted_to_a_gateway_after_its_run_ended_runs_nothing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A gateway caller replays a payload it captured: signed, so accepted (202), but its run is over."""
+    httpx = pytest.importorskip("httpx", reason=install_hint("http"))
+    raw = open_store(redis_url).client  # type: ignore[attr-defined]
+    replayed, live = tmp_path / "replayed", tmp_path / "live"
+    ended = _invocation("run_ended", redis_url, dag=encode(DAG.from_sinks([_evil(str(replayed))])))
+    running = _invocation("run_running", redis_url, dag=encode(DAG.from_sinks([_evil(str(live))])))
+    raw.set(keys.status("run_running"), "running", ex=60)  # "run_ended" has no status any more: cleaned up
+    (gateway,), procs = start_gateways(1, max_workers=1)  # one worker process: invocations run in order
+    try:
+        for inv in (ended, running):
+            answer = httpx.post(f"{gateway}/invoke", content=sign(inv, GATEWAY_SECRET.encode()), timeout=30)
+            assert answer.status_code == 202
+        wait_until(live.exists, 60, "the live run's task to run")
+        assert not replayed.exists()
+    finally:
+        stop(procs)
+        raw.delete(*raw.keys("ff:{run_running*"), *raw.keys("ff:{run_ended*"))
