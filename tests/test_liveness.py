@@ -336,3 +336,44 @@ def test_a_lease_renewed_as_its_task_ends_is_still_marked_done(redis_url: str) -
     wait_until(lambda: not blocked(), 5, "the paused writes to go through")
     assert store.read_leases([lease]) == [LEASE_DONE]
     store.delete([lease])
+
+
+# -- 4. a whole pool dies, or stops, with invocations in flight -------------------------------
+def test_a_shared_pool_killed_with_invocations_in_flight_fails_the_run(
+    redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    pool = shared_pool("killed-pool", max_workers=1)
+    started = tmp_path / "started"
+    # Six short roots on one worker: one runs, the others wait in the pool's inbox or the queue.
+    future = total([nap(str(started), 0.5, i) for i in range(6)]).submit(shared(redis_url, "killed-pool"))
+    wait_until(started.exists, 30, "the first task to start")
+    os.killpg(pool.pid, signal.SIGKILL)
+    error = ends_within(future)
+    assert isinstance(error, fanflow.PlatformError)
+    assert "'killed-pool'" in str(error) and "gone" in str(error)
+
+
+def test_a_shared_pool_stopped_with_invocations_in_flight_fails_the_run(
+    redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    pool = shared_pool("stopped-pool", max_workers=1)
+    started = tmp_path / "started"
+    future = total([nap(str(started), 3.0, i) for i in range(4)]).submit(shared(redis_url, "stopped-pool"))
+    wait_until(started.exists, 30, "the first task to start")
+    pool.send_signal(signal.SIGTERM)
+    error = ends_within(future)
+    assert isinstance(error, fanflow.PlatformError)
+    assert "'stopped-pool'" in str(error)
+
+
+def test_a_stopped_shared_pool_hands_its_invocations_to_the_next(
+    redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    pool = shared_pool("restarted-pool", max_workers=1)
+    started = tmp_path / "started"
+    future = total([nap(str(started), 1.0, i) for i in range(3)]).submit(shared(redis_url, "restarted-pool"))
+    wait_until(started.exists, 30, "the first task to start")
+    pool.send_signal(signal.SIGTERM)  # the task in flight is stopped; it and the waiting ones go back
+    pool.wait(timeout=30)
+    shared_pool("restarted-pool", max_workers=1)
+    assert future.result(timeout=LIVENESS_S * 2) == 0 + 1 + 2

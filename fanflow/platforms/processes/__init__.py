@@ -14,6 +14,7 @@ pool of ``fanflow worker-pool --name NAME``, which must share its secret.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,10 @@ from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
 
 __all__ = ["PoolHost", "ProcessesPlatform", "client_platform", "worker_platform"]
+
+POOL_GONE_S = 8.0
+"""How long a shared pool may show no live host before its clients' runs fail: enough for a
+supervisor to start it again (its ``alive`` key lives 3 s after a host was killed)."""
 
 
 def _redis_store(url: str) -> RedisStore:
@@ -50,6 +55,7 @@ class ProcessesPlatform:
         self.pool = pool
         self.host = host
         self._store = _redis_store(store_url)
+        self._gone_since: float | None = None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         """Queue signed payloads, routed by the memory class each one carries; one round trip."""
@@ -64,6 +70,28 @@ class ProcessesPlatform:
             return False
         self.host.prewarm(memory_mb)
         return True
+
+    def check_serving(self) -> None:
+        """Liveness: raise :class:`PlatformError` when the pool no longer runs invocations.
+
+        The client's own pool: its host stopped or its dispatcher broke. A shared
+        pool: no host of it has been alive (its ``alive`` key) for ``POOL_GONE_S``.
+        """
+        if self.host is not None:
+            if not self.host.serving():
+                raise PlatformError(f"the worker pool {self.pool!r} this client started has stopped")
+            return
+        if self._store.client.exists(alive_key(self.pool)):
+            self._gone_since = None
+            return
+        now = time.monotonic()
+        if self._gone_since is None:
+            self._gone_since = now
+        if now - self._gone_since >= POOL_GONE_S:
+            raise PlatformError(
+                f"the worker pool {self.pool!r} on {mask_url(self._store.url)} is gone (stopped or killed) with "
+                f"invocations in flight; start `fanflow worker-pool --name {self.pool}` again and re-run"
+            )
 
     def close(self) -> None:
         """Stop the pool host this client started (a shared pool keeps running)."""

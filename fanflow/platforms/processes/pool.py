@@ -58,8 +58,11 @@ QUEUE_TTL_MS = 24 * 3600 * 1000
 POP_TIMEOUT_S = 0.2
 """Longest block on the queue; also how fast a host notices it should stop."""
 
-ALIVE_TTL_S = 10
-ALIVE_EVERY_S = 3.0
+ALIVE_TTL_S = 3
+ALIVE_EVERY_S = 1.0
+"""A named pool's ``alive`` key lives this long and is refreshed this often, only while its
+dispatcher runs, and goes when the pool stops: clients of a pool that is gone notice within
+seconds (``ProcessesPlatform.check_serving``)."""
 STOP_GRACE_S = 2.0
 """How long a stopping worker may take to finish before it is killed."""
 
@@ -149,6 +152,8 @@ class PoolHost:
         self._env.pop("FANFLOW_SECRET", None)
         self._popper: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
+        self._serving: threading.Thread | None = None
+        """The thread running the dispatch loop, while it runs."""
 
     # -- lifetime --------------------------------------------------------------------
     def start(self) -> None:
@@ -158,13 +163,21 @@ class PoolHost:
 
     def serve(self) -> None:
         """Serve in this thread until :meth:`stop` is called (``fanflow worker-pool``)."""
+        self._serving = threading.current_thread()
         self._popper = threading.Thread(target=self._pop_loop, name=f"fanflow-pop-{self.name}", daemon=True)
         self._popper.start()
         try:
             self._dispatch_loop()
         finally:
+            self._stop.set()  # also when the dispatcher broke: the popper must stop taking invocations
             self._popper.join(timeout=POP_TIMEOUT_S + 5)
             self._shutdown()
+            self._serving = None
+
+    def serving(self) -> bool:
+        """Whether the host still runs invocations (not stopped, its dispatcher alive)."""
+        serving = self._serving
+        return not self._stop.is_set() and serving is not None and serving.is_alive()
 
     def stop(self) -> None:
         """Ask the host to stop; returns at once (see :meth:`close`)."""
@@ -190,7 +203,7 @@ class PoolHost:
 
         while not stop.is_set():
             try:
-                if self._advertise and time.monotonic() >= next_alive:
+                if self._advertise and time.monotonic() >= next_alive and self.serving():
                     client.set(alive_key(self.name), os.getpid(), ex=ALIVE_TTL_S)
                     next_alive = time.monotonic() + ALIVE_EVERY_S
                 with self._held_cv:
@@ -405,22 +418,35 @@ class PoolHost:
         self._cgroups.remove(worker.name)
 
     def _shutdown(self) -> None:
-        """Stop every worker (busy ones get a grace period), return unrun entries, remove cgroups."""
+        """Stop every worker (busy ones get a grace period), return unfinished entries, remove cgroups.
+
+        An invocation whose worker was stopped before it finished goes back to the
+        front of the queue as a redelivery (its next worker takes it over), with
+        the entries not started yet: another host of the pool, or this pool
+        started again, runs them. A pool that does not come back is noticed by
+        its clients, as its ``alive`` key goes now.
+        """
         for worker in self._workers:
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(b"")
         deadline = time.monotonic() + STOP_GRACE_S
+        unfinished: list[bytes] = []
         for worker in self._workers:
-            _reap(worker.proc, max(0.0, deadline - time.monotonic()))
+            code = _reap(worker.proc, max(0.0, deadline - time.monotonic()))
             worker.conn.close()
+            if worker.payload is not None and (code is None or code != 0):
+                unfinished.append(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
         self._workers = []
         self._cgroups.close()
-        if self._inbox:
-            try:
-                self.store.client.lpush(self._queue, *reversed(self._inbox))
-            except Exception:
-                log.warning("pool %s dropped %d queued invocations at shutdown", self.name, len(self._inbox))
-            self._inbox.clear()
+        unfinished.extend(self._inbox)
+        self._inbox.clear()
+        try:
+            if unfinished:
+                self.store.client.lpush(self._queue, *reversed(unfinished))
+            if self._advertise:
+                self.store.client.delete(alive_key(self.name))
+        except Exception:
+            log.warning("pool %s dropped %d unfinished invocations at shutdown", self.name, len(unfinished))
         self._wake_r.close()
         self._wake_w.close()
 
