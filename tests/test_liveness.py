@@ -96,6 +96,15 @@ def always_killed() -> int:
 
 
 @fanflow.task
+def gated_branch(x: int, gate: str, counter_dir: str) -> int:
+    """Counts its run; the first one waits for ``gate``, so the others queue behind it."""
+    bump(os.path.join(counter_dir, f"ran-{x}"))
+    if x == 0:
+        wait_until(Path(gate).exists, 30, "the gate")
+    return x
+
+
+@fanflow.task
 def wipe_stored_inputs(store_url: str) -> int:
     """Waits until a task's output is stored for its sole consumer, then deletes it (a lost output)."""
     store = open_store(store_url)
@@ -377,3 +386,22 @@ def test_a_stopped_shared_pool_hands_its_invocations_to_the_next(
     pool.wait(timeout=30)
     shared_pool("restarted-pool", max_workers=1)
     assert future.result(timeout=LIVENESS_S * 2) == 0 + 1 + 2
+
+
+# -- 9. nothing starts for a run that ended ------------------------------------------------------
+def test_invocations_queued_when_their_run_is_cancelled_run_nothing(
+    redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    shared_pool("cancel-pool", max_workers=1)
+    config = shared(redis_url, "cancel-pool")
+    counts, gate = tmp_path / "counts", tmp_path / "gate"
+    counts.mkdir()
+    # One worker: root 0 holds it until the gate opens; roots 1-4 wait in the queue.
+    future = total([gated_branch(i, str(gate), str(counts)) for i in range(5)]).submit(config)
+    wait_until((counts / "ran-0").exists, 30, "the first branch to start")
+    assert future.cancel()
+    status = redis.Redis.from_url(redis_url)
+    wait_until(lambda: status.get(keys.status(future.run_id)) != b"running", 10, "the run to stop")
+    gate.write_text("open")
+    assert add(1, 2).submit(config).result(timeout=60) == 3  # one worker, FIFO: the branches went first
+    assert sorted(p.name for p in counts.iterdir()) == ["ran-0"]
