@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from fanflow.platforms.processes.cgroups import Cgroups
 
@@ -57,10 +57,8 @@ def test_a_killed_pools_cgroups_are_removed_when_a_pool_starts(writable: None) -
     os.kill(worker, signal.SIGKILL)
     proc.kill()
     proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while _alive(worker):  # reaped by init once its parent is gone
-        assert time.monotonic() < deadline, "the killed worker process never went away"
-        time.sleep(0.02)
+    # reaped by init once its parent is gone
+    wait_until(lambda: not _alive(worker), 10, "the killed worker process to go away")
     assert all(p.is_dir() and (p / "w-1").is_dir() for p in parents)  # left behind
 
     fresh = Cgroups(f"fresh-{uuid.uuid4().hex[:6]}")  # what a pool does when it starts
