@@ -87,6 +87,9 @@ class RunPage {
             el("div", { class: "muted mono" }, r.run_id)),
           el("div", { class: "muted" }, r.platform || "", " · planner ", r.planner || "–")),
         d.notice ? el("div", { class: "notice" }, d.notice) : null,
+        this.live && (r.metrics_upload || "shutdown") === "shutdown" ? el("div", { class: "notice", id: "upload-notice" },
+          "Workers of this run send their events when they end (metrics_upload=\"shutdown\"), so tasks show as queued "
+          + "until then. Run with metrics_upload=\"task\" (or \"periodic:1\") to see them running live.") : null,
         el("div", { class: "stats" }, Object.values(this.cards).map((c) => c.node))),
       this.errorsBox,
       this.replayBox,
