@@ -14,15 +14,15 @@ Sections (``--only`` picks some; all by default):
   ``da.linalg.svd(t)[1]``, ``svd_compressed`` of 4000² (1000² chunks) with k=5,
   all through ``fanflow.dask.get``, and the seven examples at their default size
   (their fanflow DAG turned into ``dask.delayed`` calls for Dask).
-- ``client``: the same processes workloads on a *client-started* pool (no shared
-  pool): its first ``compute()`` (cold starts inside) and its second one (kept
-  warm, ``keep_alive_s``), against the shared warm pool.
+- ``client``: TR-1024, the sleeps, GEMM and TSQR on a *client-started* pool (no
+  shared pool): its first ``compute()`` (cold starts inside) and its second one
+  (kept warm, ``keep_alive_s``), against the shared warm pool.
 - ``scale``: tree reductions of 1k, 4k, 16k and 64k tasks on the shared pool:
   microseconds per task and the client's peak memory (each size in a fresh client
-  process), with Dask distributed at 1k and 4k.
+  process), with Dask distributed at 1k and 4k; 16k and 64k run ``--long-repeat`` times.
 - ``cluster``: a tree reduction of 16k tasks on a 3-master Redis Cluster against
   one Redis (client-started pools of 2), tasks/s, and how the commands spread
-  over the masters.
+  over the masters (``--long-repeat`` runs each, after a small warm-up).
 
 Each pair takes turns within a repeat (the machine's load hits both alike); a
 cell shows the median of ``--repeat`` timed runs and their spread [min-max],
@@ -69,6 +69,8 @@ POOL = "vs-dask"
 SECTIONS = ("embedded", "processes", "client", "scale", "cluster")
 EXAMPLES = ("tree_reduction", "gemm", "wordcount", "image_transform", "svd1", "svd2", "text_analysis")
 SCALE_TASKS = (1024, 4096, 16384, 65536)
+CLIENT_WORKLOADS = ("TR-1024", "400 x 10 ms sleeps", "GEMM 2000² / 500", "TSQR 400k x 100 / 20")
+"""The processes workloads also run on a client-started pool (each costs a cold pool start per repeat)."""
 
 
 # -- the workloads -----------------------------------------------------------------------
@@ -322,6 +324,8 @@ def client_started(repeat: int, url: str, warm: fanflow.Config, client: Any) -> 
     started = fanflow.Config(platform="processes", store=url, max_workers=2, progress=False, metadata="none")
     rows = []
     for name, (ours, _, _) in processes_workloads().items():
+        if name not in CLIENT_WORKLOADS:
+            continue
         firsts, seconds, shared = [], [], []
         ours(warm)
         for _ in range(repeat):
@@ -335,14 +339,14 @@ def client_started(repeat: int, url: str, warm: fanflow.Config, client: Any) -> 
     return rows
 
 
-def scale(repeat: int, warm: fanflow.Config, client: Any) -> list[Row]:
+def scale(repeat: int, long_repeat: int, warm: fanflow.Config, client: Any) -> list[Row]:
     import dask
 
     rows = []
     per_task: dict[int, float] = {}
     for tasks in SCALE_TASKS:
         leaves = (tasks + 1) // 2
-        samples = [_scale_child(leaves, warm) for _ in range(repeat)]
+        samples = [_scale_child(leaves, warm) for _ in range(repeat if tasks <= 4096 else long_repeat)]
         walls = [s["wall"] for s in samples]
         per_task[tasks] = statistics.median(walls) / (2 * leaves - 1) * 1e6
         theirs: list[float] = []
@@ -392,7 +396,7 @@ def scale_child(leaves: int, url: str) -> None:
 
 def cluster(repeat: int, workdir: Path, url: str) -> list[Row]:
     import redis
-    from platforms_support import start_cluster, stop
+    from support import start_cluster, stop
 
     from fanflow.client.session import session
 
@@ -406,9 +410,12 @@ def cluster(repeat: int, workdir: Path, url: str) -> list[Row]:
         masters = [redis.Redis(port=p) for p in ports]
         for m in masters:
             m.config_resetstat()
-        ours, theirs = taking_turns(
-            repeat, lambda: tree(leaves, *ftree).compute(on_cluster), lambda: tree(leaves, *ftree).compute(on_one)
-        )
+        tree(64, *ftree).compute(on_cluster)  # both pools started and warm before the timed runs
+        tree(64, *ftree).compute(on_one)
+        ours, theirs = [], []
+        for _ in range(repeat):
+            ours.append(timed(lambda: tree(leaves, *ftree).compute(on_cluster)))
+            theirs.append(timed(lambda: tree(leaves, *ftree).compute(on_one)))
         calls = []
         for m in masters:
             stats: dict[str, Any] = m.info("commandstats")
@@ -455,6 +462,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--long-repeat", type=int, default=1, help="repeats of the 16k- and 64k-task runs")
     parser.add_argument("--scale-child", nargs=2, metavar=("LEAVES", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scale_child:
@@ -477,10 +485,10 @@ def main() -> None:
             if "client" in wanted:
                 rows += client_started(args.repeat, url, warm, client)
             if "scale" in wanted:
-                rows += scale(args.repeat, warm, client)
+                rows += scale(args.repeat, args.long_repeat, warm, client)
             if "cluster" in wanted:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vs-dask-cluster-")))
-                rows += cluster(args.repeat, workdir, url)
+                rows += cluster(args.long_repeat, workdir, url)
     show(rows, args.repeat)
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import redis
 
+import fanflow
+from fanflow.dag.graph import DAG
 from fanflow.store import keys, open_store
-from fanflow.store.base import Claim, Store
+from fanflow.store.base import MISSING, Claim, Store
+from fanflow.store.metadata import drain, open_metadata
+from fanflow.worker.values import RUNS, ValueCache
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
@@ -37,3 +48,176 @@ def test_a_claim_only_if_last_of_a_single_input_task_is_won_at_once(store: Store
     c = Claim(keys.deps(run, 1), keys.claim(run, 1), 0, 1, only_if_last=True)
     assert store.finish({}, [c], "w1", 60, 1000) == [True]
     assert store.finish({}, [c._replace(only_if_last=False)], "w2", 60, 1000) == [False]
+
+
+def test_the_value_cache_keeps_a_share_of_memory_least_recently_used_out_first() -> None:
+    cache = ValueCache()
+    mb = 2**20
+    budget_mb = 128  # a 512 MB worker keeps at most a quarter
+    for t in range(4):
+        cache.put("run", t, f"v{t}", 40 * mb, 512)
+    assert cache.bytes <= budget_mb * mb and len(cache) == 3  # 4 x 40 MB > 128 MB: the oldest went
+    assert cache.get("run", 0) is MISSING and cache.get("run", 1) == "v1"  # 1 is now the most recent
+    cache.put("run", 9, "v9", 40 * mb, 512)
+    assert cache.get("run", 2) is MISSING and cache.get("run", 1) == "v1"
+    cache.put("run", 10, "huge", 200 * mb, 512)  # larger than the whole share: not kept, nothing evicted
+    assert cache.get("run", 10) is MISSING and len(cache) == 3
+
+
+def test_the_value_cache_keeps_the_last_runs_only() -> None:
+    cache = ValueCache()
+    for r in range(RUNS + 1):
+        cache.put(f"run{r}", 0, r, 10, 1024)
+    assert cache.get("run0", 0) is MISSING
+    assert [cache.get(f"run{r}", 0) for r in range(1, RUNS + 1)] == list(range(1, RUNS + 1))
+    assert cache.bytes == 10 * RUNS
+
+
+# -- the worker loop on the processes platform ------------------------------------------------------
+BIG = 4 * 2**20
+"""Bytes of a large output: far above the size from which a worker claims before it uploads."""
+
+
+@fanflow.task
+def big(seed: int) -> np.ndarray:
+    return np.full(BIG // 8, float(seed))
+
+
+@fanflow.task
+def first(x: np.ndarray) -> float:
+    return float(x[0])
+
+
+@fanflow.task
+def pick(x: np.ndarray, i: int) -> float:
+    return float(x[i]) + i
+
+
+@fanflow.task
+def later(seconds: float, x: float) -> float:
+    time.sleep(seconds)
+    return x
+
+
+@fanflow.task
+def big_then_mark(seed: int, marker: str) -> np.ndarray:
+    value = np.full(BIG // 8, float(seed))
+    Path(marker).write_text("made")
+    return value
+
+
+@fanflow.task
+def after_file(marker: str, seconds: float, x: float) -> float:
+    """``x``, once ``marker`` exists and ``seconds`` more have passed (time for its maker to notify)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(seconds)
+    return x
+
+
+@fanflow.task
+def both(x: np.ndarray, y: float) -> float:
+    return float(x[0]) + y
+
+
+@fanflow.task
+def added(values: list[float]) -> float:
+    return float(sum(values))
+
+
+@fanflow.task
+def counted_sum(url: str, counter: str, values: list[float]) -> float:
+    redis.Redis.from_url(url).incr(counter)
+    return float(sum(values))
+
+
+@fanflow.task
+def dies_once_with(marker: str, x: np.ndarray) -> float:
+    """SIGKILLs its worker process the first time, as an OOM kill would: the large input was never uploaded."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(x[-1])
+
+
+@pytest.fixture
+def processes(redis_url: str, tmp_path: Path) -> fanflow.Config:
+    meta = f"sqlite:///{tmp_path / 'meta.db'}"
+    return fanflow.Config(platform="processes", store=redis_url, max_workers=2, progress=False, metadata=meta)
+
+
+def _events(config: fanflow.Config, run_id: str) -> list[dict[str, Any]]:
+    drain()
+    return open_metadata(config.metadata).load_run(run_id).events
+
+
+def _finished(events: list[dict[str, Any]], sink: fanflow.Node, name: str) -> list[dict[str, Any]]:
+    """The ``task_finished`` events of the tasks named ``name`` in ``sink``'s DAG."""
+    dag = DAG.from_sinks([sink])
+    ids = {t for t in range(len(dag)) if dag.name(t).startswith(name)}
+    return [e for e in events if e["kind"] == "task_finished" and e["task"] in ids]
+
+
+def _uploaded(events: list[dict[str, Any]], sink: fanflow.Node) -> bool:
+    (done,) = _finished(events, sink, "big")  # big or big_then_mark
+    return bool(done["uploaded"])
+
+
+def test_a_large_output_whose_reader_runs_in_its_worker_never_reaches_the_store(
+    processes: fanflow.Config, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    first(big(3)).compute(processes)  # a warm pool: its start is not measured below
+    received = client.info("stats")["total_net_input_bytes"]
+    sink = first(big(7))
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == 7.0
+    assert client.info("stats")["total_net_input_bytes"] - received < BIG // 4  # not even in a claim script
+    assert not _uploaded(_events(processes, future.run_id), sink)
+
+
+def test_a_large_output_not_last_is_stored_before_its_reader_can_be_claimed(
+    processes: fanflow.Config, tmp_path: Path
+) -> None:
+    marker = str(tmp_path / "made")
+    sink = both(big_then_mark(2, marker), after_file(marker, 0.5, 1.0))  # the large input finishes first
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == 3.0
+    assert _uploaded(_events(processes, future.run_id), sink)
+
+
+def test_a_large_output_read_by_several_tasks_of_its_worker_stays_there(processes: fanflow.Config) -> None:
+    x = big(5)
+    sink = added([pick(x, i) for i in range(4)])
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == 4 * 5.0 + 6
+    events = _events(processes, future.run_id)
+    assert not _uploaded(events, sink)
+    pickers = {e["worker"] for e in _finished(events, sink, "pick")}
+    (maker,) = {e["worker"] for e in _finished(events, sink, "big")}
+    assert pickers == {maker}
+
+
+def test_a_lost_worker_whose_large_output_was_never_uploaded_is_recovered_exactly_once(
+    processes: fanflow.Config, redis_url: str, tmp_path: Path
+) -> None:
+    counter = f"count-{uuid.uuid4().hex[:8]}"
+    marker = str(tmp_path / "killed")
+    x = big(9)
+    sink = counted_sum(redis_url, counter, [dies_once_with(marker, x), first(x), later(0.2, 1.0)])
+    assert sink.compute(processes) == 19.0
+    assert Path(marker).exists()
+    assert int(redis.Redis.from_url(redis_url).get(counter) or 0) == 1  # the fan-in ran once
+
+
+def test_a_warm_worker_fetches_a_large_input_once_for_all_its_readers(processes: fanflow.Config) -> None:
+    x = big(4)
+    readers = [both(x, later(0.05, float(i))) for i in range(8)]
+    sink = added(readers)
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == 8 * 4.0 + sum(range(8))
+    finished = _finished(_events(processes, future.run_id), sink, "both")
+    assert len(finished) == 8
+    fetched = sum(e["in_bytes"][0] or 0 for e in finished)  # None: the value was in the worker already
+    assert fetched <= 2 * BIG + 2**16  # at most once per worker process, not once per reader

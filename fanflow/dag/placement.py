@@ -150,7 +150,14 @@ def root_groups(dag: DAG, labels: Sequence[Hashable | None]) -> list[list[int]]:
 
 
 def continuation(
-    dag: DAG, plan: PlanView, t: int, claimed: Sequence[int], memory_mb: int, is_here: Callable[[int], bool]
+    dag: DAG,
+    plan: PlanView,
+    t: int,
+    claimed: Sequence[int],
+    memory_mb: int,
+    is_here: Callable[[int], bool],
+    *,
+    unshared: bool = False,
 ) -> tuple[list[int], list[list[int]]]:
     """The continuation policy: of the dependents ``t`` just claimed, what runs next in this worker.
 
@@ -159,6 +166,10 @@ def continuation(
     ``u``'s output is already in this worker. The worker loop and the
     simulator both call this, so plans predict what the loop does.
 
+    ``unshared``: ``t``'s output is in this worker only (a large output whose
+    every dependent this worker claimed before uploading it), so every claimed
+    dependent runs here, in order: size-driven clustering, with no plan.
+
     When ``t`` has a placement label, the dependents sharing it stay (clustering)
     and each other label gets one new worker; if none shares it, the label
     group with most inputs here stays instead, if its memory fits (the plan's
@@ -166,6 +177,8 @@ def continuation(
     a new one would fetch every input). Without a label one dependent stays,
     the one with most inputs here among those whose memory fits, as in WUKONG.
     """
+    if unshared:
+        return list(claimed), []
     labels, deps = plan.labels, dag.deps
     label = labels[t]
     if label is not None:

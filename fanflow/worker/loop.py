@@ -30,6 +30,13 @@ State of a worker, all local to it:
 
 - ``cache``: outputs this worker produced, by task id. An entry is dropped once
   every dependent of that task has run here; others may still need it locally.
+- ``unshared``: tasks whose (large) output never left this worker, because it
+  claimed every dependent of theirs: all of those run here.
+
+A worker process outlives its invocations on every out-of-process platform;
+what it made or fetched stays in its process-wide value cache
+(:mod:`fanflow.worker.values`), so a later invocation of the same run reads
+those inputs from memory instead of the store.
 - ``events``: a buffer of timestamped events (the run's metrics are derived
   from them), all made by :meth:`Worker.emit` and written to the run's event
   stream in batches as the ``metrics_upload`` strategy says: at worker exit
@@ -66,12 +73,18 @@ from fanflow.store.base import BEGIN_RUN, MISSING, RUNNING, Claim, Store, error_
 from fanflow.worker.extras import PlanExtras
 from fanflow.worker.heartbeat import heartbeat
 from fanflow.worker.maps import MapFanouts
+from fanflow.worker.values import values as process_values
 
 log = logging.getLogger(__name__)
 
 
 STATUS_CHECK_S = 0.2
 """How often a worker on a remote store asks whether its run was stopped."""
+
+LARGE_OUTPUT_BYTES = 1 << 20
+"""From this size an output is worth a round trip to keep it out of the store: its worker claims
+the dependents it completes before uploading anything, and uploads only if another worker may
+need the value (see :meth:`Worker._store_and_notify`)."""
 
 FANOUT_INLINE_MAX = 16 * 1024
 """Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
@@ -134,6 +147,7 @@ class Worker:
         self.maps = MapFanouts()
         self.extras = PlanExtras(store, dag, inv.run_id, self.plan)
         self._ran_here: set[int] = set()
+        self.unshared: set[int] = set()
         self._current = -1
         self._status_key = keys.status(inv.run_id)
         self._remote = not store.keeps_objects
@@ -227,9 +241,11 @@ class Worker:
         self.tasks_run += 1
         self._ran_here.add(t)
         self._release_inputs(t)
+        memory = self.inv.memory_mb
         if self.dag.dependents[t]:
             self.cache[t] = value
-        memory = self.inv.memory_mb
+            if self._remote:
+                process_values.put(self.run_id, t, value, out_bytes, memory)
         self.emit(
             "task_finished", t, store_s=store_s, out_bytes=out_bytes, uploaded=uploaded, memory_mb=memory, **fields
         )
@@ -252,14 +268,24 @@ class Worker:
         missing, preloaded, preloaded_bytes = self.extras.take_preloaded(t, ups, missing, values, sizes)
         if preloaded:
             self.emit("preloaded", t, inputs=preloaded, bytes=preloaded_bytes)
+        run, dag = self.run_id, self.dag
+        if missing and self._remote:  # this process made or fetched it for an earlier invocation
+            for i in missing:
+                values[i] = process_values.get(run, ups[i])
+            missing = [i for i in missing if values[i] is MISSING]
         if not missing:
             return values, sizes, 0.0
         began = time.perf_counter()
-        run, dag = self.run_id, self.dag
         fetched, fetched_sizes = self.store.get_many([keys.output_of(run, dag, ups[i]) for i in missing])
         elapsed = time.perf_counter() - began
+        memory = self.inv.memory_mb
         for i, v, n in zip(missing, fetched, fetched_sizes, strict=True):
-            values[i] = self._recompute(t, ups[i]) if v is MISSING else v
+            if v is MISSING:
+                values[i] = self._recompute(t, ups[i])
+            else:
+                values[i] = v
+                if self._remote:
+                    process_values.put(run, ups[i], v, n, memory)
             sizes[i] = n
         return values, sizes, elapsed
 
@@ -283,6 +309,12 @@ class Worker:
                 todo.pop()
                 continue
             need = [w for w in dag.deps[v] if w not in known and w not in cache]
+            if need and self._remote:  # kept by this process for an earlier invocation
+                for w in need:
+                    hit = process_values.get(self.run_id, w)
+                    if hit is not MISSING:
+                        known[w] = hit
+                need = [w for w in need if w not in known]
             if need:
                 fetched, _ = self.store.get_many([keys.output_of(self.run_id, dag, w) for w in need])
                 for w, value in zip(need, fetched, strict=True):
@@ -296,7 +328,10 @@ class Worker:
             todo.pop()
             values = [known[w] if w in known else cache[w] for w in dag.deps[v]]
             value, _, _ = self.execute(v, values)
-            self.store.put_many({keys.output_of(self.run_id, dag, v): self.dump(v, value)[0]}, self.settings.key_ttl_s)
+            stored, size = self.dump(v, value)
+            self.store.put_many({keys.output_of(self.run_id, dag, v): stored}, self.settings.key_ttl_s)
+            if self._remote:
+                process_values.put(self.run_id, v, value, size, self.inv.memory_mb)
             known[v] = value
         return known[u]
 
@@ -344,6 +379,15 @@ class Worker:
         An output read by one task only is stored by the claim itself, and only
         if another worker will run that task: when this worker wins the claim
         it runs the task next with the value in memory (store-unless-claimed).
+
+        A large output (:data:`LARGE_OUTPUT_BYTES`) of a remote worker that would
+        keep any dependent it claims first claims, without sending the value,
+        the dependents its notification completes (``only_if_last``). When that
+        is all of them the value never travels: the worker keeps them all
+        (``unshared``, see :func:`~fanflow.dag.placement.continuation`).
+        Otherwise a second round trip stores the value (a plain ``SET``, never
+        through a script) and notifies the others, before any worker this one
+        starts can look for it.
         """
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
@@ -351,12 +395,29 @@ class Worker:
         local = self.extras.delays_upload(t)
         if local:
             self.emit("delayed_io", t)
+        ttl, lease, memory = self.settings.key_ttl_s, self.settings.lease_ms, self.inv.memory_mb
+        large = self._remote and size >= LARGE_OUTPUT_BYTES and not local and not dag.is_sink(t)
+        claimed: list[int] = []
+        elapsed = 0.0
+        if large and dependents and all(runs_here_if_claimed(self.plan, t, d, memory) for d in dependents):
+            first = [
+                Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d]), only_if_last=True) for d in dependents
+            ]
+            began = time.perf_counter()
+            won = store.finish({}, first, self.owner, ttl, lease)
+            elapsed = time.perf_counter() - began
+            claimed = [d for d, ok in zip(dependents, won, strict=True) if ok]
+            if len(claimed) == len(dependents):
+                self.unshared.add(t)
+                return claimed, size, elapsed, False
+            dependents = [d for d, ok in zip(dependents, won, strict=True) if not ok]
         puts: dict[str, Any] = {}
         if (
             not local
+            and not large
             and len(dependents) == 1
             and not dag.is_sink(t)
-            and runs_here_if_claimed(self.plan, t, dependents[0], self.inv.memory_mb)
+            and runs_here_if_claimed(self.plan, t, dependents[0], memory)
         ):
             d = dependents[0]
             out = keys.output(run, t, d)
@@ -367,11 +428,11 @@ class Worker:
                 puts[keys.output_of(run, dag, t)] = stored
         publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
         began = time.perf_counter()
-        won = store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms, publish)
-        elapsed = time.perf_counter() - began
+        won = store.finish(puts, claims, self.owner, ttl, lease, publish)
+        elapsed += time.perf_counter() - began
         stored_unless_claimed = bool(claims) and claims[0].output_key is not None
         uploaded = bool(puts) or (stored_unless_claimed and not won[0])
-        return [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
+        return claimed + [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
 
     def dump(self, t: int, value: Any) -> tuple[Any, int]:
         """``t``'s output in the store's form, and its size; refuses one above ``max_value_bytes``."""
@@ -398,7 +459,11 @@ class Worker:
 
         A new worker is invoked for each of the others.
         """
-        here, elsewhere = continuation(self.dag, self.plan, t, claimed, self.inv.memory_mb, self.cache.__contains__)
+        unshared = t in self.unshared
+        self.unshared.discard(t)
+        here, elsewhere = continuation(
+            self.dag, self.plan, t, claimed, self.inv.memory_mb, self.cache.__contains__, unshared=unshared
+        )
         if len(here) > 1:
             self.emit("clustered", t, tasks=here)
         self.invoke(elsewhere)

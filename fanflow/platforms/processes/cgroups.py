@@ -27,10 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from fanflow.platforms.sizing import MB_PER_VCPU
 
-MB_PER_VCPU = 1769
-"""Memory that buys one vCPU, as on AWS Lambda."""
+log = logging.getLogger(__name__)
 
 PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000
