@@ -96,7 +96,7 @@ class PlanView:
             upload=upload if upload is not None else [True] * n,
             preload=[False] * n,
             prewarm_s={},
-            requested_mb=[dag.task(t).memory_mb for t in range(n)],
+            requested_mb=_requested_mb(dag),
             anchored=anchored_tasks(dag, labels),
         )
 
@@ -114,6 +114,12 @@ class PlanView:
         return not self.upload[t] and delayable(dag, t, self.labels, self.anchored)
 
 
+def _requested_mb(dag: DAG) -> list[int | None]:
+    """Each task's own ``memory_mb`` option (looked up once per function, not per task)."""
+    per_function = [task.memory_mb for task in dag.tasks]
+    return [per_function[f] for f in dag.task_of]
+
+
 _views: weakref.WeakKeyDictionary[DAG, PlanView] = weakref.WeakKeyDictionary()
 
 
@@ -125,19 +131,22 @@ def plan_of(dag: DAG, *, refresh: bool = False) -> PlanView:
     """
     found = None if refresh else _views.get(dag)
     if found is None:
-        n = len(dag)
-        notes = [dag.annotations.get(t) or {} for t in range(n)] if dag.annotations else [{}] * n
-        labels = [a.get("worker") for a in notes]
-        found = _views[dag] = PlanView(
-            labels=labels,
-            memory_mb=[int(m) if m else None for m in (a.get("memory_mb") for a in notes)],
-            upload=[bool(a.get("upload", True)) for a in notes],
-            preload=[bool(a.get("preload")) for a in notes],
-            prewarm_s={t: float(a["prewarm_s"]) for t, a in enumerate(notes) if "prewarm_s" in a},
-            requested_mb=[dag.task(t).memory_mb for t in range(n)],
-            anchored=anchored_tasks(dag, labels),
-        )
+        found = _views[dag] = _read_annotations(dag) if dag.annotations else PlanView.from_columns(dag, None)
     return found
+
+
+def _read_annotations(dag: DAG) -> PlanView:
+    notes = [dag.annotations.get(t) or {} for t in range(len(dag))]
+    labels = [a.get("worker") for a in notes]
+    return PlanView(
+        labels=labels,
+        memory_mb=[int(m) if m else None for m in (a.get("memory_mb") for a in notes)],
+        upload=[bool(a.get("upload", True)) for a in notes],
+        preload=[bool(a.get("preload")) for a in notes],
+        prewarm_s={t: float(a["prewarm_s"]) for t, a in enumerate(notes) if "prewarm_s" in a},
+        requested_mb=_requested_mb(dag),
+        anchored=anchored_tasks(dag, labels),
+    )
 
 
 def root_groups(dag: DAG, labels: Sequence[Hashable | None]) -> list[list[int]]:
