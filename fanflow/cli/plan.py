@@ -79,6 +79,14 @@ def colors_of(dag: DAG, plan: Plan, by: str) -> tuple[dict[int, str], dict[int, 
     return colors, labels, dict(sorted(legend.items(), key=lambda kv: kv[0].startswith(("predicted", "labels", "("))))
 
 
+def _with_interval(plan: Plan) -> str:
+    """``0.42 s (p10–p90 0.38 s–0.51 s)``: the prediction and the interval the actual makespan should fall in."""
+    text = human_duration(plan.predicted_makespan_s)
+    if plan.predicted_p10_s is not None and plan.predicted_p90_s is not None:
+        text += f" (p10–p90 {human_duration(plan.predicted_p10_s)}–{human_duration(plan.predicted_p90_s)})"
+    return text
+
+
 def _tables(dag: DAG, plan: Plan) -> list[Table]:
     sim, costs, assignment = plan.simulation, plan.costs, plan.assignment
     assert sim is not None and costs is not None and assignment is not None
@@ -133,12 +141,19 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
     summary = Table("field", Column("value", overflow="fold"), title="Plan", title_justify="left")
     summary.add_row("planner", plan.planner)
     summary.add_row("tasks / workers", f"{len(dag)} / {sim.workers}")
-    summary.add_row("predicted makespan", human_duration(sim.makespan))
+    summary.add_row("predicted makespan", _with_interval(plan))
+    if plan.calibration != 1.0:
+        summary.add_row("calibration from past runs", f"×{plan.calibration:.3g} ({plan.kind} plans)")
     if plan.best_makespan_s is not None and plan.target_makespan_s is not None:
         summary.add_row(
             "best case / target", f"{human_duration(plan.best_makespan_s)} / {human_duration(plan.target_makespan_s)}"
         )
-    summary.add_row("predicted cost", f"{sim.cost_gb_s:.4g} GB-s")
+    summary.add_row("predicted cost", f"{plan.predicted_gb_s:.4g} GB-s")
+    if plan.uniform_makespan_s is not None and plan.uniform_gb_s is not None:
+        summary.add_row(
+            "uniform at the largest size",
+            f"{human_duration(plan.uniform_makespan_s)}, {plan.uniform_gb_s:.4g} GB-s (the plan stays within +5%)",
+        )
     summary.add_row("predicted bytes moved", human_bytes(sim.bytes_moved))
     summary.add_row("history", "used" if plan.used_history else "none (defaults)")
     summary.add_row("tasks predicted from defaults", f"{len(defaults)} / {len(dag)}")

@@ -76,6 +76,10 @@ class Run:
         self.submitted_at = 0.0
         self.planning_s = 0.0
         self.predicted_makespan_s: float | None = None
+        self.predicted_p10_s: float | None = None
+        self.predicted_p90_s: float | None = None
+        self.plan_kind = ""
+        self.calibration = 1.0
         self.finished_at = 0.0
         self._status_key = keys.status(self.run_id)
         self._sub: Any = None

@@ -205,6 +205,8 @@ class Session:
             run = Run(dag, config, platform)
             plan = apply_plan(dag, config)
             run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
+            run.predicted_p10_s, run.predicted_p90_s = plan.predicted_p10_s, plan.predicted_p90_s
+            run.plan_kind, run.calibration = plan.kind, plan.calibration
             for hook in every:
                 hook.planned(run)
             error: BaseException | None = None

@@ -167,6 +167,10 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
             encoded_size=run.encoded_size,
             planning_s=run.planning_s,
             predicted_makespan_s=run.predicted_makespan_s,
+            predicted_p10_s=run.predicted_p10_s,
+            predicted_p90_s=run.predicted_p90_s,
+            plan_kind=run.plan_kind,
+            calibration=run.calibration,
             error=None if error is None else _error_text(error),
             workflow=workflow_of(dag),
         )

@@ -163,6 +163,13 @@ class RunRecord:
     """Bytes of the encoded DAG shipped to workers; 0 when it was passed in-process."""
     predicted_makespan_s: float | None = None
     """The planner's prediction, for comparison with ``makespan_s``; None without one."""
+    predicted_p10_s: float | None = None
+    predicted_p90_s: float | None = None
+    """The prediction's interval (10th to 90th percentile); None without one."""
+    plan_kind: str = ""
+    """``uniform`` or ``mixed`` memory sizes in the plan ('' without a plan): the planner learns per kind."""
+    calibration: float = 1.0
+    """Factor from past runs the prediction includes (:mod:`fanflow.planning.calibrate`)."""
     error: str | None = None
     tasks: int = 0
     tasks_finished: int = 0

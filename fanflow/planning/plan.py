@@ -16,32 +16,41 @@ those tasks in :attr:`Plan.defaults`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
 from fanflow.errors import FanflowError
 from fanflow.metrics.history import History
+from fanflow.planning.calibrate import Calibration
 from fanflow.planning.planners import (
     MEMORY_CHOICES,
     claimers,
     critical_path_assignment,
     place,
+    plan_kind,
     prewarm_times,
     upload_flags,
 )
 from fanflow.planning.predict import DagCosts, Predictor
 from fanflow.planning.simulate import Assignment, Simulation, simulate
-from fanflow.store.metadata import is_disabled
+from fanflow.store.metadata import is_disabled, open_metadata
 
 log = logging.getLogger(__name__)
 
 HISTORY_PLANNERS = ("uniform", "critical-path")
 """Planners that read run history; ``wukong`` plans from defaults and ``none`` does nothing."""
+
+INTERVAL_Z = NormalDist().inv_cdf(0.9)
+"""Standard deviations between a prediction and its 10th / 90th percentile."""
+PAST_RUNS = 20
+"""Latest runs of the same DAG read for calibration."""
 
 
 @dataclass(slots=True)
@@ -59,10 +68,25 @@ class Plan:
     """Critical-path planner: the makespan it had to stay within (best × (1 + slack))."""
     planning_s: float = 0.0
     used_history: bool = False
+    kind: str = ""
+    """``uniform`` (one memory size everywhere) or ``mixed``: which calibration factor applies."""
+    calibration: float = 1.0
+    """Actual / simulated makespan of past runs of this DAG and kind (:mod:`fanflow.planning.calibrate`)."""
+    predicted_p10_s: float | None = None
+    predicted_p90_s: float | None = None
+    """The interval the actual makespan is predicted to fall in (10th to 90th percentile)."""
+    uniform_makespan_s: float | None = None
+    uniform_gb_s: float | None = None
+    """Critical-path planner: uniform at the largest memory size, calibrated, which the plan never exceeds by 5%."""
 
     @property
     def predicted_makespan_s(self) -> float | None:
-        return None if self.simulation is None else self.simulation.makespan
+        """The simulated makespan times the calibration factor."""
+        return None if self.simulation is None else self.simulation.makespan * self.calibration
+
+    @property
+    def predicted_gb_s(self) -> float | None:
+        return None if self.simulation is None else self.simulation.cost_gb_s * self.calibration
 
     @property
     def defaults(self) -> list[int]:
@@ -79,6 +103,30 @@ def load_history(dag: DAG, config: Config) -> History | None:
     except FanflowError as exc:
         log.warning("planning without history: %s", exc)
         return None
+
+
+def load_calibration(dag: DAG, config: Config) -> Calibration:
+    """Past predicted vs actual makespans of ``dag`` on this platform (empty when none or unreadable: logged)."""
+    if is_disabled(config.metadata):
+        return Calibration()
+    try:
+        docs = open_metadata(config.metadata).runs(dag.signature, limit=PAST_RUNS)
+    except FanflowError as exc:
+        log.warning("planning without past predictions: %s", exc)
+        return Calibration()
+    return Calibration.from_runs(docs, config.platform)
+
+
+def interval(
+    dag: DAG, costs: DagCosts, assignment: Assignment, sim: Simulation, cap: int | None, spread: tuple[float, float]
+) -> tuple[float, float]:
+    """(p10, p90) of the uncalibrated makespan: the plan re-simulated at both percentiles, widened by ``spread``."""
+    ends = []
+    for z in (costs.z - INTERVAL_Z, costs.z + INTERVAL_Z):
+        shifted = dataclasses.replace(costs, z=z, _exec_at={})
+        ends.append(simulate(dag, shifted, assignment, cap).makespan)
+    mid = sim.makespan
+    return min(ends[0], mid * spread[0], mid), max(ends[1], mid * spread[1], mid)
 
 
 def worker_cap(config: Config) -> int | None:
@@ -102,8 +150,11 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     # fan-in), so WUKONG without optimizations needs no annotations and costs nothing.
     if name == "none" or len(dag) == 0 or (name == "wukong" and not enabled):
         return Plan(name, planning_s=time.perf_counter() - began)
-    if history is None and read_history and name in HISTORY_PLANNERS:
-        history = load_history(dag, config)
+    learned = Calibration()
+    if read_history and name in HISTORY_PLANNERS:
+        if history is None:
+            history = load_history(dag, config)
+        learned = load_calibration(dag, config)
     cap = worker_cap(config)
     costs = Predictor(history, config.sla, cap).costs(dag)
     clustering = "clustering" in enabled
@@ -114,11 +165,13 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
         top = max(MEMORY_CHOICES)
         labels = _labels(dag, costs, [r or top for r in requested], clustering, cap)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
-        assignment, sim, best = critical_path_assignment(
-            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested, cap
+        assignment, sim, best, top = critical_path_assignment(
+            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested, cap, learned.factors()
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
+        top_factor = learned.factor("uniform")
+        plan.uniform_makespan_s, plan.uniform_gb_s = top.makespan * top_factor, top.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
         labels = _labels(dag, costs, memory, clustering, cap)
@@ -127,6 +180,10 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
         sim = simulate(dag, costs, assignment, cap)
     plan.simulation = sim
     plan.assignment = assignment
+    plan.kind = plan_kind(assignment.memory_mb)
+    plan.calibration = learned.factor(plan.kind)
+    low, high = interval(dag, costs, assignment, sim, cap, learned.spread(plan.kind))
+    plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
     annotations: dict[int, dict[str, Any]] = {}
     with_memory = name != "wukong"

@@ -48,6 +48,14 @@ the check repeats, :data:`MAX_CHECK_ROUNDS` at most. Every plan within the
 target (each uniform one, each confirmed downgrade) is a candidate, and the
 cheapest predicted one wins, so the predicted makespan never exceeds the
 target.
+
+**Never worse than uniform.** A candidate is kept only if its predicted
+makespan and GB-s are both within :data:`NEVER_WORSE` (5%) of uniform at the
+largest size (3008 MB); that uniform plan is always a candidate, so the rule
+always has an answer. Predictions are compared *calibrated*: each is
+multiplied by what past runs of the same DAG measured (actual / predicted,
+per plan kind: ``uniform`` or ``mixed``, :func:`plan_kind`), so a mixed plan
+whose runs came out slower than predicted loses to uniform on the next run.
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
 
 MAX_CHECK_ROUNDS = 2
 """Full simulations the critical-path planner may use to confirm its downgrades."""
+
+NEVER_WORSE = 0.05
+"""The critical-path plan's predicted makespan and GB-s stay within this fraction over uniform at the largest size."""
 
 _EPS = 1e-9
 
@@ -334,6 +345,11 @@ def downgrade(
     return changed
 
 
+def plan_kind(memory_mb: Sequence[int]) -> str:
+    """``uniform`` when every task has one memory size, else ``mixed``: the key of a calibration factor."""
+    return "uniform" if len(set(memory_mb)) <= 1 else "mixed"
+
+
 def critical_path_assignment(
     dag: DAG,
     costs: DagCosts,
@@ -343,16 +359,19 @@ def critical_path_assignment(
     choices: Sequence[int] = MEMORY_CHOICES,
     requested: Sequence[int | None] | None = None,
     max_workers: int | None = None,
-) -> tuple[Assignment, Simulation, float]:
-    """The critical-path plan's memory sizes, its simulation and the best-case makespan.
+    calibration: Mapping[str, float] | None = None,
+) -> tuple[Assignment, Simulation, float, Simulation]:
+    """The critical-path plan's memory sizes, its simulation, the best-case makespan and uniform at the top size.
 
     The best case is the fastest *uniform* plan over ``choices`` (simulated,
     so cold starts, the pool and measured per-size times all count; the
     largest memory is not assumed fastest). Every uniform plan within the
     target is a candidate, and so is the per-worker downgrade of the fastest
     one once a full simulation confirms it; the cheapest predicted candidate
-    wins. ``requested`` holds per-task memory a user asked for
-    (``@task(memory_mb=...)``), which the planner keeps.
+    wins, among those no worse than uniform at the largest size (see the
+    module docstring; ``calibration`` maps :func:`plan_kind` to actual /
+    predicted of past runs). ``requested`` holds per-task memory a user asked
+    for (``@task(memory_mb=...)``), which the planner keeps.
     """
     n = len(dag)
     requested = requested or [None] * n
@@ -386,5 +405,21 @@ def critical_path_assignment(
         sim = simulate(dag, costs, plan, max_workers)
         if sim.makespan <= limit:
             candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
-    _, chosen, chosen_sim = min(candidates, key=lambda c: c[0])
-    return chosen, chosen_sim, best
+    top_sim, top = trials[-1]
+    factor = calibration or {}
+
+    def calibrated(a: Assignment, s: Simulation) -> tuple[float, float]:
+        f = factor.get(plan_kind(a.memory_mb), 1.0)
+        return s.makespan * f, s.cost_gb_s * f
+
+    top_makespan, top_cost = calibrated(uniform(top), top_sim)
+    bound = 1.0 + NEVER_WORSE
+    kept = [
+        (cost, a, s)
+        for _, a, s in candidates
+        for makespan, cost in [calibrated(a, s)]
+        if makespan <= top_makespan * bound and cost <= top_cost * bound
+    ]
+    kept.append((top_cost, uniform(top), top_sim))
+    _, chosen, chosen_sim = min(kept, key=lambda c: c[0])
+    return chosen, chosen_sim, best, top_sim

@@ -1,0 +1,157 @@
+"""Planning you can trust: never worse than uniform at 3008 MB, intervals, and learning from past runs."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+from support import add
+
+import fanflow
+from fanflow.dag.graph import DAG
+from fanflow.planning import Assignment, DagCosts, make_plan, simulate
+from fanflow.planning.calibrate import Calibration
+from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_kind
+from fanflow.planning.predict import Line, MemoryModel
+from fanflow.store.metadata import drain, open_metadata
+
+
+@fanflow.task
+def work(x: int, spin: int) -> int:
+    """``x``, after some CPU work."""
+    return x + 0 * sum(range(spin))
+
+
+def random_dag(rng: random.Random, n: int) -> DAG:
+    """Layers of ``work``/``add`` nodes, each taking one or two inputs from the layer above."""
+    layer = [work(i, 1) for i in range(rng.randint(1, 4))]
+    nodes = list(layer)
+    while len(nodes) < n:
+        nxt = []
+        for _ in range(rng.randint(1, 4)):
+            a = rng.choice(layer)
+            nxt.append(add(a, rng.choice(layer)) if rng.random() < 0.5 else work(a, 1))
+        layer = nxt
+        nodes.extend(layer)
+    return DAG.from_sinks(layer)
+
+
+def random_costs(rng: random.Random, dag: DAG) -> DagCosts:
+    """Measured per-size times that do not follow the proportional model (some sizes faster than larger ones)."""
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 1e5, 0.01, 0.01, rng.choice([0.01, 0.3]))
+    costs.exec_models[:] = [
+        MemoryModel(
+            [(m, 0.0, rng.uniform(0.02, 0.5)) for m in (512, 1024, 1769, 3008) for _ in range(3)], Line(1, 0, 0, 0)
+        )
+        for _ in range(3)
+    ]
+    costs.function = [rng.randrange(3) for _ in range(n)]
+    return costs
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_critical_path_is_never_worse_than_uniform_3008(seed: int) -> None:
+    rng = random.Random(seed)
+    dag = random_dag(rng, rng.randint(5, 40))
+    costs = random_costs(rng, dag)
+    n = len(dag)
+    labels = place(dag, costs, [3008] * n, clustering=False)
+    cap = rng.choice([None, 2])
+    slack = rng.choice([0.1, 0.5, 2.0])  # a wide slack alone would allow far slower plans
+    _, sim, _, top = critical_path_assignment(dag, costs, labels, None, slack, max_workers=cap)
+    uniform = simulate(dag, costs, Assignment([3008] * n, labels), cap)
+    assert top.makespan == pytest.approx(uniform.makespan) and top.cost_gb_s == pytest.approx(uniform.cost_gb_s)
+    assert sim.makespan <= uniform.makespan * (1 + NEVER_WORSE) + 1e-9
+    assert sim.cost_gb_s <= uniform.cost_gb_s * (1 + NEVER_WORSE) + 1e-9
+
+
+def lopsided() -> tuple[DAG, DagCosts]:
+    """A long chain and a short branch, joined; the short branch is measured as fast at 512 MB as at 1769 MB."""
+    root = work(1, 1)
+    long = work(work(work(work(root, 1), 1), 1), 1)
+    short = add(root, 2)
+    dag = DAG.from_sinks([add(long, short)])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 1.0, 100.0, 0.01, 0.01, 0.01)
+    s = next(t for t in range(n) if dag.deps[t] == (0,) and dag.dependents[t] == (n - 1,))
+    costs.function[s] = 1
+    costs.exec_models.append(MemoryModel([(m, 0.0, 0.3) for m in (512, 1769) for _ in range(3)], Line(1, 0, 0, 0)))
+    return dag, costs
+
+
+def test_a_mixed_plan_that_ran_slower_than_predicted_loses_to_uniform() -> None:
+    dag, costs = lopsided()
+    labels = place(dag, costs, [3008] * len(dag), clustering=False)
+    plan, *_ = critical_path_assignment(dag, costs, labels, None, 0.1)
+    assert plan_kind(plan.memory_mb) == "mixed"  # saves GB-s as predicted
+    # past mixed runs took 1.5x their prediction, uniform ones were on time: uniform wins now
+    learned, *_ = critical_path_assignment(dag, costs, labels, None, 0.1, calibration={"mixed": 1.5, "uniform": 1.0})
+    assert plan_kind(learned.memory_mb) == "uniform"
+
+
+def run_doc(kind: str, predicted: float, actual: float, low: float, high: float, factor: float = 1.0) -> dict:
+    return {
+        "status": "succeeded",
+        "platform": "threads",
+        "plan_kind": kind,
+        "predicted_makespan_s": predicted,
+        "calibration": factor,
+        "makespan_s": actual,
+        "predicted_p10_s": low,
+        "predicted_p90_s": high,
+    }
+
+
+def test_calibration_learns_raw_ratios_per_kind_and_counts_misses() -> None:
+    docs = [
+        run_doc("mixed", 2.0, 3.0, 1.8, 2.2, factor=2.0),  # raw prediction 1.0: ratio 3, a miss
+        run_doc("mixed", 1.0, 2.0, 0.9, 1.1),  # ratio 2, a miss
+        run_doc("mixed", 1.0, 1.0, 0.9, 1.1),  # ratio 1
+        run_doc("uniform", 1.0, 1.05, 0.9, 1.1),
+        {**run_doc("uniform", 1.0, 9.0, 0.9, 1.1), "status": "failed"},
+        {**run_doc("uniform", 1.0, 9.0, 0.9, 1.1), "platform": "processes"},
+    ]
+    learned = Calibration.from_runs(docs, "threads")
+    assert learned.factor("mixed") == pytest.approx(2.0)
+    assert learned.factor("uniform") == pytest.approx(1.05)
+    assert learned.missed == 2
+    low, high = learned.spread("mixed")
+    assert low == pytest.approx(0.5) and high == pytest.approx(1.5)
+    assert learned.spread("uniform") == (1.0, 1.0)  # one run is no spread
+    assert Calibration().factor("mixed") == 1.0
+    # a kind that never ran borrows the other's ratios
+    only_uniform = Calibration.from_runs([run_doc("uniform", 1.0, 1.3, 0.9, 1.1)], "threads")
+    assert only_uniform.factor("mixed") == pytest.approx(1.3)
+
+
+def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    cfg = fanflow.Config(metadata=url, progress=False, planner="critical-path", platform="threads")
+
+    def job() -> fanflow.Node:
+        return add(add(work(1, 20000), work(2, 20000)), work(3, 1))
+
+    for _ in range(4):
+        assert job().compute(cfg) == 6
+    drain()
+    runs = open_metadata(url).runs()
+    assert len(runs) == 4
+    for doc in runs:
+        assert doc["plan_kind"] in ("uniform", "mixed")
+        assert doc["predicted_p10_s"] <= doc["predicted_makespan_s"] <= doc["predicted_p90_s"]
+    dag = DAG.from_sinks([job()])
+    plan = make_plan(dag, cfg)
+    assert plan.predicted_p10_s is not None and plan.predicted_p90_s is not None
+    assert plan.predicted_p10_s < plan.predicted_makespan_s < plan.predicted_p90_s  # history has a spread
+    # the plan learned from the runs: its factor is the median actual / simulated of their kind
+    raw = {
+        k: [d["makespan_s"] * d["calibration"] / d["predicted_makespan_s"] for d in runs if d["plan_kind"] == k]
+        for k in ("uniform", "mixed")
+    }
+    pool = raw[plan.kind] or raw["uniform"] + raw["mixed"]
+    assert plan.calibration == pytest.approx(min(5.0, max(0.2, statistics.median(pool))))
+    assert plan.uniform_makespan_s is not None and plan.predicted_makespan_s is not None
+    assert plan.predicted_makespan_s <= plan.uniform_makespan_s * (1 + NEVER_WORSE) + 1e-9
