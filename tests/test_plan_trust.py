@@ -155,3 +155,14 @@ def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> 
     assert plan.calibration == pytest.approx(min(5.0, max(0.2, statistics.median(pool))))
     assert plan.uniform_makespan_s is not None and plan.predicted_makespan_s is not None
     assert plan.predicted_makespan_s <= plan.uniform_makespan_s * (1 + NEVER_WORSE) + 1e-9
+
+
+def test_sizes_with_the_same_predictions_share_one_simulation() -> None:
+    dag = DAG.from_sinks([add(add(work(1, 1), work(2, 1)), work(3, 1))])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 100.0, 0.01, 0.01, 0.2)  # unmeasured: 1769 and 3008 MB predict alike
+    labels = place(dag, costs, [3008] * n, clustering=False)
+    *_, top = critical_path_assignment(dag, costs, labels, None, 0.1, max_workers=2)
+    real = simulate(dag, costs, Assignment([3008] * n, labels), 2)
+    assert top.worker_memory == real.worker_memory
+    assert top.makespan == pytest.approx(real.makespan) and top.cost_gb_s == pytest.approx(real.cost_gb_s)

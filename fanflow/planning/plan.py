@@ -16,7 +16,6 @@ those tasks in :attr:`Plan.defaults`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -117,16 +116,37 @@ def load_calibration(dag: DAG, config: Config) -> Calibration:
     return Calibration.from_runs(docs, config.platform)
 
 
-def interval(
-    dag: DAG, costs: DagCosts, assignment: Assignment, sim: Simulation, cap: int | None, spread: tuple[float, float]
-) -> tuple[float, float]:
-    """(p10, p90) of the uncalibrated makespan: the plan re-simulated at both percentiles, widened by ``spread``."""
-    ends = []
-    for z in (costs.z - INTERVAL_Z, costs.z + INTERVAL_Z):
-        shifted = dataclasses.replace(costs, z=z, _exec_at={})
-        ends.append(simulate(dag, shifted, assignment, cap).makespan)
+def interval(costs: DagCosts, sim: Simulation, pool: bool, spread: tuple[float, float]) -> tuple[float, float]:
+    """(p10, p90) of the uncalibrated makespan, widened by ``spread`` (past runs' ratios around their median).
+
+    Every step of the simulated critical path (start latency or loop gap,
+    fetch, execution, upload) is moved to its 10th and 90th percentile
+    together: errors on one machine are correlated (a busy machine slows every
+    step), so their spreads add rather than average out. Re-simulating the
+    whole plan at both percentiles would also let another path become
+    critical, but cost two more simulations per plan; the path is where the
+    spread is.
+    """
+    low = high = sim.makespan
+    z0 = costs.z
+    for t in sim.critical_path:
+        w = sim.worker[t]
+        m = sim.worker_memory[w]
+        lines = [(costs.exec_models[costs.function[t]].line(m), costs.in_bytes[t])]
+        if sim.remote_bytes[t] > 0:
+            lines.append((costs.fetch.line(m), sim.remote_bytes[t]))
+        lines.append((costs.upload.line(m), sim.up_bytes[t]))
+        if sim.previous[t] >= 0:
+            lines.append((costs.gap.line(m), 0.0))
+        else:
+            start = (costs.cold if sim.worker_cold[w] else costs.warm) if pool else costs.mix
+            lines.append((start.line(m), 0.0))
+        for line, x in lines:
+            mid = line.at(x, z0)
+            low += line.at(x, z0 - INTERVAL_Z) - mid
+            high += line.at(x, z0 + INTERVAL_Z) - mid
     mid = sim.makespan
-    return min(ends[0], mid * spread[0], mid), max(ends[1], mid * spread[1], mid)
+    return min(low, mid * spread[0]), max(high, mid * spread[1])
 
 
 def worker_cap(config: Config) -> int | None:
@@ -182,7 +202,7 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     plan.assignment = assignment
     plan.kind = plan_kind(assignment.memory_mb)
     plan.calibration = learned.factor(plan.kind)
-    low, high = interval(dag, costs, assignment, sim, cap, learned.spread(plan.kind))
+    low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind))
     plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
     annotations: dict[int, dict[str, Any]] = {}
