@@ -105,6 +105,18 @@ def gated_branch(x: int, gate: str, counter_dir: str) -> int:
 
 
 @fanflow.task
+def killed_once(runs: str) -> int:
+    """Appends to ``runs``, SIGKILLing its process the first time; how many runs it took (Ray's workers
+    cannot import the tests' support module, so nothing here uses it)."""
+    with open(runs, "a") as f:
+        f.write("x")
+    count = len(Path(runs).read_text())
+    if count == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return count
+
+
+@fanflow.task
 def wipe_stored_inputs(store_url: str) -> int:
     """Waits until a task's output is stored for its sole consumer, then deletes it (a lost output)."""
     store = open_store(store_url)
@@ -239,6 +251,7 @@ def test_begin_runs_an_invocation_once_and_nothing_for_a_run_that_is_not_running
     store.set_status(status, RUNNING, 60)
     assert store.begin(status, started, "inv-a", "w1", 60, redelivered=False) == BEGIN_RUN
     assert store.begin(status, started, "inv-a", "w2", 60, redelivered=False) == BEGIN_DUPLICATE
+    assert store.begin(status, started, "inv-a", "w1", 60, redelivered=False) == BEGIN_RUN  # a retry of w1
     assert store.begin(status, started, "inv-a", "w3", 60, redelivered=True) == BEGIN_RUN  # its worker died
     assert store.begin(status, started, "inv-b", "w4", 60, redelivered=False) == BEGIN_RUN
     store.set_status(status, "cancelled", 60)
@@ -405,3 +418,11 @@ def test_invocations_queued_when_their_run_is_cancelled_run_nothing(
     gate.write_text("open")
     assert add(1, 2).submit(config).result(timeout=60) == 3  # one worker, FIFO: the branches went first
     assert sorted(p.name for p in counts.iterdir()) == ["ran-0"]
+
+
+def test_a_ray_task_retried_after_its_process_died_runs_as_the_same_delivery(
+    ray_local: None, redis_url: str, tmp_path: Path
+) -> None:
+    config = fanflow.Config(platform="ray", store=redis_url, progress=False, metadata="none")
+    future = total([killed_once(str(tmp_path / "runs"))]).submit(config)
+    assert future.result(timeout=60) == 2  # Ray retried the task: its begin let the retry run

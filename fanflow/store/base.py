@@ -171,8 +171,10 @@ class Store(Protocol):
         ``BEGIN_STOPPED`` unless the run's status is running (it ended, failed, was
         cancelled or lost its state). ``BEGIN_DUPLICATE`` when another delivery of the
         same invocation already started (its id is recorded in the run's ``started_key``
-        hash), unless this one is ``redelivered`` by a platform that saw the first
-        one's worker die: then it takes the invocation over. Else ``BEGIN_RUN``.
+        hash with the ``token`` of its delivery), unless this one is ``redelivered``
+        by a platform that saw the first one's worker die (it takes the invocation
+        over), or carries the same ``token`` (the platform retrying that delivery,
+        e.g. a Ray task after its process died). Else ``BEGIN_RUN``.
         """
         ...
 

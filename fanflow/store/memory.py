@@ -243,7 +243,7 @@ class MemoryStore:
             started = self._data.get(started_key)
             if not isinstance(started, dict):
                 started = self._data[started_key] = {}
-            if inv_id in started and not redelivered:
+            if started.get(inv_id, token) != token and not redelivered:
                 return BEGIN_DUPLICATE
             started[inv_id] = token
         self._expire_later((started_key,), ttl_s)

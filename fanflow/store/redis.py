@@ -139,13 +139,19 @@ return 1
 
 # KEYS: status, started. ARGV: inv_id, token, ttl_s, redelivered, running.
 # A worker's first step: nothing runs for a run that is not running, and one
-# delivery of an invocation runs (a redelivery takes over from a dead worker).
+# delivery of an invocation runs (a redelivery takes over from a dead worker;
+# the same delivery token is the platform retrying that delivery).
 _BEGIN_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[5] then return 0 end
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-elseif redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
-  return 2
+else
+  local held = redis.call('HGET', KEYS[2], ARGV[1])
+  if not held then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  elseif held ~= ARGV[2] then
+    return 2
+  end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
@@ -158,10 +164,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd", "hset", "hsetnx")
+SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd")
 """Commands fanflow runs only inside its scripts, never sent by a client directly.
 (``SET`` is both: clients write values with it, and a claim script calls it once
-per dependent whose upstream set is complete.)"""
+per dependent whose upstream set is complete. So are ``GET``, ``HGET`` and ``HSET``,
+which a worker's begin script calls once per invocation.)"""
 
 
 # -- errors -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def handle(
     secret: bytes | None = None,
     cold: bool | None = None,
     redelivered: bool = False,
+    delivery: str | None = None,
 ) -> dict[str, Any]:
     """Run one worker invocation to its end and return a short report.
 
@@ -50,7 +51,9 @@ def handle(
     ``cold`` says whether this invocation waited for its process to start; by
     default, the first invocation in a process is cold. ``redelivered`` says the
     platform delivers it again because the worker it first went to died: it
-    takes the invocation over (see :meth:`Worker.run`).
+    takes the invocation over (see :meth:`Worker.run`). ``delivery`` names this
+    delivery when the platform keeps the name across its own retries of it (a
+    Ray task's id, a Lambda request id): a retry then runs as the same delivery.
     """
     global _cold
     first, _cold = _cold, False
@@ -71,7 +74,7 @@ def handle(
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
         return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
-    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold, redelivered=redelivered)
+    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold, redelivered=redelivered, delivery=delivery)
     try:
         worker.run()
     except Exception as exc:

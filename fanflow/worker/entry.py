@@ -73,8 +73,13 @@ def serve_pipe(conn: Connection) -> None:
 
 # -- ray ------------------------------------------------------------------------------------
 def ray_task(payload: bytes) -> dict[str, Any]:
-    """One invocation as a Ray task; the secret is ``FANFLOW_SECRET`` from the task's runtime env."""
-    return handle(payload)
+    """One invocation as a Ray task; the secret is ``FANFLOW_SECRET`` from the task's runtime env.
+
+    Ray retries a task whose process died with the same task id: the retry runs as the same delivery.
+    """
+    import ray
+
+    return handle(payload, delivery=ray.get_runtime_context().get_task_id())
 
 
 # -- lambda ---------------------------------------------------------------------------------
@@ -93,7 +98,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from fanflow.platforms.aws_lambda import payload_of
 
     try:
-        return handle(payload_of(event))
+        # Lambda retries a failed asynchronous invocation with the same request id: the same delivery.
+        return handle(payload_of(event), delivery=getattr(context, "aws_request_id", None))
     except PayloadRejectedError as exc:
         log.error("refused an invocation: %s", exc)
         return {"refused": str(exc)}

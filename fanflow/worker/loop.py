@@ -125,6 +125,7 @@ class Worker:
         secret: bytes | None = None,
         cold: bool = False,
         redelivered: bool = False,
+        delivery: str | None = None,
     ) -> None:
         self.inv = inv
         self.store = store
@@ -143,6 +144,8 @@ class Worker:
         self.cold = cold
         self.redelivered = redelivered
         """The platform delivers this invocation again because the worker it first went to died."""
+        self.delivery = delivery or self.id
+        """Names this delivery of the invocation; a platform that retries a delivery (Ray) keeps it."""
         # Neither holds the worker (no reference cycle): a finished worker and its cache go at once.
         self.maps = MapFanouts()
         self.extras = PlanExtras(store, dag, inv.run_id, self.plan)
@@ -173,7 +176,7 @@ class Worker:
             self._status_key,
             keys.started(self.run_id),
             self.owner,
-            self.id,
+            self.delivery,
             self.settings.key_ttl_s,
             self.redelivered,
         )
