@@ -11,6 +11,8 @@ from support import add
 
 import fanflow
 from fanflow.dag.graph import DAG
+from fanflow.metrics.records import RunMetrics
+from fanflow.metrics.report import summary_rows
 from fanflow.planning import Assignment, DagCosts, make_plan, simulate
 from fanflow.planning.calibrate import Calibration
 from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_kind
@@ -113,11 +115,12 @@ def test_calibration_learns_raw_ratios_per_kind_and_counts_misses() -> None:
         run_doc("uniform", 1.0, 1.05, 0.9, 1.1),
         {**run_doc("uniform", 1.0, 9.0, 0.9, 1.1), "status": "failed"},
         {**run_doc("uniform", 1.0, 9.0, 0.9, 1.1), "platform": "processes"},
+        run_doc("uniform", 0.01, 1.0, 0.005, 0.02),  # planned from defaults: 100x off, no lesson
     ]
     learned = Calibration.from_runs(docs, "threads")
     assert learned.factor("mixed") == pytest.approx(2.0)
     assert learned.factor("uniform") == pytest.approx(1.05)
-    assert learned.missed == 2
+    assert learned.missed == 2 and learned.runs == 4
     low, high = learned.spread("mixed")
     assert low == pytest.approx(0.5) and high == pytest.approx(1.5)
     assert learned.spread("uniform") == (1.0, 1.0)  # one run is no spread
@@ -142,6 +145,10 @@ def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> 
     for doc in runs:
         assert doc["plan_kind"] in ("uniform", "mixed")
         assert doc["predicted_p10_s"] <= doc["predicted_makespan_s"] <= doc["predicted_p90_s"]
+    # the report and `fanflow runs show` print predicted vs actual with the interval
+    store = open_metadata(url)
+    rows = dict(summary_rows(RunMetrics.from_stored(store.load_run(runs[0]["run_id"]))))
+    assert "p10–p90" in rows["predicted makespan"] and "actual" in rows["predicted makespan"]
     dag = DAG.from_sinks([job()])
     plan = make_plan(dag, cfg)
     assert plan.predicted_p10_s is not None and plan.predicted_p90_s is not None
@@ -152,7 +159,8 @@ def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> 
         for k in ("uniform", "mixed")
     }
     pool = raw[plan.kind] or raw["uniform"] + raw["mixed"]
-    assert plan.calibration == pytest.approx(min(5.0, max(0.2, statistics.median(pool))))
+    pool = [r for r in pool if 0.2 <= r <= 5.0]
+    assert plan.calibration == pytest.approx(statistics.median(pool) if pool else 1.0)
     assert plan.uniform_makespan_s is not None and plan.predicted_makespan_s is not None
     assert plan.predicted_makespan_s <= plan.uniform_makespan_s * (1 + NEVER_WORSE) + 1e-9
 

@@ -192,6 +192,8 @@ class Source:
             "submitted_at": d["submitted_at"],
             "makespan_s": d.get("makespan_s"),
             "predicted_makespan_s": d.get("predicted_makespan_s"),
+            "predicted_p10_s": d.get("predicted_p10_s"),
+            "predicted_p90_s": d.get("predicted_p90_s"),
             "cost": d.get("cost"),
             "planner": d.get("planner"),
             "platform": d.get("platform"),

@@ -288,6 +288,10 @@ def summary_rows(metrics: RunMetrics) -> list[list[Any]]:
     r = metrics.run
     when = datetime.fromtimestamp(r.submitted_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     predicted = human_duration(r.predicted_makespan_s)
+    if r.predicted_p10_s is not None and r.predicted_p90_s is not None:
+        inside = "inside" if r.predicted_p10_s <= r.makespan_s <= r.predicted_p90_s else "outside"
+        band = f"{human_duration(r.predicted_p10_s)}–{human_duration(r.predicted_p90_s)}"
+        predicted += f" (p10–p90 {band}: actual {inside})"
     return [
         ["run", r.run_id],
         ["status", r.status + (f" ({r.error})" if r.error else "")],

@@ -13,8 +13,9 @@ correct itself:
   never compounds on itself;
 - the **factor** for a plan kind (``uniform`` or ``mixed``) is the median raw
   ratio of its :data:`RECENT` latest successful runs (all kinds together when
-  that kind never ran), clamped to [:data:`MIN_FACTOR`, :data:`MAX_FACTOR`];
-  1.0 without any past run. The critical-path planner compares candidates with
+  that kind never ran); ratios outside [:data:`MIN_FACTOR`, :data:`MAX_FACTOR`]
+  are left out (the first run of a DAG is planned from defaults and can be off
+  by 100×); 1.0 without any past run. The critical-path planner compares candidates with
   their kind's factor applied, so a mixed plan whose runs came out slower than
   predicted loses to uniform on the next run;
 - the **interval** is the wider of the simulator's own spread (the plan
@@ -36,7 +37,7 @@ RECENT = 5
 MIN_SPREAD_RUNS = 3
 """Past runs needed before their spread widens the interval."""
 MIN_FACTOR, MAX_FACTOR = 0.2, 5.0
-"""Bounds of a calibration factor: beyond them a past run says more about that run than about the plan."""
+"""Ratios outside these bounds are ignored: such a run says more about itself than about the plan."""
 KINDS = ("uniform", "mixed")
 
 
@@ -62,7 +63,10 @@ class Calibration:
                 continue
             actual = float(doc.get("makespan_s") or 0.0)
             raw = predicted / float(doc.get("calibration") or 1.0)
-            ratios[kind].append(actual / raw)
+            ratio = actual / raw
+            if not MIN_FACTOR <= ratio <= MAX_FACTOR:
+                continue  # a first run planned from defaults, or a stalled machine: no lesson for the plan
+            ratios[kind].append(ratio)
             low, high = doc.get("predicted_p10_s"), doc.get("predicted_p90_s")
             if low is not None and high is not None and not low <= actual <= high:
                 missed += 1
@@ -77,7 +81,7 @@ class Calibration:
         pool = self._pool(kind)
         if not pool:
             return 1.0
-        return min(MAX_FACTOR, max(MIN_FACTOR, statistics.median(pool)))
+        return statistics.median(pool)
 
     def factors(self) -> dict[str, float]:
         return {k: self.factor(k) for k in KINDS}

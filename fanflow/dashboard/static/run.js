@@ -54,7 +54,11 @@ class RunPage {
     const diff = predicted && r.makespan_s ? ` (${r.makespan_s >= predicted ? "+" : ""}${(((r.makespan_s - predicted) / predicted) * 100).toFixed(0)}%)` : "";
     this.cards = {
       makespan: statCard("makespan", fmtDur(r.makespan_s)),
-      predicted: statCard("predicted", fmtDur(predicted) + diff, "planner prediction vs actual makespan"),
+      predicted: statCard(
+        "predicted",
+        fmtDur(predicted) + diff + (r.predicted_p10_s != null ? ` · p10–p90 ${fmtDur(r.predicted_p10_s)}–${fmtDur(r.predicted_p90_s)}` : ""),
+        "planner prediction vs actual makespan, with the interval the actual was predicted to fall in",
+      ),
       cost: statCard("cost", fmtCost(r.cost)),
       tasks: statCard("tasks done", "–"),
       workers: statCard("workers", "–", "worker invocations started (cold starts)"),
