@@ -27,6 +27,9 @@ STORE_SCHEMES = ("memory", "redis", "rediss", "redis+cluster")
 METADATA_SCHEMES = ("sqlite", "redis", "rediss", "none")
 """``none`` (also accepted bare, without ``://``) turns history recording off."""
 PLATFORMS = ("threads", "processes", "http", "ray", "lambda")
+FANOUTS = ("capacity", "wukong")
+"""``capacity``: fan out no wider than the platform's idle slots, queue the rest in the worker;
+``wukong``: one new worker per fan-out branch and per root, always."""
 PLANNERS = ("none", "wukong", "uniform", "critical-path")
 UPLOAD_STRATEGIES = ("shutdown", "task", "periodic", "buffer")
 OPTIMIZATIONS = ("clustering", "delayed-io", "preload", "prewarm")
@@ -206,6 +209,7 @@ class Config:
     progress: bool | None = _field(None, _flag(True), "progress bar: None = when attached to a terminal")
     pool: str | None = _field(None, _text(True), "name of a shared worker pool to use instead of starting one")
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
+    fanout: str = _field("capacity", _choice(FANOUTS), "new workers per fan-out: capacity (idle slots) or wukong")
     keep_alive_s: float = _field(
         60.0, _number(float, 0.0), "a client-started worker pool stays warm this long after its last run (0: stops)"
     )

@@ -127,6 +127,8 @@ def test_loop_and_simulator_choose_the_same_continuations(
         metadata=f"sqlite:///{tmp_path / 'meta.db'}",
         metrics_upload="task",
         memory_mb=1769,
+        fanout="wukong",  # one worker per branch, as the simulator without max_workers (a pool's free
+        # slots depend on timing; tests/test_capacity.py covers that mode)
     )
     assert loop_partition(dag, config) == predicted
     assert len(predicted) > 1 or labels is not None  # every case without labels fans out

@@ -84,6 +84,9 @@ class Recording:
         self.sent.extend(invocations)
         self.inner.invoke(invocations)
 
+    def free_slots(self) -> int | None:
+        return self.inner.free_slots()
+
     def close(self) -> None:
         self.inner.close()
 
@@ -144,15 +147,16 @@ def test_fifty_runs_in_flight_from_one_client(config: fanflow.Config) -> None:
 
 
 def test_cold_and_warm_starts_are_recorded(config: fanflow.Config, redis_url: str) -> None:
-    root = inc(0)
-    future = total([add(root, i) for i in range(20)]).submit(config)
-    assert future.result(timeout=60) == sum(1 + i for i in range(20))
-    events = open_metadata(config.metadata).load_run(future.run_id).events
-    started = [e for e in events if e["kind"] == "worker_started"]
-    assert len(started) == 20  # the root's worker, and one per fan-out branch but the one it kept
+    config = config.replace(keep_alive_s=60)  # the second and third runs find the first one's workers
+    started: list[dict[str, Any]] = []
+    for n in (20, 21, 22):
+        future = total([add(inc(0), i) for i in range(n)]).submit(config)
+        assert future.result(timeout=60) == sum(1 + i for i in range(n))
+        events = open_metadata(config.metadata).load_run(future.run_id).events
+        started += [e for e in events if e["kind"] == "worker_started"]
     cold = [e for e in started if e["cold"]]
     assert 1 <= len(cold) <= 2  # at most max_workers processes were ever started
-    assert len(started) - len(cold) >= 18
+    assert len(started) - len(cold) >= 2
     assert all(e["latency_s"] >= 0 for e in started)
     assert max(e["latency_s"] for e in cold) > min(e["latency_s"] for e in started if not e["cold"])
 

@@ -71,6 +71,7 @@ class Run:
             metrics_upload=config.metrics_upload,
             max_recoveries=config.max_recoveries,
             store_retry_s=config.store_retry_s,
+            fanout=config.fanout,
         )
         self.encoded_size = 0
         self.submitted_at = 0.0
@@ -116,9 +117,10 @@ class Run:
             runtime=(store, self.platform) if self.platform.in_process else None,
         )
         self.submitted_at = now = time.time()
-        starts = [
-            base.with_start(tuple(g), self._memory_for(g[0]), now) for g in root_groups(self.dag, self.plan.labels)
-        ]
+        # On a platform that says how many workers could start now, that many share the roots.
+        free = self.platform.free_slots() if self.settings.fanout == "capacity" else None
+        groups = root_groups(self.dag, self.plan, free)
+        starts = [base.with_start(tuple(g), self._memory_for(g[0]), now) for g in groups]
         self._invoke(starts)
         self._schedule_prewarms()
 

@@ -23,8 +23,11 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fanflow.dag.graph import DAG
+
+T = TypeVar("T")
 
 
 def anchored_tasks(dag: DAG, labels: Sequence[Hashable | None]) -> frozenset[int]:
@@ -149,13 +152,48 @@ def _read_annotations(dag: DAG) -> PlanView:
     )
 
 
-def root_groups(dag: DAG, labels: Sequence[Hashable | None]) -> list[list[int]]:
-    """The client's start: one worker per root, as in WUKONG; roots sharing a label share a worker."""
+def spread(items: Sequence[T], free: int | None) -> tuple[list[T], list[list[T]]]:
+    """Split work a worker holds between itself and new workers, given the platform's idle capacity.
+
+    ``free`` is the platform's count of idle worker slots, or None when it has
+    no limit worth knowing (a FaaS platform): then every item gets its own
+    worker, as in WUKONG. Where invocations queue behind busy workers, an
+    invocation costs more than running the task here, so with a count the
+    worker keeps a share and hands the rest to at most ``free`` new workers,
+    as WUKONG's executors do when invoking is expensive: each of the
+    ``free + 1`` parties gets about as many items, and the new workers take
+    contiguous runs from the end (neighbours in a list tend to share a
+    dependent). Returns ``(kept, groups)``, one group per new worker.
+    """
+    if free is None:
+        return [], [[item] for item in items]
+    if free <= 0 or not items:
+        return list(items), []
+    give = -(-len(items) * free // (free + 1))
+    kept, tail = list(items[: len(items) - give]), list(items[len(items) - give :])
+    parts = min(free, len(tail))
+    return kept, [tail[i * len(tail) // parts : (i + 1) * len(tail) // parts] for i in range(parts)]
+
+
+def root_groups(dag: DAG, plan: PlanView, free: int | None = None) -> list[list[int]]:
+    """The client's start: roots sharing a label share a worker; the others get one worker each, as in
+    WUKONG, or, when the platform says ``free`` workers could start now, that many workers share them
+    (per memory size, see :func:`spread`)."""
     groups: dict[Hashable, list[int]] = {}
     for r in dag.roots:
-        label = labels[r]
-        groups.setdefault(("root", r) if label is None else label, []).append(r)
-    return list(groups.values())
+        label = plan.labels[r]
+        key = ("memory", plan.memory_mb[r] or plan.requested_mb[r]) if label is None else ("label", label)
+        groups.setdefault(key, []).append(r)
+    out: list[list[int]] = []
+    for (kind, _), roots in groups.items():
+        if kind == "label":
+            out.append(roots)
+        elif free is None:
+            out.extend([r] for r in roots)
+        else:
+            first, others = spread(roots, max(1, free) - 1)
+            out.extend(([first] if first else []) + others)
+    return out
 
 
 def continuation(
@@ -167,6 +205,7 @@ def continuation(
     is_here: Callable[[int], bool],
     *,
     unshared: bool = False,
+    free: int | None = None,
 ) -> tuple[list[int], list[list[int]]]:
     """The continuation policy: of the dependents ``t`` just claimed, what runs next in this worker.
 
@@ -184,7 +223,9 @@ def continuation(
     group with most inputs here stays instead, if its memory fits (the plan's
     guess of who finishes a fan-in last was wrong; its worker may be gone, and
     a new one would fetch every input). Without a label one dependent stays,
-    the one with most inputs here among those whose memory fits, as in WUKONG.
+    the one with most inputs here among those whose memory fits, as in WUKONG,
+    and the others that fit are spread over the platform's ``free`` idle
+    slots (:func:`spread`; ``None``: one new worker each), the rest queued here.
     """
     if unshared:
         return list(claimed), []
@@ -206,7 +247,16 @@ def continuation(
     if not fits:
         return [], [[d] for d in claimed]
     keep = fits[0] if len(fits) == 1 else max(fits, key=lambda d: sum(is_here(u) for u in deps[d]))
-    return [keep], [[d] for d in claimed if d != keep]
+    if free is None:
+        return [keep], [[d] for d in claimed if d != keep]
+    kept, groups = spread([d for d in fits if d != keep], free)
+    return [keep, *kept], [[d] for d in claimed if d not in fits] + groups
+
+
+def sheddable(dag: DAG, plan: PlanView, d: int, held_here_only: Callable[[int], bool]) -> bool:
+    """Whether a queued task may move to a new worker: it has no placement label (the plan put it
+    somewhere) and no input whose output only this worker holds (it was never uploaded)."""
+    return plan.labels[d] is None and not any(held_here_only(u) for u in dag.deps[d])
 
 
 def runs_here_if_claimed(plan: PlanView, t: int, d: int, memory_mb: int) -> bool:

@@ -28,6 +28,11 @@ prediction can be compared with a real run:
   cluster, one new worker per other label; without labels one dependent stays,
   the one with most inputs in this worker, as WUKONG does); the roots are
   grouped by :func:`fanflow.dag.placement.root_groups`, as the client does;
+- with ``max_workers`` the idle slots are the platform's free-slot count the
+  loop reads: the roots, the claimed dependents beyond the one kept and, when
+  a worker is about to run its next task, the movable part of its queue are
+  spread over them (:func:`fanflow.dag.placement.spread`), the rest queued in
+  the worker, as the loop does; without a cap each goes to a new worker;
 - a worker runs at the memory planned for the task it was started for, and
   ends when it has nothing left to run. Cost is the sum over workers of
   memory (GB) × time alive (first task start to last task finish): GB-seconds.
@@ -49,7 +54,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import PlanView, continuation, root_groups
+from fanflow.dag.placement import PlanView, continuation, root_groups, sheddable, spread
 from fanflow.planning.predict import DagCosts
 
 
@@ -238,7 +243,24 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         run_next(w, begin)
         head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
 
-    for group in root_groups(dag, view.labels):
+    def free() -> int | None:
+        return max(0, slots) if pool else None
+
+    def shed(w: int, now: float) -> None:
+        """As the loop: a worker about to run its next task hands part of its queue to idle slots."""
+        queue = w_queue[w]
+        if not pool or slots <= 0 or len(queue) < 2:
+            return
+        never_uploaded = lambda u, d: claimer[d] == u and len(dependents[u]) == 1 and worker[u] == w  # noqa: E731
+        movable = [d for d in list(queue)[1:] if sheddable(dag, view, d, lambda u, d=d: never_uploaded(u, d))]
+        _, groups = spread(movable, slots)
+        moved = {d for g in groups for d in g}
+        if moved:
+            w_queue[w] = deque(d for d in queue if d not in moved)
+            for group in groups:
+                new_worker(group, now)
+
+    for group in root_groups(dag, view, free()):
         new_worker(group, 0.0)
     while heap:
         now, _, t = heapq.heappop(heap)
@@ -252,11 +274,13 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
                 claimed_at[d] = now
         others: list[list[int]] = []
         if claimed:
-            here, others = continuation(dag, view, t, claimed, w_memory[w], lambda u, w=w: worker[u] == w)
+            is_here = lambda u, w=w: worker[u] == w  # noqa: E731
+            here, others = continuation(dag, view, t, claimed, w_memory[w], is_here, free=free())
             w_queue[w].extend(here)
         for group in others:
             new_worker(group, now)
         if w_queue[w]:
+            shed(w, now)
             run_next(w, now)
             continue
         w_end[w] = now

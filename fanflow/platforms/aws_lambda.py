@@ -116,6 +116,10 @@ class LambdaPlatform:
         self._stored: OrderedDict[str, None] = OrderedDict()
         self._stored_lock = threading.Lock()
 
+    def free_slots(self) -> int | None:
+        """No count: every fan-out branch gets its own worker."""
+        return None
+
     def invoke(self, invocations: Sequence[Any]) -> None:
         """Send one event per payload; returns once Lambda accepted all. Raises :class:`PlatformError`."""
         events = [self.event(bytes(p)) for p in invocations]

@@ -42,6 +42,16 @@ class Platform(Protocol):
         """Start one worker per item, asynchronously; never blocks on the work itself."""
         ...
 
+    def free_slots(self) -> int | None:
+        """How many more workers could start right now without queueing, or None when the platform
+        has no such limit or cannot tell (then every fan-out branch gets its own worker).
+
+        Workers ask before each fan-out and between tasks, so it must be a local
+        read with no round trip; it is a hint (a stale count costs one queued
+        invocation, never a wrong result). See :func:`fanflow.dag.placement.spread`.
+        """
+        ...
+
     def close(self) -> None:
         """Release what the platform holds (threads, processes, connections)."""
         ...

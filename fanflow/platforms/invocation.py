@@ -46,6 +46,8 @@ class WorkerSettings:
     metrics_upload: str = "shutdown"
     max_recoveries: int = 3
     store_retry_s: float = 10.0
+    fanout: str = "capacity"
+    """``wukong``: one new worker per fan-out branch, whatever the platform's free slots say."""
 
 
 @dataclass(slots=True, kw_only=True)

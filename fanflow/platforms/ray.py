@@ -71,6 +71,10 @@ class RayPlatform:
         self._runtime_env = runtime_env
         self._largest: tuple[float, float] | None = None
 
+    def free_slots(self) -> int | None:
+        """No count: every fan-out branch gets its own worker."""
+        return None
+
     def invoke(self, invocations: Sequence[Any]) -> None:
         """Submit one Ray task per payload; returns once they are submitted (never waits for them)."""
         for payload in invocations:

@@ -66,6 +66,10 @@ class ThreadsPlatform:
         self._blas_limit: threadpool_limits | None = None
         self._switch_interval: float | None = None
 
+    def free_slots(self) -> int | None:
+        """No count: every fan-out branch gets its own worker."""
+        return None
+
     def invoke(self, invocations: Sequence[Any]) -> None:
         put = self._queue.put
         for inv in invocations:

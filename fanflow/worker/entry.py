@@ -41,11 +41,13 @@ def process_main() -> None:
 
 def serve_pipe(conn: Connection) -> None:
     """Run invocations from the pool until it says stop or goes away (the protocol of the pipe)."""
-    from fanflow.platforms.processes import protocol
+    from fanflow.platforms.processes import capacity, protocol
 
     setup = pickle.loads(conn.recv_bytes())
     secret: bytes = setup["secret"]
     logging.basicConfig(level=setup["log_level"], format="%(levelname)s fanflow-worker: %(message)s")
+    if setup.get("capacity_fd") is not None:
+        capacity.attach(setup["capacity_fd"])
     conn.send_bytes(protocol.READY)
     cold = not setup.get("prewarmed", False)
     while True:

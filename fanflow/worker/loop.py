@@ -22,12 +22,28 @@ whose claims it already holds, and for each task it runs four small steps:
    branch, as in WUKONG). Nothing claimed: the worker exits. The planner's
    simulator calls the same function, so plans predict what the loop does.
 
+**Fan out no wider than the platform can run.** A platform that knows how
+many workers could start *now* says so in ``free_slots()``, a local read with
+no round trip (the processes pool shares its count with its worker processes
+in memory). Invoking a worker that can only queue behind busy ones costs more
+than running its task here, so then the others are spread over the idle
+slots and the rest stay in this worker's ready queue
+(:func:`fanflow.dag.placement.spread`); before each next task, a worker that
+holds more than one hands a share of its queue to slots that freed meanwhile
+(:meth:`Worker._shed`), never a task whose input only it holds or that the
+plan placed. Claims are unchanged by this: a queued task is claimed by this
+worker's invocation, as a continued one always was, and a worker started for
+shed tasks runs them as start tasks, as one started for a fan-out branch does.
+A redelivered invocation (its first worker was lost) fans out to no one: it
+re-enters the claims its lost incarnation took and runs them itself.
+
 Dynamic fan-outs (``fanflow.map``) are expanded by the worker that claims
 them (:mod:`fanflow.worker.maps`); a plan's preloads and delayed I/O are in
 :mod:`fanflow.worker.extras`.
 
 State of a worker, all local to it:
 
+- ``ready``: what this worker runs next, in order (start tasks, then claimed ones).
 - ``cache``: outputs this worker produced, by task id. An entry is dropped once
   every dependent of that task has run here; others may still need it locally.
 - ``unshared``: tasks whose (large) output never left this worker, because it
@@ -64,7 +80,7 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed
+from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed, sheddable, spread
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
 from fanflow.platforms.invocation import Invocation, branch_id, send
@@ -151,6 +167,8 @@ class Worker:
         self.extras = PlanExtras(store, dag, inv.run_id, self.plan)
         self._ran_here: set[int] = set()
         self.unshared: set[int] = set()
+        self._unstored: set[int] = set()
+        """Outputs made here and never uploaded: only this worker can run their readers."""
         self._current = -1
         self._status_key = keys.status(inv.run_id)
         self._remote = not store.keeps_objects
@@ -195,6 +213,8 @@ class Worker:
         try:
             while ready:
                 self._check_running()
+                if len(ready) > 1:
+                    self._shed(ready)
                 item = ready.popleft()
                 if type(item) is tuple:
                     self._current = item[0]
@@ -249,6 +269,8 @@ class Worker:
             self.cache[t] = value
             if self._remote:
                 process_values.put(self.run_id, t, value, out_bytes, memory)
+            if not uploaded:
+                self._unstored.add(t)
         self.emit(
             "task_finished", t, store_s=store_s, out_bytes=out_bytes, uploaded=uploaded, memory_mb=memory, **fields
         )
@@ -465,12 +487,60 @@ class Worker:
         unshared = t in self.unshared
         self.unshared.discard(t)
         here, elsewhere = continuation(
-            self.dag, self.plan, t, claimed, self.inv.memory_mb, self.cache.__contains__, unshared=unshared
+            self.dag,
+            self.plan,
+            t,
+            claimed,
+            self.inv.memory_mb,
+            self.cache.__contains__,
+            unshared=unshared,
+            free=self.free_slots(),
         )
-        if len(here) > 1:
+        if len(here) > 1 and (unshared or self.plan.labels[t] is not None):
             self.emit("clustered", t, tasks=here)
         self.invoke(elsewhere)
         return list(here)
+
+    def free_slots(self) -> int | None:
+        """The platform's idle worker slots (a local read, no round trip); None when it has no such count
+        or the run fans out one worker per branch (``fanout="wukong"``).
+
+        A redelivered invocation sees none: it re-enters the claims its lost
+        incarnation took, so it runs whatever it claims itself. Handing a task to
+        a new worker (a new claim owner) could strand that task's dependents,
+        whose claims the lost incarnation may hold.
+        """
+        if self.settings.fanout != "capacity":
+            return None
+        return 0 if self.redelivered else self.platform.free_slots()
+
+    def _shed(self, ready: deque[Item]) -> None:
+        """Hand part of this worker's queue to new workers while the platform has idle slots.
+
+        Work queues here when no slot was idle as it was claimed; a slot that
+        frees later (another worker ended) takes a share now (:func:`spread`),
+        of the items another worker can run as well as this one
+        (:func:`~fanflow.dag.placement.sheddable`; map elements whose item only
+        this worker holds stay too).
+        """
+        free = self.free_slots()
+        if not free:
+            return
+        movable = [
+            item
+            for item in list(ready)[1:]
+            if sheddable(self.dag, self.plan, _task_of(item), self._unstored.__contains__)
+            and not (type(item) is tuple and self.maps.holds(item[0], item[1]))  # type: ignore[index]
+        ]
+        _, groups = spread(movable, free)
+        moved = {item for g in groups for item in g}
+        if not moved:
+            return
+        kept = [item for item in ready if item not in moved]
+        ready.clear()
+        ready.extend(kept)
+        self.emit("shed", -1, items=len(moved), workers=len(groups))
+        self.invoke(groups)
 
     def invoke(self, groups: Sequence[Sequence[Item]]) -> None:
         """Start one worker per group; a group's items run one after another in that worker."""

@@ -23,6 +23,7 @@ from fanflow.config import Config, mask_url, signing_secret
 from fanflow.errors import ConfigError, PlatformError
 from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import peek
+from fanflow.platforms.processes import capacity
 from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key
 from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
@@ -63,6 +64,16 @@ class ProcessesPlatform:
             return
         payloads = [bytes(p) for p in invocations]
         push(self._store, self.pool, pack_entries([peek(p).memory_mb for p in payloads], payloads))
+        if self.host is None:
+            capacity.spend(len(payloads))
+
+    def free_slots(self) -> int | None:
+        """Idle worker slots of the pool: the host's count in the client that runs it, the count it
+        shares with its worker processes in theirs (:mod:`.capacity`); None for a shared pool seen
+        from a client (it does not say)."""
+        if self.host is not None:
+            return self.host.free_slots()
+        return capacity.free_slots()
 
     def prewarm(self, memory_mb: int) -> bool:
         """Start an idle worker of ``memory_mb`` ahead of need; False for a shared pool (not ours to steer)."""

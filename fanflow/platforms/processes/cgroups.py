@@ -83,9 +83,15 @@ def _detect() -> _Layout:
 
 
 class Cgroups:
-    """The cgroups of one pool: a parent group, and one group per worker process."""
+    """The cgroups of one pool: a parent group, and one group per worker process.
 
-    def __init__(self, pool: str) -> None:
+    The parent's CPU weight is ``processes`` times the default (v1 ``cpu.shares``,
+    v2 ``cpu.weight``): under contention a group competes as ONE entity with
+    every process beside it, so at the default weight all of a pool's workers
+    together would get the share of a single process.
+    """
+
+    def __init__(self, pool: str, processes: int = 1) -> None:
         self._groups: list[Path] = []
         self.available = False
         try:
@@ -97,8 +103,10 @@ class Cgroups:
                 if not {"cpu", "memory"} <= set((self._parents[0] / "cgroup.controllers").read_text().split()):
                     raise OSError(f"{layout.cpu_dir} does not enable the cpu and memory controllers for its children")
                 (self._parents[0] / "cgroup.subtree_control").write_text("+cpu +memory")
+                (self._parents[0] / "cpu.weight").write_text(str(min(10_000, 100 * processes)))
             else:
                 self._parents = [_mkdir(layout.cpu_dir / name), _mkdir(layout.memory_dir / name)]
+                (self._parents[0] / "cpu.shares").write_text(str(1024 * processes))
             self._layout = layout
             self.available = True
         except OSError as exc:

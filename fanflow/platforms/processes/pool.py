@@ -46,6 +46,7 @@ from fanflow.errors import PayloadRejectedError, PlatformError
 from fanflow.platforms.invocation import run_id_of, verify
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.processes import protocol
+from fanflow.platforms.processes.capacity import open_capacity
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
 from fanflow.store.redis import RedisStore
@@ -147,7 +148,11 @@ class PoolHost:
         self._stop = threading.Event()
         self._workers: list[_Worker] = []
         self._ids = itertools.count(1)
-        self._cgroups = Cgroups(name)
+        # The pool's group weighs as much as its processes would alone: under contention its workers
+        # get the CPU share separate processes get (each still capped at its quota).
+        self._cgroups = Cgroups(name, self.max_workers)
+        self._capacity = open_capacity()
+        self._reapers: list[threading.Thread] = []
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._env.pop("FANFLOW_SECRET", None)
         self._popper: threading.Thread | None = None
@@ -219,6 +224,7 @@ class PoolHost:
                 with self._held_cv:
                     self._held += len(entries)
                 self._inbox.extend(entries)
+                self._publish_capacity()
                 self._wake_w.send_bytes(b"")
             except Exception:  # Redis away or a bug: keep the pool alive, retry shortly
                 log.exception("pool %s could not take invocations from its queue; retrying", self.name)
@@ -245,6 +251,16 @@ class PoolHost:
                     self._release()
                     self._tell_run(_payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
             self._retire_idle()
+            self._publish_capacity()
+
+    def free_slots(self) -> int:
+        """Workers that could start now: ``max_workers`` minus busy ones and invocations waiting here."""
+        busy = sum(w.payload is not None for w in self._workers)
+        return max(0, self.max_workers - busy - len(self._inbox))
+
+    def _publish_capacity(self) -> None:
+        if self._capacity is not None:
+            self._capacity.publish(self.free_slots())
 
     def prewarm(self, memory_mb: int) -> None:
         """Have an idle worker process of ``memory_mb`` ready before work for it arrives (any thread)."""
@@ -295,10 +311,11 @@ class PoolHost:
     def _cold_start(self, memory_mb: int, prewarmed: bool = False) -> _Worker:
         ours, theirs = Pipe()
         name = f"w{next(self._ids)}"
+        shared = (self._capacity.fd,) if self._capacity is not None else ()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", protocol.CHILD_MAIN, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *shared),
                 env=self._env,
                 stdin=subprocess.DEVNULL,
             )
@@ -307,7 +324,12 @@ class PoolHost:
         finally:
             theirs.close()
         self._cgroups.place(proc.pid, name, memory_mb)
-        setup = {"secret": self._secret, "log_level": logging.getLogger().level, "prewarmed": prewarmed}
+        setup = {
+            "secret": self._secret,
+            "log_level": logging.getLogger().level,
+            "prewarmed": prewarmed,
+            "capacity_fd": shared[0] if shared else None,
+        }
         with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
             ours.send_bytes(pickle.dumps(setup))
         worker = _Worker(name, memory_mb, proc, ours)
@@ -409,13 +431,20 @@ class PoolHost:
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
+        """Tell an idle worker to exit; it is reaped in the background, so a slow exit never holds up dispatch."""
         log.info("pool %s: stopping idle worker %s (pid %d)", self.name, worker.name, worker.proc.pid)
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.send_bytes(b"")
         worker.conn.close()
-        _reap(worker.proc, STOP_GRACE_S)
-        self._cgroups.remove(worker.name)
+
+        def reap() -> None:
+            _reap(worker.proc, STOP_GRACE_S)
+            self._cgroups.remove(worker.name)
+
+        reaper = threading.Thread(target=reap, name=f"fanflow-reap-{worker.name}", daemon=True)
+        reaper.start()
+        self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
 
     def _shutdown(self) -> None:
         """Stop every worker (busy ones get a grace period), return unfinished entries, remove cgroups.
@@ -437,6 +466,8 @@ class PoolHost:
             if worker.payload is not None and (code is None or code != 0):
                 unfinished.append(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
         self._workers = []
+        for reaper in self._reapers:
+            reaper.join(timeout=STOP_GRACE_S + 6)
         self._cgroups.close()
         unfinished.extend(self._inbox)
         self._inbox.clear()
@@ -449,6 +480,8 @@ class PoolHost:
             log.warning("pool %s dropped %d unfinished invocations at shutdown", self.name, len(unfinished))
         self._wake_r.close()
         self._wake_w.close()
+        if self._capacity is not None:
+            self._capacity.close()
 
 
 def _payload_of(entry: bytes) -> tuple[bytes, bool]:

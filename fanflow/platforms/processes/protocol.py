@@ -11,8 +11,10 @@ never imported (this layer sits below the worker).
 Messages (length-framed, :mod:`multiprocessing.connection`):
 
 - pool -> worker, once: the pickled setup (``secret``, ``log_level``,
-  ``prewarmed``); the secret travels here, never on the command line or in the
-  environment; a prewarmed worker's first invocation is a warm start;
+  ``prewarmed``, ``capacity_fd``); the secret travels here, never on the
+  command line or in the environment; a prewarmed worker's first invocation is
+  a warm start; ``capacity_fd`` (inherited like the pipe) is the page holding
+  the pool's free-slot count (:mod:`.capacity`), or None;
 - worker -> pool: :data:`READY` once imported and ready;
 - pool -> worker: one signed invocation payload, after :data:`REDELIVERED` when
   the pool delivers it again because the worker it first went to died (the new
