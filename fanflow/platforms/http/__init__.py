@@ -43,6 +43,8 @@ import httpx
 from fanflow.config import Config
 from fanflow.errors import ConfigError, PlatformError
 from fanflow.platforms.base import InvokerCache
+from fanflow.platforms.http.protocol import BATCH_TYPE, frame
+from fanflow.platforms.processes import capacity
 
 __all__ = ["HttpPlatform", "client_platform", "parse_endpoints", "worker_platform"]
 
@@ -55,6 +57,9 @@ RETRIES = 5
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0
 REQUEST_TIMEOUT_S = 30.0
+
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+"""Payload bytes per batched request at most (well below the gateway's body limit)."""
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
 
@@ -75,6 +80,23 @@ def parse_endpoints(value: str | Sequence[str] | None) -> list[str]:
             + (f" ({', '.join(bad)} is not one)" if bad else "")
         )
     return urls
+
+
+def _batches(payloads: list[bytes], gateways: int) -> list[list[bytes]]:
+    """One batch per gateway (contiguous runs), each cut further at :data:`BATCH_MAX_BYTES`."""
+    parts = min(len(payloads), gateways)
+    out: list[list[bytes]] = []
+    for i in range(parts):
+        batch: list[bytes] = []
+        size = 0
+        for p in payloads[i * len(payloads) // parts : (i + 1) * len(payloads) // parts]:
+            if batch and size + len(p) > BATCH_MAX_BYTES:
+                out.append(batch)
+                batch, size = [], 0
+            batch.append(p)
+            size += len(p)
+        out.append(batch)
+    return out
 
 
 def _backoff(attempt: int) -> float:
@@ -101,9 +123,36 @@ class HttpPlatform:
 
     # -- invoking -------------------------------------------------------------------
     def invoke(self, invocations: Sequence[Any]) -> None:
-        """Post every payload; returns once each is accepted (202). Raises :class:`PlatformError`."""
+        """Post every payload; returns once each is accepted (202). Raises :class:`PlatformError`.
+
+        Several payloads go as batches (one request per gateway, :data:`~.protocol.BATCH_TYPE`),
+        spread over the gateways in turn.
+        """
         if invocations:
-            self._call(self._post_all([bytes(p) for p in invocations]))
+            payloads = [bytes(p) for p in invocations]
+            self._call(self._post_all(_batches(payloads, len(self.endpoints))))
+            capacity.spend(len(payloads))
+
+    def free_slots(self) -> int | None:
+        """Idle worker slots: in a gateway's worker process, its own pool's shared count (no request);
+        elsewhere the sum of the ``free`` every gateway reports on ``GET /healthz``, None if none does."""
+        local = capacity.free_slots()
+        if local is not None:
+            return local
+        return self._call(self._free())  # type: ignore[no-any-return]
+
+    async def _free(self) -> int | None:
+        client, _ = self._session()
+
+        async def one(base: str) -> int | None:
+            try:
+                response = await client.get(f"{base}/healthz", timeout=5.0)
+                return int(response.json()["free"]) if response.status_code == 200 else None
+            except (httpx.TransportError, ValueError, KeyError, TypeError):
+                return None
+
+        found = [f for f in await asyncio.gather(*(one(b) for b in self.endpoints)) if f is not None]
+        return sum(found) if found else None
 
     def _call(self, coro: Any) -> Any:
         if self._loop.is_closed():
@@ -117,26 +166,28 @@ class HttpPlatform:
             self._slots = asyncio.Semaphore(self._max_in_flight)
         return self._client, self._slots
 
-    async def _post_all(self, payloads: list[bytes]) -> None:
-        results = await asyncio.gather(*(self._post(p) for p in payloads), return_exceptions=True)
+    async def _post_all(self, batches: list[list[bytes]]) -> None:
+        results = await asyncio.gather(*(self._post(b) for b in batches), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             first = errors[0]
             if len(errors) > 1 and isinstance(first, PlatformError):
-                raise PlatformError(f"{len(errors)} of {len(payloads)} invocations were not accepted; first: {first}")
+                raise PlatformError(f"{len(errors)} of {len(batches)} batches were not accepted; first: {first}")
             raise first
 
-    async def _post(self, payload: bytes) -> None:
+    async def _post(self, batch: list[bytes]) -> None:
         client, slots = self._session()
         turn = next(self._turn)
+        if len(batch) == 1:
+            body, headers = batch[0], {"content-type": "application/octet-stream"}
+        else:
+            body, headers = frame(batch), {"content-type": BATCH_TYPE}
         last = ""
         async with slots:
             for attempt in range(self._retries + 1):
                 base = self.endpoints[(turn + attempt) % len(self.endpoints)]
                 try:
-                    response = await client.post(
-                        f"{base}/invoke", content=payload, headers={"content-type": "application/octet-stream"}
-                    )
+                    response = await client.post(f"{base}/invoke", content=body, headers=headers)
                 except httpx.TransportError as exc:
                     last = f"{base}: {type(exc).__name__}: {exc}"
                 else:

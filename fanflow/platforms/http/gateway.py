@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from http import HTTPStatus
@@ -42,6 +43,7 @@ from typing import Any
 
 from fanflow.config import mask_url
 from fanflow.errors import FanflowError, PayloadRejectedError, StoreUnavailableError
+from fanflow.platforms.http.protocol import BATCH_TYPE, unframe
 from fanflow.platforms.invocation import verify
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.requirements import missing_of_specs
@@ -90,27 +92,48 @@ class Gateway:
     # -- requests ----------------------------------------------------------------------
     def accept(self, payload: bytes) -> tuple[int, dict[str, Any]]:
         """Verify and queue one payload; the HTTP status and JSON body to answer."""
+        return self.accept_batch([payload])
+
+    def accept_batch(self, payloads: list[bytes]) -> tuple[int, dict[str, Any]]:
+        """Verify every payload, then queue them all (one push per store); nothing is queued unless all verify.
+
+        The answer carries ``free``, the pool's idle slots, so invokers learn the
+        platform's capacity with no request of their own.
+        """
         try:
-            inv = verify(payload, self._secret)
+            invs = [verify(p, self._secret) for p in payloads]
         except PayloadRejectedError as exc:
             return HTTPStatus.FORBIDDEN, {"error": str(exc)}
         if self.draining:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this gateway is shutting down; try another"}
+        by_store: dict[str, list[int]] = {}
+        for i, inv in enumerate(invs):
+            by_store.setdefault(inv.store_url, []).append(i)
         try:
-            store, _ = self._pool_for(inv.store_url)
-            push(store, self.pool, pack_entries([inv.memory_mb], [payload]))
+            for url, members in by_store.items():
+                store, _ = self._pool_for(url)
+                entries = pack_entries([invs[i].memory_mb for i in members], [payloads[i] for i in members])
+                push(store, self.pool, entries)
         except StoreUnavailableError as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
         except FanflowError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
-        self.accepted += 1
-        return HTTPStatus.ACCEPTED, {"accepted": 1, "run_id": inv.run_id}
+        self.accepted += len(payloads)
+        return HTTPStatus.ACCEPTED, {"accepted": len(payloads), "run_id": invs[0].run_id, "free": self.free_slots()}
+
+    def free_slots(self) -> int:
+        """Idle worker slots of this gateway's pools (all of ``max_workers`` before the first invocation)."""
+        hosts = [host for _, host in self._hosts.values()]
+        if not hosts:
+            return self._max_workers or os.cpu_count() or 1
+        return sum(host.free_slots() for host in hosts)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         body: dict[str, Any] = {
             "status": "draining" if self.draining else "ok",
             "pool": self.pool,
             "accepted": self.accepted,
+            "free": self.free_slots(),
             # Anyone who reaches the port sees this: store URLs without their passwords.
             "workers": {mask_url(url): host.stats for url, (_, host) in self._hosts.items()},
         }
@@ -192,6 +215,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(length))
         if path == "/invoke":
+            if self.headers.get("Content-Type", "").startswith(BATCH_TYPE):
+                payloads = unframe(body)
+                if payloads is None:
+                    self._answer(HTTPStatus.BAD_REQUEST, {"error": f"a {BATCH_TYPE} body is malformed"})
+                    return
+                self._answer(*self._gateway.accept_batch(payloads))
+                return
             self._answer(*self._gateway.accept(body))
             return
         try:

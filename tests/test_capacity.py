@@ -1,0 +1,199 @@
+"""Fan-out no wider than the platform can run: the free-slot count, spreading claimed work, shedding a queue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import GATEWAY_SECRET
+
+import fanflow
+from fanflow.dag.graph import DAG
+from fanflow.dag.placement import spread
+from fanflow.planning.predict import Predictor
+from fanflow.planning.simulate import Assignment, simulate
+from fanflow.platforms.http.protocol import BATCH_TYPE, frame, unframe
+from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
+from fanflow.store.metadata import open_metadata
+
+
+@fanflow.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@fanflow.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@fanflow.task
+def pause(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+@fanflow.task
+def seen_free_slots(x: int) -> int:
+    from fanflow.platforms.processes import capacity
+
+    free = capacity.free_slots()
+    assert free is not None, "a pool worker process has the pool's shared count"
+    return free
+
+
+# -- the rule --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 33])
+@pytest.mark.parametrize("free", [1, 2, 3, 8])
+def test_spread_shares_items_evenly_between_this_worker_and_at_most_free_new_ones(n: int, free: int) -> None:
+    items = list(range(n))
+    kept, groups = spread(items, free)
+    assert kept + [i for g in groups for i in g] == items  # nothing lost, order kept, runs contiguous
+    assert 1 <= len(groups) <= free and all(groups)
+    sizes = [len(kept), *map(len, groups)]
+    assert max(sizes) - min(s for s in sizes if s) <= max(1, n // (free + 1))
+
+
+def test_spread_without_a_count_or_without_room() -> None:
+    assert spread([1, 2, 3], None) == ([], [[1], [2], [3]])  # no limit known: one worker per item (WUKONG)
+    assert spread([1, 2, 3], 0) == ([1, 2, 3], [])  # nothing idle: this worker keeps them all
+    assert spread([], 4) == ([], [])
+
+
+def test_the_simulator_spreads_over_a_pools_slots_as_the_loop_does() -> None:
+    leaves = [inc(i) for i in range(64)]
+    while len(leaves) > 1:
+        leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
+    dag = DAG.from_sinks([leaves[0]])
+    costs = Predictor(None, "p50", None).costs(dag)
+    plan = Assignment([1769] * len(dag), None)
+    faas = simulate(dag, costs, plan)  # no cap: one worker per root, as WUKONG
+    pool = simulate(dag, costs, plan, max_workers=2)
+    assert faas.workers >= 64
+    assert pool.workers <= 8  # the roots shared by the 2 slots, shares handed over only as slots free
+    assert all(w >= 0 for w in pool.worker)
+
+
+# -- processes -------------------------------------------------------------------------------------
+def _processes(redis_url: str, tmp_path: Path, **kw: Any) -> fanflow.Config:
+    return fanflow.Config(
+        platform="processes",
+        store=redis_url,
+        max_workers=2,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        **kw,
+    )
+
+
+def _events(config: fanflow.Config, run_id: str) -> list[dict[str, Any]]:
+    return open_metadata(config.metadata).load_run(run_id).events
+
+
+def test_a_pool_worker_reads_its_pools_free_slots(redis_url: str, tmp_path: Path) -> None:
+    config = _processes(redis_url, tmp_path)
+    assert seen_free_slots(0).compute(config) == 1  # 2 slots, one of them running this task
+
+
+def test_a_tree_runs_on_as_many_workers_as_the_pool_has(redis_url: str, tmp_path: Path) -> None:
+    config = _processes(redis_url, tmp_path)
+    leaves = [inc(i) for i in range(64)]
+    while len(leaves) > 1:
+        leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
+    future = leaves[0].submit(config)
+    assert future.result(timeout=120) == sum(range(1, 65))
+    started = [e for e in _events(config, future.run_id) if e["kind"] == "worker_started"]
+    # One worker per root would be 64 invocations; the client starts one per free slot instead,
+    # and a worker hands part of its queue over only when a slot is idle.
+    assert 2 <= len(started) <= 12, len(started)
+
+
+def test_a_wide_fan_out_goes_to_the_free_slots_only(redis_url: str, tmp_path: Path) -> None:
+    config = _processes(redis_url, tmp_path)
+    root = inc(0)
+    future = total([inc(root) for _ in range(40)]).submit(config)
+    assert future.result(timeout=120) == 40 * 2
+    events = _events(config, future.run_id)
+    started = [e for e in events if e["kind"] == "worker_started"]
+    ran_in = {e["worker"] for e in events if e["kind"] == "task_finished"}
+    assert len(started) <= 6, len(started)  # not 40: the root's worker keeps most branches in its queue
+    assert len(ran_in) >= 2  # and the other slot took a share
+
+
+def test_a_worker_sheds_queued_work_when_a_slot_frees(redis_url: str, tmp_path: Path) -> None:
+    config = _processes(redis_url, tmp_path, keep_alive_s=60)
+    total([inc(i) for i in range(4)]).compute(config)  # both workers warm
+    busy = pause(0, 1.5)  # the client starts one worker per free slot: this root holds one of them
+    fan = inc(0)  # the other claims 6 branches while no slot is idle, so it queues them all
+    branches = [pause(fan, 0.4) for _ in range(6)]
+    future = total([busy, *branches]).submit(config)
+    assert future.result(timeout=120) == 6
+    events = _events(config, future.run_id)
+    shed = [e for e in events if e["kind"] == "shed"]
+    assert shed and shed[0]["items"] >= 1  # the busy root's worker ended: half of the queue moved there
+    slow = {e["worker"] for e in events if e["kind"] == "task_finished" and 0.3 < e["exec_s"] < 1.0}
+    assert len(slow) == 2  # the branches ran in both workers
+
+
+# -- http --------------------------------------------------------------------------------------------
+SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
+
+
+def _payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
+    inv = Invocation(
+        run_id="no-such-run",
+        start=(0,),
+        memory_mb=1769,
+        store_url=store_url,
+        platform="http",
+        platform_options={"endpoints": []},
+        settings=SETTINGS,
+        invoked_at=time.time(),
+    )
+    return sign(inv, secret.encode())
+
+
+def test_framing_round_trips_and_rejects_truncated_bodies() -> None:
+    payloads = [b"a", b"", b"x" * 1000]
+    assert unframe(frame(payloads)) == payloads
+    assert unframe(frame(payloads)[:-1]) is None
+    assert unframe(b"\x05\x00") is None
+
+
+def test_a_gateway_takes_a_batch_in_one_request(gateway_urls: list[str], redis_url: str) -> None:
+    url = gateway_urls[0]
+    before = httpx.get(f"{url}/healthz").json()
+    assert isinstance(before["free"], int) and before["free"] >= 0
+    body = frame([_payload(redis_url) for _ in range(3)])
+    reply = httpx.post(f"{url}/invoke", content=body, headers={"content-type": BATCH_TYPE})
+    assert reply.status_code == 202 and reply.json()["accepted"] == 3 and "free" in reply.json()
+    assert httpx.get(f"{url}/healthz").json()["accepted"] == before["accepted"] + 3
+
+
+def test_a_batch_with_one_forged_payload_queues_nothing(gateway_urls: list[str], redis_url: str) -> None:
+    url = gateway_urls[0]
+    before = httpx.get(f"{url}/healthz").json()["accepted"]
+    body = frame([_payload(redis_url), _payload(redis_url, "another-secret")])
+    assert httpx.post(f"{url}/invoke", content=body, headers={"content-type": BATCH_TYPE}).status_code == 403
+    bad = httpx.post(f"{url}/invoke", content=b"\x09\x00\x00\x00abc", headers={"content-type": BATCH_TYPE})
+    assert bad.status_code == 400
+    assert httpx.get(f"{url}/healthz").json()["accepted"] == before
+
+
+def test_http_fans_out_to_the_gateways_free_slots(gateway_urls: list[str], redis_url: str) -> None:
+    config = fanflow.Config(
+        platform="http",
+        store=redis_url,
+        endpoints=",".join(gateway_urls),
+        secret=GATEWAY_SECRET,
+        progress=False,
+        metadata="none",
+    )
+    before = sum(httpx.get(f"{u}/healthz").json()["accepted"] for u in gateway_urls)
+    root = inc(0)
+    assert total([pause(root, 0.2) for _ in range(20)]).compute(config) == 20
+    accepted = sum(httpx.get(f"{u}/healthz").json()["accepted"] for u in gateway_urls) - before
+    assert 2 <= accepted <= 10, accepted  # the root, and shares of the fan-out as slots free, not 21 invocations
