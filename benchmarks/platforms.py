@@ -5,8 +5,12 @@ Platforms (each on what this machine can run; lambda needs AWS and is left out):
 - ``threads``: the embedded default, memory store;
 - ``processes``: a client-started pool of 2 worker processes, one ``redis-server``;
 - ``cluster``: the same pool on a 3-master Redis Cluster (``redis+cluster://``);
-- ``http``: 2 ``fanflow gateway`` processes on localhost (2 worker processes each), one ``redis-server``;
+- ``http``: 2 ``fanflow gateway`` processes on localhost (1 worker process each), one ``redis-server``;
 - ``ray``: a local Ray instance with 2 CPUs, one ``redis-server``.
+
+``NAME:wukong`` (e.g. ``processes:wukong``) runs a platform with ``fanout="wukong"``,
+one new worker per fan-out branch and per root, next to the default ``capacity``
+(fan out no wider than the platform's idle slots), in the same run.
 
 Each workload runs once to warm up (cold starts happen there), then ``--repeat``
 times; the table reports the best timed run. Columns:
@@ -41,12 +45,13 @@ from rich.table import Table
 
 import fanflow
 from fanflow.cli.script import load_module
+from fanflow.client.session import session
 from fanflow.store.metadata import open_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's launchers of real redis-servers, clusters and gateways
 
-from platforms_support import GATEWAY_SECRET, free_port, start_cluster, start_gateways, stop  # noqa: E402
+from support import GATEWAY_SECRET, free_port, start_cluster, start_gateways, stop  # noqa: E402
 
 PLATFORMS = ("threads", "processes", "cluster", "http", "ray")
 
@@ -73,28 +78,31 @@ def configs(names: list[str], stack: ExitStack, workdir: Path) -> dict[str, fanf
     common: dict[str, Any] = {"progress": False, "metadata": meta}
     out: dict[str, fanflow.Config] = {}
     url = _redis(stack, workdir) if set(names) - {"threads"} else ""
-    for name in names:
+    for spec in names:
+        name, _, fanout = spec.partition(":")
+        kw = {**common, **({"fanout": fanout} if fanout else {})}
         if name == "threads":
-            out[name] = fanflow.Config(platform="threads", store="memory://", **common)
+            out[spec] = fanflow.Config(platform="threads", store="memory://", **kw)
         elif name == "processes":
-            out[name] = fanflow.Config(platform="processes", store=url, max_workers=2, **common)
+            out[spec] = fanflow.Config(platform="processes", store=url, max_workers=2, **kw)
         elif name == "cluster":
             (cluster_dir := workdir / "cluster").mkdir()
             ports, procs = start_cluster(cluster_dir)
             stack.callback(stop, procs)
             cluster = f"redis+cluster://127.0.0.1:{ports[0]}"
-            out[name] = fanflow.Config(platform="processes", store=cluster, max_workers=2, **common)
+            out[spec] = fanflow.Config(platform="processes", store=cluster, max_workers=2, **kw)
         elif name == "http":
-            urls, procs = start_gateways(2)
+            urls, procs = start_gateways(2, max_workers=1)
             stack.callback(stop, procs)
             endpoints = ",".join(urls)
-            out[name] = fanflow.Config(platform="http", store=url, endpoints=endpoints, secret=GATEWAY_SECRET, **common)
+            out[spec] = fanflow.Config(platform="http", store=url, endpoints=endpoints, secret=GATEWAY_SECRET, **kw)
         elif name == "ray":
             import ray
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
             stack.callback(ray.shutdown)
-            out[name] = fanflow.Config(platform="ray", store=url, **common)
+            out[spec] = fanflow.Config(platform="ray", store=url, **kw)
+    stack.callback(session().close)  # pools kept warm between runs go before the servers they use
     return out
 
 
