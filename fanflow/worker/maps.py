@@ -3,8 +3,7 @@
 A map is a task whose width is known only when its input list exists. The
 worker that claims it *expands* it (:meth:`MapFanouts.expand`): it stores the
 items other workers need and the element count in one round trip, runs element
-0 itself and hands the others to new workers (one each, or spread over the
-platform's idle slots with the rest queued here). Each element finishes with
+0 itself and invokes one worker per other element. Each element finishes with
 the same exactly-once claim as a task, on the map's set of finished elements;
 the worker whose element completes the set gathers every result in order
 (:meth:`MapFanouts.collect`) and completes the map node like any task, so maps
@@ -19,7 +18,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from fanflow.dag.placement import spread
 from fanflow.errors import InputLostError, MapInputError
 from fanflow.store import keys
 from fanflow.store.base import MISSING, Claim
@@ -36,10 +34,7 @@ class MapFanouts:
         self._results: dict[int, dict[int, Any]] = {}  # map node -> element results made here
 
     def expand(self, w: Worker, m: int, values: list[Any]) -> list[Item]:
-        """Turn claimed map node ``m`` into one element task per item: run element 0 here, spread the others.
-
-        The others go one per new worker, or, on a platform with a free-slot
-        count, over its idle slots with the rest queued here (:func:`spread`).
+        """Turn claimed map node ``m`` into one element task per item: invoke the others, run element 0 here.
 
         Returns what runs here next: element 0, or (an empty list) the dependents the map claimed.
         """
@@ -58,9 +53,10 @@ class MapFanouts:
         if n == 0:
             return w.continue_after(m, w.task_done(m, [], attempt=1, exec_s=0.0, fetch_s=0.0, in_bytes=[]))
         self._items[m] = {0: items[0]}
-        kept, groups = spread([(m, i, n) for i in range(1, n)], w.free_slots())
-        w.invoke(groups)
-        return [(m, 0, n), *kept]
+        # One worker per element whatever the free slots: a redelivered expansion then starts the
+        # same branches (same ids) and those that already ran are not run again.
+        w.invoke([[(m, i, n)] for i in range(1, n)])
+        return [(m, 0, n)]
 
     def holds(self, m: int, i: int) -> bool:
         """Whether element ``i`` of map ``m`` has its item only here (not in the store): it must run here."""
