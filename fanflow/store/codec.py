@@ -21,8 +21,8 @@ is unpickled, and
 
 The MAC is Poly1305 under a one-time key: HMAC-SHA256 of the key name and a
 random 16-byte nonce (stored with the value) under a key derived from the
-secret, never the secret itself; the same construction as ChaCha20-Poly1305's
-tag. Poly1305 rather than HMAC-SHA256 or keyed BLAKE2b over the whole value
+secret, never the secret itself (a fresh key per message from a PRF, as in
+ChaCha20-Poly1305, whose PRF is ChaCha20). Poly1305 rather than HMAC-SHA256 or keyed BLAKE2b over the whole value
 because it measured 3.3x faster than HMAC-SHA256 here (1.4 GB/s against 0.45)
 and a data-heavy run hashes every byte it moves twice (write and read). The
 frames are fed one by one as memoryviews, so an MB-sized array is hashed in
@@ -54,7 +54,8 @@ __all__ = ["Codec", "Encoded", "encode"]
 OUT_OF_BAND = 0x01
 SEALED = 0x02
 NONCE_LEN = 16
-TAG_LEN = NONCE_LEN + 16
+SEAL_LEN = NONCE_LEN + 16
+"""The nonce and the tag, between the flags and the frames."""
 
 _COUNT = struct.Struct("<I")
 _NAME_LEN = struct.Struct("<I")
@@ -85,7 +86,7 @@ def encode(value: Any, sealed: bool = False) -> Encoded:
             f"a {type(value).__name__} cannot be pickled ({type(exc).__name__}: {exc}); return plain data "
             "(numbers, strings, containers, numpy arrays) or objects that support pickle"
         ) from exc
-    tag = TAG_LEN if sealed else 0
+    tag = SEAL_LEN if sealed else 0
     flags = SEALED if sealed else 0
     if not buffers:
         return Encoded(flags, (b"", data), 1 + tag + len(data))
@@ -136,7 +137,7 @@ class Codec:
         flags = view[0] if view.nbytes else 0
         pos = 1
         if flags & SEALED:
-            pos += TAG_LEN
+            pos += SEAL_LEN
             if view.nbytes < pos:
                 raise ValueRejectedError(f"the value at {key!r} is truncated; it was not unpickled")
             if self._key is not None:
