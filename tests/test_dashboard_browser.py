@@ -258,6 +258,7 @@ def test_history_compare_and_functions_pages(page: Any, server: str, metadata_ur
     page.click("#compare:not([disabled])")
     page.wait_for_selector("#compare-functions tbody tr")
     assert "measure" in page.inner_text("#compare-functions") and "makespan" in page.inner_text("#comparison")
+    assert "null" not in page.inner_text("#view") and "-0%" not in page.inner_text("#view")
     page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
     page.goto(f"{server}#/?status=failed")
     page.wait_for_selector("#runs tbody .err-snippet")

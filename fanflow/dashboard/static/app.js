@@ -94,14 +94,18 @@ async function runsView(view) {
 async function compareView(view, a, b) {
   view.replaceChildren(el("p", { class: "muted" }, "Loading runs…"));
   const [ra, rb] = await Promise.all([api("api/runs/" + encodeURIComponent(a)), api("api/runs/" + encodeURIComponent(b))]);
-  const delta = (x, y) => (x && y ? `${y >= x ? "+" : ""}${(((y - x) / x) * 100).toFixed(0)}%` : "–");
+  const delta = (x, y) => {
+    if (!x || !y) return "–";
+    const pct = Math.round(((y - x) / x) * 100) || 0; // no "-0%"
+    return `${pct >= 0 ? "+" : ""}${pct}%`;
+  };
   const line = (name, f, fmt) => el("tr", {}, el("td", {}, name), el("td", { class: "num" }, fmt(f(ra.run))),
     el("td", { class: "num" }, fmt(f(rb.run))), el("td", { class: "num" }, delta(f(ra.run), f(rb.run))));
   const fa = new Map(Object.entries(ra.functions));
   const fb = new Map(Object.entries(rb.functions));
   const fns = [...new Set([...fa.keys(), ...fb.keys()])];
   const head = (...h) => el("thead", {}, el("tr", {}, h.map((x, k) => el("th", { class: k ? "num" : "" }, x))));
-  view.replaceChildren(
+  view.replaceChildren(...[
     el("div", { class: "row" }, el("a", { href: "#/" }, "← runs")),
     el("h1", {}, "Comparing two runs of ", ra.run.workflow || ra.run.sink),
     ra.run.signature !== rb.run.signature ? el("div", { class: "notice" }, "These runs are of different DAGs.") : null,
@@ -126,7 +130,7 @@ async function compareView(view, a, b) {
             el("td", { class: "num" }, fmtDur(x.exec_s)), el("td", { class: "num" }, fmtDur(y.exec_s)),
             el("td", { class: "num" }, delta(x.exec_s, y.exec_s)),
             el("td", { class: "num" }, fmtBytes(x.in_bytes)), el("td", { class: "num" }, fmtBytes(y.in_bytes)));
-        })))));
+        }))))].filter(Boolean));
 }
 
 /* -- functions ------------------------------------------------------------------------------- */
