@@ -183,21 +183,30 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     plan = Plan(name, costs=costs, used_history=history is not None)
     if name == "critical-path":
         top = max(MEMORY_CHOICES)
-        labels = _labels(dag, costs, [r or top for r in requested], clustering, cap)
+        labels, known = _labels(dag, costs, [r or top for r in requested], clustering, cap)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
-        assignment, sim, best, top = critical_path_assignment(
-            dag, costs, labels, upload, config.slack, MEMORY_CHOICES, requested, cap, learned.factors()
+        assignment, sim, best, top_sim = critical_path_assignment(
+            dag,
+            costs,
+            labels,
+            upload,
+            config.slack,
+            MEMORY_CHOICES,
+            requested,
+            cap,
+            learned.factors(),
+            known if upload is None else None,
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
         top_factor = learned.factor("uniform")
-        plan.uniform_makespan_s, plan.uniform_gb_s = top.makespan * top_factor, top.cost_gb_s * top_factor
+        plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
-        labels = _labels(dag, costs, memory, clustering, cap)
+        labels, known = _labels(dag, costs, memory, clustering, cap)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
-        sim = simulate(dag, costs, assignment, cap)
+        sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap)
     plan.simulation = sim
     plan.assignment = assignment
     plan.kind = plan_kind(assignment.memory_mb)
@@ -223,11 +232,18 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     return plan
 
 
-def _labels(dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None) -> list[int]:
-    """Placement, then one correction: fan-ins follow the input the simulation says claims them."""
+def _labels(
+    dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None
+) -> tuple[list[int], Simulation | None]:
+    """Placement, then one correction: fan-ins follow the input the simulation says claims them.
+
+    Also returns the simulation of ``memory`` with these labels (no delayed I/O) when no
+    correction was needed, so the caller need not simulate that plan again.
+    """
     labels = place(dag, costs, memory, clustering)
-    follow = claimers(dag, simulate(dag, costs, Assignment(memory, labels), cap))
-    return place(dag, costs, memory, clustering, follow) if follow else labels
+    sim = simulate(dag, costs, Assignment(memory, labels), cap)
+    follow = claimers(dag, sim)
+    return (place(dag, costs, memory, clustering, follow), None) if follow else (labels, sim)
 
 
 def apply_plan(dag: DAG, config: Config) -> Plan:

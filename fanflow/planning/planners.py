@@ -372,6 +372,7 @@ def critical_path_assignment(
     requested: Sequence[int | None] | None = None,
     max_workers: int | None = None,
     calibration: Mapping[str, float] | None = None,
+    top_sim: Simulation | None = None,
 ) -> tuple[Assignment, Simulation, float, Simulation]:
     """The critical-path plan's memory sizes, its simulation, the best-case makespan and uniform at the top size.
 
@@ -383,7 +384,9 @@ def critical_path_assignment(
     wins, among those no worse than uniform at the largest size (see the
     module docstring; ``calibration`` maps :func:`plan_kind` to actual /
     predicted of past runs). ``requested`` holds per-task memory a user asked
-    for (``@task(memory_mb=...)``), which the planner keeps.
+    for (``@task(memory_mb=...)``), which the planner keeps. ``top_sim``, when
+    given, is the simulation of uniform at the largest size with these labels
+    and upload flags, which the caller already made.
     """
     n = len(dag)
     requested = requested or [None] * n
@@ -393,11 +396,14 @@ def critical_path_assignment(
     def uniform(m: int) -> Assignment:
         return Assignment([r or m for r in requested], labels, upload)
 
-    trials: list[tuple[Simulation, int]] = []
-    for m in sorted(choices):
+    sims: dict[int, Simulation] = {} if top_sim is None else {max(choices): top_sim}
+    for m in sorted(choices, reverse=True):
+        if m in sims:
+            continue
         # sizes past one vCPU that were never measured predict the same times: one simulation serves both
-        twin = next(((ts, tm) for ts, tm in trials if not fixed and _same_costs(costs, tm, m)), None)
-        trials.append((simulate(dag, costs, uniform(m), max_workers) if twin is None else _resized(*twin, m), m))
+        twin = next((tm for tm in sims if not fixed and _same_costs(costs, tm, m)), None)
+        sims[m] = simulate(dag, costs, uniform(m), max_workers) if twin is None else _resized(sims[twin], twin, m)
+    trials = [(sims[m], m) for m in sorted(choices)]
     best = min(s.makespan for s, _ in trials)
     target = best * (1.0 + slack)
     limit = target * (1 + 1e-6)
