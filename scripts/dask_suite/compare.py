@@ -42,8 +42,12 @@ KNOWN_DIFFERENCES = {
 }
 """Tests that pass on Dask's schedulers and fail on fanflow's for a reason that is not a fanflow bug."""
 
-DESELECT = ()
-"""Test ids left out of both sides (slow ones that exercise nothing of the scheduler)."""
+DESELECT = (
+    # Runs on dask.distributed's own scheduler (a Client), not on the schedulers compared here, and
+    # fails on a loaded machine when its 30 s timeout is hit.
+    "dask/tests/test_delayed.py::test_p2p_as_delayed",
+)
+"""Test ids left out of both sides: they exercise nothing of the schedulers compared."""
 
 
 def run_side(schedulers: str, modules: tuple[str, ...], workdir: Path) -> dict[str, str]:
