@@ -276,7 +276,9 @@ def test_every_platform_records_complete_runs(run_config: fanflow.Config) -> Non
     _fan_out(3).compute(run_config)
     m = _last(run_config)
     _check_complete(m)
-    assert len(m.workers) == 3 and m.run.platform == run_config.platform
+    # threads: one worker per branch; processes: the root's worker keeps what no idle slot takes
+    assert len(m.workers) == 3 if run_config.platform == "threads" else 2 <= len(m.workers) <= 3
+    assert m.run.platform == run_config.platform
     assert all(t.out_bytes >= 1000 for t in m.tasks)
     if run_config.platform != "threads":
         assert m.run.encoded_size > 0
