@@ -107,6 +107,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, server: str) -> Iterator[Any]:
     """A page that records every URL it requests (checked to be local when the test ends)."""
+    ARTIFACTS.mkdir(exist_ok=True)  # every test saves screenshots, whichever runs first
     context = browser.new_context(viewport={"width": 1400, "height": 1500})
     pg = context.new_page()
     requested: list[str] = []
@@ -152,7 +153,6 @@ def _watch_start(page: Any, server: str, future: Any) -> str:
 
 
 def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
     page.goto(server)
     page.wait_for_selector("#runs")
 
