@@ -247,3 +247,20 @@ def start_gateways(count: int, max_workers: int = 2) -> tuple[list[str], list[su
         stop(procs)
         raise
     return urls, procs
+
+
+def gateway_payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
+    """A signed payload for a run that does not exist: a gateway accepts it (202) and its worker exits at once."""
+    from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
+
+    inv = Invocation(
+        run_id="no-such-run",
+        start=(0,),
+        memory_mb=1769,
+        store_url=store_url,
+        platform="http",
+        platform_options={"endpoints": []},
+        settings=WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20),
+        invoked_at=time.time(),
+    )
+    return sign(inv, secret.encode())

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import GATEWAY_SECRET
+from support import GATEWAY_SECRET, gateway_payload
 
 import fanflow
 from fanflow.dag.graph import DAG
@@ -16,7 +16,6 @@ from fanflow.dag.placement import spread
 from fanflow.planning.predict import Predictor
 from fanflow.planning.simulate import Assignment, simulate
 from fanflow.platforms.http.protocol import BATCH_TYPE, frame, unframe
-from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
 from fanflow.store.metadata import open_metadata
 
 
@@ -139,21 +138,6 @@ def test_a_worker_sheds_queued_work_when_a_slot_frees(redis_url: str, tmp_path: 
 
 
 # -- http --------------------------------------------------------------------------------------------
-SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
-
-
-def _payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
-    inv = Invocation(
-        run_id="no-such-run",
-        start=(0,),
-        memory_mb=1769,
-        store_url=store_url,
-        platform="http",
-        platform_options={"endpoints": []},
-        settings=SETTINGS,
-        invoked_at=time.time(),
-    )
-    return sign(inv, secret.encode())
 
 
 def test_framing_round_trips_and_rejects_truncated_bodies() -> None:
@@ -167,7 +151,7 @@ def test_a_gateway_takes_a_batch_in_one_request(gateway_urls: list[str], redis_u
     url = gateway_urls[0]
     before = httpx.get(f"{url}/healthz").json()
     assert isinstance(before["free"], int) and before["free"] >= 0
-    body = frame([_payload(redis_url) for _ in range(3)])
+    body = frame([gateway_payload(redis_url) for _ in range(3)])
     reply = httpx.post(f"{url}/invoke", content=body, headers={"content-type": BATCH_TYPE})
     assert reply.status_code == 202 and reply.json()["accepted"] == 3 and "free" in reply.json()
     assert httpx.get(f"{url}/healthz").json()["accepted"] == before["accepted"] + 3
@@ -176,7 +160,7 @@ def test_a_gateway_takes_a_batch_in_one_request(gateway_urls: list[str], redis_u
 def test_a_batch_with_one_forged_payload_queues_nothing(gateway_urls: list[str], redis_url: str) -> None:
     url = gateway_urls[0]
     before = httpx.get(f"{url}/healthz").json()["accepted"]
-    body = frame([_payload(redis_url), _payload(redis_url, "another-secret")])
+    body = frame([gateway_payload(redis_url), gateway_payload(redis_url, "another-secret")])
     assert httpx.post(f"{url}/invoke", content=body, headers={"content-type": BATCH_TYPE}).status_code == 403
     bad = httpx.post(f"{url}/invoke", content=b"\x09\x00\x00\x00abc", headers={"content-type": BATCH_TYPE})
     assert bad.status_code == 400

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from support import GATEWAY_SECRET, inc, install_hint
+from support import GATEWAY_SECRET, gateway_payload, inc, install_hint
 
 import fanflow
 
@@ -23,9 +23,6 @@ pytest.importorskip("httpx", reason=install_hint("http"))
 import httpx
 
 from fanflow.platforms.http import HttpPlatform, parse_endpoints
-from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
-
-SETTINGS = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
 
 
 @fanflow.task
@@ -44,18 +41,6 @@ def needs_missing_package(x: int) -> int:
     return x
 
 
-def _payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
-    inv = Invocation(
-        run_id="no-such-run",
-        start=(0,),
-        memory_mb=1769,
-        store_url=store_url,
-        platform="http",
-        platform_options={"endpoints": []},
-        settings=SETTINGS,
-        invoked_at=time.time(),
-    )
-    return sign(inv, secret.encode())
 
 
 def _config(redis_url: str, urls: list[str], **kw: Any) -> fanflow.Config:
@@ -74,13 +59,13 @@ def test_invoke_answers_202_and_health_200(gateway_urls: list[str], redis_url: s
     for url in gateway_urls:
         health = httpx.get(f"{url}/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
-    reply = httpx.post(f"{gateway_urls[0]}/invoke", content=_payload(redis_url))
+    reply = httpx.post(f"{gateway_urls[0]}/invoke", content=gateway_payload(redis_url))
     assert reply.status_code == 202 and reply.json()["accepted"] == 1
 
 
 def test_gateway_refuses_bad_signatures_and_bad_requests(gateway_urls: list[str], redis_url: str) -> None:
     url = gateway_urls[0]
-    assert httpx.post(f"{url}/invoke", content=_payload(redis_url, "another-secret")).status_code == 403
+    assert httpx.post(f"{url}/invoke", content=gateway_payload(redis_url, "another-secret")).status_code == 403
     assert httpx.post(f"{url}/invoke", content=b"not a payload").status_code == 403
     assert httpx.post(f"{url}/nowhere", content=b"").status_code == 404
     assert httpx.get(f"{url}/invoke").status_code == 404
@@ -102,7 +87,7 @@ def test_a_dead_gateway_in_the_list_costs_a_retry_not_the_run(gateway_urls: list
     before = accepted()
     platform = HttpPlatform([dead, gateway_urls[0]], retries=3)
     try:
-        platform.invoke([_payload(redis_url) for _ in range(8)])  # raises unless every payload is accepted
+        platform.invoke([gateway_payload(redis_url) for _ in range(8)])  # raises unless every payload is accepted
     finally:
         platform.close()
     assert accepted() - before == 8  # all of them by the live gateway, some after failing over from the dead one
