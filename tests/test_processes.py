@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
 import threading
 import time
 import uuid
@@ -272,3 +275,131 @@ def test_preload_fetches_finished_inputs_while_the_planned_worker_is_busy(config
     assert preloaded["task"] == fan_in and preloaded["inputs"] == [q] and preloaded["bytes"] > 0
     finished = {e["task"]: e for e in events if e["kind"] == "task_finished"}
     assert finished[fan_in]["fetch_s"] == 0  # nothing left to fetch when it started
+
+
+# -- a dispatcher that never waits on one worker --------------------------------------------------
+@fanflow.task
+def leaves_hanging(pid_file: str, sibling: str, seen: str) -> int:
+    """Closes its worker process's pipe to the pool, leaving a thread that keeps the process from exiting
+    until ``sibling`` exists (a minute at most), then writes ``seen``: a worker that hangs on its way out.
+    Only the first time: its redelivery just returns."""
+    if Path(pid_file).exists():
+        return 1
+
+    def linger() -> None:
+        with contextlib.suppress(TimeoutError):
+            wait_until(Path(sibling).exists, 60, "the sibling invocation")
+            Path(seen).write_text("the sibling ran while this process was on its way out")
+
+    threading.Thread(target=linger).start()  # not a daemon: the interpreter waits for it as it exits
+    Path(pid_file).write_text(str(os.getpid()))
+    # The pool sees the pipe close now; the worker then reads end of file from /dev/null and exits.
+    os.dup2(os.open(os.devnull, os.O_RDWR), int(sys.argv[1]))
+    return 1
+
+
+@fanflow.task
+def touch(path: str) -> int:
+    Path(path).write_text("ran")
+    return 2
+
+
+def _started_pool(redis_url: str, host_type: type[PoolHost] = PoolHost) -> tuple[PoolHost, threading.Thread]:
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    host = host_type(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=2, idle_timeout_s=60)
+    thread = threading.Thread(target=host.serve, daemon=True)
+    thread.start()
+    return host, thread
+
+
+def _queue(redis_url: str, host: PoolHost, sink: fanflow.Node, memory_mb: int) -> Invocation:
+    inv = dataclasses.replace(_invocation(redis_url, host, DAG.from_sinks([sink])), memory_mb=memory_mb)
+    push(host.store, host.name, pack_entries([memory_mb], [sign(inv, b"pool-secret")]))
+    return inv
+
+
+def _output(host: PoolHost, inv: Invocation) -> Any:
+    return host.store.get_many([keys.output(inv.run_id, 0)])[0]
+
+
+def _close(host: PoolHost, thread: threading.Thread, pids: list[int]) -> None:
+    """Close the pool, then check that no worker process (``pids``, and any it still knows) is left."""
+    pids = pids + [w.proc.pid for w in host._workers if w.proc is not None]
+    host.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_worker_hanging_on_its_way_out_does_not_hold_up_the_others(redis_url: str, tmp_path: Path) -> None:
+    host, thread = _started_pool(redis_url)
+    pid_file, sibling, seen = (str(tmp_path / n) for n in ("pid", "sibling", "seen"))
+    try:
+        host.prewarm(256)
+        host.prewarm(512)
+        wait_until(lambda: sum(w.ready for w in host._workers) == 2, 60, "two warm workers")
+        hanging = _queue(redis_url, host, leaves_hanging(pid_file, sibling, seen), 256)
+        wait_until(lambda: _output(host, hanging) == [1], 30, "the hanging worker's task to finish")
+        # Its process lingers (up to LOST_GRACE_S) after its pipe closed. The other worker takes the next
+        # invocation meanwhile: a dispatcher that waited for the lingering process to exit would kill it
+        # first, and it would never see the sibling's file.
+        other = _queue(redis_url, host, touch(sibling), 512)
+        wait_until(lambda: Path(seen).exists(), 30, "the lingering process to see the sibling run")
+        assert _output(host, other) == [2]
+        # Its process exited on its own, so its invocation is redelivered once, as any lost one.
+        wait_until(lambda: host.stats["redelivered"] == 1, 30, "the lost invocation to be redelivered")
+        wait_until(lambda: not host._burying and host.free_slots() == 2, 30, "the lost worker's slot to free up")
+        assert host.stats["crashed"] == 1
+    finally:
+        _close(host, thread, [int(Path(pid_file).read_text())] if Path(pid_file).exists() else [])
+
+
+class _StuckLaunches(PoolHost):
+    """A pool whose launches of 512 MB workers block until ``unblock`` is set: a fork or exec stuck on
+    a loaded machine (the process itself is real and starts once unblocked)."""
+
+    unblock = threading.Event()
+
+    def _launch(self, worker: Any, theirs: Any, prewarmed: bool) -> None:
+        if worker.memory_mb == 512:
+            self.unblock.wait(60)
+        super()._launch(worker, theirs, prewarmed)
+
+
+def test_a_stuck_cold_start_does_not_hold_up_a_warm_worker(redis_url: str, tmp_path: Path) -> None:
+    _StuckLaunches.unblock.clear()
+    host, thread = _started_pool(redis_url, _StuckLaunches)
+    try:
+        host.prewarm(256)
+        wait_until(lambda: any(w.ready for w in host._workers), 60, "a warm worker")
+        cold = _queue(redis_url, host, touch(str(tmp_path / "cold")), 512)
+        wait_until(lambda: len(host._workers) == 2, 30, "the cold start to begin")
+        warm = _queue(redis_url, host, touch(str(tmp_path / "warm")), 256)
+        wait_until(lambda: _output(host, warm) == [2], 30, "the warm worker's invocation")
+        # The warm worker's slot frees (it replies after storing its output); the launching one's stays taken.
+        wait_until(lambda: host.free_slots() == 1, 30, "the warm worker to reply")
+        assert _output(host, cold) != [2] and len(host._workers) == 2
+        _StuckLaunches.unblock.set()
+        wait_until(lambda: _output(host, cold) == [2], 60, "the cold worker's invocation")
+        assert host.stats["cold_starts"] == 2
+    finally:
+        _StuckLaunches.unblock.set()
+        _close(host, thread, [])
+
+
+def test_a_worker_that_cannot_be_launched_fails_its_run_and_frees_its_slot(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    host, thread = _started_pool(redis_url)
+    try:
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        inv = _queue(redis_url, host, touch(str(tmp_path / "never")), 256)
+        errors = wait_until(lambda: host.store.client.lrange(keys.errors(inv.run_id), 0, -1), 30, "the run to be told")
+        assert b"cannot start a worker process" in errors[0]
+        wait_until(lambda: host.free_slots() == 2 and not host._workers, 30, "the slot to free up")
+        assert not (tmp_path / "never").exists()
+    finally:
+        monkeypatch.undo()
+        _close(host, thread, [])

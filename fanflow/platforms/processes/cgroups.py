@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,8 @@ class Cgroups:
 
     def __init__(self, pool: str, processes: int = 1) -> None:
         self._groups: list[Path] = []
+        self._lock = threading.Lock()
+        """The pool places and removes groups from several threads at once (its launches and reaps)."""
         self.available = False
         try:
             layout = _detect()
@@ -123,17 +126,20 @@ class Cgroups:
         try:
             if self._layout.v2:
                 group = _mkdir(self._parents[0] / child)
-                self._groups.append(group)
+                with self._lock:
+                    self._groups.append(group)
                 (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
                 (group / "memory.max").write_text(limit)
                 (group / "cgroup.procs").write_text(str(pid))
                 return
             cpu = _mkdir(self._parents[0] / child)
-            self._groups.append(cpu)
+            with self._lock:
+                self._groups.append(cpu)
             (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota))
             memory = _mkdir(self._parents[1] / child)
-            self._groups.append(memory)
+            with self._lock:
+                self._groups.append(memory)
             (memory / "memory.limit_in_bytes").write_text(limit)
             (cpu / "cgroup.procs").write_text(str(pid))
             (memory / "cgroup.procs").write_text(str(pid))
@@ -144,10 +150,12 @@ class Cgroups:
         """Remove the groups of a worker process that has exited."""
         for parent in self._parents:
             group = parent / child
-            if group in self._groups:
+            with self._lock:
+                if group not in self._groups:
+                    continue
                 self._groups.remove(group)
-                with contextlib.suppress(OSError):
-                    group.rmdir()
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
     def close(self) -> None:
         """Remove every group this pool made (its processes must have exited)."""

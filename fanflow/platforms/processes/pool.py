@@ -18,8 +18,16 @@ Two threads make a host:
   interpreter, placed in its cgroup), evicting an idle worker of another class
   when the pool is full; a cold worker gets its payload once it reports ready.
   Workers idle for ``idle_timeout_s`` are stopped. A worker that dies with an
-  invocation in flight (e.g. killed at its memory limit) fails that run with an
-  error record, so the client raises instead of waiting forever.
+  invocation in flight (e.g. killed at its memory limit) has it redelivered or
+  fails that run with an error record, so the client raises instead of waiting
+  forever.
+
+The dispatcher never waits on one worker: launching a process (fork, exec,
+cgroup placement), waiting for a dying or stopped one to exit, and telling a
+run in Redis that it failed all run on short-lived helper threads (*chores*).
+A chore hands its outcome back through the pipe end the dispatcher already
+watches (a launch that fails closes the new worker's pipe) or through the
+inbox (a redelivery), so the dispatcher's state stays its own.
 
 A named pool (``fanflow worker-pool``) refreshes ``ff:pool:<name>:alive`` so
 clients can tell that it runs.
@@ -39,10 +47,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
-from fanflow.errors import PayloadRejectedError, PlatformError
+from fanflow.errors import PayloadRejectedError
 from fanflow.platforms.invocation import run_id_of, verify
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.processes import protocol
@@ -66,6 +75,16 @@ dispatcher runs, and goes when the pool stops: clients of a pool that is gone no
 seconds (``ProcessesPlatform.check_serving``)."""
 STOP_GRACE_S = 2.0
 """How long a stopping worker may take to finish before it is killed."""
+
+LOST_GRACE_S = 5.0
+"""How long a worker whose pipe closed may take to exit before it is killed (its exit code
+tells an out-of-memory kill from a crash)."""
+
+KILL_WAIT_S = 5.0
+"""How long a killed worker process may take to go (a process in uninterruptible sleep)."""
+
+CHORES_JOIN_S = LOST_GRACE_S + KILL_WAIT_S + 5
+"""The longest a closing pool waits for its chores: a lost worker's reap, then telling its run."""
 
 KILLED_REDELIVERIES = 1
 """Redeliveries of an invocation whose worker was killed by a signal (e.g. out of memory), at most."""
@@ -106,8 +125,11 @@ class _Worker:
 
     name: str
     memory_mb: int
-    proc: subprocess.Popen[bytes]
     conn: Connection
+    proc: subprocess.Popen[bytes] | None = None
+    """None until its launch chore has started the process (or for good, if the launch failed)."""
+    launch_error: str | None = None
+    """Why the process could not be started; set before the launch closes the worker's pipe."""
     ready: bool = False
     payload: bytes | None = None
     """The invocation in flight (or waiting for the worker to be ready)."""
@@ -152,7 +174,12 @@ class PoolHost:
         # get the CPU share separate processes get (each still capped at its quota).
         self._cgroups = Cgroups(name, self.max_workers)
         self._capacity = open_capacity()
-        self._reapers: list[threading.Thread] = []
+        self._launches: list[threading.Thread] = []
+        self._chores: list[threading.Thread] = []
+        self._burying: set[_Worker] = set()
+        """Lost workers with an invocation in flight, until a chore redelivers it or fails its run:
+        their slots stay taken, so ``free_slots`` never offers a slot the redelivery will fill."""
+        self._deliveries_lock = threading.Lock()
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._env.pop("FANFLOW_SECRET", None)
         self._popper: threading.Thread | None = None
@@ -194,7 +221,7 @@ class PoolHost:
         """Stop and wait until every worker process has exited and its cgroup is removed."""
         self.stop()
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(timeout=STOP_GRACE_S + POP_TIMEOUT_S + 10)
+            self._dispatcher.join(timeout=STOP_GRACE_S + POP_TIMEOUT_S + CHORES_JOIN_S + 10)
 
     # -- popper ------------------------------------------------------------------------
     def _pop_loop(self) -> None:
@@ -242,21 +269,30 @@ class PoolHost:
                     self._on_message(by_conn[conn])
             while self._prewarm:
                 self._warm_one(self._prewarm.popleft())
-            while self._inbox and sum(w.payload is not None for w in self._workers) < self.max_workers:
+            while self._inbox and self._busy() < self.max_workers:
                 entry = self._inbox.popleft()
                 try:
                     self._dispatch(entry)
-                except Exception as exc:  # one invocation's fault (no process, a bug) fails its run, not the pool
+                except Exception as exc:  # one invocation's fault (a bug) fails its run, not the pool
                     log.exception("pool %s could not run an invocation", self.name)
                     self._release()
-                    self._tell_run(_payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
+                    self._chore(self._tell_run, _payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
             self._retire_idle()
             self._publish_capacity()
 
+    def _busy(self) -> int:
+        """Slots taken: workers with an invocation, and lost ones whose invocation is not settled yet."""
+        return sum(w.payload is not None for w in self._workers) + len(self._burying)
+
     def free_slots(self) -> int:
         """Workers that could start now: ``max_workers`` minus busy ones and invocations waiting here."""
-        busy = sum(w.payload is not None for w in self._workers)
-        return max(0, self.max_workers - busy - len(self._inbox))
+        return max(0, self.max_workers - self._busy() - len(self._inbox))
+
+    def _chore(self, work: Callable[..., object], *args: object) -> None:
+        """Run ``work(*args)`` on a helper thread, so the dispatcher goes on at once."""
+        chore = threading.Thread(target=work, args=args, name=f"fanflow-chore-{self.name}", daemon=True)
+        chore.start()
+        self._chores = [c for c in self._chores if c.is_alive()] + [chore]
 
     def _publish_capacity(self) -> None:
         if self._capacity is not None:
@@ -271,16 +307,13 @@ class PoolHost:
         """Cold-start an idle worker of ``memory_mb`` now, unless one is idle or the pool is full of busy ones."""
         if any(w.memory_mb == memory_mb and w.payload is None for w in self._workers):
             return
-        idle = [w for w in self._workers if w.payload is None]
+        idle = [w for w in self._workers if w.ready and w.payload is None]
         if len(self._workers) >= self.max_workers:
             if not idle:
                 return
             self._retire(min(idle, key=lambda w: w.last_used))
-        try:
-            self._cold_start(memory_mb, prewarmed=True)
-            self.stats["prewarmed"] += 1
-        except PlatformError:
-            log.exception("pool %s could not prewarm a %d MB worker", self.name, memory_mb)
+        self._cold_start(memory_mb, prewarmed=True)
+        self.stats["prewarmed"] += 1
 
     def _release(self) -> None:
         """One entry taken from the queue is done with: the popper may take more."""
@@ -309,34 +342,53 @@ class PoolHost:
         worker.payload, worker.redelivered = payload, redelivered
 
     def _cold_start(self, memory_mb: int, prewarmed: bool = False) -> _Worker:
+        """A new worker, its process launched by a chore; the dispatcher hears from it on its pipe."""
         ours, theirs = Pipe()
-        name = f"w{next(self._ids)}"
+        worker = _Worker(f"w{next(self._ids)}", memory_mb, ours)
+        self._workers.append(worker)
+        self.stats["cold_starts"] += 1
+        launch = threading.Thread(
+            target=self._launch, args=(worker, theirs, prewarmed), name=f"fanflow-launch-{worker.name}", daemon=True
+        )
+        launch.start()
+        self._launches = [t for t in self._launches if t.is_alive()] + [launch]
+        return worker
+
+    def _launch(self, worker: _Worker, theirs: Connection, prewarmed: bool) -> None:
+        """Start ``worker``'s process, place it in its cgroup and send its setup (a chore).
+
+        Our copy of the child's pipe end closes only at the end, so the dispatcher
+        sees the pipe's end of file (and loses the worker) only once the launch is
+        over: at once when the process could not be started, else when it dies.
+        """
         shared = (self._capacity.fd,) if self._capacity is not None else ()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", protocol.CHILD_MAIN, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(), *shared),
-                env=self._env,
-                stdin=subprocess.DEVNULL,
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", protocol.CHILD_MAIN, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(), *shared),
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                )
+            except OSError as exc:
+                worker.launch_error = f"pool {self.name}: cannot start a worker process ({exc})"
+                log.error("%s", worker.launch_error)
+                return
+            worker.proc = proc
+            self._cgroups.place(proc.pid, worker.name, worker.memory_mb)
+            setup = {
+                "secret": self._secret,
+                "log_level": logging.getLogger().level,
+                "prewarmed": prewarmed,
+                "capacity_fd": shared[0] if shared else None,
+            }
+            with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
+                worker.conn.send_bytes(pickle.dumps(setup))
+            log.info(
+                "pool %s: cold start of worker %s (pid %d, %d MB)", self.name, worker.name, proc.pid, worker.memory_mb
             )
-        except OSError as exc:
-            raise PlatformError(f"pool {self.name}: cannot start a worker process ({exc})") from exc
         finally:
             theirs.close()
-        self._cgroups.place(proc.pid, name, memory_mb)
-        setup = {
-            "secret": self._secret,
-            "log_level": logging.getLogger().level,
-            "prewarmed": prewarmed,
-            "capacity_fd": shared[0] if shared else None,
-        }
-        with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
-            ours.send_bytes(pickle.dumps(setup))
-        worker = _Worker(name, memory_mb, proc, ours)
-        self._workers.append(worker)
-        log.info("pool %s: cold start of worker %s (pid %d, %d MB)", self.name, name, proc.pid, memory_mb)
-        self.stats["cold_starts"] += 1
-        return worker
 
     def _send(self, worker: _Worker, payload: bytes) -> None:
         worker.payload = payload
@@ -359,18 +411,32 @@ class PoolHost:
         where = f"{self.name}/{worker.name}"
         if message == protocol.REFUSED:
             self.stats["refused"] += 1
-            self._tell_run(worker.payload or b"", "refused", where)
+            self._chore(self._tell_run, worker.payload or b"", "refused", where)
         elif message.startswith(protocol.CRASHED):
             self.stats["crashed"] += 1
-            self._tell_run(
-                worker.payload or b"", f"the worker crashed outside of its tasks: {message[1:].decode()}", where
-            )
+            why = f"the worker crashed outside of its tasks: {message[1:].decode()}"
+            self._chore(self._tell_run, worker.payload or b"", why, where)
         worker.payload = None
         worker.last_used = time.monotonic()
         self._release()
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker process died: redeliver its invocation to a new process, or fail its run.
+        """A worker's pipe closed: its process died, or could not be started. Settled by a chore.
+
+        The dispatcher only forgets the worker; :meth:`_bury` waits for the
+        process to exit and decides what becomes of its invocation, whose slot
+        stays taken meanwhile. A process that closed its pipe but hangs on its
+        way out (a thread that never ends, say) costs one chore, never a stall.
+        """
+        self._workers.remove(worker)
+        worker.conn.close()
+        if worker.payload is not None:
+            self.stats["crashed"] += 1
+            self._burying.add(worker)
+        self._chore(self._bury, worker)
+
+    def _bury(self, worker: _Worker) -> None:
+        """Reap a lost worker, then redeliver its invocation to a new process or fail its run (a chore).
 
         The redelivered payload keeps its invocation id, so its worker re-enters
         the claims the dead one took and carries on where it stopped (tasks it
@@ -378,34 +444,50 @@ class PoolHost:
         A worker killed by a signal (SIGKILL: the out-of-memory killer, most
         likely) is redelivered once: the same task at the same memory would be
         killed again, so a second kill fails the run at once naming the task.
-        Other deaths are redelivered up to ``max_recoveries`` times.
+        Other deaths are redelivered up to ``max_recoveries`` times; a process
+        that could not be started at all fails its run at once.
         """
-        self._workers.remove(worker)
-        worker.conn.close()
-        code = _reap(worker.proc, 5.0)
+        code = _reap(worker.proc, LOST_GRACE_S) if worker.proc is not None else None
         self._cgroups.remove(worker.name)
-        if worker.payload is None:
+        payload = worker.payload
+        if payload is None:
             return
-        self.stats["crashed"] += 1
-        killed = code is not None and code < 0
-        hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if killed else ""
-        why = f"its worker process {worker.proc.pid} exited with code {code}{hint}"
-        digest = hashlib.blake2b(worker.payload, digest_size=16).digest()
-        tries = self._deliveries[digest] = self._deliveries.get(digest, 0) + 1
+        where = f"{self.name}/{worker.name}"
         try:
-            allowed = verify(worker.payload, self._secret).settings.max_recoveries
-        except PayloadRejectedError:
-            allowed = 0
-        if killed:
-            allowed = min(allowed, KILLED_REDELIVERIES)
-        if tries <= allowed:
-            log.warning("pool %s: %s; redelivering its invocation (%d of %d)", self.name, why, tries, allowed)
-            self.stats["redelivered"] += 1
-            self._inbox.appendleft(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
-            return
-        self._deliveries.pop(digest, None)
-        self._release()
-        self._tell_run(worker.payload, f"{why}, {tries} times", f"{self.name}/{worker.name}")
+            if worker.launch_error is not None:
+                self._release()
+                self._tell_run(payload, f"the pool could not run it: {worker.launch_error}", where)
+                return
+            killed = code is not None and code < 0
+            hint = f"; it may have exceeded memory_mb={worker.memory_mb}" if killed else ""
+            pid = worker.proc.pid if worker.proc is not None else None
+            why = f"its worker process {pid} exited with code {code}{hint}"
+            digest = hashlib.blake2b(payload, digest_size=16).digest()
+            with self._deliveries_lock:
+                tries = self._deliveries[digest] = self._deliveries.get(digest, 0) + 1
+            try:
+                allowed = verify(payload, self._secret).settings.max_recoveries
+            except PayloadRejectedError:
+                allowed = 0
+            if killed:
+                allowed = min(allowed, KILLED_REDELIVERIES)
+            if tries <= allowed:
+                log.warning("pool %s: %s; redelivering its invocation (%d of %d)", self.name, why, tries, allowed)
+                self.stats["redelivered"] += 1
+                self._inbox.appendleft(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + payload)
+                return
+            with self._deliveries_lock:
+                self._deliveries.pop(digest, None)
+            self._release()
+            self._tell_run(payload, f"{why}, {tries} times", where)
+        finally:
+            # After the redelivery is in the inbox: the slot is never offered twice, only briefly not at all.
+            self._burying.discard(worker)
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # the pool closed meanwhile
+            self._wake_w.send_bytes(b"")
 
     def _tell_run(self, payload: bytes, why: str, where: str) -> None:
         """Fail the run of an invocation this pool refused or lost, so its client raises at once."""
@@ -432,19 +514,17 @@ class PoolHost:
 
     def _retire(self, worker: _Worker) -> None:
         """Tell an idle worker to exit; it is reaped in the background, so a slow exit never holds up dispatch."""
-        log.info("pool %s: stopping idle worker %s (pid %d)", self.name, worker.name, worker.proc.pid)
+        log.info("pool %s: stopping idle worker %s", self.name, worker.name)
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.send_bytes(b"")
         worker.conn.close()
+        self._chore(self._reap_retired, worker)
 
-        def reap() -> None:
+    def _reap_retired(self, worker: _Worker) -> None:
+        if worker.proc is not None:
             _reap(worker.proc, STOP_GRACE_S)
-            self._cgroups.remove(worker.name)
-
-        reaper = threading.Thread(target=reap, name=f"fanflow-reap-{worker.name}", daemon=True)
-        reaper.start()
-        self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
+        self._cgroups.remove(worker.name)
 
     def _shutdown(self) -> None:
         """Stop every worker (busy ones get a grace period), return unfinished entries, remove cgroups.
@@ -455,19 +535,22 @@ class PoolHost:
         started again, runs them. A pool that does not come back is noticed by
         its clients, as its ``alive`` key goes now.
         """
+        for launch in self._launches:  # quick (a fork and exec); after it, every process is known
+            launch.join()
         for worker in self._workers:
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(b"")
         deadline = time.monotonic() + STOP_GRACE_S
         unfinished: list[bytes] = []
         for worker in self._workers:
-            code = _reap(worker.proc, max(0.0, deadline - time.monotonic()))
+            code = _reap(worker.proc, max(0.0, deadline - time.monotonic())) if worker.proc is not None else None
             worker.conn.close()
             if worker.payload is not None and (code is None or code != 0):
                 unfinished.append(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
         self._workers = []
-        for reaper in self._reapers:
-            reaper.join(timeout=STOP_GRACE_S + 6)
+        chores_end = time.monotonic() + CHORES_JOIN_S
+        for chore in self._chores:  # lost workers' redeliveries land in the inbox, handed back below
+            chore.join(timeout=max(0.0, chores_end - time.monotonic()))
         self._cgroups.close()
         unfinished.extend(self._inbox)
         self._inbox.clear()
@@ -499,7 +582,7 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
     except subprocess.TimeoutExpired:
         proc.kill()
         try:
-            return proc.wait(timeout=5)
+            return proc.wait(timeout=KILL_WAIT_S)
         except subprocess.TimeoutExpired:
             log.error("worker process %d does not die; leaving it", proc.pid)
             return None
