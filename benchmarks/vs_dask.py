@@ -31,7 +31,8 @@ GEMM, TSQR, svd_compressed <= 1.0x Dask distributed (aim 0.8x); TR <= 0.25x;
 sleeps >= 90% parallel efficiency; history on <= 1.15x off; client-started
 second compute <= 1.3x the shared pool; per-task cost from 1k to 64k <= 1.5x.
 
-Run: ``python benchmarks/vs_dask.py [--repeat 3] [--only embedded,processes,client,scale,cluster]``.
+Run: ``python benchmarks/vs_dask.py [--repeat 3] [--only embedded,processes,client,scale,cluster]``;
+``--workloads svd,sleeps`` keeps the processes workloads whose names contain one of the parts.
 """
 
 from __future__ import annotations
@@ -306,9 +307,11 @@ def embedded(repeat: int) -> list[Row]:
     ]
 
 
-def processes(repeat: int, url: str, warm: fanflow.Config, client: Any) -> list[Row]:
+def processes(repeat: int, url: str, warm: fanflow.Config, client: Any, match: str) -> list[Row]:
     rows = []
     for name, (ours, theirs, target) in processes_workloads().items():
+        if not any(m in name for m in match.split(",")):
+            continue
         mine, peer = taking_turns(repeat, lambda ours=ours: ours(warm), lambda theirs=theirs: theirs(client))
         note = ""
         if "sleeps" in name:
@@ -463,6 +466,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated parts of the processes workloads' names to run (all by default)"
+    )
     parser.add_argument("--long-repeat", type=int, default=1, help="repeats of the 16k- and 64k-task runs")
     parser.add_argument("--scale-child", nargs=2, metavar=("LEAVES", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -482,7 +488,7 @@ def main() -> None:
             warm = stack.enter_context(shared_pool(url))
             client = stack.enter_context(dask_cluster())
             if "processes" in wanted:
-                rows += processes(args.repeat, url, warm, client)
+                rows += processes(args.repeat, url, warm, client, args.workloads)
             if "client" in wanted:
                 rows += client_started(args.repeat, url, warm, client)
             if "scale" in wanted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import redis
 from support import inc
@@ -54,6 +55,18 @@ def test_outputs_of_a_run_spread_over_every_master(store: RedisClusterStore, mas
     assert values[:-1] == list(range(300)) and values[-1] is MISSING and sizes[-1] == 0
     assert store.delete([*names, keys.output(run, 999)]) == 300
     assert store.get_many(names)[0] == [MISSING] * 300
+
+
+def test_large_values_round_trip_over_the_cluster(store: RedisClusterStore) -> None:
+    """Arrays of MBs go to each master as chunks from the array (see ``Packer``), in a pipeline and alone."""
+    run = f"large-{uuid.uuid4().hex[:8]}"
+    arrays = {keys.output(run, t): np.full((500, 500), float(t)) for t in range(4)}
+    store.put_many({k: store.dumps(a)[0] for k, a in arrays.items()}, ttl_s=60)
+    claim = Claim(keys.deps(run, 9), keys.claim(run, 9), 4, 2, keys.output(run, 4, 9), store.dumps(arrays)[0])
+    assert store.finish({}, [claim], "w", 60, 1000) == [False]
+    values, _ = store.get_many([*arrays, keys.output(run, 4, 9)])
+    assert all(np.array_equal(v, a) for v, a in zip(values, arrays.values(), strict=False))
+    assert values[-1].keys() == arrays.keys()
 
 
 def test_claim_script_stays_in_one_slot_and_is_exactly_once(store: RedisClusterStore) -> None:

@@ -14,7 +14,7 @@ import fanflow
 from fanflow.store import keys
 from fanflow.store.base import MISSING, Claim
 from fanflow.store.codec import Codec
-from fanflow.store.redis import RedisStore, connect
+from fanflow.store.redis import Packer, RedisStore, connect
 
 
 @pytest.fixture
@@ -46,6 +46,32 @@ def test_numpy_travels_out_of_band_without_copy() -> None:
     assert np.array_equal(back, array)
     assert not back.flags.writeable  # a view into the fetched bytes: read-only, never copied
     assert np.shares_memory(back, np.frombuffer(data, dtype=np.uint8))
+
+
+def test_a_large_array_goes_to_the_socket_from_the_array_itself() -> None:
+    array = np.random.default_rng(0).random((512, 512))
+    codec = Codec(b"secret")
+    sealed = codec.seal_frames("k", codec.encode(array))
+    chunks = Packer().pack("SET", "k", sealed, "EX", 60)
+    assert any(isinstance(c, memoryview) and np.shares_memory(np.frombuffer(c, np.uint8), array) for c in chunks)
+    assert sum(len(c) for c in chunks) < array.nbytes + 1024  # every byte once: no copy packed with the command
+    value = b"".join(sealed.frames)
+    resp = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n$2\r\nEX\r\n$2\r\n60\r\n" % (len(value), value)
+    assert b"".join(chunks) == resp
+
+
+@pytest.mark.parametrize("shape", [(3,), (100, 100), (1000, 1000)])
+def test_values_of_every_size_round_trip_through_the_packer(store: RedisStore, run: str, shape: tuple[int]) -> None:
+    """Small values go through redis-py's packer, large ones as chunks: Redis reads both, alone or in a pipeline."""
+    array = np.random.default_rng(1).random(shape)
+    claim = Claim(keys.deps(run, 1), keys.claim(run, 1), 0, 2, keys.output(run, 0, 1), store.dumps(array * 2)[0])
+    store.put_many({keys.output(run, 0): store.dumps(array)[0]}, ttl_s=60)
+    assert store.finish({keys.output(run, 2): store.dumps(array + 1)[0]}, [claim], "w", 60, 5000) == [False]
+    (plain, doubled, plus_one), sizes = store.get_many(
+        [keys.output(run, 0), keys.output(run, 0, 1), keys.output(run, 2)]
+    )
+    assert np.array_equal(plain, array) and np.array_equal(doubled, array * 2) and np.array_equal(plus_one, array + 1)
+    assert sizes[0] >= array.nbytes
 
 
 def test_unpicklable_value_raises_serialization_error(store: RedisStore) -> None:

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from fanflow.errors import SerializationError, ValueRejectedError
 
-__all__ = ["Codec", "Encoded", "encode"]
+__all__ = ["Codec", "Encoded", "Sealed", "encode"]
 
 OUT_OF_BAND = 0x01
 SEALED = 0x02
@@ -71,6 +71,13 @@ class Encoded(NamedTuple):
     """The header (possibly empty), the pickle stream, then the out-of-band buffers."""
     nbytes: int
     """The size of the stored bytes, tag included when sealed."""
+
+
+class Sealed(NamedTuple):
+    """A value's stored bytes as frames (see :meth:`Codec.seal_frames`)."""
+
+    frames: Sequence[Frame]
+    nbytes: int
 
 
 def encode(value: Any, sealed: bool = False) -> Encoded:
@@ -119,14 +126,20 @@ class Codec:
 
     def seal(self, key: str, value: Encoded) -> bytes:
         """The bytes to store ``value`` under ``key``: flags, tag (when sealing), frames."""
+        return b"".join(self.seal_frames(key, value).frames)
+
+    def seal_frames(self, key: str, value: Encoded) -> Sealed:
+        """The stored bytes of ``value`` under ``key`` as a sequence of frames, never joined: a
+        store that writes them one after another (:mod:`fanflow.store.redis`) sends an array's
+        buffer from the array itself."""
         flags = bytes((value.flags,))
         if self._key is None:
-            return b"".join((flags, *value.frames))
+            return Sealed((flags, *value.frames), value.nbytes)
         if not value.flags & SEALED:
             raise ValueError("encode with this codec before sealing")  # a programming error, not a user one
         nonce = os.urandom(NONCE_LEN)
         tag = self._mac(key, nonce, flags, value.frames).finalize()
-        return b"".join((flags, nonce, tag, *value.frames))
+        return Sealed((flags, nonce, tag, *value.frames), value.nbytes)
 
     def decode(self, key: str, data: bytes | memoryview) -> Any:
         """Verify ``data`` read from ``key`` (when this codec has a secret), then unpickle it.

@@ -48,6 +48,7 @@ from fanflow.errors import StoreUnavailableError
 from fanflow.store.redis import (
     CONNECT_TIMEOUT_S,
     SOCKET_TIMEOUT_S,
+    PackingConnection,
     RedisStore,
     _translated,
     _unavailable,
@@ -135,6 +136,7 @@ def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> Red
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             retry=retry_policy(retry_s),
+            connection_class=PackingConnection,
         )
     except (RedisClusterException, RedisConnectionError, RedisTimeoutError) as exc:
         raise _unavailable(url, exc) from exc
