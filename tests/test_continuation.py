@@ -92,8 +92,13 @@ def loop_partition(dag: DAG, config: fanflow.Config) -> set[tuple[frozenset[int]
     return {(frozenset(ts), memory[w]) for w, ts in tasks.items()}
 
 
-def simulated_partition(dag: DAG, assignment: Assignment) -> set[tuple[frozenset[int], int]]:
-    sim = simulate(dag, Predictor(None, "p50", None).costs(dag), assignment)
+def simulated_partition(
+    dag: DAG, assignment: Assignment, remote: bool = False, out_bytes: dict[int, float] | None = None
+) -> set[tuple[frozenset[int], int]]:
+    costs = Predictor(None, "p50", None).costs(dag)
+    for t, size in (out_bytes or {}).items():
+        costs.out_bytes[t] = size
+    sim = simulate(dag, costs, assignment, remote=remote)
     tasks: dict[int, set[int]] = {}
     for t, w in enumerate(sim.worker):
         tasks.setdefault(w, set()).add(t)
@@ -146,3 +151,42 @@ def test_a_single_claim_stays_exactly_when_the_continuation_keeps_it() -> None:
         for t, d in itertools.product(range(n), repeat=2):
             here, _ = continuation(dag, plan, t, [d], 1769, lambda u: False)
             assert runs_here_if_claimed(plan, t, d, 1769) == (here == [d])
+
+
+@fanflow.task
+def blob(n: int) -> bytes:
+    return b"x" * n
+
+
+@fanflow.task
+def head(data: bytes) -> int:
+    return data[0]
+
+
+@pytest.mark.parametrize("platform", ["threads", "processes"])
+def test_a_large_output_keeps_every_reader_in_its_worker_in_the_loop_and_the_simulator(
+    platform: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """From 1 MiB, an output whose readers its worker all claims is never uploaded: they all run there.
+
+    Only with a store out of process (Redis); in memory nothing is uploaded anyway and WUKONG's
+    one worker per branch holds. The simulator, told the output's size and the store, agrees.
+    """
+    size = 2 << 20
+    root = blob(size)
+    dag = DAG.from_sinks([head(root) for _ in range(3)])
+    n = len(dag)
+    remote = platform == "processes"
+    predicted = simulated_partition(dag, Assignment([1769] * n), remote=remote, out_bytes={0: float(size)})
+    assert len(predicted) == (1 if remote else 3)
+    store = request.getfixturevalue("redis_url") if remote else "memory://large-output"
+    config = fanflow.Config(
+        platform=platform,
+        store=store,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        metrics_upload="task",
+        memory_mb=1769,
+        fanout="wukong",
+    )
+    assert loop_partition(dag, config) == predicted

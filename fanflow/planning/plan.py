@@ -158,6 +158,11 @@ def worker_cap(config: Config) -> int | None:
     return None
 
 
+def remote_store(config: Config) -> bool:
+    """Whether the run's store is out of process, where the loop keeps large outputs out of it when it can."""
+    return not config.store.startswith("memory:")
+
+
 def make_plan(dag: DAG, config: Config, history: History | None = None, read_history: bool = True) -> Plan:
     """Plan ``dag`` with ``config.planner``; ``history`` is read from ``config.metadata`` unless given.
 
@@ -176,6 +181,7 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
             history = load_history(dag, config)
         learned = load_calibration(dag, config)
     cap = worker_cap(config)
+    remote = remote_store(config)
     costs = Predictor(history, config.sla, cap).costs(dag)
     clustering = "clustering" in enabled
     requested = [dag.task(t).memory_mb for t in range(len(dag))]
@@ -183,7 +189,7 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
     plan = Plan(name, costs=costs, used_history=history is not None)
     if name == "critical-path":
         top = max(MEMORY_CHOICES)
-        labels, known = _labels(dag, costs, [r or top for r in requested], clustering, cap)
+        labels, known = _labels(dag, costs, [r or top for r in requested], clustering, cap, remote)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment, sim, best, top_sim = critical_path_assignment(
             dag,
@@ -196,6 +202,7 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
             cap,
             learned.factors(),
             known if upload is None else None,
+            remote,
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
@@ -203,10 +210,10 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
-        labels, known = _labels(dag, costs, memory, clustering, cap)
+        labels, known = _labels(dag, costs, memory, clustering, cap, remote)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
-        sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap)
+        sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap, remote)
     plan.simulation = sim
     plan.assignment = assignment
     plan.kind = plan_kind(assignment.memory_mb)
@@ -233,7 +240,7 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
 
 
 def _labels(
-    dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None
+    dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None, remote: bool
 ) -> tuple[list[int], Simulation | None]:
     """Placement, then one correction: fan-ins follow the input the simulation says claims them.
 
@@ -241,7 +248,7 @@ def _labels(
     correction was needed, so the caller need not simulate that plan again.
     """
     labels = place(dag, costs, memory, clustering)
-    sim = simulate(dag, costs, Assignment(memory, labels), cap)
+    sim = simulate(dag, costs, Assignment(memory, labels), cap, remote)
     follow = claimers(dag, sim)
     return (place(dag, costs, memory, clustering, follow), None) if follow else (labels, sim)
 

@@ -78,6 +78,9 @@ MAX_CHECK_ROUNDS = 2
 NEVER_WORSE = 0.05
 """The critical-path plan's predicted makespan and GB-s stay within this fraction over uniform at the largest size."""
 
+REWEIGH_BUDGET = 4
+"""Tasks the critical-path planner's path updates may visit, as a multiple of the DAG's size."""
+
 _EPS = 1e-9
 
 
@@ -197,36 +200,47 @@ def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dic
 
 
 class _Paths:
-    """Longest paths over a simulation's structure, kept up to date incrementally as weights change."""
+    """Longest paths over a simulation's structure, kept up to date incrementally as weights change.
+
+    The structure's edges are the dependencies, the order of tasks within a
+    worker, and what dispatched each worker (:attr:`Simulation.waited_for` of
+    its first task: its claimer, the worker that handed it over, or the one
+    whose exit freed the pool slot it waited for). With each task weighted by
+    its overhead before it plus its duration, the longest path to a task's end
+    is exactly its simulated finish, so only the tails need a pass.
+    """
 
     def __init__(self, dag: DAG, sim: Simulation) -> None:
         n = len(dag)
-        self.preds: list[list[int]] = [list(u) for u in dag.deps]
-        self.succs: list[list[int]] = [list(d) for d in dag.dependents]
-        for t, p in enumerate(sim.previous):
-            if p >= 0 and p not in dag.deps[t]:
-                self.preds[t].append(p)
-                self.succs[p].append(t)
+        deps, dependents = dag.deps, dag.dependents
+        self.preds: list[list[int]] = [list(u) for u in deps]
+        self.succs: list[list[int]] = [list(d) for d in dependents]
+        for t in range(n):
+            for p in (sim.previous[t], sim.waited_for[t]):
+                if p >= 0 and p not in self.preds[t]:
+                    self.preds[t].append(p)
+                    self.succs[p].append(t)
         self.rank = [0] * n
         for r, t in enumerate(sim.order):
             self.rank[t] = r
-        self.weight = [sim.head_latency[t] + sim.duration[t] for t in range(n)]
-        self.finish = [0.0] * n
+        self.weight = [h + d for h, d in zip(sim.head_latency, sim.duration, strict=True)]
+        self.finish = list(sim.finish)
         self.tail = [0.0] * n
-        finish, tail, weight, preds, succs = self.finish, self.tail, self.weight, self.preds, self.succs
-        for t in sim.order:
-            finish[t] = max((finish[p] for p in preds[t]), default=0.0) + weight[t]
-        for t in reversed(sim.order):
-            tail[t] = max((weight[s] + tail[s] for s in succs[t]), default=0.0)
-
-    def makespan(self) -> float:
-        return max(self.finish)
+        tail, weight, preds = self.tail, self.weight, self.preds
+        for s in reversed(sim.order):
+            through = weight[s] + tail[s]
+            for p in preds[s]:
+                if through > tail[p]:
+                    tail[p] = through
 
     def slack(self, t: int, target: float) -> float:
         return target - self.finish[t] - self.tail[t]
 
-    def reweigh(self, changed: dict[int, float]) -> None:
-        """Set new weights for some tasks and propagate finish forward and tail backward where they change."""
+    def reweigh(self, changed: dict[int, float]) -> int:
+        """Set new weights for some tasks and propagate finish forward and tail backward where they change.
+
+        Returns how many tasks it visited.
+        """
         rank, finish, tail, weight = self.rank, self.finish, self.tail, self.weight
         preds, succs = self.preds, self.succs
         for t, w in changed.items():
@@ -234,8 +248,10 @@ class _Paths:
         heap = [(rank[t], t) for t in changed]
         heapq.heapify(heap)
         seen = set(changed)
+        visited = 0
         while heap:
             _, t = heapq.heappop(heap)
+            visited += 1
             new = max((finish[p] for p in preds[t]), default=0.0) + weight[t]
             if abs(new - finish[t]) <= _EPS and t not in changed:
                 continue
@@ -249,6 +265,7 @@ class _Paths:
         seen = {p for _, p in back}
         while back:
             _, t = heapq.heappop(back)
+            visited += 1
             new = max((weight[s] + tail[s] for s in succs[t]), default=0.0)
             if abs(new - tail[t]) <= _EPS:
                 continue
@@ -257,30 +274,28 @@ class _Paths:
                 if p not in seen:
                     seen.add(p)
                     heapq.heappush(back, (-rank[p], p))
+        return visited
 
 
-def _weights(costs: DagCosts, sim: Simulation, tasks: Sequence[int], memory_mb: int, pool: bool) -> list[float]:
-    """Path weights (overhead before + duration) of one worker's tasks if it had ``memory_mb``.
+def _weights_at(costs: DagCosts, sim: Simulation, memory_mb: int, pool: bool) -> list[float]:
+    """Path weight (overhead before + duration) of every task if its worker had ``memory_mb``.
 
-    The same inputs are fetched and the same outputs uploaded; the worker's
-    start latency becomes that of the new size (cold or warm as simulated, the
-    mix without a pool) and its queue wait stays; the loop gaps follow the size.
+    The same inputs are fetched and the same outputs uploaded; the loop gaps
+    follow the size. A worker's first task pays the start latency of the new
+    size: without a pool, the platform's mix of cold and warm; in a pool, a
+    cold start, since a size the pool was not running needs a fresh process.
     """
-    w = sim.worker[tasks[0]]
+    z = costs.z
     execute = costs.exec_at(memory_mb)
-    if not pool:
-        latency = costs.start_s(memory_mb)
-    elif sim.worker_cold[w]:
-        latency = costs.cold_s(memory_mb)
-    else:
-        latency = costs.warm_s(memory_mb)
+    fetch, upload = costs.fetch.line(memory_mb), costs.upload.line(memory_mb)
+    f0, f1, ff = fetch.intercept + z * fetch.sd, fetch.slope, fetch.floor
+    u0, u1, uf = upload.intercept + z * upload.sd, upload.slope, upload.floor
     gap = costs.gap_s(memory_mb)
-    result = []
-    for i, t in enumerate(tasks):
-        before = sim.head_latency[t] - sim.worker_latency[w] + latency if i == 0 else gap
-        d = costs.fetch_s(sim.remote_bytes[t], memory_mb) + execute[t] + costs.upload_s(sim.up_bytes[t], memory_mb)
-        result.append(before + d)
-    return result
+    latency = costs.cold_s(memory_mb) if pool else costs.start_s(memory_mb)
+    return [
+        (gap if p >= 0 else latency) + (max(ff, f0 + f1 * r) if r > 0 else 0.0) + e + max(uf, u0 + u1 * u)
+        for p, r, e, u in zip(sim.previous, sim.remote_bytes, execute, sim.up_bytes, strict=True)
+    ]
 
 
 def downgrade(
@@ -303,7 +318,12 @@ def downgrade(
     slower task must not become the one that claims a fan-in, or the fan-in
     would move to this slower worker (or to a new one), which the slack does
     not account for. A size predicted slower (measured, or scaled where never
-    measured) is only taken where the slack absorbs it.
+    measured) is only taken where the slack absorbs it. In a pool, the worker
+    that next takes this worker's slot expected a warm process of its own
+    size and now finds one of another size: its cold start must fit its slack
+    too. Downgrades stop once their updates have visited :data:`REWEIGH_BUDGET`
+    times the tasks (a delay in a busy pool runs down the whole queue behind
+    it), so this stays near linear; the most costly workers came first.
     """
     paths = _Paths(dag, sim)
     finish, weight = paths.finish, paths.weight
@@ -311,9 +331,18 @@ def downgrade(
     by_worker: list[list[int]] = [[] for _ in range(sim.workers)]
     for t in sim.order:
         by_worker[worker[t]].append(t)
+    heir = [-1] * sim.workers  # first task of the worker dispatched into this worker's slot when it ended
+    if pool:
+        for t, cause in enumerate(sim.waited_for):
+            if cause >= 0 and sim.previous[t] < 0 and by_worker[worker[cause]][-1] == cause:
+                heir[worker[cause]] = t
+    at_size = {m: _weights_at(costs, sim, m, pool) for m in choices}
     cost = [(sim.worker_end[w] - sim.worker_begin[w]) * sim.worker_memory[w] for w in range(sim.workers)]
     changed: list[int] = []
+    budget = REWEIGH_BUDGET * len(dag)
     for w in sorted(range(sim.workers), key=lambda w: -cost[w]):
+        if budget <= 0:
+            break
         tasks = by_worker[w]
         if not tasks or tasks[0] in fixed:
             continue
@@ -321,11 +350,11 @@ def downgrade(
         for m in choices:
             if m >= current:
                 break
-            new = _weights(costs, sim, tasks, m, pool)
+            new = at_size[m]
             extra = 0.0
             fits = True
-            for t, nw in zip(tasks, new, strict=True):
-                extra += nw - weight[t]
+            for t in tasks:
+                extra += new[t] - weight[t]
                 if extra > paths.slack(t, target) + _EPS:
                     fits = False
                     break
@@ -338,7 +367,14 @@ def downgrade(
                     break
             if not fits:
                 continue
-            paths.reweigh(dict(zip(tasks, new, strict=True)))
+            update = {t: new[t] for t in tasks}
+            h = heir[w]
+            if h >= 0 and not sim.worker_cold[worker[h]] and sim.worker_memory[worker[h]] != m:
+                late_start = costs.cold_s(sim.worker_memory[worker[h]]) - sim.worker_latency[worker[h]]
+                if max(extra, 0.0) + late_start > paths.slack(h, target) + _EPS:
+                    continue
+                update[h] = weight[h] + late_start
+            budget -= paths.reweigh(update)
             for t in tasks:
                 plan.memory_mb[t] = m
             changed.append(w)
@@ -373,6 +409,7 @@ def critical_path_assignment(
     max_workers: int | None = None,
     calibration: Mapping[str, float] | None = None,
     top_sim: Simulation | None = None,
+    remote: bool = False,
 ) -> tuple[Assignment, Simulation, float, Simulation]:
     """The critical-path plan's memory sizes, its simulation, the best-case makespan and uniform at the top size.
 
@@ -386,7 +423,8 @@ def critical_path_assignment(
     predicted of past runs). ``requested`` holds per-task memory a user asked
     for (``@task(memory_mb=...)``), which the planner keeps. ``top_sim``, when
     given, is the simulation of uniform at the largest size with these labels
-    and upload flags, which the caller already made.
+    and upload flags, which the caller already made. ``remote``: the store is
+    out of process (see :func:`~fanflow.planning.simulate.simulate`).
     """
     n = len(dag)
     requested = requested or [None] * n
@@ -402,7 +440,10 @@ def critical_path_assignment(
             continue
         # sizes past one vCPU that were never measured predict the same times: one simulation serves both
         twin = next((tm for tm in sims if not fixed and _same_costs(costs, tm, m)), None)
-        sims[m] = simulate(dag, costs, uniform(m), max_workers) if twin is None else _resized(sims[twin], twin, m)
+        if twin is None:
+            sims[m] = simulate(dag, costs, uniform(m), max_workers, remote)
+        else:
+            sims[m] = _resized(sims[twin], twin, m)
     trials = [(sims[m], m) for m in sorted(choices)]
     best = min(s.makespan for s, _ in trials)
     target = best * (1.0 + slack)
@@ -414,7 +455,7 @@ def critical_path_assignment(
     for _ in range(MAX_CHECK_ROUNDS if below else 0):
         if not downgrade(dag, costs, plan, sim, target, below, fixed, pool):
             break
-        sim = simulate(dag, costs, plan, max_workers)
+        sim = simulate(dag, costs, plan, max_workers, remote)
         if sim.makespan <= limit:
             candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
             break
@@ -424,7 +465,7 @@ def critical_path_assignment(
         for t in range(n):
             if sim.worker[t] in on_path and t not in fixed:
                 plan.memory_mb[t] = fast
-        sim = simulate(dag, costs, plan, max_workers)
+        sim = simulate(dag, costs, plan, max_workers, remote)
         if sim.makespan <= limit:
             candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
     top_sim, top = trials[-1]

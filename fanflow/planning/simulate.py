@@ -22,6 +22,14 @@ prediction can be compared with a real run:
   are in its cache and cost nothing), ``exec`` is the function at the worker's
   memory, ``upload`` is the store + notify round trip (notify only when delayed
   I/O skips the upload, which happens only where the loop would allow it);
+- on a store out of process (``remote``), an output of at least
+  :data:`~fanflow.worker.loop.LARGE_OUTPUT_BYTES` whose readers would all
+  stay in its worker is first only *claimed*, one round trip without the
+  value, each claim won only where this output completes the reader's
+  inputs. When it wins every reader, the value never travels and every
+  reader runs in this worker (``continuation(unshared=True)``); otherwise a
+  second round trip uploads it and notifies the rest. Which case holds is
+  decided at the claim's time in the event order, as the store decides it;
 - the task that finishes a dependent's last input claims it, and the claiming
   worker keeps or hands off the claimed dependents exactly as the loop does:
   both call :func:`fanflow.dag.placement.continuation` (labelled dependents
@@ -42,9 +50,12 @@ order, over plain lists indexed by task id, so it is O((tasks + edges) log
 tasks) and needs no node objects.
 
 Besides times, the result keeps the *structure* the run took (which worker ran
-each task, which task it waited for, and the task before it in its worker): the
-critical-path planner reuses it to update longest paths incrementally instead
-of simulating the whole DAG again after each change.
+each task, which task it waited for, and the task before it in its worker):
+the critical-path planner reuses it to update longest paths incrementally
+instead of simulating the whole DAG again after each change. What a worker's
+first task waited for is what dispatched its worker: the claimer, the worker
+that handed it over, or, in a full pool, the worker whose exit freed the slot,
+so a delay shows up in every worker queued behind it.
 """
 
 from __future__ import annotations
@@ -54,8 +65,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import PlanView, continuation, root_groups, sheddable, spread
+from fanflow.dag.placement import PlanView, continuation, root_groups, runs_here_if_claimed, sheddable, spread
 from fanflow.planning.predict import DagCosts
+from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 
 
 @dataclass(slots=True)
@@ -80,12 +92,14 @@ class Simulation:
     claimer: list[int]
     """The task whose finish completed this one's inputs (-1 for a root)."""
     waited_for: list[int]
-    """The task whose finish let this one begin: its claimer, or the task before it in its worker (-1: none)."""
+    """The task whose finish let this one begin (-1: none): the task before it in its worker, its claimer, or,
+    for a worker's first task, what dispatched the worker (its claimer, the worker that handed it over, or the
+    worker whose exit freed the pool slot)."""
     previous: list[int]
     """The task run just before this one in the same worker (-1 when it was the worker's first)."""
     head_latency: list[float]
-    """Time between being claimable and beginning, for a worker's first task (queue wait + start
-    latency), or the loop gap after the previous task of its worker."""
+    """For a worker's first task, its start latency after the worker was dispatched; otherwise the
+    loop gap after the previous task of its worker."""
     order: list[int]
     """Tasks in the order they began (a topological order of the DAG plus the per-worker sequences)."""
     worker_memory: list[int]
@@ -132,14 +146,25 @@ class _AtMemory:
         self.start = costs.start_s(memory_mb)
 
 
-def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | None = None) -> Simulation:
-    """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules)."""
+def simulate(
+    dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | None = None, remote: bool = False
+) -> Simulation:
+    """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules).
+
+    ``remote``: the run's store is out of process (Redis), where the loop keeps a
+    large output in its worker when that worker claims every reader.
+    """
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     memory = plan.memory_mb
     view = PlanView.from_columns(dag, plan.labels, memory, plan.upload)
     out_bytes = costs.out_bytes
     local = [view.delays_upload(dag, t) for t in range(n)] if plan.upload is not None else [False] * n
+    sinks = set(dag.sinks)
+    large = [
+        remote and out_bytes[t] >= LARGE_OUTPUT_BYTES and not local[t] and t not in sinks and bool(dependents[t])
+        for t in range(n)
+    ]
     remaining = [len(d) for d in deps]
     start = [0.0] * n
     finish = [0.0] * n
@@ -150,6 +175,7 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     previous = [-1] * n
     head_latency = [0.0] * n
     claimed_at = [0.0] * n
+    held = list(local)  # outputs that never reached the store: only their worker can run their readers
     order: list[int] = []
     w_memory: list[int] = []
     w_begin: list[float] = []
@@ -163,19 +189,15 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
     up_bytes = [0.0] * n
     at_memory: dict[int, _AtMemory] = {}
     heap: list[tuple[float, int, int]] = []
+    won_first: dict[int, list[int]] = {}
     seq = 0
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
     slots = max_workers if pool else n + 1
-    idle: list[tuple[float, int]] = []  # (idle since, memory) of pooled processes with nothing to run
+    idle: list[int] = []  # memory of pooled processes with nothing to run, least recently used first
     processes = 0
-    waiting: deque[tuple[list[int], float]] = deque()
-
-    def costs_at(mem: int) -> _AtMemory:
-        found = at_memory.get(mem)
-        if found is None:
-            found = at_memory[mem] = _AtMemory(costs, mem)
-        return found
+    waiting: deque[list[int]] = deque()
+    push, pop = heapq.heappush, heapq.heappop
 
     def run_next(w: int, now: float) -> None:
         nonlocal seq, fetched, uploaded
@@ -185,52 +207,59 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         if prev >= 0:
             head_latency[t] = c.gap
             now += c.gap
+            previous[t] = prev
+            if now - c.gap > claimed_at[t]:
+                waited_for[t] = prev
         remote = 0.0
         for u in deps[t]:
             if worker[u] != w:
                 remote += out_bytes[u]
-        up = 0.0 if local[t] else out_bytes[t]
         fetch = max(c.f_floor, c.f_base + c.f_slope * remote) if remote > 0 else 0.0
-        d = fetch + c.exec[t] + max(c.u_floor, c.u_base + c.u_slope * up)
+        d = fetch + c.exec[t]
         fetched += remote
-        uploaded += up
         remote_bytes[t] = remote
-        up_bytes[t] = up
-        if prev >= 0:
-            previous[t] = prev
-            if now - c.gap > claimed_at[t]:
-                waited_for[t] = prev
         worker[t] = w
         start[t] = now
-        duration[t] = d
-        finish[t] = now + d
         w_last[w] = t
         order.append(t)
         seq += 1
-        heapq.heappush(heap, (now + d, seq, t))
+        if large[t] and all(runs_here_if_claimed(view, t, x, w_memory[w]) for x in dependents[t]):
+            # claims first, without the value; whether it is uploaded is known at the claim (a negative event)
+            d += max(c.u_floor, c.u_base)
+            duration[t] = d
+            finish[t] = now + d
+            push(heap, (now + d, seq, -1 - t))
+            return
+        up = 0.0 if local[t] else out_bytes[t]
+        d += max(c.u_floor, c.u_base + c.u_slope * up)
+        uploaded += up
+        up_bytes[t] = up
+        duration[t] = d
+        finish[t] = now + d
+        push(heap, (now + d, seq, t))
 
-    def new_worker(tasks: list[int], at: float) -> None:
+    def new_worker(tasks: list[int], at: float, cause: int) -> None:
         nonlocal slots, processes
         if slots <= 0:
-            waiting.append((tasks, at))
+            waiting.append(tasks)
             return
         slots -= 1
         w = len(w_memory)
         mem = memory[tasks[0]]
-        c = costs_at(mem)
+        c = at_memory.get(mem)
+        if c is None:
+            c = at_memory[mem] = _AtMemory(costs, mem)
         if not pool:
             cold, latency = False, c.start
+        elif mem in idle:
+            del idle[len(idle) - 1 - idle[::-1].index(mem)]  # the most recently idle of that size
+            cold, latency = False, c.warm
         else:
-            same = [i for i, (_, m) in enumerate(idle) if m == mem]
-            if same:
-                idle.pop(same[-1])
-                cold, latency = False, c.warm
-            else:
-                if processes >= (max_workers or 0) and idle:
-                    idle.pop(0)  # the pool evicts the idle process used least recently
-                    processes -= 1
-                processes += 1
-                cold, latency = True, c.cold
+            if processes >= (max_workers or 0) and idle:
+                del idle[0]  # the pool evicts the idle process used least recently
+                processes -= 1
+            processes += 1
+            cold, latency = True, c.cold
         begin = at + latency
         w_memory.append(mem)
         w_costs.append(c)
@@ -240,58 +269,91 @@ def simulate(dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | Non
         w_last.append(-1)
         w_queue.append(deque(tasks))
         w_latency.append(latency)
+        first = tasks[0]
         run_next(w, begin)
-        head_latency[tasks[0]] = begin - claimed_at[tasks[0]]
+        # the path into a worker's first task runs through what dispatched it: its claimer, the
+        # worker that handed it over, or the worker whose exit freed the pool slot it waited for
+        head_latency[first] = latency
+        if cause >= 0:
+            waited_for[first] = cause
 
-    def free() -> int | None:
-        return max(0, slots) if pool else None
-
-    def shed(w: int, now: float) -> None:
+    def shed(w: int, now: float, t: int) -> None:
         """As the loop: a worker about to run its next task hands part of its queue to idle slots."""
         queue = w_queue[w]
         if not pool or slots <= 0 or len(queue) < 2:
             return
-        never_uploaded = lambda u, d: claimer[d] == u and len(dependents[u]) == 1 and worker[u] == w  # noqa: E731
-        movable = [d for d in list(queue)[1:] if sheddable(dag, view, d, lambda u, d=d: never_uploaded(u, d))]
+        held_here = lambda u: held[u] and worker[u] == w  # noqa: E731
+        movable = [d for d in list(queue)[1:] if sheddable(dag, view, d, held_here)]
         _, groups = spread(movable, slots)
         moved = {d for g in groups for d in g}
         if moved:
             w_queue[w] = deque(d for d in queue if d not in moved)
             for group in groups:
-                new_worker(group, now)
+                new_worker(group, now, t)
 
-    for group in root_groups(dag, view, free()):
-        new_worker(group, 0.0)
+    for group in root_groups(dag, view, max(0, slots) if pool else None):
+        new_worker(group, 0.0, -1)
     while heap:
-        now, _, t = heapq.heappop(heap)
-        w = worker[t]
-        claimed: list[int] = []
+        now, _, t = pop(heap)
+        w = worker[t if t >= 0 else -1 - t]
+        unshared = False
+        if t < 0:
+            t = -1 - t
+            won = [d for d in dependents[t] if remaining[d] == 1]
+            if len(won) == len(dependents[t]):
+                unshared = held[t] = True
+            else:
+                # some reader still waits for another input: a second round trip stores the value
+                c = w_costs[w]
+                up = out_bytes[t]
+                extra = max(c.u_floor, c.u_base + c.u_slope * up)
+                uploaded += up
+                up_bytes[t] = up
+                duration[t] += extra
+                finish[t] = now + extra
+                for d in won:
+                    remaining[d] = 0
+                    claimer[d] = waited_for[d] = t
+                    claimed_at[d] = now
+                won_first[t] = won
+                seq += 1
+                push(heap, (now + extra, seq, t))
+                continue
+        claimed = won_first.pop(t, [])
+        skip = len(claimed)
         for d in dependents[t]:
+            if skip and d in claimed:
+                continue
             remaining[d] -= 1
             if remaining[d] == 0:
                 claimed.append(d)
                 claimer[d] = waited_for[d] = t
                 claimed_at[d] = now
-        others: list[list[int]] = []
-        if claimed:
+        queue = w_queue[w]
+        if len(claimed) == 1 and runs_here_if_claimed(view, t, claimed[0], w_memory[w]):
+            # what continuation() decides for a lone claim, without building its groups
+            queue.append(claimed[0])
+            if len(dependents[t]) == 1 and t not in sinks:
+                held[t] = True  # the claim stored the output only if another worker had won it
+        elif claimed:
             is_here = lambda u, w=w: worker[u] == w  # noqa: E731
-            here, others = continuation(dag, view, t, claimed, w_memory[w], is_here, free=free())
-            w_queue[w].extend(here)
-        for group in others:
-            new_worker(group, now)
-        if w_queue[w]:
-            shed(w, now)
+            here, others = continuation(
+                dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
+            )
+            queue.extend(here)
+            for group in others:
+                new_worker(group, now, t)
+        if queue:
+            shed(w, now, t)
             run_next(w, now)
             continue
         w_end[w] = now
         slots += 1
         if pool:
-            idle.append((now, w_memory[w]))
+            idle.append(w_memory[w])
         if waiting:
-            tasks, at = waiting.popleft()
-            new_worker(tasks, max(at, now))
+            new_worker(waiting.popleft(), now, t)
 
-    sinks = dag.sinks
     last = max(sinks, key=lambda s: finish[s])
     path = [last]
     while waited_for[path[-1]] >= 0:
