@@ -56,6 +56,7 @@ def handle(
     Ray task's id, a Lambda request id): a retry then runs as the same delivery.
     """
     global _cold
+    received_at = time.time()
     first, _cold = _cold, False
     cold = first if cold is None else cold
     if isinstance(payload, Invocation):
@@ -70,11 +71,22 @@ def handle(
         limit_blas_threads(blas_threads(vcpus(inv.memory_mb)))
         store = open_store(inv.store_url, retry_s=inv.settings.store_retry_s, secret=secret)
         platform = worker_platform(inv.platform, inv.platform_options)
+    verified_at = time.time()
     dag = _dag_for(inv, store)
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
         return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
-    worker = Worker(inv, store, platform, dag, secret=secret, cold=cold, redelivered=redelivered, delivery=delivery)
+    worker = Worker(
+        inv,
+        store,
+        platform,
+        dag,
+        secret=secret,
+        cold=cold,
+        redelivered=redelivered,
+        delivery=delivery,
+        arrival=(received_at, verified_at),
+    )
     try:
         worker.run()
     except Exception as exc:

@@ -142,6 +142,7 @@ class Worker:
         cold: bool = False,
         redelivered: bool = False,
         delivery: str | None = None,
+        arrival: tuple[float, float] | None = None,
     ) -> None:
         self.inv = inv
         self.store = store
@@ -179,6 +180,8 @@ class Worker:
         self._flush_at_len = 1 if strategy == "task" else int(float(arg)) if strategy == "buffer" else None
         self._next_status_check = now + STATUS_CHECK_S
         self.started_at = now
+        self._arrival = arrival or (now, now)
+        """When the invocation reached this process, and when it was verified (the DAG was loaded by now)."""
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> None:
@@ -201,13 +204,19 @@ class Worker:
         if verdict != BEGIN_RUN:
             log.info("run %s: invocation %s does not run (%s)", self.run_id, self.owner, verdict)
             return
-        self._next_status_check = time.time() + STATUS_CHECK_S
+        begun = time.time()
+        self._next_status_check = begun + STATUS_CHECK_S
+        received_at, verified_at = self._arrival
         self.emit(
             "worker_started",
             -1,
             cold=self.cold,
             memory_mb=self.inv.memory_mb,
             latency_s=max(0.0, self.started_at - self.inv.invoked_at) if self.inv.invoked_at else 0.0,
+            received_at=received_at,
+            verify_s=verified_at - received_at,
+            dag_s=self.started_at - verified_at,
+            begin_s=begun - self.started_at,
         )
         ready: deque[Item] = deque(self.inv.start)
         try:
