@@ -26,16 +26,20 @@ Stages per invocation (medians, ms):
 - client start: ``submit()`` until the client invokes the roots (plan, DAG and
   status stored, the payload signed); ``one task`` only;
 - queue/pickup: the invoker's ``invoked_at`` until the invocation reaches the
-  worker's process (queue push, or HTTP request to a gateway and its push; the
-  pool's popper and dispatcher; the pipe);
+  worker's process: the client's free-slot query (on http one ``GET /healthz``
+  per gateway, also shown apart, replayed), the queue push (or the HTTP request
+  to a gateway and its push), the pool's popper and dispatcher, the pipe. An
+  invocation a worker makes while every slot is busy also waits here;
 - verify, DAG load, begin: ``verify_s``, ``dag_s``, ``begin_s`` of ``worker_started``;
 - inputs, run, store/notify: ``fetch_s``, ``exec_s``, ``store_s`` of the
   worker's ``task_finished`` events, summed per invocation;
 - loop other: the rest of the worker's span from ``worker_started`` to
   ``worker_stopped`` (events, status checks, continuing and shedding);
 - exit flush, reply: replayed, as above;
-- client answer: the sink's ``task_finished`` until ``result()`` returns (the
-  run's channel message, the result fetched); ``one task`` only;
+- client answer: from the start of the sink's store/notify (the result is
+  published within it, so the two overlap) until ``result()`` returns: the
+  run's channel message, the result fetched; ``one task`` only;
+- worker per task: the worker's span (inputs to loop other) per task it ran;
 - total: ``submit()`` until ``result()`` returns, per run.
 
 ``--runs`` timed runs per workload; wall times on a loaded machine are noise:
@@ -66,6 +70,7 @@ from rich.table import Table
 
 import fanflow
 from fanflow.cli.script import load_module
+from fanflow.platforms.http import HttpPlatform
 from fanflow.store import keys, open_store
 from fanflow.store.metadata import drain, open_metadata
 
@@ -77,6 +82,7 @@ PLATFORMS = ("processes", "http", "cluster")
 INVOCATION_STAGES = (
     "client start",
     "queue/pickup",
+    "of which: free-slot query",
     "verify",
     "DAG load",
     "begin",
@@ -87,6 +93,7 @@ INVOCATION_STAGES = (
     "exit flush",
     "reply",
     "client answer",
+    "worker per task",
 )
 
 _ECHO = (
@@ -141,10 +148,28 @@ def invocation_stages(events: list[dict[str, Any]]) -> list[dict[str, float]]:
                 "store/notify": store,
                 "loop other": max(0.0, float(stopped["t"]) - begun - fetch - run - store),
                 "tasks": float(len(finished)),
+                "worker per task": (float(stopped["t"]) - begun) / max(1, len(finished)),
                 "invoked_at": invoked_at,
             }
         )
     return out
+
+
+def free_slot_query_s(config: fanflow.Config, rounds: int = 30) -> float | None:
+    """The client's free-slot query on http (one ``GET /healthz`` per gateway, concurrently), median;
+    None elsewhere (the client-started pool's host answers in process)."""
+    if config.platform != "http":
+        return None
+    platform = HttpPlatform((config.endpoints or "").split(","))
+    try:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            platform.free_slots()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    finally:
+        platform.close()
 
 
 def exit_flush_s(store_url: str, events: list[dict[str, Any]]) -> list[float]:
@@ -209,7 +234,10 @@ def measure(build: Callable[[], fanflow.Node], config: fanflow.Config, runs: int
             (only,) = per_invocation
             sink = max((e for e in events if e["kind"] == "task_finished"), key=lambda e: float(e["t"]))
             stages["client start"].append(only["invoked_at"] - submitted)
-            stages["client answer"].append(answered - float(sink["t"]))
+            stages["client answer"].append(answered - float(sink["t"]) + float(sink.get("store_s") or 0.0))
+    query = free_slot_query_s(config)
+    if query is not None:
+        stages["of which: free-slot query"].append(query)
     return {"stages": stages, "total": totals, "invocations": invocations / runs, "tasks": tasks / runs}
 
 
@@ -251,7 +279,8 @@ def main() -> None:
                 continue
             cells = [_ms(_median(r["stages"].get(stage, []))) for r in by_platform.values()]
             if any(c != "-" for c in cells):
-                table.add_row(stage + (" (replayed)" if stage == "exit flush" else ""), *cells)
+                replayed = stage in ("exit flush", "of which: free-slot query")
+                table.add_row(stage + (" (replayed)" if replayed else ""), *cells)
         table.add_row("total per run", *[_ms(_median(r["total"])) for r in by_platform.values()])
         table.add_row("invocations per run", *[f"{r['invocations']:.1f}" for r in by_platform.values()])
         table.add_row(
