@@ -99,8 +99,9 @@ def configs(names: list[str], stack: ExitStack, workdir: Path) -> dict[str, fanf
         elif name == "ray":
             import ray
 
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            stack.callback(ray.shutdown)
+            if not ray.is_initialized():  # once for ray and ray:wukong
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                stack.callback(ray.shutdown)
             out[spec] = fanflow.Config(platform="ray", store=url, **kw)
     stack.callback(session().close)  # pools kept warm between runs go before the servers they use
     return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,11 @@ from fanflow.platforms.invocation import peek
 from fanflow.platforms.sizing import MB_PER_VCPU, vcpus
 
 __all__ = ["MB_PER_VCPU", "RayPlatform", "client_platform", "resources", "worker_platform"]
+
+
+FREE_SLOTS_TTL_S = 0.05
+"""How long one read of Ray's idle CPUs serves: a worker asks before each task, and Ray itself
+refreshes its cluster-wide view only every 100 ms or so."""
 
 
 def resources(memory_mb: int) -> dict[str, float]:
@@ -70,10 +76,18 @@ class RayPlatform:
         self.options: dict[str, Any] = {}
         self._runtime_env = runtime_env
         self._largest: tuple[float, float] | None = None
+        self._free = 0
+        self._free_until = 0.0
 
     def free_slots(self) -> int | None:
-        """No count: every fan-out branch gets its own worker."""
-        return None
+        """Whole idle CPUs of the Ray cluster (``ray.available_resources()``), read at most every
+        :data:`FREE_SLOTS_TTL_S`, less the invocations submitted since. A hint, as on every platform:
+        Ray's view lags, and a stale count costs an invocation that waits in Ray's queue."""
+        now = time.monotonic()
+        if now >= self._free_until:
+            self._free = int(ray.available_resources().get("CPU", 0.0))
+            self._free_until = now + FREE_SLOTS_TTL_S
+        return self._free
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         """Submit one Ray task per payload; returns once they are submitted (never waits for them)."""
@@ -85,6 +99,7 @@ class RayPlatform:
             if self._runtime_env is not None:
                 options["runtime_env"] = self._runtime_env
             _task.options(**options).remote(bytes(payload))
+        self._free = max(0, self._free - len(invocations))
 
     def _check_fits(self, memory_mb: int, wanted: dict[str, float]) -> None:
         if self._largest is None:
