@@ -3,10 +3,14 @@
 Three measurements, each printed as fanflow's time, Dask's time and the ratio
 (issue #13 targets: per-call and shuffle both at most 1.2x Dask "sync"):
 
-* ``per-call``: the fixed cost of one call, on a 1-task graph: ``fanflow.dask.get``
-  against ``dask.get`` (both on the legacy graph ``{"x": 1, "y": (inc, "x")}``), and
-  ``fanflow.compute`` of a 3-task fanflow DAG against ``dask.compute`` of the same
-  3 ``dask.delayed`` calls (each including the collection's optimization);
+* ``per-call``: the fixed cost of one call, in process CPU time (every thread of the
+  process: worker threads and the history writer, drained before and after), with
+  history on and off: ``dask.compute`` of a 1-task and a 3-task ``dask.delayed`` graph
+  with ``scheduler=fanflow.dask.get`` against ``scheduler="sync"`` (both including
+  Dask's optimization), ``fanflow.dask.get`` against ``dask.get`` on the legacy graph
+  ``{"x": 1, "y": (inc, "x")}``, and ``fanflow.compute`` of the same 3 tasks as
+  fanflow tasks against Dask sync. CPU time, not wall time, so the figures hold on a
+  loaded machine (wall time there is mostly waiting for a core);
 * ``shuffle``: a pandas DataFrame shuffled on a key with the "tasks" method, then
   grouped and summed (``--partitions 92``: about 2,700 tasks);
 * ``history``: the embedded default's tree reduction of ``--tr`` leaves with the
@@ -73,36 +77,54 @@ def rounds(pairs: dict[str, tuple[Callable[[], float], Callable[[], float]]], re
         )
 
 
+def cpu_seconds(fn: Callable[[], Any], calls: int) -> float:
+    """Process CPU time (every thread: workers, the history writer) of ``calls`` calls of ``fn``, per call.
+
+    The history writer is drained before and after, so each call pays for its own recording.
+    """
+    gc.collect()
+    drain()
+    began = time.process_time()
+    for _ in range(calls):
+        fn()
+    drain()
+    return (time.process_time() - began) / calls
+
+
 def per_call(config: fanflow.Config, repeat: int, calls: int) -> None:
+    off = config.replace(metadata="none")
     graph = {"x": 1, "y": (inc, "x")}
     finc, fadd = fanflow.task(inc), fanflow.task(add)
+    one = dask.delayed(inc)(1)
     x = dask.delayed(inc)(1)
-    y = dask.delayed(add)(x, dask.delayed(inc)(2))
+    three = dask.delayed(add)(x, dask.delayed(inc)(2))
 
-    def ff_get() -> None:
-        ffdask.get(graph, "y", config=config)
-
-    def ff_compute() -> None:
+    def ff_compute(cfg: fanflow.Config) -> None:
         a = finc(1)
-        fanflow.compute(fadd(a, finc(2)), config=config)
+        fanflow.compute(fadd(a, finc(2)), config=cfg)
 
-    rounds(
-        {
-            "per call: get of a 1-task graph": (
-                lambda: seconds(ff_get, calls),
-                lambda: seconds(lambda: dask.get(graph, "y"), calls),
+    def pair(ours: Callable[[], Any], theirs: Callable[[], Any]) -> tuple[Callable[[], float], Callable[[], float]]:
+        return (lambda: cpu_seconds(ours, calls), lambda: cpu_seconds(theirs, calls))
+
+    lines = {}
+    for label, cfg in (("history on", config), ("history off", off)):
+        lines |= {
+            f"CPU/call, dask.compute of 1 task, {label}": pair(
+                lambda cfg=cfg: dask.compute(one, scheduler=ffdask.get, config=cfg),
+                lambda: dask.compute(one, scheduler="sync"),
             ),
-            "per call: compute of 3 tasks": (
-                lambda: seconds(ff_compute, calls),
-                lambda: seconds(lambda: dask.compute(y, scheduler="sync"), calls),
+            f"CPU/call, dask.compute of 3 tasks, {label}": pair(
+                lambda cfg=cfg: dask.compute(three, scheduler=ffdask.get, config=cfg),
+                lambda: dask.compute(three, scheduler="sync"),
             ),
-            "per call: dask.compute(scheduler=fanflow.dask.get)": (
-                lambda: seconds(lambda: dask.compute(y, scheduler=ffdask.get, config=config), calls),
-                lambda: seconds(lambda: dask.compute(y, scheduler="sync"), calls),
+            f"CPU/call, get of a 1-task graph, {label}": pair(
+                lambda cfg=cfg: ffdask.get(graph, "y", config=cfg), lambda: dask.get(graph, "y")
             ),
-        },
-        repeat,
-    )
+            f"CPU/call, fanflow.compute of 3 tasks, {label}": pair(
+                lambda cfg=cfg: ff_compute(cfg), lambda: dask.compute(three, scheduler="sync")
+            ),
+        }
+    rounds(lines, repeat)
 
 
 def shuffle(config: fanflow.Config, repeat: int, partitions: int, rows: int) -> None:

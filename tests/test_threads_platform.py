@@ -1,8 +1,11 @@
-"""The threads platform: numeric libraries' own thread pools are capped while it runs."""
+"""The threads platform: numeric thread pools capped, the caller's thread used as a worker when it only waits."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -37,3 +40,78 @@ def test_the_gil_switch_interval_is_raised_while_the_platform_runs_and_restored_
     platform.close()
     assert seen == [pytest.approx(max(before, SWITCH_INTERVAL_S), abs=1e-5)]  # kept in microseconds
     assert sys.getswitchinterval() == pytest.approx(before, abs=1e-5)
+
+
+@fanflow.task
+def thread_of(_: int) -> int:
+    return threading.get_ident()
+
+
+_QUIET = {"progress": False, "metadata": "none"}
+
+
+def test_a_run_the_caller_only_waits_for_runs_its_first_worker_on_the_callers_thread() -> None:
+    (ident,) = fanflow.compute(thread_of(1), config=_QUIET)
+    assert ident == threading.get_ident()
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(lambda node: fanflow.compute(node, config={**_QUIET, "timeout_s": 60})[0], id="timeout_s"),
+        pytest.param(lambda node: fanflow.submit(node, config=_QUIET).result(timeout=30)[0], id="submit"),
+        pytest.param(lambda node: fanflow.compute(node, config={**_QUIET, "progress": True})[0], id="progress"),
+    ],
+)
+def test_a_run_the_caller_must_watch_runs_on_worker_threads(how: Callable[[fanflow.Node], int]) -> None:
+    """A timeout, a cancellable future or a progress bar need the waiting loop, so no task runs on its thread."""
+    assert how(thread_of(2)) != threading.get_ident()
+
+
+def test_max_workers_bounds_the_tasks_running_at_once_with_the_callers_thread_among_them() -> None:
+    running = [0]
+    most = [0]
+    lock = threading.Lock()
+
+    @fanflow.task
+    def busy(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return i
+
+    @fanflow.task
+    def total(*parts: int) -> int:
+        return sum(parts)
+
+    for cap in (1, 2):
+        most[0] = 0
+        assert total(*(busy(i) for i in range(6))).compute({**_QUIET, "max_workers": cap}) == 15
+        assert most[0] == cap
+
+
+def test_run_here_refuses_when_every_slot_is_taken_and_after_close() -> None:
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    release = threading.Event()
+    ran: list[str] = []
+    platform = ThreadsPlatform(lambda item: ran.append(item) if item != "hold" else release.wait(10), max_workers=1)
+    try:
+        platform.invoke(["hold"])
+        deadline = time.monotonic() + 10
+        while platform.run_here("probe"):  # until the pool thread holds the only slot
+            assert time.monotonic() < deadline
+            ran.remove("probe")
+        assert not platform.run_here("here")
+        release.set()
+        while not platform.run_here("here"):
+            assert time.monotonic() < deadline
+        assert ran == ["here"]
+    finally:
+        release.set()
+        platform.close()
+    assert not platform.run_here("after close")
+    assert ran == ["here"]

