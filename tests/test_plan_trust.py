@@ -10,11 +10,13 @@ import pytest
 from support import add
 
 import fanflow
+from fanflow.client.session import session
 from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunMetrics
 from fanflow.metrics.report import summary_rows
 from fanflow.planning import Assignment, DagCosts, make_plan, simulate
 from fanflow.planning.calibrate import Calibration
+from fanflow.planning.plan import warm_memory
 from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_kind
 from fanflow.planning.predict import Line, MemoryModel
 from fanflow.store.metadata import drain, open_metadata
@@ -174,3 +176,42 @@ def test_sizes_with_the_same_predictions_share_one_simulation() -> None:
     real = simulate(dag, costs, Assignment([3008] * n, labels), 2)
     assert top.worker_memory == real.worker_memory
     assert top.makespan == pytest.approx(real.makespan) and top.cost_gb_s == pytest.approx(real.cost_gb_s)
+
+
+def test_a_pool_kept_warm_is_simulated_warm() -> None:
+    """Idle processes left by an earlier run start workers of their size warm; another size evicts them."""
+    dag = DAG.from_sinks([add(work(1, 1), work(2, 1))])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 100.0, 0.01, 0.01, 0.5)
+    costs.warm = MemoryModel.flat(0.01)
+    plan = Assignment([1769] * n)
+    fresh = simulate(dag, costs, plan, 2)
+    kept = simulate(dag, costs, plan, 2, warm=[1769, 1769])
+    other = simulate(dag, costs, plan, 2, warm=[3008, 3008])
+    assert all(fresh.worker_cold) and not any(kept.worker_cold) and all(other.worker_cold)
+    assert kept.makespan < fresh.makespan / 2
+    assert other.makespan == pytest.approx(fresh.makespan)
+
+
+def test_the_processes_pool_tells_the_planner_what_it_keeps_warm(redis_url: str, tmp_path: Path) -> None:
+    cfg = fanflow.Config(
+        platform="processes",
+        store=redis_url,
+        max_workers=2,
+        memory_mb=1769,
+        planner="uniform",
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+    )
+    dag = DAG.from_sinks([add(work(1, 1), 2)])  # one chain: one worker, which a warm process can start
+    fanflow.compute(add(work(1, 1), 2), config=cfg)
+    platform = session().acquire(cfg)
+    try:
+        warm = warm_memory(platform)
+        assert warm and set(warm) == {1769}
+        kept, fresh = make_plan(dag, cfg, warm=warm).simulation, make_plan(dag, cfg).simulation
+        assert kept is not None and fresh is not None
+        assert kept.worker_cold == [False] and fresh.worker_cold == [True]
+        assert kept.makespan < fresh.makespan
+    finally:
+        session().release(cfg, platform)

@@ -206,7 +206,7 @@ class Session:
         platform = self.acquire(config)
         try:
             run = Run(dag, config, platform)
-            plan = apply_plan(dag, config)
+            plan = apply_plan(dag, config, platform)
             run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
             run.predicted_p10_s, run.predicted_p90_s = plan.predicted_p10_s, plan.predicted_p90_s
             run.plan_kind, run.calibration = plan.kind, plan.calibration

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -163,10 +164,21 @@ def remote_store(config: Config) -> bool:
     return not config.store.startswith("memory:")
 
 
-def make_plan(dag: DAG, config: Config, history: History | None = None, read_history: bool = True) -> Plan:
+def make_plan(
+    dag: DAG,
+    config: Config,
+    history: History | None = None,
+    read_history: bool = True,
+    warm: Sequence[int] = (),
+) -> Plan:
     """Plan ``dag`` with ``config.planner``; ``history`` is read from ``config.metadata`` unless given.
 
-    Nothing is written to the DAG; :func:`apply_plan` does that.
+    ``warm``: memory sizes of the idle processes the run's pool holds now
+    (:func:`warm_memory`). Plans are *chosen* as if the pool were empty, each
+    paying its own cold starts, so processes another plan's run left warm do
+    not pin the choice to that plan's sizes; the chosen plan's *prediction* is
+    simulated with the pool as it is. Nothing is written to the DAG;
+    :func:`apply_plan` does that.
     """
     began = time.perf_counter()
     name = config.planner
@@ -214,6 +226,8 @@ def make_plan(dag: DAG, config: Config, history: History | None = None, read_his
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
         sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap, remote)
+    if warm and cap:
+        sim = simulate(dag, costs, assignment, cap, remote, warm)
     plan.simulation = sim
     plan.assignment = assignment
     plan.kind = plan_kind(assignment.memory_mb)
@@ -253,9 +267,23 @@ def _labels(
     return (place(dag, costs, memory, clustering, follow), None) if follow else (labels, sim)
 
 
-def apply_plan(dag: DAG, config: Config) -> Plan:
-    """Plan ``dag`` and write the annotations into it (replacing the planner's keys per task)."""
-    plan = make_plan(dag, config)
+def warm_memory(platform: object) -> list[int]:
+    """Memory sizes of the idle worker processes ``platform`` keeps warm, least recently used first.
+
+    Only a platform that can tell (a ``warm_memory()`` method, as the processes
+    platform's own pool has) says anything; others give an empty list.
+    """
+    read = getattr(platform, "warm_memory", None)
+    found = read() if read is not None else None
+    return list(found or ())
+
+
+def apply_plan(dag: DAG, config: Config, platform: object = None) -> Plan:
+    """Plan ``dag`` and write the annotations into it (replacing the planner's keys per task).
+
+    ``platform``: the one the run will use, asked which worker processes it keeps warm.
+    """
+    plan = make_plan(dag, config, warm=warm_memory(platform))
     for t, note in plan.annotations.items():
         dag.annotations.setdefault(t, {}).update(note)
     return plan

@@ -8,9 +8,10 @@ prediction can be compared with a real run:
   invoked;
 - with ``max_workers`` (a local pool, such as the processes platform) the
   simulator replays the pool: at most ``max_workers`` workers run at once and
-  further invocations wait FIFO for a slot; the pool starts empty (the client
-  starts a fresh one per run), keeps a finished worker's process idle, gives
-  an invocation an idle process of the same memory size (a *warm* start, at
+  further invocations wait FIFO for a slot; the pool starts with the idle
+  processes it kept from earlier runs (``warm``: a session keeps its pool
+  warm between runs; empty for a fresh pool), keeps a finished worker's
+  process idle, gives an invocation an idle process of the same memory size (a *warm* start, at
   the warm latency of that size) or else starts a fresh process (a *cold*
   start at that size's cold latency), evicting the least recently used idle
   process when the pool is full. This is why memory choices interact: a plan
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
@@ -147,12 +149,20 @@ class _AtMemory:
 
 
 def simulate(
-    dag: DAG, costs: DagCosts, plan: Assignment, max_workers: int | None = None, remote: bool = False
+    dag: DAG,
+    costs: DagCosts,
+    plan: Assignment,
+    max_workers: int | None = None,
+    remote: bool = False,
+    warm: Sequence[int] = (),
 ) -> Simulation:
     """Predict the run of ``dag`` under ``plan`` (see the module docstring for the rules).
 
     ``remote``: the run's store is out of process (Redis), where the loop keeps a
-    large output in its worker when that worker claims every reader.
+    large output in its worker when that worker claims every reader. ``warm``:
+    the memory sizes of the idle processes the pool holds when the run starts
+    (least recently used first; a pool kept warm from an earlier run), empty
+    for a fresh pool.
     """
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
@@ -194,8 +204,8 @@ def simulate(
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
     slots = max_workers if pool else n + 1
-    idle: list[int] = []  # memory of pooled processes with nothing to run, least recently used first
-    processes = 0
+    idle = list(warm)[-max_workers:] if pool and max_workers else []  # memory of idle processes, LRU first
+    processes = len(idle)
     waiting: deque[list[int]] = deque()
     push, pop = heapq.heappush, heapq.heappop
 

@@ -75,6 +75,11 @@ class ProcessesPlatform:
             return self.host.free_slots()
         return capacity.free_slots()
 
+    def warm_memory(self) -> list[int] | None:
+        """Memory sizes of the worker processes of the pool this client runs, least recently used first
+        (:meth:`PoolHost.process_memory`); None for a shared pool (it does not say)."""
+        return None if self.host is None else self.host.process_memory()
+
     def prewarm(self, memory_mb: int) -> bool:
         """Start an idle worker of ``memory_mb`` ahead of need; False for a shared pool (not ours to steer)."""
         if self.host is None:

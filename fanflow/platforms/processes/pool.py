@@ -288,6 +288,16 @@ class PoolHost:
         """Workers that could start now: ``max_workers`` minus busy ones and invocations waiting here."""
         return max(0, self.max_workers - self._busy() - len(self._inbox))
 
+    def process_memory(self) -> list[int]:
+        """Memory sizes of the pool's worker processes, least recently used first, busy ones last (any thread).
+
+        A planner reads it before a run: an invocation of one of these sizes starts warm. Busy
+        workers count (last): one that just ran the previous run's last task is still sending
+        its events when that run's result is in, and is idle a moment later.
+        """
+        workers = list(self._workers)
+        return [w.memory_mb for w in sorted(workers, key=lambda w: (w.payload is not None, w.last_used))]
+
     def _chore(self, work: Callable[..., object], *args: object) -> None:
         """Run ``work(*args)`` on a helper thread, so the dispatcher goes on at once."""
         chore = threading.Thread(target=work, args=args, name=f"fanflow-chore-{self.name}", daemon=True)
