@@ -12,11 +12,20 @@ import fanflow
 from fanflow.cli.main import app
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
-from fanflow.metrics.records import FINISHED, TaskRecord
+from fanflow.metrics.records import FINISHED, InputRecord, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
 from fanflow.planning.planners import critical_path_assignment, place
-from fanflow.planning.predict import DEFAULT_EXEC_S, Line, MemoryModel, fit_line, pure_latencies, sla_z
+from fanflow.planning.predict import (
+    DEFAULT_EXEC_S,
+    Line,
+    MemoryModel,
+    fit_line,
+    kept_outputs,
+    pure_latencies,
+    sla_z,
+)
 from fanflow.store.metadata import drain, open_metadata
+from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 
 
 @fanflow.task
@@ -72,6 +81,37 @@ def test_fit_line_and_sla() -> None:
     assert fit_line([], []) is None
     assert sla_z("mean") == 0 and sla_z("p50") == pytest.approx(0)
     assert sla_z("p95") == pytest.approx(1.645, abs=1e-3)
+
+
+def test_a_stall_among_many_samples_does_not_move_the_fit() -> None:
+    """One sample 50x the others (a scheduler stall) is dropped once there are enough samples to tell."""
+    xs = [float(i) for i in range(12)]
+    ys = [1.0 + 0.1 * x for x in xs]
+    ys[5] = 50.0
+    line = fit_line(xs, ys)
+    assert line is not None and line.intercept == pytest.approx(1.0) and line.slope == pytest.approx(0.1)
+    assert line.sd == pytest.approx(0.0, abs=1e-9) and line.count == 12
+    few = fit_line(xs[:6], ys[:6])  # too few to call any sample an outlier: plain least squares
+    assert few is not None and few.at(2.5) == pytest.approx(sum(ys[:6]) / 6)
+
+
+def test_a_large_output_all_of_whose_readers_read_it_locally_was_never_uploaded() -> None:
+    def record(task: int, out: int, inputs: list[InputRecord]) -> TaskRecord:
+        return TaskRecord(
+            "r", task, "t", "f", [], FINISHED, "w", 512, 1, 0.0, 1.0, 0.0, 0.0, 0.0, inputs, out, False, 0.0, 0, 0, 0
+        )
+
+    big = LARGE_OUTPUT_BYTES
+    records = [
+        record(0, big, []),  # read locally by both readers: kept
+        record(1, big, []),  # one reader fetched it: uploaded
+        record(2, 10, []),  # small: its claim carried the value either way
+        record(
+            3, 1, [InputRecord(0, big, True, None), InputRecord(1, big, True, None), InputRecord(2, 10, True, None)]
+        ),
+        record(4, 1, [InputRecord(0, big, True, None), InputRecord(1, big, False, 0.1)]),
+    ]
+    assert kept_outputs(records) == {("r", 0)}
 
 
 def test_predictions_from_history_and_explicit_unknowns(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ import functools
 import heapq
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -60,6 +61,7 @@ from fanflow.dag.graph import DAG
 from fanflow.metrics.history import History
 from fanflow.metrics.normalize import BASELINE_MB, from_baseline, to_baseline
 from fanflow.metrics.records import FINISHED, TaskRecord
+from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 
 DEFAULT_EXEC_S = 0.01
 """Execution time at 512 MB assumed for a function with no history."""
@@ -77,6 +79,15 @@ DEFAULT_WARM_START_S = 0.01
 """Warm start latency (a pooled worker) at 512 MB assumed without worker history."""
 MIN_LINE_SAMPLES = 3
 """Fewer samples than this give a flat fit (the mean) rather than a line, and do not make a memory size "measured"."""
+MIN_TRIM_SAMPLES = 8
+"""From this many samples a fit is refitted without its outliers."""
+OUTLIER_MADS = 4.0
+"""A sample whose residual is further than this many robust standard deviations (from the median absolute
+deviation) from the median residual is an outlier: a scheduler stall or a collection pause, not the function."""
+MAD_TO_SD = 1.4826
+"""Median absolute deviation to standard deviation, for normally distributed residuals."""
+RECENT_RUNS = 10
+"""Runs of a function whose executions the predictions use, the latest: older ones saw another machine load."""
 
 Sample = tuple[int, float, float]
 """``(memory_mb, x, seconds)``: one raw measurement at a memory size."""
@@ -111,7 +122,26 @@ class Line:
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float], floor: float = 0.0) -> Line | None:
-    """Least squares of ``ys`` on ``xs`` (flat below :data:`MIN_LINE_SAMPLES` or without spread in x)."""
+    """Least squares of ``ys`` on ``xs`` (flat below :data:`MIN_LINE_SAMPLES` or without spread in x),
+    refitted once without the outliers (:data:`OUTLIER_MADS`) when there are :data:`MIN_TRIM_SAMPLES`."""
+    line = _least_squares(xs, ys, floor)
+    if line is None or len(xs) < MIN_TRIM_SAMPLES:
+        return line
+    residuals = [y - line.intercept - line.slope * x for x, y in zip(xs, ys, strict=True)]
+    centre = statistics.median(residuals)
+    spread = statistics.median(abs(r - centre) for r in residuals) * MAD_TO_SD
+    if spread <= 0:
+        return line
+    keep = [abs(r - centre) <= OUTLIER_MADS * spread for r in residuals]
+    if all(keep):
+        return line
+    kept = _least_squares(
+        [x for x, k in zip(xs, keep, strict=True) if k], [y for y, k in zip(ys, keep, strict=True) if k], floor
+    )
+    return kept if kept is None else Line(kept.intercept, kept.slope, kept.sd, len(xs), floor)
+
+
+def _least_squares(xs: Sequence[float], ys: Sequence[float], floor: float) -> Line | None:
     n = len(xs)
     if n == 0:
         return None
@@ -235,6 +265,23 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
     return out
 
 
+def kept_outputs(records: Iterable[TaskRecord]) -> set[tuple[str, int]]:
+    """``(run, task)`` of the large outputs that never reached the store: every reader read them locally.
+
+    From :data:`~fanflow.worker.loop.LARGE_OUTPUT_BYTES` the loop only claims
+    the readers before uploading, and uploads nothing when it won them all; its
+    round trip then carried no value, so the upload model must not read that
+    time as the cost of sending those bytes.
+    """
+    records = list(records)
+    local: dict[tuple[str, int], bool] = {}
+    for r in records:
+        for i in r.inputs:
+            key = (r.run_id, i.task)
+            local[key] = local.get(key, True) and i.local
+    return {(r.run_id, r.task) for r in records if r.out_bytes >= LARGE_OUTPUT_BYTES and local.get((r.run_id, r.task))}
+
+
 def loop_gaps(records: Iterable[TaskRecord]) -> list[Sample]:
     """``(memory, 0, seconds)`` for each pair of consecutive tasks in one worker: finish to next start."""
     by_worker: dict[tuple[str, str], list[TaskRecord]] = {}
@@ -353,11 +400,19 @@ class Predictor:
         self._records: dict[str, list[TaskRecord]] = {}
 
     def _finished(self, identity: str) -> list[TaskRecord]:
+        """Finished executions of ``identity``: per memory size, those of its :data:`RECENT_RUNS` latest runs
+        there (history lists executions oldest first), so a size measured long ago stays measured."""
         found = self._records.get(identity)
         if found is None:
             found = []
             if self.history is not None:
                 found = [r for r in self.history.executions(identity) if r.status == FINISHED]
+                recent: dict[int, dict[str, None]] = {}
+                for r in reversed(found):
+                    runs = recent.setdefault(r.memory_mb, {})
+                    if len(runs) < RECENT_RUNS:
+                        runs.setdefault(r.run_id)
+                found = [r for r in found if r.run_id in recent[r.memory_mb]]
             self._records[identity] = found
         return found
 
@@ -411,8 +466,14 @@ class Predictor:
         """(fetch, upload, gap, cold, warm, mix) models over the executions of ``identities``."""
         records = [r for identity in dict.fromkeys(identities) for r in self._finished(identity)]
         fetch = [(r.memory_mb, float(r.fetched_bytes), r.fetch_s) for r in records if r.fetch_s > 0 and r.fetched_bytes]
+        kept = kept_outputs(records)
         upload = [
-            (r.memory_mb, float(r.out_bytes), max(r.store_s, r.duration_s - r.fetch_s - r.exec_s)) for r in records
+            (
+                r.memory_mb,
+                0.0 if (r.run_id, r.task) in kept else float(r.out_bytes),
+                max(r.store_s, r.duration_s - r.fetch_s - r.exec_s),
+            )
+            for r in records
         ]
         starts = pure_latencies(records, self.max_workers)
         transfer = _default(DEFAULT_LATENCY_S, DEFAULT_SECONDS_PER_BYTE)
