@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import install_hint
+from support import install_hint, wait_until
 
 import fanflow
 from fanflow.store.metadata import drain, open_metadata
@@ -78,6 +78,8 @@ def test_a_tree_runs_on_about_as_many_workers_as_ray_has_cpus(ray_local: None, r
     nodes = [leaf(i) for i in range(64)]
     while len(nodes) > 1:
         nodes = [both(nodes[i], nodes[i + 1]) for i in range(0, len(nodes), 2)]
+    # Tasks of earlier tests may still hold CPUs in Ray's view: with none idle, one worker would run it all.
+    wait_until(lambda: ray.available_resources().get("CPU", 0.0) >= 2, 30, "Ray to show both CPUs idle")
     future = nodes[0].submit(config)
     assert future.result(timeout=120) == sum(range(1, 65))
     drain()
