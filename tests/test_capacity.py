@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import GATEWAY_SECRET, gateway_payload
+from support import GATEWAY_SECRET, gateway_payload, wait_until
 
 import fanflow
 from fanflow.dag.graph import DAG
@@ -16,7 +18,10 @@ from fanflow.dag.placement import spread
 from fanflow.planning.predict import Predictor
 from fanflow.planning.simulate import Assignment, simulate
 from fanflow.platforms.http.protocol import BATCH_TYPE, frame, unframe
+from fanflow.platforms.processes.pool import PoolHost, alive_key
+from fanflow.store import open_store
 from fanflow.store.metadata import open_metadata
+from fanflow.store.redis import RedisStore
 
 
 @fanflow.task
@@ -135,6 +140,37 @@ def test_a_worker_sheds_queued_work_when_a_slot_frees(redis_url: str, tmp_path: 
     assert shed and shed[0]["items"] >= 1  # the busy root's worker ended: half of the queue moved there
     slow = {e["worker"] for e in events if e["kind"] == "task_finished" and 0.3 < e["exec_s"] < 1.0}
     assert len(slow) == 2  # the branches ran in both workers
+
+
+def test_a_shared_pools_client_starts_the_roots_in_one_worker_that_shares_them(redis_url: str, tmp_path: Path) -> None:
+    """A client cannot see a shared pool's idle slots: one worker takes the roots and hands shares to the idle ones."""
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    host = PoolHost(store, name, b"shared-secret", max_workers=2, advertise=True)
+    serving = threading.Thread(target=host.serve, daemon=True)
+    serving.start()
+    try:
+        wait_until(lambda: store.client.exists(alive_key(name)), 30, "the shared pool to start")
+        config = fanflow.Config(
+            platform="processes",
+            store=redis_url,
+            pool=name,
+            secret="shared-secret",
+            progress=False,
+            metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        )
+        total([inc(i) for i in range(4)]).compute(config)  # both processes warm
+        future = total([pause(i, 0.02) for i in range(60)]).submit(config)
+        assert future.result(timeout=120) == sum(range(60))
+    finally:
+        host.stop()
+        serving.join(timeout=30)
+    events = _events(config, future.run_id)
+    started = [e for e in events if e["kind"] == "worker_started"]
+    assert len(started) <= 6, len(started)  # not 60: one per root cost each task a pool dispatch
+    assert [e for e in events if e["kind"] == "shed"]
+    assert len({e["worker"] for e in events if e["kind"] == "task_finished"}) >= 2  # both processes ran roots
 
 
 # -- http --------------------------------------------------------------------------------------------

@@ -190,3 +190,18 @@ def test_a_large_output_keeps_every_reader_in_its_worker_in_the_loop_and_the_sim
         fanout="wukong",
     )
     assert loop_partition(dag, config) == predicted
+
+
+def test_claimed_work_that_reads_inputs_held_here_stays_and_the_rest_goes() -> None:
+    """Without labels: the queue keeps the dependents with most inputs in this worker (or its process's
+    cache); those with fewest go to the idle slots, where their inputs more likely are."""
+    small = source(9)
+    dag = DAG.from_sinks([merge(source(i), small) for i in range(4)])
+    readers = [t for t in range(len(dag)) if len(dag.deps[t]) == 2]
+    (common,) = set.intersection(*(set(dag.deps[r]) for r in readers))
+    block = {r: next(u for u in dag.deps[r] if u != common) for r in readers}
+    held = {block[readers[1]], block[readers[3]], common}.__contains__  # two of the four blocks are here
+    here, groups = continuation(dag, PlanView.from_columns(dag, None), common, readers, 1769, held, free=1)
+    assert here == [readers[1], readers[3]] and groups == [[readers[0], readers[2]]]
+    here, groups = continuation(dag, PlanView.from_columns(dag, None), common, readers, 1769, held, free=None)
+    assert here == [readers[1]] and sorted(groups) == [[r] for r in sorted({*readers} - {readers[1]})]

@@ -413,7 +413,8 @@ def test_invocations_queued_when_their_run_is_cancelled_run_nothing(
     redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     shared_pool("cancel-pool", max_workers=1)
-    config = shared(redis_url, "cancel-pool")
+    # One invocation per root: by default one worker would take them all, and shed to idle slots.
+    config = shared(redis_url, "cancel-pool").replace(fanout="wukong")
     counts, gate = tmp_path / "counts", tmp_path / "gate"
     counts.mkdir()
     # One worker: root 0 holds it until the gate opens; roots 1-4 wait in the queue.

@@ -225,7 +225,8 @@ def continuation(
     a new one would fetch every input). Without a label one dependent stays,
     the one with most inputs here among those whose memory fits, as in WUKONG,
     and the others that fit are spread over the platform's ``free`` idle
-    slots (:func:`spread`; ``None``: one new worker each), the rest queued here.
+    slots (:func:`spread`; ``None``: one new worker each), the rest queued here:
+    those with most inputs here are the ones queued, those with fewest go.
     """
     if unshared:
         return list(claimed), []
@@ -246,10 +247,12 @@ def continuation(
     fits = [d for d in claimed if plan.fits(d, memory_mb)]
     if not fits:
         return [], [[d] for d in claimed]
-    keep = fits[0] if len(fits) == 1 else max(fits, key=lambda d: sum(is_here(u) for u in deps[d]))
+    if len(fits) > 1:  # most inputs here first: those stay, the others go (spread gives the tail away)
+        fits = sorted(fits, key=lambda d: -sum(is_here(u) for u in deps[d]))
+    keep = fits[0]
     if free is None:
         return [keep], [[d] for d in claimed if d != keep]
-    kept, groups = spread([d for d in fits if d != keep], free)
+    kept, groups = spread(fits[1:], free)
     return [keep, *kept], [[d] for d in claimed if d not in fits] + groups
 
 

@@ -501,7 +501,7 @@ class Worker:
             t,
             claimed,
             self.inv.memory_mb,
-            self.cache.__contains__,
+            self._is_here,
             unshared=unshared,
             free=self.free_slots(),
         )
@@ -509,6 +509,13 @@ class Worker:
             self.emit("clustered", t, tasks=here)
         self.invoke(elsewhere)
         return list(here)
+
+    def _is_here(self, u: int) -> bool:
+        """Whether ``u``'s output is in this worker, or in its process from an earlier invocation."""
+        return u in self.cache or (self._remote and process_values.holds(self.run_id, u))
+
+    def _local_inputs(self, item: Item) -> int:
+        return sum(map(self._is_here, self.dag.deps[_task_of(item)]))
 
     def free_slots(self) -> int | None:
         """The platform's idle worker slots (a local read, no round trip); None when it has no such count
@@ -541,6 +548,9 @@ class Worker:
             if sheddable(self.dag, self.plan, _task_of(item), self._unstored.__contains__)
             and not (type(item) is tuple and self.maps.holds(item[0], item[1]))  # type: ignore[index]
         ]
+        # What reads fewest inputs held here goes (spread gives the tail away): on a warm pool the
+        # other inputs are likely in the process that made them, which a new invocation may reach.
+        movable.sort(key=self._local_inputs, reverse=True)
         _, groups = spread(movable, free)
         moved = {item for g in groups for item in g}
         if not moved:

@@ -50,6 +50,10 @@ class ValueCache:
             self._entries.move_to_end((run_id, task))
             return entry[0]
 
+    def holds(self, run_id: str, task: int) -> bool:
+        """Whether the value is here (no change to its recency: a placement question, not a read)."""
+        return (run_id, task) in self._entries
+
     def put(self, run_id: str, task: int, value: Any, size: int, memory_mb: int) -> None:
         """Keep ``value`` (``size`` bytes stored) within the share of ``memory_mb``; a larger value is not kept."""
         budget = int(memory_mb * 2**20 * MEMORY_SHARE)

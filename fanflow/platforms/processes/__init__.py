@@ -69,11 +69,17 @@ class ProcessesPlatform:
 
     def free_slots(self) -> int | None:
         """Idle worker slots of the pool: the host's count in the client that runs it, the count it
-        shares with its worker processes in theirs (:mod:`.capacity`); None for a shared pool seen
-        from a client (it does not say)."""
+        shares with its worker processes in theirs (:mod:`.capacity`).
+
+        A client of a shared pool cannot see its count: it gets 1, so its run's roots start in
+        one worker, whose process reads the count and hands shares of them to the idle slots
+        (:meth:`fanflow.worker.Worker._shed`). One invocation per root instead cost each task a
+        pool dispatch, a begin and an events write of its own: 400 sleeps of 10 ms on 2
+        workers ran at 81% parallel efficiency that way, 88% grouped."""
         if self.host is not None:
             return self.host.free_slots()
-        return capacity.free_slots()
+        shared = capacity.free_slots()
+        return 1 if shared is None else shared
 
     def warm_memory(self) -> list[int] | None:
         """Memory sizes of the worker processes of the pool this client runs, least recently used first
