@@ -467,7 +467,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument(
-        "--workloads", default="", help="comma-separated parts of the processes workloads' names to run (all by default)"
+        "--workloads", default="", help="comma-separated parts of processes workload names to run (default: all)"
     )
     parser.add_argument("--long-repeat", type=int, default=1, help="repeats of the 16k- and 64k-task runs")
     parser.add_argument("--scale-child", nargs=2, metavar=("LEAVES", "URL"), help=argparse.SUPPRESS)
