@@ -385,15 +385,20 @@ class PoolHost:
                 log.error("%s", worker.launch_error)
                 return
             worker.proc = proc
-            self._cgroups.place(proc.pid, worker.name, worker.memory_mb)
-            setup = {
-                "secret": self._secret,
-                "log_level": logging.getLogger().level,
-                "prewarmed": prewarmed,
-                "capacity_fd": shared[0] if shared else None,
-            }
-            with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
-                worker.conn.send_bytes(pickle.dumps(setup))
+            try:
+                self._cgroups.place(proc.pid, worker.name, worker.memory_mb)
+                setup = {
+                    "secret": self._secret,
+                    "log_level": logging.getLogger().level,
+                    "prewarmed": prewarmed,
+                    "capacity_fd": shared[0] if shared else None,
+                }
+                with contextlib.suppress(OSError):  # it died at once: its end of file reaches the dispatcher (_lost)
+                    worker.conn.send_bytes(pickle.dumps(setup))
+            except Exception:  # a bug here must not leave the process waiting for a setup that never comes
+                log.exception("pool %s could not set up worker %s; stopping it", self.name, worker.name)
+                proc.kill()  # its end of the pipe closes: the dispatcher loses it as any other
+                return
             log.info(
                 "pool %s: cold start of worker %s (pid %d, %d MB)", self.name, worker.name, proc.pid, worker.memory_mb
             )
