@@ -282,6 +282,9 @@ def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
     records = [record("w1", 0.5, 1.0, 0.5, True), record("w2", 1.01, 1.2, 1.01, False)]
     assert pure_latencies(records, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
     assert pure_latencies(records, None)[1] == (512, False, 1.01)
+    # w3's timestamps put it behind w1 in one slot, yet it started first: no measurement, not a free start
+    early = [*records, record("w3", 0.6, 0.7, 0.6, True)]
+    assert pure_latencies(early, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
 
 
 def test_pool_replay_pays_cold_starts_per_memory_size() -> None:

@@ -17,6 +17,7 @@ those tasks in :attr:`Plan.defaults`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -69,7 +70,9 @@ class Plan:
     planning_s: float = 0.0
     used_history: bool = False
     kind: str = ""
-    """``uniform`` (one memory size everywhere) or ``mixed``: which calibration factor applies."""
+    """``uniform`` (one memory size everywhere) or ``mixed``: which calibration factor applies. Empty when
+    some task was predicted from defaults: such a run's actual / predicted ratio says how wrong the
+    defaults were, not how the simulator errs, so calibration does not learn from it."""
     calibration: float = 1.0
     """Actual / simulated makespan of past runs of this DAG and kind (:mod:`fanflow.planning.calibrate`)."""
     predicted_p10_s: float | None = None
@@ -120,16 +123,20 @@ def load_calibration(dag: DAG, config: Config) -> Calibration:
 def interval(costs: DagCosts, sim: Simulation, pool: bool, spread: tuple[float, float]) -> tuple[float, float]:
     """(p10, p90) of the uncalibrated makespan, widened by ``spread`` (past runs' ratios around their median).
 
-    Every step of the simulated critical path (start latency or loop gap,
-    fetch, execution, upload) is moved to its 10th and 90th percentile
-    together: errors on one machine are correlated (a busy machine slows every
-    step), so their spreads add rather than average out. Re-simulating the
-    whole plan at both percentiles would also let another path become
-    critical, but cost two more simulations per plan; the path is where the
-    spread is.
+    Two sources of spread. Each step of the simulated critical path (start
+    latency or loop gap, fetch, execution, upload) varies on its own: its
+    10th and 90th percentiles (from the residuals of its fit) are combined
+    over the path as independent deviations, root of the sum of squares. What
+    moves every step together (a machine busier than the history it learned
+    from) is what past runs of this DAG measured: their actual / predicted
+    ratios around the median, ``spread``. The interval is the wider of the two.
+    Re-simulating the whole plan at both percentiles would also let another
+    path become critical, but cost two more simulations per plan; the path is
+    where the spread is.
     """
-    low = high = sim.makespan
     z0 = costs.z
+    below = above = 0.0
+    seen: dict[tuple[int, float], tuple[float, float]] = {}
     for t in sim.critical_path:
         w = sim.worker[t]
         m = sim.worker_memory[w]
@@ -143,11 +150,15 @@ def interval(costs: DagCosts, sim: Simulation, pool: bool, spread: tuple[float, 
             start = (costs.cold if sim.worker_cold[w] else costs.warm) if pool else costs.mix
             lines.append((start.line(m), 0.0))
         for line, x in lines:
-            mid = line.at(x, z0)
-            low += line.at(x, z0 - INTERVAL_Z) - mid
-            high += line.at(x, z0 + INTERVAL_Z) - mid
+            key = (id(line), x)
+            found = seen.get(key)
+            if found is None:
+                mid = line.at(x, z0)
+                found = seen[key] = (mid - line.at(x, z0 - INTERVAL_Z), line.at(x, z0 + INTERVAL_Z) - mid)
+            below += found[0] * found[0]
+            above += found[1] * found[1]
     mid = sim.makespan
-    return min(low, mid * spread[0]), max(high, mid * spread[1])
+    return max(0.0, min(mid - math.sqrt(below), mid * spread[0])), max(mid + math.sqrt(above), mid * spread[1])
 
 
 def worker_cap(config: Config) -> int | None:
@@ -230,7 +241,7 @@ def make_plan(
         sim = simulate(dag, costs, assignment, cap, remote, warm)
     plan.simulation = sim
     plan.assignment = assignment
-    plan.kind = plan_kind(assignment.memory_mb)
+    plan.kind = "" if costs.defaults else plan_kind(assignment.memory_mb)
     plan.calibration = learned.factor(plan.kind)
     low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind))
     plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration

@@ -231,7 +231,11 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
     worker's own start and stop). Per run, workers are replayed in invocation
     order through ``max_workers`` FIFO slots, each held from dispatch to the
     worker's end: a worker is dispatched at ``max(invoked, earliest free slot,
-    previous dispatch)``, and its pure latency is its start minus that.
+    previous dispatch)``, and its pure latency is its start minus that. A worker
+    the replay dispatches only after it started is left out: the pool took
+    invocations in another order than their timestamps say (they come from
+    several workers' clocks and queues), and a latency clipped to zero would
+    make cold starts look free.
     """
     workers: dict[tuple[str, str], list[float]] = {}
     kinds: dict[tuple[str, str], tuple[int, bool]] = {}
@@ -260,6 +264,8 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
                 dispatched = max(invoked, heapq.heappop(free), last)
                 heapq.heappush(free, end)
                 last = dispatched
+            if dispatched > invoked and begin <= dispatched:
+                continue  # the replay has it dispatched after it started: its order was not the pool's
             memory, cold = kinds[key]
             out.append((memory, cold, max(0.0, begin - dispatched)))
     return out
