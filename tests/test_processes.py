@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
@@ -354,6 +355,34 @@ def test_a_worker_hanging_on_its_way_out_does_not_hold_up_the_others(redis_url: 
         assert host.stats["crashed"] == 1
     finally:
         _close(host, thread, [int(Path(pid_file).read_text())] if Path(pid_file).exists() else [])
+
+
+@fanflow.task
+def size_of(blob: bytes) -> int:
+    return len(blob)
+
+
+def test_a_large_payload_to_a_frozen_worker_does_not_hold_up_the_others(redis_url: str, tmp_path: Path) -> None:
+    host, thread = _started_pool(redis_url)
+    try:
+        host.prewarm(256)
+        host.prewarm(512)
+        wait_until(lambda: sum(w.ready for w in host._workers) == 2, 60, "two warm workers")
+        (frozen,) = [w for w in host._workers if w.memory_mb == 256]
+        assert frozen.proc is not None
+        os.kill(frozen.proc.pid, signal.SIGSTOP)  # idle and never reading its pipe: a stalled process
+        try:
+            # The DAG travels inline, so this payload is larger than the pipe's buffer: writing it
+            # waits for the frozen worker, and must not make the other invocation wait too.
+            large = _queue(redis_url, host, size_of(b"x" * (1 << 20)), 256)
+            wait_until(lambda: frozen.payload is not None, 30, "the large payload to go to the frozen worker")
+            other = _queue(redis_url, host, touch(str(tmp_path / "other")), 512)
+            wait_until(lambda: _output(host, other) == [2], 30, "the other worker's invocation")
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+        wait_until(lambda: _output(host, large) == [1 << 20], 60, "the thawed worker's invocation")
+    finally:
+        _close(host, thread, [])
 
 
 class _StuckLaunches(PoolHost):

@@ -83,6 +83,10 @@ tells an out-of-memory kill from a crash)."""
 KILL_WAIT_S = 5.0
 """How long a killed worker process may take to go (a process in uninterruptible sleep)."""
 
+SEND_APART_BYTES = 64 * 1024
+"""A larger payload goes down its worker's pipe from a helper thread: the pipe's buffer (about
+200 KB) may not hold it, and the write then lasts as long as the worker takes to read it."""
+
 CHORES_JOIN_S = LOST_GRACE_S + KILL_WAIT_S + 5
 """The longest a closing pool waits for its chores: a lost worker's reap, then telling its run."""
 
@@ -135,6 +139,8 @@ class _Worker:
     """The invocation in flight (or waiting for the worker to be ready)."""
     redelivered: bool = False
     """``payload`` is delivered again, its first worker having died: the new one takes it over."""
+    sending: threading.Thread | None = None
+    """The helper thread writing a large payload to this worker, if any (see :data:`SEND_APART_BYTES`)."""
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -407,8 +413,15 @@ class PoolHost:
 
     def _send(self, worker: _Worker, payload: bytes) -> None:
         worker.payload = payload
+        data = protocol.REDELIVERED + payload if worker.redelivered else payload
+        if len(data) > SEND_APART_BYTES:
+            worker.sending = threading.Thread(
+                target=_send_apart, args=(worker.conn, data), name=f"fanflow-send-{worker.name}", daemon=True
+            )
+            worker.sending.start()
+            return
         try:
-            worker.conn.send_bytes(protocol.REDELIVERED + payload if worker.redelivered else payload)
+            worker.conn.send_bytes(data)
         except OSError:
             self._lost(worker)
 
@@ -444,7 +457,7 @@ class PoolHost:
         way out (a thread that never ends, say) costs one chore, never a stall.
         """
         self._workers.remove(worker)
-        worker.conn.close()
+        _close_pipe(worker)
         if worker.payload is not None:
             self.stats["crashed"] += 1
             self._burying.add(worker)
@@ -533,7 +546,7 @@ class PoolHost:
         self._workers.remove(worker)
         with contextlib.suppress(OSError):
             worker.conn.send_bytes(b"")
-        worker.conn.close()
+        _close_pipe(worker)
         self._chore(self._reap_retired, worker)
 
     def _reap_retired(self, worker: _Worker) -> None:
@@ -553,13 +566,15 @@ class PoolHost:
         for launch in self._launches:  # quick (a fork and exec); after it, every process is known
             launch.join()
         for worker in self._workers:
+            if worker.sending is not None and worker.sending.is_alive():
+                continue  # a stop message now would cut into the payload: it is killed after the grace
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(b"")
         deadline = time.monotonic() + STOP_GRACE_S
         unfinished: list[bytes] = []
         for worker in self._workers:
             code = _reap(worker.proc, max(0.0, deadline - time.monotonic())) if worker.proc is not None else None
-            worker.conn.close()
+            _close_pipe(worker)
             if worker.payload is not None and (code is None or code != 0):
                 unfinished.append(_ENTRY.pack(worker.memory_mb) + protocol.REDELIVERED + worker.payload)
         self._workers = []
@@ -588,6 +603,23 @@ def _payload_of(entry: bytes) -> tuple[bytes, bool]:
     if payload[:1] == protocol.REDELIVERED:
         return payload[1:], True
     return payload, False
+
+
+def _send_apart(conn: Connection, data: bytes) -> None:
+    """Write one large payload to a worker (a helper thread; see :data:`SEND_APART_BYTES`)."""
+    with contextlib.suppress(OSError):  # the worker died: its end of file reaches the dispatcher (_lost)
+        conn.send_bytes(data)
+
+
+def _close_pipe(worker: _Worker) -> None:
+    """Close the dispatcher's end of a worker's pipe, once no helper thread writes to it.
+
+    Called when the worker is gone or done with its payload: a write still in
+    progress then ends at once (with an error, or having just finished).
+    """
+    if worker.sending is not None:
+        worker.sending.join(timeout=KILL_WAIT_S)
+    worker.conn.close()
 
 
 def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
