@@ -18,8 +18,10 @@ Sections (``--only`` picks some; all by default):
   shared pool): its first ``compute()`` (cold starts inside) and its second one
   (kept warm, ``keep_alive_s``), against the shared warm pool.
 - ``scale``: tree reductions of 1k, 4k, 16k and 64k tasks on the shared pool:
-  microseconds per task and the client's peak memory (each size in a fresh client
-  process), with Dask distributed at 1k and 4k; 16k and 64k run ``--long-repeat`` times.
+  microseconds per task, CPU microseconds per task (client, pool processes and
+  redis-server: the measure that other load on the machine does not inflate) and
+  the client's peak memory (each size in a fresh client process), with Dask
+  distributed at 1k and 4k; 16k and 64k run ``--long-repeat`` times.
 - ``cluster``: a tree reduction of 16k tasks on a 3-master Redis Cluster against
   one Redis (client-started pools of 2), tasks/s, and how the commands spread
   over the masters (``--long-repeat`` runs each, after a small warm-up).
@@ -348,11 +350,15 @@ def scale(repeat: int, long_repeat: int, warm: fanflow.Config, client: Any) -> l
 
     rows = []
     per_task: dict[int, float] = {}
+    cpu_per_task: dict[int, float] = {}
     for tasks in SCALE_TASKS:
         leaves = (tasks + 1) // 2
+        n = 2 * leaves - 1
         samples = [_scale_child(leaves, warm) for _ in range(repeat if tasks <= 4096 else long_repeat)]
         walls = [s["wall"] for s in samples]
-        per_task[tasks] = statistics.median(walls) / (2 * leaves - 1) * 1e6
+        per_task[tasks] = statistics.median(walls) / n * 1e6
+        cpu = {part: statistics.median(s[part] for s in samples) / n * 1e6 for part in ("client", "pool", "redis")}
+        cpu_per_task[tasks] = sum(cpu.values())
         theirs: list[float] = []
         if tasks <= 4096:
             dtree = (dask.delayed(inc), dask.delayed(add))
@@ -364,18 +370,53 @@ def scale(repeat: int, long_repeat: int, warm: fanflow.Config, client: Any) -> l
             theirs = [timed(on_dask) for _ in range(repeat)]
         peak = max(s["peak_mb"] for s in samples)
         growth = max(s["growth_mb"] for s in samples)
-        note = f"{per_task[tasks]:.0f} us/task, client peak RSS {peak:.0f} MB (+{growth:.0f} MB in the run)"
-        rows.append(Row("scale, warm pool", f"TR {2 * leaves - 1} tasks", walls, "dask distributed", theirs, "", note))
-    low, high = per_task[SCALE_TASKS[0]], per_task[SCALE_TASKS[-1]]
-    rows.append(Row("scale, warm pool", "us/task 64k / 1k", [high], "us/task 1k", [low], "<= 1.5x"))
+        note = (
+            f"{per_task[tasks]:.0f} us/task; CPU {cpu_per_task[tasks]:.0f} us/task (client {cpu['client']:.0f}, "
+            f"pool {cpu['pool']:.0f}, redis {cpu['redis']:.0f}); client peak RSS {peak:.0f} MB (+{growth:.0f})"
+        )
+        rows.append(Row("scale, warm pool", f"TR {n} tasks", walls, "dask distributed", theirs, "", note))
+    low, high = SCALE_TASKS[0], SCALE_TASKS[-1]
+    rows.append(Row("scale, warm pool", "us/task 64k / 1k", [per_task[high]], "us/task 1k", [per_task[low]], "<= 1.5x"))
+    rows.append(
+        Row("scale, warm pool", "CPU us/task 64k / 1k", [cpu_per_task[high]], "CPU us/task 1k", [cpu_per_task[low]])
+    )
     return rows
 
 
+def _cpu_of_tree(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live children (the pool host and its worker processes)."""
+    import psutil  # installed with dask.distributed
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # a worker that exited meanwhile
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _scale_child(leaves: int, warm: fanflow.Config) -> dict[str, float]:
-    """One tree reduction in a fresh client process: its wall time and memory."""
+    """One tree reduction in a fresh client process: its wall time, memory, and the CPU seconds of the
+    client, the pool's processes and the redis-server (load on the machine slows, but does not add, CPU)."""
+    import redis
+
+    server = redis.Redis.from_url(warm.store)
+    pool_pid = int(server.get(f"ff:pool:{POOL}:alive") or 0)
+
+    def redis_cpu() -> float:
+        info = server.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    pool_before, redis_before = _cpu_of_tree(pool_pid), redis_cpu()
     cmd = [sys.executable, __file__, "--scale-child", str(leaves), warm.store]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=True)
+    sample: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    sample["pool"] = _cpu_of_tree(pool_pid) - pool_before
+    sample["redis"] = redis_cpu() - redis_before
+    return sample
 
 
 def scale_child(leaves: int, url: str) -> None:
@@ -389,13 +430,13 @@ def scale_child(leaves: int, url: str) -> None:
     ftree = (fanflow.task(inc), fanflow.task(add))
     tree(2, *ftree).compute(cfg)  # imports and connections, outside the measurement
     before = rss_mb()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     value = tree(leaves, *ftree).compute(cfg)
-    wall = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     if value != sum(range(1, leaves + 1)):
         raise SystemExit(f"tree reduction of {leaves} leaves computed {value}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall": wall, "peak_mb": peak, "growth_mb": max(0.0, peak - before)}))
+    print(json.dumps({"wall": wall, "client": cpu, "peak_mb": peak, "growth_mb": max(0.0, peak - before)}))
 
 
 def cluster(repeat: int, workdir: Path, url: str) -> list[Row]:

@@ -80,6 +80,21 @@ def test_claim_script_stays_in_one_slot_and_is_exactly_once(store: RedisClusterS
     assert store.finish({}, last, "w3", 60, 1000) == [False]  # a re-run upstream never triggers twice
 
 
+def test_a_pipelined_claim_is_one_command_on_its_own_master(
+    store: RedisClusterStore, masters: list[redis.Redis]
+) -> None:
+    """No ``COMMAND GETKEYS`` round trip to the default node per script call (a hot spot and a second trip)."""
+    run = f"route-{uuid.uuid4().hex[:8]}"
+    for m in masters:
+        m.config_resetstat()
+    claims = [Claim(keys.deps(run, d), keys.claim(run, d), 0, 1) for d in range(1, 31)]
+    assert store.finish({keys.output(run, 0): store.dumps(0)[0]}, claims, "w", 60, 1000) == [True] * 30
+    stats = [m.info("commandstats") for m in masters]
+    assert not [s for s in stats if "cmdstat_command|getkeys" in s]
+    evals = [int(s.get("cmdstat_evalsha", {"calls": 0})["calls"]) for s in stats]
+    assert sum(evals) == 30 and all(n > 0 for n in evals)  # each claim ran once, on the master of its slot
+
+
 def test_scripts_come_back_after_a_master_flushes_them(store: RedisClusterStore, masters: list[redis.Redis]) -> None:
     for m in masters:
         m.script_flush()
