@@ -20,7 +20,8 @@ Three measurements, each printed as fanflow's time, Dask's time and the ratio
 
 fanflow runs with its defaults (embedded threads + memory store, history in a
 temporary SQLite file) except where a line says ``history off``. Every number is
-the median of ``--repeat`` rounds, rounds alternate fanflow and Dask, and the
+the median of ``--repeat`` rounds (per-call lines: ``--call-rounds`` rounds of
+``--calls`` calls), rounds alternate fanflow and Dask, and the
 spread (min-max of the ratios) is printed. Needs ``fanflow[dask]`` and pandas
 (``pip install "dask[dataframe]"``) for the shuffle.
 
@@ -200,7 +201,10 @@ def _runs_in(db: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=200, help="calls per per-call round")
+    parser.add_argument("--calls", type=int, default=40, help="calls per per-call round")
+    parser.add_argument(
+        "--call-rounds", type=int, default=25, help="per-call rounds (many short ones average out a loaded machine)"
+    )
     parser.add_argument("--partitions", type=int, default=92)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tr", type=int, default=8192, help="leaves of the history tree reduction")
@@ -210,9 +214,9 @@ def main() -> None:
         db = Path(tmp) / "metadata.db"
         config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")  # the default, in a temp file
         versions = f"dask {dask.__version__}, fanflow {fanflow.__version__}"
-        print(f"{versions}, {os.cpu_count()} cores; median of {args.repeat}")
+        print(f"{versions}, {os.cpu_count()} cores; median of {args.call_rounds} rounds per call, {args.repeat} else")
         if args.only in (None, "per-call"):
-            per_call(config, args.repeat, args.calls)
+            per_call(config, args.call_rounds, args.calls)
         if args.only in (None, "shuffle"):
             shuffle(config, args.repeat, args.partitions, args.rows)
         if args.only in (None, "history"):

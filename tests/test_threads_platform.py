@@ -115,3 +115,40 @@ def test_run_here_refuses_when_every_slot_is_taken_and_after_close() -> None:
         platform.close()
     assert not platform.run_here("after close")
     assert ran == ["here"]
+
+
+def test_invocations_taken_back_by_their_runs_caller_run_exactly_once() -> None:
+    """The caller and the pool threads race for the queued invocations: each runs once, never twice, never lost."""
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    class Inv:
+        def __init__(self, run_id: str, n: int) -> None:
+            self.run_id, self.n = run_id, n
+
+    ran: list[tuple[str, int, bool]] = []
+    lock = threading.Lock()
+    caller = threading.get_ident()
+
+    def handler(inv: Inv) -> None:
+        with lock:
+            ran.append((inv.run_id, inv.n, threading.get_ident() == caller))
+
+    platform = ThreadsPlatform(handler, max_workers=3)
+    taken_back = 0
+    try:
+        for _ in range(200):
+            ran.clear()
+            platform.invoke([Inv("other", i) for i in range(3)] + [Inv("mine", i) for i in range(5)])
+            platform.run_waiting_here("mine")
+            deadline = time.monotonic() + 10
+            while len(ran) < 8:
+                assert time.monotonic() < deadline, f"invocations lost: {sorted(ran)}"
+                time.sleep(0.001)
+            time.sleep(0.002)  # a second run of any of them would show here
+            expected = [("mine", i) for i in range(5)] + [("other", i) for i in range(3)]
+            assert sorted((r, n) for r, n, _ in ran) == expected
+            assert not any(here for r, _, here in ran if r == "other")  # another run's work is not taken
+            taken_back += sum(here for _, _, here in ran)
+    finally:
+        platform.close()
+    assert taken_back  # the caller does take its run's work back (it holds the GIL as the pool threads wake)

@@ -95,9 +95,10 @@ class Run:
         """Subscribe, write the run state and the DAG, then invoke one worker per root group.
 
         ``here``: the caller has nothing to do until the run ends (no cancellation to
-        watch for), so on a platform that can run an invocation on the calling thread
+        watch for), so on a platform that can run invocations on the calling thread
         (the threads platform's ``run_here``) the first group is kept for :meth:`wait`
-        to run there, saving the hand-off to a worker thread and back. Not with a
+        to run there, then the run's invocations no worker thread has taken yet,
+        saving the hand-offs to worker threads and back. Not with a
         ``timeout_s`` (a task on the caller's thread cannot be left behind) nor a
         progress bar (it is drawn by the waiting loop).
         """
@@ -180,8 +181,10 @@ class Run:
         """Block until every sink is done; raise the run's error, timeout or cancellation."""
         if self._here is not None:
             inv, self._here = self._here, None
-            run_here: Callable[[Invocation], bool] = self.platform.run_here  # type: ignore[attr-defined]
-            if not run_here(inv):  # every worker slot is taken: it queues like the others
+            platform: Any = self.platform
+            if platform.run_here(inv):
+                platform.run_waiting_here(self.run_id)  # its other roots and fan-outs no thread has taken
+            else:  # every worker slot is taken: it queues like the others
                 self._invoke([inv])
         sinks = set(self.dag.sinks)
         done: set[int] = set()

@@ -4,11 +4,14 @@ A small pool of daemon threads takes invocation objects from one queue, so an
 invocation costs a queue put rather than a thread start. Threads are started as
 invocations arrive, up to ``max_workers``, and stay for the life of the platform.
 
-A client that would only wait for its run may instead run one invocation on its
-own thread (:meth:`ThreadsPlatform.run_here`): a small run then costs no hand-off
-to a worker thread and back (two thread wake-ups, about a third of the fixed cost
-of a 1-task run). The calling thread then counts as one of the ``max_workers``, so
-``max_workers`` still bounds how many tasks run at once.
+A client that would only wait for its run may instead run invocations on its own
+thread: one it has not invoked (:meth:`ThreadsPlatform.run_here`), then those of
+its run still waiting in the queue, which it takes back before a pool thread does
+(:meth:`ThreadsPlatform.run_waiting_here`: the run's other roots, its fan-outs).
+A small run then costs no hand-off to a worker thread and back (thread wake-ups
+were about a third of the fixed cost of a 1-task run). The calling thread counts
+as one of the ``max_workers`` while it runs one, so ``max_workers`` still bounds
+how many tasks run at once.
 
 Numeric libraries (OpenBLAS, MKL, OpenMP) start their own thread per core for
 each call; with several worker threads calling them at once the cores are
@@ -69,6 +72,9 @@ class ThreadsPlatform:
         self._threads: list[threading.Thread] = []
         # One per running invocation, on a pool thread or a caller's (run_here): max_workers at a time.
         self._slots = threading.Semaphore(self._max)
+        # Queued invocations no thread has taken yet, by id: whoever pops one here (a pool
+        # thread, or a caller in run_waiting_here) runs it; dict.pop is atomic, so exactly once.
+        self._waiting: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._blas_limit: threadpool_limits | None = None
@@ -79,8 +85,9 @@ class ThreadsPlatform:
         return None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
-        put = self._queue.put
+        put, waiting = self._queue.put, self._waiting
         for inv in invocations:
+            waiting[id(inv)] = inv  # the queue holds it until taken, so its id stays its own
             put(inv)
         if len(self._threads) >= self._max:
             return
@@ -99,36 +106,65 @@ class ThreadsPlatform:
             sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
 
     def run_here(self, invocation: Any) -> bool:
-        """Run ``invocation`` on the calling thread, to its end, if a worker slot is free.
+        """Run ``invocation`` (not given to :meth:`invoke`) on the calling thread, to its end, if a worker slot is free.
 
         Returns False, having run nothing, when ``max_workers`` invocations are
         running already (then :meth:`invoke` it). While it runs, the calling
         thread is one of this platform's workers: a task on it that starts a
         run on this platform gets :class:`fanflow.NestedRunError`, as on a pool
-        thread. Tasks it fans out to go to the pool.
+        thread. Tasks it fans out to are invoked as usual.
         """
         if self._closed or not self._slots.acquire(blocking=False):
             return False
-        if self._blas_limit is None:
-            with self._lock:
-                self._limit()  # the caller's thread is a worker like the pool's, with the same caps
-        outer = getattr(_here, "platform", None)
-        _here.platform = self
-        try:
-            # A Ctrl-C outside the tasks reaches the caller as itself: its run handles it (cancels).
-            self._handle(invocation, Exception)
-        finally:
-            _here.platform = outer
-            self._slots.release()
+        self._run_on_caller(invocation)
         return True
+
+    def run_waiting_here(self, run_id: str) -> None:
+        """Run on the calling thread the invocations of run ``run_id`` that wait in the queue, one after another.
+
+        Each is taken back only if no pool thread has taken it yet, and only while
+        a worker slot is free; invocations that the ones run here start are taken
+        in turn. Returns when none of the run's invocations waits any more (or no
+        slot is free): the others are running on pool threads.
+        """
+        waiting = self._waiting
+        while True:
+            mine = [inv for inv in list(waiting.values()) if getattr(inv, "run_id", None) == run_id]
+            if not mine:
+                return
+            for inv in mine:
+                if self._closed or not self._slots.acquire(blocking=False):
+                    return
+                if waiting.pop(id(inv), None) is None:  # a pool thread took it meanwhile
+                    self._slots.release()
+                    continue
+                self._run_on_caller(inv)
+
+    def _run_on_caller(self, invocation: Any) -> None:
+        """Run ``invocation`` on the calling thread; a slot is held, and released here."""
+        try:
+            if self._blas_limit is None:
+                with self._lock:
+                    self._limit()  # the caller's thread is a worker like the pool's, with the same caps
+            outer = getattr(_here, "platform", None)
+            _here.platform = self
+            try:
+                # A Ctrl-C outside the tasks reaches the caller as itself: its run handles it (cancels).
+                self._handle(invocation, Exception)
+            finally:
+                _here.platform = outer
+        finally:
+            self._slots.release()
 
     def _serve(self) -> None:
         _here.platform = self
-        get, slots = self._queue.get, self._slots
+        get, slots, waiting = self._queue.get, self._slots, self._waiting
         while True:
             item = get()
             if item is _STOP:
                 return
+            if waiting.pop(id(item), None) is None:
+                continue  # its run's caller took it back and ran it (run_waiting_here)
             with slots:
                 self._handle(item, BaseException)
 

@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         dask_side = {t: o for t, o in dask_side.items() if t.split("::", 1)[0] in wanted}
         fanflow_side = run_side("fanflow", modules, workdir)
     lost = compare(dask_side, fanflow_side)
-    both = sum(1 for t, o in dask_side.items() if o == "passed" and fanflow_side.get(t) == "passed")
+    passed = [t for t, o in dask_side.items() if o == "passed" and fanflow_side.get(t) == "passed"]
+    both = len(passed)
+    for module in modules:
+        print(f"{_path(module)}: {sum(1 for t in passed if t.startswith(_path(module) + '::'))} pass on both")
     for line in lost:
         print(line)
     print(f"{both} tests pass on both schedulers, {len(lost)} pass on Dask's only")
