@@ -1,7 +1,8 @@
-"""The SQLite history's own guarantees: compact runs, retention on save, a file that shrinks, old files read.
+"""History's own guarantees: compact runs, retention on save, a file that shrinks, old files read, traces.
 
 What every metadata store guarantees is tested in test_metrics.py; this file holds
-what only the embedded SQLite store promises (see its module docstring).
+what only the embedded SQLite store promises (see its module docstring), the trace
+codec, and that recording's column-wise totals and summaries equal the records'.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ import sqlite3
 import zlib
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import fanflow
-from fanflow.store.metadata import drain, open_metadata
+from fanflow.metrics import RunMetrics, summaries_of, task_records
+from fanflow.metrics.digest import DagArrays, digest
+from fanflow.metrics.records import RunRecord
+from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import gc_every
+from fanflow.store.metadata.trace import EventTable, decode_trace, encode_trace
 
 
 @fanflow.task
@@ -44,15 +52,13 @@ def test_runs_are_stored_compactly_and_retention_keeps_the_file_bounded(tmp_path
     drain()
     raw = sqlite3.connect(db)  # another connection sees the run once drain() returned
     assert raw.execute("SELECT count(*) FROM runs").fetchone() == (1,)
-    # one row per function for 1,023 tasks, one for the workers: no row per task or worker
-    assert raw.execute("SELECT count(*) FROM task_groups").fetchone() == (2,)
-    assert raw.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
-    assert raw.execute("SELECT count(*) FROM worker_docs").fetchone() == (1,)
-    (stored,) = raw.execute(
-        "SELECT (SELECT sum(length(doc) + length(events)) FROM runs) + (SELECT sum(length(docs)) FROM task_groups)"
-        " + (SELECT sum(length(docs)) FROM worker_docs)"
-    ).fetchone()
-    assert stored < 1023 * 250, f"{stored} bytes for one run of 1,023 tasks"  # a row per task took 1.1 KB each
+    # 1,023 tasks: one run row and one index row per function, nothing per task or worker
+    assert raw.execute("SELECT count(*) FROM run_functions").fetchone() == (2,)
+    for table in ("tasks", "task_groups", "workers", "worker_docs"):
+        assert raw.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    (stored,) = raw.execute("SELECT sum(length(doc) + length(events)) FROM runs").fetchone()
+    # schema 1 took 1.1 KB per task, schema 2 about 250 bytes
+    assert stored < 1023 * 80, f"{stored} bytes for one run of 1,023 tasks"
     one_run = _file_bytes(db)
 
     for _ in range(6):
@@ -60,9 +66,10 @@ def test_runs_are_stored_compactly_and_retention_keeps_the_file_bounded(tmp_path
     drain()
     assert raw.execute("SELECT count(*) FROM runs").fetchone()[0] <= 2 + gc_every(2)
     assert _file_bytes(db) < 4 * one_run  # freed pages go back (auto_vacuum) and the log is truncated
-    loaded = open_metadata(config.metadata).load_run(open_metadata(config.metadata).runs()[0]["run_id"])
-    assert len(loaded.tasks) == 1023 and [t["task"] for t in loaded.tasks] == list(range(1023))
-    assert loaded.workers and loaded.events
+    stored_run = open_metadata(config.metadata).load_run(open_metadata(config.metadata).runs()[0]["run_id"])
+    loaded = RunMetrics.from_stored(stored_run)
+    assert [t.task for t in loaded.tasks] == list(range(1023)) and {t.status for t in loaded.tasks} == {"finished"}
+    assert loaded.workers and len(stored_run.events) == len(loaded.events) > 2 * 1023
     raw.close()
 
 
@@ -100,8 +107,156 @@ def test_a_schema_1_file_is_read_and_upgraded(tmp_path: Path) -> None:
     raw.commit()
     store = open_metadata(f"sqlite:///{db}")
     stored = store.load_run("r1")
-    assert stored.tasks == [task] and stored.workers == [{"worker": "w"}] and stored.events == []
-    assert store.task_history(["m.f:1"], memory_mb=512) == [task]
-    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert stored.trace is None and stored.tasks == [task] and stored.workers == [{"worker": "w"}]
+    assert stored.events == []
+    assert [r.tasks for r in store.task_runs(["m.f:1"])] == [[task]] and store.task_runs(["m.g:1"]) == []
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
     assert store.gc(0) == ["r1"] and raw.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
     raw.close()
+
+
+def test_a_schema_2_file_reads_its_runs_beside_new_ones(tmp_path: Path) -> None:
+    """Schema 2 kept task documents grouped per function: the same records come back, new runs get traces."""
+    source = tmp_path / "new.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{source}")
+    tree(8).compute(config)
+    drain()
+    store = open_metadata(config.metadata)
+    fresh = RunMetrics.from_stored(store.load_run(store.runs()[0]["run_id"]))
+    run_doc, task_docs, worker_docs = fresh.to_docs()
+
+    db = tmp_path / "old.db"
+    raw = sqlite3.connect(db)
+    raw.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '2');
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, signature TEXT NOT NULL, submitted_at REAL NOT NULL,
+                           doc TEXT NOT NULL, events BLOB NOT NULL);
+        CREATE TABLE task_groups (run_id TEXT NOT NULL, identity TEXT NOT NULL, memory_mb INTEGER NOT NULL,
+                                  docs BLOB NOT NULL, PRIMARY KEY (run_id, identity, memory_mb));
+        CREATE TABLE worker_docs (run_id TEXT PRIMARY KEY, docs BLOB NOT NULL);
+        """
+    )
+    run_id = run_doc["run_id"]
+    raw.execute(
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?)",
+        (run_id, run_doc["signature"], run_doc["submitted_at"], json.dumps(run_doc), json.dumps(fresh.events).encode()),
+    )
+    for identity in {t["identity"] for t in task_docs}:
+        docs = [t for t in task_docs if t["identity"] == identity]
+        raw.execute(
+            "INSERT INTO task_groups VALUES (?, ?, ?, ?)",
+            (run_id, identity, 1769, zlib.compress(json.dumps(docs).encode())),
+        )
+    raw.execute("INSERT INTO worker_docs VALUES (?, ?)", (run_id, json.dumps(worker_docs).encode()))
+    raw.commit()
+
+    old_config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    old = open_metadata(old_config.metadata)
+    stored = old.load_run(run_id)
+    assert stored.trace is None and RunMetrics.from_stored(stored).to_docs() == fresh.to_docs()
+    tree(8).compute(old_config)  # a new run in the upgraded file
+    drain()
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    records = task_records(old, [pair.identity])
+    assert [r.run_id for r in records].count(run_id) == 7 and len(records) == 14
+    assert {r.status for r in records} == {"finished"}
+    raw.close()
+
+
+def _recorded(config: fanflow.Config) -> tuple[StoredRun, RunMetrics]:
+    drain()
+    store = open_metadata(config.metadata)
+    stored = store.load_run(store.runs(limit=1)[0]["run_id"])
+    return stored, RunMetrics.from_stored(stored)
+
+
+@fanflow.task
+def sized(n: int) -> bytes:
+    return b"x" * n
+
+
+@fanflow.task
+def concat(*parts: bytes) -> bytes:
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("shape", ["tree", "fan-in", "chain"])
+def test_recorded_totals_and_summaries_equal_the_records(tmp_path: Path, shape: str) -> None:
+    """What recording computes column-wise (digest) is what the records built from the trace say."""
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    nodes = {
+        "tree": lambda: tree(64),
+        "fan-in": lambda: concat(*[sized(100 * (i + 1)) for i in range(9)]),
+        "chain": lambda: concat(concat(sized(10), sized(20)), concat(sized(30))),
+    }
+    nodes[shape]().compute(config)
+    stored, metrics = _recorded(config)
+    trace = decode_trace(stored.trace or b"")
+    arrays = DagArrays(trace.functions, trace.task_of, trace.dep_counts, trace.deps, trace.maps, trace.sinks)
+    header = RunRecord.from_doc(stored.run)
+    digested = digest(arrays, trace.table, header)
+    assert digested is not None, "a plain run of finished tasks is digested column-wise"
+    run, summaries = digested
+    assert run.to_doc() == stored.run == metrics.run.to_doc()
+    assert metrics.run.bytes_out > 0 and metrics.run.tasks_finished == len(metrics.tasks)
+    expected = summaries_of(metrics.tasks)
+    assert summaries.keys() == expected.keys()
+    for key, summary in summaries.items():
+        for name, value in summary.to_dict().items():
+            assert value == pytest.approx(expected[key].to_dict()[name], rel=1e-9, abs=1e-15), (key, name)
+
+
+def test_runs_digest_refuses_are_recorded_through_their_records(tmp_path: Path) -> None:
+    """A failed run is not a common one: its totals come from the records, and match them."""
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    with pytest.raises(fanflow.TaskFailedError):
+        concat(sized(3), explode(sized(4))).compute(config)
+    stored, metrics = _recorded(config)
+    trace = decode_trace(stored.trace or b"")
+    arrays = DagArrays(trace.functions, trace.task_of, trace.dep_counts, trace.deps, trace.maps, trace.sinks)
+    assert digest(arrays, trace.table, RunRecord.from_doc(stored.run)) is None
+    assert stored.run == metrics.run.to_doc() and stored.run["status"] == "failed"
+    assert {t.status for t in metrics.tasks} >= {"failed", "unfinished"}
+
+
+@fanflow.task
+def explode(data: bytes) -> bytes:
+    raise ValueError("no")
+
+
+def test_trace_round_trips_any_events() -> None:
+    events = [
+        {"kind": "worker_started", "task": -1, "worker": "w1", "t": 1.5, "cold": True, "memory_mb": 512},
+        {"kind": "task_started", "task": 0, "worker": "w1", "t": 1.6},
+        {"kind": "task_started", "task": 1, "worker": "w1", "t": 1.7, "element": 3},  # same kind, more fields
+        {"kind": "task_finished", "task": 0, "worker": "wé", "t": 1.8, "in_bytes": [None, 5], "out_bytes": 10},
+        {"kind": "task_finished", "task": 1, "worker": "w1", "t": 1.9, "in_bytes": [], "out_bytes": 2**70},
+        {"kind": "task_failed", "task": 2, "worker": "w1", "t": 2.0, "error": None},
+        {"kind": "task_failed", "task": 3, "worker": "w2", "t": 2.1, "error": "ValueError: x"},
+        {"task": 4, "worker": 7, "t": 2.2},  # no kind at all, a number for a worker
+        {"kind": "task_started", "t": 2.3, "worker": "w1", "task": 5},  # same fields, another order
+        {"kind": "worker_stopped", "task": -1, "worker": "w1", "t": 2.4, "tasks": 3},
+        {"kind": "worker_stopped", "task": -1, "worker": "w2", "t": 2.5, "tasks": 0},
+    ]
+    functions = [("f", "m.f:1"), ("g", "m.g:2")]
+    task_of, counts, deps = np.array([0, 0, 1]), np.array([0, 0, 2]), np.array([0, 1])
+    blob = encode_trace(functions, task_of, counts, deps, [], [2], EventTable.of(events))
+    trace = decode_trace(blob)
+    assert trace.table.events() == events
+    assert trace.functions == functions and trace.sinks == [2] and trace.maps == []
+    assert trace.task_of.tolist() == [0, 0, 1] and trace.dep_counts.tolist() == [0, 0, 2]
+    assert trace.deps.tolist() == [0, 1]
+    assert StoredRun({"run_id": "r"}, blob).events == events
+    assert EventTable.of([]).events() == []
+    # a column mixing ints and floats comes back as floats, as documented
+    mixed = [{"kind": "k", "x": 1}, {"kind": "k", "x": 2.5}]
+    assert decode_trace(encode_trace([], task_of, counts, deps, [], [], EventTable.of(mixed))).table.events() == [
+        {"kind": "k", "x": 1.0},
+        {"kind": "k", "x": 2.5},
+    ]
+    with pytest.raises(MetadataError, match="damaged"):
+        decode_trace(blob[:-10])
+    with pytest.raises(MetadataError, match="not a run trace"):
+        decode_trace(b"[]")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import fanflow
 from fanflow.cli.main import app
-from fanflow.metrics import History, RunMetrics, from_baseline, summaries_of, to_baseline
+from fanflow.metrics import History, RunMetrics, from_baseline, summaries_of, task_records, to_baseline
 from fanflow.metrics.records import FAILED, FINISHED, UNFINISHED
 from fanflow.store.metadata import MetadataStore, RunNotFoundError, Summary, drain, open_metadata
 
@@ -234,10 +234,11 @@ def test_metadata_stores_keep_history_by_signature_and_function(tmp_path: Path, 
     assert chain_runs and all(r["sink"] == "grow" for r in chain_runs)
 
     identity = grow.identity
-    history = store.task_history([identity], memory_mb=config.memory_mb)
+    history = task_records(store, [identity], memory_mb=config.memory_mb)
     kept = {r["run_id"] for r in runs}
-    assert history and {h["run_id"] for h in history} <= kept and {h["identity"] for h in history} == {identity}
-    assert store.task_history([identity], memory_mb=128) == []
+    assert history and {h.run_id for h in history} <= kept and {h.identity for h in history} == {identity}
+    assert task_records(store, [identity], memory_mb=128) == []
+    assert {s.run["run_id"] for s in store.task_runs([identity])} == kept
 
     # summaries outlive retention: grow ran once per chain and k times per fan-out, in all 8 runs
     summary = store.summaries([identity])[(identity, config.memory_mb)]

@@ -21,6 +21,7 @@ import redis
 from support import RedisServer, add, bump, wait_until
 
 import fanflow
+from fanflow.metrics import RunMetrics
 from fanflow.store import keys
 from fanflow.store.metadata import drain, open_metadata
 
@@ -90,8 +91,8 @@ def test_third_attempt_succeeds_and_metrics_show_three_attempts(run_config: fanf
     future = add(flaky(str(tmp_path / "n"), 2, 40), 2).submit(run_config)
     assert future.result(timeout=60) == 42
     drain()
-    tasks = open_metadata(run_config.metadata).load_run(future.run_id).tasks
-    assert {t["name"]: t["attempt"] for t in tasks}["flaky-0"] == 3
+    tasks = RunMetrics.from_stored(open_metadata(run_config.metadata).load_run(future.run_id)).tasks
+    assert {t.name: t.attempt for t in tasks}["flaky-0"] == 3
 
 
 def test_no_retry_marker_fails_at_once(run_config: fanflow.Config, tmp_path: Path) -> None:

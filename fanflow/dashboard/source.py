@@ -29,7 +29,8 @@ from typing import Any
 from fanflow.config import mask_url
 from fanflow.dashboard.tracking import LOCAL, LocalRun, LocalRuns, error_records
 from fanflow.errors import FanflowError
-from fanflow.metrics.records import UNFINISHED, RunMetrics
+from fanflow.metrics.history import task_records
+from fanflow.metrics.records import FINISHED, UNFINISHED, RunMetrics, TaskRecord
 from fanflow.store import RUNNING, Store, keys
 from fanflow.store.base import ENDED
 from fanflow.store.metadata import MetadataStore, RunNotFoundError
@@ -417,10 +418,10 @@ class Source:
         """
         if self.metadata is None:
             raise NotFoundError("this dashboard has no metadata store, so no function history")
-        docs = self.metadata.task_history([identity])
-        if not docs and not any(i == identity for i, _ in self.metadata.summaries([identity])):
+        records = task_records(self.metadata, [identity])
+        if not records and not any(i == identity for i, _ in self.metadata.summaries([identity])):
             raise NotFoundError(f"function {identity!r} has no recorded executions")
-        return list(_points(docs))
+        return list(_points(records))
 
 
 @dataclass
@@ -447,19 +448,13 @@ class LiveFeed:
         return self.local is not None and self.local.ended_at is not None
 
 
-def _points(docs: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-    for t in docs:
-        if t.get("status") != "finished":
+def _points(records: Iterable[TaskRecord]) -> Iterable[dict[str, Any]]:
+    for t in records:
+        if t.status != FINISHED:
             continue
-        elements = [e for e in t.get("elements", ()) if e.get("finished_at")]
+        elements = [e for e in t.elements if e.finished_at]
         if elements:
             for e in elements:
-                yield {
-                    "exec_s": e["exec_s"],
-                    "in_bytes": e["fetched_bytes"],
-                    "memory_mb": e["memory_mb"],
-                    "run_id": t.get("run_id"),
-                }
+                yield {"exec_s": e.exec_s, "in_bytes": e.fetched_bytes, "memory_mb": e.memory_mb, "run_id": t.run_id}
         else:
-            in_bytes = sum(i.get("bytes", 0) for i in t.get("inputs", ()))
-            yield {"exec_s": t["exec_s"], "in_bytes": in_bytes, "memory_mb": t["memory_mb"], "run_id": t.get("run_id")}
+            yield {"exec_s": t.exec_s, "in_bytes": t.in_bytes, "memory_mb": t.memory_mb, "run_id": t.run_id}

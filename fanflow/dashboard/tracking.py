@@ -67,7 +67,7 @@ def started_doc(run: Run) -> dict[str, Any]:
         "store": mask_url(config.store),
         "functions": [[t.name, t.identity] for t in dag.tasks],
         "task_of": list(dag.task_of),
-        "deps": [list(d) for d in dag.deps],
+        "deps": dag.deps,  # tuples, written as JSON lists: no list per task on the recording path
         "maps": sorted(dag.maps),
         "sinks": list(dag.sinks),
         "errors": [],

@@ -7,7 +7,7 @@ past through :class:`History`; ``fanflow runs`` and ``fanflow report`` show it.
 """
 
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.history import History
+from fanflow.metrics.history import History, task_records
 from fanflow.metrics.normalize import BASELINE_MB, from_baseline, to_baseline
 from fanflow.metrics.recorder import build_dag, record_run
 from fanflow.metrics.records import InputRecord, RunMetrics, RunRecord, TaskRecord, WorkerRecord
@@ -25,5 +25,6 @@ __all__ = [
     "from_baseline",
     "record_run",
     "summaries_of",
+    "task_records",
     "to_baseline",
 ]

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fanflow.dag.graph import DAG
+from fanflow.metrics.graph import Graph
 from fanflow.metrics.normalize import to_baseline
 from fanflow.metrics.records import (
     FAILED,
@@ -33,6 +33,7 @@ from fanflow.metrics.records import (
     WorkerRecord,
 )
 from fanflow.store.metadata.base import Summary, SummaryKey
+from fanflow.store.metadata.trace import decode_trace
 
 
 def _float(value: Any) -> float:
@@ -55,7 +56,7 @@ def _sizes(value: Any) -> list[int | None]:
     return [None if v is None else _int(v) for v in value or ()]
 
 
-def build_metrics(dag: DAG, events: Iterable[dict[str, Any]], header: RunRecord) -> RunMetrics:
+def build_metrics(dag: Graph, events: Iterable[dict[str, Any]], header: RunRecord) -> RunMetrics:
     """The metrics of the run ``header`` describes, from its ``events`` and its ``dag``.
 
     ``header`` carries the client's facts (ids, status, times, config); counts
@@ -87,7 +88,7 @@ def build_metrics(dag: DAG, events: Iterable[dict[str, Any]], header: RunRecord)
             ends[task] = e  # a task re-run after a lost lease keeps its first ending
         w.stopped_at = max(w.stopped_at, t)
 
-    tasks = [_task_record(dag, i, started.get(i), ends.get(i), workers, header) for i in range(len(dag))]
+    tasks = [_task_record(dag, i, started.get(i), ends.get(i), workers, header) for i in range(len(dag.deps))]
     for i, by_index in elements.items():
         tasks[i].elements = [by_index[k] for k in sorted(by_index)]
     by_id = {t.task: t for t in tasks}
@@ -110,6 +111,12 @@ def build_metrics(dag: DAG, events: Iterable[dict[str, Any]], header: RunRecord)
     return RunMetrics(run, tasks, ordered, events)
 
 
+def metrics_of_trace(trace: bytes, run: RunRecord) -> RunMetrics:
+    """The records of a run saved as ``trace`` with the run document ``run``."""
+    decoded = decode_trace(trace)
+    return build_metrics(Graph.of_trace(decoded), decoded.table.events(), run)
+
+
 def _element_event(by_index: dict[int, ElementRecord], e: Mapping[str, Any], w: WorkerRecord, t: float) -> None:
     """Fold one event of a dynamic fan-out's element into that element's record."""
     index = _int(e.get("element"))
@@ -130,7 +137,7 @@ def _element_event(by_index: dict[int, ElementRecord], e: Mapping[str, Any], w: 
 
 
 def _task_record(
-    dag: DAG,
+    dag: Graph,
     i: int,
     start: tuple[float, str] | None,
     end: Mapping[str, Any] | None,
@@ -160,7 +167,7 @@ def _task_record(
         run_id=header.run_id,
         task=i,
         name=dag.name(i),
-        identity=dag.task(i).identity,
+        identity=dag.identity(i),
         deps=deps,
         status=status,
         worker=wid,
@@ -179,6 +186,7 @@ def _task_record(
         fetch_s_512=to_baseline(fetch_s, memory),
         store_s_512=to_baseline(store_s, memory),
         error=str(end.get("error")) if end and status == FAILED else None,
+        uploaded=_bool(end.get("uploaded", True)) if end else True,
     )
 
 

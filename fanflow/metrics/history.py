@@ -3,8 +3,9 @@
 A planner asks many small questions ("how long does f take at 1024 MB on 3 MB
 of input?") while it plans one DAG. :class:`History` answers all of them from
 memory: building it costs two reads of the metadata store (summaries, then the
-task documents of the functions asked for), and nothing after that touches the
-store. Build a new one to see newer runs.
+runs of the functions asked for, whose task records are built from their
+traces: :func:`task_records`), and nothing after that touches the store. Build
+a new one to see newer runs.
 
 Predictions come from the running summaries, never from scanning executions:
 a least-squares line of execution time on input bytes at that memory size, or,
@@ -18,8 +19,27 @@ from collections.abc import Iterable
 
 from fanflow.dag.graph import DAG
 from fanflow.metrics.normalize import from_baseline, to_baseline
-from fanflow.metrics.records import TaskRecord
+from fanflow.metrics.records import RunMetrics, TaskRecord
 from fanflow.store.metadata import MetadataStore, Summary, SummaryKey, drain, open_metadata
+
+
+def task_records(
+    store: MetadataStore, identities: Iterable[str] | None = None, memory_mb: int | None = None
+) -> list[TaskRecord]:
+    """Task records of the kept runs, oldest run first (then by task id), filtered by function and memory."""
+    wanted = None if identities is None else set(identities)
+    out: list[TaskRecord] = []
+    for stored in store.task_runs(wanted):
+        if stored.trace is not None:
+            tasks = RunMetrics.from_stored(stored).tasks
+        else:
+            tasks = [TaskRecord.from_doc(d) for d in stored.tasks]
+        out.extend(
+            t
+            for t in tasks
+            if (wanted is None or t.identity in wanted) and (memory_mb is None or t.memory_mb == memory_mb)
+        )
+    return out
 
 
 class History:
@@ -30,8 +50,7 @@ class History:
         wanted = None if identities is None else sorted(set(identities))
         self.summaries: dict[SummaryKey, Summary] = store.summaries(wanted)
         self._executions: dict[SummaryKey, list[TaskRecord]] = {}
-        for doc in store.task_history(wanted):
-            record = TaskRecord.from_doc(doc)
+        for record in task_records(store, wanted):
             self._executions.setdefault((record.identity, record.memory_mb), []).append(record)
 
     @classmethod

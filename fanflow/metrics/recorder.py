@@ -1,8 +1,12 @@
 """Recording a run in the metadata store, on the client, after the run ends.
 
 The client calls :func:`record_run` once per run, on success and on failure,
-after cleanup (the event stream survives cleanup). The work (reading the
-events, building records, saving them) is deferred to the metadata layer's
+after cleanup (the event stream survives cleanup). A run is recorded as its
+run document, its trace (events and DAG structure as columns,
+:mod:`fanflow.store.metadata.trace`) and its summary increments
+(:mod:`fanflow.metrics.digest`): no record per task is built, which cost more
+than the run itself for DAGs of thousands of tiny tasks. Records are built when
+history is read. The work (reading the events, encoding, saving) is deferred to the metadata layer's
 background writer, so ``compute()`` returns as soon as the results are in;
 reads in this process and interpreter exit wait for it
 (:func:`fanflow.store.metadata.defer`). Recording is observability: any error
@@ -29,7 +33,9 @@ import logging
 import sys
 import time
 import weakref
+from collections import Counter
 from collections.abc import Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +44,13 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.records import RunMetrics, RunRecord
+from fanflow.metrics.digest import DagArrays, digest
+from fanflow.metrics.graph import Graph
+from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.metadata import defer, is_disabled, open_metadata
+from fanflow.store.metadata.trace import EventTable, encode_trace
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -101,33 +110,47 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> list[dict[str, Any]]:
-    """The run's events, read until complete or until the settle deadline passes."""
+def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> tuple[list[dict[str, Any]], EventTable]:
+    """The run's events, and their table, read until complete or until the settle deadline passes.
+
+    Complete: every task finished (a dynamic fan-out's elements aside) and every
+    worker seen has stopped. A tree of 16k tasks has 49k events, so each read
+    only counts kinds (one C-level pass); the table, which recording builds
+    anyway, is built when the counts say the run may be complete, and checked.
+    """
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
     events: list[dict[str, Any]] = []
-    finished: set[Any] = set()
-    running: dict[str, int] = {}  # worker -> started minus stopped (workers may appear via any event)
+    kinds: Counter[Any] = Counter()
+    table: EventTable | None = None
     after = "0"
     while True:
-        batch = store.read_events(stream, after)
-        if batch:
-            after = batch[-1][0]
-            for _, e in batch:
-                events.append(e)
-                kind, worker = e.get("kind"), str(e.get("worker"))
-                running.setdefault(worker, 1)
-                if kind == "worker_stopped":
-                    running[worker] = 0
-                elif kind == "task_finished" and e.get("element") is None:
-                    finished.add(str(e.get("task")))
-        all_stopped = not any(running.values())
-        if all_stopped and (len(finished) >= n_tasks or not succeeded):
-            return events
+        new, after = store.read_event_list(stream, after)
+        if new:
+            events.extend(new)
+            kinds.update(map(dict.get, new, repeat("kind")))
+            table = None
+        may_be_complete = kinds["worker_stopped"] >= kinds["worker_started"] and (
+            kinds["task_finished"] >= n_tasks or not succeeded
+        )
+        if may_be_complete and table is None:
+            table = EventTable.of(events)
+            if _complete(table, n_tasks, succeeded):
+                return events, table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
-            return events
+            return events, table if table is not None else EventTable.of(events)
         time.sleep(_POLL_S)
+
+
+def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
+    stopped: set[str] = set().union(*(g.distinct("worker") for g in table.of_kind("worker_stopped")))
+    if not table.workers() <= stopped:
+        return False
+    if not succeeded:
+        return True
+    ended = [g for g in table.of_kind("task_finished") if "element" not in g.columns]  # elements are no tasks
+    return len(set().union(*(g.distinct("task") for g in ended))) >= n_tasks
 
 
 def record_run(run: Run, error: BaseException | None) -> None:
@@ -139,17 +162,17 @@ def record_run(run: Run, error: BaseException | None) -> None:
     defer(lambda: _record(run, error))
 
 
-def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
-    """Build the run's metrics from its events and save them; never raises.
+def _record(run: Run, error: BaseException | None) -> RunRecord | None:
+    """Save the run's document, trace and summary increments; never raises.
 
-    Returns the metrics, or None when recording failed (logged as a warning).
+    Returns the run's record, or None when recording failed (logged as a warning).
     """
     config = run.config
     try:
         began = time.perf_counter()
         status = status_of(error)
         dag = run.dag
-        events = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
+        events, table = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
         finished_at = run.finished_at or time.time()
         header = RunRecord(
             run_id=run.run_id,
@@ -174,15 +197,23 @@ def _record(run: Run, error: BaseException | None) -> RunMetrics | None:
             error=None if error is None else _error_text(error),
             workflow=workflow_of(dag),
         )
-        metrics = build_metrics(dag, events, header)
-        metrics.run.record_s = time.perf_counter() - began
-        run_doc, task_docs, worker_docs = metrics.to_docs()
+        arrays = DagArrays.of(dag)
+        digested = digest(arrays, table, header)
+        if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
+            metrics = build_metrics(Graph.of_dag(dag), events, header)
+            record, summaries = metrics.run, summaries_of(metrics.tasks)
+        else:
+            record, summaries = digested
+        trace = encode_trace(
+            arrays.functions, arrays.task_of, arrays.dep_counts, arrays.deps, arrays.maps, arrays.sinks, table
+        )
+        record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
-        summaries = summaries_of(metrics.tasks)
-        store.save_run(run_doc, task_docs, worker_docs, metrics.events, summaries, keep_runs=config.retention_runs)
+        functions = [identity for _, identity in arrays.functions]
+        store.save_run(record.to_doc(), trace, functions, summaries, keep_runs=config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
         run.store.delete([keys.events(run.run_id)])  # now kept with the run's metadata
-        return metrics
+        return record
     except Exception as exc:
         log.warning("run %s: could not record its metrics in %s: %s", run.run_id, mask_url(config.metadata), exc)
         return None

@@ -1,9 +1,10 @@
 """Typed metric records of a run: per task, per worker, per run, and the whole :class:`RunMetrics`.
 
-Records are plain dataclasses built once from the run's events and DAG
-(:mod:`fanflow.metrics.build`) and stored as JSON documents by the metadata
-store, so reading one back (:meth:`RunMetrics.from_stored`) gives the same
-objects the recording client had.
+Records are plain dataclasses built from a run's events and DAG
+(:mod:`fanflow.metrics.build`). A metadata store keeps the run's trace, not
+the records: reading a run back (:meth:`RunMetrics.from_stored`) builds them
+from it, as the recording client would have. Runs saved by older versions kept
+JSON documents of the records, which are read as they are.
 
 Two round trips per task carry all its I/O, and the records say so rather than
 invent a split: ``fetch_s`` is the one round trip that fetched every input not
@@ -95,6 +96,8 @@ class TaskRecord:
     error: str | None = None
     elements: list[ElementRecord] = field(default_factory=list)
     """For a dynamic fan-out: its elements, by index; the task's own figures are the gather's."""
+    uploaded: bool = True
+    """False when the output stayed in the worker that made it (every reader ran there)."""
 
     @property
     def duration_s(self) -> float:
@@ -187,6 +190,10 @@ class RunRecord:
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
         return cls(**doc)
 
+    def to_doc(self) -> dict[str, Any]:
+        """The run document a metadata store keeps."""
+        return _doc(self)
+
 
 @dataclass(slots=True)
 class RunMetrics:
@@ -237,8 +244,15 @@ class RunMetrics:
 
     @classmethod
     def from_stored(cls, stored: StoredRun) -> RunMetrics:
+        """The metrics of a stored run: built from its trace, or read from an older run's documents."""
+        run = RunRecord.from_doc(stored.run)
+        if stored.trace is not None:
+            # build imports this module: the builder is looked up when a trace is read
+            from fanflow.metrics.build import metrics_of_trace
+
+            return metrics_of_trace(stored.trace, run)
         return cls(
-            RunRecord.from_doc(stored.run),
+            run,
             [TaskRecord.from_doc(t) for t in sorted(stored.tasks, key=lambda t: t["task"])],
             [WorkerRecord.from_doc(w) for w in stored.workers],
             stored.events,

@@ -194,6 +194,14 @@ class Store(Protocol):
         """Events after id ``after``, oldest first, as ``(id, fields)``."""
         ...
 
+    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
+        """Events after id ``after``, oldest first, and the id to read after next time (``after`` if none).
+
+        :meth:`read_events` without a tuple per event: recording reads every
+        event of a run, tens of thousands for a large DAG.
+        """
+        ...
+
     def delete(self, keys: Sequence[str]) -> int:
         """Delete exactly these keys; returns how many existed."""
         ...

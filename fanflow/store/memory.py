@@ -298,6 +298,17 @@ class MemoryStore:
         ]
         return out[:count] if count is not None else out
 
+    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
+        entry = self._data.get(stream)
+        if not isinstance(entry, _Stream):
+            return [], after
+        with self._lock:  # a sequence number and its batch are appended together
+            start = bisect.bisect_right(entry.seqs, int(after.split("-", 1)[0]))
+            seqs, batches = entry.seqs[start:], entry.batches[start:]
+        if not seqs:
+            return [], after
+        return list(itertools.chain.from_iterable(batches)), f"{seqs[-1]}-0"
+
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:
         data, expiry = self._data, self._expiry

@@ -549,6 +549,15 @@ class RedisStore:
             out.extend((eid, event) for event in json.loads(fields[b"e"]))
         return out
 
+    @_translated
+    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
+        low = "-" if after in ("0", "0-0") else f"({after}"
+        entries = self.client.xrange(stream, low, "+")
+        out: list[dict[str, Any]] = []
+        for _, fields in entries:
+            out.extend(json.loads(fields[b"e"]))
+        return out, entries[-1][0].decode() if entries else after
+
     # -- lifetime -----------------------------------------------------------------------------
     @_translated
     def delete(self, keys: Sequence[str]) -> int:

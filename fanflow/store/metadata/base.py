@@ -1,19 +1,20 @@
 """The :class:`MetadataStore` protocol: where the history of runs lives, and the running summary.
 
-A metadata store keeps, per run, one *run document*, its *task documents*, its
-*worker documents* and its *event list* (so a run can be replayed long after
-the run store's event stream expired). A run also gets a small *started
-document* when it starts (its header and DAG structure, written by the client),
-so a dashboard can show it while it is in flight. Documents are plain JSON-able dicts: the
-store layer sits below :mod:`fanflow.metrics`, which owns their meaning and
-converts them to typed records. A store only reads the few fields it indexes:
-
-- run: ``run_id``, ``signature`` (DAG signature), ``submitted_at``;
-- task: ``task`` (id in the DAG), ``identity`` (the task function), ``memory_mb``.
+A metadata store keeps, per run, one *run document* (a JSON-able dict) and its
+*trace*: the run's events and its DAG's structure in one compact blob
+(:mod:`fanflow.store.metadata.trace`), read whole. Task and worker records are
+not stored: :mod:`fanflow.metrics`, which owns their meaning, builds them from
+the trace when history is read, which is far rarer than recording. Runs saved
+by older versions kept task, worker and event documents instead; they are still
+read (:class:`StoredRun`). A run also gets a small *started document* when it
+starts (its header and DAG structure, written by the client), so a dashboard
+can show it while it is in flight. A store only reads the few fields it
+indexes: the run's ``run_id``, ``signature`` (DAG signature) and
+``submitted_at``, and the function identities the run's tasks call.
 
 History is indexed two ways, by DAG signature ("the past runs of this
-workflow") and by ``(function identity, memory_mb)`` ("every past execution of
-f at m MB"), which is what planning asks.
+workflow") and by function identity ("the runs that executed f"), which is
+what planning asks.
 
 History stays bounded in two ways. Retention (:meth:`MetadataStore.gc`) keeps
 the newest N runs with all their documents. Beside it, a :class:`Summary` per
@@ -26,7 +27,7 @@ lookup however long the history is, and survives retention.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -152,14 +153,39 @@ class Summary:
         return summary
 
 
-@dataclass(slots=True)
 class StoredRun:
-    """Everything kept of one run, as documents."""
+    """Everything kept of one run.
 
-    run: dict[str, Any]
-    tasks: list[dict[str, Any]]
-    workers: list[dict[str, Any]]
-    events: list[dict[str, Any]]
+    A run saved by this version has its ``trace``; ``events`` decodes it.
+    A run saved before traces existed has ``trace`` None and its documents
+    in ``tasks``, ``workers`` and ``events`` (a store reading the runs of some
+    functions fills ``tasks`` with only those functions' documents).
+    """
+
+    __slots__ = ("_events", "run", "tasks", "trace", "workers")
+
+    def __init__(
+        self,
+        run: dict[str, Any],
+        trace: bytes | None = None,
+        tasks: list[dict[str, Any]] | None = None,
+        workers: list[dict[str, Any]] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.run = run
+        self.trace = trace
+        self.tasks = tasks or []
+        self.workers = workers or []
+        self._events = events
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The run's events, in the order its stream held them."""
+        if self._events is None:
+            from fanflow.store.metadata.trace import decode_trace  # trace imports this module
+
+            self._events = decode_trace(self.trace).table.events() if self.trace is not None else []
+        return self._events
 
 
 def gc_every(keep_runs: int) -> int:
@@ -175,17 +201,18 @@ class MetadataStore(Protocol):
     def save_run(
         self,
         run: Mapping[str, Any],
-        tasks: Sequence[Mapping[str, Any]],
-        workers: Sequence[Mapping[str, Any]],
-        events: Sequence[Mapping[str, Any]],
+        trace: bytes,
+        functions: Iterable[str],
         summaries: Mapping[SummaryKey, Summary],
         keep_runs: int | None = None,
     ) -> None:
-        """Store one run's documents and merge ``summaries`` into the running ones, atomically.
+        """Store one run's document and trace and merge ``summaries`` into the running ones, atomically.
 
-        Saving a run id again replaces its documents but merges its summaries
-        again, so callers save each run once. With ``keep_runs``, every
-        :func:`gc_every` saves in this process also apply retention (:meth:`gc`).
+        ``functions`` are the identities of the functions its tasks call (the
+        index :meth:`task_runs` reads). Saving a run id again replaces it but
+        merges its summaries again, so callers save each run once. With
+        ``keep_runs``, every :func:`gc_every` saves in this process also apply
+        retention (:meth:`gc`).
         """
         ...
 
@@ -197,10 +224,12 @@ class MetadataStore(Protocol):
         """Every document of a run; :class:`RunNotFoundError` when it is not kept."""
         ...
 
-    def task_history(
-        self, identities: Iterable[str] | None = None, memory_mb: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Task documents of the kept runs, oldest first, filtered by function and memory."""
+    def task_runs(self, identities: Iterable[str] | None = None) -> list[StoredRun]:
+        """The kept runs whose tasks call any of ``identities`` (every run when None), oldest first.
+
+        A run saved before traces existed comes with only the task documents
+        of those functions.
+        """
         ...
 
     def summaries(self, identities: Iterable[str] | None = None) -> dict[SummaryKey, Summary]:

@@ -4,10 +4,16 @@ Key layout (prefix ``ffmeta:``; use a separate db number to keep it apart):
 
 - ``runs``: sorted set of run ids scored by submit time (retention walks it);
 - ``sig:<signature>``: the same, for the runs of one DAG;
-- ``run:<run_id>``: hash ``doc`` (run JSON), ``tasks``, ``workers`` and ``events``
-  (zlib-compressed JSON, read whole);
-- ``exec:<identity>|<memory_mb>``: hash ``<run_id>:<task>`` -> task JSON, so "every
-  execution of f at m MB" is one ``HGETALL``; ``functions`` indexes these keys;
+- ``run:<run_id>``: hash ``doc`` (run JSON), ``trace`` (the run's trace,
+  :mod:`fanflow.store.metadata.trace`) and ``functions`` (JSON list of the
+  function identities its tasks call);
+- ``fn:<identity>``: sorted set of the runs that called a function, scored by
+  submit time, so "every run of f" is one ``ZRANGE``; ``traced`` indexes
+  these keys' identities;
+- written by older versions and still read until retention removes them:
+  ``run:<run_id>`` fields ``tasks``, ``workers``, ``events`` (zlib-compressed
+  JSON) and ``exec:<identity>|<memory_mb>`` hashes ``<run_id>:<task>`` -> task
+  JSON, indexed by ``functions``;
 - ``summary:<identity>|<memory_mb>``: hash of the :class:`Summary` fields;
   ``summaries`` indexes them;
 - ``started:<run_id>``: the run's started document (JSON, expiring with the
@@ -41,10 +47,6 @@ from fanflow.store.metadata.base import (
 
 PREFIX = "ffmeta:"
 _RETRIES = 20
-
-
-def _pack(docs: Any) -> bytes:
-    return zlib.compress(json.dumps(docs, separators=(",", ":")).encode(), 6)
 
 
 def _unpack(blob: bytes) -> Any:
@@ -81,28 +83,19 @@ class RedisMetadataStore:
     def save_run(
         self,
         run: Mapping[str, Any],
-        tasks: Sequence[Mapping[str, Any]],
-        workers: Sequence[Mapping[str, Any]],
-        events: Sequence[Mapping[str, Any]],
+        trace: bytes,
+        functions: Iterable[str],
         summaries: Mapping[SummaryKey, Summary],
         keep_runs: int | None = None,
     ) -> None:
         run_id = run["run_id"]
         if self._do(self._r.exists, PREFIX + f"run:{run_id}"):
             self._delete_runs([run_id])
-        fields = {
-            "doc": json.dumps(run),
-            "tasks": _pack(list(tasks)),
-            "workers": _pack(list(workers)),
-            "events": _pack(list(events)),
-        }
-        execs: dict[str, dict[str, str]] = {}
-        for t in tasks:
-            key = PREFIX + "exec:" + _fn_key(t["identity"], t["memory_mb"])
-            execs.setdefault(key, {})[f"{run_id}:{t['task']}"] = json.dumps(t)
+        names = sorted(set(functions))
+        fields = {"doc": json.dumps(run), "trace": trace, "functions": json.dumps(names)}
         parts = sorted(summaries.items())
         summary_keys = [PREFIX + "summary:" + _fn_key(*k) for k, _ in parts]
-        self._do(self._transact, run, fields, execs, parts, summary_keys)
+        self._do(self._transact, run, fields, names, parts, summary_keys)
         self._saves += 1
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
             self._saves = 0
@@ -112,7 +105,7 @@ class RedisMetadataStore:
         self,
         run: Mapping[str, Any],
         fields: dict[str, Any],
-        execs: dict[str, dict[str, str]],
+        functions: list[str],
         parts: list[tuple[SummaryKey, Summary]],
         summary_keys: list[str],
     ) -> None:
@@ -127,10 +120,10 @@ class RedisMetadataStore:
                     pipe.hset(PREFIX + f"run:{run_id}", mapping=fields)
                     pipe.zadd(PREFIX + "runs", {run_id: score})
                     pipe.zadd(PREFIX + f"sig:{run['signature']}", {run_id: score})
-                    for key, mapping in execs.items():
-                        pipe.hset(key, mapping=mapping)
-                    if execs:
-                        pipe.sadd(PREFIX + "functions", *execs)
+                    for identity in functions:
+                        pipe.zadd(PREFIX + f"fn:{identity}", {run_id: score})
+                    if functions:
+                        pipe.sadd(PREFIX + "traced", *functions)
                     for key, ((identity, memory_mb), part), stored in zip(summary_keys, parts, current, strict=True):
                         merged = Summary.from_dict({k.decode(): v for k, v in stored.items()}).merge(part)
                         pipe.hset(key, mapping={k: repr(v) for k, v in merged.to_dict().items()})
@@ -148,15 +141,17 @@ class RedisMetadataStore:
             return
         with self._r.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hmget(PREFIX + f"run:{run_id}", "doc", "tasks")
+                pipe.hmget(PREFIX + f"run:{run_id}", "doc", "functions", "tasks")
             found = pipe.execute()
         with self._r.pipeline() as pipe:
-            for run_id, (doc, tasks) in zip(run_ids, found, strict=True):
+            for run_id, (doc, functions, tasks) in zip(run_ids, found, strict=True):
                 pipe.delete(PREFIX + f"run:{run_id}")
                 pipe.zrem(PREFIX + "runs", run_id)
                 if doc is not None:
                     pipe.zrem(PREFIX + f"sig:{json.loads(doc)['signature']}", run_id)
-                for t in _unpack(tasks) if tasks is not None else ():
+                for identity in json.loads(functions) if functions is not None else ():
+                    pipe.zrem(PREFIX + f"fn:{identity}", run_id)
+                for t in _unpack(tasks) if tasks is not None else ():  # a run saved before traces
                     pipe.hdel(PREFIX + "exec:" + _fn_key(t["identity"], t["memory_mb"]), f"{run_id}:{t['task']}")
             pipe.execute()
 
@@ -210,36 +205,59 @@ class RedisMetadataStore:
         return [json.loads(d) for d in docs if d is not None]
 
     def load_run(self, run_id: str) -> StoredRun:
-        doc, tasks, workers, events = self._do(
-            self._r.hmget, PREFIX + f"run:{run_id}", "doc", "tasks", "workers", "events"
+        doc, trace, tasks, workers, events = self._do(
+            self._r.hmget, PREFIX + f"run:{run_id}", "doc", "trace", "tasks", "workers", "events"
         )
         if doc is None:
             raise RunNotFoundError(
                 f"run {run_id!r} is not in the metadata store {mask_url(self.url)} "
                 "(see `fanflow runs list`; old runs are removed by retention)"
             )
-        return StoredRun(json.loads(doc), _unpack(tasks), _unpack(workers), _unpack(events))
+        if trace is not None:
+            return StoredRun(json.loads(doc), trace)
+        return StoredRun(json.loads(doc), tasks=_unpack(tasks), workers=_unpack(workers), events=_unpack(events))
 
-    def task_history(
-        self, identities: Iterable[str] | None = None, memory_mb: int | None = None
-    ) -> list[dict[str, Any]]:
-        names = [n.decode() for n in self._do(self._r.smembers, PREFIX + "functions")]
+    def task_runs(self, identities: Iterable[str] | None = None) -> list[StoredRun]:
         wanted = None if identities is None else set(identities)
-        keys = [
-            n
-            for n in names
-            if (wanted is None or _split_fn_key(n[len(PREFIX + "exec:") :])[0] in wanted)
-            and (memory_mb is None or _split_fn_key(n[len(PREFIX + "exec:") :])[1] == memory_mb)
-        ]
+        traced = [n.decode() for n in self._do(self._r.smembers, PREFIX + "traced")]
+        names = sorted(n for n in traced if wanted is None or n in wanted)
+        with self._r.pipeline(transaction=False) as pipe:
+            for identity in names:
+                pipe.zrange(PREFIX + f"fn:{identity}", 0, -1)
+            ids = sorted({r.decode() for found in self._do(pipe.execute) for r in found})
+        with self._r.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hmget(PREFIX + f"run:{run_id}", "doc", "trace")
+            rows = self._do(pipe.execute)
+        runs = [StoredRun(json.loads(doc), trace) for doc, trace in rows if doc is not None and trace is not None]
+        runs.extend(self._older_task_runs(wanted))
+        runs.sort(key=lambda r: (float(r.run.get("submitted_at", 0.0)), str(r.run.get("run_id"))))
+        return runs
+
+    def _older_task_runs(self, wanted: set[str] | None) -> list[StoredRun]:
+        """Runs saved before traces, with the task documents of the ``wanted`` functions."""
+        names = [n.decode() for n in self._do(self._r.smembers, PREFIX + "functions")]
+        keys = [n for n in names if wanted is None or _split_fn_key(n[len(PREFIX + "exec:") :])[0] in wanted]
         if not keys:
             return []
         with self._r.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hvals(key)
             found = self._do(pipe.execute)
-        docs = [json.loads(v) for values in found for v in values]
-        docs.sort(key=lambda t: (t.get("started_at") or 0.0, t["task"]))
-        return docs
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for values in found:
+            for v in values:
+                doc = json.loads(v)
+                by_run.setdefault(str(doc["run_id"]), []).append(doc)
+        with self._r.pipeline(transaction=False) as pipe:
+            for run_id in by_run:
+                pipe.hget(PREFIX + f"run:{run_id}", "doc")
+            docs = self._do(pipe.execute)
+        return [
+            StoredRun(json.loads(doc), tasks=sorted(tasks, key=lambda t: t["task"]))
+            for (run_id, tasks), doc in zip(by_run.items(), docs, strict=True)
+            if doc is not None
+        ]
 
     def summaries(self, identities: Iterable[str] | None = None) -> dict[SummaryKey, Summary]:
         names = sorted(n.decode() for n in self._do(self._r.smembers, PREFIX + "summaries"))

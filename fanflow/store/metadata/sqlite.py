@@ -1,16 +1,18 @@
 """The embedded metadata store: one SQLite file, ``sqlite:///.fanflow/metadata.db`` by default.
 
 ``runs`` holds each run's document as JSON beside the columns it is looked up
-by, and its events as one zlib-compressed JSON blob: they are only ever read
-whole (replay, export). A run's task documents are stored per function and
-memory size, one ``task_groups`` row per ``(run, identity, memory_mb)`` holding
-their JSON list compressed: history is read by function, never by task, and a
-tree reduction of 16,383 tasks takes one row per function instead of one per
-task (schema 1 kept a ``tasks`` row per task; such rows are still read, and go
-with their runs). ``worker_docs`` holds a run's worker documents the same way,
-in one row (schema 1: a ``workers`` row per worker). ``summaries`` holds one row
-per ``(identity, memory_mb)``, ``started`` the started document of each recent
-run, with its expiry.
+by, and its trace (events and DAG structure, :mod:`fanflow.store.metadata.trace`)
+as one blob: a run costs one row, however many tasks it had. ``run_functions``
+indexes runs by the function identities their tasks call, which is how
+history is read for planning. ``summaries`` holds one row per ``(identity,
+memory_mb)``, ``started`` the started document of each recent run, with its
+expiry.
+
+Older files are upgraded in place and their runs stay readable until retention
+removes them: schema 1 kept a ``tasks`` row per task and a ``workers`` row per
+worker, schema 2 a ``task_groups`` row per (run, function, memory) and a
+``worker_docs`` row per run (compressed JSON lists), both with the events as
+JSON in ``runs.events``, where schema 3 keeps the trace.
 
 Every save is one ``BEGIN IMMEDIATE`` transaction: documents, summary merges
 (read, merge, write) and all, so concurrent clients, in this process or in
@@ -20,14 +22,14 @@ CLI, a dashboard) do not block a recording client.
 What keeps history close to free (its cost is paid by the background writer,
 in the same process as the run):
 
+* no record per task is built or stored when a run is saved (see
+  :mod:`fanflow.store.metadata.base`);
 * saved runs and started documents wait in memory, encoded, up to
   :data:`FLUSH_S` (or until :data:`MAX_PENDING_RUNS` runs wait) and go out in
   one transaction: a commit costs more than a small run's documents, and a
   run that ends within it stores its started document in the same one. Any
   read here, :func:`fanflow.store.metadata.drain`, ``close`` and interpreter
   exit write them first, so this process reads what it wrote;
-* blobs under 2 KB are stored as plain JSON (zlib's set-up costs more than
-  it saves), larger ones with zlib level 1;
 * retention is applied in the save's own transaction, every
   :func:`gc_every` saves (so the newest ``keep_runs`` plus at most a tenth more
   are kept between passes); expired started documents go then too;
@@ -58,11 +60,12 @@ from fanflow.store.metadata.base import (
     SummaryKey,
     gc_every,
 )
+from fanflow.store.metadata.trace import is_trace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""2: task documents grouped per (run, function, memory) and compressed; 1 (a row per task) is upgraded in place."""
+SCHEMA_VERSION = 3
+"""3: a trace per run; 2 (task documents grouped per function) and 1 (a row per task) are upgraded in place."""
 
 FLUSH_S = 0.2
 """Longest time a saved run or started document waits in memory before it is written."""
@@ -73,8 +76,6 @@ MAX_PENDING_RUNS = 64
 WAL_LIMIT_BYTES = 4 << 20
 """Size the write-ahead log is truncated to after a checkpoint."""
 
-_COMPRESS_LEVEL = 1
-"""zlib level of the blobs: level 6 took 3x as long for 20% fewer bytes on a run's events."""
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
@@ -96,6 +97,10 @@ CREATE TABLE IF NOT EXISTS task_groups (
     PRIMARY KEY (run_id, identity, memory_mb)
 );
 CREATE INDEX IF NOT EXISTS task_groups_by_function ON task_groups (identity, memory_mb);
+CREATE TABLE IF NOT EXISTS run_functions (
+    identity TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (identity, run_id)
+);
+CREATE INDEX IF NOT EXISTS run_functions_by_run ON run_functions (run_id);
 CREATE TABLE IF NOT EXISTS worker_docs (run_id TEXT PRIMARY KEY, docs BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (
     run_id TEXT NOT NULL, worker TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (run_id, worker)
@@ -112,17 +117,8 @@ CREATE TABLE IF NOT EXISTS summaries (
 """
 
 
-_SMALL_BLOB = 2048
-"""JSON shorter than this is stored as it is: zlib's set-up costs more than the bytes it saves."""
-
-
-def _pack(docs: Any) -> bytes:
-    data = _dumps(docs).encode()
-    return data if len(data) < _SMALL_BLOB else zlib.compress(data, _COMPRESS_LEVEL)
-
-
 def _unpack(blob: bytes) -> Any:
-    """JSON (a list or an object) as it is, or zlib-compressed (its header byte is never ``[`` or ``{``)."""
+    """Schema 1-2 JSON (a list or an object) as it is, or zlib-compressed (its header byte is never ``[`` or ``{``)."""
     return json.loads(blob if blob[:1] in (b"[", b"{") else zlib.decompress(blob))
 
 
@@ -132,8 +128,7 @@ class _PendingRun:
 
     run_id: str
     row: tuple[Any, ...]
-    groups: list[tuple[str, str, int, bytes]]
-    workers: bytes
+    functions: list[tuple[str, str]]
     summaries: dict[SummaryKey, Summary]
     keep_runs: int | None
 
@@ -164,7 +159,7 @@ class SQLiteMetadataStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None or int(found[0]) == 1:  # 1 -> 2: the new tables exist now; old task rows stay readable
+            if found is None or int(found[0]) in (1, 2):  # the new tables exist now; old rows stay readable
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise MetadataError(
@@ -252,9 +247,8 @@ class SQLiteMetadataStore:
     def save_run(
         self,
         run: Mapping[str, Any],
-        tasks: Sequence[Mapping[str, Any]],
-        workers: Sequence[Mapping[str, Any]],
-        events: Sequence[Mapping[str, Any]],
+        trace: bytes,
+        functions: Iterable[str],
         summaries: Mapping[SummaryKey, Summary],
         keep_runs: int | None = None,
     ) -> None:
@@ -263,14 +257,11 @@ class SQLiteMetadataStore:
         With ``keep_runs``, every :func:`gc_every` saves delete the runs past the
         newest ``keep_runs`` in that transaction.
         """
-        groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
-        for t in tasks:
-            groups.setdefault((t["identity"], t["memory_mb"]), []).append(t)
+        run_id = run["run_id"]
         pending = _PendingRun(
-            run_id=run["run_id"],
-            row=(run["run_id"], run["signature"], run["submitted_at"], _dumps(run), _pack(list(events))),
-            groups=[(run["run_id"], identity, memory, _pack(docs)) for (identity, memory), docs in groups.items()],
-            workers=_pack(list(workers)),
+            run_id=run_id,
+            row=(run_id, run["signature"], run["submitted_at"], _dumps(run), trace),
+            functions=[(identity, run_id) for identity in set(functions)],
             summaries=dict(summaries),
             keep_runs=keep_runs,
         )
@@ -284,10 +275,9 @@ class SQLiteMetadataStore:
 
     def _insert_run(self, db: sqlite3.Connection, run: _PendingRun) -> None:
         if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
-            self._delete_runs(db, [run.run_id])  # saved again: its documents are replaced
+            self._delete_runs(db, [run.run_id])  # saved again: it is replaced
         db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", run.row)
-        db.executemany("INSERT INTO task_groups VALUES (?, ?, ?, ?)", run.groups)
-        db.execute("INSERT INTO worker_docs VALUES (?, ?)", (run.run_id, run.workers))
+        db.executemany("INSERT INTO run_functions VALUES (?, ?)", run.functions)
         for (identity, memory_mb), part in run.summaries.items():
             found = db.execute(
                 f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM summaries WHERE identity = ? AND memory_mb = ?",
@@ -303,7 +293,7 @@ class SQLiteMetadataStore:
     @staticmethod
     def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         args = [(r,) for r in run_ids]
-        for table in ("runs", "tasks", "task_groups", "workers", "worker_docs"):
+        for table in ("runs", "run_functions", "tasks", "task_groups", "workers", "worker_docs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", args)
 
     def _retain(self, db: sqlite3.Connection, keep_runs: int) -> list[str]:
@@ -372,44 +362,57 @@ class SQLiteMetadataStore:
                 f"run {run_id!r} is not in the metadata store {self.url} "
                 "(see `fanflow runs list`; old runs are removed by retention)"
             )
-        doc, events = found[0]
-        tasks = self._task_docs("WHERE t.run_id = ?", [run_id])
+        doc, blob = found[0]
+        if is_trace(blob):
+            return StoredRun(json.loads(doc), blob)
+        tasks = [d for _, _, d in self._task_docs("WHERE t.run_id = ?", [run_id])]
         workers = [json.loads(r[0]) for r in self._read("SELECT doc FROM workers WHERE run_id = ?", (run_id,))]
-        for (blob,) in self._read("SELECT docs FROM worker_docs WHERE run_id = ?", (run_id,)):
-            workers.extend(_unpack(blob))
+        for (blob_,) in self._read("SELECT docs FROM worker_docs WHERE run_id = ?", (run_id,)):
+            workers.extend(_unpack(blob_))
         workers.sort(key=lambda w: w.get("started_at", 0.0))
-        return StoredRun(json.loads(doc), tasks, workers, _unpack(events))
+        return StoredRun(json.loads(doc), tasks=tasks, workers=workers, events=_unpack(blob))
 
-    def task_history(
-        self, identities: Iterable[str] | None = None, memory_mb: int | None = None
-    ) -> list[dict[str, Any]]:
-        clauses: list[str] = []
-        args: list[Any] = []
+    def task_runs(self, identities: Iterable[str] | None = None) -> list[StoredRun]:
+        where, args = "", []
         if identities is not None:
             wanted = sorted(set(identities))
             if not wanted:
                 return []
-            clauses.append(f"t.identity IN ({', '.join('?' * len(wanted))})")
-            args.extend(wanted)
-        if memory_mb is not None:
-            clauses.append("t.memory_mb = ?")
-            args.append(memory_mb)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._task_docs(where, args, by_time=True)
+            where, args = f"WHERE t.identity IN ({', '.join('?' * len(wanted))})", wanted
+        found: list[tuple[float, str, StoredRun]] = []
+        rows = self._read(
+            "SELECT r.submitted_at, r.run_id, r.doc, r.events FROM runs r WHERE r.run_id IN "
+            f"(SELECT t.run_id FROM run_functions t {where})",
+            args,
+        )
+        found.extend((at, run_id, StoredRun(json.loads(doc), blob)) for at, run_id, doc, blob in rows)
+        older: dict[str, list[dict[str, Any]]] = {}
+        for _, run_id, doc in self._task_docs(where, args):
+            older.setdefault(run_id, []).append(doc)
+        if older:
+            marks = ", ".join("?" * len(older))
+            for at, run_id, doc in self._read(
+                f"SELECT submitted_at, run_id, doc FROM runs WHERE run_id IN ({marks})", list(older)
+            ):
+                found.append((at, run_id, StoredRun(json.loads(doc), tasks=older[run_id])))
+        found.sort(key=lambda f: (f[0], f[1]))
+        return [stored for _, _, stored in found]
 
-    def _task_docs(self, where: str, args: list[Any], by_time: bool = False) -> list[dict[str, Any]]:
-        """Task documents of the groups (and schema-1 rows) ``where`` selects (table alias ``t``).
+    def _task_docs(self, where: str, args: list[Any]) -> list[tuple[float, str, dict[str, Any]]]:
+        """``(submitted_at, run_id, doc)`` of the schema 1-2 task documents ``where`` selects (alias ``t``).
 
-        Ordered by task id, or by run time and then task id when ``by_time``.
+        Ordered by run time, then task id.
         """
-        found: list[tuple[float, dict[str, Any]]] = []
+        found: list[tuple[float, str, dict[str, Any]]] = []
         join = "JOIN runs r ON r.run_id = t.run_id"
-        for submitted_at, blob in self._read(f"SELECT r.submitted_at, t.docs FROM task_groups t {join} {where}", args):
-            found.extend((submitted_at, d) for d in _unpack(blob))
-        for submitted_at, doc in self._read(f"SELECT r.submitted_at, t.doc FROM tasks t {join} {where}", args):
-            found.append((submitted_at, json.loads(doc)))
-        found.sort(key=(lambda f: (f[0], f[1]["task"])) if by_time else (lambda f: f[1]["task"]))
-        return [d for _, d in found]
+        for at, run_id, blob in self._read(
+            f"SELECT r.submitted_at, r.run_id, t.docs FROM task_groups t {join} {where}", args
+        ):
+            found.extend((at, run_id, d) for d in _unpack(blob))
+        for at, run_id, doc in self._read(f"SELECT r.submitted_at, r.run_id, t.doc FROM tasks t {join} {where}", args):
+            found.append((at, run_id, json.loads(doc)))
+        found.sort(key=lambda f: (f[0], f[2]["task"]))
+        return found
 
     def summaries(self, identities: Iterable[str] | None = None) -> dict[SummaryKey, Summary]:
         rows = self._read(f"SELECT identity, memory_mb, {', '.join(_SUMMARY_COLUMNS)} FROM summaries")

@@ -1,0 +1,159 @@
+"""What recording computes of a run, column-wise: its totals and its summary increments.
+
+Recording keeps a run as its trace (:mod:`fanflow.store.metadata.trace`) and
+builds task records only when history is read. It still needs, at once, what
+the run document lists (tasks finished, workers, cold starts, bytes) and the
+increments of the running summaries, which must be merged before retention can
+delete the run. :func:`digest` computes both with numpy over the event table's
+columns, without a record per task.
+
+It covers the common run: every task finished exactly once, no dynamic fan-out,
+no failure. For any other run it returns None and the recorder builds the
+records (:func:`fanflow.metrics.build.build_metrics`); both give the same
+numbers (tests compare them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from itertools import chain
+
+import numpy as np
+
+from fanflow.dag.graph import DAG
+from fanflow.metrics.records import RunRecord
+from fanflow.store.metadata.base import Summary, SummaryKey
+from fanflow.store.metadata.trace import EventTable, Strings
+
+_KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DagArrays:
+    """A DAG's structure as a trace keeps it."""
+
+    functions: list[tuple[str, str]]
+    task_of: np.ndarray
+    dep_counts: np.ndarray
+    deps: np.ndarray
+    maps: list[int]
+    sinks: list[int]
+
+    @classmethod
+    def of(cls, dag: DAG) -> DagArrays:
+        n = len(dag.deps)
+        return cls(
+            [(t.name, t.identity) for t in dag.tasks],
+            np.fromiter(dag.task_of, dtype=np.int64, count=n),
+            np.fromiter(map(len, dag.deps), dtype=np.int64, count=n),
+            np.fromiter(chain.from_iterable(dag.deps), dtype=np.int64),
+            sorted(dag.maps),
+            list(dag.sinks),
+        )
+
+
+def digest(dag: DagArrays, table: EventTable, header: RunRecord) -> tuple[RunRecord, dict[SummaryKey, Summary]] | None:
+    """``header`` with the run's totals, and its summary increments; None when the run is not a common one."""
+    n = len(dag.task_of)
+    if dag.maps or not table.kinds() <= _KNOWN or any("element" in g.columns for g in table.groups):
+        return None
+    ended = table.of_kind("task_finished")
+    if len(ended) != 1 or ended[0].size != n:
+        return None
+    cols = ended[0].columns
+    task, memory = cols.get("task"), cols.get("memory_mb")
+    exec_s, out, sizes = cols.get("exec_s"), cols.get("out_bytes"), cols.get("in_bytes")
+    arrays = (task, memory, exec_s, out)
+    if not all(isinstance(a, np.ndarray) for a in arrays) or not isinstance(sizes, list):
+        return None
+    assert isinstance(task, np.ndarray) and isinstance(memory, np.ndarray)  # for the type checker
+    assert isinstance(exec_s, np.ndarray) and isinstance(out, np.ndarray)
+    if task.dtype.kind not in "iu" or memory.dtype.kind not in "iu" or not (memory > 0).all():
+        return None
+    if task.min() < 0 or task.max() >= n or (np.bincount(task, minlength=n) != 1).any():
+        return None  # a task missing, or ending twice (re-run after a lost lease)
+    counts = dag.dep_counts[task]
+    try:
+        lengths = np.fromiter(map(len, sizes), dtype=np.int64, count=n)
+        flat = np.array(list(chain.from_iterable(sizes)), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if (lengths != counts).any():
+        return None
+    workers = _workers(table)
+    if workers is None:
+        return None
+    n_workers, cold_starts = workers
+
+    # each input slot of each task, in the event's order: its upstream, its size (NaN when local)
+    starts = np.concatenate(([0], np.cumsum(dag.dep_counts)[:-1]))[task]
+    row = np.repeat(np.arange(n), counts)
+    slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    upstream = dag.deps[starts[row] + slot]
+    out_of = np.zeros(n, dtype=np.float64)
+    out_of[task] = out
+    local = np.isnan(flat)
+    slot_bytes = np.where(local, out_of[upstream], flat)
+    in_bytes = np.bincount(row, weights=slot_bytes, minlength=n)
+    run = dataclasses.replace(
+        header,
+        tasks=n,
+        tasks_finished=n,
+        workers=n_workers,
+        cold_starts=cold_starts,
+        bytes_fetched=int(flat[~local].sum()),
+        bytes_local=int(slot_bytes[local].sum()),
+        bytes_out=int(out.sum()),
+    )
+    return run, _summaries(dag.functions, dag.task_of[task], memory, exec_s.astype(np.float64), in_bytes, out)
+
+
+def _workers(table: EventTable) -> tuple[int, int] | None:
+    """(workers seen, cold starts) as the records count them; None when a worker started twice."""
+    cold = 0
+    for g in table.of_kind("worker_started"):
+        flags, ids = g.columns.get("cold"), g.columns.get("worker")
+        if not isinstance(flags, np.ndarray) or flags.dtype.kind != "b" or not isinstance(ids, Strings):
+            return None
+        if len(np.unique(ids.codes)) != len(ids.codes):
+            return None
+        cold += int(flags.sum())
+    return len(table.workers()), cold
+
+
+def _summaries(
+    functions: Sequence[tuple[str, str]],
+    function: np.ndarray,
+    memory: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    out: np.ndarray,
+) -> dict[SummaryKey, Summary]:
+    """Summary increments per (identity, memory) of executions ``y`` (seconds) on ``x`` input bytes."""
+    index: dict[str, int] = {}
+    codes = [index.setdefault(identity, len(index)) for _, identity in functions]  # two functions may share one
+    ident = np.asarray(codes, dtype=np.int64)[function]
+    names = list(index)
+    keys, group = np.unique(ident.astype(np.int64) * (1 << 32) + memory.astype(np.int64), return_inverse=True)
+    k = len(keys)
+    o = out.astype(np.float64)
+    count = np.bincount(group, minlength=k)
+    mean = np.bincount(group, weights=y, minlength=k) / count
+    m2 = np.bincount(group, weights=(y - mean[group]) ** 2, minlength=k)
+    low = np.full(k, np.inf)
+    np.minimum.at(low, group, y)
+    high = np.zeros(k)
+    np.maximum.at(high, group, y)
+    sums = [np.bincount(group, weights=w, minlength=k) for w in (x, x * x, x * y, o, x * o)]
+    out_summaries: dict[SummaryKey, Summary] = {}
+    for g, key in enumerate(keys.tolist()):
+        out_summaries[(names[key >> 32], key & 0xFFFFFFFF)] = Summary(
+            int(count[g]),
+            float(mean[g]),
+            float(m2[g]),
+            float(low[g]),
+            float(high[g]),
+            *(float(s[g]) for s in sums),
+        )
+    return out_summaries
