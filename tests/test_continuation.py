@@ -92,6 +92,19 @@ def loop_partition(dag: DAG, config: fanflow.Config) -> set[tuple[frozenset[int]
     return {(frozenset(ts), memory[w]) for w, ts in tasks.items()}
 
 
+def loop_config(platform: str, store: str, tmp_path: Path) -> fanflow.Config:
+    return fanflow.Config(
+        platform=platform,
+        store=store,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        metrics_upload="task",
+        memory_mb=1769,
+        fanout="wukong",  # one worker per branch, as the simulator without max_workers (a pool's free
+        # slots depend on timing; tests/test_capacity.py covers that mode)
+    )
+
+
 def simulated_partition(
     dag: DAG, assignment: Assignment, remote: bool = False, out_bytes: dict[int, float] | None = None
 ) -> set[tuple[frozenset[int], int]]:
@@ -125,16 +138,7 @@ def test_loop_and_simulator_choose_the_same_continuations(
             note["upload"] = False
         dag.annotations[t] = note
     store = request.getfixturevalue("redis_url") if platform == "processes" else "memory://continuation"
-    config = fanflow.Config(
-        platform=platform,
-        store=store,
-        progress=False,
-        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
-        metrics_upload="task",
-        memory_mb=1769,
-        fanout="wukong",  # one worker per branch, as the simulator without max_workers (a pool's free
-        # slots depend on timing; tests/test_capacity.py covers that mode)
-    )
+    config = loop_config(platform, store, tmp_path)
     assert loop_partition(dag, config) == predicted
     assert len(predicted) > 1 or labels is not None  # every case without labels fans out
 
@@ -180,16 +184,7 @@ def test_a_large_output_keeps_every_reader_in_its_worker_in_the_loop_and_the_sim
     predicted = simulated_partition(dag, Assignment([1769] * n), remote=remote, out_bytes={0: float(size)})
     assert len(predicted) == (1 if remote else 3)
     store = request.getfixturevalue("redis_url") if remote else "memory://large-output"
-    config = fanflow.Config(
-        platform=platform,
-        store=store,
-        progress=False,
-        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
-        metrics_upload="task",
-        memory_mb=1769,
-        fanout="wukong",
-    )
-    assert loop_partition(dag, config) == predicted
+    assert loop_partition(dag, loop_config(platform, store, tmp_path)) == predicted
 
 
 def test_claimed_work_that_reads_inputs_held_here_stays_and_the_rest_goes() -> None:
