@@ -279,12 +279,23 @@ def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
         )
 
     # one slot: w2 was invoked at 0 with w1 but waited for w1 to end at 1.0, then started warm at 1.01
-    records = [record("w1", 0.5, 1.0, 0.5, True), record("w2", 1.01, 1.2, 1.01, False)]
+    records = [record("a-1", 0.5, 1.0, 0.5, True), record("b-1", 1.01, 1.2, 1.01, False)]
     assert pure_latencies(records, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
     assert pure_latencies(records, None)[1] == (512, False, 1.01)
-    # w3's timestamps put it behind w1 in one slot, yet it started first: no measurement, not a free start
-    early = [*records, record("w3", 0.6, 0.7, 0.6, True)]
-    assert pure_latencies(early, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
+    # c-1's timestamps put it behind a-1 in one slot, yet it started first: never a free cold start (its
+    # whole invocation latency counts), and a warm one tells nothing
+    early = [*records, record("c-1", 0.6, 0.7, 0.6, True)]
+    assert pure_latencies(early, 1) == [(512, True, 0.5), (512, True, 0.6), (512, False, pytest.approx(0.01))]
+    warm = [*records, record("c-1", 0.6, 0.7, 0.6, False)]
+    assert pure_latencies(warm, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
+    # two slots, two processes: process "a" ran a-2 right after a-1 (ended at 1.0), so a-2 waited for that
+    # slot, not b-1's, which the FIFO replay of invocation times would pick (freed first, at 0.9)
+    two = [
+        record("a-1", 0.5, 1.0, 0.5, True),
+        record("b-1", 0.5, 0.9, 0.5, True),
+        record("a-2", 1.02, 1.1, 1.02, False),
+    ]
+    assert pure_latencies(two, 2)[2] == (512, False, pytest.approx(0.02))
 
 
 def test_pool_replay_pays_cold_starts_per_memory_size() -> None:

@@ -228,14 +228,19 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
 
     A worker is rebuilt from its tasks (its start is its first task's start, its
     end its last task's finish; the loop has no work between them and the
-    worker's own start and stop). Per run, workers are replayed in invocation
-    order through ``max_workers`` FIFO slots, each held from dispatch to the
-    worker's end: a worker is dispatched at ``max(invoked, earliest free slot,
-    previous dispatch)``, and its pure latency is its start minus that. A worker
-    the replay dispatches only after it started is left out: the pool took
-    invocations in another order than their timestamps say (they come from
-    several workers' clocks and queues), and a latency clipped to zero would
-    make cold starts look free.
+    worker's own start and stop). A warm worker that ran in a process right
+    after another worker of the same run (worker ids name their process, and
+    that process ran one worker at a time) was dispatched when it was invoked
+    or when that worker ended, whichever came later: the slot it waited for
+    is the one that process freed. Other workers are replayed per run in
+    invocation order through ``max_workers`` FIFO slots, each held from
+    dispatch to the worker's end: dispatched at ``max(invoked, earliest free
+    slot, previous dispatch)``. The pure latency is the start minus the
+    dispatch. Where the replay dispatches a worker only after it started, the
+    pool took invocations in another order than their timestamps say: a warm
+    worker is then left out, and a cold one counts its whole invocation
+    latency (a latency clipped to zero made cold starts look free, and plans
+    that mix sizes in a small pool evicted warm processes for nothing).
     """
     workers: dict[tuple[str, str], list[float]] = {}
     kinds: dict[tuple[str, str], tuple[int, bool]] = {}
@@ -250,6 +255,18 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
         else:
             span[0] = min(span[0], r.started_at)
             span[1] = max(span[1], r.finished_at)
+    handed: dict[tuple[str, str], float] = {}  # warm worker -> end of the worker its process ran before it
+    if max_workers:
+        by_process: dict[tuple[str, str], list[tuple[float, float, tuple[str, str]]]] = {}
+        for key, (begin, end, _) in workers.items():
+            by_process.setdefault((key[0], key[1].rsplit("-", 1)[0]), []).append((begin, end, key))
+        for spans in by_process.values():
+            spans.sort()
+            if any(b < a_end for (_, a_end, _), (b, _, _) in itertools.pairwise(spans)):
+                continue  # workers overlapped: threads of one process, not a pool's process
+            for (_, a_end, _), (_, _, key) in itertools.pairwise(spans):
+                if not kinds[key][1]:
+                    handed[key] = a_end
     runs: dict[str, list[tuple[float, float, float, tuple[str, str]]]] = {}
     for key, (begin, end, latency) in workers.items():
         runs.setdefault(key[0], []).append((begin - latency, begin, end, key))
@@ -264,9 +281,14 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
                 dispatched = max(invoked, heapq.heappop(free), last)
                 heapq.heappush(free, end)
                 last = dispatched
-            if dispatched > invoked and begin <= dispatched:
-                continue  # the replay has it dispatched after it started: its order was not the pool's
             memory, cold = kinds[key]
+            if key in handed:
+                dispatched = max(invoked, handed[key])
+            elif dispatched > invoked and begin <= dispatched:
+                # the replay has it dispatched after it started: its order was not the pool's
+                if not cold:
+                    continue
+                dispatched = invoked  # at most its invocation latency: the safe side of a cold start
             out.append((memory, cold, max(0.0, begin - dispatched)))
     return out
 
@@ -504,11 +526,14 @@ class Predictor:
         in_bytes = [0.0] * n
         out_bytes = [0.0] * n
         defaults: list[int] = []
+        seen: dict[tuple[int, float], Prediction] = {}  # tasks of one function on one input size agree
         for i in range(n):
             f = task_of[i]
             x = sum(out_bytes[u] for u in deps[i])
             in_bytes[i] = x
-            o = self.out_bytes(identities[f], x)
+            o = seen.get((f, x))
+            if o is None:
+                o = seen[(f, x)] = self.out_bytes(identities[f], x)
             out_bytes[i] = o.value
             if not (models[f].known and o.known):
                 defaults.append(i)
