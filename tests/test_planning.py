@@ -12,7 +12,7 @@ import fanflow
 from fanflow.cli.main import app
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
-from fanflow.metrics.records import FINISHED, InputRecord, TaskRecord
+from fanflow.metrics.records import FINISHED, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
 from fanflow.planning.planners import critical_path_assignment, place
 from fanflow.planning.predict import (
@@ -95,21 +95,19 @@ def test_a_stall_among_many_samples_does_not_move_the_fit() -> None:
     assert few is not None and few.at(2.5) == pytest.approx(sum(ys[:6]) / 6)
 
 
-def test_a_large_output_all_of_whose_readers_read_it_locally_was_never_uploaded() -> None:
-    def record(task: int, out: int, inputs: list[InputRecord]) -> TaskRecord:
-        return TaskRecord(
-            "r", task, "t", "f", [], FINISHED, "w", 512, 1, 0.0, 1.0, 0.0, 0.0, 0.0, inputs, out, False, 0.0, 0, 0, 0
+def test_a_large_output_that_was_not_uploaded_is_a_zero_byte_upload() -> None:
+    def record(task: int, out: int, uploaded: bool) -> TaskRecord:
+        r = TaskRecord(
+            "r", task, "t", "f", [], FINISHED, "w", 512, 1, 0.0, 1.0, 0.0, 0.0, 0.0, [], out, False, 0.0, 0, 0, 0
         )
+        r.uploaded = uploaded
+        return r
 
     big = LARGE_OUTPUT_BYTES
     records = [
-        record(0, big, []),  # read locally by both readers: kept
-        record(1, big, []),  # one reader fetched it: uploaded
-        record(2, 10, []),  # small: its claim carried the value either way
-        record(
-            3, 1, [InputRecord(0, big, True, None), InputRecord(1, big, True, None), InputRecord(2, 10, True, None)]
-        ),
-        record(4, 1, [InputRecord(0, big, True, None), InputRecord(1, big, False, 0.1)]),
+        record(0, big, False),  # every reader claimed first, all by its worker: never sent
+        record(1, big, True),  # some reader was elsewhere: uploaded
+        record(2, 10, False),  # small and kept by the claim: sent to the claim script all the same
     ]
     assert kept_outputs(records) == {("r", 0)}
 

@@ -294,20 +294,16 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
 
 
 def kept_outputs(records: Iterable[TaskRecord]) -> set[tuple[str, int]]:
-    """``(run, task)`` of the large outputs that never reached the store: every reader read them locally.
+    """``(run, task)`` of the large outputs that never reached the store.
 
     From :data:`~fanflow.worker.loop.LARGE_OUTPUT_BYTES` the loop only claims
-    the readers before uploading, and uploads nothing when it won them all; its
-    round trip then carried no value, so the upload model must not read that
-    time as the cost of sending those bytes.
+    the readers before uploading, and uploads nothing when it won them all
+    (the record says ``uploaded=False``); its round trip then carried no
+    value, so the upload model must not read that time as the cost of sending
+    those bytes. A smaller output the claim kept (store-unless-claimed) was
+    sent to the store's script all the same, so it counts as sent.
     """
-    records = list(records)
-    local: dict[tuple[str, int], bool] = {}
-    for r in records:
-        for i in r.inputs:
-            key = (r.run_id, i.task)
-            local[key] = local.get(key, True) and i.local
-    return {(r.run_id, r.task) for r in records if r.out_bytes >= LARGE_OUTPUT_BYTES and local.get((r.run_id, r.task))}
+    return {(r.run_id, r.task) for r in records if not r.uploaded and r.out_bytes >= LARGE_OUTPUT_BYTES}
 
 
 def loop_gaps(records: Iterable[TaskRecord]) -> list[Sample]:
