@@ -87,6 +87,9 @@ SEND_APART_BYTES = 64 * 1024
 """A larger payload goes down its worker's pipe from a helper thread: the pipe's buffer (about
 200 KB) may not hold it, and the write then lasts as long as the worker takes to read it."""
 
+LAUNCH_JOIN_S = 30.0
+"""The longest a closing pool waits for a launch in progress (a fork and exec, normally milliseconds)."""
+
 CHORES_JOIN_S = LOST_GRACE_S + KILL_WAIT_S + 5
 """The longest a closing pool waits for its chores: a lost worker's reap, then telling its run."""
 
@@ -227,7 +230,7 @@ class PoolHost:
         """Stop and wait until every worker process has exited and its cgroup is removed."""
         self.stop()
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(timeout=STOP_GRACE_S + POP_TIMEOUT_S + CHORES_JOIN_S + 10)
+            self._dispatcher.join(timeout=LAUNCH_JOIN_S + STOP_GRACE_S + POP_TIMEOUT_S + CHORES_JOIN_S + 10)
 
     # -- popper ------------------------------------------------------------------------
     def _pop_loop(self) -> None:
@@ -564,7 +567,9 @@ class PoolHost:
         its clients, as its ``alive`` key goes now.
         """
         for launch in self._launches:  # quick (a fork and exec); after it, every process is known
-            launch.join()
+            launch.join(timeout=LAUNCH_JOIN_S)
+            if launch.is_alive():
+                log.error("pool %s: %s is stuck starting a worker process; closing without it", self.name, launch.name)
         for worker in self._workers:
             if worker.sending is not None and worker.sending.is_alive():
                 continue  # a stop message now would cut into the payload: it is killed after the grace
