@@ -351,6 +351,7 @@ def scale(repeat: int, long_repeat: int, warm: fanflow.Config, client: Any) -> l
     rows = []
     per_task: dict[int, float] = {}
     cpu_per_task: dict[int, float] = {}
+    tree(256, fanflow.task(inc), fanflow.task(add)).compute(warm)  # both worker processes started: no cold start
     for tasks in SCALE_TASKS:
         leaves = (tasks + 1) // 2
         n = 2 * leaves - 1

@@ -221,3 +221,39 @@ def test_a_warm_worker_fetches_a_large_input_once_for_all_its_readers(processes:
     assert len(finished) == 8
     fetched = sum(e["in_bytes"][0] or 0 for e in finished)  # None: the value was in the worker already
     assert fetched <= 2 * BIG + 2**16  # at most once per worker process, not once per reader
+
+
+@fanflow.task
+def short(i: int, marker: str = "") -> float:
+    """Sleeps 5 ms; with ``marker``, SIGKILLs its worker process the first time, when that worker has run
+    (and holds the notifications of) others of these before it."""
+    time.sleep(0.005)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(i)
+
+
+def test_a_busy_worker_sends_the_notifications_of_short_tasks_together(processes: fanflow.Config) -> None:
+    added([short(i) for i in range(4)]).compute(processes)  # both workers warm: no slot idle during the run
+    sink = added([short(i) for i in range(120)])
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == float(sum(range(120)))
+    finished = _finished(_events(processes, future.run_id), sink, "short")
+    assert len(finished) == 120
+    # A held notification is sent later, with the next ones: its task reports no store time of its own.
+    held = [e for e in finished if e["store_s"] == 0.0]
+    assert len(held) >= 60, len(held)
+
+
+def test_a_worker_lost_while_it_holds_notifications_is_recovered_exactly_once(
+    processes: fanflow.Config, redis_url: str, tmp_path: Path
+) -> None:
+    added([short(i) for i in range(4)]).compute(processes)
+    counter = f"count-{uuid.uuid4().hex[:8]}"
+    marker = str(tmp_path / "killed")
+    parts = [short(i, marker if i == 15 else "") for i in range(60)]  # mid-queue in its worker
+    sink = counted_sum(redis_url, counter, parts)
+    assert sink.compute(processes) == float(sum(range(60)))
+    assert Path(marker).exists()
+    assert int(redis.Redis.from_url(redis_url).get(counter) or 0) == 1  # the fan-in ran once
