@@ -156,7 +156,7 @@ def main() -> None:
         print("   measured GB-s from worker records; cold: cold starts per measured run, u / cp)")
         print(
             f"{'workload':<17}{'makespan u -> cp s':>22}{'ratio':>7}{'GB-s u -> cp':>18}{'ratio':>7}"
-            f"{'cp kind':>9}{'cold':>8}"
+            f"{'cp plan, MB':>16}{'cold':>8}"
         )
         uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
         for name, build in loads.items():
@@ -167,10 +167,11 @@ def main() -> None:
             mk = {k: statistics.median(m.run.makespan_s for m in v) for k, v in got.items()}
             gb = {k: statistics.median(measured_cost(m) for m in v) for k, v in got.items()}
             cold = {k: statistics.median(sum(w.cold for w in m.workers) for m in v) for k, v in got.items()}
-            kind = got["cp"][-1].run.plan_kind
+            sizes = sorted({w.memory_mb for w in got["cp"][-1].workers})
+            kind = f"{got['cp'][-1].run.plan_kind or '-'} {'/'.join(map(str, sizes))}"
             print(
                 f"{name:<17}{mk['u']:>10.3f} -> {mk['cp']:<8.3f}{mk['cp'] / mk['u']:>7.2f}"
-                f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>9}"
+                f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>16}"
                 f"{cold['u']:>4g} /{cold['cp']:>2g}"
             )
 

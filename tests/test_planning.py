@@ -358,3 +358,18 @@ def test_preload_is_annotated_on_fan_ins_when_enabled() -> None:
     assert [t for t, a in plan.annotations.items() if a.get("preload")] == [4]
     plain = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", optimizations="none"))
     assert not any(a.get("preload") for a in plain.annotations.values())
+
+
+def test_simulations_of_one_dag_reuse_its_placement_only_while_the_labels_stay_the_same() -> None:
+    """What labels decide is reused across memory sizes, but a label list changed in place is a new plan."""
+    root = blob(1)
+    dag = DAG.from_sinks([add(root, 1), add(root, 2)])
+    n = len(dag)
+    costs = costs_of(n)
+    labels = [0] * n
+    together = simulate(dag, costs, Assignment([1769] * n, labels))
+    assert together.workers == 1
+    labels[:] = range(n)  # every task its own label: one branch stays (it fits), the other leaves
+    apart = simulate(dag, costs, Assignment([1769] * n, labels))
+    assert apart.workers == 2
+    assert simulate(dag, costs, Assignment([512] * n, [0] * n)).workers == 1

@@ -78,7 +78,7 @@ MAX_CHECK_ROUNDS = 2
 NEVER_WORSE = 0.05
 """The critical-path plan's predicted makespan and GB-s stay within this fraction over uniform at the largest size."""
 
-REWEIGH_BUDGET = 2
+REWEIGH_BUDGET = 1
 """Tasks the critical-path planner's path updates may visit, as a multiple of the DAG's size."""
 
 _EPS = 1e-9

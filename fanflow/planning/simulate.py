@@ -61,7 +61,9 @@ so a delay shows up in every worker queued behind it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,6 +150,40 @@ class _AtMemory:
         self.start = costs.start_s(memory_mb)
 
 
+@dataclass(slots=True)
+class _Placement:
+    """What a plan's labels and upload flags decide, kept for the next simulation of the same DAG."""
+
+    dag: weakref.ref[DAG]
+    labels: list[int] | None
+    upload: list[bool] | None
+    view: PlanView
+    local: list[bool]
+
+
+_last: _Placement | None = None
+
+
+def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
+    """The plan's view and which outputs delayed I/O keeps local.
+
+    A planner simulates one DAG with the same labels and upload flags at many
+    memory sizes; what those decide (anchored tasks, delayable outputs) is
+    computed once and reused while they stay equal (compared by value, so a
+    list changed in place is never taken for the old one).
+    """
+    global _last
+    last = _last
+    if last is not None and last.dag() is dag and last.labels == plan.labels and last.upload == plan.upload:
+        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local
+    labels = None if plan.labels is None else list(plan.labels)
+    upload = None if plan.upload is None else list(plan.upload)
+    view = PlanView.from_columns(dag, labels, plan.memory_mb, upload)
+    local = [view.delays_upload(dag, t) for t in range(len(dag))] if upload is not None else [False] * len(dag)
+    _last = _Placement(weakref.ref(dag), labels, upload, view, local)
+    return view, local
+
+
 def simulate(
     dag: DAG,
     costs: DagCosts,
@@ -167,9 +203,8 @@ def simulate(
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     memory = plan.memory_mb
-    view = PlanView.from_columns(dag, plan.labels, memory, plan.upload)
+    view, local = _placement(dag, plan)
     out_bytes = costs.out_bytes
-    local = [view.delays_upload(dag, t) for t in range(n)] if plan.upload is not None else [False] * n
     sinks = set(dag.sinks)
     large = [
         remote and out_bytes[t] >= LARGE_OUTPUT_BYTES and not local[t] and t not in sinks and bool(dependents[t])
