@@ -132,6 +132,20 @@ def test_calibration_learns_raw_ratios_per_kind_and_counts_misses() -> None:
     assert only_uniform.factor("mixed") == pytest.approx(1.3)
 
 
+def test_calibration_tells_runs_that_started_cold_from_warm_ones() -> None:
+    """A run that started fresh processes errs differently from one on a warm pool: each learns apart."""
+    cold = [{**run_doc("uniform", 1.0, 1.5, 0.9, 1.1), "cold_starts": 2} for _ in range(3)]
+    warm = [{**run_doc("uniform", 1.0, 0.7, 0.9, 1.1), "cold_starts": 0} for _ in range(3)]
+    learned = Calibration.from_runs([*cold, *warm], "threads")
+    assert learned.factor("uniform", cold=True) == pytest.approx(1.5)
+    assert learned.factor("uniform", cold=False) == pytest.approx(0.7)
+    assert learned.factor("uniform") == pytest.approx((0.7 + 1.5) / 2)  # not told apart: all six
+    # mixed plans never ran: those that started the same way stand in
+    assert learned.factor("mixed", cold=True) == pytest.approx(1.5)
+    only_warm = Calibration.from_runs(warm, "threads")
+    assert only_warm.factor("uniform", cold=True) == pytest.approx(0.7)  # nothing cold yet: every run
+
+
 def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'meta.db'}"
     cfg = fanflow.Config(metadata=url, progress=False, planner="critical-path", platform="threads")

@@ -223,13 +223,13 @@ def make_plan(
             MEMORY_CHOICES,
             requested,
             cap,
-            learned.factors(),
+            learned.factors(cold=True if cap else None),  # candidates are simulated from an empty pool
             known if upload is None else None,
             remote,
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
-        top_factor = learned.factor("uniform")
+        top_factor = learned.factor("uniform", cold=True if cap else None)
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
@@ -242,8 +242,9 @@ def make_plan(
     plan.simulation = sim
     plan.assignment = assignment
     plan.kind = "" if costs.defaults else plan_kind(assignment.memory_mb)
-    plan.calibration = learned.factor(plan.kind)
-    low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind))
+    cold = any(sim.worker_cold) if cap else None
+    plan.calibration = learned.factor(plan.kind, cold)
+    low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind, cold))
     plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
     annotations: dict[int, dict[str, Any]] = {}
