@@ -356,9 +356,11 @@ class Run:
             self._sub.close()
             self._sub = None
         try:
-            maps = sorted(self.dag.maps)
-            sizes, _ = self.store.get_many([keys.map_size(self.run_id, m) for m in maps])
-            expanded = {m: n for m, n in zip(maps, sizes, strict=True) if n is not MISSING}
+            expanded: dict[int, Any] = {}
+            if self.dag.maps:  # a run without fan-outs known only at run time needs no round trip here
+                maps = sorted(self.dag.maps)
+                sizes, _ = self.store.get_many([keys.map_size(self.run_id, m) for m in maps])
+                expanded = {m: n for m, n in zip(maps, sizes, strict=True) if n is not MISSING}
             self.store.delete(list(keys.run_keys(self.run_id, self.dag, expanded)))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
