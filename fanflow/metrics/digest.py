@@ -24,7 +24,7 @@ import numpy as np
 from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata.base import Summary, SummaryKey
-from fanflow.store.metadata.trace import EventTable, Strings
+from fanflow.store.metadata.trace import EventTable
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
 
@@ -113,12 +113,10 @@ def _workers(table: EventTable) -> tuple[int, int] | None:
     """(workers seen, cold starts) as the records count them; None when a worker started twice."""
     cold = 0
     for g in table.of_kind("worker_started"):
-        flags, ids = g.columns.get("cold"), g.columns.get("worker")
-        if not isinstance(flags, np.ndarray) or flags.dtype.kind != "b" or not isinstance(ids, Strings):
+        flags, ids = g.values("cold"), g.values("worker")
+        if set(map(type, flags)) - {bool} or len(set(ids)) != len(ids) or len(ids) != g.size:
             return None
-        if len(np.unique(ids.codes)) != len(ids.codes):
-            return None
-        cold += int(flags.sum())
+        cold += sum(flags)
     return len(table.workers()), cold
 
 

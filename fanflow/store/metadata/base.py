@@ -27,8 +27,9 @@ lookup however long the history is, and survives retention.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from fanflow.errors import FanflowError
@@ -84,9 +85,9 @@ class Summary:
     def merge(self, other: Summary) -> Summary:
         """A new summary of both sets of executions (Chan et al.'s parallel update)."""
         if other.count == 0:
-            return Summary(**asdict(self))
+            return Summary(*_summary_values(self))
         if self.count == 0:
-            return Summary(**asdict(other))
+            return Summary(*_summary_values(other))
         n = self.count + other.count
         delta = other.mean - self.mean
         return Summary(
@@ -135,7 +136,7 @@ class Summary:
         return max(0.0, intercept + slope * in_bytes)
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return dict(zip(_SUMMARY_FIELDS, _summary_values(self), strict=True))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Summary:
@@ -151,6 +152,11 @@ class Summary:
         for exec_s, in_bytes, out_bytes in executions:
             summary.add(exec_s, in_bytes, out_bytes)
         return summary
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
+_summary_values = operator.attrgetter(*_SUMMARY_FIELDS)
+"""Every field of a summary in one C-level call: saves merge summaries on every run."""
 
 
 class StoredRun:

@@ -206,9 +206,14 @@ class SQLiteMetadataStore:
                 [(d["run_id"], d["submitted_at"], expires_at, _dumps(d)) for d, expires_at in started.values()],
             )
         keep_runs: int | None = None
+        increments: dict[SummaryKey, Summary] = {}  # merged in memory first: one read and write per key
         for run in runs:
             self._insert_run(db, run)
             keep_runs = run.keep_runs if run.keep_runs is not None else keep_runs
+            for key, part in run.summaries.items():
+                found = increments.get(key)
+                increments[key] = part if found is None else found.merge(part)
+        self._merge_summaries(db, increments)
         self._saves += len(runs)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
             return bool(self._retain(db, keep_runs))
@@ -278,7 +283,10 @@ class SQLiteMetadataStore:
             self._delete_runs(db, [run.run_id])  # saved again: it is replaced
         db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", run.row)
         db.executemany("INSERT INTO run_functions VALUES (?, ?)", run.functions)
-        for (identity, memory_mb), part in run.summaries.items():
+
+    @staticmethod
+    def _merge_summaries(db: sqlite3.Connection, increments: Mapping[SummaryKey, Summary]) -> None:
+        for (identity, memory_mb), part in increments.items():
             found = db.execute(
                 f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM summaries WHERE identity = ? AND memory_mb = ?",
                 (identity, memory_mb),

@@ -19,8 +19,9 @@ stream's order. The DAG part holds each task function once (``[name,
 identity]``), per task its function index, and the upstream ids as counts plus
 one flat array.
 
-Layout: ``MAGIC``, then zlib of (4-byte little-endian header length, JSON
-header, buffers). The header names every array's dtype, offset and length, so
+Layout: ``MAGIC``, then ``z`` and the zlib of the body, or ``r`` and the body
+itself when it is small; the body is a 4-byte little-endian header length, the
+JSON header, then the buffers. The header names every array's dtype, offset and length, so
 nothing here unpickles or evaluates stored bytes.
 """
 
@@ -44,6 +45,14 @@ MAGIC = b"FFTRACE1"
 COMPRESS_LEVEL = 1
 """zlib level: the blob is written once per run and read rarely; level 6 took 3x as long for 20% less."""
 
+SMALL_BYTES = 4096
+"""Bodies shorter than this are stored as they are: setting zlib up costs more (0.1-0.3 ms) than they save."""
+
+_RAW, _ZLIB = b"r", b"z"
+
+SMALL_COLUMN = 64
+"""Columns of fewer values stay lists."""
+
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False, default=repr).encode
 
 
@@ -54,16 +63,13 @@ def is_trace(blob: bytes | None) -> bool:
 
 @dataclass(slots=True)
 class Strings:
-    """A column of strings: distinct values (first seen first) and, per event, the index of its value."""
+    """A column of strings: its distinct values (first seen first) and, per event, the index of its value."""
 
     values: list[str]
     codes: np.ndarray
 
     def tolist(self) -> list[str]:
         return list(map(self.values.__getitem__, self.codes.tolist()))
-
-    def distinct(self) -> list[str]:
-        return [self.values[i] for i in np.unique(self.codes).tolist()]
 
 
 Column = np.ndarray | Strings | list[Any]
@@ -84,8 +90,13 @@ class EventGroup:
         if col is None:
             return {""}
         if isinstance(col, Strings):
-            return set(col.distinct())
-        return set(map(str, np.unique(col).tolist() if isinstance(col, np.ndarray) else col))
+            return set(col.values)
+        return set(map(str, col.tolist() if isinstance(col, np.ndarray) else col))
+
+    def values(self, key: str) -> list[Any]:
+        """A field's values as Python objects ([] when the group lacks the field)."""
+        col = self.columns.get(key)
+        return [] if col is None else _as_list(col)
 
     def first(self, key: str) -> Any:
         """A field's value in the group's first event (None when the group lacks the field)."""
@@ -201,9 +212,8 @@ def encode_trace(
             return {"const": col[0].item()} if col[0] == col[-1] and (col == col[0]).all() else {"array": put(col)}
         if not isinstance(col, Strings):
             return {"json": col}
-        used = np.unique(col.codes)
-        if len(used) == 1:
-            return {"const": col.values[int(used[0])]}
+        if len(col.values) == 1:
+            return {"const": col.values[0]}
         shared = np.fromiter((strings.setdefault(v, len(strings)) for v in col.values), np.int64, len(col.values))
         return {"codes": put(shared[col.codes])}
 
@@ -224,7 +234,9 @@ def encode_trace(
     sizes = [len(b) for b in buffers]
     head = _dumps({"sizes": sizes, **header}).encode()
     body = b"".join([struct.pack("<I", len(head)), head, *buffers])
-    return MAGIC + zlib.compress(body, COMPRESS_LEVEL)
+    if len(body) < SMALL_BYTES:
+        return MAGIC + _RAW + body
+    return MAGIC + _ZLIB + zlib.compress(body, COMPRESS_LEVEL)
 
 
 def decode_trace(blob: bytes) -> Trace:
@@ -232,7 +244,11 @@ def decode_trace(blob: bytes) -> Trace:
     if not is_trace(blob):
         raise MetadataError("not a run trace (written by another fanflow version?)")
     try:
-        body = zlib.decompress(blob[len(MAGIC) :])
+        start = len(MAGIC) + 1
+        how = blob[start - 1 : start]
+        if how not in (_RAW, _ZLIB):
+            raise ValueError(f"unknown body encoding {how!r}")
+        body = blob[start:] if how == _RAW else zlib.decompress(blob[start:])
         (length,) = struct.unpack_from("<I", body)
         header = json.loads(body[4 : 4 + length])
         offsets = [4 + length]
@@ -252,7 +268,7 @@ def decode_trace(blob: bytes) -> Trace:
                 if "array" in col:
                     columns[key] = get(col["array"])
                 elif "codes" in col:
-                    columns[key] = Strings(strings, get(col["codes"]))
+                    columns[key] = _strings_of(strings, get(col["codes"]))
                 elif "const" in col:
                     value = col["const"]
                     if isinstance(value, str):
@@ -277,6 +293,12 @@ def decode_trace(blob: bytes) -> Trace:
         raise MetadataError(f"a stored run trace is damaged ({exc}); delete the run or the history file") from exc
 
 
+def _strings_of(shared: list[str], codes: np.ndarray) -> Strings:
+    """A column's :class:`Strings` from indexes into the trace's string table (its values only its own)."""
+    used, local = np.unique(codes, return_inverse=True)
+    return Strings([shared[i] for i in used.tolist()], local.astype(np.int32))
+
+
 def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     """Per label the index of its first appearance among the distinct labels, and those labels."""
     index: dict[Any, int] = dict.fromkeys(labels)  # type: ignore[arg-type]
@@ -287,6 +309,8 @@ def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
 
 def _members(codes: np.ndarray, n: int) -> list[np.ndarray]:
     """Per code, the positions holding it, ascending."""
+    if n == 1:
+        return [np.arange(len(codes))]
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(np.bincount(codes, minlength=n))
     return np.split(order, bounds[:-1])
@@ -322,7 +346,13 @@ def _group(rows: list[Mapping[str, Any]], keys: tuple[str, ...]) -> EventGroup:
 
 
 def _column(values: list[Any]) -> Column:
-    """An array when every value is a number (or every one a bool), :class:`Strings` when every one is a str."""
+    """An array when every value is a number (or every one a bool), :class:`Strings` when every one is a str.
+
+    A short column stays a list (written as JSON): numpy's fixed cost per call
+    would be most of a small run's recording.
+    """
+    if len(values) < SMALL_COLUMN:
+        return values
     if type(values[0]) is str:
         try:
             index: dict[Any, int] = dict.fromkeys(values)  # type: ignore[arg-type]
@@ -343,13 +373,15 @@ def _column(values: list[Any]) -> Column:
     return values
 
 
+_INT_TYPES = [(dtype, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for dtype in ("<i1", "<i2", "<i4", "<i8")]
+
+
 def _narrow(arr: np.ndarray) -> np.ndarray:
     """Integers in the smallest little-endian type that holds them (ids and counts are small)."""
     if arr.dtype.kind in "iu" and arr.size:
         low, high = int(arr.min()), int(arr.max())
-        for dtype in ("<i1", "<i2", "<i4", "<i8"):
-            info = np.iinfo(dtype)
-            if info.min <= low and high <= info.max:
+        for dtype, lowest, highest in _INT_TYPES:
+            if lowest <= low and high <= highest:
                 return arr.astype(dtype, copy=False)
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
 
