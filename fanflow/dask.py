@@ -37,8 +37,10 @@ only when called, so ``import fanflow`` works without it.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from types import ModuleType
+from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
 from fanflow.api import compute
@@ -302,8 +304,44 @@ class _Converter:
         """The one fanflow task for ``func`` (per ``name`` for fused tasks), made on first use."""
         cached = self._tasks.get((id(func), name))
         if cached is None:
-            cached = self._tasks[(id(func), name)] = (func, Task(func, name=name or _funcname(func)))
+            task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func))
+            cached = self._tasks[(id(func), name)] = (func, task)
         return cached[1]
+
+
+KEPT_TASKS = 512
+"""Tasks of module-level functions kept between calls (the least recently used go first)."""
+
+_kept: OrderedDict[tuple[Callable[..., Any], str | None], Task] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def _long_lived(func: Callable[..., Any]) -> bool:
+    """A builtin, or a function defined at a module's top level: made once, not per graph, and holding no data.
+
+    Their tasks are kept between calls: making a task (its name, its code hash for
+    the DAG signature) was a tenth of the cost of a small ``get``. Closures, lambdas
+    and partials are made per graph and may hold large values, so they are not kept.
+    """
+    kind = type(func)
+    if kind is BuiltinFunctionType:
+        return True
+    return kind is FunctionType and func.__closure__ is None and "<" not in func.__qualname__  # type: ignore[attr-defined]
+
+
+def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
+    key = (func, name)
+    with _kept_lock:
+        task = _kept.get(key)
+        if task is not None:
+            _kept.move_to_end(key)
+            return task
+    task = Task(func, name=name or _funcname(func))
+    with _kept_lock:
+        task = _kept.setdefault(key, task)  # another thread may have made it meanwhile: one task per function
+        while len(_kept) > KEPT_TASKS:
+            _kept.popitem(last=False)
+    return task
 
 
 def _funcname(func: Callable[..., Any]) -> str:

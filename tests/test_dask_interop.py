@@ -246,6 +246,25 @@ def test_from_dask_array_mixes_with_fanflow_nodes(run_config: fanflow.Config, rn
     np.testing.assert_allclose(doubled.compute(run_config), 2 * expr.compute(scheduler="sync"))
 
 
+def test_tasks_of_module_level_functions_are_kept_between_calls_and_closures_are_not(
+    run_config: fanflow.Config,
+) -> None:
+    def local_inc(x: int) -> int:
+        return x + 1
+
+    first, again = fanflow.from_dask(dask.delayed(inc)(1)), fanflow.from_dask(dask.delayed(inc)(2))
+    assert first.task is again.task  # made once: its name and code hash are not computed per call
+    assert first.task.func is inc and first.task.name == "inc"
+    mine, theirs = fanflow.from_dask(dask.delayed(local_inc)(1)), fanflow.from_dask(dask.delayed(local_inc)(2))
+    assert mine.task is not theirs.task  # a closure may hold data: not kept past its graph
+    shared = fanflow.from_dask(dask.delayed(functools.partial(add, b=1))(1))
+    assert shared.task is not fanflow.from_dask(dask.delayed(functools.partial(add, b=1))(1)).task
+    assert fanflow.compute(first, again, mine, shared, config=run_config) == (2, 3, 2, 2)
+    for n in range(ffdask.KEPT_TASKS + 10):  # bounded: functions of many modules do not pile up
+        ffdask._kept_task(inc, f"fused-{n}")
+    assert len(ffdask._kept) == ffdask.KEPT_TASKS
+
+
 def test_from_dask_rejects_non_collections() -> None:
     with pytest.raises(ffdask.DaskGraphError, match="needs a Dask collection"):
         fanflow.from_dask(42)
