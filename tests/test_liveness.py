@@ -90,6 +90,16 @@ def total(xs: list[int]) -> int:
 
 
 @fanflow.task
+def marked_nap(x: int, marks: str, seconds: float) -> int:
+    """Counts its start and its end; leaves its host's pid and its own as ``on-<host>-<worker>``."""
+    bump(os.path.join(marks, f"start-{x}"))
+    Path(marks, f"on-{os.getppid()}-{os.getpid()}").touch()
+    time.sleep(seconds)
+    bump(os.path.join(marks, f"done-{x}"))
+    return x
+
+
+@fanflow.task
 def always_killed() -> int:
     os.kill(os.getpid(), signal.SIGKILL)
     return 0
@@ -169,7 +179,7 @@ def shared_pool(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes
             proc.wait(timeout=10)
     client = redis.Redis.from_url(redis_url)  # a SIGKILLed pool leaves its pool keys behind
     for name in names:
-        stale = list(client.scan_iter(match=f"ff:pool:{name}:*"))
+        stale = [*client.scan_iter(match=f"ff:pool:{name}:*"), *client.scan_iter(match=f"{{ff:pool:{name}:queue}}:*")]
         if stale:
             client.delete(*stale)
 
@@ -406,6 +416,74 @@ def test_a_stopped_shared_pool_hands_its_invocations_to_the_next(
     pool.wait(timeout=30)
     shared_pool("restarted-pool", max_workers=1)
     assert future.result(timeout=LIVENESS_S * 2) == 0 + 1 + 2
+
+
+def held_by(client: redis.Redis, pool: str, pid: int) -> int:
+    """Entries in the held lists of the hosts of ``pool`` running in process ``pid``."""
+    return sum(int(client.llen(k)) for k in client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:held:*-{pid}-*"))
+
+
+def hosts_on(marks: Path) -> dict[int, set[int]]:
+    """Worker pids by host pid, from the ``on-<host>-<worker>`` marks of :func:`marked_nap`."""
+    found: dict[int, set[int]] = {}
+    for mark in marks.glob("on-*"):
+        host, worker = (int(v) for v in mark.name.split("-")[1:])
+        found.setdefault(host, set()).add(worker)
+    return found
+
+
+def counts(marks: Path, what: str, n: int) -> list[int]:
+    return [int((marks / f"{what}-{x}").read_text()) if (marks / f"{what}-{x}").exists() else 0 for x in range(n)]
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_host_killed_while_another_host_of_its_pool_lives_has_its_invocations_redelivered(
+    redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    first = shared_pool("two-hosts", max_workers=1)
+    second = shared_pool("two-hosts", max_workers=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    n = 12
+    # Twelve short roots on two hosts of one worker each: each host runs one and holds up to three more.
+    future = total([marked_nap(i, str(marks), 1.0) for i in range(n)]).submit(shared(redis_url, "two-hosts"))
+    wait_until(lambda: first.pid in hosts_on(marks), 30, "the first host to start a task")
+    wait_until(lambda: held_by(client, "two-hosts", first.pid) >= 2, 10, "the first host to hold entries")
+    first.send_signal(signal.SIGKILL)  # the host process alone: its worker must die with it
+    for worker in hosts_on(marks)[first.pid]:
+        wait_until(lambda w=worker: pid_gone(w), 5, f"worker process {worker} to die with its host")
+    assert future.result(timeout=LIVENESS_S * 2) == sum(range(n))
+    starts, ends = counts(marks, "start", n), counts(marks, "done", n)
+    assert ends == [1] * n  # each task finished once: the killed one's first run never ended
+    assert sum(starts) <= n + 1  # only the one the killed host was running started twice
+    assert second.poll() is None
+    # What the live host finished left its held list: a later death of it hands back nothing that ran.
+    wait_until(lambda: held_by(client, "two-hosts", second.pid) == 0, 5, "the live host's held list to empty")
+
+
+def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
+    redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    pool = shared_pool("restart-host", max_workers=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    n = 6
+    future = total([marked_nap(i, str(marks), 0.5) for i in range(n)]).submit(shared(redis_url, "restart-host"))
+    wait_until(lambda: pool.pid in hosts_on(marks), 30, "the host to start a task")
+    wait_until(lambda: held_by(client, "restart-host", pool.pid) >= 2, 10, "the host to hold entries")
+    pool.send_signal(signal.SIGKILL)
+    pool.wait(timeout=10)
+    shared_pool("restart-host", max_workers=1)  # well within the client's POOL_GONE_S
+    assert future.result(timeout=LIVENESS_S * 2) == sum(range(n))
+    assert counts(marks, "done", n) == [1] * n
+    assert held_by(client, "restart-host", pool.pid) == 0
 
 
 # -- 9. nothing starts for a run that ended ------------------------------------------------------

@@ -24,7 +24,7 @@ from fanflow.errors import ConfigError, PlatformError
 from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import peek
 from fanflow.platforms.processes import capacity
-from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key
+from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key, reap
 from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
 
@@ -98,11 +98,15 @@ class ProcessesPlatform:
 
         The client's own pool: its host stopped or its dispatcher broke. A shared
         pool: no host of it has been alive (its ``alive`` key) for ``POOL_GONE_S``.
+        A shared pool's dead hosts are reaped here too, so what a SIGKILLed host
+        held goes back to the queue for the pool's other hosts (or the next one
+        started) even when none of them is left to reap it.
         """
         if self.host is not None:
             if not self.host.serving():
                 raise PlatformError(f"the worker pool {self.pool!r} this client started has stopped")
             return
+        reap(self._store, self.pool)
         if self._store.client.exists(alive_key(self.pool)):
             self._gone_since = None
             return

@@ -10,9 +10,10 @@ classes and lets the host block on a single key it knows in advance.
 Two threads make a host:
 
 - the *popper* keeps a small inbox filled (see :data:`HOLD`): it takes
-  entries in batches with ``LPOP <count>``, blocking in ``BLPOP`` only when
-  the queue is empty, so a busy pool pays a fraction of a command per
-  invocation. The rest stays in Redis for other hosts;
+  entries in batches (one script: ``LPOP <count>`` and ``RPUSH`` onto this
+  host's held list), blocking in ``BLMOVE`` only when the queue is empty, so a
+  busy pool pays a fraction of a command per invocation. The rest stays in
+  Redis for other hosts;
 - the *dispatcher* owns the worker processes. It sends an entry to an idle
   warm worker of the same memory class, else cold-starts one (a fresh
   interpreter, placed in its cgroup), evicting an idle worker of another class
@@ -31,6 +32,33 @@ inbox (a redelivery), so the dispatcher's state stays its own.
 
 A named pool (``fanflow worker-pool``) refreshes ``ff:pool:<name>:alive`` so
 clients can tell that it runs.
+
+**Held lists (a reliable queue).** Several hosts may serve one pool (the same
+``--name`` on several machines, gateways sharing ``--pool``), and any of them
+may be SIGKILLed. What a host took from the queue is never only in its memory:
+taking an entry *moves* it to the host's own held list, ``{<queue>}:held:<host>``,
+in the same step, and it leaves that list only when its invocation is done
+with (finished, refused, failed for good: the dispatcher acknowledges it with
+``LREM``) or when the host stops cleanly and pushes it back. Each host beats
+every :data:`ALIVE_EVERY_S` (one script): it refreshes its own alive key
+``{<queue>}:host:<host>`` (TTL :data:`HOST_TTL_S`) and its entry in the pool's
+host set ``{<queue>}:hosts``, and *reaps*: a host in the set whose alive key
+is gone is dead, so its held entries go back to the front of the queue and it
+leaves the set, atomically. Clients of a shared pool reap too (from
+``check_serving``), so a dead host's work comes back even when no other host
+is left to beat, and a host started again (a new host id) reaps its old self.
+
+Reaped entries are marked as redeliveries (:data:`protocol.REDELIVERED`): the
+worker that gets one takes the invocation over (``Store.begin``) whether the
+dead host had started it or not. That is safe because a host's worker
+processes die with it (:func:`protocol.die_with_pool`): no first delivery is
+still running. A host that was only stalled past :data:`HOST_TTL_S` finds out
+at its next beat: it drops its inbox (those entries were handed back, and a
+second copy of one would be refused by ``begin`` anyway); what its workers
+were running at that moment may run twice (fan-in stays exactly once).
+
+Keys of one pool share the hash tag ``{<queue>}``, which is the queue key's own
+slot, so every script and ``BLMOVE`` touches one slot on a Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -41,11 +69,13 @@ import itertools
 import logging
 import os
 import pickle
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +103,13 @@ ALIVE_EVERY_S = 1.0
 """A named pool's ``alive`` key lives this long and is refreshed this often, only while its
 dispatcher runs, and goes when the pool stops: clients of a pool that is gone notice within
 seconds (``ProcessesPlatform.check_serving``)."""
+HOST_TTL_S = 4.0
+"""A host's own alive key lives this long after its last beat (every :data:`ALIVE_EVERY_S`): a
+host SIGKILLed with invocations in hand has them back in the queue this long after its death.
+Long enough that a host slowed by a loaded machine is not taken for dead (that would run its
+current invocations twice), short enough to stay well inside a client's ``POOL_GONE_S``."""
+HELD_TTL_MS = QUEUE_TTL_MS
+"""Held lists and the host set outlive a pool nobody reaps no longer than its queue does."""
 STOP_GRACE_S = 2.0
 """How long a stopping worker may take to finish before it is killed."""
 
@@ -111,6 +148,101 @@ def queue_key(pool: str) -> str:
 
 def alive_key(pool: str) -> str:
     return f"{keys.PREFIX}:pool:{pool}:alive"
+
+
+def _tag(pool: str) -> str:
+    """The hash tag of a pool's host keys: the queue key itself, so they share its cluster slot."""
+    return "{" + queue_key(pool) + "}"
+
+
+def hosts_key(pool: str) -> str:
+    """The set of host ids serving ``pool`` that may hold entries."""
+    return f"{_tag(pool)}:hosts"
+
+
+def held_key(pool: str, host: str) -> str:
+    """The entries host ``host`` took from the queue and has not finished with."""
+    return f"{_tag(pool)}:held:{host}"
+
+
+def host_alive_key(pool: str, host: str) -> str:
+    """Exists while host ``host`` of ``pool`` beats."""
+    return f"{_tag(pool)}:host:{host}"
+
+
+# KEYS: queue, held, host alive. ARGV: count, held TTL ms.
+# Taking entries and holding them is one step: no entry is ever only in a host's memory. A host
+# that was taken for dead takes nothing until its next beat has put it back in the host set.
+_TAKE_LUA = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {} end
+local taken = redis.call('LPOP', KEYS[1], ARGV[1])
+if not taken then return {} end
+redis.call('RPUSH', KEYS[2], unpack(taken))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return taken
+"""
+
+# Reaping, shared by the beat and by clients. KEYS: queue, hosts. ARGV: the pool's tag, queue
+# TTL ms, the redelivery mark. Every key it names shares the tag, so it is one slot.
+_REAP_LUA_BODY = """
+local function reap()
+  local n = 0
+  for _, host in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', ARGV[1] .. ':host:' .. host) == 0 then
+      local held = ARGV[1] .. ':held:' .. host
+      local entries = redis.call('LRANGE', held, 0, -1)
+      for i = #entries, 1, -1 do
+        local e = entries[i]
+        if string.sub(e, 5, 5) ~= ARGV[3] then e = string.sub(e, 1, 4) .. ARGV[3] .. string.sub(e, 5) end
+        redis.call('LPUSH', KEYS[1], e)
+      end
+      redis.call('DEL', held)
+      redis.call('SREM', KEYS[2], host)
+      n = n + #entries
+    end
+  end
+  if n > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return n
+end
+"""
+_REAP_LUA = _REAP_LUA_BODY + "return reap()"
+
+# KEYS: queue, hosts, host alive, held. ARGV: tag, queue TTL ms, mark, host, alive TTL ms, first.
+# Returns {0 if this host had been reaped since its last beat else 1, entries reaped}.
+_BEAT_LUA = (
+    _REAP_LUA_BODY
+    + """
+local known = redis.call('SISMEMBER', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
+local ok = 1
+if known == 0 and ARGV[6] == '0' then ok = 0 end
+return {ok, reap()}
+"""
+)
+
+# KEYS: queue, hosts, host alive, held. ARGV: host, queue TTL ms, entries to push back (in order).
+# A host that stops cleanly hands back what it holds, and leaves, in one step.
+_LEAVE_LUA = """
+for i = #ARGV, 3, -1 do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+if #ARGV >= 3 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('DEL', KEYS[4], KEYS[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def reap(store: RedisStore, pool: str) -> int:
+    """Return the held entries of ``pool``'s dead hosts to the front of its queue; how many.
+
+    Any party may call it at any time (a host's beat does, and so does a client
+    of a shared pool): a host is dead once its alive key has expired.
+    """
+    script = store.client.register_script(_REAP_LUA)
+    args = (_tag(pool), QUEUE_TTL_MS, protocol.REDELIVERED)
+    return int(script(keys=[queue_key(pool), hosts_key(pool)], args=args))
 
 
 def pack_entries(memory_mb: list[int], payloads: list[bytes]) -> list[bytes]:
@@ -174,6 +306,16 @@ class PoolHost:
         self._held = 0
         """Entries this host took from Redis and has not finished: in the inbox or running."""
         self._held_cv = threading.Condition()
+        self.host_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._held_key = held_key(name, self.host_id)
+        self._taken: dict[bytes, list[bytes]] = {}
+        """Each held entry as it is in the held list, by its payload, until acknowledged (under ``_held_cv``)."""
+        self._acks: list[bytes] = []
+        """Held entries done with, to remove from the held list (under ``_held_cv``)."""
+        client = store.client
+        self._take_script = client.register_script(_TAKE_LUA)
+        self._beat_script = client.register_script(_BEAT_LUA)
+        self._leave_script = client.register_script(_LEAVE_LUA)
         self._inbox: deque[bytes] = deque()
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._stop = threading.Event()
@@ -191,6 +333,7 @@ class PoolHost:
         self._deliveries_lock = threading.Lock()
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._env.pop("FANFLOW_SECRET", None)
+        self._env[protocol.POOL_PID_ENV] = str(os.getpid())
         self._popper: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
         self._serving: threading.Thread | None = None
@@ -235,36 +378,92 @@ class PoolHost:
     # -- popper ------------------------------------------------------------------------
     def _pop_loop(self) -> None:
         client, stop = self.store.client, self._stop
-        next_alive = 0.0
+        next_beat = 0.0
+        beaten = False
         high = HOLD * self.max_workers
         low = high // 2
+        held_keys = [self._queue, self._held_key, host_alive_key(self.name, self.host_id)]
 
         def wanted() -> bool:
             return self._held <= low or stop.is_set()
 
         while not stop.is_set():
             try:
-                if self._advertise and time.monotonic() >= next_alive and self.serving():
-                    client.set(alive_key(self.name), os.getpid(), ex=ALIVE_TTL_S)
-                    next_alive = time.monotonic() + ALIVE_EVERY_S
+                if time.monotonic() >= next_beat and self.serving():
+                    self._beat(first=not beaten)
+                    beaten = True
+                    next_beat = time.monotonic() + ALIVE_EVERY_S
+                if not beaten:  # nothing is taken before this host is in the host set: reapers must see it
+                    stop.wait(POP_TIMEOUT_S)
+                    continue
                 with self._held_cv:
                     if not self._held_cv.wait_for(wanted, POP_TIMEOUT_S) or stop.is_set():
                         continue
                     room = high - self._held
-                entries = client.lpop(self._queue, room) or []
+                entries = self._take_script(keys=held_keys, args=(room, HELD_TTL_MS)) or []
                 if not entries:
-                    got = client.blpop([self._queue], timeout=POP_TIMEOUT_S)
+                    got = client.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
                     if got is None:
                         continue
-                    entries = [got[1]]
+                    entries = [got]
                 with self._held_cv:
                     self._held += len(entries)
+                    for entry in entries:
+                        self._taken.setdefault(_payload_of(entry)[0], []).append(entry)
                 self._inbox.extend(entries)
                 self._publish_capacity()
                 self._wake_w.send_bytes(b"")
             except Exception:  # Redis away or a bug: keep the pool alive, retry shortly
                 log.exception("pool %s could not take invocations from its queue; retrying", self.name)
                 stop.wait(1.0)
+
+    def _beat(self, first: bool) -> None:
+        """Say this host is alive, and reap the held entries of hosts that are not (see the module doc)."""
+        keys_ = [self._queue, hosts_key(self.name), host_alive_key(self.name, self.host_id), self._held_key]
+        args = (_tag(self.name), QUEUE_TTL_MS, protocol.REDELIVERED, self.host_id, int(HOST_TTL_S * 1000))
+        ok, reaped = self._beat_script(keys=keys_, args=(*args, "1" if first else "0"))
+        if self._advertise:
+            self.store.client.set(alive_key(self.name), os.getpid(), ex=ALIVE_TTL_S)
+        if reaped:
+            log.warning("pool %s: %d invocations held by hosts that died went back to the queue", self.name, reaped)
+        if not ok:
+            self._forsake_inbox()
+
+    def _forsake_inbox(self) -> None:
+        """This host was taken for dead (it missed its beats for :data:`HOST_TTL_S`) and what it held went
+        back to the queue: drop the entries not started here, which another host (or this one) takes again."""
+        dropped = 0
+        while True:
+            try:
+                entry = self._inbox.popleft()
+            except IndexError:
+                break
+            self._release(_payload_of(entry)[0], acknowledge=False)
+            dropped += 1
+        log.warning(
+            "pool %s: host %s missed its beats for %.0f s and was taken for dead; %d invocations not started here "
+            "went back to the queue, and the ones running may run twice",
+            self.name,
+            self.host_id,
+            HOST_TTL_S,
+            dropped,
+        )
+
+    def _flush_acks(self) -> None:
+        """Remove the entries done with from this host's held list, in one round trip (dispatcher thread)."""
+        with self._held_cv:
+            acks, self._acks = self._acks, []
+        if not acks:
+            return
+        try:
+            pipe = self.store.client.pipeline(transaction=False)
+            for entry in acks:
+                pipe.lrem(self._held_key, 1, entry)
+            pipe.execute()
+        except Exception:  # kept for the next flush; until then a reaper would hand them back as redeliveries
+            log.exception("pool %s could not acknowledge %d finished invocations; retrying", self.name, len(acks))
+            with self._held_cv:
+                self._acks[:0] = acks
 
     # -- dispatcher ----------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -284,8 +483,9 @@ class PoolHost:
                     self._dispatch(entry)
                 except Exception as exc:  # one invocation's fault (a bug) fails its run, not the pool
                     log.exception("pool %s could not run an invocation", self.name)
-                    self._release()
+                    self._release(_payload_of(entry)[0])
                     self._chore(self._tell_run, _payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
+            self._flush_acks()
             self._retire_idle()
             self._publish_capacity()
 
@@ -334,10 +534,18 @@ class PoolHost:
         self._cold_start(memory_mb, prewarmed=True)
         self.stats["prewarmed"] += 1
 
-    def _release(self) -> None:
-        """One entry taken from the queue is done with: the popper may take more."""
+    def _release(self, payload: bytes, acknowledge: bool = True) -> None:
+        """The entry of ``payload`` taken from the queue is done with: the popper may take more, and
+        the entry leaves this host's held list at the next :meth:`_flush_acks`."""
         with self._held_cv:
             self._held -= 1
+            entries = self._taken.get(payload)
+            if entries:
+                entry = entries.pop()
+                if not entries:
+                    del self._taken[payload]
+                if acknowledge:
+                    self._acks.append(entry)
             self._held_cv.notify()
 
     def _drain_wake(self) -> None:
@@ -447,9 +655,10 @@ class PoolHost:
             self.stats["crashed"] += 1
             why = f"the worker crashed outside of its tasks: {message[1:].decode()}"
             self._chore(self._tell_run, worker.payload or b"", why, where)
+        if worker.payload is not None:
+            self._release(worker.payload)
         worker.payload = None
         worker.last_used = time.monotonic()
-        self._release()
 
     def _lost(self, worker: _Worker) -> None:
         """A worker's pipe closed: its process died, or could not be started. Settled by a chore.
@@ -486,7 +695,7 @@ class PoolHost:
         where = f"{self.name}/{worker.name}"
         try:
             if worker.launch_error is not None:
-                self._release()
+                self._release(payload)
                 self._tell_run(payload, f"the pool could not run it: {worker.launch_error}", where)
                 return
             killed = code is not None and code < 0
@@ -509,7 +718,7 @@ class PoolHost:
                 return
             with self._deliveries_lock:
                 self._deliveries.pop(digest, None)
-            self._release()
+            self._release(payload)
             self._tell_run(payload, f"{why}, {tries} times", where)
         finally:
             # After the redelivery is in the inbox: the slot is never offered twice, only briefly not at all.
@@ -563,8 +772,9 @@ class PoolHost:
         An invocation whose worker was stopped before it finished goes back to the
         front of the queue as a redelivery (its next worker takes it over), with
         the entries not started yet: another host of the pool, or this pool
-        started again, runs them. A pool that does not come back is noticed by
-        its clients, as its ``alive`` key goes now.
+        started again, runs them. The host's held list goes in the same step. A
+        pool that does not come back is noticed by its clients, as its ``alive``
+        key goes now.
         """
         for launch in self._launches:  # quick (a fork and exec); after it, every process is known
             launch.join(timeout=LAUNCH_JOIN_S)
@@ -590,12 +800,18 @@ class PoolHost:
         unfinished.extend(self._inbox)
         self._inbox.clear()
         try:
-            if unfinished:
-                self.store.client.lpush(self._queue, *reversed(unfinished))
+            leave_keys = [self._queue, hosts_key(self.name), host_alive_key(self.name, self.host_id), self._held_key]
+            self._leave_script(keys=leave_keys, args=(self.host_id, QUEUE_TTL_MS, *unfinished))
             if self._advertise:
                 self.store.client.delete(alive_key(self.name))
-        except Exception:
-            log.warning("pool %s dropped %d unfinished invocations at shutdown", self.name, len(unfinished))
+        except Exception:  # they stay in this host's held list: a reaper hands them back once its beat expires
+            log.warning(
+                "pool %s could not hand back %d unfinished invocations at shutdown; they go back to the queue "
+                "within %.0f s",
+                self.name,
+                len(unfinished),
+                HOST_TTL_S,
+            )
         self._wake_r.close()
         self._wake_w.close()
         if self._capacity is not None:

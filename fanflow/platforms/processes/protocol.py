@@ -26,10 +26,53 @@ Messages (length-framed, :mod:`multiprocessing.connection`):
 
 from __future__ import annotations
 
+import os
+import select
+import threading
+import time
+
 from fanflow.platforms.base import WORKER_ENTRY
 
-CHILD_MAIN = f"from {WORKER_ENTRY} import process_main; process_main()"
+POOL_PID_ENV = "FANFLOW_POOL_PID"
+"""The environment variable that tells a worker process its pool host's pid (see :func:`die_with_pool`)."""
+
+CHILD_MAIN = (
+    f"from fanflow.platforms.processes.protocol import die_with_pool; die_with_pool(); "
+    f"from {WORKER_ENTRY} import process_main; process_main()"
+)
 """The ``python -c`` program of a worker process; its pipe's file descriptor follows as ``argv[1]``."""
+
+_PARENT_POLL_S = 0.5
+
+
+def die_with_pool() -> None:
+    """End this worker process when its pool host dies, however it dies (SIGKILL included).
+
+    A host's held entries are handed back as redeliveries once it is dead
+    (:mod:`.pool`); a worker of the dead host still running one of them would
+    run it twice. A daemon thread waits for the host's exit: on a pidfd where
+    the system has them (Linux 5.3+: no polling, no delay), else by polling the
+    parent pid. (Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that
+    started the process ends, and the host starts workers from short-lived
+    helper threads.)
+    """
+    pool_pid = int(os.environ.get(POOL_PID_ENV, "0"))
+    if pool_pid:
+        threading.Thread(target=_watch_pool, args=(pool_pid,), name="fanflow-pool-watch", daemon=True).start()
+
+
+def _watch_pool(pool_pid: int) -> None:
+    try:
+        pidfd = os.pidfd_open(pool_pid)
+    except (AttributeError, OSError):  # no pidfds here, or the host is gone already
+        pidfd = None
+    if pidfd is not None and os.getppid() == pool_pid:
+        select.select([pidfd], [], [])  # readable once the host has exited
+    else:
+        while os.getppid() == pool_pid:
+            time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
 
 READY = b"R"
 DONE = b"D"
