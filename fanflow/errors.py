@@ -133,6 +133,11 @@ class PlatformError(FanflowError):
     """A platform could not start or invoke workers."""
 
 
+class PoolGoneError(PlatformError):
+    """No host of a pool of workers (a shared ``fanflow worker-pool``, a gateway's pool) has been alive
+    for several seconds while it holds the run's invocations: start it again, then re-run."""
+
+
 class NestedRunError(PlatformError):
     """A task started a run on the threads platform that runs it, which would wait for its own threads."""
 

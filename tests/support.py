@@ -212,8 +212,11 @@ def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[int], list[subp
     return ports, procs
 
 
-def start_gateways(count: int, max_workers: int = 2) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
-    """``count`` gateways (``fanflow gateway``) on localhost sharing :data:`GATEWAY_SECRET`; URLs and processes."""
+def start_gateways(
+    count: int, max_workers: int = 2, *options: str, ports: list[int] | None = None
+) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
+    """``count`` gateways (``fanflow gateway [options]``) on localhost sharing :data:`GATEWAY_SECRET`, on
+    ``ports`` (default: free ones); URLs and processes."""
     httpx = pytest.importorskip("httpx", reason=install_hint("http"))
     env = {
         **os.environ,
@@ -231,11 +234,12 @@ def start_gateways(count: int, max_workers: int = 2) -> tuple[list[str], list[su
             return False
 
     try:
-        for _ in range(count):
-            port = free_port()
+        for i in range(count):
+            port = ports[i] if ports else free_port()
+            command = [*_GATEWAY, "--port", str(port), "--max-workers", str(max_workers), "--idle-timeout", "30"]
             procs.append(
                 subprocess.Popen(
-                    [*_GATEWAY, "--port", str(port), "--max-workers", str(max_workers), "--idle-timeout", "30"],
+                    [*command, *options],
                     env=env,
                     stdin=subprocess.DEVNULL,
                 )

@@ -6,6 +6,9 @@ localhost, see conftest); these tests check what is specific to HTTP.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +17,17 @@ from typing import Any
 
 import pytest
 import redis
-from support import GATEWAY_SECRET, gateway_payload, inc, install_hint
+from support import (
+    GATEWAY_SECRET,
+    bump,
+    free_port,
+    gateway_payload,
+    inc,
+    install_hint,
+    start_gateways,
+    stop,
+    wait_until,
+)
 
 import fanflow
 
@@ -41,6 +54,13 @@ def needs_missing_package(x: int) -> int:
     return x
 
 
+@fanflow.task
+def counted_nap(x: int, marks: str, seconds: float) -> int:
+    """Counts its start and its end in ``marks``."""
+    bump(os.path.join(marks, f"start-{x}"))
+    time.sleep(seconds)
+    bump(os.path.join(marks, f"done-{x}"))
+    return x
 
 
 def _config(redis_url: str, urls: list[str], **kw: Any) -> fanflow.Config:
@@ -172,3 +192,91 @@ def test_workers_post_fan_outs_to_the_gateways(gateway_urls: list[str], redis_ur
     accepted = httpx.get(f"{gateway_urls[0]}/healthz").json()["accepted"] - before
     assert accepted >= 2  # the client posted the root; its worker posted a share of the fan-out to the idle slot
     assert {k for k in client.scan_iter("ff:pool:gateway-*:queue")} >= queues_before
+
+
+# -- liveness: a gateway killed with invocations in flight ------------------------------------
+def _done_counts(marks: Any, xs: list[int]) -> list[int]:
+    return [int((marks / f"done-{x}").read_text()) if (marks / f"done-{x}").exists() else 0 for x in xs]
+
+
+def _forget_pool(redis_url: str, pool: str) -> None:
+    """Delete what a killed gateway's pool left in the session's Redis (its queue, for no one)."""
+    client = redis.Redis.from_url(redis_url)
+    stale = [*client.scan_iter(match=f"ff:pool:{pool}:*"), *client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:*")]
+    if stale:
+        client.delete(*stale)
+
+
+def _in_hand(redis_url: str, pool: str) -> int:
+    """Invocations a gateway's pool has queued or holds."""
+    client = redis.Redis.from_url(redis_url)
+    held = client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:held:*")
+    return int(client.llen(f"ff:pool:{pool}:queue")) + sum(int(client.llen(k)) for k in held)
+
+
+def _three_runs(redis_url: str, urls: list[str], marks: Any) -> list[fanflow.RunFuture]:
+    """Three runs of three 1 s tasks on a one-worker gateway: one invocation runs, the others wait."""
+    marks.mkdir()
+    config = _config(redis_url, urls)
+    return [total([counted_nap(10 * r + i, str(marks), 1.0) for i in range(3)]).submit(config) for r in range(3)]
+
+
+def test_a_killed_gateway_fails_its_runs_within_seconds(redis_url: str, tmp_path: Any) -> None:
+    urls, procs = start_gateways(1, 1)
+    pool = httpx.get(f"{urls[0]}/healthz").json()["pool"]
+    try:
+        runs = _three_runs(redis_url, urls, tmp_path / "marks")
+        wait_until(lambda: _in_hand(redis_url, pool) >= 3, 30, "every run's invocations to reach the gateway")
+        procs[0].send_signal(signal.SIGKILL)
+        began = time.monotonic()
+        for future in runs:
+            with pytest.raises(fanflow.PoolGoneError, match="queue 'gateway-") as caught:
+                future.result(timeout=30)
+            assert urls[0] in str(caught.value)
+        assert time.monotonic() - began < 15.0  # the issue's bound: 4 s to hand back, 8 s of grace
+    finally:
+        stop(procs)
+        _forget_pool(redis_url, pool)
+
+
+def test_a_gateway_started_again_runs_what_the_killed_one_held(redis_url: str, tmp_path: Any) -> None:
+    port = free_port()
+    pool = f"gateway-{socket.gethostname()}-{port}"
+    urls, procs = start_gateways(1, 1, "--store", redis_url, ports=[port])
+    try:
+        runs = _three_runs(redis_url, urls, tmp_path / "marks")
+        wait_until(lambda: _in_hand(redis_url, pool) >= 3, 30, "every run's invocations to reach the gateway")
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        _, again = start_gateways(1, 1, "--store", redis_url, ports=[port])  # same host and port: same queue
+        procs += again
+        assert [f.result(timeout=60) for f in runs] == [sum(10 * r + i for i in range(3)) for r in range(3)]
+        done = _done_counts(tmp_path / "marks", [10 * r + i for r in range(3) for i in range(3)])
+        assert min(done) == 1 and sum(done) <= 9 + 2  # at most the killed invocation's finished tasks ran again
+    finally:
+        stop(procs)
+        _forget_pool(redis_url, pool)
+
+
+def test_a_gateway_sharing_its_pool_takes_over_from_a_killed_one(redis_url: str, tmp_path: Any) -> None:
+    pool = f"shared-{os.getpid()}"
+    urls, procs = start_gateways(2, 1, "--pool", pool)
+    client = redis.Redis.from_url(redis_url)
+
+    def held_by_first() -> int:
+        found = client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:held:*-{procs[0].pid}-*")
+        return sum(int(client.llen(k)) for k in found)
+
+    try:
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        config = _config(redis_url, urls)
+        runs = [total([counted_nap(10 * r + i, str(marks), 1.0) for i in range(3)]).submit(config) for r in range(4)]
+        wait_until(lambda: held_by_first() >= 2, 30, "the first gateway to hold invocations")
+        procs[0].send_signal(signal.SIGKILL)
+        assert [f.result(timeout=60) for f in runs] == [sum(10 * r + i for i in range(3)) for r in range(4)]
+        done = _done_counts(marks, [10 * r + i for r in range(4) for i in range(3)])
+        assert min(done) == 1 and sum(done) <= 12 + 2  # at most the killed invocation's finished tasks ran again
+    finally:
+        stop(procs)
+        _forget_pool(redis_url, pool)

@@ -356,20 +356,24 @@ BLOCKING_READS = {"blpop", "brpop", "blmove", "brpoplpush", "blmpop", "bzpopmin"
 
 
 def test_a_lease_renewed_as_its_task_ends_is_still_marked_done(redis_url: str) -> None:
-    store = open_store(redis_url)
+    # Its own named connections: pool hosts left by earlier tests run scripts of their own (their beats).
+    store = open_store(f"{redis_url}?client_name=renew-race")
     admin = redis.Redis.from_url(redis_url)
     lease = keys.lease("renew-race", 0)
 
-    def blocked(command: str | None = None) -> bool:
+    def blocked(command: str | None = None, name: str | None = None) -> bool:
         # A blocking read (a kept-warm pool's BLPOP from an earlier test) is not a paused write.
         return any(
-            "b" in c["flags"] and c["cmd"] not in BLOCKING_READS and command in (None, c["cmd"])
+            "b" in c["flags"]
+            and c["cmd"] not in BLOCKING_READS
+            and command in (None, c["cmd"])
+            and name in (None, c["name"])
             for c in admin.client_list()
         )
 
     admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # the first beat (after lease_ms/3) blocks
     token = heartbeat.track(store, lease, "inv-1", 300)
-    wait_until(lambda: blocked("evalsha"), 5, "the heartbeat to renew the lease")
+    wait_until(lambda: blocked("evalsha", "renew-race"), 5, "the heartbeat to renew the lease")
     if heartbeat.untrack(token):  # the task ends now, its lease's first renewal in flight
         store.end_leases([lease], 60)
     wait_until(lambda: not blocked(), 5, "the paused writes to go through")

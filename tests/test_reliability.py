@@ -294,7 +294,7 @@ def test_ctrl_c_of_fanflow_run_leaves_no_key_behind(redis_url: str, tmp_path: Pa
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert not list(client.scan_iter(match=f"ff:{{{run_id}*")), err.decode()[-2000:]
-    assert not list(client.scan_iter(match="ff:pool:*"))
+    assert not [*client.scan_iter(match="ff:pool:client-*"), *client.scan_iter(match="{ff:pool:client-*")]
 
 
 def test_run_keys_include_every_kind(redis_url: str) -> None:

@@ -28,6 +28,13 @@ def gateway(
     pool: Annotated[str | None, typer.Option(help="Queue name; gateways given the same one share their work.")] = None,
     max_workers: Annotated[int | None, typer.Option(help="Worker processes at most (default: CPU count).")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="Seconds before an idle worker process exits.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="redis://... whose queue to serve from the start (default: the config's Redis store, if any), so "
+            "a gateway started again runs what it held; other stores are served as payloads name them."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log requests and worker starts.")] = False,
 ) -> None:
     """Serve workers over HTTP: POST /invoke (signed payload, answers 202), GET /healthz."""
@@ -38,7 +45,7 @@ def gateway(
             from fanflow.platforms.http.gateway import Gateway
         except ModuleNotFoundError as exc:
             raise MissingExtraError("fanflow gateway", "http", exc.name) from exc
-        overrides = {"max_workers": max_workers, "idle_timeout_s": idle_timeout}
+        overrides = {"max_workers": max_workers, "idle_timeout_s": idle_timeout, "store": store}
         cfg = Config.load(**{k: v for k, v in overrides.items() if v is not None})
         if cfg.secret is None:
             raise ConfigError(
@@ -52,7 +59,9 @@ def gateway(
             pool=pool,
             max_workers=cfg.max_workers,
             idle_timeout_s=cfg.idle_timeout_s,
+            stores=[] if cfg.store.startswith("memory:") else [cfg.store],
         )
+        server.open_stores()
     except (FanflowError, OSError, ValueError) as exc:
         print_error(exc)
         raise typer.Exit(1) from None

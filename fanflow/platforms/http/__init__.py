@@ -27,24 +27,41 @@ Design choices:
 
 Gateways verify payloads with their own ``FANFLOW_SECRET``, so the client must
 sign with that secret: ``config.secret`` is required.
+
+**Liveness** (:meth:`HttpPlatform.check_serving`, asked by the waiting client
+every 0.5 s). A gateway queues what it accepts in the run's store, and its
+pool host holds what it takes in a held list there (see
+:mod:`fanflow.platforms.processes.pool`), so the client judges gateways by the
+store, not by HTTP: it learns each gateway's pool from ``GET /healthz``, hands
+back what dead hosts held (``reap``), and fails the run with
+:class:`fanflow.PoolGoneError` once a pool has had no live host for
+``POOL_GONE_S`` (8 s) while invocations wait in its queue. A gateway that
+comes back in time (started with ``--store``, it serves the queue at once),
+or another gateway sharing its ``--pool``, runs them instead; a dead gateway
+whose queue is empty costs nothing, as the others take new posts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from fanflow.config import Config
-from fanflow.errors import ConfigError, PlatformError
+from fanflow.config import Config, mask_url
+from fanflow.errors import ConfigError, PlatformError, PoolGoneError
 from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.http.protocol import BATCH_TYPE, frame
-from fanflow.platforms.processes import capacity
+from fanflow.platforms.processes import POOL_GONE_S, capacity
+from fanflow.platforms.processes.pool import pool_state
+from fanflow.store import open_store
+from fanflow.store.redis import RedisStore
 
 __all__ = ["HttpPlatform", "client_platform", "parse_endpoints", "worker_platform"]
 
@@ -57,6 +74,8 @@ RETRIES = 5
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0
 REQUEST_TIMEOUT_S = 30.0
+HEALTH_TIMEOUT_S = 0.5
+"""How long the liveness check waits for a gateway's ``GET /healthz`` while it learns its pool."""
 
 BATCH_MAX_BYTES = 4 * 1024 * 1024
 """Payload bytes per batched request at most (well below the gateway's body limit)."""
@@ -109,8 +128,20 @@ class HttpPlatform:
     name = "http"
     in_process = False
 
-    def __init__(self, endpoints: Sequence[str], *, max_in_flight: int = MAX_IN_FLIGHT, retries: int = RETRIES) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        retries: int = RETRIES,
+        store: RedisStore | None = None,
+    ) -> None:
         self.endpoints = list(endpoints)
+        self._store = store
+        """The runs' store, where gateways queue: the client's liveness check reads it (None in workers)."""
+        self._pools: dict[str, str] = {}
+        """Each gateway's pool (queue) name, by base URL, as its ``/healthz`` says."""
+        self._gone_since: dict[str, float] = {}
         self.options: dict[str, Any] = {"endpoints": self.endpoints}
         self._retries = retries
         self._max_in_flight = max_in_flight
@@ -214,20 +245,61 @@ class HttpPlatform:
 
     async def _check_health(self) -> None:
         client, _ = self._session()
-        problems = []
-        for base in self.endpoints:
+
+        async def one(base: str) -> str | None:
             try:
                 response = await client.get(f"{base}/healthz", timeout=5.0)
             except httpx.TransportError as exc:
-                problems.append(f"{base}: {type(exc).__name__}")
-                continue
-            if response.status_code == 200:
-                return
-            problems.append(f"{base}: HTTP {response.status_code}")
+                return f"{base}: {type(exc).__name__}"
+            if response.status_code != 200:
+                return f"{base}: HTTP {response.status_code}"
+            self._learn_pool(base, response)
+            return None
+
+        problems = await asyncio.gather(*(one(b) for b in self.endpoints))
+        if any(p is None for p in problems):
+            return
         raise PlatformError(
-            f"no fanflow gateway is healthy ({'; '.join(problems)}): start one with `fanflow gateway` "
-            "(same FANFLOW_SECRET as the client) or fix config.endpoints"
+            f"no fanflow gateway is healthy ({'; '.join(p for p in problems if p)}): start one with "
+            "`fanflow gateway` (same FANFLOW_SECRET as the client) or fix config.endpoints"
         )
+
+    def _learn_pool(self, base: str, health: httpx.Response) -> None:
+        """Note the pool a gateway's ``/healthz`` names, for the liveness check."""
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # not a gateway's answer: asked again later
+            self._pools[base] = str(health.json()["pool"])
+
+    def check_serving(self) -> None:
+        """Liveness: raise :class:`PoolGoneError` when a gateway's pool has had no live host for
+        ``POOL_GONE_S`` while invocations wait in its queue (see the module doc)."""
+        if self._store is None:
+            return
+        if len(self._pools) < len(self.endpoints):
+            self._call(self._learn_pools())
+        now = time.monotonic()
+        for pool in sorted(set(self._pools.values())):
+            alive, queued = pool_state(self._store, pool)
+            if alive:
+                self._gone_since.pop(pool, None)
+                continue
+            since = self._gone_since.setdefault(pool, now)
+            if queued and now - since >= POOL_GONE_S:
+                gateways = ", ".join(base for base, p in self._pools.items() if p == pool)
+                raise PoolGoneError(
+                    f"the gateway at {gateways} (queue {pool!r}) has been gone for {now - since:.0f} s with "
+                    f"{queued} invocations queued in {mask_url(self._store.url)}: start it again (with --store, "
+                    "so that it serves its queue at once) or give gateways a shared --pool so that another "
+                    "takes them over, then re-run"
+                )
+
+    async def _learn_pools(self) -> None:
+        client, _ = self._session()
+
+        async def one(base: str) -> None:
+            with contextlib.suppress(httpx.TransportError):  # not up (yet): asked again at the next check
+                self._learn_pool(base, await client.get(f"{base}/healthz", timeout=HEALTH_TIMEOUT_S))
+
+        await asyncio.gather(*(one(b) for b in self.endpoints if b not in self._pools))
 
     def missing_requirements(self, specs: Sequence[str]) -> list[str]:
         """Ask a gateway which of ``specs`` its workers lack (they run in the gateway's environment)."""
@@ -267,7 +339,8 @@ def client_platform(config: Config) -> HttpPlatform:
             "platform 'http': the gateways verify payloads with their FANFLOW_SECRET, so set config.secret "
             "(or FANFLOW_SECRET) to the same secret here"
         )
-    platform = HttpPlatform(parse_endpoints(config.endpoints))
+    store = open_store(config.store)
+    platform = HttpPlatform(parse_endpoints(config.endpoints), store=store if isinstance(store, RedisStore) else None)
     try:
         platform.check_health()
     except PlatformError:

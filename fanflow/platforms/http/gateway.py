@@ -27,7 +27,17 @@ replica accepted. Without ``--pool`` each gateway has its own queue, named after
 its host and port so that a restarted gateway finds what it left.
 
 One pool host runs per store URL seen in payloads (normally one): the payload
-is signed, so the store it names is trusted.
+is signed, so the store it names is trusted. A gateway given stores at start
+(``--store``, or ``store`` in its config) serves their queues at once, so one
+started again after a crash (same host and port, or the same ``--pool``) runs
+what it and its dead predecessor held before any new post arrives.
+
+Each pool host holds what it took in its held list in the store and beats
+there (see :mod:`fanflow.platforms.processes.pool`): when a gateway dies, a
+live host of the same pool (another gateway with the same ``--pool``, or the
+gateway started again) hands its invocations back to the queue and runs them,
+and the runs' clients, which watch the pool's ``alive`` key, fail their runs
+with :class:`fanflow.PoolGoneError` if nobody does within seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -75,8 +86,10 @@ class Gateway:
         pool: str | None = None,
         max_workers: int | None = None,
         idle_timeout_s: float = 60.0,
+        stores: Sequence[str] = (),
     ) -> None:
         self._secret = secret
+        self._stores = list(stores)
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
         self._server.gateway = self  # type: ignore[attr-defined]
@@ -162,7 +175,12 @@ class Gateway:
                         "(store='redis://...' or 'redis+cluster://...')"
                     )
                 host = PoolHost(
-                    store, self.pool, self._secret, max_workers=self._max_workers, idle_timeout_s=self._idle_timeout_s
+                    store,
+                    self.pool,
+                    self._secret,
+                    max_workers=self._max_workers,
+                    idle_timeout_s=self._idle_timeout_s,
+                    advertise=True,  # the runs' clients watch the pool (HttpPlatform.check_serving)
                 )
                 host.start()
                 found = self._hosts[store_url] = (store, host)
@@ -172,11 +190,17 @@ class Gateway:
     def serve(self) -> None:
         """Serve until :meth:`stop`; then stop the pools, waiting for running workers."""
         try:
+            self.open_stores()
             self._server.serve_forever(poll_interval=0.2)
         finally:
             self._server.server_close()
             for _, host in list(self._hosts.values()):
                 host.close()
+
+    def open_stores(self) -> None:
+        """Serve the queues of the stores given at start now (once); raises :class:`FanflowError`."""
+        for url in self._stores:
+            self._pool_for(url)
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, benchmarks)."""

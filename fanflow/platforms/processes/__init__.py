@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from fanflow.config import Config, mask_url, signing_secret
-from fanflow.errors import ConfigError, PlatformError
+from fanflow.errors import ConfigError, PlatformError, PoolGoneError
 from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.invocation import peek
 from fanflow.platforms.processes import capacity
-from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, push, queue_key, reap
+from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, pool_state, push, queue_key
 from fanflow.store import open_store
 from fanflow.store.redis import RedisStore
 
@@ -94,7 +94,8 @@ class ProcessesPlatform:
         return True
 
     def check_serving(self) -> None:
-        """Liveness: raise :class:`PlatformError` when the pool no longer runs invocations.
+        """Liveness: raise :class:`PlatformError` when the pool no longer runs invocations
+        (:class:`PoolGoneError` for a shared pool).
 
         The client's own pool: its host stopped or its dispatcher broke. A shared
         pool: no host of it has been alive (its ``alive`` key) for ``POOL_GONE_S``.
@@ -106,15 +107,15 @@ class ProcessesPlatform:
             if not self.host.serving():
                 raise PlatformError(f"the worker pool {self.pool!r} this client started has stopped")
             return
-        reap(self._store, self.pool)
-        if self._store.client.exists(alive_key(self.pool)):
+        alive, _ = pool_state(self._store, self.pool)
+        if alive:
             self._gone_since = None
             return
         now = time.monotonic()
         if self._gone_since is None:
             self._gone_since = now
         if now - self._gone_since >= POOL_GONE_S:
-            raise PlatformError(
+            raise PoolGoneError(
                 f"the worker pool {self.pool!r} on {mask_url(self._store.url)} is gone (stopped or killed) with "
                 f"invocations in flight; start `fanflow worker-pool --name {self.pool}` again and re-run"
             )

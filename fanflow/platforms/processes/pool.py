@@ -245,6 +245,17 @@ def reap(store: RedisStore, pool: str) -> int:
     return int(script(keys=[queue_key(pool), hosts_key(pool)], args=args))
 
 
+def pool_state(store: RedisStore, pool: str) -> tuple[bool, int]:
+    """Reap ``pool``'s dead hosts (:func:`reap`), then: whether a host of it advertises itself alive,
+    and how many invocations wait in its queue."""
+    reap(store, pool)
+    pipe = store.client.pipeline(transaction=False)
+    pipe.exists(alive_key(pool))
+    pipe.llen(queue_key(pool))
+    alive, queued = pipe.execute()
+    return bool(alive), int(queued)
+
+
 def pack_entries(memory_mb: list[int], payloads: list[bytes]) -> list[bytes]:
     """Queue entries: ``memory_mb`` as 4 bytes, then the signed payload."""
     return [_ENTRY.pack(mb) + p for mb, p in zip(memory_mb, payloads, strict=True)]
