@@ -436,8 +436,8 @@ def hosts_on(marks: Path) -> dict[int, set[int]]:
     return found
 
 
-def counts(marks: Path, what: str, n: int) -> list[int]:
-    return [int((marks / f"{what}-{x}").read_text()) if (marks / f"{what}-{x}").exists() else 0 for x in range(n)]
+def counts_of(marks: Path, what: str, xs: list[int]) -> list[int]:
+    return [int((marks / f"{what}-{x}").read_text()) if (marks / f"{what}-{x}").exists() else 0 for x in xs]
 
 
 def pid_gone(pid: int) -> bool:
@@ -448,25 +448,34 @@ def pid_gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+def many_runs(config: fanflow.Config, marks: Path, runs: int) -> list[fanflow.RunFuture]:
+    """``runs`` runs of two 1 s tasks (task ``10 * run + i``): a client of a shared pool starts each run's
+    roots in one invocation, so the pool's hosts each run one and hold the others."""
+    marks.mkdir()
+    return [total([marked_nap(10 * r + i, str(marks), 1.0) for i in range(2)]).submit(config) for r in range(runs)]
+
+
+def check_results(futures: list[fanflow.RunFuture], marks: Path) -> list[int]:
+    """Every run's result; each task's count of finished runs."""
+    assert [f.result(timeout=LIVENESS_S * 2) for f in futures] == [20 * r + 1 for r in range(len(futures))]
+    return counts_of(marks, "done", [10 * r + i for r in range(len(futures)) for i in range(2)])
+
+
 def test_a_host_killed_while_another_host_of_its_pool_lives_has_its_invocations_redelivered(
     redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     first = shared_pool("two-hosts", max_workers=1)
     second = shared_pool("two-hosts", max_workers=1)
     marks = tmp_path / "marks"
-    marks.mkdir()
-    n = 12
-    # Twelve short roots on two hosts of one worker each: each host runs one and holds up to three more.
-    future = total([marked_nap(i, str(marks), 1.0) for i in range(n)]).submit(shared(redis_url, "two-hosts"))
+    futures = many_runs(shared(redis_url, "two-hosts"), marks, 8)
     wait_until(lambda: first.pid in hosts_on(marks), 30, "the first host to start a task")
     wait_until(lambda: held_by(client, "two-hosts", first.pid) >= 2, 10, "the first host to hold entries")
     first.send_signal(signal.SIGKILL)  # the host process alone: its worker must die with it
     for worker in hosts_on(marks)[first.pid]:
         wait_until(lambda w=worker: pid_gone(w), 5, f"worker process {worker} to die with its host")
-    assert future.result(timeout=LIVENESS_S * 2) == sum(range(n))
-    starts, ends = counts(marks, "start", n), counts(marks, "done", n)
-    assert ends == [1] * n  # each task finished once: the killed one's first run never ended
-    assert sum(starts) <= n + 1  # only the one the killed host was running started twice
+    done = check_results(futures, marks)
+    # Each task finished; again only if the killed host's worker had finished it in the invocation it lost.
+    assert min(done) == 1 and sum(done) <= len(done) + 1
     assert second.poll() is None
     # What the live host finished left its held list: a later death of it hands back nothing that ran.
     wait_until(lambda: held_by(client, "two-hosts", second.pid) == 0, 5, "the live host's held list to empty")
@@ -477,16 +486,14 @@ def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
 ) -> None:
     pool = shared_pool("restart-host", max_workers=1)
     marks = tmp_path / "marks"
-    marks.mkdir()
-    n = 6
-    future = total([marked_nap(i, str(marks), 0.5) for i in range(n)]).submit(shared(redis_url, "restart-host"))
+    futures = many_runs(shared(redis_url, "restart-host"), marks, 4)
     wait_until(lambda: pool.pid in hosts_on(marks), 30, "the host to start a task")
     wait_until(lambda: held_by(client, "restart-host", pool.pid) >= 2, 10, "the host to hold entries")
     pool.send_signal(signal.SIGKILL)
     pool.wait(timeout=10)
     shared_pool("restart-host", max_workers=1)  # well within the client's POOL_GONE_S
-    assert future.result(timeout=LIVENESS_S * 2) == sum(range(n))
-    assert counts(marks, "done", n) == [1] * n
+    done = check_results(futures, marks)
+    assert min(done) == 1 and sum(done) <= len(done) + 1
     assert held_by(client, "restart-host", pool.pid) == 0
 
 

@@ -76,10 +76,14 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
+from typing import Any
+
+from redis.commands.core import Script
 
 from fanflow.errors import PayloadRejectedError
 from fanflow.platforms.invocation import run_id_of, verify
@@ -234,13 +238,18 @@ return 1
 """
 
 
+_reapers: weakref.WeakKeyDictionary[Any, Script] = weakref.WeakKeyDictionary()
+
+
 def reap(store: RedisStore, pool: str) -> int:
     """Return the held entries of ``pool``'s dead hosts to the front of its queue; how many.
 
     Any party may call it at any time (a host's beat does, and so does a client
     of a shared pool): a host is dead once its alive key has expired.
     """
-    script = store.client.register_script(_REAP_LUA)
+    script = _reapers.get(store.client)
+    if script is None:  # once per client: a cluster client keeps every script registered on it
+        script = _reapers[store.client] = store.client.register_script(_REAP_LUA)
     args = (_tag(pool), QUEUE_TTL_MS, protocol.REDELIVERED)
     return int(script(keys=[queue_key(pool), hosts_key(pool)], args=args))
 
