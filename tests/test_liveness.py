@@ -497,6 +497,29 @@ def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
     assert held_by(client, "restart-host", pool.pid) == 0
 
 
+def test_a_host_stalled_past_its_beats_is_taken_for_dead_and_comes_back(
+    redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    first = shared_pool("stalled-host", max_workers=1)
+    second = shared_pool("stalled-host", max_workers=1)
+    marks = tmp_path / "marks"
+    futures = many_runs(shared(redis_url, "stalled-host"), marks, 8)
+    wait_until(lambda: held_by(client, "stalled-host", first.pid) >= 2, 30, "the first host to hold entries")
+    first.send_signal(signal.SIGSTOP)  # the host alone: its worker goes on with its invocation
+    try:
+        wait_until(lambda: held_by(client, "stalled-host", first.pid) == 0, 15, "the stalled host's entries to go back")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    done = check_results(futures, marks)
+    # Every task finished; twice at most the two of the invocation its worker was running when taken for dead.
+    assert min(done) == 1 and sum(done) <= len(done) + 2
+    assert first.poll() is None and second.poll() is None
+    alive = f"{{ff:pool:stalled-host:queue}}:host:*-{first.pid}-*"
+    wait_until(lambda: list(client.scan_iter(match=alive)), 5, "the stalled host to beat again")
+    # Nothing it took after the reap was dropped: its held list empties as it finishes them.
+    wait_until(lambda: held_by(client, "stalled-host", first.pid) == 0, 10, "the stalled host's held list to empty")
+
+
 # -- 9. nothing starts for a run that ended ------------------------------------------------------
 def test_invocations_queued_when_their_run_is_cancelled_run_nothing(
     redis_url: str, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]

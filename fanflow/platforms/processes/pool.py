@@ -451,13 +451,19 @@ class PoolHost:
 
     def _forsake_inbox(self) -> None:
         """This host was taken for dead (it missed its beats for :data:`HOST_TTL_S`) and what it held went
-        back to the queue: drop the entries not started here, which another host (or this one) takes again."""
+        back to the queue: drop the entries not started here, which another host (or this one) takes again.
+
+        An entry a blocking move took after the reap is in the new held list, not back in the queue: it stays.
+        """
+        kept = set(self.store.client.lrange(self._held_key, 0, -1))
         dropped = 0
-        while True:
+        for entry in list(self._inbox):
+            if entry in kept:
+                continue
             try:
-                entry = self._inbox.popleft()
-            except IndexError:
-                break
+                self._inbox.remove(entry)
+            except ValueError:  # the dispatcher started it meanwhile: it runs here too
+                continue
             self._release(_payload_of(entry)[0], acknowledge=False)
             dropped += 1
         log.warning(
