@@ -461,15 +461,23 @@ def check_results(futures: list[fanflow.RunFuture], marks: Path) -> list[int]:
     return counts_of(marks, "done", [10 * r + i for r in range(len(futures)) for i in range(2)])
 
 
+def hosts_holding(
+    start: Callable[..., subprocess.Popen[bytes]], redis_url: str, tmp_path: Path, name: str, hosts: int, runs: int
+) -> tuple[list[subprocess.Popen[bytes]], Path, list[fanflow.RunFuture]]:
+    """``hosts`` one-worker hosts of pool ``name`` serving :func:`many_runs`, once the first holds two or more."""
+    procs = [start(name, max_workers=1) for _ in range(hosts)]
+    marks = tmp_path / "marks"
+    futures = many_runs(shared(redis_url, name), marks, runs)
+    client = redis.Redis.from_url(redis_url)
+    wait_until(lambda: held_by(client, name, procs[0].pid) >= 2, 30, "the first host to hold entries")
+    return procs, marks, futures
+
+
 def test_a_host_killed_while_another_host_of_its_pool_lives_has_its_invocations_redelivered(
     redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    first = shared_pool("two-hosts", max_workers=1)
-    second = shared_pool("two-hosts", max_workers=1)
-    marks = tmp_path / "marks"
-    futures = many_runs(shared(redis_url, "two-hosts"), marks, 8)
+    (first, second), marks, futures = hosts_holding(shared_pool, redis_url, tmp_path, "two-hosts", 2, 8)
     wait_until(lambda: first.pid in hosts_on(marks), 30, "the first host to start a task")
-    wait_until(lambda: held_by(client, "two-hosts", first.pid) >= 2, 10, "the first host to hold entries")
     first.send_signal(signal.SIGKILL)  # the host process alone: its worker must die with it
     for worker in hosts_on(marks)[first.pid]:
         wait_until(lambda w=worker: pid_gone(w), 5, f"worker process {worker} to die with its host")
@@ -484,11 +492,7 @@ def test_a_host_killed_while_another_host_of_its_pool_lives_has_its_invocations_
 def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
     redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    pool = shared_pool("restart-host", max_workers=1)
-    marks = tmp_path / "marks"
-    futures = many_runs(shared(redis_url, "restart-host"), marks, 4)
-    wait_until(lambda: pool.pid in hosts_on(marks), 30, "the host to start a task")
-    wait_until(lambda: held_by(client, "restart-host", pool.pid) >= 2, 10, "the host to hold entries")
+    (pool,), marks, futures = hosts_holding(shared_pool, redis_url, tmp_path, "restart-host", 1, 4)
     pool.send_signal(signal.SIGKILL)
     pool.wait(timeout=10)
     shared_pool("restart-host", max_workers=1)  # well within the client's POOL_GONE_S
@@ -500,11 +504,7 @@ def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
 def test_a_host_stalled_past_its_beats_is_taken_for_dead_and_comes_back(
     redis_url: str, client: redis.Redis, tmp_path: Path, shared_pool: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
-    first = shared_pool("stalled-host", max_workers=1)
-    second = shared_pool("stalled-host", max_workers=1)
-    marks = tmp_path / "marks"
-    futures = many_runs(shared(redis_url, "stalled-host"), marks, 8)
-    wait_until(lambda: held_by(client, "stalled-host", first.pid) >= 2, 30, "the first host to hold entries")
+    (first, second), marks, futures = hosts_holding(shared_pool, redis_url, tmp_path, "stalled-host", 2, 8)
     first.send_signal(signal.SIGSTOP)  # the host alone: its worker goes on with its invocation
     try:
         wait_until(lambda: held_by(client, "stalled-host", first.pid) == 0, 15, "the stalled host's entries to go back")
