@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import wait_until
 
-from fanflow.platforms.processes.cgroups import Cgroups
+from fanflow.platforms.processes.cgroups import Cgroups, remove_stale
 
 
 def _alive(pid: int) -> bool:
@@ -35,12 +35,15 @@ def writable() -> None:
 
 def test_a_killed_pools_cgroups_are_removed_when_a_pool_starts(writable: None) -> None:
     pool = f"killed-{uuid.uuid4().hex[:6]}"
+    # Every pool starting on this machine removes the stale "fanflow-" groups: under a prefix of its own,
+    # the killed pool's groups are still there when this test's fresh pool starts, whoever else runs pools.
+    prefix = f"fanflowtest{uuid.uuid4().hex[:6]}"
     # A pool process that limits one worker process, then is SIGKILLed with it: nothing closes its groups.
     script = textwrap.dedent(
         f"""
         import subprocess, sys
         from fanflow.platforms.processes.cgroups import Cgroups
-        groups = Cgroups({pool!r})
+        groups = Cgroups({pool!r}, prefix={prefix!r})
         worker = subprocess.Popen(["sleep", "300"])
         groups.place(worker.pid, "w-1", 256)
         print(worker.pid, *groups._parents, sep="\\n", flush=True)
@@ -57,14 +60,17 @@ def test_a_killed_pools_cgroups_are_removed_when_a_pool_starts(writable: None) -
     os.kill(worker, signal.SIGKILL)
     proc.kill()
     proc.wait(timeout=10)
-    # reaped by init once its parent is gone
-    wait_until(lambda: not _alive(worker), 10, "the killed worker process to go away")
-    assert all(p.is_dir() and (p / "w-1").is_dir() for p in parents)  # left behind
-
-    fresh = Cgroups(f"fresh-{uuid.uuid4().hex[:6]}")  # what a pool does when it starts
     try:
-        assert fresh.available
-        assert not any(p.exists() for p in parents)
-        assert all(p.is_dir() for p in fresh._parents)  # its own groups are made as usual
+        # reaped by init once its parent is gone
+        wait_until(lambda: not _alive(worker), 10, "the killed worker process to go away")
+        assert all(p.is_dir() and (p / "w-1").is_dir() for p in parents)  # left behind
+
+        fresh = Cgroups(f"fresh-{uuid.uuid4().hex[:6]}", prefix=prefix)  # what a pool does when it starts
+        try:
+            assert fresh.available
+            assert not any(p.exists() for p in parents)
+            assert all(p.is_dir() for p in fresh._parents)  # its own groups are made as usual
+        finally:
+            fresh.close()
     finally:
-        fresh.close()
+        remove_stale({p.parent for p in parents}, prefix)  # no later pool looks for this prefix: clean up

@@ -13,9 +13,11 @@ root, so the limits of whoever started fanflow still apply to its workers. The
 pool's groups sit under one parent per pool (``fanflow-<pool>-<pid>``), removed
 when the pool closes. A pool that is SIGKILLed never closes them, so every pool
 removes, when it starts, the empty groups of pools whose process is gone
-(:func:`remove_stale`). Where cgroups are not writable (no root, read-only mount,
-v2 without delegated controllers) workers run unthrottled, and the first pool
-of the process logs ONE warning saying so.
+(:func:`remove_stale`), among those of its own prefix (``fanflow`` unless given:
+a test of that cleanup names its pools apart, so that no other pool starting on
+the machine cleans up first). Where cgroups are not writable (no root, read-only
+mount, v2 without delegated controllers) workers run unthrottled, and the first
+pool of the process logs ONE warning saying so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fanflow.platforms.sizing import MB_PER_VCPU
 
 log = logging.getLogger(__name__)
 
+PREFIX = "fanflow"
 PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000
 ROOT = Path("/sys/fs/cgroup")
@@ -89,18 +92,19 @@ class Cgroups:
     The parent's CPU weight is ``processes`` times the default (v1 ``cpu.shares``,
     v2 ``cpu.weight``): under contention a group competes as ONE entity with
     every process beside it, so at the default weight all of a pool's workers
-    together would get the share of a single process.
+    together would get the share of a single process. The groups are named
+    ``<prefix>-<pool>-<pid>``; starting, it removes stale groups of that prefix.
     """
 
-    def __init__(self, pool: str, processes: int = 1) -> None:
+    def __init__(self, pool: str, processes: int = 1, prefix: str = PREFIX) -> None:
         self._groups: list[Path] = []
         self._lock = threading.Lock()
         """The pool places and removes groups from several threads at once (its launches and reaps)."""
         self.available = False
         try:
             layout = _detect()
-            remove_stale((layout.cpu_dir, layout.memory_dir))
-            name = f"fanflow-{pool}-{os.getpid()}"
+            remove_stale((layout.cpu_dir, layout.memory_dir), prefix)
+            name = f"{prefix}-{pool}-{os.getpid()}"
             if layout.v2:
                 self._parents = [_mkdir(layout.cpu_dir / name)]
                 if not {"cpu", "memory"} <= set((self._parents[0] / "cgroup.controllers").read_text().split()):
@@ -170,8 +174,8 @@ class Cgroups:
         self.available = False
 
 
-def remove_stale(dirs: Iterable[Path]) -> int:
-    """Remove the groups of pools whose process is gone (``fanflow-<pool>-<pid>``); how many went.
+def remove_stale(dirs: Iterable[Path], prefix: str = PREFIX) -> int:
+    """Remove the groups of pools whose process is gone (``<prefix>-<pool>-<pid>``); how many went.
 
     Only empty groups can be removed (the kernel refuses a group with processes
     or children), so a live pool's groups stay even where its pid is not visible
@@ -180,7 +184,7 @@ def remove_stale(dirs: Iterable[Path]) -> int:
     removed = 0
     for base in dict.fromkeys(dirs):
         try:
-            parents = [p for p in base.glob("fanflow-*") if p.is_dir()]
+            parents = [p for p in base.glob(f"{prefix}-*") if p.is_dir()]
         except OSError:
             continue
         for parent in parents:
