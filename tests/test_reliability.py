@@ -107,7 +107,9 @@ def test_only_allowed_exceptions_are_retried(run_config: fanflow.Config, tmp_pat
     assert bump(str(tmp_path / "n"), 0) == 1
 
 
-def test_failure_reaches_the_client_within_a_second(run_config: fanflow.Config, tmp_path: Path) -> None:
+def test_failure_reaches_the_client_without_waiting_for_a_lease_or_a_retry(
+    run_config: fanflow.Config, tmp_path: Path
+) -> None:
     stamp = tmp_path / "failed_at"
     sink = add(fails_at(str(stamp)), slow_inc(1, 0.0))
     with pytest.raises(fanflow.TaskFailedError) as info:
