@@ -271,6 +271,28 @@ def test_trace_round_trips_any_events() -> None:
         {"kind": "k", "x": 1.0},
         {"kind": "k", "x": 2.5},
     ]
+    # long columns become arrays and string tables; values a column cannot hold keep it a list
+    long = [
+        {
+            "kind": "task_finished",
+            "task": i,
+            "t": 1.0 + i / 7,
+            "cold": i % 2 == 0,
+            "worker": f"w{i % 5}",
+            "exec_s": None if i == 50 else 0.5 * i,
+            "out_bytes": "1.5" if i == 60 else i,
+            "huge": 2**70 + i,
+            "mixed": 1 if i % 3 else 2.5,
+        }
+        for i in range(100)
+    ]
+    table = EventTable.of(long)
+    columns = table.groups[0].columns
+    assert isinstance(columns["t"], np.ndarray) and isinstance(columns["cold"], np.ndarray)
+    assert isinstance(columns["exec_s"], list) and isinstance(columns["out_bytes"], list)
+    back = decode_trace(encode_trace(functions, task_of, counts, deps, [], [], table)).table.events()
+    assert back == long  # 1 == 1.0: the mixed column comes back as floats
+    assert {type(e["mixed"]) for e in back} == {float} and back[60]["out_bytes"] == "1.5"
     with pytest.raises(MetadataError, match="damaged"):
         decode_trace(blob[:-10])
     with pytest.raises(MetadataError, match="not a run trace"):

@@ -24,7 +24,7 @@ import numpy as np
 from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata.base import Summary, SummaryKey
-from fanflow.store.metadata.trace import EventTable
+from fanflow.store.metadata.trace import EventTable, Strings
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
 
@@ -113,8 +113,14 @@ def _workers(table: EventTable) -> tuple[int, int] | None:
     """(workers seen, cold starts) as the records count them; None when a worker started twice."""
     cold = 0
     for g in table.of_kind("worker_started"):
-        flags, ids = g.values("cold"), g.values("worker")
-        if set(map(type, flags)) - {bool} or len(set(ids)) != len(ids) or len(ids) != g.size:
+        flags, ids = g.columns.get("cold"), g.columns.get("worker")
+        if isinstance(flags, np.ndarray) and flags.dtype.kind == "b" and isinstance(ids, Strings):
+            if len(ids.values) != g.size:  # a worker started twice
+                return None
+            cold += int(flags.sum())
+            continue
+        flags, names = g.values("cold"), g.values("worker")  # a short column is a list
+        if set(map(type, flags)) - {bool} or len(set(names)) != len(names) or len(names) != g.size:
             return None
         cold += sum(flags)
     return len(table.workers()), cold

@@ -121,25 +121,27 @@ def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> 
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
     events: list[dict[str, Any]] = []
-    kinds: Counter[Any] = Counter()
+    kinds: list[Any] = []  # each event's kind (None where it has none)
+    counts: Counter[Any] = Counter()
     table: EventTable | None = None
     after = "0"
     while True:
         new, after = store.read_event_list(stream, after)
         if new:
             events.extend(new)
-            kinds.update(map(dict.get, new, repeat("kind")))
+            kinds.extend(map(dict.get, new, repeat("kind")))
+            counts.update(kinds[len(kinds) - len(new) :])
             table = None
-        may_be_complete = kinds["worker_stopped"] >= kinds["worker_started"] and (
-            kinds["task_finished"] >= n_tasks or not succeeded
+        may_be_complete = counts["worker_stopped"] >= counts["worker_started"] and (
+            counts["task_finished"] >= n_tasks or not succeeded
         )
         if may_be_complete and table is None:
-            table = EventTable.of(events)
+            table = EventTable.of(events, kinds)
             if _complete(table, n_tasks, succeeded):
                 return events, table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
-            return events, table if table is not None else EventTable.of(events)
+            return events, table if table is not None else EventTable.of(events, kinds)
         time.sleep(_POLL_S)
 
 

@@ -9,8 +9,9 @@ Events are grouped by kind (and, when events of one kind carry different
 fields, by their field names too), so a group's ``kind`` is one value; each
 group keeps one column per field:
 
-- numbers or booleans as a little-endian numpy array (a column that mixes
-  ints and floats comes back as floats);
+- numbers or booleans as a little-endian numpy array (a column of floats that
+  holds ints or bools gives them back as floats, a column of ints its bools as
+  ints; a float among ints keeps the column a list);
 - strings as a list of the distinct values plus an index per event;
 - anything else (lists, ``None``, mixed types) as a JSON list.
 
@@ -19,14 +20,19 @@ stream's order. The DAG part holds each task function once (``[name,
 identity]``), per task its function index, and the upstream ids as counts plus
 one flat array.
 
-Layout: ``MAGIC``, then ``z`` and the zlib of the body, or ``r`` and the body
-itself when it is small; the body is a 4-byte little-endian header length, the
-JSON header, then the buffers. The header names every array's dtype, offset and length, so
-nothing here unpickles or evaluates stored bytes.
+Layout: ``MAGIC``; ``z`` and a zlib-compressed body, or ``r`` and the body
+itself when it is small, after its 4-byte little-endian length; then the float
+arrays, uncompressed: zlib spent half its time on them (a TR-8192 run's 850 KB
+of floats would shrink to 220 KB; recording cost matters more than that). The
+body is a 4-byte header length, the JSON header, then the other arrays. The
+header names every array's dtype, buffer and length, so nothing here unpickles
+or evaluates stored bytes.
 """
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
 import operator
 import struct
@@ -145,13 +151,16 @@ class EventTable:
         return out
 
     @classmethod
-    def of(cls, events: Sequence[Mapping[str, Any]]) -> EventTable:
-        """Columns of ``events`` (every event must be a mapping with string keys)."""
+    def of(cls, events: Sequence[Mapping[str, Any]], kinds: list[Any] | None = None) -> EventTable:
+        """Columns of ``events`` (every event must be a mapping with string keys).
+
+        ``kinds``: each event's ``kind``, when the caller read them already.
+        """
         if not events:
             return cls([], np.zeros(0, dtype=np.int32))
         try:
-            codes, distinct = _codes(list(map(operator.itemgetter("kind"), events)))
-            by_kind = True
+            codes, distinct = _codes(kinds if kinds is not None else list(map(operator.itemgetter("kind"), events)))
+            by_kind = None not in distinct
         except (KeyError, TypeError):  # an event without a kind, or an odd one: by kind text and field names
             codes, distinct = _codes([(repr(e.get("kind")), tuple(e)) for e in events])
             by_kind = False
@@ -197,13 +206,14 @@ def encode_trace(
     table: EventTable,
 ) -> bytes:
     """The blob of one run (see the module docstring)."""
-    buffers: list[bytes] = []
+    packed: list[bytes] = []  # compressed with the header
+    plain: list[bytes] = []  # floats: not compressed (module docstring)
 
     def put(arr: np.ndarray) -> dict[str, Any]:
         arr = _narrow(arr)
-        data = arr.tobytes()
-        buffers.append(data)
-        return {"dtype": arr.dtype.str, "buffer": len(buffers) - 1}
+        to = plain if arr.dtype.kind == "f" else packed
+        to.append(arr.tobytes())
+        return {"dtype": arr.dtype.str, "buffer": len(to) - 1, "plain": to is plain}
 
     strings: dict[str, int] = {}  # one table for every string column: worker ids recur in most groups
 
@@ -214,7 +224,9 @@ def encode_trace(
             return {"json": col}
         if len(col.values) == 1:
             return {"const": col.values[0]}
-        shared = np.fromiter((strings.setdefault(v, len(strings)) for v in col.values), np.int64, len(col.values))
+        new = dict.fromkeys(col.values).keys() - strings.keys()
+        strings.update(zip(sorted(new), itertools.count(len(strings))))
+        shared = np.fromiter(map(strings.__getitem__, col.values), np.int64, len(col.values))
         return {"codes": put(shared[col.codes])}
 
     groups = [
@@ -231,12 +243,11 @@ def encode_trace(
         },
         "events": {"group_of": put(table.group_of), "groups": groups, "strings": list(strings)},
     }
-    sizes = [len(b) for b in buffers]
+    sizes = {"packed": [len(b) for b in packed], "plain": [len(b) for b in plain]}
     head = _dumps({"sizes": sizes, **header}).encode()
-    body = b"".join([struct.pack("<I", len(head)), head, *buffers])
-    if len(body) < SMALL_BYTES:
-        return MAGIC + _RAW + body
-    return MAGIC + _ZLIB + zlib.compress(body, COMPRESS_LEVEL)
+    body = b"".join([struct.pack("<I", len(head)), head, *packed])
+    how, body = (_RAW, body) if len(body) < SMALL_BYTES else (_ZLIB, zlib.compress(body, COMPRESS_LEVEL))
+    return b"".join([MAGIC, how, struct.pack("<I", len(body)), body, *plain])
 
 
 def decode_trace(blob: bytes) -> Trace:
@@ -248,16 +259,26 @@ def decode_trace(blob: bytes) -> Trace:
         how = blob[start - 1 : start]
         if how not in (_RAW, _ZLIB):
             raise ValueError(f"unknown body encoding {how!r}")
-        body = blob[start:] if how == _RAW else zlib.decompress(blob[start:])
+        (stored,) = struct.unpack_from("<I", blob, start)
+        body = blob[start + 4 : start + 4 + stored]
+        if how == _ZLIB:
+            body = zlib.decompress(body)
         (length,) = struct.unpack_from("<I", body)
         header = json.loads(body[4 : 4 + length])
-        offsets = [4 + length]
-        for size in header["sizes"]:
-            offsets.append(offsets[-1] + size)
+        sections = {
+            False: (body, 4 + length, header["sizes"]["packed"]),
+            True: (blob, start + 4 + stored, header["sizes"]["plain"]),
+        }
+        offsets = {plain: list(itertools.accumulate(sizes, initial=at)) for plain, (_, at, sizes) in sections.items()}
+        if offsets[True][-1] != len(blob) or offsets[False][-1] != len(body):
+            raise ValueError("the trace's buffers do not add up to its length")
 
         def get(ref: Mapping[str, Any]) -> np.ndarray:
+            data, _, sizes = sections[bool(ref["plain"])]
             i, dtype = ref["buffer"], np.dtype(ref["dtype"])
-            return np.frombuffer(body, dtype=dtype, count=header["sizes"][i] // dtype.itemsize, offset=offsets[i])
+            return np.frombuffer(
+                data, dtype=dtype, count=sizes[i] // dtype.itemsize, offset=offsets[bool(ref["plain"])][i]
+            )
 
         strings = header["events"]["strings"]
         groups = []
@@ -363,13 +384,17 @@ def _column(values: list[Any]) -> Column:
         for i, v in enumerate(index):
             index[v] = i
         return Strings(list(index), np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values)))
-    if type(values[0]) in (float, int, bool):
-        try:
-            arr = np.array(values)
-        except (ValueError, TypeError, OverflowError):
-            return values
-        if arr.ndim == 1 and arr.dtype.kind in "biuf":  # not text or objects: numpy would make those of a mix
-            return arr
+    first = type(values[0])
+    try:
+        # array.array converts C-level and refuses text and None (numpy would turn "1.5" or None into numbers)
+        if first is float:
+            return np.frombuffer(array.array("d", values), dtype=np.float64)  # ints and bools widen to floats
+        if first is int:
+            return np.frombuffer(array.array("q", values), dtype=np.int64)  # bools widen to ints
+    except (TypeError, OverflowError):  # text, None, a float among ints, an int beyond 64 bits
+        return values
+    if first is bool and set(map(type, values)) == {bool}:
+        return np.array(values, dtype=np.bool_)
     return values
 
 
