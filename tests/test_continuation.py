@@ -21,7 +21,7 @@ import fanflow
 from fanflow.client.hooks import OnPlanned
 from fanflow.client.session import session
 from fanflow.dag import DAG
-from fanflow.dag.placement import PlanView, continuation, runs_here_if_claimed
+from fanflow.dag.placement import PlanView, by_shared_readers, continuation, root_groups, runs_here_if_claimed
 from fanflow.planning.predict import Predictor
 from fanflow.planning.simulate import Assignment, simulate
 from fanflow.store.metadata import open_metadata
@@ -200,3 +200,19 @@ def test_claimed_work_that_reads_inputs_held_here_stays_and_the_rest_goes() -> N
     assert here == [readers[1], readers[3]] and groups == [[readers[0], readers[2]]]
     here, groups = continuation(dag, PlanView.from_columns(dag, None), common, readers, 1769, held, free=None)
     assert here == [readers[1]] and sorted(groups) == [[r] for r in sorted({*readers} - {readers[1]})]
+
+
+def test_roots_read_by_one_task_start_next_to_each_other() -> None:
+    """Shares of roots are contiguous runs: roots with a common reader are ordered together, so a share keeps them."""
+    blocks = [[source(10 * j + i) for i in range(3)] for j in range(2)]
+    chunks = [source(100 + j) for j in range(2)]
+    products = [merge(b, chunks[j]) for j in range(2) for b in blocks[j]]  # each chunk read with 3 blocks
+    dag = DAG.from_sinks([merge(*products)])
+    reader_of = {r: set(dag.dependents[r]) for r in dag.roots}
+    order = by_shared_readers(dag)
+    assert sorted(order) == sorted(dag.roots)
+    first, second = order[:4], order[4:]
+    for share in (first, second):  # a chunk and its 3 blocks: every product's inputs in one share
+        assert len(set.union(*(reader_of[r] for r in share))) == 3
+    groups = root_groups(dag, PlanView.from_columns(dag, None), free=2)
+    assert [sorted(g) for g in groups] == [sorted(first), sorted(second)]

@@ -184,6 +184,8 @@ class Worker:
         """Tasks run here whose dependents are not notified yet, with those dependents (see :meth:`_may_hold`)."""
         self._held_puts: dict[str, Any] = {}
         self._held_since = 0.0
+        self._taken: set[int] = set()
+        """Claimed dependents this worker ran, queued or handed on (see :meth:`continue_after`)."""
         self._status_key = keys.status(inv.run_id)
         self._remote = not store.keeps_objects
         now = time.time()
@@ -561,10 +563,17 @@ class Worker:
     def continue_after(self, t: int, claimed: list[int]) -> list[Item]:
         """Of the dependents ``t`` claimed, what runs here next (:func:`~fanflow.dag.placement.continuation`).
 
-        A new worker is invoked for each of the others.
+        A new worker is invoked for each of the others. A dependent this worker
+        already took is skipped: a claim's owner re-enters it, so an invocation
+        that runs again after its worker was lost, and re-notifies upstreams
+        that were already members, wins the same claim once per upstream.
         """
+        claimed = [d for d in claimed if d not in self._taken]
+        self._taken.update(claimed)
         unshared = t in self.unshared
         self.unshared.discard(t)
+        if not claimed:
+            return []
         here, elsewhere = continuation(
             self.dag,
             self.plan,
