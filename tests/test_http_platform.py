@@ -30,6 +30,7 @@ from support import (
 )
 
 import fanflow
+from fanflow.store import keys
 
 pytest.importorskip("httpx", reason=install_hint("http"))
 
@@ -207,11 +208,14 @@ def _forget_pool(redis_url: str, pool: str) -> None:
         client.delete(*stale)
 
 
-def _in_hand(redis_url: str, pool: str) -> int:
-    """Invocations a gateway's pool has queued or holds."""
+def _all_in_hand(redis_url: str, pool: str, runs: list[fanflow.RunFuture]) -> bool:
+    """Whether the gateway's pool took every run's roots (queued, held, or begun by a worker), and holds three."""
     client = redis.Redis.from_url(redis_url)
-    held = client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:held:*")
-    return int(client.llen(f"ff:pool:{pool}:queue")) + sum(int(client.llen(k)) for k in held)
+    lists = [f"ff:pool:{pool}:queue", *client.scan_iter(match=f"{{ff:pool:{pool}:queue}}:held:*")]
+    entries = [e for k in lists for e in client.lrange(k, 0, -1)]
+    if len(entries) < 3:
+        return False
+    return all(client.exists(keys.started(f.run_id)) or any(f.run_id.encode() in e for e in entries) for f in runs)
 
 
 def _three_runs(redis_url: str, urls: list[str], marks: Any) -> list[fanflow.RunFuture]:
@@ -226,7 +230,7 @@ def test_a_killed_gateway_fails_its_runs_within_seconds(redis_url: str, tmp_path
     pool = httpx.get(f"{urls[0]}/healthz").json()["pool"]
     try:
         runs = _three_runs(redis_url, urls, tmp_path / "marks")
-        wait_until(lambda: _in_hand(redis_url, pool) >= 3, 30, "every run's invocations to reach the gateway")
+        wait_until(lambda: _all_in_hand(redis_url, pool, runs), 30, "every run's invocations to reach the gateway")
         procs[0].send_signal(signal.SIGKILL)
         began = time.monotonic()
         for future in runs:
@@ -245,7 +249,7 @@ def test_a_gateway_started_again_runs_what_the_killed_one_held(redis_url: str, t
     urls, procs = start_gateways(1, 1, "--store", redis_url, ports=[port])
     try:
         runs = _three_runs(redis_url, urls, tmp_path / "marks")
-        wait_until(lambda: _in_hand(redis_url, pool) >= 3, 30, "every run's invocations to reach the gateway")
+        wait_until(lambda: _all_in_hand(redis_url, pool, runs), 30, "every run's invocations to reach the gateway")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=10)
         _, again = start_gateways(1, 1, "--store", redis_url, ports=[port])  # same host and port: same queue
