@@ -78,7 +78,7 @@ def test_max_workers_bounds_the_tasks_running_at_once_with_the_callers_thread_am
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.05)
+        time.sleep(0.2)  # long enough for a pool thread to start one alongside, even on a loaded machine
         with lock:
             running[0] -= 1
         return i
