@@ -183,6 +183,8 @@ class Worker:
         self._held: list[tuple[int, tuple[int, ...]]] = []
         """Tasks run here whose dependents are not notified yet, with those dependents (see :meth:`_may_hold`)."""
         self._held_puts: dict[str, Any] = {}
+        self._held_events: list[dict[str, Any]] = []
+        """The held tasks' ``task_finished`` events: recorded with their share of the round trip that notifies them."""
         self._held_since = 0.0
         self._taken: set[int] = set()
         """Claimed dependents this worker ran, queued or handed on (see :meth:`continue_after`)."""
@@ -298,10 +300,15 @@ class Worker:
                 process_values.put(self.run_id, t, value, out_bytes, memory)
             if not uploaded:
                 self._unstored.add(t)
-        self.emit(
+        event = self._event(
             "task_finished", t, store_s=store_s, out_bytes=out_bytes, uploaded=uploaded, memory_mb=memory, **fields
         )
-        self.maybe_flush()
+        if self._held and self._held[-1][0] == t:
+            event["held"] = True
+            self._held_events.append(event)
+        else:
+            self.events.append(event)
+            self.maybe_flush()
         return claimed
 
     # -- 1. inputs ------------------------------------------------------------------
@@ -534,7 +541,14 @@ class Worker:
         self._held, self._held_puts = [], {}
         run, dag = self.run_id, self.dag
         claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for t, ds in held for d in ds]
+        began = time.perf_counter()
         won = iter(self.store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms))
+        share = (time.perf_counter() - began) / len(held)
+        for event in self._held_events:
+            event["store_s"] = share
+        self.events.extend(self._held_events)
+        self._held_events = []
+        self.maybe_flush()
         for t, ds in held:
             claimed = [d for d in ds if next(won)]
             if claimed:
@@ -698,12 +712,16 @@ class Worker:
 
     # -- events -----------------------------------------------------------------
     def emit(self, kind: str, task: int, **fields: Any) -> None:
-        """Record one event (every event of a worker is made here); written in batches by the flush strategy."""
+        """Record one event; written in batches by the flush strategy."""
+        self.events.append(self._event(kind, task, **fields))
+
+    def _event(self, kind: str, task: int, **fields: Any) -> dict[str, Any]:
+        """One event, stamped now (every event of a worker is made here)."""
         fields["kind"] = kind
         fields["task"] = task
         fields["worker"] = self.id
         fields["t"] = time.time()
-        self.events.append(fields)
+        return fields
 
     def maybe_flush(self) -> None:
         """Write the buffered events if the ``metrics_upload`` strategy says it is time."""
