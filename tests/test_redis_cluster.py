@@ -6,6 +6,8 @@ these tests check what is specific to a cluster.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -93,6 +95,32 @@ def test_a_pipelined_claim_is_one_command_on_its_own_master(
     assert not [s for s in stats if "cmdstat_command|getkeys" in s]
     evals = [int(s.get("cmdstat_evalsha", {"calls": 0})["calls"]) for s in stats]
     assert sum(evals) == 30 and all(n > 0 for n in evals)  # each claim ran once, on the master of its slot
+
+
+def test_a_shared_output_is_stored_before_a_claim_on_another_master_tells_of_it(
+    store: RedisClusterStore,
+) -> None:
+    """One pipeline's commands to two masters run in no set order: the claim must wait for the output.
+
+    The output's master holds its writes (``CLIENT PAUSE WRITE``) while the finish
+    runs: the claim, on another master, must not be there before the output is.
+    """
+    run = f"order-{uuid.uuid4().hex[:8]}"
+    out = keys.output(run, 0)
+    out_node = store.client.get_node_from_key(out)
+    reader = next(d for d in range(1, 200) if store.client.get_node_from_key(keys.deps(run, d)).port != out_node.port)
+    deps_node = store.client.get_node_from_key(keys.deps(run, reader))
+    claim = Claim(keys.deps(run, reader), keys.claim(run, reader), 0, 2)  # not the last input: nobody wins yet
+    held, other = redis.Redis(port=out_node.port), redis.Redis(port=deps_node.port)
+    held.client_pause(1500, all=False)
+    finish = threading.Thread(target=store.finish, args=({out: store.dumps(41)[0]}, [claim], "w", 60, 1000))
+    finish.start()
+    time.sleep(0.5)  # the claim's master is free all along: an unordered pipeline ran the claim by now
+    assert not other.exists(keys.deps(run, reader)), "the claim was recorded before its input was stored"
+    finish.join(timeout=10)
+    assert not finish.is_alive()
+    assert other.exists(keys.deps(run, reader))
+    assert store.get_many([out])[0] == [41]
 
 
 def test_scripts_come_back_after_a_master_flushes_them(store: RedisClusterStore, masters: list[redis.Redis]) -> None:

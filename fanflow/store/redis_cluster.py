@@ -1,9 +1,10 @@
 """The Redis Cluster store: ``store="redis+cluster://host:port"``.
 
 It is the Redis store (:class:`fanflow.store.redis.RedisStore`) on a
-cluster-aware client, not a second implementation: every step of the worker
-loop keeps its round-trip budget and its Lua scripts, because fanflow's key
-layout already fits a cluster. Each fan-in step's keys (a task's output,
+cluster-aware client, not a second implementation: the worker loop keeps its
+Lua scripts, because fanflow's key layout already fits a cluster, and its
+round-trip budget but for one step (a shared output is stored before it is
+announced, below). Each fan-in step's keys (a task's output,
 dependency set and claim) share one hash tag, ``{<run>:<task>}``, and the
 run-level keys share ``{<run>}`` (see :mod:`fanflow.store.keys`), so
 
@@ -20,6 +21,10 @@ class below takes care of, so the store's methods run unchanged:
   commands go out as ONE cluster pipeline (one round trip per master, sent to
   every master before any reply is read);
 - ``UNLINK`` at cleanup is likewise one pipelined ``UNLINK`` per slot;
+- a finish that stores shared outputs and also claims or publishes is two
+  round trips, outputs first: one pipeline's commands to different masters
+  run in no set order, so a claim (or a sink's message) could otherwise be
+  seen before the output it tells of is stored;
 - pipelines (outputs + claims + publish, lease renewals) accept ``EVALSHA``
   and ``PUBLISH``, which redis-py refuses in cluster pipelines by default: an
   ``EVALSHA`` with keys is routed by its first key's slot like any keyed
@@ -34,6 +39,7 @@ client discovers the others from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fanflow.config import mask_url
 from fanflow.errors import StoreUnavailableError
+from fanflow.store.base import Claim
 from fanflow.store.redis import (
     CONNECT_TIMEOUT_S,
     SOCKET_TIMEOUT_S,
@@ -114,6 +121,27 @@ class RedisClusterStore(RedisStore):
     """A :class:`fanflow.store.Store` on a Redis Cluster (``redis+cluster://host:port``)."""
 
     client: ClusterClient
+
+    def finish(
+        self,
+        puts: Mapping[str, Any],
+        claims: Sequence[Claim],
+        owner: str,
+        ttl_s: int,
+        lease_ms: int,
+        publish: Sequence[tuple[str, bytes]] = (),
+    ) -> list[bool]:
+        """Outputs first, then the claims and messages that tell of them: two round trips when there are both.
+
+        One pipeline's commands to different masters run in no set order: a claim
+        or a sink's message on one master could be seen, and the output read from
+        another, before that master stored it (a run's sink output was then read
+        as missing). What a claim stores itself is in the claim's own slot.
+        """
+        if puts and (claims or publish):
+            super().finish(puts, (), owner, ttl_s, lease_ms)
+            return super().finish({}, claims, owner, ttl_s, lease_ms, publish)
+        return super().finish(puts, claims, owner, ttl_s, lease_ms, publish)
 
     @_translated
     def load_scripts(self) -> None:
