@@ -349,7 +349,8 @@ def test_a_worker_hanging_on_its_way_out_does_not_hold_up_the_others(redis_url: 
         # first, and it would never see the sibling's file.
         other = _queue(redis_url, host, touch(sibling), 512)
         wait_until(lambda: Path(seen).exists(), 30, "the lingering process to see the sibling run")
-        assert _output(host, other) == [2]
+        # the sibling's file is written by its task, before its worker stores the output
+        wait_until(lambda: _output(host, other) == [2], 30, "the other worker's task to be stored")
         # Its process exited on its own, so its invocation is redelivered once, as any lost one.
         wait_until(lambda: host.stats["redelivered"] == 1, 30, "the lost invocation to be redelivered")
         wait_until(lambda: not host._burying and host.free_slots() == 2, 30, "the lost worker's slot to free up")
