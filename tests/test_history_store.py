@@ -264,6 +264,11 @@ def test_trace_round_trips_any_events() -> None:
     assert trace.task_of.tolist() == [0, 0, 1] and trace.dep_counts.tolist() == [0, 0, 2]
     assert trace.deps.tolist() == [0, 1]
     assert StoredRun({"run_id": "r"}, blob).events == events
+    # a small run's events and DAG are kept as JSON lists (what recording does below 64 events)
+    listed = decode_trace(encode_trace(functions, task_of, counts, deps, [], [2], events))
+    assert listed.table.events() == events and len(listed.table) == len(events)
+    assert listed.task_of.tolist() == [0, 0, 1] and listed.dep_counts.tolist() == [0, 0, 2]
+    assert listed.deps.tolist() == [0, 1] and listed.functions == functions and listed.sinks == [2]
     assert EventTable.of([]).events() == []
     # a column mixing ints and floats comes back as floats, as documented
     mixed = [{"kind": "k", "x": 1}, {"kind": "k", "x": 2.5}]

@@ -29,6 +29,7 @@ recorded, so no signature between the API and the client has to carry it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -50,7 +51,7 @@ from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.metadata import defer, is_disabled, open_metadata
-from fanflow.store.metadata.trace import EventTable, encode_trace
+from fanflow.store.metadata.trace import SMALL_COLUMN, EventTable, encode_trace
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -89,8 +90,14 @@ def workflow_of(dag: DAG) -> str:
     if module.startswith(SCRIPT_MODULE):
         return module[len(SCRIPT_MODULE) :].rsplit("_", 1)[0] + ".py"
     if module == "__main__" and sys.argv and sys.argv[0]:
-        return Path(sys.argv[0]).name
+        return _file_name(sys.argv[0])
     return first.name
+
+
+@functools.lru_cache(maxsize=16)
+def _file_name(path: str) -> str:
+    """``Path(path).name``, kept: building a Path was most of :func:`workflow_of`, called twice per run."""
+    return Path(path).name
 
 
 def status_of(error: BaseException | None) -> str:
@@ -110,13 +117,17 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> tuple[list[dict[str, Any]], EventTable]:
+def collect_events(
+    store: Store, run_id: str, n_tasks: int, succeeded: bool
+) -> tuple[list[dict[str, Any]], EventTable | None]:
     """The run's events, and their table, read until complete or until the settle deadline passes.
 
     Complete: every task finished (a dynamic fan-out's elements aside) and every
     worker seen has stopped. A tree of 16k tasks has 49k events, so each read
     only counts kinds (one C-level pass); the table, which recording builds
     anyway, is built when the counts say the run may be complete, and checked.
+    A run of fewer than ``SMALL_COLUMN`` events gets no table (None): it is
+    checked on its dicts and recorded as a list (:func:`encode_trace`).
     """
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
@@ -135,12 +146,17 @@ def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> 
         may_be_complete = counts["worker_stopped"] >= counts["worker_started"] and (
             counts["task_finished"] >= n_tasks or not succeeded
         )
-        if may_be_complete and table is None:
+        if may_be_complete and len(events) < SMALL_COLUMN:
+            if _complete_small(events, n_tasks, succeeded):
+                return events, None
+        elif may_be_complete and table is None:
             table = EventTable.of(events, kinds)
             if _complete(table, n_tasks, succeeded):
                 return events, table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
+            if len(events) < SMALL_COLUMN:
+                return events, None
             return events, table if table is not None else EventTable.of(events, kinds)
         time.sleep(_POLL_S)
 
@@ -153,6 +169,17 @@ def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
         return True
     ended = [g for g in table.of_kind("task_finished") if "element" not in g.columns]  # elements are no tasks
     return len(set().union(*(g.distinct("task") for g in ended))) >= n_tasks
+
+
+def _complete_small(events: list[dict[str, Any]], n_tasks: int, succeeded: bool) -> bool:
+    """:func:`_complete` on the event dicts (the same text values the table's groups would give)."""
+    stopped = {str(e.get("worker", "")) for e in events if e.get("kind") == "worker_stopped"}
+    if not {str(e.get("worker", "")) for e in events} <= stopped:
+        return False
+    if not succeeded:
+        return True
+    ended = {str(e.get("task", "")) for e in events if e.get("kind") == "task_finished" and "element" not in e}
+    return len(ended) >= n_tasks
 
 
 def record_run(run: Run, error: BaseException | None) -> None:
@@ -200,14 +227,15 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
             workflow=workflow_of(dag),
         )
         arrays = DagArrays.of(dag)
-        digested = digest(arrays, table, header)
+        digested = None if table is None else digest(arrays, table, header)
         if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
             metrics = build_metrics(Graph.of_dag(dag), events, header)
             record, summaries = metrics.run, summaries_of(metrics.tasks)
         else:
             record, summaries = digested
+        columns = events if table is None else table  # a small run's events stay a list
         trace = encode_trace(
-            arrays.functions, arrays.task_of, arrays.dep_counts, arrays.deps, arrays.maps, arrays.sinks, table
+            arrays.functions, arrays.task_of, arrays.dep_counts, arrays.deps, arrays.maps, arrays.sinks, columns
         )
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)

@@ -70,6 +70,9 @@ SCHEMA_VERSION = 3
 FLUSH_S = 0.2
 """Longest time a saved run or started document waits in memory before it is written."""
 
+_IDS_PER_QUERY = 500
+"""Run ids per ``IN (...)`` query (SQLite limits the parameters of one statement)."""
+
 MAX_PENDING_RUNS = 64
 """Runs waiting in memory that make a save write them at once."""
 
@@ -207,8 +210,8 @@ class SQLiteMetadataStore:
             )
         keep_runs: int | None = None
         increments: dict[SummaryKey, Summary] = {}  # merged in memory first: one read and write per key
+        self._insert_runs(db, runs)
         for run in runs:
-            self._insert_run(db, run)
             keep_runs = run.keep_runs if run.keep_runs is not None else keep_runs
             for key, part in run.summaries.items():
                 found = increments.get(key)
@@ -278,11 +281,19 @@ class SQLiteMetadataStore:
         if full:
             self.flush()
 
-    def _insert_run(self, db: sqlite3.Connection, run: _PendingRun) -> None:
-        if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
-            self._delete_runs(db, [run.run_id])  # saved again: it is replaced
-        db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", run.row)
-        db.executemany("INSERT INTO run_functions VALUES (?, ?)", run.functions)
+    def _insert_runs(self, db: sqlite3.Connection, runs: Sequence[_PendingRun]) -> None:
+        """Insert ``runs`` with a few statements for all of them (a run saved again replaces its last save)."""
+        latest = {run.run_id: run for run in runs}
+        ids = list(latest)
+        saved: list[str] = []
+        for at in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[at : at + _IDS_PER_QUERY]
+            query = f"SELECT run_id FROM runs WHERE run_id IN ({', '.join('?' * len(chunk))})"
+            saved += [row[0] for row in db.execute(query, chunk)]
+        if saved:
+            self._delete_runs(db, saved)
+        db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", [run.row for run in latest.values()])
+        db.executemany("INSERT INTO run_functions VALUES (?, ?)", [f for run in latest.values() for f in run.functions])
 
     @staticmethod
     def _merge_summaries(db: sqlite3.Connection, increments: Mapping[SummaryKey, Summary]) -> None:

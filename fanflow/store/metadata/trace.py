@@ -20,6 +20,11 @@ stream's order. The DAG part holds each task function once (``[name,
 identity]``), per task its function index, and the upstream ids as counts plus
 one flat array.
 
+A run of fewer than :data:`SMALL_COLUMN` events (a call of a few tasks) keeps
+its events as one JSON list and its DAG arrays as JSON lists: grouping them
+into columns cost more than the run itself, and every column would stay a list
+anyway.
+
 Layout: ``MAGIC``; ``z`` and a zlib-compressed body, or ``r`` and the body
 itself when it is small, after its 4-byte little-endian length; then the float
 arrays, uncompressed: zlib spent half its time on them (a TR-8192 run's 850 KB
@@ -37,7 +42,7 @@ import json
 import operator
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,9 +208,9 @@ def encode_trace(
     deps: np.ndarray,
     maps: Sequence[int],
     sinks: Sequence[int],
-    table: EventTable,
+    table: EventTable | Sequence[Mapping[str, Any]],
 ) -> bytes:
-    """The blob of one run (see the module docstring)."""
+    """The blob of one run (see the module docstring); a sequence of events for ``table`` keeps them as a list."""
     packed: list[bytes] = []  # compressed with the header
     plain: list[bytes] = []  # floats: not compressed (module docstring)
 
@@ -229,19 +234,26 @@ def encode_trace(
         shared = np.fromiter(map(strings.__getitem__, col.values), np.int64, len(col.values))
         return {"codes": put(shared[col.codes])}
 
-    groups = [
-        {"keys": list(g.keys), "size": g.size, "columns": [column(g.columns[k]) for k in g.keys]} for g in table.groups
-    ]
+    if isinstance(table, EventTable):
+        groups = [
+            {"keys": list(g.keys), "size": g.size, "columns": [column(g.columns[k]) for k in g.keys]}
+            for g in table.groups
+        ]
+        events: dict[str, Any] = {"group_of": put(table.group_of), "groups": groups, "strings": list(strings)}
+        arrays = [put(task_of), put(dep_counts), put(deps)]
+    else:
+        events = {"list": list(table)}
+        arrays = [{"list": task_of.tolist()}, {"list": dep_counts.tolist()}, {"list": deps.tolist()}]
     header = {
         "dag": {
             "functions": [list(f) for f in functions],
-            "task_of": put(task_of),
-            "dep_counts": put(dep_counts),
-            "deps": put(deps),
+            "task_of": arrays[0],
+            "dep_counts": arrays[1],
+            "deps": arrays[2],
             "maps": list(maps),
             "sinks": list(sinks),
         },
-        "events": {"group_of": put(table.group_of), "groups": groups, "strings": list(strings)},
+        "events": events,
     }
     sizes = {"packed": [len(b) for b in packed], "plain": [len(b) for b in plain]}
     head = _dumps({"sizes": sizes, **header}).encode()
@@ -274,12 +286,17 @@ def decode_trace(blob: bytes) -> Trace:
             raise ValueError("the trace's buffers do not add up to its length")
 
         def get(ref: Mapping[str, Any]) -> np.ndarray:
+            if "list" in ref:
+                return np.array(ref["list"], dtype=np.int64)
             data, _, sizes = sections[bool(ref["plain"])]
             i, dtype = ref["buffer"], np.dtype(ref["dtype"])
             return np.frombuffer(
                 data, dtype=dtype, count=sizes[i] // dtype.itemsize, offset=offsets[bool(ref["plain"])][i]
             )
 
+        dag = header["dag"]
+        if "list" in header["events"]:
+            return _trace(dag, get, EventTable.of(header["events"]["list"]))
         strings = header["events"]["strings"]
         groups = []
         for g in header["events"]["groups"]:
@@ -299,19 +316,21 @@ def decode_trace(blob: bytes) -> Trace:
                 else:
                     columns[key] = col["json"]
             groups.append(EventGroup(tuple(g["keys"]), columns, size))
-        dag = header["dag"]
-        table = EventTable(groups, get(header["events"]["group_of"]))
-        return Trace(
-            functions=[(str(n), str(i)) for n, i in dag["functions"]],
-            task_of=get(dag["task_of"]),
-            dep_counts=get(dag["dep_counts"]),
-            deps=get(dag["deps"]),
-            maps=list(dag["maps"]),
-            sinks=list(dag["sinks"]),
-            table=table,
-        )
+        return _trace(dag, get, EventTable(groups, get(header["events"]["group_of"])))
     except (zlib.error, struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
         raise MetadataError(f"a stored run trace is damaged ({exc}); delete the run or the history file") from exc
+
+
+def _trace(dag: Mapping[str, Any], get: Callable[[Mapping[str, Any]], np.ndarray], table: EventTable) -> Trace:
+    return Trace(
+        functions=[(str(n), str(i)) for n, i in dag["functions"]],
+        task_of=get(dag["task_of"]),
+        dep_counts=get(dag["dep_counts"]),
+        deps=get(dag["deps"]),
+        maps=list(dag["maps"]),
+        sinks=list(dag["sinks"]),
+        table=table,
+    )
 
 
 def _strings_of(shared: list[str], codes: np.ndarray) -> Strings:
