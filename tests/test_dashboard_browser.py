@@ -170,9 +170,7 @@ def test_live_run_then_replay(page: Any, server: str, metadata_url: str) -> None
         "Object.values(window.fanflowDashboard.nodeStates()).some(s => s === 'done')", timeout=60_000
     )
     # live redraws are spaced by at least 250 ms (more on a loaded machine): wait for the header's turn
-    page.wait_for_function(
-        "document.querySelector('#progress-text').innerText.includes('tasks done')", timeout=30_000
-    )
+    page.wait_for_function("document.querySelector('#progress-text').innerText.includes('tasks done')", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
 
     assert future.result(timeout=120) == (10_000,)

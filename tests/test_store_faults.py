@@ -113,7 +113,6 @@ def test_a_store_that_fills_up_mid_run_fails_the_run_within_seconds(full_redis: 
 
 def test_a_full_store_refuses_a_new_run_at_once(full_redis: RedisServer, tmp_path: Path) -> None:
 
-
     _fill(full_redis.url)
     began = time.monotonic()
     with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
