@@ -309,10 +309,10 @@ def test_pool_replay_pays_cold_starts_per_memory_size() -> None:
 def test_planning_a_tree_of_8191_tasks_is_fast() -> None:
     dag = DAG.from_sinks([tree(8192)])
     assert len(dag) == 8191
-    began = time.perf_counter()
+    began = time.process_time()  # CPU time: other load on the machine does not count
     plan = make_plan(dag, fanflow.Config(planner="critical-path", metadata="none"))
-    elapsed = time.perf_counter() - began
-    assert elapsed < 10.0  # about 0.4 s here; benchmarks/planning.py measures it
+    elapsed = time.process_time() - began
+    assert elapsed < 5.0  # a guard against a quadratic step (0.2-0.3 s here); benchmarks/planning.py measures it
     assert plan.simulation is not None and len(plan.simulation.critical_path) == 13  # one add per level
 
 
