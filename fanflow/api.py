@@ -32,6 +32,7 @@ def task(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     memory_mb: int | None = None,
     requirements: Sequence[str] = (),
+    pure: bool = False,
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 

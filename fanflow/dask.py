@@ -304,7 +304,7 @@ class _Converter:
         """The one fanflow task for ``func`` (per ``name`` for fused tasks), made on first use."""
         cached = self._tasks.get((id(func), name))
         if cached is None:
-            task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func))
+            task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func), pure=True)
             cached = self._tasks[(id(func), name)] = (func, task)
         return cached[1]
 
@@ -336,7 +336,7 @@ def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
         if task is not None:
             _kept.move_to_end(key)
             return task
-    task = Task(func, name=name or _funcname(func))
+    task = Task(func, name=name or _funcname(func), pure=True)
     with _kept_lock:
         task = _kept.setdefault(key, task)  # another thread may have made it meanwhile: one task per function
         while len(_kept) > KEPT_TASKS:

@@ -188,6 +188,32 @@ def test_a_large_output_not_last_is_stored_before_its_reader_can_be_claimed(
     assert _uploaded(_events(processes, future.run_id), sink)
 
 
+@fanflow.task(pure=True)
+def pure_big(seed: int) -> np.ndarray:
+    return np.full(BIG // 8, float(seed))
+
+
+def test_a_large_output_of_a_cheap_pure_root_is_made_again_where_it_is_read_instead_of_stored(
+    processes: fanflow.Config, redis_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "go"
+    marker.write_text("")
+    x = pure_big(6)
+    # x finishes first; the second reader is claimed by the worker of ``after_file``, which may be another.
+    sink = added([first(x), both(x, after_file(str(marker), 0.3, 1.0))])
+    client = redis.Redis.from_url(redis_url)
+    added([first(pure_big(1)), later(0.0, 1.0)]).compute(processes)  # a warm pool: its start is not measured below
+    received = client.info("stats")["total_net_input_bytes"]
+    future = sink.submit(processes)
+    assert future.result(timeout=60) == 6.0 + 7.0
+    events = _events(processes, future.run_id)
+    (made,) = _finished(events, sink, "pure_big")
+    assert not made["uploaded"]
+    assert client.info("stats")["total_net_input_bytes"] - received < BIG // 4  # neither made nor remade went up
+    recomputed = [e for e in events if e["kind"] == "recomputed"]
+    assert all(e["task"] == made["task"] for e in recomputed) and len(recomputed) <= 1  # by the one other reader
+
+
 def test_a_large_output_read_by_several_tasks_of_its_worker_stays_there(processes: fanflow.Config) -> None:
     x = big(5)
     sink = added([pick(x, i) for i in range(4)])

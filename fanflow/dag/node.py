@@ -68,8 +68,11 @@ class Task:
     Calling it returns a :class:`Node`; the plain function stays reachable as
     ``.func``. Options: ``name``, ``retries``, ``retry_backoff`` (seconds, doubled
     per attempt, with jitter), ``retry_on`` (exception types worth a retry),
-    ``memory_mb`` (the resource request) and ``requirements`` (pip specifiers the
-    workers must already have).
+    ``memory_mb`` (the resource request), ``requirements`` (pip specifiers the
+    workers must already have) and ``pure`` (the function returns equal values for
+    equal arguments and has no side effects, so fanflow may run it again instead of
+    moving its output: a worker keeps a large output of a cheap pure task with no
+    inputs in memory, and a reader elsewhere recomputes it, as lineage recovery does).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Task:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         memory_mb: int | None = None,
         requirements: Sequence[str] = (),
+        pure: bool = False,
     ) -> None:
         if not callable(func):
             raise DAGError(f"@fanflow.task needs a callable, got {type(func).__name__}")
@@ -98,6 +102,7 @@ class Task:
         self.retry_on = tuple(retry_on)
         self.memory_mb = memory_mb
         self.requirements = tuple(requirements)
+        self.pure = bool(pure)
         self._code_hash: str | None = None
         functools.update_wrapper(self, func, updated=())
 

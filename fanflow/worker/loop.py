@@ -110,6 +110,11 @@ HOLD_MAX_BYTES = 64 * 1024
 """Largest output whose notification may be held: a held output is always stored, where a larger one
 is kept out of the store when this worker claims its reader (store-unless-claimed)."""
 
+RECOMPUTE_BYTES_PER_S = 100e6
+"""A pure task with no inputs whose large output took less than its size at this rate to make is
+cheaper to run again where it is read than to seal, upload, fetch and unseal (8 MB: 80 ms), so its
+output is not uploaded (see :meth:`Worker._recomputable`)."""
+
 FANOUT_INLINE_MAX = 16 * 1024
 """Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
 reference (the client stored the DAG once), so a wide fan-out does not push N copies."""
@@ -386,9 +391,10 @@ class Worker:
                     continue
             todo.pop()
             values = [known[w] if w in known else cache[w] for w in dag.deps[v]]
-            value, _, _ = self.execute(v, values)
+            value, _, exec_s = self.execute(v, values)
             stored, size = self.dump(v, value)
-            self.store.put_many({keys.output_of(self.run_id, dag, v): stored}, self.settings.key_ttl_s)
+            if not self._recomputable(v, size, exec_s):  # else any other reader makes it again, as this one did
+                self.store.put_many({keys.output_of(self.run_id, dag, v): stored}, self.settings.key_ttl_s)
             if self._remote:
                 process_values.put(self.run_id, v, value, size, self.inv.memory_mb)
             known[v] = value
@@ -454,6 +460,8 @@ class Worker:
         local = self.extras.delays_upload(t)
         if local:
             self.emit("delayed_io", t)
+        elif self._recomputable(t, size, exec_s):
+            local = True
         ttl, lease, memory = self.settings.key_ttl_s, self.settings.lease_ms, self.inv.memory_mb
         large = self._remote and size >= LARGE_OUTPUT_BYTES and not local and not dag.is_sink(t)
         if not local and size < HOLD_MAX_BYTES and self._may_hold(t, exec_s):
@@ -498,6 +506,26 @@ class Worker:
         stored_unless_claimed = bool(claims) and claims[0].output_key is not None
         uploaded = bool(puts) or (stored_unless_claimed and not won[0])
         return claimed + [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
+
+    def _recomputable(self, t: int, size: int, exec_s: float) -> bool:
+        """Whether ``t``'s output stays out of the store, made again by any reader elsewhere (lineage).
+
+        A large output of a pure task (``fanflow.task(pure=True)``; every task of
+        a Dask graph) with no inputs, made faster than it moves: svd_compressed's
+        8 MB random blocks each cost a seal, an upload and an UNLINK per run,
+        though their second reader mostly runs in the process that made them.
+        A reader elsewhere recomputes the block from its arguments alone.
+        """
+        dag = self.dag
+        return (
+            self._remote
+            and size >= LARGE_OUTPUT_BYTES
+            and not dag.deps[t]
+            and dag.task(t).pure
+            and not dag.is_sink(t)
+            and t not in dag.maps
+            and exec_s * RECOMPUTE_BYTES_PER_S < size
+        )
 
     def _may_hold(self, t: int, exec_s: float) -> bool:
         """Whether ``t``'s notification may wait, to go with the next ones in one round trip.
