@@ -304,7 +304,7 @@ class _Converter:
         """The one fanflow task for ``func`` (per ``name`` for fused tasks), made on first use."""
         cached = self._tasks.get((id(func), name))
         if cached is None:
-            task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func), pure=True)
+            task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func))
             cached = self._tasks[(id(func), name)] = (func, task)
         return cached[1]
 
@@ -329,6 +329,22 @@ def _long_lived(func: Callable[..., Any]) -> bool:
     return kind is FunctionType and func.__closure__ is None and "<" not in func.__qualname__  # type: ignore[attr-defined]
 
 
+SEEDED_GENERATORS = frozenset({"dask.array.random._apply_random", "dask.array.random._apply_random_func"})
+"""Dask's random-chunk makers: each chunk's seed or generator state is among its task's arguments,
+so running the task again makes the same chunk."""
+
+
+def _seeded(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` returns equal values for equal arguments by Dask's design (its random chunks).
+
+    Only those are made ``pure``: a worker may leave a large output of a pure root
+    task out of the store for a reader elsewhere to make again. A Dask graph says
+    nothing of its other functions (``delayed(np.random.random)`` is one), and making
+    one of those twice would give two readers different values.
+    """
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}" in SEEDED_GENERATORS
+
+
 def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
     key = (func, name)
     with _kept_lock:
@@ -336,7 +352,7 @@ def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
         if task is not None:
             _kept.move_to_end(key)
             return task
-    task = Task(func, name=name or _funcname(func), pure=True)
+    task = Task(func, name=name or _funcname(func), pure=_seeded(func))
     with _kept_lock:
         task = _kept.setdefault(key, task)  # another thread may have made it meanwhile: one task per function
         while len(_kept) > KEPT_TASKS:

@@ -232,6 +232,17 @@ def test_from_dask_delayed(run_config: fanflow.Config) -> None:
     assert fanflow.from_dask(dask.delayed(5)).compute(run_config) == 5
 
 
+def test_only_dasks_seeded_random_chunks_are_pure() -> None:
+    """A pure root's large output may be made again where read: only for what Dask makes the same way twice."""
+    seeded = [da.random.random((4, 4), chunks=2), da.random.default_rng(1).random((4, 4), chunks=2)]
+    for x in seeded:
+        roots = [t for t in DAG.from_sinks([fanflow.from_dask(x)]).tasks if "random" in t.name]
+        assert roots and all(t.pure for t in roots), [t.name for t in roots]
+    unseeded = DAG.from_sinks([fanflow.from_dask(dask.delayed(np.random.random)(4))])
+    assert not any(t.pure for t in unseeded.tasks)  # a different array each time it runs
+    assert not any(t.pure for t in DAG.from_sinks([fanflow.from_dask(dask.delayed(inc)(1))]).tasks)
+
+
 def test_from_dask_array_mixes_with_fanflow_nodes(run_config: fanflow.Config, rng: np.random.Generator) -> None:
     a = da.from_array(rng.random((40, 40)), chunks=(10, 20))
     expr = (a @ a.T + 1).sum(axis=1)

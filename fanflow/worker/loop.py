@@ -510,8 +510,8 @@ class Worker:
     def _recomputable(self, t: int, size: int, exec_s: float) -> bool:
         """Whether ``t``'s output stays out of the store, made again by any reader elsewhere (lineage).
 
-        A large output of a pure task (``fanflow.task(pure=True)``; every task of
-        a Dask graph) with no inputs, made faster than it moves: svd_compressed's
+        A large output of a pure task (``fanflow.task(pure=True)``; a Dask random
+        chunk) with no inputs, made faster than it moves: svd_compressed's
         8 MB random blocks each cost a seal, an upload and an UNLINK per run,
         though their second reader mostly runs in the process that made them.
         A reader elsewhere recomputes the block from its arguments alone.
