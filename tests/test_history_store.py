@@ -17,11 +17,11 @@ import pytest
 
 import fanflow
 from fanflow.metrics import RunMetrics, summaries_of, task_records
-from fanflow.metrics.digest import DagArrays, digest
+from fanflow.metrics.digest import digest
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import gc_every
-from fanflow.store.metadata.trace import EventTable, decode_trace, encode_trace
+from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
 
 
 @fanflow.task
@@ -205,7 +205,7 @@ def test_recorded_totals_and_summaries_equal_the_records(tmp_path: Path, shape: 
     nodes[shape]().compute(config)
     stored, metrics = _recorded(config)
     trace = decode_trace(stored.trace or b"")
-    arrays = DagArrays(trace.functions, trace.task_of, trace.dep_counts, trace.deps, trace.maps, trace.sinks)
+    arrays = trace.dag
     header = RunRecord.from_doc(stored.run)
     assert stored.run == metrics.run.to_doc()
     assert metrics.run.bytes_out > 0 and metrics.run.tasks_finished == len(metrics.tasks)
@@ -230,7 +230,7 @@ def test_runs_digest_refuses_are_recorded_through_their_records(tmp_path: Path) 
         concat(sized(3), explode(sized(4))).compute(config)
     stored, metrics = _recorded(config)
     trace = decode_trace(stored.trace or b"")
-    arrays = DagArrays(trace.functions, trace.task_of, trace.dep_counts, trace.deps, trace.maps, trace.sinks)
+    arrays = trace.dag
     assert digest(arrays, EventTable.of(stored.events), RunRecord.from_doc(stored.run)) is None
     assert stored.run == metrics.run.to_doc() and stored.run["status"] == "failed"
     assert {t.status for t in metrics.tasks} >= {"failed", "unfinished"}
@@ -257,22 +257,24 @@ def test_trace_round_trips_any_events() -> None:
     ]
     functions = [("f", "m.f:1"), ("g", "m.g:2")]
     task_of, counts, deps = np.array([0, 0, 1]), np.array([0, 0, 2]), np.array([0, 1])
-    blob = encode_trace(functions, task_of, counts, deps, [], [2], EventTable.of(events))
+    blob = encode_trace(DagArrays(functions, task_of, counts, deps, [], [2]), EventTable.of(events))
     trace = decode_trace(blob)
     assert trace.table.events() == events
-    assert trace.functions == functions and trace.sinks == [2] and trace.maps == []
-    assert trace.task_of.tolist() == [0, 0, 1] and trace.dep_counts.tolist() == [0, 0, 2]
-    assert trace.deps.tolist() == [0, 1]
+    assert trace.dag.functions == functions and trace.dag.sinks == [2] and trace.dag.maps == []
+    assert trace.dag.task_of.tolist() == [0, 0, 1] and trace.dag.dep_counts.tolist() == [0, 0, 2]
+    assert trace.dag.deps.tolist() == [0, 1]
     assert StoredRun({"run_id": "r"}, blob).events == events
     # a small run's events and DAG are kept as JSON lists (what recording does below 64 events)
-    listed = decode_trace(encode_trace(functions, task_of, counts, deps, [], [2], events))
+    listed = decode_trace(encode_trace(DagArrays(functions, task_of, counts, deps, [], [2]), events))
     assert listed.table.events() == events and len(listed.table) == len(events)
-    assert listed.task_of.tolist() == [0, 0, 1] and listed.dep_counts.tolist() == [0, 0, 2]
-    assert listed.deps.tolist() == [0, 1] and listed.functions == functions and listed.sinks == [2]
+    assert listed.dag.task_of.tolist() == [0, 0, 1] and listed.dag.dep_counts.tolist() == [0, 0, 2]
+    assert listed.dag.deps.tolist() == [0, 1] and listed.dag.functions == functions and listed.dag.sinks == [2]
     assert EventTable.of([]).events() == []
     # a column mixing ints and floats comes back as floats, as documented
     mixed = [{"kind": "k", "x": 1}, {"kind": "k", "x": 2.5}]
-    assert decode_trace(encode_trace([], task_of, counts, deps, [], [], EventTable.of(mixed))).table.events() == [
+    assert decode_trace(
+        encode_trace(DagArrays([], task_of, counts, deps, [], []), EventTable.of(mixed))
+    ).table.events() == [
         {"kind": "k", "x": 1.0},
         {"kind": "k", "x": 2.5},
     ]
@@ -295,7 +297,7 @@ def test_trace_round_trips_any_events() -> None:
     columns = table.groups[0].columns
     assert isinstance(columns["t"], np.ndarray) and isinstance(columns["cold"], np.ndarray)
     assert isinstance(columns["exec_s"], list) and isinstance(columns["out_bytes"], list)
-    back = decode_trace(encode_trace(functions, task_of, counts, deps, [], [], table)).table.events()
+    back = decode_trace(encode_trace(DagArrays(functions, task_of, counts, deps, [], []), table)).table.events()
     assert back == long  # 1 == 1.0: the mixed column comes back as floats
     assert {type(e["mixed"]) for e in back} == {float} and back[60]["out_bytes"] == "1.5"
     with pytest.raises(MetadataError, match="damaged"):

@@ -21,36 +21,11 @@ from itertools import chain
 
 import numpy as np
 
-from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata.base import Summary, SummaryKey
-from fanflow.store.metadata.trace import EventTable, Strings
+from fanflow.store.metadata.trace import DagArrays, EventTable, Strings
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DagArrays:
-    """A DAG's structure as a trace keeps it."""
-
-    functions: list[tuple[str, str]]
-    task_of: np.ndarray
-    dep_counts: np.ndarray
-    deps: np.ndarray
-    maps: list[int]
-    sinks: list[int]
-
-    @classmethod
-    def of(cls, dag: DAG) -> DagArrays:
-        n = len(dag.deps)
-        return cls(
-            [(t.name, t.identity) for t in dag.tasks],
-            np.fromiter(dag.task_of, dtype=np.int64, count=n),
-            np.fromiter(map(len, dag.deps), dtype=np.int64, count=n),
-            np.fromiter(chain.from_iterable(dag.deps), dtype=np.int64),
-            sorted(dag.maps),
-            list(dag.sinks),
-        )
 
 
 def digest(dag: DagArrays, table: EventTable, header: RunRecord) -> tuple[RunRecord, dict[SummaryKey, Summary]] | None:

@@ -35,11 +35,11 @@ class Graph:
 
     @classmethod
     def of_trace(cls, trace: Trace) -> Graph:
-        counts = trace.dep_counts.tolist()
-        flat = trace.deps.tolist()
+        counts = trace.dag.dep_counts.tolist()
+        flat = trace.dag.deps.tolist()
         deps: list[list[int]] = []
         at = 0
         for n in counts:
             deps.append(flat[at : at + n])
             at += n
-        return cls(trace.functions, trace.task_of.tolist(), deps)
+        return cls(trace.dag.functions, trace.dag.task_of.tolist(), deps)

@@ -45,13 +45,13 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import DagArrays, digest
+from fanflow.metrics.digest import digest
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.metadata import defer, is_disabled, open_metadata
-from fanflow.store.metadata.trace import SMALL_COLUMN, EventTable, encode_trace
+from fanflow.store.metadata.trace import SMALL_COLUMN, DagArrays, EventTable, encode_trace
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -234,9 +234,7 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
         else:
             record, summaries = digested
         columns = events if table is None else table  # a small run's events stay a list
-        trace = encode_trace(
-            arrays.functions, arrays.task_of, arrays.dep_counts, arrays.deps, arrays.maps, arrays.sinks, columns
-        )
+        trace = encode_trace(arrays, columns)
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
         functions = [identity for _, identity in arrays.functions]

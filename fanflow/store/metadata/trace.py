@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from fanflow.dag.graph import DAG
 from fanflow.store.metadata.base import MetadataError
 
 MAGIC = b"FFTRACE1"
@@ -186,9 +187,9 @@ class EventTable:
         return cls(groups, group_of)
 
 
-@dataclass(slots=True)
-class Trace:
-    """A decoded trace: the DAG's structure and the event table."""
+@dataclass(frozen=True, slots=True)
+class DagArrays:
+    """A DAG's structure as a trace keeps it."""
 
     functions: list[tuple[str, str]]
     """``(name, identity)`` of each task function."""
@@ -198,18 +199,29 @@ class Trace:
     """Upstream ids of all tasks, one after the other (``dep_counts`` says how many each)."""
     maps: list[int]
     sinks: list[int]
+
+    @classmethod
+    def of(cls, dag: DAG) -> DagArrays:
+        n = len(dag.deps)
+        return cls(
+            [(t.name, t.identity) for t in dag.tasks],
+            np.fromiter(dag.task_of, dtype=np.int64, count=n),
+            np.fromiter(map(len, dag.deps), dtype=np.int64, count=n),
+            np.fromiter(itertools.chain.from_iterable(dag.deps), dtype=np.int64),
+            sorted(dag.maps),
+            list(dag.sinks),
+        )
+
+
+@dataclass(slots=True)
+class Trace:
+    """A decoded trace: the DAG's structure and the event table."""
+
+    dag: DagArrays
     table: EventTable
 
 
-def encode_trace(
-    functions: Sequence[tuple[str, str]],
-    task_of: np.ndarray,
-    dep_counts: np.ndarray,
-    deps: np.ndarray,
-    maps: Sequence[int],
-    sinks: Sequence[int],
-    table: EventTable | Sequence[Mapping[str, Any]],
-) -> bytes:
+def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]) -> bytes:
     """The blob of one run (see the module docstring); a sequence of events for ``table`` keeps them as a list."""
     packed: list[bytes] = []  # compressed with the header
     plain: list[bytes] = []  # floats: not compressed (module docstring)
@@ -240,18 +252,18 @@ def encode_trace(
             for g in table.groups
         ]
         events: dict[str, Any] = {"group_of": put(table.group_of), "groups": groups, "strings": list(strings)}
-        arrays = [put(task_of), put(dep_counts), put(deps)]
+        arrays = [put(dag.task_of), put(dag.dep_counts), put(dag.deps)]
     else:
         events = {"list": list(table)}
-        arrays = [{"list": task_of.tolist()}, {"list": dep_counts.tolist()}, {"list": deps.tolist()}]
+        arrays = [{"list": dag.task_of.tolist()}, {"list": dag.dep_counts.tolist()}, {"list": dag.deps.tolist()}]
     header = {
         "dag": {
-            "functions": [list(f) for f in functions],
+            "functions": [list(f) for f in dag.functions],
             "task_of": arrays[0],
             "dep_counts": arrays[1],
             "deps": arrays[2],
-            "maps": list(maps),
-            "sinks": list(sinks),
+            "maps": list(dag.maps),
+            "sinks": list(dag.sinks),
         },
         "events": events,
     }
@@ -322,15 +334,15 @@ def decode_trace(blob: bytes) -> Trace:
 
 
 def _trace(dag: Mapping[str, Any], get: Callable[[Mapping[str, Any]], np.ndarray], table: EventTable) -> Trace:
-    return Trace(
+    arrays = DagArrays(
         functions=[(str(n), str(i)) for n, i in dag["functions"]],
         task_of=get(dag["task_of"]),
         dep_counts=get(dag["dep_counts"]),
         deps=get(dag["deps"]),
         maps=list(dag["maps"]),
         sinks=list(dag["sinks"]),
-        table=table,
     )
+    return Trace(arrays, table)
 
 
 def _strings_of(shared: list[str], codes: np.ndarray) -> Strings:
