@@ -25,7 +25,10 @@ writable) with a temporary SQLite history:
    ~100k tasks, wall and CPU (targets: 0.5 s and 5 s).
 
 Run: ``python benchmarks/planning.py`` (several minutes; ``--repeat`` sets the
-measured runs, ``--only timing`` runs section 4 alone, without Redis).
+measured runs, 5 by default; ``--only accuracy`` runs section 1 alone, the
+CV of the makespan included, ``--only compare,bytes`` sections 2 and 3,
+``--only timing`` section 4 without Redis; ``--workloads gemm,svd1`` picks
+workloads).
 """
 
 from __future__ import annotations
@@ -102,90 +105,135 @@ def run(build: Callable[[], list[Any]], cfg: fanflow.Config, times: int) -> list
     return out
 
 
+SECTIONS = ("accuracy", "compare", "bytes", "timing")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="measured runs per configuration")
-    parser.add_argument("--only", choices=("all", "timing"), default="all", help="timing: planning time only")
+    parser.add_argument(
+        "--only",
+        default="all",
+        help="comma-separated sections to run: accuracy (1: prediction error and CV of makespan), compare (2), "
+        "bytes (3), timing (4, without Redis); default all",
+    )
+    parser.add_argument("--workloads", default="", help="comma-separated workloads (default: all four)")
     parser.add_argument("--max-workers", type=int, default=2, help="worker processes in the pool")
     args = parser.parse_args()
-    if args.only == "timing":
-        planning_times(
-            fanflow.Config(
-                platform="processes",
-                store="redis://localhost:1/0",
-                max_workers=args.max_workers,
-                metadata="none",
-                planner="critical-path",
-            )
-        )
+    sections = set(SECTIONS if args.only == "all" else args.only.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"--only takes {', '.join(SECTIONS)} or all")
+    cp_timing = fanflow.Config(
+        platform="processes",
+        store="redis://localhost:1/0",
+        max_workers=args.max_workers,
+        metadata="none",
+        planner="critical-path",
+    )
+    if sections == {"timing"}:
+        planning_times(cp_timing)
         return
+    loads = workloads()
+    if args.workloads:
+        wanted = args.workloads.split(",")
+        unknown = [w for w in wanted if w not in loads]
+        if unknown:
+            parser.error(f"unknown workloads {unknown}; choose from {', '.join(loads)}")
+        loads = {w: loads[w] for w in wanted}
     with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
         metadata = f"sqlite:///{tmp}/history.db"
         base = fanflow.Config(
             platform="processes", store=url, max_workers=args.max_workers, progress=False, metadata=metadata
         )
-        loads = workloads()
-
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"1. predicted vs actual makespan, critical-path planner, {args.repeat} runs after {WARMUP} warm-ups")
-        print(f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}")
-        errors: list[float] = []
-        cp = base.replace(planner="critical-path", optimizations="none")
-        spreads = {}
-        for name, build in loads.items():
-            run(build, cp, WARMUP)
-            own = []
-            ms = run(build, cp, args.repeat)
-            for m in ms:
-                r = m.run
-                predicted = r.predicted_makespan_s or 0.0
-                error = abs(predicted - r.makespan_s) / r.makespan_s
-                own.append(error)
-                low, high = r.predicted_p10_s or 0.0, r.predicted_p90_s or 0.0
-                inside = "yes" if low <= r.makespan_s <= high else "no"
-                band = f"{low:.2f}-{high:.2f}"
-                print(f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>8.1%}")
-            errors.extend(own)
-            spreads[name] = (cv([m.run.makespan_s for m in ms]), statistics.median(own), pct(own, 0.9))
-        print(f"\n{'workload':<17}{'CV makespan':>12}{'median error':>14}{'p90 error':>11}")
-        for name, (c, med, p90) in spreads.items():
-            print(f"{name:<17}{c:>12.1%}{med:>14.1%}{p90:>11.1%}")
-        print(f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%)")
-
-        print("\n2. critical-path vs uniform at 3008 MB, interleaved pairs of runs, the second measured (median;")
-        print("   measured GB-s from worker records; cold: cold starts per measured run, u / cp)")
-        print(
-            f"{'workload':<17}{'makespan u -> cp s':>22}{'ratio':>7}{'GB-s u -> cp':>18}{'ratio':>7}"
-            f"{'cp plan, MB':>16}{'cold':>8}"
-        )
-        uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
-        for name, build in loads.items():
-            got: dict[str, list[RunMetrics]] = {"u": [], "cp": []}
-            for _ in range(args.repeat):  # interleaved, so both see the same load
-                for key, cfg in (("u", uniform), ("cp", cp)):
-                    got[key] += run(build, cfg, 2)[1:]  # the first puts the pool in this plan's state
-            mk = {k: statistics.median(m.run.makespan_s for m in v) for k, v in got.items()}
-            gb = {k: statistics.median(measured_cost(m) for m in v) for k, v in got.items()}
-            cold = {k: statistics.median(sum(w.cold for w in m.workers) for m in v) for k, v in got.items()}
-            sizes = sorted({w.memory_mb for w in got["cp"][-1].workers})
-            kind = f"{got['cp'][-1].run.plan_kind or '-'} {'/'.join(map(str, sizes))}"
-            print(
-                f"{name:<17}{mk['u']:>10.3f} -> {mk['cp']:<8.3f}{mk['cp'] / mk['u']:>7.2f}"
-                f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>16}"
-                f"{cold['u']:>4g} /{cold['cp']:>2g}"
-            )
-
-        print("\n3. bytes moved through the store (uniform planner)")
-        print(f"{'workload':<17}{'plain B':>12}{'clustering+delayed-io B':>25}{'saved':>8}")
-        for name in ("gemm", "svd1"):
-            build = loads[name]
-            plain = run(build, base.replace(planner="uniform", optimizations="none"), 1)[0]
-            opt = run(build, base.replace(planner="uniform", optimizations="clustering,delayed-io"), 1)[0]
-            a, b = bytes_moved(plain), bytes_moved(opt)
-            print(f"{name:<17}{a:>12,}{b:>25,}{1 - b / a:>8.1%}  (target >= 50%)")
-
-        planning_times(cp)
+        if "accuracy" in sections:
+            accuracy(base, loads, args.repeat)
+        if "compare" in sections:
+            compare(base, loads, args.repeat)
+        if "bytes" in sections:
+            moved(base, {w: b for w, b in loads.items() if w in ("gemm", "svd1")})
+        if "timing" in sections:
+            planning_times(cp_timing)
         session().close()  # the pool's host talks to this Redis: stop it first
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+
+def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int) -> None:
+    """Section 1: predicted vs actual makespan of the critical-path plan, and the CV of the makespan."""
+    print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
+    print(f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}")
+    errors: list[float] = []
+    cp = base.replace(planner="critical-path", optimizations="none")
+    spreads = {}
+    for name, build in loads.items():
+        run(build, cp, WARMUP)
+        own = []
+        ms = run(build, cp, repeat)
+        for m in ms:
+            r = m.run
+            predicted = r.predicted_makespan_s or 0.0
+            error = (predicted - r.makespan_s) / r.makespan_s
+            own.append(error)
+            low, high = r.predicted_p10_s or 0.0, r.predicted_p90_s or 0.0
+            inside = "yes" if low <= r.makespan_s <= high else "no"
+            band = f"{low:.3f}-{high:.3f}"
+            print(f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}")
+        errors.extend(abs(e) for e in own)
+        times = [m.run.makespan_s for m in ms]
+        size = [abs(e) for e in own]
+        spreads[name] = (
+            cv(times),
+            min(times),
+            max(times),
+            statistics.median(size),
+            pct(size, 0.9),
+            statistics.median(own),
+        )
+    print("\n(error: predicted minus actual over actual; bias: its median, + means predicted slower)")
+    print(f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}")
+    for name, (c, lo, hi, med, p90, bias) in spreads.items():
+        print(f"{name:<17}{c:>12.1%}{f'{lo:.3f}-{hi:.3f}':>15}{med:>14.1%}{p90:>11.1%}{bias:>+8.1%}")
+    print(f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%)")
+
+
+def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int) -> None:
+    """Section 2: critical-path against uniform at 3008 MB, interleaved."""
+    print("\n2. critical-path vs uniform at 3008 MB, interleaved pairs of runs, the second measured (median and")
+    print("   min-max; measured GB-s from worker records; cold: cold starts per measured run, u / cp)")
+    print(
+        f"{'workload':<17}{'makespan u -> cp s':>22}{'ratio':>7}{'u min-max':>14}{'cp min-max':>14}"
+        f"{'GB-s u -> cp':>18}{'ratio':>7}{'cp plan, MB':>16}{'cold':>8}"
+    )
+    cp = base.replace(planner="critical-path", optimizations="none")
+    uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
+    for name, build in loads.items():
+        got: dict[str, list[RunMetrics]] = {"u": [], "cp": []}
+        for _ in range(repeat):  # interleaved, so both see the same load
+            for key, cfg in (("u", uniform), ("cp", cp)):
+                got[key] += run(build, cfg, 2)[1:]  # the first puts the pool in this plan's state
+        times = {k: [m.run.makespan_s for m in v] for k, v in got.items()}
+        mk = {k: statistics.median(v) for k, v in times.items()}
+        span = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
+        gb = {k: statistics.median(measured_cost(m) for m in v) for k, v in got.items()}
+        cold = {k: statistics.median(sum(w.cold for w in m.workers) for m in v) for k, v in got.items()}
+        sizes = sorted({w.memory_mb for w in got["cp"][-1].workers})
+        kind = f"{got['cp'][-1].run.plan_kind or '-'} {'/'.join(map(str, sizes))}"
+        print(
+            f"{name:<17}{mk['u']:>10.3f} -> {mk['cp']:<8.3f}{mk['cp'] / mk['u']:>7.2f}{span['u']:>14}{span['cp']:>14}"
+            f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>16}"
+            f"{cold['u']:>4g} /{cold['cp']:>2g}"
+        )
+
+
+def moved(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]]) -> None:
+    """Section 3: bytes moved through the store with and without clustering + delayed I/O."""
+    print("\n3. bytes moved through the store (uniform planner)")
+    print(f"{'workload':<17}{'plain B':>12}{'clustering+delayed-io B':>25}{'saved':>8}")
+    for name, build in loads.items():
+        plain = run(build, base.replace(planner="uniform", optimizations="none"), 1)[0]
+        opt = run(build, base.replace(planner="uniform", optimizations="clustering,delayed-io"), 1)[0]
+        a, b = bytes_moved(plain), bytes_moved(opt)
+        print(f"{name:<17}{a:>12,}{b:>25,}{1 - b / a:>8.1%}  (target >= 50%)")
 
 
 def planning_times(cp: fanflow.Config) -> None:
@@ -199,7 +247,6 @@ def planning_times(cp: fanflow.Config) -> None:
             make_plan(tree, cp.replace(optimizations=opts))
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu
             print(f"{len(tree):>7} tasks, optimizations={opts}: {wall:.3f} s wall, {cpu:.3f} s CPU")
-    print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 
 def cv(values: list[float]) -> float:
