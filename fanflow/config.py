@@ -228,11 +228,20 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
-        if self.platform != "threads" and self.store.startswith("memory://"):
+        if self.platform != "threads" and not self.shared_store:
             raise ConfigError(
                 f"platform {self.platform!r} runs workers outside this process, so it needs a shared "
                 "store: pass store='redis://host:port/0'"
             )
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is reachable from outside this process: every store but ``memory://``.
+
+        The memory store holds Python objects in this process, so workers elsewhere
+        (another process, a gateway) cannot use it, and nothing needs keeping out of it.
+        """
+        return not self.store.startswith("memory://")
 
     # -- building -------------------------------------------------------------
     @classmethod

@@ -69,3 +69,11 @@ def test_resolve_accepts_dicts_and_rejects_junk() -> None:
 def test_memory_store_cannot_serve_out_of_process_platforms() -> None:
     with pytest.raises(fanflow.ConfigError, match="needs a shared store"):
         Config(platform="processes", store="memory://")
+
+
+@pytest.mark.parametrize(
+    ("url", "shared"),
+    [("memory://", False), ("redis://h:1/0", True), ("rediss://h:1/0", True), ("redis+cluster://h:1", True)],
+)
+def test_every_store_but_memory_is_shared_with_other_processes(url: str, shared: bool) -> None:
+    assert Config(store=url).shared_store is shared

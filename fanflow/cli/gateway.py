@@ -59,7 +59,7 @@ def gateway(
             pool=pool,
             max_workers=cfg.max_workers,
             idle_timeout_s=cfg.idle_timeout_s,
-            stores=[] if cfg.store.startswith("memory:") else [cfg.store],
+            stores=[cfg.store] if cfg.shared_store else [],
         )
         server.open_stores()
     except (FanflowError, OSError, ValueError) as exc:

@@ -170,11 +170,6 @@ def worker_cap(config: Config) -> int | None:
     return None
 
 
-def remote_store(config: Config) -> bool:
-    """Whether the run's store is out of process, where the loop keeps large outputs out of it when it can."""
-    return not config.store.startswith("memory:")
-
-
 def make_plan(
     dag: DAG,
     config: Config,
@@ -204,7 +199,7 @@ def make_plan(
             history = load_history(dag, config)
         learned = load_calibration(dag, config)
     cap = worker_cap(config)
-    remote = remote_store(config)
+    remote = config.shared_store  # out of process: the loop keeps large outputs out of it when it can
     costs = Predictor(history, config.sla, cap).costs(dag)
     clustering = "clustering" in enabled
     requested = [dag.task(t).memory_mb for t in range(len(dag))]
