@@ -4,8 +4,10 @@
 name (``sync``, ``threads``, ``processes`` and their aliases) and the default
 one to :func:`fanflow.dask.get`, with the config fanflow loads from
 ``FANFLOW_*`` (progress bar off). ``--schedulers=dask`` leaves Dask's own.
-``--outcomes=FILE`` writes ``{test id: "passed" | "failed" | "skipped"}`` as
-JSON, for ``compare.py`` to set the two runs side by side.
+``--outcomes=FILE`` writes ``{test id: outcome}`` as JSON, for ``compare.py``
+to set the two runs side by side; an outcome is ``passed`` (an xfail test that
+passes too), ``failed``, ``error`` (its setup or teardown failed), ``skipped``
+or ``xfailed``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _Outcomes:
-    """Each test's outcome: failed if any phase failed, else what its call (or skip) was."""
+    """Each test's outcome: failed or error if any phase failed, else what its call (or skip) was."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -55,7 +57,8 @@ class _Outcomes:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         seen = self.outcomes.get(report.nodeid)
         if report.failed:
-            self.outcomes[report.nodeid] = "failed"
+            if seen not in ("failed", "error"):
+                self.outcomes[report.nodeid] = "failed" if report.when == "call" else "error"
         elif seen is not None:
             return
         elif report.skipped:
