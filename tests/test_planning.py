@@ -306,6 +306,27 @@ def test_pool_replay_pays_cold_starts_per_memory_size() -> None:
     assert sum(mixed.worker_cold) > 2 and mixed.makespan > one.makespan
 
 
+def test_inputs_an_earlier_worker_left_in_the_process_are_not_fetched() -> None:
+    dag = DAG.from_sinks([fan(3)])  # 0: blob, 1-3: grow, 4: join
+    plan = Assignment([512] * 5, list(range(5)))  # a label each: a worker each
+    # a pool of one process: every worker of the run runs there, so on a store out of process every
+    # input is in the process's value cache and nothing is fetched
+    one = simulate(dag, costs_of(5), plan, max_workers=1, remote=True)
+    assert one.worker_process == [0] * one.workers and one.workers > 1
+    assert one.bytes_fetched == 0
+    # the in-process memory store keeps no process cache: the workers handed a grow fetch blob's output
+    memory = simulate(dag, costs_of(5), plan, max_workers=1, remote=False)
+    assert memory.bytes_fetched > 0 and memory.makespan > one.makespan
+    # two processes: only what the other process made is fetched
+    two = simulate(dag, costs_of(5), plan, max_workers=2, remote=True)
+    assert set(two.worker_process) == {0, 1}
+    for t in range(5):
+        here = two.worker_process[two.worker[t]]
+        made_elsewhere = sum(100.0 for u in dag.deps[t] if two.worker_process[two.worker[u]] != here)
+        assert two.remote_bytes[t] <= made_elsewhere
+    assert 0 < two.bytes_fetched < memory.bytes_fetched + 1e-9
+
+
 def test_planning_a_tree_of_8191_tasks_is_fast() -> None:
     dag = DAG.from_sinks([tree(8192)])
     assert len(dag) == 8191

@@ -20,7 +20,10 @@ prediction can be compared with a real run:
 - a task that is not its worker's first begins the loop gap after the one
   before it, and finishes ``fetch + exec + upload`` after it begins: ``fetch`` is one
   round trip for the inputs produced in *other* workers (inputs this worker made
-  are in its cache and cost nothing), ``exec`` is the function at the worker's
+  are in its cache and cost nothing; in a pool on a store out of process, so
+  are the inputs its *process* made or fetched for an earlier worker of the
+  run: the process value cache, :mod:`fanflow.worker.values`, which also
+  decides what counts as local when a claimer picks what to keep), ``exec`` is the function at the worker's
   memory, ``upload`` is the store + notify round trip (notify only when delayed
   I/O skips the upload, which happens only where the loop would allow it);
 - on a store out of process (``remote``), an output of at least
@@ -72,6 +75,7 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.placement import PlanView, continuation, root_groups, runs_here_if_claimed, sheddable, spread
 from fanflow.planning.predict import DagCosts
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
+from fanflow.worker.values import MEMORY_SHARE
 
 
 @dataclass(slots=True)
@@ -113,6 +117,8 @@ class Simulation:
     """Per worker: True when the simulated pool had to start a fresh process for it."""
     worker_latency: list[float]
     """Per worker: the start latency (cold, warm or mixed) it paid, without the queue wait."""
+    worker_process: list[int]
+    """Per worker: the pool process it ran in (numbered from 0, the warm ones first); -1 without a pool."""
     remote_bytes: list[float]
     """Per task: bytes fetched from the store (inputs made in other workers)."""
     up_bytes: list[float]
@@ -136,7 +142,20 @@ class Simulation:
 class _AtMemory:
     """Every cost the simulator needs at one memory size, as plain numbers (computed once per size)."""
 
-    __slots__ = ("cold", "exec", "f_base", "f_floor", "f_slope", "gap", "start", "u_base", "u_floor", "u_slope", "warm")
+    __slots__ = (
+        "cold",
+        "exec",
+        "f_base",
+        "f_floor",
+        "f_slope",
+        "gap",
+        "room",
+        "start",
+        "u_base",
+        "u_floor",
+        "u_slope",
+        "warm",
+    )
 
     def __init__(self, costs: DagCosts, memory_mb: int) -> None:
         z = costs.z
@@ -148,6 +167,7 @@ class _AtMemory:
         self.cold = costs.cold_s(memory_mb)
         self.warm = costs.warm_s(memory_mb)
         self.start = costs.start_s(memory_mb)
+        self.room = memory_mb * 2**20 * MEMORY_SHARE  # the process value cache keeps no larger value
 
 
 @dataclass(slots=True)
@@ -239,8 +259,13 @@ def simulate(
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
     slots = max_workers if pool else n + 1
-    idle = list(warm)[-max_workers:] if pool and max_workers else []  # memory of idle processes, LRU first
-    processes = len(idle)
+    # (memory, process) of the idle processes, least recently used first
+    idle = [(m, p) for p, m in enumerate(list(warm)[-max_workers:] if pool and max_workers else [])]
+    processes = next_process = len(idle)
+    w_process: list[int] = []
+    # which processes hold each task's output in their value cache (a bit per process)
+    cached = remote and pool
+    has = [0] * n
     waiting: deque[list[int]] = deque()
     push, pop = heapq.heappush, heapq.heappop
 
@@ -256,9 +281,19 @@ def simulate(
             if now - c.gap > claimed_at[t]:
                 waited_for[t] = prev
         remote = 0.0
-        for u in deps[t]:
-            if worker[u] != w:
-                remote += out_bytes[u]
+        if cached:
+            bit, room = 1 << w_process[w], c.room
+            for u in deps[t]:
+                if worker[u] != w and not has[u] & bit:
+                    remote += out_bytes[u]
+                    if out_bytes[u] <= room:
+                        has[u] |= bit
+            if out_bytes[t] <= room:
+                has[t] |= bit
+        else:
+            for u in deps[t]:
+                if worker[u] != w:
+                    remote += out_bytes[u]
         fetch = max(c.f_floor, c.f_base + c.f_slope * remote) if remote > 0 else 0.0
         d = fetch + c.exec[t]
         fetched += remote
@@ -284,7 +319,7 @@ def simulate(
         push(heap, (now + d, seq, t))
 
     def new_worker(tasks: list[int], at: float, cause: int) -> None:
-        nonlocal slots, processes
+        nonlocal slots, processes, next_process
         if slots <= 0:
             waiting.append(tasks)
             return
@@ -294,17 +329,22 @@ def simulate(
         c = at_memory.get(mem)
         if c is None:
             c = at_memory[mem] = _AtMemory(costs, mem)
+        same = [i for i, (m, _) in enumerate(idle) if m == mem] if pool else []
+        process = -1
         if not pool:
             cold, latency = False, c.start
-        elif mem in idle:
-            del idle[len(idle) - 1 - idle[::-1].index(mem)]  # the most recently idle of that size
+        elif same:
+            _, process = idle.pop(same[-1])  # the most recently idle of that size
             cold, latency = False, c.warm
         else:
             if processes >= (max_workers or 0) and idle:
                 del idle[0]  # the pool evicts the idle process used least recently
                 processes -= 1
             processes += 1
+            process = next_process
+            next_process += 1
             cold, latency = True, c.cold
+        w_process.append(process)
         begin = at + latency
         w_memory.append(mem)
         w_costs.append(c)
@@ -381,7 +421,8 @@ def simulate(
             if len(dependents[t]) == 1 and t not in sinks:
                 held[t] = True  # the claim stored the output only if another worker had won it
         elif claimed:
-            is_here = lambda u, w=w: worker[u] == w  # noqa: E731
+            bit = 1 << w_process[w] if cached else 0
+            is_here = lambda u, w=w, bit=bit: worker[u] == w or bool(has[u] & bit)  # noqa: E731
             here, others = continuation(
                 dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
             )
@@ -395,7 +436,7 @@ def simulate(
         w_end[w] = now
         slots += 1
         if pool:
-            idle.append(w_memory[w])
+            idle.append((w_memory[w], w_process[w]))
         if waiting:
             new_worker(waiting.popleft(), now, t)
 
@@ -420,6 +461,7 @@ def simulate(
         w_end,
         w_cold,
         w_latency,
+        w_process,
         remote_bytes,
         up_bytes,
         finish[last],
