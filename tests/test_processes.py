@@ -24,7 +24,7 @@ from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, peek, sign
 from fanflow.platforms.processes import ProcessesPlatform, client_platform
-from fanflow.platforms.processes.cgroups import cpu_quota_us
+from fanflow.platforms.processes.cgroups import PERIOD_US, cpu_quota_us, nice_weight
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
 from fanflow.store.base import RUNNING
@@ -225,16 +225,70 @@ def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, red
     (worker,) = pool._workers
     lines = Path(f"/proc/{worker.proc.pid}/cgroup").read_text().splitlines()
     groups = {ctl: path for _, ctls, path in (line.split(":", 2) for line in lines) for ctl in ctls.split(",")}
+    # A short period: a fraction of a vCPU runs at that fraction of the speed, not in bursts and stalls.
+    assert PERIOD_US == 10_000 and cpu_quota_us(256) == 1447
+    # The pool's group weighs as much as its one process would alone at the pool's nice value.
+    weight = nice_weight(os.getpriority(os.PRIO_PROCESS, 0))
     if "memory" in groups:  # cgroup v1
         cpu = Path("/sys/fs/cgroup/cpu") / groups["cpu"].lstrip("/")
         memory = Path("/sys/fs/cgroup/memory") / groups["memory"].lstrip("/")
         assert int((cpu / "cpu.cfs_quota_us").read_text()) == cpu_quota_us(256)
+        assert int((cpu / "cpu.cfs_period_us").read_text()) == PERIOD_US
+        assert int((cpu.parent / "cpu.shares").read_text()) == weight
         assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * 1024 * 1024
     else:
         group = Path("/sys/fs/cgroup") / groups[""].lstrip("/")
-        assert (group / "cpu.max").read_text().split()[0] == str(cpu_quota_us(256))
+        assert (group / "cpu.max").read_text().split() == [str(cpu_quota_us(256)), str(PERIOD_US)]
+        assert int((group.parent / "cpu.weight").read_text()) == round(weight * 100 / 1024)
         assert int((group / "memory.max").read_text()) == 256 * 1024 * 1024
     assert "fanflow-" in str(groups.get("cpu", groups.get("")))
+
+
+def test_a_pools_weight_follows_the_scheduler_nice_levels() -> None:
+    assert [nice_weight(n) for n in (-10, -5, 0, 5, 10, 19)] == [9537, 3125, 1024, 336, 110, 15]
+
+
+@fanflow.task
+def frozen_objects(load: str) -> int:
+    """How many objects the collector skips in this worker process, after importing ``load``."""
+    import gc
+    import importlib
+
+    importlib.import_module(load)
+    return gc.get_freeze_count()
+
+
+def test_a_warm_worker_keeps_its_imports_out_of_the_collectors_way(config: fanflow.Config) -> None:
+    config = config.replace(max_workers=1, keep_alive_s=60)  # one process runs both
+    module = "xml.dom.minidom"  # nothing of fanflow imports it: the first run loads it
+    first = frozen_objects(module).compute(config)
+    second = frozen_objects(module).compute(config)
+    assert first > 10_000  # the worker's own imports, frozen before it said it was ready
+    assert second > first  # and what the first run imported, frozen after it
+
+
+@fanflow.task
+def allocator_settings() -> dict[str, str]:
+    """The glibc settings this process started with (its initial environment, as glibc read it)."""
+    start = dict(v.split("=", 1) for v in Path("/proc/self/environ").read_text().split("\0") if "=" in v)
+    return {k: v for k, v in start.items() if k.startswith("MALLOC_")}
+
+
+def test_worker_processes_keep_freed_arrays_pages(config: fanflow.Config) -> None:
+    assert allocator_settings().compute(config) == {
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+    }
+
+
+def test_allocator_settings_of_the_pools_environment_win(
+    config: fanflow.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    config = config.replace(max_workers=1, keep_alive_s=0)  # a pool of its own, started with this environment
+    settings = allocator_settings().compute(config)
+    assert settings["MALLOC_TRIM_THRESHOLD_"] == "131072"
+    assert settings["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
 
 
 @fanflow.task

@@ -15,6 +15,7 @@ platform needs no entry: it calls ``handle`` in the client's process.
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 from fanflow.errors import PayloadRejectedError
 from fanflow.worker import handle
 
-__all__ = ["lambda_handler", "process_main", "ray_task", "serve_pipe"]
+__all__ = ["freeze_imports", "lambda_handler", "process_main", "ray_task", "serve_pipe"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def serve_pipe(conn: Connection) -> None:
     logging.basicConfig(level=setup["log_level"], format="%(levelname)s fanflow-worker: %(message)s")
     if setup.get("capacity_fd") is not None:
         capacity.attach(setup["capacity_fd"])
+    frozen = freeze_imports()
     conn.send_bytes(protocol.READY)
     cold = not setup.get("prewarmed", False)
     while True:
@@ -71,6 +73,26 @@ def serve_pipe(conn: Connection) -> None:
             reply = protocol.CRASHED + traceback.format_exc().encode(errors="replace")
         conn.send_bytes(reply)
         cold = False
+        if len(sys.modules) != frozen:  # the run imported code (its first in this process): done between runs
+            frozen = freeze_imports()
+
+
+def freeze_imports() -> int:
+    """Collect, then move every object alive now out of the garbage collector's sight (``gc.freeze``);
+    returns how many modules are loaded.
+
+    Called while a worker process is idle, after its imports. A warm worker holds
+    about 45,000 objects of imported modules (fanflow, redis, numpy, ...) that
+    live as long as the process; a full collection traverses them all, 16-23 ms
+    of CPU, and it came at a random point of whichever run crossed the
+    threshold. Frozen, they are never traversed again (they would never have
+    been garbage). Objects made later stay collectable; what the importing run
+    left alive at that moment (its cached DAG, say) is frozen with the modules:
+    reference counting still frees it, only a cycle in it would stay.
+    """
+    gc.collect()
+    gc.freeze()
+    return len(sys.modules)
 
 
 # -- ray ------------------------------------------------------------------------------------

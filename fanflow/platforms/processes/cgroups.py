@@ -8,6 +8,9 @@ one vCPU and one memory limit, which no FaaS platform does):
 - cgroup v2: ``cpu.max = "<quota> <period>"`` and ``memory.max``;
 - cgroup v1: ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``memory.limit_in_bytes``.
 
+The period is 10 ms (:data:`PERIOD_US`), not the kernel's 100 ms, so that a
+fraction of a vCPU is a steady fraction of the speed rather than bursts and stalls.
+
 Groups are made under the cgroup this process already lives in, never at the
 root, so the limits of whoever started fanflow still apply to its workers. The
 pool's groups sit under one parent per pool (``fanflow-<pool>-<pid>``), removed
@@ -35,8 +38,13 @@ from fanflow.platforms.sizing import MB_PER_VCPU
 log = logging.getLogger(__name__)
 
 PREFIX = "fanflow"
-PERIOD_US = 100_000
+PERIOD_US = 10_000
+"""The CFS bandwidth period. Linux's default (100 ms) lets a worker below 1 vCPU run a short task at
+full speed until its quota for the period is spent, then stall for the rest of the period, so the same
+20 ms task at 512 MB took 28 ms or 91 ms depending on where it fell in the period. A 10 ms period
+spreads the quota evenly: 61-74 ms (``docs/platforms.md``, "Run-to-run variance")."""
 MIN_QUOTA_US = 1_000
+"""The kernel's smallest quota: below about 180 MB a worker gets this (0.1 vCPU), not less."""
 ROOT = Path("/sys/fs/cgroup")
 
 _warned = False
@@ -45,6 +53,11 @@ _warned = False
 def cpu_quota_us(memory_mb: int, period_us: int = PERIOD_US) -> int:
     """CPU time per period for ``memory_mb`` (1769 MB = one full period, i.e. 1 vCPU)."""
     return max(MIN_QUOTA_US, period_us * memory_mb // MB_PER_VCPU)
+
+
+def nice_weight(nice: int) -> int:
+    """The scheduler's weight of one process at ``nice`` (1024 at 0, 1.25 times more per step down)."""
+    return round(1024 * 1.25**-nice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +102,14 @@ def _detect() -> _Layout:
 class Cgroups:
     """The cgroups of one pool: a parent group, and one group per worker process.
 
-    The parent's CPU weight is ``processes`` times the default (v1 ``cpu.shares``,
-    v2 ``cpu.weight``): under contention a group competes as ONE entity with
-    every process beside it, so at the default weight all of a pool's workers
-    together would get the share of a single process. The groups are named
-    ``<prefix>-<pool>-<pid>``; starting, it removes stale groups of that prefix.
+    The parent's CPU weight is ``processes`` times the weight of one process at
+    the pool's own nice value (v1 ``cpu.shares``, v2 ``cpu.weight``): under
+    contention a group competes as ONE entity with every process beside it, and
+    the nice values of the processes inside it no longer count against those
+    outside. At the default weight all of a pool's workers together would get
+    the share of a single process, and a pool started with ``nice -n -10`` would
+    get no more than one at nice 0. The groups are named ``<prefix>-<pool>-<pid>``;
+    starting, it removes stale groups of that prefix.
     """
 
     def __init__(self, pool: str, processes: int = 1, prefix: str = PREFIX) -> None:
@@ -110,10 +126,12 @@ class Cgroups:
                 if not {"cpu", "memory"} <= set((self._parents[0] / "cgroup.controllers").read_text().split()):
                     raise OSError(f"{layout.cpu_dir} does not enable the cpu and memory controllers for its children")
                 (self._parents[0] / "cgroup.subtree_control").write_text("+cpu +memory")
-                (self._parents[0] / "cpu.weight").write_text(str(min(10_000, 100 * processes)))
+                weight = round(processes * nice_weight(os.getpriority(os.PRIO_PROCESS, 0)) * 100 / 1024)
+                (self._parents[0] / "cpu.weight").write_text(str(min(10_000, max(1, weight))))
             else:
                 self._parents = [_mkdir(layout.cpu_dir / name), _mkdir(layout.memory_dir / name)]
-                (self._parents[0] / "cpu.shares").write_text(str(1024 * processes))
+                shares = processes * nice_weight(os.getpriority(os.PRIO_PROCESS, 0))
+                (self._parents[0] / "cpu.shares").write_text(str(min(262_144, max(2, shares))))
             self._layout = layout
             self.available = True
         except OSError as exc:

@@ -354,6 +354,8 @@ class PoolHost:
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._env.pop("FANFLOW_SECRET", None)
         self._env[protocol.POOL_PID_ENV] = str(os.getpid())
+        for name, value in protocol.MALLOC_ENV.items():
+            self._env.setdefault(name, value)  # read by glibc as the process starts: only a fresh process gets it
         self._popper: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
         self._serving: threading.Thread | None = None
