@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from fanflow.metrics.report import summary_rows
 from fanflow.planning import Assignment, DagCosts, make_plan, simulate
 from fanflow.planning.calibrate import Calibration
 from fanflow.planning.plan import warm_memory
-from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_kind
+from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_key, plan_kind
 from fanflow.planning.predict import Line, MemoryModel
 from fanflow.store.metadata import drain, open_metadata
 
@@ -96,6 +97,38 @@ def test_a_mixed_plan_that_ran_slower_than_predicted_loses_to_uniform() -> None:
     assert plan_kind(learned.memory_mb) == "uniform"
 
 
+def test_a_size_whose_runs_were_slower_than_predicted_loses_to_uniform_3008() -> None:
+    """Calibration is per plan (kind and sizes): one size erring does not hide behind another's runs."""
+    dag = DAG.from_sinks([add(work(1, 1), work(2, 1))])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 100.0, 0.01, 0.01, 0.01)  # scaled: no faster past 1769 MB (one vCPU)
+    labels = place(dag, costs, [3008] * n, clustering=False)
+    plan, *_ = critical_path_assignment(dag, costs, labels, None, 0.1)
+    assert plan_key(plan.memory_mb) == "uniform 1769"  # as fast as 3008 MB, predicted, and cheaper
+    # uniform 1769 MB's runs took 1.2x their prediction, uniform 3008 MB's were on time: back to 3008 MB
+    factors = {"uniform 1769": 1.2, "uniform 3008": 1.0, "uniform": 1.1}
+    learned, *_ = critical_path_assignment(dag, costs, labels, None, 0.1, calibration=factors)
+    assert plan_key(learned.memory_mb) == "uniform 3008"
+    # within the +5% the cheaper size stays
+    close, *_ = critical_path_assignment(dag, costs, labels, None, 0.1, calibration={**factors, "uniform 1769": 1.04})
+    assert plan_key(close.memory_mb) == "uniform 1769"
+
+
+def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind() -> None:
+    docs = [
+        run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1),
+        run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1),
+        run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1),
+        run_doc("mixed 512/3008", 1.0, 2.0, 0.9, 1.1),
+    ]
+    learned = Calibration.from_runs(docs, "threads")
+    assert learned.factor("uniform 1769") == pytest.approx(1.2)
+    assert learned.factor("uniform 3008") == pytest.approx(1.0)
+    assert learned.factor("uniform 1024") == pytest.approx(1.2)  # never ran: its kind's runs, median of 1.2, 1, 1.2
+    assert learned.factor("mixed 512/1769") == pytest.approx(2.0)
+    assert learned.factors()["uniform 3008"] == pytest.approx(1.0)
+
+
 def run_doc(kind: str, predicted: float, actual: float, low: float, high: float, factor: float = 1.0) -> dict:
     return {
         "status": "succeeded",
@@ -161,7 +194,7 @@ def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> 
     # the first run was planned from defaults: it has no kind, so calibration does not learn from it
     assert runs[-1]["plan_kind"] == ""
     for doc in runs:
-        assert doc["plan_kind"] in ("uniform", "mixed") or doc is runs[-1]
+        assert doc is runs[-1] or doc["plan_kind"].split(" ")[0] in ("uniform", "mixed")
         assert doc["predicted_p10_s"] <= doc["predicted_makespan_s"] <= doc["predicted_p90_s"]
     # the report and `fanflow runs show` print predicted vs actual with the interval
     store = open_metadata(url)
@@ -171,13 +204,15 @@ def test_interval_brackets_the_prediction_and_runs_record_it(tmp_path: Path) -> 
     plan = make_plan(dag, cfg)
     assert plan.predicted_p10_s is not None and plan.predicted_p90_s is not None
     assert plan.predicted_p10_s < plan.predicted_makespan_s < plan.predicted_p90_s  # history has a spread
-    # the plan learned from the runs: its factor is the median actual / simulated of their kind
-    raw = {
-        k: [d["makespan_s"] * d["calibration"] / d["predicted_makespan_s"] for d in runs if d["plan_kind"] == k]
-        for k in ("uniform", "mixed")
-    }
-    pool = raw[plan.kind] or raw["uniform"] + raw["mixed"]
-    pool = [r for r in pool if 0.2 <= r <= 5.0]
+
+    # the plan learned from the runs: its factor is the median actual / simulated of the same plan's runs
+    # (kind and sizes), else of its kind's, else of all
+    def raw(same: Callable[[str], bool]) -> list[float]:
+        ratios = [d["makespan_s"] * d["calibration"] / d["predicted_makespan_s"] for d in runs if same(d["plan_kind"])]
+        return [r for r in ratios if 0.2 <= r <= 5.0]
+
+    kind = plan.kind.split()[0]
+    pool = raw(lambda k: k == plan.kind) or raw(lambda k: k.split(" ")[0] == kind) or raw(bool)
     assert plan.calibration == pytest.approx(statistics.median(pool) if pool else 1.0)
     assert plan.uniform_makespan_s is not None and plan.predicted_makespan_s is not None
     assert plan.predicted_makespan_s <= plan.uniform_makespan_s * (1 + NEVER_WORSE) + 1e-9

@@ -170,7 +170,8 @@ class RunRecord:
     predicted_p90_s: float | None = None
     """The prediction's interval (10th to 90th percentile); None without one."""
     plan_kind: str = ""
-    """``uniform`` or ``mixed`` memory sizes in the plan ('' without a plan): the planner learns per kind."""
+    """The plan's kind and memory sizes, ``uniform 1769`` or ``mixed 512/3008`` (older runs: ``uniform`` or
+    ``mixed``; '' without a plan or when planned from defaults): the planner learns per plan."""
     calibration: float = 1.0
     """Factor from past runs the prediction includes (:mod:`fanflow.planning.calibrate`)."""
     error: str | None = None

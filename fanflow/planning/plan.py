@@ -35,7 +35,7 @@ from fanflow.planning.planners import (
     claimers,
     critical_path_assignment,
     place,
-    plan_kind,
+    plan_key,
     prewarm_times,
     upload_flags,
 )
@@ -70,11 +70,11 @@ class Plan:
     planning_s: float = 0.0
     used_history: bool = False
     kind: str = ""
-    """``uniform`` (one memory size everywhere) or ``mixed``: which calibration factor applies. Empty when
-    some task was predicted from defaults: such a run's actual / predicted ratio says how wrong the
-    defaults were, not how the simulator errs, so calibration does not learn from it."""
+    """The plan's kind and memory sizes (``uniform 1769``, ``mixed 512/3008``): which calibration factor
+    applies. Empty when some task was predicted from defaults: such a run's actual / predicted ratio says
+    how wrong the defaults were, not how the simulator errs, so calibration does not learn from it."""
     calibration: float = 1.0
-    """Actual / simulated makespan of past runs of this DAG and kind (:mod:`fanflow.planning.calibrate`)."""
+    """Actual / simulated makespan of past runs of this DAG and plan (:mod:`fanflow.planning.calibrate`)."""
     predicted_p10_s: float | None = None
     predicted_p90_s: float | None = None
     """The interval the actual makespan is predicted to fall in (10th to 90th percentile)."""
@@ -224,7 +224,7 @@ def make_plan(
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
-        top_factor = learned.factor("uniform", cold=True if cap else None)
+        top_factor = learned.factor(plan_key([top]), cold=True if cap else None)
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
@@ -236,7 +236,7 @@ def make_plan(
         sim = simulate(dag, costs, assignment, cap, remote, warm)
     plan.simulation = sim
     plan.assignment = assignment
-    plan.kind = "" if costs.defaults else plan_kind(assignment.memory_mb)
+    plan.kind = "" if costs.defaults else plan_key(assignment.memory_mb)
     cold = any(sim.worker_cold) if cap else None
     plan.calibration = learned.factor(plan.kind, cold)
     low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind, cold))

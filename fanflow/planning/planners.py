@@ -54,8 +54,9 @@ makespan and GB-s are both within :data:`NEVER_WORSE` (5%) of uniform at the
 largest size (3008 MB); that uniform plan is always a candidate, so the rule
 always has an answer. Predictions are compared *calibrated*: each is
 multiplied by what past runs of the same DAG measured (actual / predicted,
-per plan kind: ``uniform`` or ``mixed``, :func:`plan_kind`), so a mixed plan
-whose runs came out slower than predicted loses to uniform on the next run.
+per plan: its kind and memory sizes, :func:`plan_key`), so a plan whose runs
+came out slower than predicted loses to uniform at the largest size on the
+next run.
 """
 
 from __future__ import annotations
@@ -394,8 +395,13 @@ def _resized(sim: Simulation, old_mb: int, new_mb: int) -> Simulation:
 
 
 def plan_kind(memory_mb: Sequence[int]) -> str:
-    """``uniform`` when every task has one memory size, else ``mixed``: the key of a calibration factor."""
+    """``uniform`` when every task has one memory size, else ``mixed``."""
     return "uniform" if len(set(memory_mb)) <= 1 else "mixed"
+
+
+def plan_key(memory_mb: Sequence[int]) -> str:
+    """The kind and the memory sizes (``uniform 1769``, ``mixed 512/3008``): the key of a calibration factor."""
+    return f"{plan_kind(memory_mb)} {'/'.join(map(str, sorted(set(memory_mb))))}"
 
 
 def critical_path_assignment(
@@ -419,8 +425,8 @@ def critical_path_assignment(
     target is a candidate, and so is the per-worker downgrade of the fastest
     one once a full simulation confirms it; the cheapest predicted candidate
     wins, among those no worse than uniform at the largest size (see the
-    module docstring; ``calibration`` maps :func:`plan_kind` to actual /
-    predicted of past runs). ``requested`` holds per-task memory a user asked
+    module docstring; ``calibration`` maps :func:`plan_key`, or for a plan
+    not in it :func:`plan_kind`, to actual / predicted of past runs). ``requested`` holds per-task memory a user asked
     for (``@task(memory_mb=...)``), which the planner keeps. ``top_sim``, when
     given, is the simulation of uniform at the largest size with these labels
     and upload flags, which the caller already made. ``remote``: the store is
@@ -472,7 +478,7 @@ def critical_path_assignment(
     factor = calibration or {}
 
     def calibrated(a: Assignment, s: Simulation) -> tuple[float, float]:
-        f = factor.get(plan_kind(a.memory_mb), 1.0)
+        f = factor.get(plan_key(a.memory_mb), factor.get(plan_kind(a.memory_mb), 1.0))
         return s.makespan * f, s.cost_gb_s * f
 
     top_makespan, top_cost = calibrated(uniform(top), top_sim)
