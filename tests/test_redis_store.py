@@ -14,6 +14,7 @@ import fanflow
 from fanflow.store import keys
 from fanflow.store.base import MISSING, Claim
 from fanflow.store.codec import Codec
+from fanflow.store.events import EventRows, shape
 from fanflow.store.redis import Packer, RedisStore, connect
 
 
@@ -166,6 +167,13 @@ def test_events_are_one_entry_per_batch(store: RedisStore, run: str) -> None:
     assert [e["kind"] for _, e in store.read_events(stream, after=events[0][0])] == ["c"]
     assert store.read_events(stream, after=events[2][0]) == []
     assert [e["kind"] for _, e in store.read_events(stream, count=1)] == ["a", "b"]  # whole entries only
+    batches, after = store.read_event_batches(stream)
+    assert [[e["kind"] for e in b] for b in batches] == [["a", "b"], ["c"]] and after == events[2][0]
+    assert store.read_event_batches(stream, after) == ([], after)
+    rows = EventRows([(1, "w", 2.5, shape("task_started", ("task", "worker", "t")))])
+    store.append_events(stream, rows, 60)  # a worker's flush goes as the dicts it stands for
+    (batch,), _ = store.read_event_batches(stream, after)
+    assert batch == [{"kind": "task_started", "task": 1, "worker": "w", "t": 2.5}]
 
 
 def test_delete_exact_keys(store: RedisStore, run: str) -> None:

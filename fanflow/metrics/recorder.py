@@ -30,13 +30,14 @@ recorded, so no signature between the API and the client has to carry it.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import operator
 import sys
 import time
 import weakref
 from collections import Counter
 from collections.abc import Sequence
-from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
+from fanflow.store.events import EventRows, Row, as_dict, kind_of, label_of, rows_of
 from fanflow.store.metadata import defer, is_disabled, open_metadata
 from fanflow.store.metadata.trace import SMALL_COLUMN, DagArrays, EventTable, encode_trace
 
@@ -117,48 +119,68 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def collect_events(
-    store: Store, run_id: str, n_tasks: int, succeeded: bool
-) -> tuple[list[dict[str, Any]], EventTable | None]:
-    """The run's events, and their table, read until complete or until the settle deadline passes.
+def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> EventTable | list[dict[str, Any]]:
+    """The run's events, read until complete or until the settle deadline passes: their table, or,
+    for a run of fewer than ``SMALL_COLUMN`` events, the events themselves.
 
     Complete: every task finished (a dynamic fan-out's elements aside) and every
-    worker seen has stopped. A tree of 16k tasks has 49k events, so each read
-    only counts kinds (one C-level pass); the table, which recording builds
-    anyway, is built when the counts say the run may be complete, and checked.
-    A run of fewer than ``SMALL_COLUMN`` events gets no table (None): it is
-    checked on its dicts and recorded as a list (:func:`encode_trace`).
+    worker seen has stopped. A tree of 16k tasks has 49k events, which workers
+    flush as rows (:mod:`fanflow.store.events`): each read only counts their
+    shapes, and the table, which recording builds anyway, is built from the rows
+    when the counts say the run may be complete, and checked. A small run is
+    checked on its event dicts and recorded as a list (:func:`encode_trace`).
     """
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
-    events: list[dict[str, Any]] = []
-    kinds: list[Any] = []  # each event's kind (None where it has none)
+    events: list[Row] = []
+    labels: list[Any] = []  # each event's shape, or a dict's kind (None where it has none)
     counts: Counter[Any] = Counter()
     table: EventTable | None = None
     after = "0"
     while True:
-        new, after = store.read_event_list(stream, after)
-        if new:
-            events.extend(new)
-            kinds.extend(map(dict.get, new, repeat("kind")))
-            counts.update(kinds[len(kinds) - len(new) :])
+        batches, after = store.read_event_batches(stream, after)
+        if batches:
+            seen = len(events)
+            _extend(events, labels, batches)
+            counts.update(labels[seen:])
             table = None
-        may_be_complete = counts["worker_stopped"] >= counts["worker_started"] and (
-            counts["task_finished"] >= n_tasks or not succeeded
+        kinds: Counter[Any] = Counter()
+        for label, count in counts.items():
+            kinds[kind_of(label)] += count
+        may_be_complete = kinds["worker_stopped"] >= kinds["worker_started"] and (
+            kinds["task_finished"] >= n_tasks or not succeeded
         )
-        if may_be_complete and len(events) < SMALL_COLUMN:
-            if _complete_small(events, n_tasks, succeeded):
-                return events, None
+        small = len(events) < SMALL_COLUMN
+        if may_be_complete and small:
+            dicts = list(map(as_dict, events))
+            if _complete_small(dicts, n_tasks, succeeded):
+                return dicts
         elif may_be_complete and table is None:
-            table = EventTable.of(events, kinds)
+            table = EventTable.of(events, labels)
             if _complete(table, n_tasks, succeeded):
-                return events, table
+                return table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
-            if len(events) < SMALL_COLUMN:
-                return events, None
-            return events, table if table is not None else EventTable.of(events, kinds)
+            if small:
+                return list(map(as_dict, events))
+            return table if table is not None else EventTable.of(events, labels)
         time.sleep(_POLL_S)
+
+
+_shape_of_row = operator.itemgetter(-1)
+
+
+def _extend(events: list[Row], labels: list[Any], batches: Sequence[Sequence[Any]]) -> None:
+    """Add the rows of ``batches`` to ``events`` and their labels (:func:`label_of`) to ``labels``."""
+    if set(map(type, batches)) == {EventRows}:  # only workers' rows: no Python call per batch or row
+        rows = list(itertools.chain.from_iterable(map(operator.attrgetter("rows"), batches)))
+        events.extend(rows)
+        labels.extend(map(_shape_of_row, rows))
+        return
+    for batch in batches:
+        rows = rows_of(batch)
+        events.extend(rows)
+        labels.extend(map(label_of, rows))
 
 
 def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
@@ -201,7 +223,7 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
         began = time.perf_counter()
         status = status_of(error)
         dag = run.dag
-        events, table = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
+        events = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
         finished_at = run.finished_at or time.time()
         header = RunRecord(
             run_id=run.run_id,
@@ -227,14 +249,14 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
             workflow=workflow_of(dag),
         )
         arrays = DagArrays.of(dag)
-        digested = None if table is None else digest(arrays, table, header)
+        digested = digest(arrays, events, header) if isinstance(events, EventTable) else None
         if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
-            metrics = build_metrics(Graph.of_dag(dag), events, header)
+            dicts = events.events() if isinstance(events, EventTable) else events
+            metrics = build_metrics(Graph.of_dag(dag), dicts, header)
             record, summaries = metrics.run, summaries_of(metrics.tasks)
         else:
             record, summaries = digested
-        columns = events if table is None else table  # a small run's events stay a list
-        trace = encode_trace(arrays, columns)
+        trace = encode_trace(arrays, events)  # a small run's events stay a list
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
         functions = [identity for _, identity in arrays.functions]

@@ -194,11 +194,13 @@ class Store(Protocol):
         """Events after id ``after``, oldest first, as ``(id, fields)``."""
         ...
 
-    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
-        """Events after id ``after``, oldest first, and the id to read after next time (``after`` if none).
+    def read_event_batches(self, stream: str, after: str = "0") -> tuple[list[Sequence[Mapping[str, Any]]], str]:
+        """Events after id ``after`` as the batches they were appended in, oldest first, and the id to
+        read after next time (``after`` if none).
 
-        :meth:`read_events` without a tuple per event: recording reads every
-        event of a run, tens of thousands for a large DAG.
+        :meth:`read_events` without a tuple per event, and without a dict per event where the batch
+        holds rows (:class:`fanflow.store.events.EventRows`): recording reads every event of a run,
+        tens of thousands for a large DAG.
         """
         ...
 

@@ -98,7 +98,7 @@ class _Stream:
 
     def __init__(self) -> None:
         self.seqs: list[int] = []
-        self.batches: list[list[dict[str, Any]]] = []
+        self.batches: list[Sequence[Mapping[str, Any]]] = []
 
 
 class _Subscription:
@@ -283,7 +283,7 @@ class MemoryStore:
             if not isinstance(entry, _Stream):
                 entry = self._data[stream] = _Stream()
             entry.seqs.append(next(self._seq))
-            entry.batches.append(events)  # type: ignore[arg-type]
+            entry.batches.append(events)
         self._expire_later((stream,), ttl_s)
 
     def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -298,7 +298,7 @@ class MemoryStore:
         ]
         return out[:count] if count is not None else out
 
-    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
+    def read_event_batches(self, stream: str, after: str = "0") -> tuple[list[Sequence[Mapping[str, Any]]], str]:
         entry = self._data.get(stream)
         if not isinstance(entry, _Stream):
             return [], after
@@ -307,7 +307,7 @@ class MemoryStore:
             seqs, batches = entry.seqs[start:], entry.batches[start:]
         if not seqs:
             return [], after
-        return list(itertools.chain.from_iterable(batches)), f"{seqs[-1]}-0"
+        return batches, f"{seqs[-1]}-0"
 
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:

@@ -550,13 +550,11 @@ class RedisStore:
         return out
 
     @_translated
-    def read_event_list(self, stream: str, after: str = "0") -> tuple[list[dict[str, Any]], str]:
+    def read_event_batches(self, stream: str, after: str = "0") -> tuple[list[Sequence[Mapping[str, Any]]], str]:
         low = "-" if after in ("0", "0-0") else f"({after}"
         entries = self.client.xrange(stream, low, "+")
-        out: list[dict[str, Any]] = []
-        for _, fields in entries:
-            out.extend(json.loads(fields[b"e"]))
-        return out, entries[-1][0].decode() if entries else after
+        batches = [json.loads(fields[b"e"]) for _, fields in entries]
+        return batches, entries[-1][0].decode() if entries else after
 
     # -- lifetime -----------------------------------------------------------------------------
     @_translated

@@ -54,8 +54,8 @@ what it made or fetched stays in its process-wide value cache
 (:mod:`fanflow.worker.values`), so a later invocation of the same run reads
 those inputs from memory instead of the store.
 - ``events``: a buffer of timestamped events (the run's metrics are derived
-  from them), all made by :meth:`Worker.emit` and written to the run's event
-  stream in batches as the ``metrics_upload`` strategy says: at worker exit
+  from them), kept as rows (:mod:`fanflow.store.events`: a tuple per event, no
+  dict) and written to the run's event stream in batches as the ``metrics_upload`` strategy says: at worker exit
   (``shutdown``), at the start and end of each task (``task``), every X
   seconds (``periodic:X``) or when X events wait (``buffer:X``). Every
   strategy also writes at exit.
@@ -86,6 +86,7 @@ from fanflow.platforms.base import Platform
 from fanflow.platforms.invocation import Invocation, branch_id, send
 from fanflow.store import keys
 from fanflow.store.base import BEGIN_RUN, MISSING, RUNNING, Claim, Store, error_record
+from fanflow.store.events import EventRows, Row, shape
 from fanflow.worker.extras import PlanExtras
 from fanflow.worker.heartbeat import heartbeat
 from fanflow.worker.maps import MapFanouts
@@ -118,6 +119,19 @@ output is not uploaded (see :meth:`Worker._recomputable`)."""
 FANOUT_INLINE_MAX = 16 * 1024
 """Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
 reference (the client stored the DAG once), so a wide fan-out does not push N copies."""
+
+
+# The shapes of the events every task and worker makes, looked up once: their rows are built
+# inline (a tuple, no call), the rest through :meth:`Worker.emit`. Values come in this order.
+_TASK = ("task", "worker", "t")
+_TASK_STARTED = shape("task_started", _TASK)
+_FINISHED = ("store_s", "out_bytes", "uploaded", "memory_mb", "attempt", "exec_s", "fetch_s", "in_bytes", *_TASK)
+_TASK_FINISHED = shape("task_finished", _FINISHED)
+_TASK_FINISHED_HELD = shape("task_finished", (*_FINISHED, "held"))
+_WORKER_STARTED = shape(
+    "worker_started", ("cold", "memory_mb", "latency_s", "received_at", "verify_s", "dag_s", "begin_s", *_TASK)
+)
+_WORKER_STOPPED = shape("worker_stopped", ("tasks", *_TASK))
 
 
 _WORKER_PREFIX = f"{socket.gethostname()[:16]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -169,7 +183,7 @@ class Worker:
         self.run_id = inv.run_id
         self.settings = inv.settings
         self.cache: dict[int, Any] = {}
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Row] = []
         self.tasks_run = 0
         self.cold = cold
         self.redelivered = redelivered
@@ -188,8 +202,8 @@ class Worker:
         self._held: list[tuple[int, tuple[int, ...]]] = []
         """Tasks run here whose dependents are not notified yet, with those dependents (see :meth:`_may_hold`)."""
         self._held_puts: dict[str, Any] = {}
-        self._held_events: list[dict[str, Any]] = []
-        """The held tasks' ``task_finished`` events: recorded with their share of the round trip that notifies them."""
+        self._held_events: list[Row] = []
+        """The held tasks' ``task_finished`` rows: recorded with their share of the round trip that notifies them."""
         self._held_since = 0.0
         self._taken: set[int] = set()
         """Claimed dependents this worker ran, queued or handed on (see :meth:`continue_after`)."""
@@ -229,16 +243,20 @@ class Worker:
         begun = time.time()
         self._next_status_check = begun + STATUS_CHECK_S
         received_at, verified_at = self._arrival
-        self.emit(
-            "worker_started",
-            -1,
-            cold=self.cold,
-            memory_mb=self.inv.memory_mb,
-            latency_s=max(0.0, self.started_at - self.inv.invoked_at) if self.inv.invoked_at else 0.0,
-            received_at=received_at,
-            verify_s=verified_at - received_at,
-            dag_s=self.started_at - verified_at,
-            begin_s=begun - self.started_at,
+        self.events.append(
+            (
+                self.cold,
+                self.inv.memory_mb,
+                max(0.0, self.started_at - self.inv.invoked_at) if self.inv.invoked_at else 0.0,
+                received_at,
+                verified_at - received_at,
+                self.started_at - verified_at,
+                begun - self.started_at,
+                -1,
+                self.id,
+                time.time(),
+                _WORKER_STARTED,
+            )
         )
         ready = self._ready = deque(self.inv.start)
         try:
@@ -266,12 +284,12 @@ class Worker:
             pass
         finally:
             self.extras.stop()
-            self.emit("worker_stopped", -1, tasks=self.tasks_run)
+            self.events.append((self.tasks_run, -1, self.id, time.time(), _WORKER_STOPPED))
             self._flush_events()
 
     def _run_task(self, t: int) -> list[Any]:
         """Run task ``t``; the dependents it claimed (for a map: what its expansion runs here)."""
-        self.emit("task_started", t)
+        self.events.append((t, self.id, time.time(), _TASK_STARTED))
         if self._flush_at_len == 1:  # "task": a live view sees the task running, not only done
             self._flush_events()
         values, in_bytes, fetch_s = self.inputs(t)
@@ -279,22 +297,24 @@ class Worker:
             return self.maps.expand(self, t, values)
         if not self._remote:  # in-process workers cannot be lost apart from their client
             value, attempt, exec_s = self.execute(t, values)
-            return self.task_done(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+            return self.task_done(t, value, attempt, exec_s, fetch_s, in_bytes)
         self.extras.preload_for(t, self.cache)
         lease_key = keys.lease(self.run_id, t)
         token = heartbeat.track(self.store, lease_key, self.owner, self.settings.lease_ms)
         try:
             value, attempt, exec_s = self.execute(t, values)
-            claimed = self.task_done(t, value, attempt=attempt, exec_s=exec_s, fetch_s=fetch_s, in_bytes=in_bytes)
+            claimed = self.task_done(t, value, attempt, exec_s, fetch_s, in_bytes)
         finally:
             leased = heartbeat.untrack(token)
         if leased:
             self.store.end_leases([lease_key], self.settings.key_ttl_s)
         return claimed
 
-    def task_done(self, t: int, value: Any, **fields: Any) -> list[int]:
+    def task_done(
+        self, t: int, value: Any, attempt: int, exec_s: float, fetch_s: float, in_bytes: list[int | None]
+    ) -> list[int]:
         """``t`` ran here: store its output, notify its dependents, keep it in the cache; the claimed dependents."""
-        claimed, out_bytes, store_s, uploaded = self._store_and_notify(t, value, fields.get("exec_s", 0.0))
+        claimed, out_bytes, store_s, uploaded = self._store_and_notify(t, value, exec_s)
         self.tasks_run += 1
         self._ran_here.add(t)
         self._release_inputs(t)
@@ -305,14 +325,13 @@ class Worker:
                 process_values.put(self.run_id, t, value, out_bytes, memory)
             if not uploaded:
                 self._unstored.add(t)
-        event = self._event(
-            "task_finished", t, store_s=store_s, out_bytes=out_bytes, uploaded=uploaded, memory_mb=memory, **fields
-        )
-        if self._held and self._held[-1][0] == t:
-            event["held"] = True
-            self._held_events.append(event)
+        now = time.time()
+        if self._held and self._held[-1][0] == t:  # store_s comes when the held notifications go
+            row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, self.id, now, True)
+            self._held_events.append((*row, _TASK_FINISHED_HELD))
         else:
-            self.events.append(event)
+            row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, self.id, now)
+            self.events.append((*row, _TASK_FINISHED))
             self.maybe_flush()
         return claimed
 
@@ -572,9 +591,7 @@ class Worker:
         began = time.perf_counter()
         won = iter(self.store.finish(puts, claims, self.owner, self.settings.key_ttl_s, self.settings.lease_ms))
         share = (time.perf_counter() - began) / len(held)
-        for event in self._held_events:
-            event["store_s"] = share
-        self.events.extend(self._held_events)
+        self.events.extend((share, *row[1:]) for row in self._held_events)  # store_s is a row's first value
         self._held_events = []
         self.maybe_flush()
         for t, ds in held:
@@ -740,16 +757,12 @@ class Worker:
 
     # -- events -----------------------------------------------------------------
     def emit(self, kind: str, task: int, **fields: Any) -> None:
-        """Record one event; written in batches by the flush strategy."""
-        self.events.append(self._event(kind, task, **fields))
+        """Record one event, stamped now; written in batches by the flush strategy.
 
-    def _event(self, kind: str, task: int, **fields: Any) -> dict[str, Any]:
-        """One event, stamped now (every event of a worker is made here)."""
-        fields["kind"] = kind
-        fields["task"] = task
-        fields["worker"] = self.id
-        fields["t"] = time.time()
-        return fields
+        The events of every task and worker are built inline instead (see ``_TASK_FINISHED``).
+        """
+        form = shape(kind, (*fields, *_TASK))
+        self.events.append((*fields.values(), task, self.id, time.time(), form))
 
     def maybe_flush(self) -> None:
         """Write the buffered events if the ``metrics_upload`` strategy says it is time."""
@@ -761,7 +774,7 @@ class Worker:
     def _flush_events(self) -> None:
         if not self.events:
             return
-        batch, self.events = self.events, []
+        batch, self.events = EventRows(self.events), []
         self._last_flush = time.time()
         try:
             self.store.append_events(keys.events(self.run_id), batch, self.settings.key_ttl_s)

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from fanflow.dag.graph import DAG
+from fanflow.store.events import Row, Shape, label_of
 from fanflow.store.metadata.base import MetadataError
 
 MAGIC = b"FFTRACE1"
@@ -157,24 +158,29 @@ class EventTable:
         return out
 
     @classmethod
-    def of(cls, events: Sequence[Mapping[str, Any]], kinds: list[Any] | None = None) -> EventTable:
-        """Columns of ``events`` (every event must be a mapping with string keys).
+    def of(cls, events: Sequence[Row], labels: list[Any] | None = None) -> EventTable:
+        """Columns of ``events``: rows (:mod:`fanflow.store.events`) or mappings with string keys.
 
-        ``kinds``: each event's ``kind``, when the caller read them already.
+        ``labels``: each event's :func:`~fanflow.store.events.label_of`, when the caller has them.
+        Rows are grouped by their shape and their columns taken by transposing them; dicts by
+        their kind, then by their field names when those differ.
         """
         if not events:
             return cls([], np.zeros(0, dtype=np.int32))
+        if labels is None:
+            labels = list(map(label_of, events))
         try:
-            codes, distinct = _codes(kinds if kinds is not None else list(map(operator.itemgetter("kind"), events)))
-            by_kind = None not in distinct
-        except (KeyError, TypeError):  # an event without a kind, or an odd one: by kind text and field names
-            codes, distinct = _codes([(repr(e.get("kind")), tuple(e)) for e in events])
-            by_kind = False
+            codes, distinct = _codes(labels)
+        except TypeError:  # an unhashable kind: by its text (and field names, below)
+            codes, distinct = _codes([x if type(x) is Shape else (repr(x),) for x in labels])
         groups: list[EventGroup] = []
         group_of = np.empty(len(events), dtype=np.int32)
         for label, members in zip(distinct, _members(codes, len(distinct)), strict=True):
             rows = _take(events, members)
-            group = _uniform(rows, label if by_kind and type(label) is str else None)
+            if type(label) is Shape:
+                group: EventGroup | None = _shaped(rows, label)
+            else:
+                group = _uniform(rows, label if type(label) is str else None)
             if group is not None:
                 group_of[members] = len(groups)
                 groups.append(group)
@@ -374,6 +380,20 @@ def _take(items: Sequence[Any], positions: np.ndarray) -> list[Any]:
     return list(operator.itemgetter(*positions.tolist())(items))
 
 
+def _shaped(rows: list[tuple[Any, ...]], form: Shape) -> EventGroup:
+    """The group of rows of one shape: a column per field.
+
+    A column is taken with one ``itemgetter`` pass over the rows, not by ``zip(*rows)``,
+    which makes an iterator per row: tens of thousands of objects for the garbage
+    collector to count, which set off a full collection of the whole process (the
+    run's DAG and every event still alive) in one recording of two.
+    """
+    columns: dict[str, Column] = {"kind": Strings([form.kind], np.zeros(len(rows), dtype=np.int8))}
+    for i, name in enumerate(form.names):
+        columns[name] = _column(list(map(operator.itemgetter(i), rows)))
+    return EventGroup(("kind", *form.names), columns, len(rows))
+
+
 def _uniform(rows: list[Mapping[str, Any]], kind: str | None) -> EventGroup | None:
     """One group of ``rows`` when they all have the first row's field names; else None.
 
@@ -397,21 +417,21 @@ def _group(rows: list[Mapping[str, Any]], keys: tuple[str, ...]) -> EventGroup:
     return EventGroup(keys, {k: _column(list(map(operator.itemgetter(k), rows))) for k in keys}, len(rows))
 
 
-def _column(values: list[Any]) -> Column:
+def _column(values: Sequence[Any]) -> Column:
     """An array when every value is a number (or every one a bool), :class:`Strings` when every one is a str.
 
     A short column stays a list (written as JSON): numpy's fixed cost per call
     would be most of a small run's recording.
     """
     if len(values) < SMALL_COLUMN:
-        return values
+        return list(values)
     if type(values[0]) is str:
         try:
             index: dict[Any, int] = dict.fromkeys(values)  # type: ignore[arg-type]
         except TypeError:  # an unhashable value
-            return values
+            return list(values)
         if not all(type(v) is str for v in index):  # checking the distinct values is enough: a str equals only a str
-            return values
+            return list(values)
         for i, v in enumerate(index):
             index[v] = i
         return Strings(list(index), np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values)))
@@ -423,10 +443,10 @@ def _column(values: list[Any]) -> Column:
         if first is int:
             return np.frombuffer(array.array("q", values), dtype=np.int64)  # bools widen to ints
     except (TypeError, OverflowError):  # text, None, a float among ints, an int beyond 64 bits
-        return values
+        return list(values)
     if first is bool and set(map(type, values)) == {bool}:
         return np.array(values, dtype=np.bool_)
-    return values
+    return list(values)
 
 
 _INT_TYPES = [(dtype, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for dtype in ("<i1", "<i2", "<i4", "<i8")]

@@ -1,0 +1,153 @@
+"""Worker events as rows: read as the dicts they stand for, grouped into the same table as dicts.
+
+A worker buffers its events as tuples under a shared shape (fanflow.store.events)
+and the memory store keeps its flushes as they are; every reader still sees dicts,
+and recording builds its columns from the rows. These tests hold the two forms to
+the same result.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fanflow
+from fanflow.store import keys, open_store
+from fanflow.store.events import EventRows, as_dict, shape
+from fanflow.store.metadata import open_metadata
+from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
+
+STARTED = shape("task_started", ("task", "worker", "t"))
+FINISHED = shape("task_finished", ("exec_s", "in_bytes", "task", "worker", "t"))
+
+
+def _rows(n: int) -> list[tuple[Any, ...]]:
+    """``n`` tasks' started and finished rows, two workers, as a worker makes them."""
+    out: list[tuple[Any, ...]] = []
+    for i in range(n):
+        worker = f"w{i % 2}"
+        out.append((i, worker, 1.0 + i, STARTED))
+        out.append((0.5 * i, [i, None], i, worker, 1.5 + i, FINISHED))
+    return out
+
+
+def test_rows_read_as_the_events_they_stand_for() -> None:
+    assert shape("task_started", ("task", "worker", "t")) is STARTED  # one object per shape
+    assert shape("shed", ("task", "worker", "t")) is not STARTED  # same fields, another kind
+    batch = EventRows(_rows(2))
+    expected = [
+        {"kind": "task_started", "task": 0, "worker": "w0", "t": 1.0},
+        {"kind": "task_finished", "exec_s": 0.0, "in_bytes": [0, None], "task": 0, "worker": "w0", "t": 1.5},
+        {"kind": "task_started", "task": 1, "worker": "w1", "t": 2.0},
+        {"kind": "task_finished", "exec_s": 0.5, "in_bytes": [1, None], "task": 1, "worker": "w1", "t": 2.5},
+    ]
+    assert list(batch) == expected and len(batch) == 4
+    assert batch[1] == expected[1] and batch[-1] == expected[-1] and batch[1:3] == expected[1:3]
+    event = {"kind": "prewarmed", "task": 3}
+    assert as_dict(event) is event
+
+
+def test_the_memory_store_keeps_a_flush_as_rows_and_reads_it_as_dicts() -> None:
+    store = open_store("memory://test-events")
+    stream = keys.events("run-rows")
+    store.append_events(stream, EventRows(_rows(3)), 60)
+    store.append_events(stream, [{"kind": "prewarmed", "task": 0, "worker": "client", "t": 0.5}], 60)
+    batches, after = store.read_event_batches(stream)
+    assert type(batches[0]) is EventRows and len(batches) == 2 and after == "2-0"
+    events = [e for _, e in store.read_events(stream)]
+    assert events[:6] == list(EventRows(_rows(3))) and events[6]["kind"] == "prewarmed"
+    assert store.read_event_batches(stream, after) == ([], after)
+    store.delete([stream])
+
+
+def _same(a: EventTable, b: EventTable) -> None:
+    assert a.events() == b.events()
+    assert a.group_of.tolist() == b.group_of.tolist()
+    for x, y in zip(a.groups, b.groups, strict=True):
+        assert set(x.keys) == set(y.keys) and x.size == y.size
+        for key in x.keys:
+            assert type(x.columns[key]) is type(y.columns[key]), key
+            assert x.values(key) == y.values(key), key
+
+
+@pytest.mark.parametrize("n", [3, 200])
+def test_rows_give_the_table_their_dicts_give(n: int) -> None:
+    rows = _rows(n)
+    from_rows, from_dicts = EventTable.of(rows), EventTable.of([as_dict(r) for r in rows])
+    _same(from_rows, from_dicts)
+    assert len(from_rows.groups) == 2 and from_rows.kinds() == {"task_started", "task_finished"}
+    dag = DagArrays([("f", "m.f:1")], np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(0), [], [])
+    assert decode_trace(encode_trace(dag, from_rows)).table.events() == from_dicts.events()
+    # rows and dicts of one kind in one stream: a group each, the stream's order kept
+    mixed = [*rows, {"kind": "task_started", "task": n, "worker": "client", "t": 0.0}]
+    table = EventTable.of(mixed)
+    assert table.events() == [as_dict(r) for r in mixed]
+    assert len(table.of_kind("task_started")) == 2
+
+
+def test_building_a_large_table_sets_off_no_garbage_collection() -> None:
+    """A table of 40k rows makes a handful of container objects, not one per row.
+
+    ``zip(*rows)`` made an iterator per row; counted by the collector, they set
+    off full collections of the whole process in every other recording of a
+    TR-8192 (about 60 ms each, more than the rest of recording).
+    """
+    rows = _rows(20_000)
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        table = EventTable.of(rows)
+    finally:
+        gc.callbacks.remove(count)
+    assert len(table) == 40_000
+    assert len(collections) <= 2, collections  # zip(*rows) set off about 57
+
+
+def test_a_recorded_run_has_every_field_its_workers_emitted(tmp_path: Path) -> None:
+    @fanflow.task
+    def one(x: int) -> int:
+        return x + 1
+
+    @fanflow.task
+    def two(a: int, b: int) -> int:
+        return a + b
+
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path}/m.db")
+    future = fanflow.submit(two(one(1), one(2)), config=config)
+    assert future.result() == (5,)
+    events = open_metadata(config.metadata).load_run(future.run_id).events
+    by_kind: dict[str, set[str]] = {}
+    for e in events:
+        by_kind.setdefault(e["kind"], set()).update(e)
+    common = {"kind", "task", "worker", "t"}
+    assert by_kind["task_started"] == common
+    assert by_kind["task_finished"] == common | {
+        "store_s",
+        "out_bytes",
+        "uploaded",
+        "memory_mb",
+        "attempt",
+        "exec_s",
+        "fetch_s",
+        "in_bytes",
+    }
+    assert by_kind["worker_started"] == common | {
+        "cold",
+        "memory_mb",
+        "latency_s",
+        "received_at",
+        "verify_s",
+        "dag_s",
+        "begin_s",
+    }
+    assert by_kind["worker_stopped"] == common | {"tasks"}
