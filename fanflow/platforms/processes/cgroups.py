@@ -41,8 +41,8 @@ PREFIX = "fanflow"
 PERIOD_US = 10_000
 """The CFS bandwidth period. Linux's default (100 ms) lets a worker below 1 vCPU run a short task at
 full speed until its quota for the period is spent, then stall for the rest of the period, so the same
-20 ms task at 512 MB took 28 ms or 91 ms depending on where it fell in the period. A 10 ms period
-spreads the quota evenly: 61-74 ms (``docs/platforms.md``, "Run-to-run variance")."""
+20 ms task at 512 MB took anything from 20 to 91 ms depending on where it fell in the period. A 10 ms
+period spreads the quota evenly: 62-74 ms (``docs/platforms.md``, "Run-to-run variance")."""
 MIN_QUOTA_US = 1_000
 """The kernel's smallest quota: below about 180 MB a worker gets this (0.1 vCPU), not less."""
 ROOT = Path("/sys/fs/cgroup")
