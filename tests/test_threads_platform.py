@@ -93,37 +93,40 @@ def test_max_workers_bounds_the_tasks_running_at_once_with_the_callers_thread_am
         assert most[0] == cap
 
 
+class Inv:
+    """An invocation as the threads platform sees one: only its run matters to it."""
+
+    def __init__(self, run_id: str, n: int = 0) -> None:
+        self.run_id, self.n = run_id, n
+
+
 def test_run_here_refuses_when_every_slot_is_taken_and_after_close() -> None:
     from fanflow.platforms.threads import ThreadsPlatform
 
     release = threading.Event()
-    ran: list[str] = []
-    platform = ThreadsPlatform(lambda item: ran.append(item) if item != "hold" else release.wait(10), max_workers=1)
+    ran: list[int] = []
+    platform = ThreadsPlatform(lambda inv: ran.append(inv.n) if inv.run_id != "hold" else release.wait(10), 1)
     try:
-        platform.invoke(["hold"])
+        platform.invoke([Inv("hold")])
         deadline = time.monotonic() + 10
-        while platform.run_here("probe"):  # until the pool thread holds the only slot
+        while platform.run_here(Inv("probe", -1)):  # until the pool thread holds the only slot
             assert time.monotonic() < deadline
-            ran.remove("probe")
-        assert not platform.run_here("here")
+            ran.remove(-1)
+        assert not platform.run_here(Inv("here", 1))
         release.set()
-        while not platform.run_here("here"):
+        while not platform.run_here(Inv("here", 1)):
             assert time.monotonic() < deadline
-        assert ran == ["here"]
+        assert ran == [1]
     finally:
         release.set()
         platform.close()
-    assert not platform.run_here("after close")
-    assert ran == ["here"]
+    assert not platform.run_here(Inv("here", 2))
+    assert ran == [1]
 
 
 def test_invocations_taken_back_by_their_runs_caller_run_exactly_once() -> None:
     """The caller and the pool threads race for the queued invocations: each runs once, never twice, never lost."""
     from fanflow.platforms.threads import ThreadsPlatform
-
-    class Inv:
-        def __init__(self, run_id: str, n: int) -> None:
-            self.run_id, self.n = run_id, n
 
     ran: list[tuple[str, int, bool]] = []
     lock = threading.Lock()
@@ -139,16 +142,31 @@ def test_invocations_taken_back_by_their_runs_caller_run_exactly_once() -> None:
         for _ in range(200):
             ran.clear()
             platform.invoke([Inv("other", i) for i in range(3)] + [Inv("mine", i) for i in range(5)])
-            platform.run_waiting_here("mine")
+            assert platform.run_here(Inv("mine", 5))
             deadline = time.monotonic() + 10
-            while len(ran) < 8:
+            while len(ran) < 9:
                 assert time.monotonic() < deadline, f"invocations lost: {sorted(ran)}"
                 time.sleep(0.001)
             time.sleep(0.002)  # a second run of any of them would show here
-            expected = [("mine", i) for i in range(5)] + [("other", i) for i in range(3)]
+            expected = [("mine", i) for i in range(6)] + [("other", i) for i in range(3)]
             assert sorted((r, n) for r, n, _ in ran) == expected
             assert not any(here for r, _, here in ran if r == "other")  # another run's work is not taken
-            taken_back += sum(here for _, _, here in ran)
+            taken_back += sum(here for r, n, here in ran if n != 5)
     finally:
         platform.close()
     assert taken_back  # the caller does take its run's work back (it holds the GIL as the pool threads wake)
+    assert not platform._waiting  # a run's entry goes with its last waiting invocation
+
+
+def test_a_platform_without_run_here_leaves_the_callers_thread_waiting() -> None:
+    from fanflow.platforms.base import runs_on_caller
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    class Elsewhere:
+        name, in_process, options = "elsewhere", False, {}
+
+        def invoke(self, invocations: object) -> None: ...
+
+    platform = ThreadsPlatform(lambda _: None, 1)
+    assert runs_on_caller(platform) and not runs_on_caller(Elsewhere())
+    platform.close()

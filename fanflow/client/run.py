@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fanflow import errors
 from fanflow.client import requirements
@@ -34,7 +34,7 @@ from fanflow.errors import (
     TaskLostError,
     ValueRejectedError,
 )
-from fanflow.platforms.base import Platform
+from fanflow.platforms.base import Platform, RunsOnCaller, runs_on_caller
 from fanflow.platforms.invocation import Invocation, WorkerSettings, send
 from fanflow.store import keys, open_store
 from fanflow.store.base import CANCELLED, FAILED, LEASE_DONE, MISSING, RUNNING, Store, error_record
@@ -167,11 +167,7 @@ class Run:
         send(self.platform, invs, self.secret)
 
     def _can_run_here(self) -> bool:
-        return (
-            self.config.timeout_s is None
-            and getattr(self.platform, "run_here", None) is not None
-            and not self._progress_wanted()
-        )
+        return self.config.timeout_s is None and runs_on_caller(self.platform) and not self._progress_wanted()
 
     def _memory_for(self, t: int) -> int:
         return self.plan.memory_for(t, self.config.memory_mb)
@@ -181,11 +177,9 @@ class Run:
         """Block until every sink is done; raise the run's error, timeout or cancellation."""
         if self._here is not None:
             inv, self._here = self._here, None
-            platform: Any = self.platform
-            if platform.run_here(inv):
-                platform.run_waiting_here(self.run_id)  # its other roots and fan-outs no thread has taken
-            else:  # every worker slot is taken: it queues like the others
-                self._invoke([inv])
+            # Then its other roots and fan-outs no worker has taken; False: every worker slot is taken.
+            if not cast(RunsOnCaller, self.platform).run_here(inv):
+                self._invoke([inv])  # it queues like the others
         sinks = set(self.dag.sinks)
         done: set[int] = set()
         deadline = None if self.config.timeout_s is None else self.submitted_at + self.config.timeout_s

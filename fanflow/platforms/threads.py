@@ -5,9 +5,11 @@ invocation costs a queue put rather than a thread start. Threads are started as
 invocations arrive, up to ``max_workers``, and stay for the life of the platform.
 
 A client that would only wait for its run may instead run invocations on its own
-thread: one it has not invoked (:meth:`ThreadsPlatform.run_here`), then those of
-its run still waiting in the queue, which it takes back before a pool thread does
-(:meth:`ThreadsPlatform.run_waiting_here`: the run's other roots, its fan-outs).
+thread (:meth:`ThreadsPlatform.run_here`, the optional part of the platform
+protocol, :class:`fanflow.platforms.base.RunsOnCaller`): one it has not invoked,
+then those of its run still waiting in the queue, which it takes back before a
+pool thread does (the run's other roots, its fan-outs). Waiting invocations are
+kept by run, so taking one back costs the same however many other runs queue.
 A small run then costs no hand-off to a worker thread and back (thread wake-ups
 were about a third of the fixed cost of a 1-task run). The calling thread counts
 as one of the ``max_workers`` while it runs one, so ``max_workers`` still bounds
@@ -72,9 +74,12 @@ class ThreadsPlatform:
         self._threads: list[threading.Thread] = []
         # One per running invocation, on a pool thread or a caller's (run_here): max_workers at a time.
         self._slots = threading.Semaphore(self._max)
-        # Queued invocations no thread has taken yet, by id: whoever pops one here (a pool
-        # thread, or a caller in run_waiting_here) runs it; dict.pop is atomic, so exactly once.
-        self._waiting: dict[int, Any] = {}
+        # Queued invocations no thread has taken yet, by run, then by id: whoever pops one here
+        # (a pool thread, or its run's caller in run_here) runs it, so exactly once. Pops and
+        # puts hold _taking: a run's entry goes when it empties, and a put must not land in a
+        # dict that is no longer the run's.
+        self._waiting: dict[str | None, dict[int, Any]] = {}
+        self._taking = threading.Lock()
         self._lock = threading.Lock()
         self._closed = False
         self._blas_limit: threadpool_limits | None = None
@@ -86,8 +91,11 @@ class ThreadsPlatform:
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         put, waiting = self._queue.put, self._waiting
+        with self._taking:
+            for inv in invocations:
+                # The queue holds it until taken, so its id stays its own.
+                waiting.setdefault(getattr(inv, "run_id", None), {})[id(inv)] = inv
         for inv in invocations:
-            waiting[id(inv)] = inv  # the queue holds it until taken, so its id stays its own
             put(inv)
         if len(self._threads) >= self._max:
             return
@@ -106,39 +114,42 @@ class ThreadsPlatform:
             sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
 
     def run_here(self, invocation: Any) -> bool:
-        """Run ``invocation`` (not given to :meth:`invoke`) on the calling thread, to its end, if a worker slot is free.
+        """Run ``invocation`` (not given to :meth:`invoke`) on the calling thread, then its run's waiting ones.
 
         Returns False, having run nothing, when ``max_workers`` invocations are
-        running already (then :meth:`invoke` it). While it runs, the calling
-        thread is one of this platform's workers: a task on it that starts a
-        run on this platform gets :class:`fanflow.NestedRunError`, as on a pool
-        thread. Tasks it fans out to are invoked as usual.
+        running already (then :meth:`invoke` it). After ``invocation``, the
+        invocations of its run that wait in the queue are taken back, one after
+        another, each only if no pool thread has taken it yet and only while a
+        worker slot is free; those that the ones run here start are taken in
+        turn. Returns when none of the run's invocations waits any more (or no
+        slot is free): the others are running on pool threads.
+
+        While it runs, the calling thread is one of this platform's workers: a
+        task on it that starts a run on this platform gets
+        :class:`fanflow.NestedRunError`, as on a pool thread.
         """
         if self._closed or not self._slots.acquire(blocking=False):
             return False
         self._run_on_caller(invocation)
+        run_id = getattr(invocation, "run_id", None)
+        while not self._closed and self._slots.acquire(blocking=False):
+            taken = self._take(run_id)
+            if taken is None:
+                self._slots.release()
+                return True
+            self._run_on_caller(taken)
         return True
 
-    def run_waiting_here(self, run_id: str) -> None:
-        """Run on the calling thread the invocations of run ``run_id`` that wait in the queue, one after another.
-
-        Each is taken back only if no pool thread has taken it yet, and only while
-        a worker slot is free; invocations that the ones run here start are taken
-        in turn. Returns when none of the run's invocations waits any more (or no
-        slot is free): the others are running on pool threads.
-        """
-        waiting = self._waiting
-        while True:
-            mine = [inv for inv in list(waiting.values()) if getattr(inv, "run_id", None) == run_id]
+    def _take(self, run_id: str | None, inv: Any = None) -> Any:
+        """Claim a waiting invocation of ``run_id`` (``inv``, or any): it, or None when it is not waiting."""
+        with self._taking:
+            mine = self._waiting.get(run_id)
             if not mine:
-                return
-            for inv in mine:
-                if self._closed or not self._slots.acquire(blocking=False):
-                    return
-                if waiting.pop(id(inv), None) is None:  # a pool thread took it meanwhile
-                    self._slots.release()
-                    continue
-                self._run_on_caller(inv)
+                return None
+            taken = mine.popitem()[1] if inv is None else mine.pop(id(inv), None)
+            if not mine:
+                del self._waiting[run_id]
+            return taken
 
     def _run_on_caller(self, invocation: Any) -> None:
         """Run ``invocation`` on the calling thread; a slot is held, and released here."""
@@ -158,13 +169,13 @@ class ThreadsPlatform:
 
     def _serve(self) -> None:
         _here.platform = self
-        get, slots, waiting = self._queue.get, self._slots, self._waiting
+        get, slots, take = self._queue.get, self._slots, self._take
         while True:
             item = get()
             if item is _STOP:
                 return
-            if waiting.pop(id(item), None) is None:
-                continue  # its run's caller took it back and ran it (run_waiting_here)
+            if take(getattr(item, "run_id", None), item) is None:
+                continue  # its run's caller took it back and ran it (run_here)
             with slots:
                 self._handle(item, BaseException)
 
