@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Callable, Mapping
@@ -45,6 +46,29 @@ def signing_secret(config: Config) -> bytes:
     the key to them); a shared pool or a remote gateway needs ``secret`` set.
     """
     return (config.secret or _PROCESS_SECRET).encode()
+
+
+_POOL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_pool_name(name: str, where: str) -> str:
+    """``name``, if it can name a shared worker pool; else :class:`ConfigError` naming ``where`` it was given.
+
+    A pool's name goes into its Redis keys inside a Redis Cluster hash tag
+    (``{ff:pool:NAME:queue}``), where a ``{`` or ``}`` would end the tag early and
+    scatter the pool's keys over slots, and into cgroup directory names, where a
+    ``/`` would nest them.
+    """
+    if not _POOL_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}={name!r}: a pool name takes letters, digits, '.', '_' and '-' only "
+            "(it goes into Redis Cluster hash tags and cgroup names)"
+        )
+    return name
+
+
+def _pool(key: str, value: Any) -> str | None:
+    return None if value is None else check_pool_name(str(_text(False)(key, value)), f"config {key}")
 
 
 _SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "auth"})
@@ -207,7 +231,7 @@ class Config:
     lease_ms: int = _field(30_000, _number(int, 100), "fan-in claim lease, refreshed while a task runs")
     timeout_s: float | None = _field(None, _number(float, 0.001, optional=True), "fail a run that takes longer")
     progress: bool | None = _field(None, _flag(True), "progress bar: None = when attached to a terminal")
-    pool: str | None = _field(None, _text(True), "name of a shared worker pool to use instead of starting one")
+    pool: str | None = _field(None, _pool, "name of a shared worker pool to use instead of starting one")
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
     fanout: str = _field("capacity", _choice(FANOUTS), "new workers per fan-out: capacity (idle slots) or wukong")
     keep_alive_s: float = _field(

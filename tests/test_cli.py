@@ -118,3 +118,12 @@ def test_progress_bar_goes_to_stderr_for_long_runs_and_is_off_on_request(tmp_pat
     assert hidden.returncode == 0 and hidden.stdout.strip() == "7" and "1/1" not in hidden.stderr
     piped = fanflow_cli("run", "slow.py", cwd=tmp_path)  # not a terminal: off by default
     assert piped.returncode == 0 and "1/1" not in piped.stderr
+
+
+def test_pool_names_that_would_break_the_pools_redis_keys_are_refused(tmp_path: Path) -> None:
+    """`{` and `}` would end the Redis Cluster hash tag of the pool's keys early; nothing starts."""
+    for args in (("worker-pool", "--name", "team{a}"), ("gateway", "--port", "0", "--pool", "team}")):
+        done = fanflow_cli(*args, cwd=tmp_path, env={"FANFLOW_SECRET": "s" * 32})
+        assert done.returncode == 1
+        said = " ".join(done.stderr.split())  # the message may be wrapped
+        assert f"{args[-2]}='{args[-1]}'" in said and "letters, digits, '.', '_' and '-' only" in said

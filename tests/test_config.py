@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,13 @@ def test_memory_store_cannot_serve_out_of_process_platforms() -> None:
 )
 def test_every_store_but_memory_is_shared_with_other_processes(url: str, shared: bool) -> None:
     assert Config(store=url).shared_store is shared
+
+
+@pytest.mark.parametrize("name", ["a{b}", "{ff}", "x}", "a/b", "a b", "é"])
+def test_a_pool_name_outside_the_allowed_characters_is_refused(name: str) -> None:
+    with pytest.raises(fanflow.ConfigError, match=re.escape("letters, digits, '.', '_' and '-' only")):
+        Config(pool=name)
+
+
+def test_pool_names_of_letters_digits_dots_underscores_and_dashes_are_kept() -> None:
+    assert Config(pool="gateway-host.example_1").pool == "gateway-host.example_1"

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from fanflow.cli.output import print_error
-from fanflow.config import Config
+from fanflow.config import Config, check_pool_name
 from fanflow.errors import ConfigError, FanflowError, MissingExtraError
 
 
@@ -41,6 +41,8 @@ def gateway(
     err = Console(stderr=True)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if pool is not None:
+            check_pool_name(pool, "--pool")
         try:  # here, not at the top: `fanflow --help` must work without the http extra
             from fanflow.platforms.http.gateway import Gateway
         except ModuleNotFoundError as exc:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from fanflow.cli.output import print_error
-from fanflow.config import Config, mask_url
+from fanflow.config import Config, check_pool_name, mask_url
 from fanflow.errors import ConfigError, FanflowError
 
 
@@ -36,6 +36,7 @@ def worker_pool(
     err = Console(stderr=True)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_pool_name(name, "--name")
         overrides = {"store": store, "max_workers": max_workers, "idle_timeout_s": idle_timeout}
         cfg = Config.load(**{k: v for k, v in overrides.items() if v is not None})
         if cfg.secret is None:
