@@ -121,17 +121,16 @@ class Cgroups:
             layout = _detect()
             remove_stale((layout.cpu_dir, layout.memory_dir), prefix)
             name = f"{prefix}-{pool}-{os.getpid()}"
+            weight = processes * nice_weight(os.getpriority(os.PRIO_PROCESS, 0))
             if layout.v2:
                 self._parents = [_mkdir(layout.cpu_dir / name)]
                 if not {"cpu", "memory"} <= set((self._parents[0] / "cgroup.controllers").read_text().split()):
                     raise OSError(f"{layout.cpu_dir} does not enable the cpu and memory controllers for its children")
                 (self._parents[0] / "cgroup.subtree_control").write_text("+cpu +memory")
-                weight = round(processes * nice_weight(os.getpriority(os.PRIO_PROCESS, 0)) * 100 / 1024)
-                (self._parents[0] / "cpu.weight").write_text(str(min(10_000, max(1, weight))))
+                (self._parents[0] / "cpu.weight").write_text(str(min(10_000, max(1, round(weight * 100 / 1024)))))
             else:
                 self._parents = [_mkdir(layout.cpu_dir / name), _mkdir(layout.memory_dir / name)]
-                shares = processes * nice_weight(os.getpriority(os.PRIO_PROCESS, 0))
-                (self._parents[0] / "cpu.shares").write_text(str(min(262_144, max(2, shares))))
+                (self._parents[0] / "cpu.shares").write_text(str(min(262_144, max(2, weight))))
             self._layout = layout
             self.available = True
         except OSError as exc:
