@@ -10,7 +10,12 @@ correct itself:
 
 - the **raw ratio** of a past run is ``makespan_s / (predicted_makespan_s /
   calibration)``: actual over what the simulator alone said, so a correction
-  never compounds on itself;
+  never compounds on itself. A past run of the very plan being predicted is
+  compared with what the simulator says of that plan *now* instead: its own
+  prediction came from an older history (a prediction moves as history
+  fills, and a factor learned against an older one kept multiplying the
+  newer: image_transform was predicted 12-22% too fast that way), so a plan
+  run before is predicted at the median of its latest makespans;
 - the **factor** for a plan is the median raw ratio of its :data:`RECENT`
   latest successful runs *that started the same way*: with cold starts (the
   run started fresh worker processes) or without (every worker found a warm
@@ -60,17 +65,17 @@ def kind_of(plan: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """Past raw ratios (actual / simulated makespan) of one DAG, newest first, with the plan and start of each."""
+    """Past runs of one DAG, newest first: plan, start, actual and simulated makespan of each."""
 
-    entries: Sequence[tuple[str, bool, float]] = ()
-    """``(plan key, started cold, raw ratio)`` per past run, newest first."""
+    entries: Sequence[tuple[str, bool, float, float]] = ()
+    """``(plan key, started cold, actual makespan, raw simulated makespan)`` per past run, newest first."""
     missed: int = 0
     """Past runs (among those read) whose actual makespan fell outside their predicted interval."""
 
     @classmethod
     def from_runs(cls, docs: Iterable[Mapping[str, Any]], platform: str) -> Calibration:
         """From run documents (newest first, as a metadata store lists them): successful runs on ``platform``."""
-        entries: list[tuple[str, bool, float]] = []
+        entries: list[tuple[str, bool, float, float]] = []
         missed = 0
         for doc in docs:
             predicted = doc.get("predicted_makespan_s")
@@ -81,16 +86,15 @@ class Calibration:
                 continue
             actual = float(doc.get("makespan_s") or 0.0)
             raw = predicted / float(doc.get("calibration") or 1.0)
-            ratio = actual / raw
-            if not MIN_FACTOR <= ratio <= MAX_FACTOR:
+            if not MIN_FACTOR <= actual / raw <= MAX_FACTOR:
                 continue  # a stalled machine: no lesson for the plan
-            entries.append((plan, bool(doc.get("cold_starts")), ratio))
+            entries.append((plan, bool(doc.get("cold_starts")), actual, raw))
             low, high = doc.get("predicted_p10_s"), doc.get("predicted_p90_s")
             if low is not None and high is not None and not low <= actual <= high:
                 missed += 1
         return cls(entries, missed)
 
-    def _pool(self, plan: str, cold: bool | None) -> list[float]:
+    def _pool(self, plan: str, cold: bool | None, simulated: float | None) -> list[float]:
         starts = (False, True) if cold is None else (cold,)
         kind = kind_of(plan)
         for same in (
@@ -101,31 +105,34 @@ class Calibration:
         ):
             found: list[float] = []
             taken: dict[tuple[str, bool], int] = {}
-            for p, c, r in self.entries:
+            for p, c, actual, raw in self.entries:
                 if same(p, c) and taken.get((p, c), 0) < RECENT:  # each plan and start its latest runs
                     taken[(p, c)] = taken.get((p, c), 0) + 1
-                    found.append(r)
+                    # a run of this very plan is compared with what the simulator says of the plan now
+                    found.append(actual / (simulated if simulated and p == plan else raw))
             if found:
                 return found
         return []
 
-    def factor(self, plan: str, cold: bool | None = None) -> float:
-        """What to multiply a simulated makespan (and GB-s) of ``plan`` by: a plan key (:func:`plan_key`'s
-        ``uniform 1769``) or a bare kind; ``cold``: whether the plan is predicted to start fresh worker
-        processes (None: not told apart, as on a platform without a pool, where every start is the same mix)."""
-        pool = self._pool(plan, cold)
+    def factor(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> float:
+        """What to multiply a simulated makespan (and GB-s) of ``plan`` by.
+
+        ``plan``: a plan key (:func:`~fanflow.planning.planners.plan_key`'s
+        ``uniform 1769``) or a bare kind; ``cold``: whether the plan is
+        predicted to start fresh worker processes (None: not told apart, as on
+        a platform without a pool, where every start is the same mix);
+        ``simulated``: the plan's simulated makespan now, which past runs of
+        the same plan are compared with (their own prediction came from an
+        older history).
+        """
+        pool = self._pool(plan, cold, simulated)
         if not pool:
             return 1.0
         return statistics.median(pool)
 
-    def factors(self, cold: bool | None = None) -> dict[str, float]:
-        """The factor of every plan key seen and of each kind (what a plan never run falls back to)."""
-        keys = dict.fromkeys([*(p for p, _, _ in self.entries), *KINDS])
-        return {k: self.factor(k, cold) for k in keys}
-
-    def spread(self, plan: str, cold: bool | None = None) -> tuple[float, float]:
+    def spread(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> tuple[float, float]:
         """(low, high) multipliers around the calibrated prediction that past runs of ``plan`` fell within."""
-        pool = self._pool(plan, cold)
+        pool = self._pool(plan, cold, simulated)
         if len(pool) < MIN_SPREAD_RUNS:
             return 1.0, 1.0
         mid = statistics.median(pool)

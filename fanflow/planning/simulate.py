@@ -179,29 +179,32 @@ class _Placement:
     upload: list[bool] | None
     view: PlanView
     local: list[bool]
+    starts: dict[tuple[int | None, tuple[int, ...]], list[list[int]]] = dataclasses.field(default_factory=dict)
+    """The client's root groups, by free slots and the roots' memory sizes."""
 
 
 _last: _Placement | None = None
 
 
-def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
+def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool], _Placement]:
     """The plan's view and which outputs delayed I/O keeps local.
 
     A planner simulates one DAG with the same labels and upload flags at many
-    memory sizes; what those decide (anchored tasks, delayable outputs) is
-    computed once and reused while they stay equal (compared by value, so a
-    list changed in place is never taken for the old one).
+    memory sizes; what those decide (anchored tasks, delayable outputs, the
+    client's root groups per free slots and root sizes) is computed once and
+    reused while they stay equal (compared by value, so a list changed in
+    place is never taken for the old one).
     """
     global _last
     last = _last
     if last is not None and last.dag() is dag and last.labels == plan.labels and last.upload == plan.upload:
-        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local
+        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local, last
     labels = None if plan.labels is None else list(plan.labels)
     upload = None if plan.upload is None else list(plan.upload)
     view = PlanView.from_columns(dag, labels, plan.memory_mb, upload)
     local = [view.delays_upload(dag, t) for t in range(len(dag))] if upload is not None else [False] * len(dag)
     _last = _Placement(weakref.ref(dag), labels, upload, view, local)
-    return view, local
+    return view, local, _last
 
 
 def simulate(
@@ -223,7 +226,7 @@ def simulate(
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     memory = plan.memory_mb
-    view, local = _placement(dag, plan)
+    view, local, placed = _placement(dag, plan)
     out_bytes = costs.out_bytes
     sinks = set(dag.sinks)
     large = [
@@ -329,12 +332,14 @@ def simulate(
         c = at_memory.get(mem)
         if c is None:
             c = at_memory[mem] = _AtMemory(costs, mem)
-        same = [i for i, (m, _) in enumerate(idle) if m == mem] if pool else []
+        same = len(idle) - 1  # the most recently idle process of that size
+        while same >= 0 and idle[same][0] != mem:
+            same -= 1
         process = -1
         if not pool:
             cold, latency = False, c.start
-        elif same:
-            _, process = idle.pop(same[-1])  # the most recently idle of that size
+        elif same >= 0:
+            _, process = idle.pop(same)
             cold, latency = False, c.warm
         else:
             if processes >= (max_workers or 0) and idle:
@@ -376,7 +381,12 @@ def simulate(
             for group in groups:
                 new_worker(group, now, t)
 
-    for group in root_groups(dag, view, max(0, slots) if pool else None):
+    free = max(0, slots) if pool else None
+    key = (free, tuple(memory[r] for r in dag.roots))
+    starts = placed.starts.get(key)
+    if starts is None:
+        starts = placed.starts[key] = root_groups(dag, view, free)
+    for group in starts:
         new_worker(group, 0.0, -1)
     while heap:
         now, _, t = pop(heap)
