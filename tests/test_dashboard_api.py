@@ -293,3 +293,29 @@ def test_compute_with_dashboard_opens_it(
     assert future.result(timeout=10) == (400,)
     assert opened[-1].startswith(base) and opened[-1].endswith(future.run_id)
     assert httpx.get(f"{base}api/runs").status_code == 200
+
+
+def test_a_dashboard_without_the_runs_secret_shows_it_live(redis_url: str, tmp_path: Any) -> None:
+    """The dashboard reads a run's status, events and error records, none of them sealed: it needs no secret.
+
+    Only pickled values (inputs, outputs, the DAG) are sealed with the secret, and
+    the dashboard opens the run store without one. Here its store holds another
+    secret, so reading any sealed value would raise ValueRejectedError.
+    """
+    metadata = f"sqlite:///{tmp_path / 'metadata.db'}"
+    config = fanflow.Config(store=redis_url, metadata=metadata, progress=False, secret="k" * 32, metrics_upload="task")
+    future = fanflow.submit(broken(nap(nap(1))), config=config)
+    run_id = wait_until(lambda: future.run_id, 5, "the run to start")
+    store = open_store(redis_url, secret=b"not the run's secret")
+    with TestClient(create_app(Source(store, open_metadata(metadata)))) as dashboard:
+        page = wait_until(lambda: (r := dashboard.get(f"/api/runs/{run_id}")).status_code == 200 and r.json(), 5, "")
+        assert page["live"] and page["notice"] is None  # it reads the run's store
+        with dashboard.stream("GET", f"/api/runs/{run_id}/stream") as response:
+            messages = _sse(response.read().decode())
+        errors = dashboard.get(f"/api/runs/{run_id}/errors").json()
+    assert messages[-1] == ("end", messages[-1][1]) and messages[-1][1]["status"] == "failed"
+    events = [e for kind, data in messages if kind == "events" for e in data["events"]]
+    assert sum(e["kind"] == "task_finished" for e in events) >= 1, messages
+    assert "KeyError" in json.dumps(errors)
+    with pytest.raises(fanflow.TaskFailedError):
+        future.result(timeout=10)
