@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 import fanflow
+from fanflow.metrics.digest import digest
+from fanflow.metrics.records import RunRecord
 from fanflow.store import keys, open_store
 from fanflow.store.events import EventRows, as_dict, shape
 from fanflow.store.metadata import open_metadata
-from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
+from fanflow.store.metadata.trace import DagArrays, EventTable, Strings, decode_trace, encode_trace
 
 STARTED = shape("task_started", ("task", "worker", "t"))
 FINISHED = shape("task_finished", ("exec_s", "in_bytes", "task", "worker", "t"))
@@ -33,6 +35,12 @@ def _rows(n: int) -> list[tuple[Any, ...]]:
         out.append((i, worker, 1.0 + i, STARTED))
         out.append((0.5 * i, [i, None], i, worker, 1.5 + i, FINISHED))
     return out
+
+
+def _dag(n: int) -> DagArrays:
+    """``n`` tasks of one function, none with inputs."""
+    none = np.zeros(n, dtype=np.int64)
+    return DagArrays([("f", "m.f:1")], none, none, np.zeros(0, dtype=np.int64), [], [])
 
 
 def test_rows_read_as_the_events_they_stand_for() -> None:
@@ -80,7 +88,9 @@ def test_rows_give_the_table_their_dicts_give(n: int) -> None:
     from_rows, from_dicts = EventTable.of(rows), EventTable.of([as_dict(r) for r in rows])
     _same(from_rows, from_dicts)
     assert len(from_rows.groups) == 2 and from_rows.kinds() == {"task_started", "task_finished"}
-    dag = DagArrays([("f", "m.f:1")], np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(0), [], [])
+    dag = DagArrays(
+        [("f", "m.f:1")], np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.int64), [], []
+    )
     assert decode_trace(encode_trace(dag, from_rows)).table.events() == from_dicts.events()
     # rows and dicts of one kind in one stream: a group each, the stream's order kept
     mixed = [*rows, {"kind": "task_started", "task": n, "worker": "client", "t": 0.0}]
@@ -151,3 +161,46 @@ def test_a_recorded_run_has_every_field_its_workers_emitted(tmp_path: Path) -> N
         "begin_s",
     }
     assert by_kind["worker_stopped"] == common | {"tasks"}
+
+
+def test_string_columns_share_one_table_kept_once_in_the_trace() -> None:
+    rows = _rows(100)
+    table = EventTable.of(rows)
+    started, finished = table.of_kind("task_started")[0], table.of_kind("task_finished")[0]
+    a, b = started.columns["worker"], finished.columns["worker"]
+    assert isinstance(a, Strings) and isinstance(b, Strings) and a.values is b.values
+    assert started.distinct("worker") == {"w0", "w1"} and table.workers() == {"w0", "w1"}
+    dag = DagArrays(
+        [("f", "m.f:1")],
+        np.zeros(100, dtype=np.int64),
+        np.zeros(100, dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+        [],
+        [],
+    )
+    back = decode_trace(encode_trace(dag, table)).table
+    assert back.events() == table.events() and back.workers() == {"w0", "w1"}
+    x, y = back.of_kind("task_started")[0].columns["worker"], back.of_kind("task_finished")[0].columns["worker"]
+    assert isinstance(x, Strings) and isinstance(y, Strings) and x.values is y.values and len(x.values) == 2
+    # a table whose columns index different string tables (one per group) is encoded as well
+    mixed = EventTable([started, EventTable.of(_rows(100)[1::2]).groups[0]], table.group_of[:200].copy())
+    assert decode_trace(encode_trace(dag, mixed)).table.events() == mixed.events()
+
+
+def test_digest_refuses_a_worker_that_started_twice() -> None:
+    start = shape("worker_started", ("cold", "memory_mb", "task", "worker", "t"))
+    stop = shape("worker_stopped", ("tasks", "task", "worker", "t"))
+    finished = shape("task_finished", ("memory_mb", "exec_s", "out_bytes", "in_bytes", "task", "worker", "t"))
+    n = 80
+    rows: list[tuple[Any, ...]] = []
+    for i in range(n):
+        worker = f"w{min(i, n - 2)}"  # the last two workers' ids are one: it started twice
+        rows += [(True, 1769, -1, worker, 1.0, start), (1769, 0.1, 8, [], i, worker, 1.1, finished)]
+        rows.append((1, -1, worker, 1.2, stop))
+    dag = DagArrays(
+        [("f", "m.f:1")], np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.int64), [], []
+    )
+    header = RunRecord("r", "s", "f", "succeeded", "none", "threads", "shutdown", 1769, 1.0, 2.0, 1.0)
+    assert digest(dag, EventTable.of(rows), header) is None
+    unique = [(*r[:3], f"v{i}", *r[4:]) if r[-1] is start else r for i, r in enumerate(rows)]
+    assert digest(dag, EventTable.of(unique), header) is not None

@@ -90,7 +90,7 @@ def _workers(table: EventTable) -> tuple[int, int] | None:
     for g in table.of_kind("worker_started"):
         flags, ids = g.columns.get("cold"), g.columns.get("worker")
         if isinstance(flags, np.ndarray) and flags.dtype.kind == "b" and isinstance(ids, Strings):
-            if len(ids.values) != g.size:  # a worker started twice
+            if ids.used().size != g.size:  # a worker started twice
                 return None
             cold += int(flags.sum())
             continue

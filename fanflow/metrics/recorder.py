@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fanflow.config import mask_url
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
@@ -190,6 +192,9 @@ def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
     if not succeeded:
         return True
     ended = [g for g in table.of_kind("task_finished") if "element" not in g.columns]  # elements are no tasks
+    ids = [g.columns.get("task") for g in ended]
+    if ids and all(isinstance(c, np.ndarray) and c.dtype.kind in "iu" for c in ids):  # no text per task
+        return len(np.unique(np.concatenate(ids))) >= n_tasks
     return len(set().union(*(g.distinct("task") for g in ended))) >= n_tasks
 
 

@@ -76,13 +76,44 @@ def is_trace(blob: bytes | None) -> bool:
 
 @dataclass(slots=True)
 class Strings:
-    """A column of strings: its distinct values (first seen first) and, per event, the index of its value."""
+    """A column of strings: a table of strings and, per event, the index of its value in it.
+
+    The table may hold strings other columns use: every string column of an
+    :class:`EventTable` built by :meth:`EventTable.of` or decoded shares one, so
+    worker ids, which recur in every group, are kept and encoded once.
+    """
 
     values: list[str]
     codes: np.ndarray
 
     def tolist(self) -> list[str]:
         return list(map(self.values.__getitem__, self.codes.tolist()))
+
+    def used(self) -> np.ndarray:
+        """The indexes of the column's distinct values, ascending."""
+        return np.unique(self.codes)
+
+    def distinct(self) -> set[str]:
+        return set(map(self.values.__getitem__, self.used().tolist()))
+
+
+class _StringTable:
+    """The one table of strings an :class:`EventTable`'s string columns index, filled as they are built."""
+
+    __slots__ = ("index", "values")
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def column(self, values: Sequence[str], distinct: dict[str, None]) -> Strings:
+        """The :class:`Strings` of ``values``, whose distinct values are ``distinct``."""
+        index = self.index
+        if not distinct.keys() <= index.keys():
+            new = [v for v in distinct if v not in index]
+            index.update(zip(new, range(len(self.values), len(self.values) + len(new)), strict=True))
+            self.values.extend(new)
+        return Strings(self.values, np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values)))
 
 
 Column = np.ndarray | Strings | list[Any]
@@ -103,7 +134,7 @@ class EventGroup:
         if col is None:
             return {""}
         if isinstance(col, Strings):
-            return set(col.values)
+            return col.distinct()
         return set(map(str, col.tolist() if isinstance(col, np.ndarray) else col))
 
     def values(self, key: str) -> list[Any]:
@@ -131,7 +162,13 @@ class EventTable:
     def workers(self) -> set[str]:
         """Every worker id the events name, as text (``""`` for events without one)."""
         if self._workers is None:
-            self._workers = set().union(*(g.distinct("worker") for g in self.groups))
+            columns = [g.columns.get("worker") for g in self.groups]
+            first = columns[0] if columns else None
+            if isinstance(first, Strings) and all(isinstance(c, Strings) and c.values is first.values for c in columns):
+                used = np.unique(np.concatenate([c.codes for c in columns if isinstance(c, Strings)]))
+                self._workers = set(map(first.values.__getitem__, used.tolist()))  # one pass for every group
+            else:
+                self._workers = set().union(*(g.distinct("worker") for g in self.groups))
         return self._workers
 
     def __len__(self) -> int:
@@ -175,12 +212,13 @@ class EventTable:
             codes, distinct = _codes([x if type(x) is Shape else (repr(x),) for x in labels])
         groups: list[EventGroup] = []
         group_of = np.empty(len(events), dtype=np.int32)
+        strings = _StringTable()
         for label, members in zip(distinct, _members(codes, len(distinct)), strict=True):
             rows = _take(events, members)
             if type(label) is Shape:
-                group: EventGroup | None = _shaped(rows, label)
+                group: EventGroup | None = _shaped(rows, label, strings)
             else:
-                group = _uniform(rows, label if type(label) is str else None)
+                group = _uniform(rows, label if type(label) is str else None, strings)
             if group is not None:
                 group_of[members] = len(groups)
                 groups.append(group)
@@ -189,7 +227,7 @@ class EventTable:
             sub_codes, shapes = _codes(list(map(tuple, rows)))
             for shape, sub in zip(shapes, _members(sub_codes, len(shapes)), strict=True):
                 group_of[members[sub]] = len(groups)
-                groups.append(_group(_take(rows, sub), shape))
+                groups.append(_group(_take(rows, sub), shape, strings))
         return cls(groups, group_of)
 
 
@@ -238,26 +276,29 @@ def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]
         to.append(arr.tobytes())
         return {"dtype": arr.dtype.str, "buffer": len(to) - 1, "plain": to is plain}
 
-    strings: dict[str, int] = {}  # one table for every string column: worker ids recur in most groups
+    strings: list[str] = []  # one table for every string column: the tables of the columns', each once
+    offsets: dict[int, int] = {}  # a table's id -> where it starts in ``strings``
 
     def column(col: Column) -> dict[str, Any]:
         if isinstance(col, np.ndarray):
             return {"const": col[0].item()} if col[0] == col[-1] and (col == col[0]).all() else {"array": put(col)}
         if not isinstance(col, Strings):
             return {"json": col}
-        if len(col.values) == 1:
-            return {"const": col.values[0]}
-        new = dict.fromkeys(col.values).keys() - strings.keys()
-        strings.update(zip(sorted(new), itertools.count(len(strings))))
-        shared = np.fromiter(map(strings.__getitem__, col.values), np.int64, len(col.values))
-        return {"codes": put(shared[col.codes])}
+        first = col.codes[0]
+        if len(col.values) == 1 or (first == col.codes[-1] and (col.codes == first).all()):
+            return {"const": col.values[first]}
+        at = offsets.get(id(col.values))
+        if at is None:
+            at = offsets[id(col.values)] = len(strings)
+            strings.extend(col.values)
+        return {"codes": put(col.codes.astype(np.int64) + at if at else col.codes)}
 
     if isinstance(table, EventTable):
         groups = [
             {"keys": list(g.keys), "size": g.size, "columns": [column(g.columns[k]) for k in g.keys]}
             for g in table.groups
         ]
-        events: dict[str, Any] = {"group_of": put(table.group_of), "groups": groups, "strings": list(strings)}
+        events: dict[str, Any] = {"group_of": put(table.group_of), "groups": groups, "strings": strings}
         arrays = [put(dag.task_of), put(dag.dep_counts), put(dag.deps)]
     else:
         events = {"list": list(table)}
@@ -324,7 +365,7 @@ def decode_trace(blob: bytes) -> Trace:
                 if "array" in col:
                     columns[key] = get(col["array"])
                 elif "codes" in col:
-                    columns[key] = _strings_of(strings, get(col["codes"]))
+                    columns[key] = Strings(strings, get(col["codes"]))
                 elif "const" in col:
                     value = col["const"]
                     if isinstance(value, str):
@@ -351,12 +392,6 @@ def _trace(dag: Mapping[str, Any], get: Callable[[Mapping[str, Any]], np.ndarray
     return Trace(arrays, table)
 
 
-def _strings_of(shared: list[str], codes: np.ndarray) -> Strings:
-    """A column's :class:`Strings` from indexes into the trace's string table (its values only its own)."""
-    used, local = np.unique(codes, return_inverse=True)
-    return Strings([shared[i] for i in used.tolist()], local.astype(np.int32))
-
-
 def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     """Per label the index of its first appearance among the distinct labels, and those labels."""
     index: dict[Any, int] = dict.fromkeys(labels)  # type: ignore[arg-type]
@@ -380,7 +415,7 @@ def _take(items: Sequence[Any], positions: np.ndarray) -> list[Any]:
     return list(operator.itemgetter(*positions.tolist())(items))
 
 
-def _shaped(rows: list[tuple[Any, ...]], form: Shape) -> EventGroup:
+def _shaped(rows: list[tuple[Any, ...]], form: Shape, strings: _StringTable) -> EventGroup:
     """The group of rows of one shape: a column per field.
 
     A column is taken with one ``itemgetter`` pass over the rows, not by ``zip(*rows)``,
@@ -390,11 +425,11 @@ def _shaped(rows: list[tuple[Any, ...]], form: Shape) -> EventGroup:
     """
     columns: dict[str, Column] = {"kind": Strings([form.kind], np.zeros(len(rows), dtype=np.int8))}
     for i, name in enumerate(form.names):
-        columns[name] = _column(list(map(operator.itemgetter(i), rows)))
+        columns[name] = _column(list(map(operator.itemgetter(i), rows)), strings)
     return EventGroup(("kind", *form.names), columns, len(rows))
 
 
-def _uniform(rows: list[Mapping[str, Any]], kind: str | None) -> EventGroup | None:
+def _uniform(rows: list[Mapping[str, Any]], kind: str | None, strings: _StringTable) -> EventGroup | None:
     """One group of ``rows`` when they all have the first row's field names; else None.
 
     ``kind``: the rows' common ``kind``, when known (it is then not read again).
@@ -403,7 +438,7 @@ def _uniform(rows: list[Mapping[str, Any]], kind: str | None) -> EventGroup | No
     if any(n != len(keys) for n in set(map(len, rows))):
         return None
     try:
-        group = _group(rows, tuple(k for k in keys if k != "kind" or kind is None))
+        group = _group(rows, tuple(k for k in keys if k != "kind" or kind is None), strings)
     except KeyError:  # as many fields, other names
         return None
     if kind is not None and "kind" in keys:
@@ -412,12 +447,12 @@ def _uniform(rows: list[Mapping[str, Any]], kind: str | None) -> EventGroup | No
     return group
 
 
-def _group(rows: list[Mapping[str, Any]], keys: tuple[str, ...]) -> EventGroup:
+def _group(rows: list[Mapping[str, Any]], keys: tuple[str, ...], strings: _StringTable) -> EventGroup:
     """The group of ``rows``, which all have exactly the fields ``keys``."""
-    return EventGroup(keys, {k: _column(list(map(operator.itemgetter(k), rows))) for k in keys}, len(rows))
+    return EventGroup(keys, {k: _column(list(map(operator.itemgetter(k), rows)), strings) for k in keys}, len(rows))
 
 
-def _column(values: Sequence[Any]) -> Column:
+def _column(values: Sequence[Any], strings: _StringTable) -> Column:
     """An array when every value is a number (or every one a bool), :class:`Strings` when every one is a str.
 
     A short column stays a list (written as JSON): numpy's fixed cost per call
@@ -427,14 +462,12 @@ def _column(values: Sequence[Any]) -> Column:
         return list(values)
     if type(values[0]) is str:
         try:
-            index: dict[Any, int] = dict.fromkeys(values)  # type: ignore[arg-type]
+            distinct: dict[Any, None] = dict.fromkeys(values)
         except TypeError:  # an unhashable value
             return list(values)
-        if not all(type(v) is str for v in index):  # checking the distinct values is enough: a str equals only a str
+        if set(map(type, distinct)) != {str}:  # checking the distinct values is enough: a str equals only a str
             return list(values)
-        for i, v in enumerate(index):
-            index[v] = i
-        return Strings(list(index), np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values)))
+        return strings.column(values, distinct)
     first = type(values[0])
     try:
         # array.array converts C-level and refuses text and None (numpy would turn "1.5" or None into numbers)
