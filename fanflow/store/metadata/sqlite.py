@@ -353,7 +353,7 @@ class SQLiteMetadataStore:
         return doomed
 
     def _worth_vacuuming(self) -> bool:
-        """Whether free pages make up :data:`VACUUM_SHARE` of the file (lock held); fewer are reused by the next saves."""
+        """Whether free pages make up :data:`VACUUM_SHARE` of the file (lock held); fewer are reused by later saves."""
         try:
             (free,) = self._db.execute("PRAGMA freelist_count").fetchone()
             (pages,) = self._db.execute("PRAGMA page_count").fetchone()
