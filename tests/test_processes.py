@@ -280,17 +280,20 @@ def allocator_settings() -> dict[str, str]:
     return {k: v for k, v in start.items() if k.startswith("MALLOC_")}
 
 
-def test_worker_processes_keep_freed_arrays_pages(config: fanflow.Config) -> None:
-    assert allocator_settings().compute(config) == {
-        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
-    }
+def test_worker_processes_keep_freed_arrays_pages(config: fanflow.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    config = config.replace(max_workers=1, keep_alive_s=0)  # a pool of its own, started with this environment
+    settings = allocator_settings().compute(config)
+    assert settings["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
+    assert settings["MALLOC_TRIM_THRESHOLD_"] == str(64 << 20)
 
 
 def test_allocator_settings_of_the_pools_environment_win(
     config: fanflow.Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     config = config.replace(max_workers=1, keep_alive_s=0)  # a pool of its own, started with this environment
     settings = allocator_settings().compute(config)
     assert settings["MALLOC_TRIM_THRESHOLD_"] == "131072"
