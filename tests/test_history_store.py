@@ -20,7 +20,8 @@ import pytest
 
 import fanflow
 from fanflow.metrics import RunMetrics, summaries_of, task_records
-from fanflow.metrics.digest import digest
+from fanflow.metrics.digest import digest, digest_events
+from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import gc_every
@@ -215,6 +216,15 @@ def test_recorded_totals_and_summaries_equal_the_records(tmp_path: Path, shape: 
     digested = digest(arrays, EventTable.of(stored.events), header)
     if shape == "small":
         assert digested is None
+        # recorded from its event dicts (digest_events): the same totals and summaries as its records
+        graph = Graph.of_trace(trace)
+        identities = [graph.identity(i) for i in range(len(graph.deps))]
+        small = digest_events(identities, graph.deps, stored.events, RunRecord.from_doc(stored.run))
+        assert small is not None and small[0].to_doc() == stored.run == metrics.run.to_doc()
+        assert small[1] == summaries_of(metrics.tasks) and sum(s.count for s in small[1].values()) == 3
+        assert metrics.run.bytes_local + metrics.run.bytes_fetched == 7
+        rerun = [e for e in stored.events if e.get("kind") == "task_finished"][:1]  # a task ending twice
+        assert digest_events(identities, graph.deps, stored.events + rerun, header) is None
         return
     assert digested is not None, "a plain run of finished tasks is digested column-wise"
     run, summaries = digested
@@ -235,6 +245,9 @@ def test_runs_digest_refuses_are_recorded_through_their_records(tmp_path: Path) 
     trace = decode_trace(stored.trace or b"")
     arrays = trace.dag
     assert digest(arrays, EventTable.of(stored.events), RunRecord.from_doc(stored.run)) is None
+    graph = Graph.of_trace(trace)
+    identities = [graph.identity(i) for i in range(len(graph.deps))]
+    assert digest_events(identities, graph.deps, stored.events, RunRecord.from_doc(stored.run)) is None
     assert stored.run == metrics.run.to_doc() and stored.run["status"] == "failed"
     assert {t.status for t in metrics.tasks} >= {"failed", "unfinished"}
 
