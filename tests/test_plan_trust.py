@@ -145,15 +145,12 @@ def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind(
     assert learned.factor("uniform 1024") == pytest.approx(1.2)  # never ran: its kind's runs, median of 1.2, 1, 1.2
     assert learned.factor("mixed 512/1769") == pytest.approx(2.0)
     # runs of the same plan are compared with what the simulator says of it now (their own prediction came from
-    # an older history)
-    assert learned.factor("uniform 1769", now={"uniform 1769": 0.8}) == pytest.approx(1.2 / 0.8)
-    # a plan never run borrows its kind's runs, each compared with its own plan's prediction now where known:
-    # 1.2 / 0.8 twice and 3008's recorded 1.0
-    assert learned.factor("uniform 1024", now={"uniform 1769": 0.8}) == pytest.approx(1.5)
-    assert learned.factor("uniform 1024", now={"uniform 512": 0.8}) == pytest.approx(1.2)
+    # an older history); other plans' runs keep their recorded ratios
+    assert learned.factor("uniform 1769", simulated=0.8) == pytest.approx(1.2 / 0.8)
+    assert learned.factor("uniform 1024", simulated=0.8) == pytest.approx(1.2)
     low, high = Calibration.from_runs(
         [run_doc("uniform 1769", 1.0, a, 0.9, 1.1) for a in (1.0, 1.1, 1.2)], "threads"
-    ).spread("uniform 1769", now={"uniform 1769": 0.5})
+    ).spread("uniform 1769", simulated=0.5)
     assert low == pytest.approx(1.0 / 1.1) and high == pytest.approx(1.2 / 1.1)
 
 

@@ -170,7 +170,7 @@ def test_events_are_one_entry_per_batch(store: RedisStore, run: str) -> None:
     batches, after = store.read_event_batches(stream)
     assert [[e["kind"] for e in b] for b in batches] == [["a", "b"], ["c"]] and after == events[2][0]
     assert store.read_event_batches(stream, after) == ([], after)
-    rows = EventRows([(1, "w", 2.5, shape("task_started", ("task", "worker", "t")))])
+    rows = EventRows([(1, 2.5, shape("task_started", ("task", "t")))], "w")
     store.append_events(stream, rows, 60)  # a worker's flush goes as the dicts it stands for
     (batch,), _ = store.read_event_batches(stream, after)
     assert batch == [{"kind": "task_started", "task": 1, "worker": "w", "t": 2.5}]

@@ -30,9 +30,7 @@ recorded, so no signature between the API and the client has to carry it.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
-import operator
 import sys
 import time
 import weakref
@@ -48,14 +46,22 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import digest, digest_events
+from fanflow.metrics.digest import digest
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
-from fanflow.store.events import EventRows, Row, as_dict, kind_of, label_of, rows_of
+from fanflow.store.events import kind_of
 from fanflow.store.metadata import defer, is_disabled, open_metadata
-from fanflow.store.metadata.trace import SMALL_COLUMN, DagArrays, EventTable, encode_small_trace, encode_trace
+from fanflow.store.metadata.trace import (
+    SMALL_COLUMN,
+    DagArrays,
+    EventLog,
+    EventTable,
+    distinct_count,
+    encode_trace,
+    labels_of,
+)
 
 if TYPE_CHECKING:
     from fanflow.client.run import Run
@@ -134,55 +140,38 @@ def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> 
     """
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
-    events: list[Row] = []
-    labels: list[Any] = []  # each event's shape, or a dict's kind (None where it has none)
-    counts: Counter[Any] = Counter()
+    events = EventLog()
+    grouped = labels_of([])
+    kinds: Counter[Any] = Counter()
     table: EventTable | None = None
     after = "0"
     while True:
         batches, after = store.read_event_batches(stream, after)
         if batches:
-            seen = len(events)
-            _extend(events, labels, batches)
-            counts.update(labels[seen:])
+            events.add(batches)
+            grouped = events.grouping()  # what the table groups by, and counted here
+            kinds = Counter()
+            for label, count in zip(grouped[1], np.bincount(grouped[0]).tolist(), strict=True):
+                kinds[kind_of(label)] += count
             table = None
-        kinds: Counter[Any] = Counter()
-        for label, count in counts.items():
-            kinds[kind_of(label)] += count
         may_be_complete = kinds["worker_stopped"] >= kinds["worker_started"] and (
             kinds["task_finished"] >= n_tasks or not succeeded
         )
         small = len(events) < SMALL_COLUMN
         if may_be_complete and small:
-            dicts = list(map(as_dict, events))
+            dicts = events.events()
             if _complete_small(dicts, n_tasks, succeeded):
                 return dicts
         elif may_be_complete and table is None:
-            table = EventTable.of(events, labels)
+            table = events.table(grouped)
             if _complete(table, n_tasks, succeeded):
                 return table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
             if small:
-                return list(map(as_dict, events))
-            return table if table is not None else EventTable.of(events, labels)
+                return events.events()
+            return table if table is not None else events.table(grouped)
         time.sleep(_POLL_S)
-
-
-_shape_of_row = operator.itemgetter(-1)
-
-
-def _extend(events: list[Row], labels: list[Any], batches: Sequence[Sequence[Any]]) -> None:
-    """Add the rows of ``batches`` to ``events`` and their labels (:func:`label_of`) to ``labels``."""
-    if set(map(type, batches)) == {EventRows}:  # only workers' rows: no Python call per batch or row
-        rows = list(itertools.chain.from_iterable(map(operator.attrgetter("rows"), batches)))
-        events.extend(rows)
-        labels.extend(map(_shape_of_row, rows))
-        return
-    for batch in batches:
-        rows = rows_of(batch)
-        events.extend(rows)
-        labels.extend(map(label_of, rows))
 
 
 def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
@@ -194,7 +183,7 @@ def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
     ended = [g for g in table.of_kind("task_finished") if "element" not in g.columns]  # elements are no tasks
     ids = [g.columns.get("task") for g in ended]
     if ids and all(isinstance(c, np.ndarray) and c.dtype.kind in "iu" for c in ids):  # no text per task
-        return len(np.unique(np.concatenate(ids))) >= n_tasks
+        return distinct_count(np.concatenate(ids)) >= n_tasks
     return len(set().union(*(g.distinct("task") for g in ended))) >= n_tasks
 
 
@@ -253,23 +242,18 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
             error=None if error is None else _error_text(error),
             workflow=workflow_of(dag),
         )
-        functions = [t.identity for t in dag.tasks]
-        if isinstance(events, EventTable):
-            arrays = DagArrays.of(dag)
-            digested = digest(arrays, events, header)
-        else:  # a small run: its events stay a list, read without numpy
-            arrays = None
-            by_task = [functions[f] for f in dag.task_of]
-            digested = None if dag.maps else digest_events(by_task, dag.deps, events, header)
+        arrays = DagArrays.of(dag)
+        digested = digest(arrays, events, header) if isinstance(events, EventTable) else None
         if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
             dicts = events.events() if isinstance(events, EventTable) else events
             metrics = build_metrics(Graph.of_dag(dag), dicts, header)
             record, summaries = metrics.run, summaries_of(metrics.tasks)
         else:
             record, summaries = digested
-        trace = encode_small_trace(dag, events) if arrays is None else encode_trace(arrays, events)
+        trace = encode_trace(arrays, events)  # a small run's events stay a list
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
+        functions = [identity for _, identity in arrays.functions]
         store.save_run(record.to_doc(), trace, functions, summaries, keep_runs=config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
         run.store.delete([keys.events(run.run_id)])  # now kept with the run's metadata

@@ -11,13 +11,11 @@ correct itself:
 - the **raw ratio** of a past run is ``makespan_s / (predicted_makespan_s /
   calibration)``: actual over what the simulator alone said, so a correction
   never compounds on itself. A past run of the very plan being predicted is
-  compared with what the simulator says of that plan *now* instead (and so
-  is a run of another plan the planner simulated in this call, predicted
-  the same way, cold or warm): its own prediction came from an older
-  history (a prediction moves as history fills, and a factor learned
-  against an older one kept multiplying the newer: image_transform was
-  predicted 12-22% too fast that way), so a plan run before is predicted at
-  the median of its latest makespans, and plans are compared on one basis;
+  compared with what the simulator says of that plan *now* instead: its own
+  prediction came from an older history (a prediction moves as history
+  fills, and a factor learned against an older one kept multiplying the
+  newer: image_transform was predicted 12-22% too fast that way), so a plan
+  run before is predicted at the median of its latest makespans;
 - the **factor** for a plan is the median raw ratio of its :data:`RECENT`
   latest successful runs *that started the same way*: with cold starts (the
   run started fresh worker processes) or without (every worker found a warm
@@ -96,7 +94,7 @@ class Calibration:
                 missed += 1
         return cls(entries, missed)
 
-    def _pool(self, plan: str, cold: bool | None, now: Mapping[str, float]) -> list[float]:
+    def _pool(self, plan: str, cold: bool | None, simulated: float | None) -> list[float]:
         starts = (False, True) if cold is None else (cold,)
         kind = kind_of(plan)
         for same in (
@@ -110,35 +108,31 @@ class Calibration:
             for p, c, actual, raw in self.entries:
                 if same(p, c) and taken.get((p, c), 0) < RECENT:  # each plan and start its latest runs
                     taken[(p, c)] = taken.get((p, c), 0) + 1
-                    # a run is compared with what the simulator says of its plan now, where that is known
-                    # for runs that started this way, else with the prediction it was run with
-                    found.append(actual / (now.get(p) or raw if c in starts else raw))
+                    # a run of this very plan is compared with what the simulator says of the plan now
+                    found.append(actual / (simulated if simulated and p == plan else raw))
             if found:
                 return found
         return []
 
-    def factor(self, plan: str, cold: bool | None = None, now: Mapping[str, float] | None = None) -> float:
+    def factor(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> float:
         """What to multiply a simulated makespan (and GB-s) of ``plan`` by.
 
         ``plan``: a plan key (:func:`~fanflow.planning.planners.plan_key`'s
         ``uniform 1769``) or a bare kind; ``cold``: whether the plan is
         predicted to start fresh worker processes (None: not told apart, as on
         a platform without a pool, where every start is the same mix);
-        ``now``: simulated makespans of plans as the history says now, by
-        plan key, predicted the way ``cold`` says; past runs of those plans
-        that started that way are compared with them rather than with their
-        own prediction, which came from an older history.
+        ``simulated``: the plan's simulated makespan now, which past runs of
+        the same plan are compared with (their own prediction came from an
+        older history).
         """
-        pool = self._pool(plan, cold, now or {})
+        pool = self._pool(plan, cold, simulated)
         if not pool:
             return 1.0
         return statistics.median(pool)
 
-    def spread(
-        self, plan: str, cold: bool | None = None, now: Mapping[str, float] | None = None
-    ) -> tuple[float, float]:
+    def spread(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> tuple[float, float]:
         """(low, high) multipliers around the calibrated prediction that past runs of ``plan`` fell within."""
-        pool = self._pool(plan, cold, now or {})
+        pool = self._pool(plan, cold, simulated)
         if len(pool) < MIN_SPREAD_RUNS:
             return 1.0, 1.0
         mid = statistics.median(pool)

@@ -6,81 +6,97 @@ dashboard, the progress bar, the Redis store's JSON. A worker, though, makes
 about three events per task, and making a dict per event cost more than the rest
 of a tiny task's bookkeeping, and turning tens of thousands of dicts into
 columns when the run is recorded cost as much again. So a worker buffers each
-event as a *row*: a tuple of its values followed by its :class:`Shape` (its
-kind and field names, one object per kind and field set, shared by every row
-of that shape), and flushes them as :class:`EventRows`, a sequence that gives
-each row as a dict when read. The in-process store keeps the batch as it is,
-so recording (:mod:`fanflow.store.metadata.trace`) groups rows by shape and
-transposes them, and no dict is ever made unless someone reads the stream.
+event as a *row*: a tuple of its values followed by the number of its
+:class:`Shape` (its kind and field names, one per kind and field set in a
+process), and flushes them as :class:`EventRows`, a sequence that gives
+each row as a dict when read. Every event of a flush is one worker's, so its
+``worker`` field is the batch's, not a value in each row. The in-process store
+keeps the batch as it is, so recording (:mod:`fanflow.store.metadata.trace`)
+groups rows by shape and takes their columns, and no dict is ever made unless
+someone reads the stream. A row holds nothing but its values and a number, so
+the garbage collector stops tracking it at its first pass (a row holding an
+object, the shape itself, would be visited by every full collection while the
+run's events live).
 
-A row may also be a dict (events made elsewhere, the client's own).
+Events made elsewhere (the client's own) stay dicts.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from typing import Any, overload
 
 
 class Shape:
-    """The kind and field names of a row's values, in order; compared by identity (one object per shape)."""
+    """The kind and field names of a row's values, in order, and the shape's number in this process."""
 
-    __slots__ = ("kind", "names")
+    __slots__ = ("kind", "names", "number")
 
-    def __init__(self, kind: str, names: tuple[str, ...]) -> None:
+    def __init__(self, kind: str, names: tuple[str, ...], number: int) -> None:
         self.kind = kind
         self.names = names
-        """Field names of the row's values (the row's last item is the shape itself); ``kind`` is not one."""
+        """Field names of the row's values (the row's last item is the shape's number); ``kind`` is not one."""
+        self.number = number
 
     def __repr__(self) -> str:
         return f"Shape({self.kind!r}, {self.names!r})"
 
 
 Row = tuple[Any, ...] | dict[str, Any]
-"""An event: values then their :class:`Shape`, or a dict."""
+"""An event: values then their shape's number (a row of an :class:`EventRows`), or a dict."""
 
-_shapes: dict[tuple[str, ...], Shape] = {}
+SHAPES: list[Shape] = []
+"""Every shape of this process, by number."""
+
+_numbers: dict[tuple[str, ...], int] = {}
 _lock = threading.Lock()
 
 
-def shape(kind: str, names: tuple[str, ...]) -> Shape:
-    """The one :class:`Shape` of events of ``kind`` with fields ``names`` (in that order)."""
+def shape(kind: str, names: tuple[str, ...]) -> int:
+    """The number of the :class:`Shape` of events of ``kind`` with fields ``names`` (in that order)."""
     key = (kind, *names)
-    found = _shapes.get(key)
+    found = _numbers.get(key)
     if found is None:
         with _lock:
-            found = _shapes.setdefault(key, Shape(kind, names))
+            found = _numbers.get(key)
+            if found is None:
+                found = _numbers[key] = len(SHAPES)
+                SHAPES.append(Shape(kind, names, found))
     return found
 
 
-def as_dict(row: Row) -> dict[str, Any]:
-    """The event a row stands for (a dict row is the event itself)."""
+def as_dict(row: Row, worker: str | None = None) -> dict[str, Any]:
+    """The event a row of ``worker``'s stands for (a dict row is the event itself)."""
     if type(row) is dict:
         return row
-    form: Shape = row[-1]
+    form = SHAPES[row[-1]]
     event = {"kind": form.kind}
     event.update(zip(form.names, row, strict=False))  # stops at the names: the shape is no value
+    if worker is not None:
+        event["worker"] = worker
     return event
 
 
-def label_of(row: Row) -> Any:
-    """What groups a row with its like: its :class:`Shape`, or a dict's ``kind`` (None without one)."""
-    return row[-1] if type(row) is tuple else row.get("kind")
+def label_of(row: Row) -> int | tuple[Any]:
+    """What groups a row with its like: its shape's number, or a dict's ``kind`` in a 1-tuple (None without one)."""
+    return row[-1] if type(row) is tuple else (row.get("kind"),)
 
 
-def kind_of(label: Any) -> Any:
+def kind_of(label: int | tuple[Any, ...]) -> Any:
     """The kind a :func:`label_of` result stands for."""
-    return label.kind if type(label) is Shape else label
+    return SHAPES[label].kind if type(label) is int else label[0]
 
 
 class EventRows(Sequence[dict[str, Any]]):
-    """One flush of a worker's events: its rows, read as dicts (see the module docstring)."""
+    """One flush of a worker's events: its rows, read as dicts with the worker's id (see the module docstring)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "worker")
 
-    def __init__(self, rows: list[Row]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]], worker: str) -> None:
         self.rows = rows
+        self.worker = worker
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,16 +109,14 @@ class EventRows(Sequence[dict[str, Any]]):
 
     def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
         if isinstance(i, slice):
-            return list(map(as_dict, self.rows[i]))
-        return as_dict(self.rows[i])
+            return list(map(as_dict, self.rows[i], repeat(self.worker)))
+        return as_dict(self.rows[i], self.worker)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return map(as_dict, self.rows)
+        return map(as_dict, self.rows, repeat(self.worker))
 
     def __repr__(self) -> str:
         return f"EventRows({list(self)!r})"
 
-
-def rows_of(batch: Sequence[Any]) -> list[Row]:
-    """A batch's rows: an :class:`EventRows`' own, or the events of any other sequence."""
-    return batch.rows if type(batch) is EventRows else list(batch)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (list(self),)  # shape numbers mean nothing in another process: pickled as dicts

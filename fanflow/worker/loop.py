@@ -123,7 +123,7 @@ reference (the client stored the DAG once), so a wide fan-out does not push N co
 
 # The shapes of the events every task and worker makes, looked up once: their rows are built
 # inline (a tuple, no call), the rest through :meth:`Worker.emit`. Values come in this order.
-_TASK = ("task", "worker", "t")
+_TASK = ("task", "t")  # and the worker's id, which its every event carries (EventRows.worker)
 _TASK_STARTED = shape("task_started", _TASK)
 _FINISHED = ("store_s", "out_bytes", "uploaded", "memory_mb", "attempt", "exec_s", "fetch_s", "in_bytes", *_TASK)
 _TASK_FINISHED = shape("task_finished", _FINISHED)
@@ -253,7 +253,6 @@ class Worker:
                 self.started_at - verified_at,
                 begun - self.started_at,
                 -1,
-                self.id,
                 time.time(),
                 _WORKER_STARTED,
             )
@@ -284,12 +283,12 @@ class Worker:
             pass
         finally:
             self.extras.stop()
-            self.events.append((self.tasks_run, -1, self.id, time.time(), _WORKER_STOPPED))
+            self.events.append((self.tasks_run, -1, time.time(), _WORKER_STOPPED))
             self._flush_events()
 
     def _run_task(self, t: int) -> list[Any]:
         """Run task ``t``; the dependents it claimed (for a map: what its expansion runs here)."""
-        self.events.append((t, self.id, time.time(), _TASK_STARTED))
+        self.events.append((t, time.time(), _TASK_STARTED))
         if self._flush_at_len == 1:  # "task": a live view sees the task running, not only done
             self._flush_events()
         values, in_bytes, fetch_s = self.inputs(t)
@@ -327,10 +326,10 @@ class Worker:
                 self._unstored.add(t)
         now = time.time()
         if self._held and self._held[-1][0] == t:  # store_s comes when the held notifications go
-            row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, self.id, now, True)
+            row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, now, True)
             self._held_events.append((*row, _TASK_FINISHED_HELD))
         else:
-            row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, self.id, now)
+            row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, now)
             self.events.append((*row, _TASK_FINISHED))
             self.maybe_flush()
         return claimed
@@ -762,7 +761,7 @@ class Worker:
         The events of every task and worker are built inline instead (see ``_TASK_FINISHED``).
         """
         form = shape(kind, (*fields, *_TASK))
-        self.events.append((*fields.values(), task, self.id, time.time(), form))
+        self.events.append((*fields.values(), task, time.time(), form))
 
     def maybe_flush(self) -> None:
         """Write the buffered events if the ``metrics_upload`` strategy says it is time."""
@@ -774,7 +773,7 @@ class Worker:
     def _flush_events(self) -> None:
         if not self.events:
             return
-        batch, self.events = EventRows(self.events), []
+        batch, self.events = EventRows(self.events, self.id), []
         self._last_flush = time.time()
         try:
             self.store.append_events(keys.events(self.run_id), batch, self.settings.key_ttl_s)

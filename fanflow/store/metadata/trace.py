@@ -36,7 +36,6 @@ or evaluates stored bytes.
 
 from __future__ import annotations
 
-import array
 import itertools
 import json
 import operator
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from fanflow.dag.graph import DAG
-from fanflow.store.events import Row, Shape, label_of
+from fanflow.store.events import SHAPES, EventRows, Row, Shape, as_dict, label_of
 from fanflow.store.metadata.base import MetadataError
 
 MAGIC = b"FFTRACE1"
@@ -91,7 +90,7 @@ class Strings:
 
     def used(self) -> np.ndarray:
         """The indexes of the column's distinct values, ascending."""
-        return np.unique(self.codes)
+        return _present(self.codes)
 
     def distinct(self) -> set[str]:
         return set(map(self.values.__getitem__, self.used().tolist()))
@@ -114,6 +113,75 @@ class _StringTable:
             index.update(zip(new, range(len(self.values), len(self.values) + len(new)), strict=True))
             self.values.extend(new)
         return Strings(self.values, np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values)))
+
+    def owners(self, workers: list[str | None], sizes: list[int]) -> np.ndarray:
+        """Per row, the code of its batch's worker (-1 for a batch of dicts): ``sizes`` rows per batch."""
+        distinct = dict.fromkeys(workers)
+        distinct.pop(None, None)
+        self.column([], distinct)
+        index = self.index
+        codes = np.fromiter(map(index.get, workers, itertools.repeat(-1)), dtype=np.int32, count=len(workers))
+        return np.repeat(codes, sizes)
+
+
+Owners = tuple[list[str | None], list[int]]
+"""Per batch of a run's events, the worker all its rows belong to (None for a batch of dicts), and its length."""
+
+
+class EventLog:
+    """A run's event batches as read so far: their rows and labels in one list each, and who owns which.
+
+    What :meth:`EventTable.of` takes, gathered without a Python call per row.
+    """
+
+    __slots__ = ("labels", "only_rows", "rows", "sizes", "workers")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.labels: list[Any] = []
+        """Each row's :func:`~fanflow.store.events.label_of`."""
+        self.workers: list[str | None] = []
+        self.sizes: list[int] = []
+        self.only_rows = True
+        """No dict among the events: every label is a shape's number."""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, batches: Sequence[Sequence[Any]]) -> None:
+        """Append the rows of ``batches`` (each a workers' :class:`EventRows`, or a sequence of dicts)."""
+        if set(map(type, batches)) == {EventRows}:  # only workers' rows: no Python call per batch or row
+            lists = list(map(operator.attrgetter("rows"), batches))
+            start = len(self.rows)
+            self.rows.extend(itertools.chain.from_iterable(lists))
+            self.labels.extend(map(operator.itemgetter(-1), self.rows[start:]))
+            self.workers.extend(map(operator.attrgetter("worker"), batches))
+            self.sizes.extend(map(len, lists))
+            return
+        for batch in batches:
+            rows = batch.rows if type(batch) is EventRows else list(batch)
+            self.only_rows = self.only_rows and type(batch) is EventRows
+            self.rows.extend(rows)
+            self.labels.extend(map(label_of, rows))
+            self.workers.append(batch.worker if type(batch) is EventRows else None)
+            self.sizes.append(len(rows))
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events as dicts."""
+        rows = iter(self.rows)
+        return [
+            as_dict(row, worker)
+            for worker, size in zip(self.workers, self.sizes, strict=True)
+            for row in itertools.islice(rows, size)
+        ]
+
+    def grouping(self) -> Labels:
+        """:func:`labels_of` the events: what :meth:`table` groups them by."""
+        return _shape_codes(self.labels) if self.only_rows and self.labels else labels_of(self.labels)
+
+    def table(self, labels: Labels | None = None) -> EventTable:
+        """The events' :class:`EventTable` (``labels``: :meth:`grouping`, when the caller has it)."""
+        return EventTable.of(self.rows, labels, (self.workers, self.sizes))
 
 
 Column = np.ndarray | Strings | list[Any]
@@ -165,7 +233,7 @@ class EventTable:
             columns = [g.columns.get("worker") for g in self.groups]
             first = columns[0] if columns else None
             if isinstance(first, Strings) and all(isinstance(c, Strings) and c.values is first.values for c in columns):
-                used = np.unique(np.concatenate([c.codes for c in columns if isinstance(c, Strings)]))
+                used = _present(np.concatenate([c.codes for c in columns if isinstance(c, Strings)]))
                 self._workers = set(map(first.values.__getitem__, used.tolist()))  # one pass for every group
             else:
                 self._workers = set().union(*(g.distinct("worker") for g in self.groups))
@@ -195,30 +263,29 @@ class EventTable:
         return out
 
     @classmethod
-    def of(cls, events: Sequence[Row], labels: list[Any] | None = None) -> EventTable:
+    def of(cls, events: Sequence[Row], labels: Labels | None = None, owners: Owners | None = None) -> EventTable:
         """Columns of ``events``: rows (:mod:`fanflow.store.events`) or mappings with string keys.
 
-        ``labels``: each event's :func:`~fanflow.store.events.label_of`, when the caller has them.
-        Rows are grouped by their shape and their columns taken by transposing them; dicts by
-        their kind, then by their field names when those differ.
+        ``labels``: :func:`labels_of` the events, when the caller has them. Rows are
+        grouped by their shape, dicts by their kind, then by their field names when
+        those differ. ``owners``: the worker each row's batch belongs to, which gives
+        rows their ``worker`` column (:class:`EventLog` keeps them).
         """
         if not events:
             return cls([], np.zeros(0, dtype=np.int32))
-        if labels is None:
-            labels = list(map(label_of, events))
-        try:
-            codes, distinct = _codes(labels)
-        except TypeError:  # an unhashable kind: by its text (and field names, below)
-            codes, distinct = _codes([x if type(x) is Shape else (repr(x),) for x in labels])
+        codes, distinct = labels if labels is not None else labels_of(list(map(label_of, events)))
         groups: list[EventGroup] = []
         group_of = np.empty(len(events), dtype=np.int32)
         strings = _StringTable()
+        worker = None if owners is None else strings.owners(*owners)
         for label, members in zip(distinct, _members(codes, len(distinct)), strict=True):
             rows = _take(events, members)
-            if type(label) is Shape:
-                group: EventGroup | None = _shaped(rows, label, strings)
-            else:
-                group = _uniform(rows, label if type(label) is str else None, strings)
+            if type(label) is int:
+                form = SHAPES[label]
+                group: EventGroup | None = _shaped(rows, form, strings, None if worker is None else worker[members])
+            else:  # dicts of one kind: (kind,), or ("?", text) for an unhashable one
+                kind = label[0] if len(label) == 1 and type(label[0]) is str else None
+                group = _uniform(rows, kind, strings)
             if group is not None:
                 group_of[members] = len(groups)
                 groups.append(group)
@@ -314,27 +381,6 @@ def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]
         },
         "events": events,
     }
-    return _pack(header, packed, plain)
-
-
-def encode_small_trace(dag: DAG, events: Sequence[Mapping[str, Any]]) -> bytes:
-    """``encode_trace(DagArrays.of(dag), events)`` for a small run, without numpy: its lists come from the DAG."""
-    header = {
-        "dag": {
-            "functions": [[t.name, t.identity] for t in dag.tasks],
-            "task_of": {"list": dag.task_of},
-            "dep_counts": {"list": list(map(len, dag.deps))},
-            "deps": {"list": list(itertools.chain.from_iterable(dag.deps))},
-            "maps": sorted(dag.maps),
-            "sinks": list(dag.sinks),
-        },
-        "events": {"list": list(events)},
-    }
-    return _pack(header, [], [])
-
-
-def _pack(header: dict[str, Any], packed: list[bytes], plain: list[bytes]) -> bytes:
-    """The blob: the JSON header (with the buffers' sizes) and ``packed``, compressed when large, then ``plain``."""
     sizes = {"packed": [len(b) for b in packed], "plain": [len(b) for b in plain]}
     head = _dumps({"sizes": sizes, **header}).encode()
     body = b"".join([struct.pack("<I", len(head)), head, *packed])
@@ -413,6 +459,29 @@ def _trace(dag: Mapping[str, Any], get: Callable[[Mapping[str, Any]], np.ndarray
     return Trace(arrays, table)
 
 
+Labels = tuple[np.ndarray, list[Any]]
+"""Per event the index of its label (:func:`~fanflow.store.events.label_of`), and the distinct labels."""
+
+
+def labels_of(labels: list[Any]) -> Labels:
+    """:data:`Labels` of each event's :func:`~fanflow.store.events.label_of`."""
+    try:
+        return _codes(labels)
+    except TypeError:  # an unhashable kind: by its text (and field names, in EventTable.of)
+        return _codes([x if type(x) is int else ("?", repr(x[0])) for x in labels])
+
+
+def _shape_codes(numbers: list[int]) -> Labels:
+    """:func:`labels_of` rows only (shape numbers, a few distinct small ints), with numpy: no dict lookup per row."""
+    shapes = np.frombuffer(struct.pack(f"<{len(numbers)}q", *numbers), dtype="<i8")
+    found = np.flatnonzero(np.bincount(shapes))
+    firsts = [int(np.argmax(shapes == number)) for number in found.tolist()]
+    order = found[np.argsort(firsts)]  # the labels in order of first appearance, as _codes gives them
+    rank = np.zeros(int(found[-1]) + 1, dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[shapes], order.tolist()
+
+
 def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     """Per label the index of its first appearance among the distinct labels, and those labels."""
     index: dict[Any, int] = dict.fromkeys(labels)  # type: ignore[arg-type]
@@ -421,10 +490,24 @@ def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     return np.fromiter(map(index.__getitem__, labels), dtype=np.int32, count=len(labels)), list(index)
 
 
+def _present(codes: np.ndarray) -> np.ndarray:
+    """The distinct values of an array of small non-negative ints, ascending (a count per value: no sort, no hash)."""
+    return np.flatnonzero(np.bincount(codes)) if codes.size else codes[:0]
+
+
+def distinct_count(ids: np.ndarray) -> int:
+    """How many distinct values an integer array holds."""
+    if ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 1024:  # a count per value is cheaper
+        return int(np.count_nonzero(np.bincount(ids)))
+    return len(np.unique(ids))
+
+
 def _members(codes: np.ndarray, n: int) -> list[np.ndarray]:
     """Per code, the positions holding it, ascending."""
     if n == 1:
         return [np.arange(len(codes))]
+    if n <= 8:  # a pass per code is cheaper than sorting (a worker's run has four kinds of events)
+        return [np.flatnonzero(codes == code) for code in range(n)]
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(np.bincount(codes, minlength=n))
     return np.split(order, bounds[:-1])
@@ -436,8 +519,8 @@ def _take(items: Sequence[Any], positions: np.ndarray) -> list[Any]:
     return list(operator.itemgetter(*positions.tolist())(items))
 
 
-def _shaped(rows: list[tuple[Any, ...]], form: Shape, strings: _StringTable) -> EventGroup:
-    """The group of rows of one shape: a column per field.
+def _shaped(rows: list[tuple[Any, ...]], form: Shape, strings: _StringTable, worker: np.ndarray | None) -> EventGroup:
+    """The group of rows of one shape: a column per field, and ``worker`` (codes into ``strings``, -1 for none).
 
     A column is taken with one ``itemgetter`` pass over the rows, not by ``zip(*rows)``,
     which makes an iterator per row: tens of thousands of objects for the garbage
@@ -447,7 +530,11 @@ def _shaped(rows: list[tuple[Any, ...]], form: Shape, strings: _StringTable) -> 
     columns: dict[str, Column] = {"kind": Strings([form.kind], np.zeros(len(rows), dtype=np.int8))}
     for i, name in enumerate(form.names):
         columns[name] = _column(list(map(operator.itemgetter(i), rows)), strings)
-    return EventGroup(("kind", *form.names), columns, len(rows))
+    if worker is None or "worker" in columns or (worker < 0).any():
+        return EventGroup(("kind", *form.names), columns, len(rows))
+    workers = Strings(strings.values, worker)
+    columns["worker"] = workers if len(rows) >= SMALL_COLUMN else workers.tolist()  # as _column keeps it
+    return EventGroup(("kind", *form.names, "worker"), columns, len(rows))
 
 
 def _uniform(rows: list[Mapping[str, Any]], kind: str | None, strings: _StringTable) -> EventGroup | None:
@@ -491,12 +578,13 @@ def _column(values: Sequence[Any], strings: _StringTable) -> Column:
         return strings.column(values, distinct)
     first = type(values[0])
     try:
-        # array.array converts C-level and refuses text and None (numpy would turn "1.5" or None into numbers)
+        # struct packs C-level and refuses text and None (numpy would turn "1.5" or None into numbers);
+        # array.array does too, at four times the cost (it parses each value's arguments)
         if first is float:
-            return np.frombuffer(array.array("d", values), dtype=np.float64)  # ints and bools widen to floats
+            return np.frombuffer(struct.pack(f"<{len(values)}d", *values), dtype="<f8")  # ints, bools widen
         if first is int:
-            return np.frombuffer(array.array("q", values), dtype=np.int64)  # bools widen to ints
-    except (TypeError, OverflowError):  # text, None, a float among ints, an int beyond 64 bits
+            return np.frombuffer(struct.pack(f"<{len(values)}q", *values), dtype="<i8")  # bools widen to ints
+    except (struct.error, TypeError, OverflowError):  # text, None, a float among ints, an int beyond 64 bits
         return list(values)
     if first is bool and set(map(type, values)) == {bool}:
         return np.array(values, dtype=np.bool_)
