@@ -11,11 +11,13 @@ correct itself:
 - the **raw ratio** of a past run is ``makespan_s / (predicted_makespan_s /
   calibration)``: actual over what the simulator alone said, so a correction
   never compounds on itself. A past run of the very plan being predicted is
-  compared with what the simulator says of that plan *now* instead: its own
-  prediction came from an older history (a prediction moves as history
-  fills, and a factor learned against an older one kept multiplying the
-  newer: image_transform was predicted 12-22% too fast that way), so a plan
-  run before is predicted at the median of its latest makespans;
+  compared with what the simulator says of that plan *now* instead (and so
+  is a run of another plan the planner simulated in this call, predicted
+  the same way, cold or warm): its own prediction came from an older
+  history (a prediction moves as history fills, and a factor learned
+  against an older one kept multiplying the newer: image_transform was
+  predicted 12-22% too fast that way), so a plan run before is predicted at
+  the median of its latest makespans, and plans are compared on one basis;
 - the **factor** for a plan is the median raw ratio of its :data:`RECENT`
   latest successful runs *that started the same way*: with cold starts (the
   run started fresh worker processes) or without (every worker found a warm
@@ -34,7 +36,8 @@ correct itself:
   :data:`MAX_FACTOR`] are left out; 1.0 without any past run. The
   critical-path planner compares candidates with their own factor applied,
   so a plan whose runs came out slower than predicted loses to uniform on
-  the next run;
+  the next run. Only the :data:`LATEST` runs of the DAG count, so a plan
+  turned down on its own runs is tried again once they are older;
 - the **interval** is the wider of the simulator's own spread (the steps of
   the critical path at their 10th and 90th percentiles) and the spread of the
   past raw ratios around their median (with at least
@@ -51,6 +54,11 @@ from typing import Any
 
 RECENT = 5
 """Latest runs per plan that a factor is the median of."""
+LATEST = 10
+"""Latest runs of the DAG that calibration learns from, whatever their plan. A plan whose runs are older is
+predicted as one never run (from its kind's runs), so a plan turned down on its own runs is tried again after
+this many runs of others: the load it was measured under may have passed, and without it the planner kept
+uniform 3008 MB for good after one slow stretch of 1769 MB runs."""
 MIN_SPREAD_RUNS = 3
 """Past runs needed before their spread widens the interval."""
 MIN_FACTOR, MAX_FACTOR = 0.2, 5.0
@@ -88,13 +96,14 @@ class Calibration:
             raw = predicted / float(doc.get("calibration") or 1.0)
             if not MIN_FACTOR <= actual / raw <= MAX_FACTOR:
                 continue  # a stalled machine: no lesson for the plan
-            entries.append((plan, bool(doc.get("cold_starts")), actual, raw))
+            if len(entries) < LATEST:
+                entries.append((plan, bool(doc.get("cold_starts")), actual, raw))
             low, high = doc.get("predicted_p10_s"), doc.get("predicted_p90_s")
             if low is not None and high is not None and not low <= actual <= high:
                 missed += 1
         return cls(entries, missed)
 
-    def _pool(self, plan: str, cold: bool | None, simulated: float | None) -> list[float]:
+    def _pool(self, plan: str, cold: bool | None, now: Mapping[str, float]) -> list[float]:
         starts = (False, True) if cold is None else (cold,)
         kind = kind_of(plan)
         for same in (
@@ -108,31 +117,35 @@ class Calibration:
             for p, c, actual, raw in self.entries:
                 if same(p, c) and taken.get((p, c), 0) < RECENT:  # each plan and start its latest runs
                     taken[(p, c)] = taken.get((p, c), 0) + 1
-                    # a run of this very plan is compared with what the simulator says of the plan now
-                    found.append(actual / (simulated if simulated and p == plan else raw))
+                    # a run is compared with what the simulator says of its plan now, where that is known
+                    # for runs that started this way, else with the prediction it was run with
+                    found.append(actual / (now.get(p) or raw if c in starts else raw))
             if found:
                 return found
         return []
 
-    def factor(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> float:
+    def factor(self, plan: str, cold: bool | None = None, now: Mapping[str, float] | None = None) -> float:
         """What to multiply a simulated makespan (and GB-s) of ``plan`` by.
 
         ``plan``: a plan key (:func:`~fanflow.planning.planners.plan_key`'s
         ``uniform 1769``) or a bare kind; ``cold``: whether the plan is
         predicted to start fresh worker processes (None: not told apart, as on
         a platform without a pool, where every start is the same mix);
-        ``simulated``: the plan's simulated makespan now, which past runs of
-        the same plan are compared with (their own prediction came from an
-        older history).
+        ``now``: simulated makespans of plans as the history says now, by
+        plan key, predicted the way ``cold`` says; past runs of those plans
+        that started that way are compared with them rather than with their
+        own prediction, which came from an older history.
         """
-        pool = self._pool(plan, cold, simulated)
+        pool = self._pool(plan, cold, now or {})
         if not pool:
             return 1.0
         return statistics.median(pool)
 
-    def spread(self, plan: str, cold: bool | None = None, simulated: float | None = None) -> tuple[float, float]:
+    def spread(
+        self, plan: str, cold: bool | None = None, now: Mapping[str, float] | None = None
+    ) -> tuple[float, float]:
         """(low, high) multipliers around the calibrated prediction that past runs of ``plan`` fell within."""
-        pool = self._pool(plan, cold, simulated)
+        pool = self._pool(plan, cold, now or {})
         if len(pool) < MIN_SPREAD_RUNS:
             return 1.0, 1.0
         mid = statistics.median(pool)

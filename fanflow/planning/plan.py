@@ -224,7 +224,7 @@ def make_plan(
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
-        top_factor = learned.factor(plan_key([top]), True if cap else None, top_sim.makespan)
+        top_factor = learned.factor(plan_key([top]), True if cap else None, {plan_key([top]): top_sim.makespan})
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
@@ -238,8 +238,9 @@ def make_plan(
     plan.assignment = assignment
     plan.kind = "" if costs.defaults else plan_key(assignment.memory_mb)
     cold = any(sim.worker_cold) if cap else None
-    plan.calibration = learned.factor(plan.kind, cold, sim.makespan)
-    low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind, cold, sim.makespan))
+    now = {plan.kind: sim.makespan}
+    plan.calibration = learned.factor(plan.kind, cold, now)
+    low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind, cold, now))
     plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
     annotations: dict[int, dict[str, Any]] = {}

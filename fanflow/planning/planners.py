@@ -483,45 +483,54 @@ def critical_path_assignment(
             candidates.append((sim.cost_gb_s, Assignment(list(plan.memory_mb), labels, upload), sim))
     top_sim, top = trials[-1]
 
-    def calibrated(a: Assignment, s: Simulation, cold: bool | None) -> tuple[float, float]:
+    def calibrated(a: Assignment, s: Simulation, cold: bool | None, now: Mapping[str, float]) -> tuple[float, float]:
         if isinstance(calibration, Calibration):
-            f = calibration.factor(plan_key(a.memory_mb), cold, s.makespan)
+            f = calibration.factor(plan_key(a.memory_mb), cold, now)
         else:
             table = calibration or {}
             f = table.get(plan_key(a.memory_mb), table.get(plan_kind(a.memory_mb), 1.0))
         return s.makespan * f, s.cost_gb_s * f
 
     start = True if pool else None  # candidates are simulated from an empty pool
-    top_makespan, top_cost = calibrated(uniform(top), top_sim, start)
+    top_plan = uniform(top)
+    # runs of a plan simulated here are compared with its simulation here (see calibrate)
+    now = {plan_key(a.memory_mb): s.makespan for _, a, s in candidates}
+    now[plan_key(top_plan.memory_mb)] = top_sim.makespan
+    top_makespan, top_cost = calibrated(top_plan, top_sim, start, now)
     bound = 1.0 + NEVER_WORSE
     kept = [
         (cost, a, s)
         for _, a, s in candidates
-        for makespan, cost in [calibrated(a, s, start)]
+        for makespan, cost in [calibrated(a, s, start, now)]
         if makespan <= top_makespan * bound and cost <= top_cost * bound
     ]
-    kept.append((top_cost, uniform(top), top_sim))  # always an answer
+    kept.append((top_cost, top_plan, top_sim))  # always an answer
     kept.sort(key=lambda c: c[0])
-    if not pool:
+    if not pool or kept[0][1].memory_mb == top_plan.memory_mb:
         _, chosen, chosen_sim = kept[0]
         return chosen, chosen_sim, best, top_sim
     # On a pool the plan also has to hold run after run, on the processes its last run left warm: an
     # empty pool's makespan is mostly cold starts (0.3-1.3 s against 0.03-0.06 s warm on this machine),
     # and 5% of that hides a plan 10-20% slower once warm.
-    top_plan = uniform(top)
-    if kept[0][1].memory_mb == top_plan.memory_mb:
-        return top_plan, top_sim, best, top_sim
-    top_again = _again(dag, costs, top_plan, top_sim, max_workers, remote)
-    again_top, _ = calibrated(top_plan, top_again, any(top_again.worker_cold))
+    learned = calibration.runs > 0 if isinstance(calibration, Calibration) else bool(calibration)
+    top_again: Simulation | None = None
     for _, a, s in kept:
         if a.memory_mb == top_plan.memory_mb:
             break
         m = a.memory_mb[0]
-        if not fixed and plan_kind(a.memory_mb) == "uniform" and _same_costs(costs, m, top):
-            again = _resized(top_again, top, m)  # the same predictions: the same times
-        else:
-            again = _again(dag, costs, a, s, max_workers, remote)
-        if calibrated(a, again, any(again.worker_cold))[0] <= again_top * bound:
+        twin = not fixed and plan_kind(a.memory_mb) == "uniform" and _same_costs(costs, m, top)
+        if twin and not learned:
+            return a, s, best, top_sim  # the same predictions and no past runs: the same makespan
+        if top_again is None:
+            top_again = _again(dag, costs, top_plan, top_sim, max_workers, remote)
+        # a twin has the same predictions: the same times
+        again = _resized(top_again, top, m) if twin else _again(dag, costs, a, s, max_workers, remote)
+        by_start: dict[bool, dict[str, float]] = {}
+        for plan_, sim_ in ((a, again), (top_plan, top_again)):
+            by_start.setdefault(any(sim_.worker_cold), {})[plan_key(plan_.memory_mb)] = sim_.makespan
+        cold, top_cold = any(again.worker_cold), any(top_again.worker_cold)
+        again_top, _ = calibrated(top_plan, top_again, top_cold, by_start[top_cold])
+        if calibrated(a, again, cold, by_start[cold])[0] <= again_top * bound:
             return a, s, best, top_sim
     return top_plan, top_sim, best, top_sim
 
