@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -17,7 +20,8 @@ import pytest
 
 import fanflow
 from fanflow.metrics import RunMetrics, summaries_of, task_records
-from fanflow.metrics.digest import digest
+from fanflow.metrics.digest import digest, digest_events
+from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import gc_every
@@ -212,6 +216,15 @@ def test_recorded_totals_and_summaries_equal_the_records(tmp_path: Path, shape: 
     digested = digest(arrays, EventTable.of(stored.events), header)
     if shape == "small":
         assert digested is None
+        # recorded from its event dicts (digest_events): the same totals and summaries as its records
+        graph = Graph.of_trace(trace)
+        identities = [graph.identity(i) for i in range(len(graph.deps))]
+        small = digest_events(identities, graph.deps, stored.events, RunRecord.from_doc(stored.run))
+        assert small is not None and small[0].to_doc() == stored.run == metrics.run.to_doc()
+        assert small[1] == summaries_of(metrics.tasks) and sum(s.count for s in small[1].values()) == 3
+        assert metrics.run.bytes_local + metrics.run.bytes_fetched == 7
+        rerun = [e for e in stored.events if e.get("kind") == "task_finished"][:1]  # a task ending twice
+        assert digest_events(identities, graph.deps, stored.events + rerun, header) is None
         return
     assert digested is not None, "a plain run of finished tasks is digested column-wise"
     run, summaries = digested
@@ -232,6 +245,9 @@ def test_runs_digest_refuses_are_recorded_through_their_records(tmp_path: Path) 
     trace = decode_trace(stored.trace or b"")
     arrays = trace.dag
     assert digest(arrays, EventTable.of(stored.events), RunRecord.from_doc(stored.run)) is None
+    graph = Graph.of_trace(trace)
+    identities = [graph.identity(i) for i in range(len(graph.deps))]
+    assert digest_events(identities, graph.deps, stored.events, RunRecord.from_doc(stored.run)) is None
     assert stored.run == metrics.run.to_doc() and stored.run["status"] == "failed"
     assert {t.status for t in metrics.tasks} >= {"failed", "unfinished"}
 
@@ -304,3 +320,60 @@ def test_trace_round_trips_any_events() -> None:
         decode_trace(blob[:-10])
     with pytest.raises(MetadataError, match="not a run trace"):
         decode_trace(b"[]")
+
+
+def test_the_writer_runs_jobs_in_order_in_batches_and_drain_waits_for_them() -> None:
+    """Deferred jobs run in submission order; one submitted while the writer is idle is not left waiting."""
+    from fanflow.store.metadata import BATCH_S, defer
+
+    drain()
+    ran: list[int] = []
+    first = threading.Event()
+    defer(lambda: (ran.append(0), first.set()))  # the writer is idle: this job must wake it
+    assert first.wait(10 * BATCH_S + 5), "a job deferred to an idle writer never ran"
+    for i in range(1, 200):
+        defer(lambda i=i: ran.append(i))
+    assert drain(30)
+    assert ran == list(range(200))
+
+    threads_before = threading.active_count()
+    late: list[int] = []
+
+    def submit_and_drain(k: int) -> None:
+        for i in range(20):
+            defer(lambda i=i: late.append(k * 100 + i))
+        assert drain(30)
+        assert {k * 100 + i for i in range(20)} <= set(late)  # drain returned after this thread's own jobs
+
+    workers = [threading.Thread(target=submit_and_drain, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert len(late) == 80 and threading.active_count() == threads_before
+
+
+def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_path: Path) -> None:
+    """A burst of tiny runs: every one recorded, none leaves a started row; a process that exits keeps its runs."""
+    db = tmp_path / "meta.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    for i in range(30):
+        assert leaf(i).compute(config) == i + 1
+    drain()
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (30,)
+    assert raw.execute("SELECT count(*) FROM started").fetchone() == (0,)  # each ended before the writer came
+    summary = open_metadata(config.metadata).summaries([leaf.identity])
+    assert [s.count for s in summary.values()] == [30]
+
+    script = (
+        "import fanflow\n"
+        "@fanflow.task\n"
+        "def inc(i):\n    return i + 1\n"
+        f"config = fanflow.Config(progress=False, metadata={config.metadata!r})\n"
+        "for i in range(25):\n    assert inc(i).compute(config) == i + 1\n"
+    )  # no drain(): interpreter exit writes what the writer holds
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (55,)
+    raw.close()

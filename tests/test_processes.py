@@ -24,7 +24,7 @@ from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, peek, sign
 from fanflow.platforms.processes import ProcessesPlatform, client_platform
-from fanflow.platforms.processes.cgroups import PERIOD_US, cpu_quota_us, nice_weight
+from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
 from fanflow.store.base import RUNNING
@@ -225,23 +225,29 @@ def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, red
     (worker,) = pool._workers
     lines = Path(f"/proc/{worker.proc.pid}/cgroup").read_text().splitlines()
     groups = {ctl: path for _, ctls, path in (line.split(":", 2) for line in lines) for ctl in ctls.split(",")}
-    # A short period: a fraction of a vCPU runs at that fraction of the speed, not in bursts and stalls.
-    assert PERIOD_US == 10_000 and cpu_quota_us(256) == 1447
+    # A short period below one vCPU: its fraction of the speed, not bursts and stalls.
+    assert cpu_period_us(256) == 10_000 and cpu_quota_us(256) == 1447
     # The pool's group weighs as much as its one process would alone at the pool's nice value.
     weight = nice_weight(os.getpriority(os.PRIO_PROCESS, 0))
     if "memory" in groups:  # cgroup v1
         cpu = Path("/sys/fs/cgroup/cpu") / groups["cpu"].lstrip("/")
         memory = Path("/sys/fs/cgroup/memory") / groups["memory"].lstrip("/")
         assert int((cpu / "cpu.cfs_quota_us").read_text()) == cpu_quota_us(256)
-        assert int((cpu / "cpu.cfs_period_us").read_text()) == PERIOD_US
+        assert int((cpu / "cpu.cfs_period_us").read_text()) == 10_000
         assert int((cpu.parent / "cpu.shares").read_text()) == weight
         assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * 1024 * 1024
     else:
         group = Path("/sys/fs/cgroup") / groups[""].lstrip("/")
-        assert (group / "cpu.max").read_text().split() == [str(cpu_quota_us(256)), str(PERIOD_US)]
+        assert (group / "cpu.max").read_text().split() == [str(cpu_quota_us(256)), "10000"]
         assert int((group.parent / "cpu.weight").read_text()) == round(weight * 100 / 1024)
         assert int((group / "memory.max").read_text()) == 256 * 1024 * 1024
     assert "fanflow-" in str(groups.get("cpu", groups.get("")))
+
+
+def test_a_whole_vcpu_keeps_the_kernels_period() -> None:
+    # The kernel hands quota to each CPU in 5 ms slices: a 10 ms quota split over two CPUs throttled one thread.
+    assert [cpu_period_us(m) for m in (1768, 1769, 3008)] == [10_000, 100_000, 100_000]
+    assert [cpu_quota_us(m) for m in (1769, 3008)] == [100_000, 170_039]
 
 
 def test_a_pools_weight_follows_the_scheduler_nice_levels() -> None:
@@ -274,17 +280,20 @@ def allocator_settings() -> dict[str, str]:
     return {k: v for k, v in start.items() if k.startswith("MALLOC_")}
 
 
-def test_worker_processes_keep_freed_arrays_pages(config: fanflow.Config) -> None:
-    assert allocator_settings().compute(config) == {
-        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
-    }
+def test_worker_processes_keep_freed_arrays_pages(config: fanflow.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    config = config.replace(max_workers=1, keep_alive_s=0)  # a pool of its own, started with this environment
+    settings = allocator_settings().compute(config)
+    assert settings["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
+    assert settings["MALLOC_TRIM_THRESHOLD_"] == str(64 << 20)
 
 
 def test_allocator_settings_of_the_pools_environment_win(
     config: fanflow.Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     config = config.replace(max_workers=1, keep_alive_s=0)  # a pool of its own, started with this environment
     settings = allocator_settings().compute(config)
     assert settings["MALLOC_TRIM_THRESHOLD_"] == "131072"

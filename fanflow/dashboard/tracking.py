@@ -7,7 +7,9 @@ client saves a small *started document* right after it invokes the roots
 function once, then per task its function index and upstream ids), a few
 bytes per task. The write goes through the metadata layer's background writer
 (:func:`fanflow.store.metadata.defer`), like the run's records, so it never
-delays the run, and it is queued before them, so it is stored first.
+delays the run, and it is queued before them, so it is stored first. A run
+that ended well before the writer got to it (within about
+:data:`fanflow.store.metadata.BATCH_S`) gets none: its record is what shows it.
 
 Live progress is not written here: the dashboard reads the run's event stream
 in the run store, the same stream the metrics are built from.
@@ -133,10 +135,16 @@ LOCAL = LocalRuns()
 
 
 def note_start(run: Run) -> None:
-    """Save ``run``'s started document in its metadata store (call right after ``run.start()``)."""
+    """Save ``run``'s started document in its metadata store (call right after ``run.start()``).
+
+    The writer builds it when its batch runs; a run that has ended well by then
+    gets none: its record follows at once, and the document would only tell a
+    dashboard of a run in flight that is not (a failed run's is saved by
+    :func:`note_end`, with its errors).
+    """
     LOCAL.started(run)
     if not is_disabled(run.config.metadata):
-        defer(lambda: _save(run, []))
+        defer(lambda: None if run.finished_at else _save(run, []))
 
 
 def _save(run: Run, errors: list[dict[str, Any]]) -> None:

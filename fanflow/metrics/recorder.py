@@ -46,7 +46,7 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import digest
+from fanflow.metrics.digest import digest, digest_events
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
@@ -59,6 +59,7 @@ from fanflow.store.metadata.trace import (
     EventLog,
     EventTable,
     distinct_count,
+    encode_small_trace,
     encode_trace,
     labels_of,
 )
@@ -242,18 +243,23 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
             error=None if error is None else _error_text(error),
             workflow=workflow_of(dag),
         )
-        arrays = DagArrays.of(dag)
-        digested = digest(arrays, events, header) if isinstance(events, EventTable) else None
+        functions = [t.identity for t in dag.tasks]
+        if isinstance(events, EventTable):
+            arrays = DagArrays.of(dag)
+            digested = digest(arrays, events, header)
+        else:  # a small run: its events stay a list, read without numpy
+            arrays = None
+            by_task = [functions[f] for f in dag.task_of]
+            digested = None if dag.maps else digest_events(by_task, dag.deps, events, header)
         if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
             dicts = events.events() if isinstance(events, EventTable) else events
             metrics = build_metrics(Graph.of_dag(dag), dicts, header)
             record, summaries = metrics.run, summaries_of(metrics.tasks)
         else:
             record, summaries = digested
-        trace = encode_trace(arrays, events)  # a small run's events stay a list
+        trace = encode_small_trace(dag, events) if arrays is None else encode_trace(arrays, events)
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
-        functions = [identity for _, identity in arrays.functions]
         store.save_run(record.to_doc(), trace, functions, summaries, keep_runs=config.retention_runs)
         log.debug("run %s recorded in %.1f ms", run.run_id, (time.perf_counter() - began) * 1e3)
         run.store.delete([keys.events(run.run_id)])  # now kept with the run's metadata

@@ -8,8 +8,10 @@ one vCPU and one memory limit, which no FaaS platform does):
 - cgroup v2: ``cpu.max = "<quota> <period>"`` and ``memory.max``;
 - cgroup v1: ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``memory.limit_in_bytes``.
 
-The period is 10 ms (:data:`PERIOD_US`), not the kernel's 100 ms, so that a
-fraction of a vCPU is a steady fraction of the speed rather than bursts and stalls.
+A worker below one vCPU gets a 10 ms period (:data:`SHORT_PERIOD_US`), not the
+kernel's 100 ms, so that its fraction of a vCPU is a steady fraction of the speed
+rather than bursts and stalls; one with a whole vCPU or more keeps 100 ms
+(:func:`cpu_period_us`).
 
 Groups are made under the cgroup this process already lives in, never at the
 root, so the limits of whoever started fanflow still apply to its workers. The
@@ -38,11 +40,15 @@ from fanflow.platforms.sizing import MB_PER_VCPU
 log = logging.getLogger(__name__)
 
 PREFIX = "fanflow"
-PERIOD_US = 10_000
-"""The CFS bandwidth period. Linux's default (100 ms) lets a worker below 1 vCPU run a short task at
-full speed until its quota for the period is spent, then stall for the rest of the period, so the same
-20 ms task at 512 MB took anything from 20 to 91 ms depending on where it fell in the period. A 10 ms
-period spreads the quota evenly: 62-74 ms (``docs/platforms.md``, "Run-to-run variance")."""
+PERIOD_US = 100_000
+"""The CFS bandwidth period of a worker with one vCPU or more (the kernel's default)."""
+SHORT_PERIOD_US = 10_000
+"""The period of a worker below one vCPU. With 100 ms such a worker runs a short task at full speed
+until its quota for the period is spent, then stalls for the rest of the period: the same 20 ms task
+at 512 MB took anything from 20 to 91 ms depending on where it fell in the period; with 10 ms, 62-74 ms.
+Not for a whole vCPU or more: the kernel hands quota to each CPU in 5 ms slices, and a 10 ms quota
+split over two CPUs ran out while one thread still ran (1769 MB workers were throttled in gemm and
+svd1 runs, never with 100 ms). See docs/platforms.md, "Run-to-run variance"."""
 MIN_QUOTA_US = 1_000
 """The kernel's smallest quota: below about 180 MB a worker gets this (0.1 vCPU), not less."""
 ROOT = Path("/sys/fs/cgroup")
@@ -50,9 +56,14 @@ ROOT = Path("/sys/fs/cgroup")
 _warned = False
 
 
-def cpu_quota_us(memory_mb: int, period_us: int = PERIOD_US) -> int:
-    """CPU time per period for ``memory_mb`` (1769 MB = one full period, i.e. 1 vCPU)."""
-    return max(MIN_QUOTA_US, period_us * memory_mb // MB_PER_VCPU)
+def cpu_period_us(memory_mb: int) -> int:
+    """The CFS period of a worker of ``memory_mb``: short below one vCPU (:data:`SHORT_PERIOD_US`)."""
+    return SHORT_PERIOD_US if memory_mb < MB_PER_VCPU else PERIOD_US
+
+
+def cpu_quota_us(memory_mb: int) -> int:
+    """CPU time per period of :func:`cpu_period_us` for ``memory_mb`` (1769 MB = one full period, i.e. 1 vCPU)."""
+    return max(MIN_QUOTA_US, cpu_period_us(memory_mb) * memory_mb // MB_PER_VCPU)
 
 
 def nice_weight(nice: int) -> int:
@@ -142,21 +153,21 @@ class Cgroups:
         """Put process ``pid`` in a new group ``child`` limited to ``memory_mb`` and its CPU share."""
         if not self.available:
             return
-        quota = cpu_quota_us(memory_mb)
+        period, quota = cpu_period_us(memory_mb), cpu_quota_us(memory_mb)
         limit = str(memory_mb * 1024 * 1024)
         try:
             if self._layout.v2:
                 group = _mkdir(self._parents[0] / child)
                 with self._lock:
                     self._groups.append(group)
-                (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (group / "cpu.max").write_text(f"{quota} {period}")
                 (group / "memory.max").write_text(limit)
                 (group / "cgroup.procs").write_text(str(pid))
                 return
             cpu = _mkdir(self._parents[0] / child)
             with self._lock:
                 self._groups.append(cpu)
-            (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (cpu / "cpu.cfs_period_us").write_text(str(period))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota))
             memory = _mkdir(self._parents[1] / child)
             with self._lock:

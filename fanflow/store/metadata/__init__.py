@@ -16,9 +16,9 @@ them.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable
 
@@ -54,63 +54,121 @@ EXIT_DRAIN_S = 60.0
 """Longest wait at interpreter exit for deferred history writes."""
 
 
+BATCH_S = 0.2
+"""How long the writer lets deferred writes gather after the first one, before it runs them as one batch."""
+
+
 class _Writer:
-    """One daemon thread running deferred jobs in submission order."""
+    """One daemon thread running deferred jobs in submission order, in batches.
+
+    Submitting a job only appends it to a queue. The thread is woken by the
+    first job after it went idle, waits :data:`BATCH_S` for more, runs every
+    job queued, then has the stores write what they hold (:func:`_flush_stores`):
+    a stream of small runs costs one wake-up and one transaction per batch,
+    not a hand-off between threads per run. :meth:`drain` cuts the wait short.
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._jobs: collections.deque[Callable[[], None] | threading.Event] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = False  # the thread waits for a first job, with no deadline
+        self._busy = False  # the thread runs a batch (from its first job until its stores are written)
+        self._draining = 0  # callers of drain() waiting: run the batch without waiting for more
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="fanflow-metadata-writer", daemon=True)
-                self._thread.start()
-        self._jobs.put(job)
+    def submit(self, job: Callable[[], None] | threading.Event) -> None:
+        """Queue ``job``; an Event is set once every job queued before it ran and its batch was written."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._serve, name="fanflow-metadata-writer", daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._jobs.append(job)
+        if self._idle:  # the thread sets it before it looks at the queue a last time: no job is left waiting
+            self._wake.set()
 
     def _serve(self) -> None:
+        jobs = self._jobs
         while True:
-            job = self._jobs.get()
+            self._idle = True
+            if not jobs:
+                self._wake.wait()
+            self._idle = False
+            self._busy = True
+            self._wake.clear()
+            if not self._draining:
+                self._wake.wait(BATCH_S)  # let a batch gather; a drain sets the event
+            done: list[threading.Event] = []
+            while jobs:
+                job = jobs.popleft()
+                if isinstance(job, threading.Event):
+                    done.append(job)
+                    continue
+                try:
+                    job()
+                except Exception:  # a job reports its own failures; this guards the thread
+                    log.exception("a deferred metadata write failed")
             try:
-                job()
-            except Exception:  # a job reports its own failures; this guards the thread
-                log.exception("a deferred metadata write failed")
+                _flush_stores()
+            except Exception:
+                log.exception("writing the metadata stores' held saves failed")
             finally:
-                self._jobs.task_done()
+                self._busy = False
+                for event in done:
+                    event.set()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted job ran; False if ``timeout`` passed first."""
+        """Wait until every job submitted so far ran and its batch was written; False if ``timeout`` passed first."""
         if self._thread is None or threading.current_thread() is self._thread:
             return True
+        if not self._jobs and not self._busy:
+            return True
         done = threading.Event()
-
-        def wait_all() -> None:
-            self._jobs.join()
-            done.set()
-
-        threading.Thread(target=wait_all, daemon=True).start()
-        finished = done.wait(timeout)
+        with self._lock:
+            self._draining += 1
+        try:
+            self.submit(done)
+            self._wake.set()
+            finished = done.wait(timeout)
+        finally:
+            with self._lock:
+                self._draining -= 1
         if not finished:
             log.warning("gave up waiting for deferred history writes after %.0f s", timeout or 0)
         return finished
+
+    def runs_here(self) -> bool:
+        """Whether the calling thread is the writer's (its batch's stores are written when the batch ends)."""
+        return threading.current_thread() is self._thread
 
 
 _writer = _Writer()
 
 
+def _flush_stores() -> None:
+    """Have the stores that batch their writes (SQLite) write what they hold."""
+    for store in list(_open.values()):
+        flush = getattr(store, "flush", None)
+        if flush is not None:
+            flush()
+
+
+def in_writer() -> bool:
+    """Whether the calling thread is the background writer, which has the stores write after each batch."""
+    return _writer.runs_here()
+
+
 def defer(job: Callable[[], None]) -> None:
-    """Run ``job`` (a write to a metadata store) in the background, in submission order."""
+    """Run ``job`` (a write to a metadata store) in the background, in submission order, within about BATCH_S."""
     _writer.submit(job)
 
 
 def drain(timeout: float | None = None) -> bool:
     """Wait for every deferred write, and have the stores write what they hold back; True when none is left."""
     done = _writer.drain(timeout)
-    for store in list(_open.values()):
-        flush = getattr(store, "flush", None)  # stores that batch their writes (SQLite)
-        if flush is not None:
-            flush()
+    _flush_stores()  # saves made outside the writer (a direct save_run) are held too
     return done
 
 

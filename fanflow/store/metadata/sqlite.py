@@ -24,18 +24,22 @@ in the same process as the run):
 
 * no record per task is built or stored when a run is saved (see
   :mod:`fanflow.store.metadata.base`);
-* saved runs and started documents wait in memory, encoded, up to
-  :data:`FLUSH_S` (or until :data:`MAX_PENDING_RUNS` runs wait) and go out in
-  one transaction: a commit costs more than a small run's documents, and a
-  run that ends within it stores its started document in the same one. Any
-  read here, :func:`fanflow.store.metadata.drain`, ``close`` and interpreter
-  exit write them first, so this process reads what it wrote;
+* saved runs and started documents wait in memory, encoded, and go out in
+  one transaction: a commit costs more than a small run's documents. Saves
+  from the background writer are written when its batch ends; others within
+  :data:`FLUSH_S`. :data:`MAX_PENDING_RUNS` runs or :data:`MAX_PENDING_BYTES`
+  of traces waiting are written at once. Any read here,
+  :func:`fanflow.store.metadata.drain`, ``close`` and interpreter exit write
+  them first, so this process reads what it wrote;
 * retention is applied in the save's own transaction, every
   :func:`gc_every` saves (so the newest ``keep_runs`` plus at most a tenth more
   are kept between passes); expired started documents go then too;
 * the file does not keep what retention deleted: ``auto_vacuum=INCREMENTAL``
-  hands freed pages back after each retention pass, and the write-ahead log is
-  truncated to :data:`WAL_LIMIT_BYTES` after checkpoints.
+  hands freed pages back (and the write-ahead log is truncated) after a
+  retention pass that left :data:`VACUUM_SHARE` of the file free; fewer free
+  pages are reused by the next saves, which is cheaper than returning them
+  (a history of small runs deletes as many rows per pass as it added). The log is
+  truncated to :data:`WAL_LIMIT_BYTES` after automatic checkpoints.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fanflow.store.metadata import in_writer
 from fanflow.store.metadata.base import (
     MetadataError,
     RunNotFoundError,
@@ -73,11 +78,20 @@ FLUSH_S = 0.2
 _IDS_PER_QUERY = 500
 """Run ids per ``IN (...)`` query (SQLite limits the parameters of one statement)."""
 
-MAX_PENDING_RUNS = 64
+MAX_PENDING_RUNS = 512
 """Runs waiting in memory that make a save write them at once."""
+
+MAX_PENDING_BYTES = 8 << 20
+"""Bytes of traces waiting in memory that make a save write them at once."""
+
+VACUUM_SHARE = 0.5
+"""Share of the file's pages left free by retention that makes it hand them back to the file system."""
 
 WAL_LIMIT_BYTES = 4 << 20
 """Size the write-ahead log is truncated to after a checkpoint."""
+
+_LEGACY_TABLES = ("tasks", "task_groups", "workers", "worker_docs")
+"""Per-task and per-worker rows of schema 1 and 2 files."""
 
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -88,7 +102,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, signature TEXT NOT NULL, submitted_at REAL NOT NULL,
     doc TEXT NOT NULL, events BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS runs_by_time ON runs (submitted_at);
+DROP INDEX IF EXISTS runs_by_time;
+CREATE INDEX IF NOT EXISTS runs_by_time_and_id ON runs (submitted_at, run_id);
 CREATE INDEX IF NOT EXISTS runs_by_signature ON runs (signature, submitted_at);
 CREATE TABLE IF NOT EXISTS tasks (
     run_id TEXT NOT NULL, task INTEGER NOT NULL, identity TEXT NOT NULL, memory_mb INTEGER NOT NULL,
@@ -169,11 +184,14 @@ class SQLiteMetadataStore:
                     f"{self.path} has metadata schema {found[0]}, this fanflow reads {SCHEMA_VERSION}; "
                     "move the file away to start a new history"
                 )
+            # Only files upgraded from schema 1-2 hold rows in these tables: retention need not look elsewhere.
+            self._legacy = [t for t in _LEGACY_TABLES if self._db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
         except (sqlite3.Error, OSError) as exc:
             raise MetadataError(f"cannot open the metadata store {self.path}: {exc}") from exc
         self._lock = threading.Lock()
         self._started: dict[str, tuple[Mapping[str, Any], float]] = {}  # run id -> (doc, expiry), not written yet
         self._runs: list[_PendingRun] = []  # encoded runs, not written yet
+        self._pending_bytes = 0  # their traces' bytes
         self._flush_timer: threading.Timer | None = None
         self._saves = 0  # saves since the last retention pass in this process
         self._closed = False
@@ -194,7 +212,7 @@ class SQLiteMetadataStore:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise MetadataError(f"writing the metadata store {self.path} failed: {exc}") from exc
-            if doomed:
+            if doomed and self._worth_vacuuming():
                 self._vacuum()
 
     def _write_pending(self, db: sqlite3.Connection) -> bool:
@@ -203,6 +221,7 @@ class SQLiteMetadataStore:
         On a rollback they are lost, as a failed save would lose them (history is observability).
         """
         started, runs, self._started, self._runs = self._started, self._runs, {}, []
+        self._pending_bytes = 0
         if started:
             db.executemany(
                 "INSERT OR REPLACE INTO started VALUES (?, ?, ?, ?)",
@@ -236,8 +255,11 @@ class SQLiteMetadataStore:
             log.warning("could not save run history: %s", exc)
 
     def _flush_later(self) -> None:
-        """Have the pending writes flushed within :data:`FLUSH_S` (call holding the lock)."""
-        if self._flush_timer is None:
+        """Have the pending writes flushed within :data:`FLUSH_S` (call holding the lock).
+
+        Not needed in the background writer, which has the stores write after each batch.
+        """
+        if self._flush_timer is None and not in_writer():
             self._flush_timer = timer = threading.Timer(FLUSH_S, self.flush)
             timer.daemon = True
             timer.start()
@@ -275,7 +297,8 @@ class SQLiteMetadataStore:
         )
         with self._lock:
             self._runs.append(pending)
-            full = len(self._runs) >= MAX_PENDING_RUNS
+            self._pending_bytes += len(trace)
+            full = len(self._runs) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
                 self._flush_later()
         if full:
@@ -309,10 +332,9 @@ class SQLiteMetadataStore:
                 (identity, memory_mb, *(values[c] for c in _SUMMARY_COLUMNS)),
             )
 
-    @staticmethod
-    def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
+    def _delete_runs(self, db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         args = [(r,) for r in run_ids]
-        for table in ("runs", "run_functions", "tasks", "task_groups", "workers", "worker_docs"):
+        for table in ("runs", "run_functions", *self._legacy):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", args)
 
     def _retain(self, db: sqlite3.Connection, keep_runs: int) -> list[str]:
@@ -329,6 +351,15 @@ class SQLiteMetadataStore:
             db.executemany("DELETE FROM started WHERE run_id = ?", [(r,) for r in doomed])
         db.execute("DELETE FROM started WHERE expires_at < ?", (time.time(),))
         return doomed
+
+    def _worth_vacuuming(self) -> bool:
+        """Whether free pages make up :data:`VACUUM_SHARE` of the file (lock held); fewer are reused by later saves."""
+        try:
+            (free,) = self._db.execute("PRAGMA freelist_count").fetchone()
+            (pages,) = self._db.execute("PRAGMA page_count").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(free) and free >= VACUUM_SHARE * pages
 
     def _vacuum(self) -> None:
         """Hand the pages retention freed back to the file system, and truncate the log (lock held)."""

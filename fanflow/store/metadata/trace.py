@@ -381,6 +381,27 @@ def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]
         },
         "events": events,
     }
+    return _pack(header, packed, plain)
+
+
+def encode_small_trace(dag: DAG, events: Sequence[Mapping[str, Any]]) -> bytes:
+    """``encode_trace(DagArrays.of(dag), events)`` for a small run, without numpy: its lists come from the DAG."""
+    header = {
+        "dag": {
+            "functions": [[t.name, t.identity] for t in dag.tasks],
+            "task_of": {"list": dag.task_of},
+            "dep_counts": {"list": list(map(len, dag.deps))},
+            "deps": {"list": list(itertools.chain.from_iterable(dag.deps))},
+            "maps": sorted(dag.maps),
+            "sinks": list(dag.sinks),
+        },
+        "events": {"list": list(events)},
+    }
+    return _pack(header, [], [])
+
+
+def _pack(header: dict[str, Any], packed: list[bytes], plain: list[bytes]) -> bytes:
+    """The blob: the JSON header (with the buffers' sizes) and ``packed``, compressed when large, then ``plain``."""
     sizes = {"packed": [len(b) for b in packed], "plain": [len(b) for b in plain]}
     head = _dumps({"sizes": sizes, **header}).encode()
     body = b"".join([struct.pack("<I", len(head)), head, *packed])
