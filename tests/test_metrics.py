@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import statistics
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,17 +148,24 @@ def test_failed_run_is_recorded_with_its_error(tmp_path: Path) -> None:
     assert m.critical_path() == [0, 1]
 
 
+_released = threading.Event()
+
+
 @fanflow.task
 def slow(data: bytes) -> bytes:
-    time.sleep(0.3)
+    _released.wait(30)  # until the run is recorded: a task that ended first would be recorded as finished
     return data
 
 
 def test_timed_out_run_is_recorded_as_such(tmp_path: Path) -> None:
     config = _config(tmp_path, timeout_s=0.05)
-    with pytest.raises(fanflow.RunTimeoutError):
-        slow(blob(1)).compute(config)
-    m = _last(config)
+    _released.clear()
+    try:
+        with pytest.raises(fanflow.RunTimeoutError):
+            slow(blob(1)).compute(config)
+        m = _last(config)
+    finally:
+        _released.set()
     assert m.run.status == "timeout" and m.run.error and m.run.error.startswith("RunTimeoutError")
     assert m.tasks[1].status == UNFINISHED and m.run.makespan_s >= 0.05
 

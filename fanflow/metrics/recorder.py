@@ -58,10 +58,10 @@ from fanflow.store.metadata.trace import (
     DagArrays,
     EventLog,
     EventTable,
+    Labels,
     distinct_count,
     encode_small_trace,
     encode_trace,
-    labels_of,
 )
 
 if TYPE_CHECKING:
@@ -142,37 +142,36 @@ def collect_events(store: Store, run_id: str, n_tasks: int, succeeded: bool) -> 
     stream = keys.events(run_id)
     deadline = time.monotonic() + (SETTLE_S if succeeded else SETTLE_FAILED_S)
     events = EventLog()
-    grouped = labels_of([])
-    kinds: Counter[Any] = Counter()
     table: EventTable | None = None
-    after = "0"
+    read, after = False, "0"
     while True:
         batches, after = store.read_event_batches(stream, after)
-        if batches:
+        if batches or not read:  # something new (or the first read, which may find nothing)
+            read = True
             events.add(batches)
-            grouped = events.grouping()  # what the table groups by, and counted here
-            kinds = Counter()
-            for label, count in zip(grouped[1], np.bincount(grouped[0]).tolist(), strict=True):
-                kinds[kind_of(label)] += count
             table = None
-        may_be_complete = kinds["worker_stopped"] >= kinds["worker_started"] and (
-            kinds["task_finished"] >= n_tasks or not succeeded
-        )
-        small = len(events) < SMALL_COLUMN
-        if may_be_complete and small:
-            dicts = events.events()
-            if _complete_small(dicts, n_tasks, succeeded):
-                return dicts
-        elif may_be_complete and table is None:
-            table = events.table(grouped)
-            if _complete(table, n_tasks, succeeded):
-                return table
+            if len(events) < SMALL_COLUMN:  # checked on its dicts: cheaper than counting with numpy
+                dicts = events.events()
+                if _complete_small(dicts, n_tasks, succeeded):
+                    return dicts
+            elif _may_be_complete(grouped := events.grouping(), n_tasks, succeeded):
+                table = events.table(grouped)
+                if _complete(table, n_tasks, succeeded):
+                    return table
         if time.monotonic() >= deadline:
             log.debug("run %s: recording with %d events, some may still be in flight", run_id, len(events))
-            if small:
+            if len(events) < SMALL_COLUMN:
                 return events.events()
-            return table if table is not None else events.table(grouped)
+            return table if table is not None else events.table()
         time.sleep(_POLL_S)
+
+
+def _may_be_complete(grouped: Labels, n_tasks: int, succeeded: bool) -> bool:
+    """As many workers stopped as started, and as many tasks finished as the DAG has (counted, not checked)."""
+    kinds: Counter[Any] = Counter()
+    for label, count in zip(grouped[1], np.bincount(grouped[0]).tolist(), strict=True):
+        kinds[kind_of(label)] += count
+    return kinds["worker_stopped"] >= kinds["worker_started"] and (kinds["task_finished"] >= n_tasks or not succeeded)
 
 
 def _complete(table: EventTable, n_tasks: int, succeeded: bool) -> bool:
