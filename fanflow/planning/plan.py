@@ -224,7 +224,9 @@ def make_plan(
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
-        top_factor = learned.factor(plan_key([top]), True if cap else None, {plan_key([top]): top_sim.makespan})
+        # on the basis the planner compared them on: both simulated here from an empty pool
+        now = {plan_key(assignment.memory_mb): sim.makespan, plan_key([top]): top_sim.makespan}
+        top_factor = learned.factor(plan_key([top]), True if cap else None, now)
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
