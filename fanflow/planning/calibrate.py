@@ -26,9 +26,9 @@ correct itself:
   simulator errs differently per size: a factor per kind averaged uniform
   1769 MB's runs with uniform 3008 MB's, so when one size ran slower than
   predicted and the other did not, the planner could not tell (the tree
-  reduction's 1769 MB plan ran 1.13x uniform 3008 MB on a quiet machine). A cold start is a large
-  step the simulator predicts from few samples, so cold and warm runs err
-  differently; a run right after a run of the same plan is warm, the first
+  reduction's 1769 MB plan ran 1.13x uniform 3008 MB on a quiet machine).
+  A cold start is a large step the simulator predicts from few samples, so
+  cold and warm runs err differently; a run right after a run of the same plan is warm, the first
   after another plan's run is not. A plan that never ran that way borrows,
   in order, from its kind's runs that started the same way, from every run
   that did, then from every run. Runs planned with any default prediction
@@ -41,8 +41,9 @@ correct itself:
 - the **interval** is the wider of the simulator's own spread (the steps of
   the critical path at their 10th and 90th percentiles) and the spread of the
   past raw ratios around their median (with at least
-  :data:`MIN_SPREAD_RUNS` of them); a run that fell outside its interval widens
-  the next one.
+  :data:`MIN_SPREAD_RUNS` of them). A run that fell outside its interval
+  (``missed`` counts them) is learned from twice: its ratio moves its plan's
+  factor, and it widens the next interval.
 """
 
 from __future__ import annotations
