@@ -108,6 +108,8 @@ class _StringTable:
     def column(self, values: Sequence[str], distinct: dict[str, None]) -> Strings:
         """The :class:`Strings` of ``values``, whose distinct values are ``distinct``."""
         index = self.index
+        if len(index) != len(self.values):  # values came in without it (owners' first batch)
+            index.update(zip(self.values[len(index) :], range(len(index), len(self.values)), strict=True))
         if not distinct.keys() <= index.keys():
             new = [v for v in distinct if v not in index]
             index.update(zip(new, range(len(self.values), len(self.values) + len(new)), strict=True))
@@ -117,11 +119,16 @@ class _StringTable:
     def owners(self, workers: list[str | None], sizes: list[int]) -> np.ndarray:
         """Per row, the code of its batch's worker (-1 for a batch of dicts): ``sizes`` rows per batch."""
         distinct = dict.fromkeys(workers)
-        distinct.pop(None, None)
-        self.column([], distinct)
-        index = self.index
-        codes = np.fromiter(map(index.get, workers, itertools.repeat(-1)), dtype=np.int32, count=len(workers))
-        return np.repeat(codes, sizes)
+        if not self.values and len(distinct) == len(workers) and None not in distinct:
+            # a flush per worker (the default): the table's first strings, in batch order; no index yet
+            self.values.extend(distinct)
+            codes = np.arange(len(workers), dtype=np.int32)
+        else:
+            distinct.pop(None, None)
+            self.column([], distinct)
+            index = self.index
+            codes = np.fromiter(map(index.get, workers, itertools.repeat(-1)), dtype=np.int32, count=len(workers))
+        return np.repeat(codes, np.array(sizes, dtype=np.int64))
 
 
 Owners = tuple[list[str | None], list[int]]
@@ -543,14 +550,21 @@ def _take(items: Sequence[Any], positions: np.ndarray) -> list[Any]:
 def _shaped(rows: list[tuple[Any, ...]], form: Shape, strings: _StringTable, worker: np.ndarray | None) -> EventGroup:
     """The group of rows of one shape: a column per field, and ``worker`` (codes into ``strings``, -1 for none).
 
-    A column is taken with one ``itemgetter`` pass over the rows, not by ``zip(*rows)``,
-    which makes an iterator per row: tens of thousands of objects for the garbage
+    The rows are laid end to end in one list (every row of a shape has as many
+    items) and each column is a slice of it with a step: C-level, a few
+    instructions per value. ``zip(*rows)`` would be as cheap but makes an iterator
+    per row, all alive at once: tens of thousands of objects for the garbage
     collector to count, which set off a full collection of the whole process (the
-    run's DAG and every event still alive) in one recording of two.
+    run's DAG and every event still alive) in one recording of two; ``chain``
+    frees each row's iterator before it makes the next.
     """
     columns: dict[str, Column] = {"kind": Strings([form.kind], np.zeros(len(rows), dtype=np.int8))}
+    width = len(form.names) + 1  # the values, then the shape's number
+    flat = list(itertools.chain.from_iterable(rows))
+    if len(flat) != width * len(rows):
+        raise ValueError(f"a row of shape {form!r} has another length")
     for i, name in enumerate(form.names):
-        columns[name] = _column(list(map(operator.itemgetter(i), rows)), strings)
+        columns[name] = _column(flat[i::width], strings)
     if worker is None or "worker" in columns or (worker < 0).any():
         return EventGroup(("kind", *form.names), columns, len(rows))
     workers = Strings(strings.values, worker)
@@ -608,7 +622,7 @@ def _column(values: Sequence[Any], strings: _StringTable) -> Column:
     except (struct.error, TypeError, OverflowError):  # text, None, a float among ints, an int beyond 64 bits
         return list(values)
     if first is bool and set(map(type, values)) == {bool}:
-        return np.array(values, dtype=np.bool_)
+        return np.frombuffer(struct.pack(f"{len(values)}?", *values), dtype=np.bool_)
     return list(values)
 
 
