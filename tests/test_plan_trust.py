@@ -15,7 +15,7 @@ from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunMetrics
 from fanflow.metrics.report import summary_rows
 from fanflow.planning import Assignment, DagCosts, make_plan, simulate
-from fanflow.planning.calibrate import LATEST, Calibration
+from fanflow.planning.calibrate import LATEST, OWN_RUNS, Calibration
 from fanflow.planning.plan import warm_memory
 from fanflow.planning.planners import NEVER_WORSE, critical_path_assignment, place, plan_key, plan_kind
 from fanflow.planning.predict import Line, MemoryModel
@@ -134,23 +134,25 @@ def test_on_a_pool_the_plan_must_also_hold_once_its_processes_are_warm() -> None
 
 def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind() -> None:
     docs = [
-        run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1),
-        run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1),
-        run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1),
+        *[run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1) for _ in range(3)],
+        *[run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1) for _ in range(OWN_RUNS)],
         run_doc("mixed 512/3008", 1.0, 2.0, 0.9, 1.1),
     ]
     learned = Calibration.from_runs(docs, "threads")
     assert learned.factor("uniform 1769") == pytest.approx(1.2)
     assert learned.factor("uniform 3008") == pytest.approx(1.0)
-    assert learned.factor("uniform 1024") == pytest.approx(1.2)  # never ran: its kind's runs, median of 1.2, 1, 1.2
+    assert learned.factor("uniform 1024") == pytest.approx(1.1)  # never ran: its kind's six runs
     assert learned.factor("mixed 512/1769") == pytest.approx(2.0)
+    # fewer than OWN_RUNS runs of a plan: it shares its kind's, so a plan is not judged on one or two runs
+    few = Calibration.from_runs([*docs[:3], *docs[3 : 3 + OWN_RUNS - 1]], "threads")
+    assert few.factor("uniform 3008") == pytest.approx(1.2)
     # runs of the same plan are compared with what the simulator says of it now (their own prediction came from
     # an older history)
     assert learned.factor("uniform 1769", now={"uniform 1769": 0.8}) == pytest.approx(1.2 / 0.8)
     # a plan never run borrows its kind's runs, each compared with its own plan's prediction now where known:
-    # 1.2 / 0.8 twice and 3008's recorded 1.0
-    assert learned.factor("uniform 1024", now={"uniform 1769": 0.8}) == pytest.approx(1.5)
-    assert learned.factor("uniform 1024", now={"uniform 512": 0.8}) == pytest.approx(1.2)
+    # 1.2 / 0.8 three times and 3008's recorded 1.0 three times
+    assert learned.factor("uniform 1024", now={"uniform 1769": 0.8}) == pytest.approx((1.5 + 1.0) / 2)
+    assert learned.factor("uniform 1024", now={"uniform 512": 0.8}) == pytest.approx(1.1)
     low, high = Calibration.from_runs(
         [run_doc("uniform 1769", 1.0, a, 0.9, 1.1) for a in (1.0, 1.1, 1.2)], "threads"
     ).spread("uniform 1769", now={"uniform 1769": 0.5})
@@ -158,11 +160,12 @@ def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind(
 
 
 def test_a_plan_turned_down_on_old_runs_is_tried_again() -> None:
-    """Only the DAG's latest runs teach: a plan whose runs are older is predicted as one never run."""
+    """Only the DAG's latest runs teach: a plan with too few runs among them shares its kind's, so it is tried
+    again."""
     slow = [run_doc("uniform 1769", 1.0, 1.5, 0.9, 1.1) for _ in range(3)]
-    recent = [run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1) for _ in range(LATEST - 2)]
+    recent = [run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1) for _ in range(LATEST - 3)]
     assert Calibration.from_runs([*recent, *slow], "threads").factor("uniform 1769") == pytest.approx(1.5)
-    recent += [run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1) for _ in range(2)]
+    recent += [run_doc("uniform 3008", 1.0, 1.0, 0.9, 1.1)]
     learned = Calibration.from_runs([*recent, *slow], "threads")
     assert learned.runs == LATEST and learned.factor("uniform 1769") == pytest.approx(1.0)
 

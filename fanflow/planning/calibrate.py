@@ -29,9 +29,9 @@ correct itself:
   reduction's 1769 MB plan ran 1.13x uniform 3008 MB on a quiet machine).
   A cold start is a large step the simulator predicts from few samples, so
   cold and warm runs err differently; a run right after a run of the same plan is warm, the first
-  after another plan's run is not. A plan that never ran that way borrows,
-  in order, from its kind's runs that started the same way, from every run
-  that did, then from every run. Runs planned with any default prediction
+  after another plan's run is not. A plan with fewer than :data:`OWN_RUNS`
+  runs that started that way shares, in order, its kind's runs that did,
+  every run that did, then every run. Runs planned with any default prediction
   record no plan and teach nothing; ratios outside [:data:`MIN_FACTOR`,
   :data:`MAX_FACTOR`] are left out; 1.0 without any past run. The
   critical-path planner compares candidates with their own factor applied,
@@ -62,6 +62,10 @@ this many runs of others: the load it was measured under may have passed, and wi
 uniform 3008 MB for good after one slow stretch of 1769 MB runs."""
 MIN_SPREAD_RUNS = 3
 """Past runs needed before their spread widens the interval."""
+OWN_RUNS = 3
+"""Runs of a plan (that started the same way) needed before they alone make its factor; with fewer it shares its
+kind's runs. The +5% check compares plans by their factors, and two runs of uniform 3008 MB against eight of
+1769 MB turned 1769 MB down on noise."""
 MIN_FACTOR, MAX_FACTOR = 0.2, 5.0
 """Ratios outside these bounds are ignored: such a run says more about itself than about the plan."""
 KINDS = ("uniform", "mixed")
@@ -107,11 +111,13 @@ class Calibration:
     def _pool(self, plan: str, cold: bool | None, now: Mapping[str, float]) -> list[float]:
         starts = (False, True) if cold is None else (cold,)
         kind = kind_of(plan)
-        for same in (
-            lambda p, c: p == plan and c in starts,
-            lambda p, c: kind_of(p) == kind and c in starts,
-            lambda p, c: c in starts,
-            lambda p, c: True,
+        for level, same in enumerate(
+            (
+                lambda p, c: p == plan and c in starts,
+                lambda p, c: kind_of(p) == kind and c in starts,
+                lambda p, c: c in starts,
+                lambda p, c: True,
+            )
         ):
             found: list[float] = []
             taken: dict[tuple[str, bool], int] = {}
@@ -121,7 +127,7 @@ class Calibration:
                     # a run is compared with what the simulator says of its plan now, where that is known
                     # for runs that started this way, else with the prediction it was run with
                     found.append(actual / (now.get(p) or raw if c in starts else raw))
-            if found:
+            if found and (level > 0 or len(found) >= OWN_RUNS):
                 return found
         return []
 
