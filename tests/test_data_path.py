@@ -287,3 +287,32 @@ def test_a_worker_lost_while_it_holds_notifications_is_recovered_exactly_once(
     assert sink.compute(processes) == float(sum(range(60)))
     assert Path(marker).exists()
     assert int(redis.Redis.from_url(redis_url).get(counter) or 0) == 1  # the fan-in ran once
+
+
+def test_the_memory_store_sizes_values_shallowly_as_pandas_and_numpy_count_them() -> None:
+    """Sizes are O(1) per value: a frame's column buffers and index (as ``memory_usage(deep=False)``), nbytes."""
+    pd = pytest.importorskip("pandas")
+    from fanflow.store.memory import sizeof
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"k": rng.integers(0, 9, 300), "x": rng.random(300), "s": rng.choice(["a", "bb"], 300)})
+    frames = [
+        frame,
+        frame.iloc[::3],
+        frame.set_index("s"),
+        frame[["x"]],
+        pd.concat([frame, frame]),
+        frame.astype({"s": "category"}),
+        pd.DataFrame(),
+    ]
+    for f in frames:
+        assert sizeof(f) == int(f.memory_usage(index=True, deep=False).sum())
+    assert sizeof(frame.x) == frame.x.nbytes and sizeof(frame.x.to_numpy()) == 2400
+    assert sizeof(b"abc") == 3 and sizeof("abcd") == 4
+
+    class Groups(dict):  # like Dask's shuffle groups, whose __sizeof__ measures every frame deeply
+        def __sizeof__(self) -> int:
+            raise AssertionError("a deep walk")
+
+    groups = Groups({0: frame, 1: frame.iloc[:10]})
+    assert sizeof(groups) == dict.__sizeof__(groups) + sizeof(frame) + sizeof(frame.iloc[:10])
