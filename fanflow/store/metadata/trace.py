@@ -320,12 +320,11 @@ class DagArrays:
 
     @classmethod
     def of(cls, dag: DAG) -> DagArrays:
-        n = len(dag.deps)
         return cls(
             [(t.name, t.identity) for t in dag.tasks],
-            np.fromiter(dag.task_of, dtype=np.int64, count=n),
-            np.fromiter(map(len, dag.deps), dtype=np.int64, count=n),
-            np.fromiter(itertools.chain.from_iterable(dag.deps), dtype=np.int64),
+            _ints(dag.task_of),
+            _ints(list(map(len, dag.deps))),
+            _ints(list(itertools.chain.from_iterable(dag.deps))),
             sorted(dag.maps),
             list(dag.sinks),
         )
@@ -516,6 +515,11 @@ def _codes(labels: list[Any]) -> tuple[np.ndarray, list[Any]]:
     for i, label in enumerate(index):
         index[label] = i
     return np.fromiter(map(index.__getitem__, labels), dtype=np.int32, count=len(labels)), list(index)
+
+
+def _ints(values: Sequence[int]) -> np.ndarray:
+    """Python ints as an int64 array (struct converts at a third of ``np.fromiter``'s cost)."""
+    return np.frombuffer(struct.pack(f"<{len(values)}q", *values), dtype="<i8")
 
 
 def _present(codes: np.ndarray) -> np.ndarray:
