@@ -222,3 +222,31 @@ def test_a_workers_rows_are_left_alone_by_the_garbage_collector() -> None:
 def test_rows_leave_the_process_as_the_dicts_they_stand_for() -> None:
     batch = _batches(2)[1]
     assert pickle.loads(pickle.dumps(batch)) == list(batch)  # shape numbers mean nothing elsewhere
+
+
+def test_events_read_back_from_redis_are_grouped_without_an_object_per_event() -> None:
+    """The Redis store gives dicts (its JSON): their labels are their kinds, not a tuple per event."""
+    batches = [list(b) for b in _batches(20_000)]  # what RedisStore.read_event_batches returns
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        log = _log(batches)
+        table = log.table(log.grouping())
+    finally:
+        gc.callbacks.remove(count)
+    assert len(table) == 40_000 and table.kinds() == {"task_started", "task_finished"}
+    assert len(collections) <= 2, collections
+
+
+def test_a_dict_whose_kind_is_a_number_is_not_read_as_a_shape() -> None:
+    odd = {"kind": STARTED, "task": 9, "worker": "client", "t": 0.5}  # the kind equals a shape's number
+    log = _log([_batches(1)[0], [odd]])
+    table = log.table(log.grouping())
+    assert table.events() == [*list(_batches(1)[0]), odd]
+    assert len(table.groups) == 3

@@ -79,14 +79,25 @@ def as_dict(row: Row, worker: str | None = None) -> dict[str, Any]:
     return event
 
 
-def label_of(row: Row) -> int | tuple[Any]:
-    """What groups a row with its like: its shape's number, or a dict's ``kind`` in a 1-tuple (None without one)."""
-    return row[-1] if type(row) is tuple else (row.get("kind"),)
+def label_of(row: Row) -> Any:
+    """What groups a row with its like: its shape's number (an int), or a dict's ``kind``.
+
+    A kind is a str (None when the event has none); any other kind comes in a
+    1-tuple, so that it is never read as a shape's number. No object is made for
+    a str kind: a run's tens of thousands of labels would each be one for the
+    garbage collector to count.
+    """
+    if type(row) is tuple:
+        return row[-1]
+    kind = row.get("kind")
+    return kind if kind is None or type(kind) is str else (kind,)
 
 
-def kind_of(label: int | tuple[Any, ...]) -> Any:
+def kind_of(label: Any) -> Any:
     """The kind a :func:`label_of` result stands for."""
-    return SHAPES[label].kind if type(label) is int else label[0]
+    if type(label) is int:
+        return SHAPES[label].kind
+    return label[0] if type(label) is tuple else label
 
 
 class EventRows(Sequence[dict[str, Any]]):

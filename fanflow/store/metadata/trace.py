@@ -290,8 +290,8 @@ class EventTable:
             if type(label) is int:
                 form = SHAPES[label]
                 group: EventGroup | None = _shaped(rows, form, strings, None if worker is None else worker[members])
-            else:  # dicts of one kind: (kind,), or ("?", text) for an unhashable one
-                kind = label[0] if len(label) == 1 and type(label[0]) is str else None
+            else:  # dicts of one kind: a str, None, (kind,) for any other, ("?", text) for an unhashable one
+                kind = label if type(label) is str else None  # else read from the rows
                 group = _uniform(rows, kind, strings)
             if group is not None:
                 group_of[members] = len(groups)
@@ -495,7 +495,7 @@ def labels_of(labels: list[Any]) -> Labels:
     try:
         return _codes(labels)
     except TypeError:  # an unhashable kind: by its text (and field names, in EventTable.of)
-        return _codes([x if type(x) is int else ("?", repr(x[0])) for x in labels])
+        return _codes([x if type(x) is int or type(x) is str else ("?", repr(x)) for x in labels])
 
 
 def _shape_codes(numbers: list[int]) -> Labels:
