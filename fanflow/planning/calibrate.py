@@ -53,8 +53,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-RECENT = 5
-"""Latest runs per plan that a factor is the median of."""
+RECENT = 3
+"""Latest runs per plan that a factor is the median of. A warm pool's runs still get faster over its first
+runs (its value cache fills, allocations settle): the median of 5 lagged behind, gemm and tree_reduction were
+predicted 17-19% slow over 5 runs at a CV of 8-10%."""
 LATEST = 10
 """Latest runs of the DAG that calibration learns from, whatever their plan. A plan whose runs are older is
 predicted as one never run (from its kind's runs), so a plan turned down on its own runs is tried again after
