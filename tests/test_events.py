@@ -9,6 +9,7 @@ the same result.
 from __future__ import annotations
 
 import gc
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from fanflow.metrics.records import RunRecord
 from fanflow.store import keys, open_store
 from fanflow.store.events import EventRows, as_dict, shape
 from fanflow.store.metadata import open_metadata
-from fanflow.store.metadata.trace import DagArrays, EventLog, EventTable, Strings, decode_trace, encode_trace
+from fanflow.store.metadata.trace import DagArrays, EventLog, EventTable, IntLists, Strings, decode_trace, encode_trace
 
 STARTED = shape("task_started", ("task", "t"))
 FINISHED = shape("task_finished", ("exec_s", "in_bytes", "task", "t"))
@@ -250,3 +251,28 @@ def test_a_dict_whose_kind_is_a_number_is_not_read_as_a_shape() -> None:
     table = log.table(log.grouping())
     assert table.events() == [*list(_batches(1)[0]), odd]
     assert len(table.groups) == 3
+
+
+@pytest.mark.parametrize(
+    ("odd", "kept"),
+    [
+        (None, "int_lists"),  # sizes and Nones only
+        ([-1, None, -5], "int_lists"),  # a -1 and a negative item beside a None
+        ([-1, None], "int_lists"),  # a -1 that is not a None
+        ([2**70], "json"),  # beyond 64 bits
+        ([True], "json"),  # a bool would come back as 1
+        ([1.5], "json"),
+        ((1, 2), "json"),  # a tuple is no list
+    ],
+)
+def test_columns_of_int_lists_round_trip(odd: Any, kept: str) -> None:
+    values: list[Any] = [[i, None] if i % 3 else [] for i in range(100)]
+    if odd is not None:
+        values[50] = odd
+    events = [{"kind": "task_finished", "task": i, "in_bytes": v} for i, v in enumerate(values)]
+    table = EventTable.of(events)
+    column = table.groups[0].columns["in_bytes"]
+    assert isinstance(column, IntLists) == (kept == "int_lists")
+    back = decode_trace(encode_trace(_dag(100), table)).table
+    assert back.events() == json.loads(json.dumps(events))  # a tuple comes back a list, as JSON has it
+    assert [type(e["in_bytes"]) for e in back.events()] == [type(v) if kept == "int_lists" else list for v in values]

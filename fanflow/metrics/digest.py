@@ -24,7 +24,7 @@ import numpy as np
 
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata.base import Summary, SummaryKey
-from fanflow.store.metadata.trace import DagArrays, EventTable, Strings
+from fanflow.store.metadata.trace import DagArrays, EventTable, IntLists, Strings
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
 
@@ -41,7 +41,7 @@ def digest(dag: DagArrays, table: EventTable, header: RunRecord) -> tuple[RunRec
     task, memory = cols.get("task"), cols.get("memory_mb")
     exec_s, out, sizes = cols.get("exec_s"), cols.get("out_bytes"), cols.get("in_bytes")
     arrays = (task, memory, exec_s, out)
-    if not all(isinstance(a, np.ndarray) for a in arrays) or not isinstance(sizes, list):
+    if not all(isinstance(a, np.ndarray) for a in arrays) or not isinstance(sizes, (IntLists, list)):
         return None
     assert isinstance(task, np.ndarray) and isinstance(memory, np.ndarray)  # for the type checker
     assert isinstance(exec_s, np.ndarray) and isinstance(out, np.ndarray)
@@ -50,11 +50,14 @@ def digest(dag: DagArrays, table: EventTable, header: RunRecord) -> tuple[RunRec
     if task.min() < 0 or task.max() >= n or (np.bincount(task, minlength=n) != 1).any():
         return None  # a task missing, or ending twice (re-run after a lost lease)
     counts = dag.dep_counts[task]
-    try:
-        lengths = np.fromiter(map(len, sizes), dtype=np.int64, count=n)
-        flat = np.array(list(chain.from_iterable(sizes)), dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
+    if isinstance(sizes, IntLists):
+        lengths, flat = sizes.lengths, sizes.floats()
+    else:
+        try:
+            lengths = np.fromiter(map(len, sizes), dtype=np.int64, count=n)
+            flat = np.array(list(chain.from_iterable(sizes)), dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
     if (lengths != counts).any():
         return None
     workers = _workers(table)

@@ -191,8 +191,57 @@ class EventLog:
         return EventTable.of(self.rows, labels, (self.workers, self.sizes))
 
 
-Column = np.ndarray | Strings | list[Any]
-"""A numeric column as an array, a string column as :class:`Strings`, any other as the list of its values."""
+@dataclass(slots=True)
+class IntLists:
+    """A column of lists of ints (or None): every list's length, and their items end to end.
+
+    A task's ``in_bytes`` is one: a size per input, None for an input that was
+    local. Written as JSON it cost as much as a third of the trace's encoding,
+    and the digest turned it into these arrays anyway.
+    """
+
+    lengths: np.ndarray
+    items: np.ndarray
+    """The items as int64, 0 where an item is None."""
+    missing: np.ndarray
+    """Per item, True where it is None."""
+
+    def tolist(self) -> list[list[int | None]]:
+        flat = [None if gone else item for item, gone in zip(self.items.tolist(), self.missing.tolist(), strict=True)]
+        ends = np.cumsum(self.lengths).tolist()
+        return [flat[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def floats(self) -> np.ndarray:
+        """The items as float64, NaN where an item is None."""
+        return np.where(self.missing, np.nan, self.items.astype(np.float64))
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> IntLists | None:
+        """``values`` as :class:`IntLists` when every one is a list of ints (not bools) and Nones; else None."""
+        if set(map(type, values)) != {list}:
+            return None
+        flat = list(itertools.chain.from_iterable(values))
+        if not set(map(type, flat)) <= {int, type(None)}:
+            return None
+        try:
+            items = _ints(list(map(_NONE_AS_MINUS_1.get, flat, flat)))  # an item, or -1 for None
+        except (struct.error, OverflowError):  # an int beyond 64 bits
+            return None
+        if items.size and items.min() < -1:  # a negative item: -1 cannot stand for None
+            missing = np.frombuffer(struct.pack(f"{len(flat)}?", *map(operator.is_, flat, itertools.repeat(None))), "?")
+        else:  # sizes and counts: none below 0, so -1 is a None (or a -1 among them, told apart below)
+            missing = items == -1
+            if missing.any() and flat.count(None) != int(missing.sum()):
+                missing = np.array([item is None for item in flat], dtype=np.bool_)
+        return cls(_ints(list(map(len, values))), np.where(missing, 0, items), missing)
+
+
+_NONE_AS_MINUS_1: dict[Any, int] = {None: -1}
+
+
+Column = np.ndarray | Strings | IntLists | list[Any]
+"""A numeric column as an array, a string column as :class:`Strings`, lists of ints as :class:`IntLists`,
+any other as the list of its values."""
 
 
 @dataclass(slots=True)
@@ -210,7 +259,7 @@ class EventGroup:
             return {""}
         if isinstance(col, Strings):
             return col.distinct()
-        return set(map(str, col.tolist() if isinstance(col, np.ndarray) else col))
+        return set(map(str, _as_list(col)))
 
     def values(self, key: str) -> list[Any]:
         """A field's values as Python objects ([] when the group lacks the field)."""
@@ -222,7 +271,9 @@ class EventGroup:
         col = self.columns.get(key)
         if col is None or not self.size:
             return None
-        return col.values[int(col.codes[0])] if isinstance(col, Strings) else _as_list(col[:1])[0]
+        if isinstance(col, Strings):
+            return col.values[int(col.codes[0])]
+        return _as_list(col)[0] if isinstance(col, IntLists) else _as_list(col[:1])[0]
 
 
 @dataclass(slots=True)
@@ -355,6 +406,8 @@ def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]
     def column(col: Column) -> dict[str, Any]:
         if isinstance(col, np.ndarray):
             return {"const": col[0].item()} if col[0] == col[-1] and (col == col[0]).all() else {"array": put(col)}
+        if isinstance(col, IntLists):
+            return {"int_lists": [put(col.lengths), put(col.items), put(col.missing)]}
         if not isinstance(col, Strings):
             return {"json": col}
         first = col.codes[0]
@@ -460,6 +513,9 @@ def decode_trace(blob: bytes) -> Trace:
                     columns[key] = get(col["array"])
                 elif "codes" in col:
                     columns[key] = Strings(strings, get(col["codes"]))
+                elif "int_lists" in col:
+                    lengths, items, missing = map(get, col["int_lists"])
+                    columns[key] = IntLists(lengths, items, missing.astype(np.bool_))
                 elif "const" in col:
                     value = col["const"]
                     if isinstance(value, str):
@@ -627,6 +683,10 @@ def _column(values: Sequence[Any], strings: _StringTable) -> Column:
         return list(values)
     if first is bool and set(map(type, values)) == {bool}:
         return np.frombuffer(struct.pack(f"{len(values)}?", *values), dtype=np.bool_)
+    if first is list:
+        lists = IntLists.of(values)
+        if lists is not None:
+            return lists
     return list(values)
 
 
@@ -644,4 +704,4 @@ def _narrow(arr: np.ndarray) -> np.ndarray:
 
 
 def _as_list(col: Column) -> list[Any]:
-    return col.tolist() if isinstance(col, (np.ndarray, Strings)) else list(col)
+    return col.tolist() if isinstance(col, (np.ndarray, Strings, IntLists)) else list(col)
