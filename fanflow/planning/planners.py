@@ -54,9 +54,10 @@ makespan and GB-s are both within :data:`NEVER_WORSE` (5%) of uniform at the
 largest size (3008 MB); that uniform plan is always a candidate, so the rule
 always has an answer. On a pool (``max_workers``) candidates are simulated
 from an empty pool, whose makespan is mostly cold starts, so there the
-makespan is checked instead when the plan and uniform 3008 MB run again on
-the processes their own runs left warm (:func:`_again`), the state a re-run
-plan meets: the cheapest candidate within 5% that way wins. Predictions are compared *calibrated*: each is
+makespan and GB-s are checked instead when the plan and uniform 3008 MB
+run again on the processes their own runs left warm (:func:`_again`), the
+state a re-run plan meets: the cheapest candidate within 5% that way wins.
+Predictions are compared *calibrated*: each is
 multiplied by what past runs of the same DAG measured (actual / predicted,
 per plan: its kind and memory sizes, :func:`plan_key`), so a plan whose runs
 came out slower than predicted loses to uniform at the largest size on the
@@ -498,14 +499,15 @@ def critical_path_assignment(
     now[plan_key(top_plan.memory_mb)] = top_sim.makespan
     top_makespan, top_cost = calibrated(top_plan, top_sim, start, now)
     bound = 1.0 + NEVER_WORSE
-    # On a pool the makespan is checked on the warm pool below: from an empty pool it is mostly cold
+    # On a pool both are checked on the warm pool below: from an empty pool the makespan is mostly cold
     # starts, which are slower at 1769 MB than at 3008 MB (a CPU-bound interpreter start) and say nothing
-    # of the runs after; checked there as well, the planner switched sizes between a plan's runs.
+    # of the runs after, and the factor of a cold run inflates its GB-s; checked there as well, the
+    # planner switched sizes between a plan's two runs.
     kept = [
         (cost, a, s)
         for _, a, s in candidates
         for makespan, cost in [calibrated(a, s, start, now)]
-        if (pool or makespan <= top_makespan * bound) and cost <= top_cost * bound
+        if pool or (makespan <= top_makespan * bound and cost <= top_cost * bound)
     ]
     kept.append((top_cost, top_plan, top_sim))  # always an answer
     kept.sort(key=lambda c: c[0])
@@ -532,8 +534,9 @@ def critical_path_assignment(
         for plan_, sim_ in ((a, again), (top_plan, top_again)):
             by_start.setdefault(any(sim_.worker_cold), {})[plan_key(plan_.memory_mb)] = sim_.makespan
         cold, top_cold = any(again.worker_cold), any(top_again.worker_cold)
-        again_top, _ = calibrated(top_plan, top_again, top_cold, by_start[top_cold])
-        if calibrated(a, again, cold, by_start[cold])[0] <= again_top * bound:
+        again_top, again_top_cost = calibrated(top_plan, top_again, top_cold, by_start[top_cold])
+        again_makespan, again_cost = calibrated(a, again, cold, by_start[cold])
+        if again_makespan <= again_top * bound and again_cost <= again_top_cost * bound:
             return a, s, best, top_sim
     return top_plan, top_sim, best, top_sim
 
