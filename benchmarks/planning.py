@@ -28,7 +28,11 @@ Run: ``python benchmarks/planning.py`` (several minutes; ``--repeat`` sets the
 measured runs, 5 by default; ``--only accuracy`` runs section 1 alone, the
 CV of the makespan included, ``--only compare,bytes`` sections 2 and 3,
 ``--only timing`` section 4 without Redis; ``--workloads gemm,svd1`` picks
-workloads).
+workloads). ``--size real`` runs sections 1-3 at the sizes users run (MB-sized
+numpy values, up to 2,047 tasks, warm runs of ~0.7-2.5 s on 2 workers) instead
+of the small default (0.03-0.06 s runs, where a few ms of scheduling jitter is
+10% of the makespan); ``--size real --only accuracy,compare`` takes ~3-4
+minutes.
 """
 
 from __future__ import annotations
@@ -56,12 +60,29 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WARMUP = 3
 
 
-def workloads() -> dict[str, Callable[[], list[Any]]]:
-    """Modest sizes: each run takes well under a second of work."""
+SIZES = ("small", "real")
+
+
+def workloads(size: str = "small") -> dict[str, Callable[[], list[Any]]]:
+    """The four workloads at ``size``.
+
+    ``small`` (the sizes of the earlier #17 tables): 0.03-0.06 s warm runs,
+    where a few ms of scheduling jitter is already 10% of the makespan.
+    ``real``: what users run, MB-sized numpy values and thousands of tasks;
+    warm runs of about 0.7-2.5 s on 2 workers (tree_reduction 2,047 tasks,
+    gemm 2 MB blocks, image_transform 322 tasks, svd1 8 MB blocks).
+    """
     tree = load_module(str(EXAMPLES / "tree_reduction.py"))
     gemm = load_module(str(EXAMPLES / "gemm.py"))
     image = load_module(str(EXAMPLES / "image_transform.py"))
     svd1 = load_module(str(EXAMPLES / "svd1.py"))
+    if size == "real":
+        return {
+            "tree_reduction": lambda: [tree.build(2048)],
+            "gemm": lambda: [gemm.build(2000, 500)],
+            "image_transform": lambda: [image.build(2048, 256)],
+            "svd1": lambda: list(svd1.build(200_000, 50, 20_000)),
+        }
     return {
         "tree_reduction": lambda: [tree.build(64)],
         "gemm": lambda: [gemm.build(512, 256)],
@@ -118,6 +139,13 @@ def main() -> None:
         "bytes (3), timing (4, without Redis); default all",
     )
     parser.add_argument("--workloads", default="", help="comma-separated workloads (default: all four)")
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="small",
+        help="workload sizes: small (0.03-0.06 s runs, comparable with earlier tables) or real "
+        "(MB-sized values, thousands of tasks, ~0.7-2.5 s runs); sections 1-3",
+    )
     parser.add_argument("--max-workers", type=int, default=2, help="worker processes in the pool")
     args = parser.parse_args()
     sections = set(SECTIONS if args.only == "all" else args.only.split(","))
@@ -133,7 +161,7 @@ def main() -> None:
     if sections == {"timing"}:
         planning_times(cp_timing)
         return
-    loads = workloads()
+    loads = workloads(args.size)
     if args.workloads:
         wanted = args.workloads.split(",")
         unknown = [w for w in wanted if w not in loads]
@@ -145,7 +173,7 @@ def main() -> None:
         base = fanflow.Config(
             platform="processes", store=url, max_workers=args.max_workers, progress=False, metadata=metadata
         )
-        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"sizes: {args.size}; load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         if "accuracy" in sections:
             accuracy(base, loads, args.repeat)
         if "compare" in sections:
