@@ -156,7 +156,7 @@ class EventLog:
         return len(self.rows)
 
     def add(self, batches: Sequence[Sequence[Any]]) -> None:
-        """Append the rows of ``batches`` (each a workers' :class:`EventRows`, or a sequence of dicts)."""
+        """Append the rows of ``batches`` (each a worker's :class:`EventRows`, or a sequence of dicts)."""
         if set(map(type, batches)) == {EventRows}:  # only workers' rows: no Python call per batch or row
             lists = list(map(operator.attrgetter("rows"), batches))
             start = len(self.rows)
