@@ -230,7 +230,7 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
     print("   min-max; measured GB-s from worker records; cold: cold starts per measured run, u / cp)")
     print(
         f"{'workload':<17}{'makespan u -> cp s':>22}{'ratio':>7}{'u min-max':>14}{'cp min-max':>14}"
-        f"{'GB-s u -> cp':>18}{'ratio':>7}{'cp plan, MB':>16}{'cold':>8}"
+        f"{'GB-s u -> cp':>18}{'ratio':>7}{'cp plan, MB':>20}{'cold':>8}"
     )
     cp = base.replace(planner="critical-path", optimizations="none")
     uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
@@ -248,7 +248,7 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
         kind = f"{got['cp'][-1].run.plan_kind or '-'} {'/'.join(map(str, sizes))}"
         print(
             f"{name:<17}{mk['u']:>10.3f} -> {mk['cp']:<8.3f}{mk['cp'] / mk['u']:>7.2f}{span['u']:>14}{span['cp']:>14}"
-            f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>16}"
+            f"{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>20}"
             f"{cold['u']:>4g} /{cold['cp']:>2g}"
         )
 
