@@ -143,6 +143,23 @@ def test_a_tree_runs_on_as_many_workers_as_the_pool_has(redis_url: str, tmp_path
     assert 2 <= len(started) <= 12, len(started)
 
 
+@pytest.mark.parametrize("planner", ["uniform", "critical-path"])
+def test_a_planned_tree_runs_on_as_many_workers_as_an_unplanned_one(
+    redis_url: str, tmp_path: Path, planner: str
+) -> None:
+    """A plan labels each root on its own; the client still shares the labels among the free slots."""
+    config = _processes(redis_url, tmp_path, planner=planner, memory_mb=1769)
+    leaves = [inc(i) for i in range(64)]
+    while len(leaves) > 1:
+        leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
+    future = leaves[0].submit(config)
+    assert future.result(timeout=120) == sum(range(1, 65))
+    events = _events(config, future.run_id)
+    started = [e for e in events if e["kind"] == "worker_started"]
+    assert 2 <= len(started) <= 12, len(started)  # was 64: one invocation per root label
+    assert sorted(e["task"] for e in events if e["kind"] == "task_finished") == list(range(127))  # each once
+
+
 def test_a_wide_fan_out_goes_to_the_free_slots_only(redis_url: str, tmp_path: Path) -> None:
     config = _processes(redis_url, tmp_path)
     root = inc(0)

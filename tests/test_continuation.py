@@ -216,3 +216,23 @@ def test_roots_read_by_one_task_start_next_to_each_other() -> None:
         assert len(set.union(*(reader_of[r] for r in share))) == 3
     groups = root_groups(dag, PlanView.from_columns(dag, None), free=2)
     assert [sorted(g) for g in groups] == [sorted(first), sorted(second)]
+
+
+def test_labelled_roots_share_the_free_slots_without_splitting_a_label() -> None:
+    """A planner labels each root on its own: with a free count, labels are shared among that many workers
+    (one worker per label would queue one invocation per root behind a pool's slots)."""
+    leaves = [source(i) for i in range(8)]
+    dag = DAG.from_sinks([merge(*(merge(leaves[i], leaves[i + 1]) for i in range(0, 8, 2)))])
+    roots = dag.roots
+    labels: list[str | None] = [None] * len(dag)
+    for i, r in enumerate(roots):
+        labels[r] = f"w{i // 2 if i < 4 else i}"  # the first four roots in pairs, the others alone
+    plan = PlanView.from_columns(dag, labels, [3008] * len(dag))
+    assert len(root_groups(dag, plan, None)) == 6  # no count (FaaS): one worker per label
+    groups = root_groups(dag, plan, 2)
+    assert len(groups) == 2 and sorted(r for g in groups for r in g) == sorted(roots)
+    for label in {labels[r] for r in roots}:  # a label's roots are never split
+        assert sum(any(labels[r] == label for r in g) for g in groups) == 1
+    mixed = PlanView.from_columns(dag, labels, [512 if t == roots[-1] else 3008 for t in range(len(dag))])
+    groups = root_groups(dag, mixed, 2)  # per memory size: the 512 MB root starts in a worker of its own
+    assert [roots[-1]] in groups and len(groups) == 3
