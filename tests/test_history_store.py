@@ -12,13 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import wait_until
 
 import fanflow
 from fanflow.metrics import RunMetrics, summaries_of, task_records
@@ -379,22 +377,3 @@ def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_p
     assert done.returncode == 0, done.stderr
     assert raw.execute("SELECT count(*) FROM runs").fetchone() == (55,)
     raw.close()
-
-
-def test_the_writer_runs_queued_jobs_before_its_batch_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every WAKE_AFTER_JOBS jobs run at once (what they hold goes while young); the stores write at the batch end."""
-    import fanflow.store.metadata as metadata
-
-    drain()
-    monkeypatch.setattr(metadata, "BATCH_S", 60.0)  # the next batch is written after a minute, or at drain()
-    ran: list[int] = []
-    last = threading.Event()
-    for i in range(metadata.WAKE_AFTER_JOBS + 1):
-        metadata.defer(lambda i=i: ran.append(i))
-    metadata.defer(last.set)
-    for i in range(metadata.WAKE_AFTER_JOBS):  # these fill the queue while the batch is open
-        metadata.defer(lambda i=i: ran.append(100 + i))
-    wait_until(lambda: len(ran) >= 2 * metadata.WAKE_AFTER_JOBS + 1, 20, "the queued jobs to run before the batch ends")
-    assert last.is_set() and ran == [*range(metadata.WAKE_AFTER_JOBS + 1), *range(100, 100 + metadata.WAKE_AFTER_JOBS)]
-    began = time.monotonic()
-    assert drain(30) and time.monotonic() - began < 30  # drain() ends the open batch

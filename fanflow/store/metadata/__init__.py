@@ -20,7 +20,6 @@ import collections
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 
 from fanflow.config import mask_url
@@ -56,24 +55,17 @@ EXIT_DRAIN_S = 60.0
 
 
 BATCH_S = 0.2
-"""How long the writer lets deferred writes gather after the first one, before the stores write them at once."""
-
-WAKE_AFTER_JOBS = 16
-"""Jobs queued that wake the writer to run them before its batch is written (they are kept for the write)."""
+"""How long the writer lets deferred writes gather after the first one, before it runs them as one batch."""
 
 
 class _Writer:
     """One daemon thread running deferred jobs in submission order, in batches.
 
     Submitting a job only appends it to a queue. The thread is woken by the
-    first job after it went idle and runs the jobs queued every
-    :data:`WAKE_AFTER_JOBS` jobs, until :data:`BATCH_S` has passed; then it has
-    the stores write what they hold (:func:`_flush_stores`): a stream of small
-    runs costs a wake-up per few runs and one transaction per batch, not a
-    hand-off between threads per run. Running the jobs before the batch ends
-    lets what a waiting job holds (its run, its DAG) go while it is young: kept
-    for the whole batch, it outlived the garbage collector's young generations
-    and set off full collections of the process. :meth:`drain` cuts the wait short.
+    first job after it went idle, waits :data:`BATCH_S` for more, runs every
+    job queued, then has the stores write what they hold (:func:`_flush_stores`):
+    a stream of small runs costs one wake-up and one transaction per batch,
+    not a hand-off between threads per run. :meth:`drain` cuts the wait short.
     """
 
     def __init__(self) -> None:
@@ -93,10 +85,8 @@ class _Writer:
                     thread = threading.Thread(target=self._serve, name="fanflow-metadata-writer", daemon=True)
                     thread.start()
                     self._thread = thread
-        jobs = self._jobs
-        jobs.append(job)
-        # _idle: the thread sets it before it looks at the queue a last time, so no job is left waiting
-        if self._idle or len(jobs) == WAKE_AFTER_JOBS:
+        self._jobs.append(job)
+        if self._idle:  # the thread sets it before it looks at the queue a last time: no job is left waiting
             self._wake.set()
 
     def _serve(self) -> None:
@@ -107,16 +97,19 @@ class _Writer:
                 self._wake.wait()
             self._idle = False
             self._busy = True
-            ends = time.monotonic() + BATCH_S
+            self._wake.clear()
+            if not self._draining:
+                self._wake.wait(BATCH_S)  # let a batch gather; a drain sets the event
             done: list[threading.Event] = []
-            while True:
-                self._wake.clear()
-                left = ends - time.monotonic()
-                if not self._draining and left > 0 and len(jobs) < WAKE_AFTER_JOBS:
-                    self._wake.wait(left)  # more jobs, the batch's end, or a drain set it
-                self._run(done)
-                if self._draining or time.monotonic() >= ends:
-                    break
+            while jobs:
+                job = jobs.popleft()
+                if isinstance(job, threading.Event):
+                    done.append(job)
+                    continue
+                try:
+                    job()
+                except Exception:  # a job reports its own failures; this guards the thread
+                    log.exception("a deferred metadata write failed")
             try:
                 _flush_stores()
             except Exception:
@@ -125,19 +118,6 @@ class _Writer:
                 self._busy = False
                 for event in done:
                     event.set()
-
-    def _run(self, done: list[threading.Event]) -> None:
-        """Run the jobs queued; the drains' Events go to ``done``, to be set once the batch is written."""
-        jobs = self._jobs
-        while jobs:
-            job = jobs.popleft()
-            if isinstance(job, threading.Event):
-                done.append(job)
-                continue
-            try:
-                job()
-            except Exception:  # a job reports its own failures; this guards the thread
-                log.exception("a deferred metadata write failed")
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted so far ran and its batch was written; False if ``timeout`` passed first."""
