@@ -377,3 +377,35 @@ def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_p
     assert done.returncode == 0, done.stderr
     assert raw.execute("SELECT count(*) FROM runs").fetchone() == (55,)
     raw.close()
+
+
+def test_a_forked_child_records_its_own_runs_and_exits_without_waiting(tmp_path: Path) -> None:
+    """A process that recorded runs forks; the child records one and exits normally: within seconds (it once
+    waited 60 s at exit for the parent's writer thread, which a fork does not copy), and with its run kept,
+    the parent's not recorded twice."""
+    db = tmp_path / "meta.db"
+    script = (
+        "import os, sys, time\n"
+        "import fanflow\n"
+        "from fanflow.store.metadata import drain\n"
+        "@fanflow.task\n"
+        "def inc(i):\n    return i + 1\n"
+        f"config = fanflow.Config(progress=False, metadata={f'sqlite:///{db}'!r})\n"
+        "assert inc(1).compute(config) == 2\n"
+        "assert inc(2).compute(config) == 3\n"  # queued for the writer's batch when the fork comes
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    assert inc(3).compute(config) == 4\n"
+        "    sys.exit(0)\n"  # normal interpreter exit: atexit drains the child's writer
+        "began = time.monotonic()\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), round(time.monotonic() - began, 1))\n"
+        "drain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    code, waited = done.stdout.split()
+    assert code == "0" and float(waited) < 20, done.stdout
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (3,)
+    raw.close()

@@ -139,6 +139,17 @@ class _Writer:
             log.warning("gave up waiting for deferred history writes after %.0f s", timeout or 0)
         return finished
 
+    def forget_parent(self) -> None:
+        """In a child made by ``fork``: start afresh. The parent's thread did not come along (a drain would
+        wait for it in vain, 60 s at exit), its queued jobs are the parent's to run (here they would
+        record its runs twice), and its locks may have been held by a thread that is gone."""
+        self._jobs.clear()
+        self._wake = threading.Event()
+        self._idle = self._busy = False
+        self._draining = 0
+        self._lock = threading.Lock()
+        self._thread = None
+
     def runs_here(self) -> bool:
         """Whether the calling thread is the writer's (its batch's stores are written when the batch ends)."""
         return threading.current_thread() is self._thread
@@ -172,6 +183,22 @@ def drain(timeout: float | None = None) -> bool:
     return done
 
 
+_inherited: list[MetadataStore] = []
+
+
+def _forget_parent() -> None:
+    """After ``fork``, in the child: a writer of its own, and stores opened anew (a SQLite connection must
+    not be used by two processes). The parent's stores are kept, unused: closing one here could check
+    point or remove files the parent still writes."""
+    global _lock
+    _writer.forget_parent()
+    _lock = threading.Lock()
+    _inherited.extend(_open.values())
+    _open.clear()
+    _by_url.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent)
 atexit.register(drain, EXIT_DRAIN_S)  # registered first, so it runs last: after anything that records a run
 
 
