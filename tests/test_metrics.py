@@ -279,6 +279,27 @@ def test_history_reads_once_and_predicts_across_memory(tmp_path: Path, metadata_
     assert history.predict_out_bytes(identity, 1000) == pytest.approx(1001)
 
 
+def test_a_planners_history_reads_only_the_recent_runs_per_memory_size(tmp_path: Path, metadata_url: str) -> None:
+    """Newest first, until every function and size has ``recent_runs`` runs: older runs are not decoded."""
+    config = _config(tmp_path, metadata=metadata_url)
+    node = grow(blob(1000), 1)
+    sizes = [1769, 512, 1769, 512, 1769]  # oldest first
+    for size in sizes:
+        node.compute(config.replace(memory_mb=size))
+    store = open_metadata(metadata_url)
+    run_ids = [r["run_id"] for r in sorted(store.runs(), key=lambda r: r["submitted_at"])]
+    identity = grow.identity
+
+    def runs_at(history: History, size: int) -> list[str]:
+        return sorted({r.run_id for r in history.executions(identity, size)})
+
+    every = History(store, [identity])
+    recent = History(store, [identity], recent_runs=2)
+    assert runs_at(every, 1769) == sorted(run_ids[0::2]) and runs_at(every, 512) == sorted(run_ids[1::2])
+    assert runs_at(recent, 1769) == sorted(run_ids[2::2]) and runs_at(recent, 512) == sorted(run_ids[1::2])
+    assert len(History(store, [identity], recent_runs=3).executions(identity)) == len(every.executions(identity))
+
+
 def test_every_platform_records_complete_runs(run_config: fanflow.Config) -> None:
     """Out of process, sizes are pickled sizes and events come back from Redis Streams."""
     _fan_out(3).compute(run_config)

@@ -39,7 +39,7 @@ from fanflow.planning.planners import (
     prewarm_times,
     upload_flags,
 )
-from fanflow.planning.predict import DagCosts, Predictor
+from fanflow.planning.predict import RECENT_RUNS, DagCosts, Predictor
 from fanflow.planning.simulate import Assignment, Simulation, simulate
 from fanflow.store.metadata import is_disabled, open_metadata
 
@@ -102,7 +102,7 @@ def load_history(dag: DAG, config: Config) -> History | None:
     if is_disabled(config.metadata):
         return None
     try:
-        return History.for_dag(dag, config.metadata)
+        return History.for_dag(dag, config.metadata, RECENT_RUNS)
     except FanflowError as exc:
         log.warning("planning without history: %s", exc)
         return None
