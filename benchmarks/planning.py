@@ -29,10 +29,11 @@ measured runs, 5 by default; ``--only accuracy`` runs section 1 alone, the
 CV of the makespan included, ``--only compare,bytes`` sections 2 and 3,
 ``--only timing`` section 4 without Redis; ``--workloads gemm,svd1`` picks
 workloads). ``--size real`` runs sections 1-3 at the sizes users run (MB-sized
-numpy values, up to 2,047 tasks, warm runs of ~0.6-2.5 s on 2 workers) instead
+numpy values, up to 2,047 tasks, warm runs of ~0.1-1 s on 2 workers) instead
 of the small default (0.03-0.06 s runs, where a few ms of scheduling jitter is
 10% of the makespan); ``--size real --only accuracy,compare`` took 5.2
-minutes at load 1-10, the whole benchmark ~6.
+minutes at load 1-10, the whole benchmark ~6 (before the root-label fix, f1f47ba, which
+took the real tree from 2.4 s to 0.11-0.19 s).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def workloads(size: str = "small") -> dict[str, Callable[[], list[Any]]]:
     ``small`` (the sizes of the earlier #17 tables): 0.03-0.06 s warm runs,
     where a few ms of scheduling jitter is already 10% of the makespan.
     ``real``: what users run, MB-sized numpy values and thousands of tasks;
-    warm runs of about 0.6-2.5 s on 2 workers (tree_reduction 2,047 tasks,
+    warm runs of about 0.1-1 s on 2 workers (tree_reduction 2,047 tasks,
     gemm 2 MB blocks, image_transform 322 tasks, svd1 8 MB blocks).
     """
     tree = load_module(str(EXAMPLES / "tree_reduction.py"))
@@ -144,7 +145,7 @@ def main() -> None:
         choices=SIZES,
         default="small",
         help="workload sizes: small (0.03-0.06 s runs, comparable with earlier tables) or real "
-        "(MB-sized values, thousands of tasks, ~0.6-2.5 s runs); sections 1-3",
+        "(MB-sized values, thousands of tasks, ~0.1-1 s runs); sections 1-3",
     )
     parser.add_argument("--max-workers", type=int, default=2, help="worker processes in the pool")
     args = parser.parse_args()
