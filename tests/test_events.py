@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,13 @@ def test_building_a_large_table_sets_off_no_garbage_collection() -> None:
     TR-8192 (about 60 ms each, more than the rest of recording).
     """
     log = _log(_batches(20_000))
+    table, collections = _collections_during(log.table)
+    assert len(table) == 40_000
+    assert len(collections) <= 2, collections  # zip(*rows) set off about 57
+
+
+def _collections_during(make: Callable[[], EventTable]) -> tuple[EventTable, list[int]]:
+    """What ``make()`` returns, and the generation of each garbage collection it set off."""
     collections: list[int] = []
 
     def count(phase: str, info: dict[str, int]) -> None:
@@ -122,11 +130,9 @@ def test_building_a_large_table_sets_off_no_garbage_collection() -> None:
     gc.collect()
     gc.callbacks.append(count)
     try:
-        table = log.table()
+        return make(), collections
     finally:
         gc.callbacks.remove(count)
-    assert len(table) == 40_000
-    assert len(collections) <= 2, collections  # zip(*rows) set off about 57
 
 
 def test_a_recorded_run_has_every_field_its_workers_emitted(tmp_path: Path) -> None:
@@ -228,19 +234,12 @@ def test_rows_leave_the_process_as_the_dicts_they_stand_for() -> None:
 def test_events_read_back_from_redis_are_grouped_without_an_object_per_event() -> None:
     """The Redis store gives dicts (its JSON): their labels are their kinds, not a tuple per event."""
     batches = [list(b) for b in _batches(20_000)]  # what RedisStore.read_event_batches returns
-    collections: list[int] = []
 
-    def count(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collections.append(info["generation"])
-
-    gc.collect()
-    gc.callbacks.append(count)
-    try:
+    def read() -> EventTable:
         log = _log(batches)
-        table = log.table(log.grouping())
-    finally:
-        gc.callbacks.remove(count)
+        return log.table(log.grouping())
+
+    table, collections = _collections_during(read)
     assert len(table) == 40_000 and table.kinds() == {"task_started", "task_finished"}
     assert len(collections) <= 2, collections
 
