@@ -47,6 +47,7 @@ from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler, local_handler
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.sizing import blas_threads
+from fanflow.store.locks import YieldingLock
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -79,7 +80,7 @@ class ThreadsPlatform:
         # puts hold _taking: a run's entry goes when it empties, and a put must not land in a
         # dict that is no longer the run's.
         self._waiting: dict[str | None, dict[int, Any]] = {}
-        self._taking = threading.Lock()
+        self._taking = YieldingLock()  # taken per invocation by the caller and the pool (see YieldingLock)
         self._lock = threading.Lock()
         self._closed = False
         self._blas_limit: threadpool_limits | None = None

@@ -21,12 +21,12 @@ import bisect
 import itertools
 import queue
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fanflow.store.base import BEGIN_DUPLICATE, BEGIN_RUN, BEGIN_STOPPED, FAILED, LEASE_DONE, MISSING, RUNNING, Claim
+from fanflow.store.locks import YieldingLock
 
 _SWEEP_EVERY_S = 30.0
 _FIXED_SIZE = (int, float, bool, type(None), complex)
@@ -142,7 +142,7 @@ class MemoryStore:
         self._data: dict[str, Any] = {}
         self._expiry: dict[str, float] = {}
         self._subs: dict[str, list[_Subscription]] = {}
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()  # worker threads take it several times per task
         self._seq = itertools.count(1)
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
 
