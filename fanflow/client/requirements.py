@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
-from fanflow.platforms.base import Platform
+from fanflow.platforms.base import ChecksRequirements, Platform, supports
 from fanflow.requirements import RequirementsError, missing_here, parse
 
 __all__ = ["RequirementsError", "check", "of_dag"]
@@ -43,8 +43,8 @@ def check(dag: DAG, config: Config, platform: Platform) -> None:
     reqs = of_dag(dag, config.requirements)
     if not reqs:
         return
-    ask = getattr(platform, "missing_requirements", None)
-    missing = ask([str(r) for r in reqs]) if ask is not None else missing_here(reqs)
+    workers = supports(platform, ChecksRequirements)
+    missing = workers.missing_requirements([str(r) for r in reqs]) if workers is not None else missing_here(reqs)
     if missing:
         raise RequirementsError(
             f"the {config.platform} workers lack {len(missing)} required package(s): "

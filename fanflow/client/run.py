@@ -34,7 +34,7 @@ from fanflow.errors import (
     TaskLostError,
     ValueRejectedError,
 )
-from fanflow.platforms.base import Platform, RunsOnCaller, runs_on_caller
+from fanflow.platforms.base import ChecksServing, KeepsWarmWorkers, Platform, RunsOnCaller, runs_on_caller, supports
 from fanflow.platforms.invocation import Invocation, WorkerSettings, send
 from fanflow.store import keys, open_store
 from fanflow.store.base import CANCELLED, FAILED, LEASE_DONE, MISSING, RUNNING, Store, error_record
@@ -141,13 +141,14 @@ class Run:
         """Prewarm: start workers of a task's planned memory ``prewarm_s`` after the run starts.
 
         The plan puts it just ahead of the task's predicted start, to hide the
-        cold start. Only platforms that can (a ``prewarm(memory_mb)`` method
-        returning True) do it; each one that fires is a ``prewarmed`` event.
+        cold start. Only platforms that can (:class:`KeepsWarmWorkers` whose
+        ``prewarm`` returns True) do it; each one that fires is a ``prewarmed`` event.
         """
-        prewarm = getattr(self.platform, "prewarm", None)
+        pool = supports(self.platform, KeepsWarmWorkers)
         wanted = self.plan.prewarm_s
-        if prewarm is None or not wanted:
+        if pool is None or not wanted:
             return
+        prewarm = pool.prewarm
         for t, delay in sorted(wanted.items(), key=lambda item: item[1]):
             timer = threading.Timer(max(0.0, float(delay)), self._prewarm_now, (prewarm, t))
             timer.daemon = True
@@ -186,7 +187,8 @@ class Run:
         next_poll = time.monotonic() + POLL_S
         watch_every = self.config.lease_ms / 2000
         next_watch = time.monotonic() + watch_every if not self.store.keeps_objects else float("inf")
-        check_serving: Callable[[], None] | None = getattr(self.platform, "check_serving", None)
+        serving = supports(self.platform, ChecksServing)
+        check_serving = None if serving is None else serving.check_serving
         next_health = time.monotonic() + HEALTH_S
         progress = _Progress(self) if self._progress_wanted() else None
         try:

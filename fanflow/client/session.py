@@ -32,6 +32,7 @@ from fanflow.dag.graph import DAG
 from fanflow.errors import NestedRunError, RunCancelledError
 from fanflow.planning import apply_plan
 from fanflow.platforms import Platform, client_platform
+from fanflow.platforms.base import RunsOnCaller, supports
 from fanflow.store.base import CANCELLED
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Session:
             elif entry.idle is not None:
                 entry.idle.cancel()
                 entry.idle = None
-            if getattr(entry.platform, "runs_this_thread", lambda: False)():
+            caller = supports(entry.platform, RunsOnCaller)
+            if caller is not None and caller.runs_this_thread():
                 # The new run would queue behind the very tasks that wait for it: with every
                 # worker thread in such a task, nothing would ever run.
                 raise NestedRunError(

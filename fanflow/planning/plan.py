@@ -41,6 +41,7 @@ from fanflow.planning.planners import (
 )
 from fanflow.planning.predict import RECENT_RUNS, DagCosts, Predictor
 from fanflow.planning.simulate import Assignment, Simulation, simulate
+from fanflow.platforms.base import KeepsWarmWorkers, supports
 from fanflow.store.metadata import is_disabled, open_metadata
 
 log = logging.getLogger(__name__)
@@ -280,11 +281,11 @@ def _labels(
 def warm_memory(platform: object) -> list[int]:
     """Memory sizes of the idle worker processes ``platform`` keeps warm, least recently used first.
 
-    Only a platform that can tell (a ``warm_memory()`` method, as the processes
-    platform's own pool has) says anything; others give an empty list.
+    Only a platform that can tell (:class:`KeepsWarmWorkers`, as the processes
+    platform's own pool) says anything; others give an empty list.
     """
-    read = getattr(platform, "warm_memory", None)
-    found = read() if read is not None else None
+    pool = supports(platform, KeepsWarmWorkers)
+    found = pool.warm_memory() if pool is not None else None
     return list(found or ())
 
 

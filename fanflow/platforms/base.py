@@ -13,10 +13,12 @@ a client that only waits for its run (the in-process ``threads`` platform) also
 follows :class:`RunsOnCaller`. The default, for a platform without it (every
 out-of-process one): the client invokes every invocation and its thread only waits.
 
-Liveness: a platform that can tell it no longer runs what it was given (its
-host stopped, its shared pool is gone) may define ``check_serving()``, which
-raises :class:`fanflow.PlatformError` saying so; a waiting client calls it
-every second or so. A platform that refuses or loses an invocation tells the
+Optional parts, each a protocol of its own that a platform follows by defining its
+methods, asked with :func:`supports`: :class:`RunsOnCaller`, :class:`ChecksServing`
+(liveness: a waiting client asks every second or so whether the platform still runs
+what it was given), :class:`KeepsWarmWorkers` (a pool the planner can read and
+prewarm) and :class:`ChecksRequirements` (the workers' packages, when they are not
+the client's). A platform that refuses or loses an invocation tells the
 invocation's run with :func:`fanflow.platforms.lost.fail_invocation`.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from fanflow.errors import PlatformError
 
@@ -77,20 +79,64 @@ class RunsOnCaller(Protocol):
         """
         ...
 
+    def runs_this_thread(self) -> bool:
+        """Whether the calling thread is one of this platform's workers (a run started inside a task)."""
+        ...
+
+
+@runtime_checkable
+class ChecksServing(Protocol):
+    """The optional part of :class:`Platform` for platforms that can tell they stopped running what they were given."""
+
+    def check_serving(self) -> None:
+        """Raise :class:`fanflow.PlatformError` saying why when the platform no longer runs its invocations
+        (its host stopped, its shared pool is gone); return otherwise, without a round trip."""
+        ...
+
+
+@runtime_checkable
+class KeepsWarmWorkers(Protocol):
+    """The optional part of :class:`Platform` for a pool of warm workers that the planner may read and steer."""
+
+    def warm_memory(self) -> list[int] | None:
+        """Memory sizes of the idle warm workers, least recently used first; None when it cannot tell."""
+        ...
+
+    def prewarm(self, memory_mb: int) -> bool:
+        """Start an idle worker of ``memory_mb`` ahead of need; False when the pool is not this client's to steer."""
+        ...
+
+
+@runtime_checkable
+class ChecksRequirements(Protocol):
+    """The optional part of :class:`Platform` for workers whose installed packages are not the client's."""
+
+    def missing_requirements(self, specs: Sequence[str]) -> list[str]:
+        """The requirement specifications of ``specs`` the workers cannot satisfy, each with the reason."""
+        ...
+
+
+Part = TypeVar("Part")
+
 
 @functools.cache
-def _runs_on_caller(kind: type) -> bool:
-    return issubclass(kind, RunsOnCaller)
+def _follows(kind: type, part: type) -> bool:
+    return issubclass(kind, part)
+
+
+def supports(platform: object, part: type[Part]) -> Part | None:
+    """``platform`` as the optional protocol ``part`` when it follows it, else None.
+
+    Answered once per platform class: an ``isinstance`` against a protocol walks
+    its members each time (10-30 us a call, measured on a loaded 2-core machine
+    with timeit), and some of these are asked once per run.
+    """
+    return cast(Part, platform) if _follows(type(platform), part) else None
 
 
 def runs_on_caller(platform: Platform) -> bool:
-    """Whether ``platform`` follows :class:`RunsOnCaller`; False by default (the client's thread only waits).
-
-    Asked once per run, answered once per platform class: an ``isinstance`` against
-    a protocol walks its members each time (10-30 us a call, measured on a loaded
-    2-core machine with timeit).
-    """
-    return _runs_on_caller(type(platform))
+    """Whether ``platform`` follows :class:`RunsOnCaller`; False by default (the client's thread only waits)."""
+    return supports(platform, RunsOnCaller) is not None
 
 
 _local_handler: Handler | None = None
