@@ -354,8 +354,6 @@ class PoolHost:
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._env.pop("FANFLOW_SECRET", None)
         self._env[protocol.POOL_PID_ENV] = str(os.getpid())
-        for name, value in protocol.MALLOC_ENV.items():
-            self._env.setdefault(name, value)  # read by glibc as the process starts: only a fresh process gets it
         self._popper: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
         self._serving: threading.Thread | None = None
@@ -619,10 +617,12 @@ class PoolHost:
         shared = (self._capacity.fd,) if self._capacity is not None else ()
         try:
             try:
+                # read by glibc as the process starts; the pool's own environment wins
+                env = {**protocol.malloc_env(worker.memory_mb), **self._env}
                 proc = subprocess.Popen(
                     [sys.executable, "-c", protocol.CHILD_MAIN, str(theirs.fileno())],
                     pass_fds=(theirs.fileno(), *shared),
-                    env=self._env,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                 )
             except OSError as exc:

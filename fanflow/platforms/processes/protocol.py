@@ -44,18 +44,30 @@ CHILD_MAIN = (
 
 _PARENT_POLL_S = 0.5
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
-"""glibc allocator settings of a worker process, where the pool's own environment does not set them.
+MALLOC_MMAP_MAX = "0"
+"""``MALLOC_MMAP_MAX_`` of a worker process: glibc serves every block from its heap, none with ``mmap``."""
+TRIM_SHARE = 0.25
+"""Share of a worker's ``memory_mb`` that glibc may keep as free heap before it gives the top back."""
 
-By default glibc serves a block above its adaptive threshold (128 KB, raised to
-the largest block freed so far) with a fresh ``mmap`` and gives the top of its
-heap back to the system once 2x that threshold is free there: a warm worker
-making and dropping MB-sized arrays faulted their pages in again, run after
-run (gemm: 0-5,000 page faults per run, varying with the order of frees). With
-the threshold at glibc's own adaptive ceiling (32 MB) and up to 64 MB of free
-heap kept, those arrays reuse pages the process already has. The cost: a
-worker keeps up to 64 MB it no longer uses, within its ``memory_mb``.
-"""
+
+def malloc_env(memory_mb: int) -> dict[str, str]:
+    """glibc allocator settings of a worker process of ``memory_mb``, where the pool's environment sets none.
+
+    A warm worker should reuse the pages it already has, run after run: a page
+    the process gives back to the kernel and touches again costs a page fault,
+    and on a virtual machine whose host reclaims the guest's free memory
+    (Firecracker here) the kernel time of that fault varied 7x for the same
+    fault count. By default glibc serves a block above its adaptive threshold
+    (128 KB, raised up to 32 MB) with a fresh ``mmap`` and unmaps it when freed,
+    and gives the top of its heap back once 2x that threshold is free there.
+    So ``MALLOC_MMAP_MAX_=0`` (every block from the heap, so also a
+    100 MB numpy temporary, which a threshold cannot keep: glibc caps it at
+    32 MB) and ``MALLOC_TRIM_THRESHOLD_`` at :data:`TRIM_SHARE` of the worker's
+    memory (at least 64 MB). The cost: a worker keeps that much freed heap,
+    within its ``memory_mb`` (which a FaaS bill charges in full anyway).
+    """
+    trim = max(64 << 20, int(memory_mb * 2**20 * TRIM_SHARE))
+    return {"MALLOC_MMAP_MAX_": MALLOC_MMAP_MAX, "MALLOC_TRIM_THRESHOLD_": str(trim)}
 
 
 def die_with_pool() -> None:
