@@ -15,16 +15,22 @@ import statistics
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
-from support import install_hint
+from support import add, install_hint
 from typer.testing import CliRunner
 
 import fanflow
 from fanflow.cli.main import app
 from fanflow.metrics import History, RunMetrics, from_baseline, summaries_of, task_records, to_baseline
+from fanflow.metrics.executions import Executions, _from_columns, executions_of
+from fanflow.metrics.history import clear_cache, run_executions
 from fanflow.metrics.records import FAILED, FINISHED, UNFINISHED
+from fanflow.planning import make_plan
+from fanflow.planning.predict import RECENT_RUNS
 from fanflow.store.metadata import MetadataStore, RunNotFoundError, Summary, drain, open_metadata
+from fanflow.store.metadata.trace import decode_trace
 
 
 @fanflow.task
@@ -291,13 +297,98 @@ def test_a_planners_history_reads_only_the_recent_runs_per_memory_size(tmp_path:
     identity = grow.identity
 
     def runs_at(history: History, size: int) -> list[str]:
-        return sorted({r.run_id for r in history.executions(identity, size)})
+        return sorted(set(history.executions(identity, size).run_ids_of_rows()))
 
     every = History(store, [identity])
     recent = History(store, [identity], recent_runs=2)
     assert runs_at(every, 1769) == sorted(run_ids[0::2]) and runs_at(every, 512) == sorted(run_ids[1::2])
     assert runs_at(recent, 1769) == sorted(run_ids[2::2]) and runs_at(recent, 512) == sorted(run_ids[1::2])
     assert len(History(store, [identity], recent_runs=3).executions(identity)) == len(every.executions(identity))
+
+
+def test_task_run_ids_lists_a_functions_runs_newest_first(tmp_path: Path, metadata_url: str) -> None:
+    config = _config(tmp_path, metadata=metadata_url)
+    for n in range(3):
+        grow(blob(10), n).compute(config)
+        _fan_out(2).compute(config)
+    store = open_metadata(metadata_url)
+    newest_first = [r["run_id"] for r in store.runs()]
+    assert store.task_run_ids() == newest_first
+    chains = store.task_run_ids([grow.identity])
+    assert len(chains) == 6 and chains == newest_first  # _fan_out's runs call grow too
+    assert store.task_run_ids([join.identity]) == newest_first[0::2]  # only the fan-outs join
+    assert store.task_run_ids(["nobody"]) == [] and store.task_run_ids([]) == []
+
+
+def _tree(leaves: int) -> fanflow.Node:
+    level: list[object] = list(range(leaves))
+    while len(level) > 1:
+        level = [add(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]  # type: ignore[return-value]
+
+
+def test_executions_read_from_trace_columns_equal_the_records(tmp_path: Path) -> None:
+    """The planner's columns, read from the trace, are what the full task records give, column for column."""
+    config = _config(tmp_path)
+    _tree(128).compute(
+        config
+    )  # 127 tasks, 64 workers: the trace keeps columns (a group of fewer than 64 events keeps lists)
+    _fan_out(2).compute(config)  # a small run: read through its records
+    store = open_metadata(config.metadata)
+    for doc in store.runs():
+        stored = store.load_run(doc["run_id"])
+        columns = _from_columns(decode_trace(stored.trace), doc["run_id"])
+        assert (columns is not None) == (doc["tasks"] == 127)
+        fast, records = executions_of(stored), Executions.of_records(RunMetrics.from_stored(stored).tasks)
+        assert fast.run_ids == records.run_ids and fast.workers == records.workers and len(fast) == doc["tasks"]
+        for name, column in records.columns.items():
+            mine = fast.columns[name]
+            if name == "function":
+                mine, column = np.array(fast.functions)[mine], np.array(records.functions)[column]
+            assert mine.dtype == column.dtype and np.array_equal(mine, column), name
+
+
+def test_a_plan_from_paged_history_equals_one_from_every_record(tmp_path: Path) -> None:
+    """Paging stops after the newest RECENT_RUNS runs; the plan is the one the full decode of every run gives."""
+    config = _config(tmp_path, planner="uniform", memory_mb=1024)
+    for _ in range(RECENT_RUNS + 2):
+        _tree(128).compute(config)
+    store = open_metadata(config.metadata)
+    dag = fanflow.metrics.build_dag([_tree(128)])
+    ids = sorted({t.identity for t in dag.tasks})
+    clear_cache()
+    paged = History.for_dag(dag, config.metadata, RECENT_RUNS)
+    newest = [r["run_id"] for r in store.runs()]
+    assert set(paged.table.run_ids) == set(newest[:RECENT_RUNS])  # the two oldest were not read
+    full = History.__new__(History)
+    full.summaries, full.table = store.summaries(ids), Executions.of_records(task_records(store, ids))
+    assert len(full.table.run_ids) == RECENT_RUNS + 2
+    cp = config.replace(planner="critical-path", optimizations="clustering,delayed-io,prewarm,preload")
+    a, b = make_plan(dag, cp, history=paged), make_plan(dag, cp, history=full)
+    assert a.used_history and a.annotations == b.annotations and a.kind == b.kind
+    assert a.simulation is not None and b.simulation is not None
+    assert a.simulation.makespan == b.simulation.makespan and a.predicted_p90_s == b.predicted_p90_s
+    assert a.costs is not None and b.costs is not None
+    for memory in (512, 1024, 3008):
+        assert a.costs.exec_at(memory) == b.costs.exec_at(memory)
+        assert a.costs.upload_s(1e6, memory) == b.costs.upload_s(1e6, memory)
+        assert a.costs.gap_s(memory) == b.costs.gap_s(memory) and a.costs.warm_s(memory) == b.costs.warm_s(memory)
+
+
+def test_decoded_runs_stay_cached_and_a_new_run_is_read(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    node = _tree(128)
+    for _ in range(2):
+        node.compute(config)
+    store = open_metadata(config.metadata)
+    dag = fanflow.metrics.build_dag([node])
+    clear_cache()
+    first = History.for_dag(dag, config.metadata, RECENT_RUNS)
+    old = [run_executions(store, r) for r in first.table.run_ids]
+    node.compute(config)
+    second = History.for_dag(dag, config.metadata, RECENT_RUNS)
+    assert len(second.table.run_ids) == 3 and second.table.run_ids[:2] == first.table.run_ids
+    assert all(run_executions(store, r) is e for r, e in zip(first.table.run_ids, old, strict=True))
 
 
 def test_every_platform_records_complete_runs(run_config: fanflow.Config) -> None:

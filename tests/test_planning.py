@@ -12,6 +12,7 @@ import fanflow
 from fanflow.cli.main import app
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
+from fanflow.metrics.executions import Executions
 from fanflow.metrics.records import FINISHED, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
 from fanflow.planning.planners import critical_path_assignment, place
@@ -109,7 +110,7 @@ def test_a_large_output_that_was_not_uploaded_is_a_zero_byte_upload() -> None:
         record(1, big, True),  # some reader was elsewhere: uploaded
         record(2, 10, False),  # small and kept by the claim: sent to the claim script all the same
     ]
-    assert kept_outputs(records) == {("r", 0)}
+    assert kept_outputs(Executions.of_records(records)).tolist() == [True, False, False]
 
 
 def test_predictions_from_history_and_explicit_unknowns(tmp_path: Path) -> None:
@@ -278,14 +279,18 @@ def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
 
     # one slot: w2 was invoked at 0 with w1 but waited for w1 to end at 1.0, then started warm at 1.01
     records = [record("a-1", 0.5, 1.0, 0.5, True), record("b-1", 1.01, 1.2, 1.01, False)]
-    assert pure_latencies(records, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
-    assert pure_latencies(records, None)[1] == (512, False, 1.01)
+    assert pure_latencies(Executions.of_records(records), 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
+    assert pure_latencies(Executions.of_records(records), None)[1] == (512, False, 1.01)
     # c-1's timestamps put it behind a-1 in one slot, yet it started first: never a free cold start (its
     # whole invocation latency counts), and a warm one tells nothing
     early = [*records, record("c-1", 0.6, 0.7, 0.6, True)]
-    assert pure_latencies(early, 1) == [(512, True, 0.5), (512, True, 0.6), (512, False, pytest.approx(0.01))]
+    assert pure_latencies(Executions.of_records(early), 1) == [
+        (512, True, 0.5),
+        (512, True, 0.6),
+        (512, False, pytest.approx(0.01)),
+    ]
     warm = [*records, record("c-1", 0.6, 0.7, 0.6, False)]
-    assert pure_latencies(warm, 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
+    assert pure_latencies(Executions.of_records(warm), 1) == [(512, True, 0.5), (512, False, pytest.approx(0.01))]
     # two slots, two processes: process "a" ran a-2 right after a-1 (ended at 1.0), so a-2 waited for that
     # slot, not b-1's, which the FIFO replay of invocation times would pick (freed first, at 0.9)
     two = [
@@ -293,7 +298,7 @@ def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
         record("b-1", 0.5, 0.9, 0.5, True),
         record("a-2", 1.02, 1.1, 1.02, False),
     ]
-    assert pure_latencies(two, 2)[2] == (512, False, pytest.approx(0.02))
+    assert pure_latencies(Executions.of_records(two), 2)[2] == (512, False, pytest.approx(0.02))
 
 
 def test_pool_replay_pays_cold_starts_per_memory_size() -> None:

@@ -2,10 +2,13 @@
 
 A planner asks many small questions ("how long does f take at 1024 MB on 3 MB
 of input?") while it plans one DAG. :class:`History` answers all of them from
-memory: building it costs two reads of the metadata store (summaries, then the
-runs of the functions asked for, whose task records are built from their
-traces: :func:`task_records`), and nothing after that touches the store. Build
-a new one to see newer runs.
+memory: building it reads the summaries, lists the runs of the functions asked
+for newest first, and loads runs from that list until it has enough of them
+(``recent_runs``); nothing after that touches the store. Their finished
+executions are kept as columns (:class:`~fanflow.metrics.executions.Executions`,
+read from the trace's columns, no record per task) and stay decoded for the
+next plan in this process (:func:`run_executions`). Build a new one to see
+newer runs. :func:`task_records` reads whole records, for the dashboard.
 
 Predictions come from the running summaries, never from scanning executions:
 a least-squares line of execution time on input bytes at that memory size, or,
@@ -15,12 +18,25 @@ converted through the 512 MB normalization (:mod:`fanflow.metrics.normalize`).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
+import numpy as np
+
 from fanflow.dag.graph import DAG
+from fanflow.metrics.executions import Executions, executions_of
 from fanflow.metrics.normalize import from_baseline, to_baseline
-from fanflow.metrics.records import FINISHED, RunMetrics, TaskRecord
-from fanflow.store.metadata import MetadataStore, StoredRun, Summary, SummaryKey, drain, open_metadata
+from fanflow.metrics.records import RunMetrics, TaskRecord
+from fanflow.store.metadata import (
+    MetadataStore,
+    RunNotFoundError,
+    StoredRun,
+    Summary,
+    SummaryKey,
+    drain,
+    open_metadata,
+)
 
 
 def task_records(
@@ -45,50 +61,99 @@ def _tasks_of(stored: StoredRun) -> list[TaskRecord]:
     return [TaskRecord.from_doc(d) for d in stored.tasks]
 
 
+CACHE_ROWS = 1_000_000
+"""Executions kept decoded across plans in this process (~100 bytes each): the newest runs read are kept."""
+
+_cache: OrderedDict[tuple[str, str], Executions] = OrderedDict()
+"""``(store URL, run id)`` -> the run's executions, least recently used first. A run is saved once and never
+changes, so an entry never goes stale; a new run is simply not in it yet, and a run retention deleted is
+no longer asked for and ages out."""
+_cache_rows = 0
+_cache_lock = threading.Lock()
+
+
+def run_executions(store: MetadataStore, run_id: str) -> Executions | None:
+    """The finished executions of one kept run (cached; see :data:`CACHE_ROWS`), or None when it is gone."""
+    global _cache_rows
+    key = (store.url, run_id)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    try:
+        found = executions_of(store.load_run(run_id))
+    except RunNotFoundError:  # retention deleted it since it was listed
+        return None
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = found
+            _cache_rows += len(found)
+            while _cache_rows > CACHE_ROWS and len(_cache) > 1:
+                _cache_rows -= len(_cache.popitem(last=False)[1])
+    return found
+
+
+def clear_cache() -> None:
+    """Forget every decoded run (tests and benchmarks measure a cold read with it)."""
+    global _cache_rows
+    with _cache_lock:
+        _cache.clear()
+        _cache_rows = 0
+
+
 class History:
     """Past executions and running summaries of some (or all) task functions."""
 
     def __init__(
         self, store: MetadataStore, identities: Iterable[str] | None = None, recent_runs: int | None = None
     ) -> None:
-        """``recent_runs``: keep only the runs newer than the point where every summarized function and
-        memory size has that many runs with a finished execution (a planner reads no older ones;
-        building every kept run's records made planning grow with the history, ~50 ms per run of a
-        2,047-task DAG)."""
+        """``recent_runs``: read runs newest first and stop once every summarized function and memory size
+        has that many runs with a finished execution (a planner reads no older ones). The store lists the
+        runs' ids (:meth:`MetadataStore.task_run_ids`) and only the runs read are loaded; their executions
+        are decoded once per process (:func:`run_executions`)."""
         drain()  # runs this process finished are recorded in the background: see them
         wanted = None if identities is None else sorted(set(identities))
+        only = set(wanted or ())
         self.summaries: dict[SummaryKey, Summary] = store.summaries(wanted)
-        self._executions: dict[SummaryKey, list[TaskRecord]] = {}
-        records = task_records(store, wanted) if recent_runs is None else self._recent(store, wanted, recent_runs)
-        for record in records:
-            self._executions.setdefault((record.identity, record.memory_mb), []).append(record)
-
-    def _recent(self, store: MetadataStore, wanted: list[str] | None, runs: int) -> list[TaskRecord]:
-        """Task records of the newest runs, read newest first until each summary key has ``runs`` of them."""
-        seen: dict[SummaryKey, set[str]] = {key: set() for key in self.summaries}
-        only = None if wanted is None else set(wanted)
-        newest_first: list[list[TaskRecord]] = []
-        for stored in reversed(store.task_runs(wanted)):
-            if all(len(ids) >= runs for ids in seen.values()):
+        seen: dict[SummaryKey, set[int]] = {key: set() for key in self.summaries}
+        newest_first: list[Executions] = []
+        for run_id in store.task_run_ids(wanted):
+            if recent_runs is not None and all(len(runs) >= recent_runs for runs in seen.values()):
                 break
-            kept = [t for t in _tasks_of(stored) if only is None or t.identity in only]
-            for t in kept:
-                if t.status == FINISHED and (t.identity, t.memory_mb) in seen:
-                    seen[(t.identity, t.memory_mb)].add(t.run_id)
-            newest_first.append(kept)
-        return [t for tasks in reversed(newest_first) for t in tasks]
+            found = run_executions(store, run_id)
+            if found is None:
+                continue
+            if wanted is not None:
+                codes = [i for i, f in enumerate(found.functions) if f in only]
+                found = found.take(np.isin(found["function"], codes))
+            pairs = np.unique(found["function"] * (1 << 32) + found["memory_mb"]).tolist()
+            for pair in pairs:
+                key = (found.functions[pair >> 32], pair & 0xFFFFFFFF)
+                if key in seen:
+                    seen[key].add(len(newest_first))
+            newest_first.append(found)
+        self.table = Executions.concat(newest_first[::-1])
+        """Every execution read, oldest run first."""
 
     @classmethod
     def for_dag(cls, dag: DAG, metadata_url: str, recent_runs: int | None = None) -> History:
         """The history of the functions ``dag`` uses, from the store at ``metadata_url`` (see ``__init__``)."""
         return cls(open_metadata(metadata_url), (t.identity for t in dag.tasks), recent_runs)
 
-    def executions(self, identity: str, memory_mb: int | None = None) -> list[TaskRecord]:
-        """Kept executions of a function (all memory sizes when ``memory_mb`` is None), oldest first."""
+    def rows(self, identity: str, memory_mb: int | None = None) -> np.ndarray:
+        """Indexes in :attr:`table` of a function's executions (at one memory size, unless None), oldest first."""
+        table = self.table
+        if identity not in table.functions:
+            return np.zeros(0, dtype=np.int64)
+        mask = table["function"] == table.functions.index(identity)
         if memory_mb is not None:
-            return list(self._executions.get((identity, memory_mb), ()))
-        found = [r for (ident, _), records in self._executions.items() if ident == identity for r in records]
-        return sorted(found, key=lambda r: r.started_at)
+            mask &= table["memory_mb"] == memory_mb
+        return np.flatnonzero(mask)
+
+    def executions(self, identity: str, memory_mb: int | None = None) -> Executions:
+        """Kept executions of a function (all memory sizes when ``memory_mb`` is None), oldest run first."""
+        return self.table.take(self.rows(identity, memory_mb))
 
     def memory_sizes(self, identity: str) -> list[int]:
         """Memory sizes a function has a summary for, ascending."""

@@ -50,17 +50,17 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import math
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+import numpy as np
+
 from fanflow.dag.graph import DAG
+from fanflow.metrics.executions import Executions
 from fanflow.metrics.history import History
-from fanflow.metrics.normalize import BASELINE_MB, from_baseline, to_baseline
-from fanflow.metrics.records import FINISHED, TaskRecord
+from fanflow.metrics.normalize import BASELINE_MB, ONE_VCPU_MB, from_baseline, to_baseline
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 
 DEFAULT_EXEC_S = 0.01
@@ -121,38 +121,42 @@ class Line:
         return Line(self.intercept * f, self.slope * f, self.sd * f, self.count, self.floor * f)
 
 
-def fit_line(xs: Sequence[float], ys: Sequence[float], floor: float = 0.0) -> Line | None:
+def fit_line(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, floor: float = 0.0) -> Line | None:
     """Least squares of ``ys`` on ``xs`` (flat below :data:`MIN_LINE_SAMPLES` or without spread in x),
-    refitted once without the outliers (:data:`OUTLIER_MADS`) when there are :data:`MIN_TRIM_SAMPLES`."""
-    line = _least_squares(xs, ys, floor)
-    if line is None or len(xs) < MIN_TRIM_SAMPLES:
+    refitted once without the outliers (:data:`OUTLIER_MADS`) when there are :data:`MIN_TRIM_SAMPLES`.
+
+    On numpy arrays: ten runs of a large DAG give ~100,000 samples of one function."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    line = _least_squares(x, y, floor)
+    if line is None or len(x) < MIN_TRIM_SAMPLES:
         return line
-    residuals = [y - line.intercept - line.slope * x for x, y in zip(xs, ys, strict=True)]
-    centre = statistics.median(residuals)
-    spread = statistics.median(abs(r - centre) for r in residuals) * MAD_TO_SD
+    residuals = y - line.intercept - line.slope * x
+    centre = float(np.median(residuals))
+    spread = float(np.median(np.abs(residuals - centre))) * MAD_TO_SD
     if spread <= 0:
         return line
-    keep = [abs(r - centre) <= OUTLIER_MADS * spread for r in residuals]
-    if all(keep):
+    keep = np.abs(residuals - centre) <= OUTLIER_MADS * spread
+    if keep.all():
         return line
-    kept = _least_squares(
-        [x for x, k in zip(xs, keep, strict=True) if k], [y for y, k in zip(ys, keep, strict=True) if k], floor
-    )
-    return kept if kept is None else Line(kept.intercept, kept.slope, kept.sd, len(xs), floor)
+    kept = _least_squares(x[keep], y[keep], floor)
+    return kept if kept is None else Line(kept.intercept, kept.slope, kept.sd, len(x), floor)
 
 
-def _least_squares(xs: Sequence[float], ys: Sequence[float], floor: float) -> Line | None:
-    n = len(xs)
+def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> Line | None:
+    n = len(x)
     if n == 0:
         return None
-    mean_x, mean_y = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mean_x) ** 2 for x in xs)
+    mean_x, mean_y = float(x.sum()) / n, float(y.sum()) / n
+    dx = x - mean_x
+    sxx = float(np.dot(dx, dx))  # np.dot: ``@`` on 1-D arrays took 2.5 ms per 100,000
     slope = 0.0
     if n >= MIN_LINE_SAMPLES and sxx > 1e-9 * max(1.0, mean_x * mean_x * n):
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sxx
+        slope = float(np.dot(dx, y - mean_y)) / sxx
     intercept = mean_y - slope * mean_x
     dof = n - (2 if slope else 1)
-    sd = math.sqrt(sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True)) / dof) if dof > 0 else 0.0
+    residuals = y - intercept - slope * x
+    sd = math.sqrt(float(np.dot(residuals, residuals)) / dof) if dof > 0 else 0.0
     return Line(intercept, slope, sd, n, floor)
 
 
@@ -181,25 +185,36 @@ class MemoryModel:
     __slots__ = ("_cache", "_default", "_measured", "_pooled", "count")
 
     def __init__(self, samples: Iterable[Sample], default: Line) -> None:
-        by_memory: dict[int, tuple[list[float], list[float]]] = {}
-        px: list[float] = []
-        py: list[float] = []
-        for memory, x, y in samples:
-            xs, ys = by_memory.setdefault(memory, ([], []))
-            xs.append(x)
-            ys.append(y)
-            px.append(x)
-            py.append(to_baseline(y, memory))
+        rows = list(samples)
+        memory = np.array([m for m, _, _ in rows], dtype=np.int64)
+        x = np.array([v for _, v, _ in rows], dtype=np.float64)
+        y = np.array([v for _, _, v in rows], dtype=np.float64)
+        self._fit(memory, x, y, default)
+
+    @classmethod
+    def of_columns(cls, memory: np.ndarray, x: np.ndarray, y: np.ndarray, default: Line) -> MemoryModel:
+        """The model of samples given as three columns (memory sizes, x, seconds)."""
+        model = cls.__new__(cls)
+        model._fit(memory, np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), default)
+        return model
+
+    def _fit(self, memory: np.ndarray, x: np.ndarray, y: np.ndarray, default: Line) -> None:
         self._measured: dict[int, Line] = {}
-        for memory, (xs, ys) in by_memory.items():
-            if len(xs) >= MIN_LINE_SAMPLES:
-                line = fit_line(xs, ys, floor=min(ys))
-                if line is not None:
-                    self._measured[memory] = line
-        self._pooled = fit_line(px, py, floor=min(py, default=0.0))
+        if len(memory):
+            sizes, where, counts = np.unique(memory, return_inverse=True, return_counts=True)
+            for i, size in enumerate(sizes.tolist()):
+                if counts[i] >= MIN_LINE_SAMPLES:
+                    at = where == i
+                    ys = y[at]
+                    line = fit_line(x[at], ys, floor=float(ys.min()))
+                    if line is not None:
+                        self._measured[size] = line
+        # every sample at 512 MB: to_baseline, element-wise
+        pooled = y * (np.minimum(memory, ONE_VCPU_MB) / ONE_VCPU_MB) / (BASELINE_MB / ONE_VCPU_MB)
+        self._pooled = fit_line(x, pooled, floor=float(pooled.min()) if len(pooled) else 0.0)
         self._default = default
         self._cache: dict[int, Line] = {}
-        self.count = len(px)
+        self.count = len(x)
 
     @classmethod
     def flat(cls, seconds_512: float, slope: float = 0.0, known: bool = True) -> MemoryModel:
@@ -223,7 +238,7 @@ class MemoryModel:
         return found
 
 
-def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> list[tuple[int, bool, float]]:
+def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
     """``(memory, cold, seconds)`` per past worker: its start latency without the wait for a free slot.
 
     A worker is rebuilt from its tasks (its start is its first task's start, its
@@ -242,59 +257,81 @@ def pure_latencies(records: Iterable[TaskRecord], max_workers: int | None) -> li
     latency (a latency clipped to zero made cold starts look free, and plans
     that mix sizes in a small pool evicted warm processes for nothing).
     """
-    workers: dict[tuple[str, str], list[float]] = {}
-    kinds: dict[tuple[str, str], tuple[int, bool]] = {}
-    for r in records:
-        if not r.worker:
-            continue
-        key = (r.run_id, r.worker)
-        span = workers.get(key)
-        if span is None:
-            workers[key] = [r.started_at, r.finished_at, r.worker_latency_s]
-            kinds[key] = (r.memory_mb, r.worker_cold)
-        else:
-            span[0] = min(span[0], r.started_at)
-            span[1] = max(span[1], r.finished_at)
-    handed: dict[tuple[str, str], float] = {}  # warm worker -> end of the worker its process ran before it
-    if max_workers:
-        by_process: dict[tuple[str, str], list[tuple[float, float, tuple[str, str]]]] = {}
-        for key, (begin, end, _) in workers.items():
-            by_process.setdefault((key[0], key[1].rsplit("-", 1)[0]), []).append((begin, end, key))
-        for spans in by_process.values():
-            spans.sort()
-            if any(b < a_end for (_, a_end, _), (b, _, _) in itertools.pairwise(spans)):
-                continue  # workers overlapped: threads of one process, not a pool's process
-            for (_, a_end, _), (_, _, key) in itertools.pairwise(spans):
-                if not kinds[key][1]:
-                    handed[key] = a_end
-    runs: dict[str, list[tuple[float, float, float, tuple[str, str]]]] = {}
-    for key, (begin, end, latency) in workers.items():
-        runs.setdefault(key[0], []).append((begin - latency, begin, end, key))
+    worker = ex["worker"]
+    rows = np.flatnonzero(worker >= 0)
+    if not rows.size:
+        return []
+    codes, first = np.unique(worker[rows], return_index=True)
+    first = rows[first]  # each worker's first row, in the table's order: its memory, cold flag and latency
+    slot = np.searchsorted(codes, worker[rows])
+    begin = np.full(len(codes), np.inf)
+    np.minimum.at(begin, slot, ex["started_at"][rows])
+    end = np.full(len(codes), -np.inf)
+    np.maximum.at(end, slot, ex["finished_at"][rows])
+    run = ex["run"][first]
+    memory, cold, latency = ex["memory_mb"][first], ex["worker_cold"][first], ex["worker_latency_s"][first]
+    invoked = begin - latency
+    # workers are numbered by run, then by id: their number orders them as the id would
+    order = np.lexsort((codes, end, begin, invoked, run))
+    if not max_workers:
+        pure = np.maximum(0.0, begin[order] - invoked[order])
+        return list(zip(memory[order].tolist(), cold[order].tolist(), pure.tolist(), strict=True))
+    handed = _handed_over(ex, codes, run, begin, end, cold)
     out: list[tuple[int, bool, float]] = []
-    for entries in runs.values():
-        entries.sort()
-        free = [-math.inf] * max_workers if max_workers else []
-        last = -math.inf
-        for invoked, begin, end, key in entries:
-            dispatched = invoked
-            if free:
-                dispatched = max(invoked, heapq.heappop(free), last)
-                heapq.heappush(free, end)
-                last = dispatched
-            memory, cold = kinds[key]
-            if key in handed:
-                dispatched = max(invoked, handed[key])
-            elif dispatched > invoked and begin <= dispatched:
-                # the replay has it dispatched after it started: its order was not the pool's
-                if not cold:
-                    continue
-                dispatched = invoked  # at most its invocation latency: the safe side of a cold start
-            out.append((memory, cold, max(0.0, begin - dispatched)))
+    free: list[float] = []
+    last = previous = -math.inf
+    runs = run[order].tolist()
+    for w, r, inv, began, ended, hand in zip(
+        order.tolist(),
+        runs,
+        invoked[order].tolist(),
+        begin[order].tolist(),
+        end[order].tolist(),
+        handed[order].tolist(),
+        strict=True,
+    ):
+        if r != previous:  # a run replays through its own empty slots
+            free, last, previous = [-math.inf] * max_workers, -math.inf, r
+        dispatched = max(inv, heapq.heappop(free), last)
+        heapq.heappush(free, ended)
+        last = dispatched
+        if hand == hand:  # not NaN: its process ran another worker right before it
+            dispatched = max(inv, hand)
+        elif dispatched > inv and began <= dispatched:
+            # the replay has it dispatched after it started: its order was not the pool's
+            if not cold[w]:
+                continue
+            dispatched = inv  # at most its invocation latency: the safe side of a cold start
+        out.append((int(memory[w]), bool(cold[w]), max(0.0, began - dispatched)))
     return out
 
 
-def kept_outputs(records: Iterable[TaskRecord]) -> set[tuple[str, int]]:
-    """``(run, task)`` of the large outputs that never reached the store.
+def _handed_over(
+    ex: Executions, codes: np.ndarray, run: np.ndarray, begin: np.ndarray, end: np.ndarray, cold: np.ndarray
+) -> np.ndarray:
+    """Per worker, the end of the worker its process ran right before it when it is warm; NaN otherwise.
+
+    Worker ids name their process (``<process>-<n>``); a process whose workers
+    overlapped in time ran threads, not one pool worker at a time, and hands
+    nothing over.
+    """
+    process = [ex.workers[c].rsplit("-", 1)[0] for c in codes.tolist()]
+    _, proc = np.unique(np.array(process, dtype=object).astype(str), return_inverse=True)
+    key = run * (int(proc.max()) + 1) + proc
+    order = np.lexsort((codes, end, begin, key))
+    k, b, e = key[order], begin[order], end[order]
+    same = k[1:] == k[:-1]
+    overlapped = np.unique(k[1:][same & (b[1:] < e[:-1])])
+    pair = same & ~np.isin(k[1:], overlapped)
+    after, before_end = order[1:][pair], e[:-1][pair]
+    warm = ~cold[after]
+    handed = np.full(len(codes), np.nan)
+    handed[after[warm]] = before_end[warm]
+    return handed
+
+
+def kept_outputs(ex: Executions) -> np.ndarray:
+    """Per execution, True for a large output that never reached the store.
 
     From :data:`~fanflow.worker.loop.LARGE_OUTPUT_BYTES` the loop only claims
     the readers before uploading, and uploads nothing when it won them all
@@ -303,21 +340,18 @@ def kept_outputs(records: Iterable[TaskRecord]) -> set[tuple[str, int]]:
     those bytes. A smaller output the claim kept (store-unless-claimed) was
     sent to the store's script all the same, so it counts as sent.
     """
-    return {(r.run_id, r.task) for r in records if not r.uploaded and r.out_bytes >= LARGE_OUTPUT_BYTES}
+    return ~ex["uploaded"] & (ex["out_bytes"] >= LARGE_OUTPUT_BYTES)
 
 
-def loop_gaps(records: Iterable[TaskRecord]) -> list[Sample]:
-    """``(memory, 0, seconds)`` for each pair of consecutive tasks in one worker: finish to next start."""
-    by_worker: dict[tuple[str, str], list[TaskRecord]] = {}
-    for r in records:
-        if r.worker:
-            by_worker.setdefault((r.run_id, r.worker), []).append(r)
-    out: list[Sample] = []
-    for tasks in by_worker.values():
-        tasks.sort(key=lambda r: r.started_at)
-        for a, b in itertools.pairwise(tasks):
-            out.append((b.memory_mb, 0.0, max(0.0, b.started_at - a.finished_at)))
-    return out
+def loop_gaps(ex: Executions) -> tuple[np.ndarray, np.ndarray]:
+    """(memory sizes, seconds) of each pair of consecutive tasks in one worker: finish to next start."""
+    worker = ex["worker"]
+    rows = np.flatnonzero(worker >= 0)
+    order = rows[np.lexsort((ex["started_at"][rows], worker[rows]))]  # stable: ties keep the table's order
+    a, b = order[:-1], order[1:]
+    same = worker[a] == worker[b]
+    a, b = a[same], b[same]
+    return ex["memory_mb"][b], np.maximum(0.0, ex["started_at"][b] - ex["finished_at"][a])
 
 
 @dataclass(slots=True)
@@ -421,31 +455,36 @@ class Predictor:
         self.max_workers = max_workers
         self._exec: dict[str, MemoryModel] = {}
         self._out: dict[str, Line | None] = {}
-        self._records: dict[str, list[TaskRecord]] = {}
+        self._rows: dict[str, np.ndarray] = {}
 
-    def _finished(self, identity: str) -> list[TaskRecord]:
-        """Finished executions of ``identity``: per memory size, those of its :data:`RECENT_RUNS` latest runs
-        there (history lists executions oldest first), so a size measured long ago stays measured."""
-        found = self._records.get(identity)
+    def _finished(self, identity: str) -> np.ndarray:
+        """Rows of ``history.table`` with the executions of ``identity`` used: per memory size, those of its
+        :data:`RECENT_RUNS` latest runs there (the table is oldest run first), so a size measured long ago
+        stays measured."""
+        found = self._rows.get(identity)
         if found is None:
-            found = []
+            found = np.zeros(0, dtype=np.int64)
             if self.history is not None:
-                found = [r for r in self.history.executions(identity) if r.status == FINISHED]
-                recent: dict[int, dict[str, None]] = {}
-                for r in reversed(found):
-                    runs = recent.setdefault(r.memory_mb, {})
-                    if len(runs) < RECENT_RUNS:
-                        runs.setdefault(r.run_id)
-                found = [r for r in found if r.run_id in recent[r.memory_mb]]
-            self._records[identity] = found
+                found = self.history.rows(identity)
+                table = self.history.table
+                run, memory = table["run"][found], table["memory_mb"][found]
+                keep = np.zeros(len(found), dtype=np.bool_)
+                for size in np.unique(memory).tolist():
+                    at = memory == size
+                    keep |= at & np.isin(run, np.unique(run[at])[-RECENT_RUNS:])
+                found = found[keep]
+            self._rows[identity] = found
         return found
+
+    def _executions(self, rows: np.ndarray) -> Executions:
+        return Executions.empty() if self.history is None else self.history.table.take(rows)
 
     def exec_model(self, identity: str) -> MemoryModel:
         """Execution time of ``identity`` (seconds on input bytes) at any memory size."""
         found = self._exec.get(identity)
         if found is None:
-            records = self._finished(identity)
-            found = MemoryModel(((r.memory_mb, float(r.in_bytes), r.exec_s) for r in records), _default(DEFAULT_EXEC_S))
+            ex = self._executions(self._finished(identity))
+            found = MemoryModel.of_columns(ex["memory_mb"], ex["in_bytes"], ex["exec_s"], _default(DEFAULT_EXEC_S))
             if not found.known:
                 found = self._from_summaries(identity) or found
             self._exec[identity] = found
@@ -471,8 +510,8 @@ class Predictor:
 
     def _out_line(self, identity: str) -> Line | None:
         if identity not in self._out:
-            records = self._finished(identity)
-            self._out[identity] = fit_line([float(r.in_bytes) for r in records], [float(r.out_bytes) for r in records])
+            ex = self._executions(self._finished(identity))
+            self._out[identity] = fit_line(ex["in_bytes"], ex["out_bytes"])
         return self._out[identity]
 
     def out_bytes(self, identity: str, in_bytes: float) -> Prediction:
@@ -488,26 +527,26 @@ class Predictor:
 
     def overheads(self, identities: Iterable[str]) -> tuple[MemoryModel, ...]:
         """(fetch, upload, gap, cold, warm, mix) models over the executions of ``identities``."""
-        records = [r for identity in dict.fromkeys(identities) for r in self._finished(identity)]
-        fetch = [(r.memory_mb, float(r.fetched_bytes), r.fetch_s) for r in records if r.fetch_s > 0 and r.fetched_bytes]
-        kept = kept_outputs(records)
-        upload = [
-            (
-                r.memory_mb,
-                0.0 if (r.run_id, r.task) in kept else float(r.out_bytes),
-                max(r.store_s, r.duration_s - r.fetch_s - r.exec_s),
-            )
-            for r in records
-        ]
-        starts = pure_latencies(records, self.max_workers)
+        rows = [self._finished(identity) for identity in dict.fromkeys(identities)]
+        ex = self._executions(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+        memory = ex["memory_mb"]
+        fetched = (ex["fetch_s"] > 0) & (ex["fetched_bytes"] != 0)
+        upload_x = np.where(kept_outputs(ex), 0.0, ex["out_bytes"])
+        upload_s = np.maximum(ex["store_s"], ex.duration_s - ex["fetch_s"] - ex["exec_s"])
+        starts = pure_latencies(ex, self.max_workers)
         transfer = _default(DEFAULT_LATENCY_S, DEFAULT_SECONDS_PER_BYTE)
-        upload_model = MemoryModel(upload, transfer)
+        upload_model = MemoryModel.of_columns(memory, upload_x, upload_s, transfer)
         # nothing was ever fetched: a fetch costs what an upload costs
-        fetch_model = MemoryModel(fetch, transfer) if fetch else upload_model
+        fetch_model = (
+            MemoryModel.of_columns(memory[fetched], ex["fetched_bytes"][fetched], ex["fetch_s"][fetched], transfer)
+            if fetched.any()
+            else upload_model
+        )
+        gap_memory, gaps = loop_gaps(ex)
         return (
             fetch_model,
             upload_model,
-            MemoryModel(loop_gaps(records), _default(DEFAULT_GAP_S)),
+            MemoryModel.of_columns(gap_memory, np.zeros(len(gaps)), gaps, _default(DEFAULT_GAP_S)),
             MemoryModel(((m, 0.0, s) for m, c, s in starts if c), _default(DEFAULT_COLD_START_S)),
             MemoryModel(((m, 0.0, s) for m, c, s in starts if not c), _default(DEFAULT_WARM_START_S)),
             MemoryModel(((m, 0.0, s) for m, _, s in starts), _default(DEFAULT_WARM_START_S)),

@@ -238,6 +238,15 @@ class MetadataStore(Protocol):
         """
         ...
 
+    def task_run_ids(self, identities: Iterable[str] | None = None) -> list[str]:
+        """The ids of the runs :meth:`task_runs` would give, newest first, without reading the runs.
+
+        A reader that needs only the latest runs pages through them with
+        :meth:`load_run` and stops when it has enough: a run's row can be
+        megabytes (a trace), and planning needs ten runs of the thousand kept.
+        """
+        ...
+
     def summaries(self, identities: Iterable[str] | None = None) -> dict[SummaryKey, Summary]:
         """The running summaries, for every function or only for ``identities``."""
         ...

@@ -234,6 +234,28 @@ class RedisMetadataStore:
         runs.sort(key=lambda r: (float(r.run.get("submitted_at", 0.0)), str(r.run.get("run_id"))))
         return runs
 
+    def task_run_ids(self, identities: Iterable[str] | None = None) -> list[str]:
+        wanted = None if identities is None else set(identities)
+        traced = [n.decode() for n in self._do(self._r.smembers, PREFIX + "traced")]
+        older = [n.decode() for n in self._do(self._r.smembers, PREFIX + "functions")]
+        names = sorted(n for n in traced if wanted is None or n in wanted)
+        keys = [n for n in older if wanted is None or _split_fn_key(n[len(PREFIX + "exec:") :])[0] in wanted]
+        with self._r.pipeline(transaction=False) as pipe:
+            for identity in names:
+                pipe.zrange(PREFIX + f"fn:{identity}", 0, -1, withscores=True)
+            for key in keys:  # runs saved before traces: their task documents' fields are <run_id>:<task>
+                pipe.hkeys(key)
+            found = self._do(pipe.execute)
+        scored = {r.decode(): score for pairs in found[: len(names)] for r, score in pairs}
+        legacy = sorted({f.decode().rpartition(":")[0] for fields in found[len(names) :] for f in fields} - set(scored))
+        if legacy:
+            with self._r.pipeline(transaction=False) as pipe:
+                for run_id in legacy:
+                    pipe.zscore(PREFIX + "runs", run_id)
+                scores = self._do(pipe.execute)
+            scored.update((r, s) for r, s in zip(legacy, scores, strict=True) if s is not None)
+        return sorted(scored, key=lambda r: (scored[r], r), reverse=True)
+
     def _older_task_runs(self, wanted: set[str] | None) -> list[StoredRun]:
         """Runs saved before traces, with the task documents of the ``wanted`` functions."""
         names = [n.decode() for n in self._do(self._r.smembers, PREFIX + "functions")]

@@ -448,6 +448,22 @@ class SQLiteMetadataStore:
         found.sort(key=lambda f: (f[0], f[1]))
         return [stored for _, _, stored in found]
 
+    def task_run_ids(self, identities: Iterable[str] | None = None) -> list[str]:
+        where, args = "", []
+        if identities is not None:
+            wanted = sorted(set(identities))
+            if not wanted:
+                return []
+            where, args = f"WHERE t.identity IN ({', '.join('?' * len(wanted))})", wanted
+        sources = [f"SELECT t.run_id FROM run_functions t {where}"]
+        sources += [f"SELECT t.run_id FROM {t} t {where}" for t in ("task_groups", "tasks") if t in self._legacy]
+        rows = self._read(
+            f"SELECT run_id FROM runs WHERE run_id IN ({' UNION '.join(sources)}) "
+            "ORDER BY submitted_at DESC, run_id DESC",
+            args * len(sources),
+        )
+        return [r[0] for r in rows]
+
     def _task_docs(self, where: str, args: list[Any]) -> list[tuple[float, str, dict[str, Any]]]:
         """``(submitted_at, run_id, doc)`` of the schema 1-2 task documents ``where`` selects (alias ``t``).
 
