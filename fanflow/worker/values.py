@@ -27,8 +27,13 @@ __all__ = ["MEMORY_SHARE", "RUNS", "ValueCache", "values"]
 MEMORY_SHARE = 0.25
 """Share of a worker's ``memory_mb`` the cache may hold; the rest is the tasks'."""
 
-RUNS = 4
-"""Runs whose values are kept; a fifth run's first value drops the oldest run's."""
+RUNS = 2
+"""Runs whose values are kept; a third run's first value drops the oldest run's. A finished run's values are
+never read again, so this is for runs sharing a pool at once. Each run kept is memory a warm process must
+touch for the first time while the cache fills (a page fault, and on a virtual machine a host fault too):
+with 4, a warm gemm 512/256 worker took 3,400-3,800 faults per run over its first 4 runs, its CPU falling
+from 35 to 27 ms per run only by run 7; with 2, 3,600 then 1,600, 530, 140, steady from run 2, which
+the 3 warm-up runs of ``benchmarks/planning.py`` cover."""
 
 
 class ValueCache:
