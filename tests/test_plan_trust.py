@@ -135,6 +135,25 @@ def test_on_a_pool_the_plan_must_also_hold_once_its_processes_are_warm() -> None
     assert plan_key(plan.memory_mb) == "uniform 3008"  # ...but not once warm
 
 
+def test_on_a_pool_a_size_with_slow_cold_starts_is_still_chosen_when_as_fast_warm() -> None:
+    """From an empty pool one slow cold start at 1769 MB put it over the target; warm it is as fast as 3008 MB."""
+    dag = DAG.from_sinks([add(work(work(1, 1), 1), work(2, 1))])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 100.0, 0.001, 0.001, 0.01)  # the same warm times at 1769 and 3008 MB
+    costs.cold = MemoryModel([(m, 0.0, s) for m, s in ((1769, 2.0), (3008, 0.3)) for _ in range(3)], Line(1, 0, 0, 0))
+    labels = place(dag, costs, [3008] * n, clustering=False)
+    empty = {m: simulate(dag, costs, Assignment([m] * n, labels), 2).makespan for m in (1769, 3008)}
+    assert empty[1769] > 2 * empty[3008]  # far over a 10% target from an empty pool
+    plan, sim, _, top = critical_path_assignment(dag, costs, labels, None, 0.1, max_workers=2)
+    assert plan_key(plan.memory_mb) == "uniform 1769"
+    warm, warm_top = (
+        _again(dag, costs, plan, sim, 2, False),
+        _again(dag, costs, Assignment([3008] * n, labels), top, 2, False),
+    )
+    assert warm.makespan <= warm_top.makespan * (1 + NEVER_WORSE)
+    assert warm.cost_gb_s < warm_top.cost_gb_s
+
+
 def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind() -> None:
     docs = [
         *[run_doc("uniform 1769", 1.0, 1.2, 0.9, 1.1) for _ in range(3)],

@@ -57,6 +57,9 @@ from an empty pool, whose makespan is mostly cold starts, so there the
 makespan and GB-s are checked instead when the plan and uniform 3008 MB
 run again on the processes their own runs left warm (:func:`_again`), the
 state a re-run plan meets: the cheapest candidate within 5% that way wins.
+For the same reason a uniform size that an empty pool puts over the target
+(its cold starts, learned per size from a few of them) is still a candidate
+when, warm, it is within the target of the fastest warm size.
 Predictions are compared *calibrated*: each is
 multiplied by what past runs of the same DAG measured (actual / predicted,
 per plan: its kind and memory sizes, :func:`plan_key`), so a plan whose runs
@@ -464,6 +467,23 @@ def critical_path_assignment(
     limit = target * (1 + 1e-6)
     candidates = [(s.cost_gb_s, uniform(m), s) for s, m in trials if s.makespan <= limit]
     sim, fast = min(((s, m) for s, m in trials if s.makespan <= best * (1 + 1e-6)), key=lambda sm: sm[0].cost_gb_s)
+    warm_runs: dict[int, Simulation] = {}  # uniform plans by size, run again on their own warm processes
+    if pool:
+        # From an empty pool a uniform plan's makespan is mostly its cold starts, learned per size from a few
+        # starts: one slow start at 1769 MB (a loaded machine) put that size over the target, the planner
+        # switched a warm 1769 MB pool to 3008 MB and the next run paid two cold starts (4 s for a 50 ms
+        # run). A size left out that way is still a candidate when, warm, it is within the target of the
+        # fastest warm size; the check below then judges it warm, as every candidate on a pool.
+        out = [m for s, m in trials if s.makespan > limit]
+        if out:
+            for m in [fast, *out]:
+                warm_runs[m] = _again(dag, costs, uniform(m), sims[m], max_workers, remote)
+            warm_best = min(w.makespan for w in warm_runs.values())
+            candidates += [
+                (sims[m].cost_gb_s, uniform(m), sims[m])
+                for m in out
+                if warm_runs[m].makespan <= warm_best * (1.0 + slack) * (1 + 1e-6)
+            ]
     plan = uniform(fast)
     below = [c for c in sorted(choices) if c < fast]
     for _ in range(MAX_CHECK_ROUNDS if below else 0):
@@ -527,9 +547,10 @@ def critical_path_assignment(
         if twin and not learned:
             return a, s, best, top_sim  # the same predictions and no past runs: the same makespan
         if top_again is None:
-            top_again = _again(dag, costs, top_plan, top_sim, max_workers, remote)
+            top_again = warm_runs.get(top) or _again(dag, costs, top_plan, top_sim, max_workers, remote)
         # a twin has the same predictions: the same times
-        again = _resized(top_again, top, m) if twin else _again(dag, costs, a, s, max_workers, remote)
+        uniform_again = warm_runs.get(m) if plan_kind(a.memory_mb) == "uniform" else None
+        again = _resized(top_again, top, m) if twin else uniform_again or _again(dag, costs, a, s, max_workers, remote)
         by_start: dict[bool, dict[str, float]] = {}
         for plan_, sim_ in ((a, again), (top_plan, top_again)):
             by_start.setdefault(any(sim_.worker_cold), {})[plan_key(plan_.memory_mb)] = sim_.makespan
