@@ -149,15 +149,21 @@ def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> Line | None:
         return None
     mean_x, mean_y = float(x.sum()) / n, float(y.sum()) / n
     dx = x - mean_x
-    sxx = float(np.dot(dx, dx))  # np.dot: ``@`` on 1-D arrays took 2.5 ms per 100,000
+    sxx = _dot(dx, dx)
     slope = 0.0
     if n >= MIN_LINE_SAMPLES and sxx > 1e-9 * max(1.0, mean_x * mean_x * n):
-        slope = float(np.dot(dx, y - mean_y)) / sxx
+        slope = _dot(dx, y - mean_y) / sxx
     intercept = mean_y - slope * mean_x
     dof = n - (2 if slope else 1)
     residuals = y - intercept - slope * x
-    sd = math.sqrt(float(np.dot(residuals, residuals)) / dof) if dof > 0 else 0.0
+    sd = math.sqrt(_dot(residuals, residuals) / dof) if dof > 0 else 0.0
     return Line(intercept, slope, sd, n, floor)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of the products, on this thread: ``np.dot`` hands 100,000 products to OpenBLAS's threads, which
+    spin on a busy machine (1.7 ms of CPU where this takes 35 us)."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def sla_z(sla: str) -> float:
