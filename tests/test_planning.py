@@ -20,6 +20,7 @@ from fanflow.planning.predict import (
     DEFAULT_EXEC_S,
     Line,
     MemoryModel,
+    clear_cache,
     fit_line,
     kept_outputs,
     pure_latencies,
@@ -299,6 +300,21 @@ def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
         record("a-2", 1.02, 1.1, 1.02, False),
     ]
     assert pure_latencies(Executions.of_records(two), 2)[2] == (512, False, pytest.approx(0.02))
+
+
+def test_start_latencies_are_replayed_per_run_and_kept() -> None:
+    def record(run: str, worker: str, began: float, ended: float, latency: float, cold: bool) -> TaskRecord:
+        return TaskRecord(
+            run, 0, "t", "f", [], FINISHED, worker, 512, 1, began, ended, 0.0, 0.0, 0.0, [], 0, cold, latency, 0, 0, 0
+        )
+
+    one = [record("r1", "a-1", 0.5, 1.0, 0.5, True), record("r1", "b-1", 1.01, 1.2, 1.01, False)]
+    two = [record("r2", "a-1", 0.3, 0.4, 0.3, True), record("r2", "b-1", 0.35, 0.9, 0.35, True)]
+    clear_cache()
+    apart = pure_latencies(Executions.of_records(two), 1) + pure_latencies(Executions.of_records(one), 1)
+    both = Executions.of_records(two[:1] + one + two[1:])  # rows of two runs, interleaved; r2 numbered first
+    assert pure_latencies(both, 1) == apart  # a run replays through its own slots, runs in table order
+    assert pure_latencies(both, 1) == apart and pure_latencies(both, None) != apart  # kept per cap
 
 
 def test_pool_replay_pays_cold_starts_per_memory_size() -> None:

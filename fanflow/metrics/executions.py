@@ -27,10 +27,10 @@ from fanflow.store.metadata.trace import EventGroup, IntLists, Strings, Trace, d
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
 
 COLUMNS: dict[str, type] = {
-    "run": np.int64,
-    "task": np.int64,
-    "function": np.int64,
-    "memory_mb": np.int64,
+    "run": np.int32,
+    "task": np.int32,
+    "function": np.int32,
+    "memory_mb": np.int32,
     "in_bytes": np.float64,
     "fetched_bytes": np.float64,
     "out_bytes": np.float64,
@@ -40,11 +40,12 @@ COLUMNS: dict[str, type] = {
     "started_at": np.float64,
     "finished_at": np.float64,
     "uploaded": np.bool_,
-    "worker": np.int64,
+    "worker": np.int32,
     "worker_cold": np.bool_,
     "worker_latency_s": np.float64,
 }
-"""The per-execution columns and their types (byte counts as float64: exact below 2**53, and fits need floats)."""
+"""The per-execution columns and their types: 86 bytes a row (byte counts as float64: exact below 2**53,
+and fits need floats)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +74,12 @@ class Executions:
         """Wall time from task start to finish, as :attr:`TaskRecord.duration_s` gives it."""
         return np.maximum(0.0, self.columns["finished_at"] - self.columns["started_at"])
 
-    def take(self, rows: np.ndarray) -> Executions:
-        """The executions at ``rows`` (a boolean mask or indexes), in that order; the tables are shared."""
-        return Executions(self.run_ids, self.functions, self.workers, {k: v[rows] for k, v in self.columns.items()})
+    def take(self, rows: np.ndarray, columns: Iterable[str] | None = None) -> Executions:
+        """The executions at ``rows`` (a boolean mask or indexes), in that order; the tables are shared.
+
+        ``columns``: only those (the others are left out: reading one is then a KeyError)."""
+        names = self.columns if columns is None else dict.fromkeys(columns)
+        return Executions(self.run_ids, self.functions, self.workers, {k: self.columns[k][rows] for k in names})
 
     def of_function(self, identity: str) -> Executions:
         """The executions of one function."""
@@ -153,7 +157,8 @@ class Executions:
             worker = part.columns["worker"]
             columns["worker"][-1] = np.where(worker < 0, -1, worker + len(workers))
             workers.extend(part.workers)
-        return cls(tuple(run_ids), tuple(functions), tuple(workers), {k: np.concatenate(v) for k, v in columns.items()})
+        joined = {k: np.concatenate(v).astype(COLUMNS[k], copy=False) for k, v in columns.items()}
+        return cls(tuple(run_ids), tuple(functions), tuple(workers), joined)
 
 
 def executions_of(stored: StoredRun) -> Executions:
@@ -223,26 +228,30 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     if starts.size and (np.bincount(starts, minlength=n) > 1).any():
         return None  # a task started twice: the records keep the earliest start
 
-    # workers: cold and latency from their (single) start event
+    # workers: cold and latency from their (single) start event, looked up by string code (the event
+    # table's string columns share one table of strings)
     names = worker.values
-    cold_of: dict[str, bool] = {}
-    latency_of: dict[str, float] = {}
+    cold_by = np.zeros(len(names), dtype=np.bool_)
+    latency_by = np.zeros(len(names), dtype=np.float64)
+    starts_by = np.zeros(len(names), dtype=np.int64)
     for group in table.of_kind("worker_started"):
         ids, cold, latency = group.columns.get("worker"), _array(group, "cold", "b"), _array(group, "latency_s", "fiu")
-        if not isinstance(ids, Strings) or cold is None or latency is None:
+        if not isinstance(ids, Strings) or ids.values is not names or cold is None or latency is None:
             return None
-        who = ids.tolist()
-        if len(set(who)) != len(who) or set(who) & set(cold_of):
-            return None
-        cold_of.update(zip(who, cold.tolist(), strict=True))
-        latency_of.update(zip(who, map(float, latency.tolist()), strict=True))
+        cold_by[ids.codes] = cold
+        latency_by[ids.codes] = latency
+        starts_by += np.bincount(ids.codes, minlength=len(names))
+    if (starts_by > 1).any():
+        return None  # a worker started twice: the records keep its last start
     used, local_code = np.unique(worker.codes, return_inverse=True)
-    used_names = [names[c] for c in used.tolist()]
-    kept = sorted(name for name in used_names if name)  # numbered by name, as Executions.of_records does
-    number = {name: i for i, name in enumerate(kept)}
-    code = np.array([number.get(name, -1) for name in used_names], dtype=np.int64)[local_code]
-    cold_col = np.array([cold_of.get(name, False) for name in used_names], dtype=np.bool_)[local_code]
-    latency_col = np.array([latency_of.get(name, 0.0) for name in used_names], dtype=np.float64)[local_code]
+    used_names = list(map(names.__getitem__, used.tolist()))
+    by_name = sorted(range(len(used_names)), key=used_names.__getitem__)  # numbered by name, as of_records does
+    kept = [used_names[i] for i in by_name if used_names[i]]
+    number = np.full(len(used_names), -1, dtype=np.int64)
+    number[[i for i in by_name if used_names[i]]] = np.arange(len(kept))
+    code = number[local_code]
+    cold_col = cold_by[worker.codes]
+    latency_col = latency_by[worker.codes]
 
     # input bytes: fetched sizes, and for a local input its upstream's output size
     counts = dag.dep_counts[task]
@@ -278,4 +287,5 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
         "worker_cold": cold_col,
         "worker_latency_s": latency_col,
     }
-    return Executions((run_id,), tuple(index), tuple(kept), {k: v[order] for k, v in columns.items()})
+    typed = {k: v[order].astype(COLUMNS[k], copy=False) for k, v in columns.items()}
+    return Executions((run_id,), tuple(index), tuple(kept), typed)

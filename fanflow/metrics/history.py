@@ -61,8 +61,10 @@ def _tasks_of(stored: StoredRun) -> list[TaskRecord]:
     return [TaskRecord.from_doc(d) for d in stored.tasks]
 
 
-CACHE_ROWS = 1_000_000
-"""Executions kept decoded across plans in this process (~100 bytes each): the newest runs read are kept."""
+CACHE_ROWS = 2_000_000
+"""Executions kept decoded across plans in this process (86 bytes each, so at most ~170 MB), the runs read
+most recently: ten runs of a 100k-task DAG and more. A cache smaller than what one plan reads would decode
+every run again on every plan."""
 
 _cache: OrderedDict[tuple[str, str], Executions] = OrderedDict()
 """``(store URL, run id)`` -> the run's executions, least recently used first. A run is saved once and never
@@ -127,7 +129,7 @@ class History:
             if wanted is not None:
                 codes = [i for i, f in enumerate(found.functions) if f in only]
                 found = found.take(np.isin(found["function"], codes))
-            pairs = np.unique(found["function"] * (1 << 32) + found["memory_mb"]).tolist()
+            pairs = np.unique(found["function"].astype(np.int64) * (1 << 32) + found["memory_mb"]).tolist()
             for pair in pairs:
                 key = (found.functions[pair >> 32], pair & 0xFFFFFFFF)
                 if key in seen:

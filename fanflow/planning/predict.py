@@ -49,8 +49,10 @@ all garbage-collected.
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -60,6 +62,7 @@ import numpy as np
 from fanflow.dag.graph import DAG
 from fanflow.metrics.executions import Executions
 from fanflow.metrics.history import History
+from fanflow.metrics.history import clear_cache as clear_history_cache
 from fanflow.metrics.normalize import BASELINE_MB, ONE_VCPU_MB, from_baseline, to_baseline
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 
@@ -206,15 +209,13 @@ class MemoryModel:
 
     def _fit(self, memory: np.ndarray, x: np.ndarray, y: np.ndarray, default: Line) -> None:
         self._measured: dict[int, Line] = {}
-        if len(memory):
-            sizes, where, counts = np.unique(memory, return_inverse=True, return_counts=True)
-            for i, size in enumerate(sizes.tolist()):
-                if counts[i] >= MIN_LINE_SAMPLES:
-                    at = where == i
-                    ys = y[at]
-                    line = fit_line(x[at], ys, floor=float(ys.min()))
-                    if line is not None:
-                        self._measured[size] = line
+        for size in distinct(memory):
+            at = memory == size
+            if np.count_nonzero(at) >= MIN_LINE_SAMPLES:
+                ys = y[at]
+                line = fit_line(x[at], ys, floor=float(ys.min()))
+                if line is not None:
+                    self._measured[size] = line
         # every sample at 512 MB: to_baseline, element-wise
         pooled = y * (np.minimum(memory, ONE_VCPU_MB) / ONE_VCPU_MB) / (BASELINE_MB / ONE_VCPU_MB)
         self._pooled = fit_line(x, pooled, floor=float(pooled.min()) if len(pooled) else 0.0)
@@ -244,6 +245,17 @@ class MemoryModel:
         return found
 
 
+def distinct(values: np.ndarray) -> list[int]:
+    """The distinct values of an array of small non-negative ints (memory sizes, run numbers), ascending.
+
+    A count per value instead of ``np.unique``'s sort: a million samples have a handful of sizes."""
+    if not len(values):
+        return []
+    if values.min() >= 0 and values.max() < 1 << 20:
+        return np.flatnonzero(np.bincount(values)).tolist()
+    return np.unique(values).tolist()
+
+
 def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
     """``(memory, cold, seconds)`` per past worker: its start latency without the wait for a free slot.
 
@@ -263,6 +275,56 @@ def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, b
     latency (a latency clipped to zero made cold starts look free, and plans
     that mix sizes in a small pool evicted warm processes for nothing).
     """
+    run = ex["run"]
+    if not len(run):
+        return []
+    order = np.argsort(run.astype(np.int16) if run.max() < 1 << 15 else run, kind="stable")  # radix sort
+    bounds = np.flatnonzero(np.diff(run[order])) + 1
+    out: list[tuple[int, bool, float]] = []
+    for rows in np.split(order, bounds):
+        part = ex.take(rows, _REPLAYED)
+        digest = hashlib.blake2b(repr((ex.run_ids[run[rows[0]]], max_workers)).encode(), digest_size=16)
+        worker = part["worker"]
+        named = worker >= 0
+        base = int(worker[named].min()) if named.any() else 0
+        digest.update(np.where(named, worker - base, -1).tobytes())  # this History's numbering left out
+        for name in _REPLAYED[2:]:
+            digest.update(np.ascontiguousarray(part[name]).tobytes())
+        key = digest.digest()
+        with _replayed_lock:
+            found = _replayed.get(key)
+        if found is None:
+            found = _replay(part, max_workers)
+            with _replayed_lock:
+                _replayed[key] = found
+                while len(_replayed) > REPLAYED_RUNS:
+                    del _replayed[next(iter(_replayed))]
+        out.extend(found)
+    return out
+
+
+REPLAYED_RUNS = 256
+"""Runs whose replayed start latencies are kept for the next plans in this process (one tuple per worker)."""
+
+_REPLAYED = ("run", "worker", "started_at", "finished_at", "memory_mb", "worker_cold", "worker_latency_s")
+_replayed: dict[bytes, list[tuple[int, bool, float]]] = {}
+_replayed_lock = threading.Lock()
+"""A run's replay by the digest of what it reads (the run id, the cap, its rows' columns but the
+run's index in this History, worker numbers relative to the run's first): the same rows give the same
+latencies whichever plan asks. A run of the embedded default has a worker per branch (50,000 for a
+100k-task tree): replaying one cost 40 ms."""
+
+
+def clear_cache() -> None:
+    """Forget the replayed runs and the decoded ones (:func:`fanflow.metrics.history.clear_cache`): what a new
+    process starts with, for tests and benchmarks."""
+    with _replayed_lock:
+        _replayed.clear()
+    clear_history_cache()
+
+
+def _replay(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
+    """:func:`pure_latencies` of the executions of one run."""
     worker = ex["worker"]
     rows = np.flatnonzero(worker >= 0)
     if not rows.size:
@@ -446,6 +508,18 @@ def _default(seconds: float, per_byte: float = 0.0) -> Line:
     return Line(seconds, per_byte, 0.0, 0, seconds)
 
 
+_OVERHEADS = (
+    *_REPLAYED,
+    "fetch_s",
+    "fetched_bytes",
+    "uploaded",
+    "out_bytes",
+    "store_s",
+    "exec_s",
+)
+"""The columns :meth:`Predictor.overheads` reads."""
+
+
 class Predictor:
     """Answers prediction questions from a :class:`History` (or from defaults when it is None).
 
@@ -475,21 +549,23 @@ class Predictor:
                 table = self.history.table
                 run, memory = table["run"][found], table["memory_mb"][found]
                 keep = np.zeros(len(found), dtype=np.bool_)
-                for size in np.unique(memory).tolist():
+                for size in distinct(memory):
                     at = memory == size
-                    keep |= at & np.isin(run, np.unique(run[at])[-RECENT_RUNS:])
+                    keep |= at & np.isin(run, distinct(run[at])[-RECENT_RUNS:])
                 found = found[keep]
             self._rows[identity] = found
         return found
 
-    def _executions(self, rows: np.ndarray) -> Executions:
-        return Executions.empty() if self.history is None else self.history.table.take(rows)
+    def _executions(self, rows: np.ndarray, columns: Iterable[str]) -> Executions:
+        """``columns`` of the executions at ``rows`` of the history's table."""
+        table = Executions.empty() if self.history is None else self.history.table
+        return table.take(rows, columns)
 
     def exec_model(self, identity: str) -> MemoryModel:
         """Execution time of ``identity`` (seconds on input bytes) at any memory size."""
         found = self._exec.get(identity)
         if found is None:
-            ex = self._executions(self._finished(identity))
+            ex = self._executions(self._finished(identity), ("memory_mb", "in_bytes", "exec_s"))
             found = MemoryModel.of_columns(ex["memory_mb"], ex["in_bytes"], ex["exec_s"], _default(DEFAULT_EXEC_S))
             if not found.known:
                 found = self._from_summaries(identity) or found
@@ -516,7 +592,7 @@ class Predictor:
 
     def _out_line(self, identity: str) -> Line | None:
         if identity not in self._out:
-            ex = self._executions(self._finished(identity))
+            ex = self._executions(self._finished(identity), ("in_bytes", "out_bytes"))
             self._out[identity] = fit_line(ex["in_bytes"], ex["out_bytes"])
         return self._out[identity]
 
@@ -534,7 +610,7 @@ class Predictor:
     def overheads(self, identities: Iterable[str]) -> tuple[MemoryModel, ...]:
         """(fetch, upload, gap, cold, warm, mix) models over the executions of ``identities``."""
         rows = [self._finished(identity) for identity in dict.fromkeys(identities)]
-        ex = self._executions(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+        ex = self._executions(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64), _OVERHEADS)
         memory = ex["memory_mb"]
         fetched = (ex["fetch_s"] > 0) & (ex["fetched_bytes"] != 0)
         upload_x = np.where(kept_outputs(ex), 0.0, ex["out_bytes"])
