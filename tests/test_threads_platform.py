@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -29,8 +31,6 @@ def test_blas_runs_one_thread_per_worker_thread_at_most() -> None:
 
 
 def test_the_gil_switch_interval_is_raised_while_the_platform_runs_and_restored_after() -> None:
-    import sys
-
     from fanflow.platforms.threads import SWITCH_INTERVAL_S, ThreadsPlatform
 
     before = sys.getswitchinterval()
@@ -196,3 +196,86 @@ def test_the_yielding_lock_excludes_like_a_lock() -> None:
         t.join(60)
     assert state["total"] == 80_000
     assert lock._lock.acquire(False)
+
+
+def test_the_yielding_semaphore_bounds_its_holders_and_wakes_every_waiter() -> None:
+    """Six threads take one of two slots 1,000 times each, some without blocking (as a run's caller does):
+    never more than two hold one, and every blocked thread gets a slot (none waits forever)."""
+    from fanflow.store.locks import YieldingSemaphore
+
+    slots = YieldingSemaphore(2)
+    held, most, taken = [0], [0], [0]
+    count = threading.Lock()
+
+    def hold() -> None:
+        with count:
+            held[0] += 1
+            most[0] = max(most[0], held[0])
+            taken[0] += 1
+        time.sleep(0)  # give the GIL away while holding the slot
+        with count:
+            held[0] -= 1
+
+    def blocking() -> None:
+        for _ in range(1_000):
+            with slots:
+                hold()
+
+    def polling() -> None:
+        done = 0
+        while done < 1_000:
+            if not slots.acquire(blocking=False):
+                time.sleep(0)  # let a holder run on to its release
+                continue
+            try:
+                hold()
+            finally:
+                slots.release()
+            done += 1
+
+    threads = [threading.Thread(target=blocking if i % 3 else polling, daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a thread still waits for a slot"
+    assert taken[0] == 6_000 and most[0] == 2
+    assert slots.acquire(blocking=False) and slots.acquire(blocking=False) and not slots.acquire(blocking=False)
+
+
+@pytest.mark.parametrize("kind", ["lock", "semaphore"])
+def test_a_released_yielding_lock_stays_with_the_thread_holding_the_gil(kind: str) -> None:
+    """The convoy's first step does not happen: a thread waiting for the lock never takes it while it waits
+    for the GIL. The test thread releases the lock and takes it again without giving the GIL up in between;
+    a waiter sleeping on a plain lock (``threading.Lock``, or the one inside ``threading.Semaphore``) is woken
+    by the release and holds the lock by then, so the holder would have to block on it and hand the GIL over."""
+    from fanflow.store.locks import YieldingLock, YieldingSemaphore
+
+    lock: Any = YieldingLock() if kind == "lock" else YieldingSemaphore(1)._free  # the semaphore's own lock
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # nobody takes the GIL from this thread while it runs Python below
+    waiting = threading.Event()
+
+    def waiter() -> None:
+        waiting.set()
+        with lock:
+            pass
+
+    lock.acquire()
+    thread = threading.Thread(target=waiter, daemon=True)
+    try:
+        thread.start()
+        waiting.wait(10)
+        time.sleep(0.05)  # the waiter is in its acquire now
+        lock.release()
+        until = time.monotonic() + 0.2  # long enough for a woken waiter to be scheduled, even at load
+        while time.monotonic() < until:
+            pass
+        taken_again = lock.acquire(False)
+    finally:
+        sys.setswitchinterval(interval)
+    assert taken_again
+    lock.release()
+    thread.join(10)
+    assert not thread.is_alive()

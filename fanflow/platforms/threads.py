@@ -47,7 +47,7 @@ from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler, local_handler
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.sizing import blas_threads
-from fanflow.store.locks import YieldingLock
+from fanflow.store.locks import YieldingLock, YieldingSemaphore
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -74,7 +74,8 @@ class ThreadsPlatform:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         # One per running invocation, on a pool thread or a caller's (run_here): max_workers at a time.
-        self._slots = threading.Semaphore(self._max)
+        # Taken and given back per invocation by the caller and the pool, so its lock yields too.
+        self._slots = YieldingSemaphore(self._max)
         # Queued invocations no thread has taken yet, by run, then by id: whoever pops one here
         # (a pool thread, or its run's caller in run_here) runs it, so exactly once. Pops and
         # puts hold _taking: a run's entry goes when it empties, and a put must not land in a

@@ -1,4 +1,4 @@
-"""A lock for the short critical sections that threads of one process enter many times per task."""
+"""Locks for the short critical sections that threads of one process enter many times per task."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class YieldingLock:
     has it back: the holder is never woken by a release and runs on to its next
     switch interval. Meant for critical sections of a few dict operations,
     never one that blocks: a waiter spins while the holder runs.
+
+    ``acquire``/``release`` make it usable as the lock of a ``threading.Condition``.
     """
 
     __slots__ = ("_lock",)
@@ -34,3 +36,55 @@ class YieldingLock:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (without ``blocking``: only if it is free); whether it was taken."""
+        if not blocking:
+            return self._lock.acquire(False)
+        self.__enter__()
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class YieldingSemaphore:
+    """A counting semaphore whose own lock is a :class:`YieldingLock`.
+
+    ``threading.Semaphore`` guards its count with a plain lock, taken twice per
+    acquire-and-release, so threads that take a slot per task (the threads
+    platform's worker slots) convoy on it as on any plain lock: a thread
+    switched out inside ``release`` (which calls Python code, ``notify``, with
+    the lock held) leaves the other to sleep on the lock, and from then on
+    every slot taken hands the GIL over. Here only a thread that finds no slot
+    free sleeps, on a lock of its own (``threading.Condition``'s waiter), until
+    a release wakes it.
+    """
+
+    __slots__ = ("_free", "_value")
+
+    def __init__(self, value: int) -> None:
+        self._free = threading.Condition(YieldingLock())  # type: ignore[arg-type]
+        self._value = value
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take a slot, waiting for one if ``blocking``; whether one was taken."""
+        with self._free:
+            while not self._value:
+                if not blocking:
+                    return False
+                self._free.wait()
+            self._value -= 1
+            return True
+
+    def release(self) -> None:
+        """Give a slot back, waking one thread waiting for it."""
+        with self._free:
+            self._value += 1
+            self._free.notify()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
