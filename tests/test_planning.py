@@ -15,7 +15,7 @@ from fanflow.metrics import History
 from fanflow.metrics.executions import Executions
 from fanflow.metrics.records import FINISHED, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
-from fanflow.planning.planners import critical_path_assignment, place
+from fanflow.planning.planners import critical_path_assignment, merge_labels, place
 from fanflow.planning.predict import (
     DEFAULT_EXEC_S,
     Line,
@@ -223,6 +223,42 @@ def test_delayed_io_is_annotated_only_where_safe_and_when_enabled() -> None:
         DAG.from_sinks([fan(3)]), fanflow.Config(planner="uniform", metadata="none", optimizations="prewarm")
     )
     assert any("prewarm_s" in a for a in warm.annotations.values())
+
+
+def two_chains() -> tuple[DAG, list[int]]:
+    """Two roots, a chain of two on each, joined; labelled one chain per worker, the join with the first."""
+    dag = DAG.from_sinks([join(grow(grow(blob(1), 1), 1), grow(grow(blob(2), 1), 1))])
+    sink = dag.sinks[0]
+    first, todo = {sink}, [dag.deps[sink][0]]
+    while todo:  # the first input and everything upstream of it
+        t = todo.pop()
+        first.add(t)
+        todo.extend(dag.deps[t])
+    return dag, [0 if t in first else 1 for t in range(len(dag))]
+
+
+def test_clustering_merges_labels_whose_values_cross_when_the_makespan_holds() -> None:
+    """Short tasks with 1 MB outputs: one worker runs both chains about as fast and fetches nothing."""
+    dag, labels = two_chains()
+    n = len(dag)
+    assert len(set(labels)) == 2
+    costs = DagCosts.uniform(n, 0.001, 1e6, 0.1, 0.01, 0.01)
+    before = simulate(dag, costs, Assignment([1769] * n, labels, None), 2, True, [1769, 1769])
+    merged = merge_labels(dag, costs, [1769] * n, labels, True, 2, True)
+    assert merged is not None and len(set(merged)) == 1
+    after = simulate(dag, costs, Assignment([1769] * n, merged, None), 2, True, [1769, 1769])
+    assert after.bytes_moved < before.bytes_moved
+    assert after.makespan <= before.makespan * 1.02
+
+
+def test_clustering_keeps_labels_apart_when_merging_would_serialize_them() -> None:
+    """Long tasks: one worker would run both chains one after the other, so the labels stay apart."""
+    dag, labels = two_chains()
+    n = len(dag)
+    costs = DagCosts.uniform(n, 1.0, 1e6, 0.01, 0.01, 0.01)
+    assert merge_labels(dag, costs, [1769] * n, labels, True, 2, True) is None
+    few = DagCosts.uniform(n, 0.001, 1000.0, 0.1, 0.01, 0.01)  # small values: not worth a simulation
+    assert merge_labels(dag, few, [1769] * n, labels, True, 2, True) is None
 
 
 def test_uniform_uses_one_memory_size() -> None:

@@ -34,6 +34,7 @@ from fanflow.planning.planners import (
     MEMORY_CHOICES,
     claimers,
     critical_path_assignment,
+    merge_labels,
     place,
     plan_key,
     prewarm_times,
@@ -208,7 +209,9 @@ def make_plan(
     plan = Plan(name, costs=costs, used_history=history is not None)
     if name == "critical-path":
         top = max(MEMORY_CHOICES)
-        labels, known = _labels(dag, costs, [r or top for r in requested], clustering, cap, remote)
+        labels, known = _labels(
+            dag, costs, [r or top for r in requested], clustering, cap, remote, "delayed-io" in enabled
+        )
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment, sim, best, top_sim = critical_path_assignment(
             dag,
@@ -231,7 +234,7 @@ def make_plan(
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
-        labels, known = _labels(dag, costs, memory, clustering, cap, remote)
+        labels, known = _labels(dag, costs, memory, clustering, cap, remote, "delayed-io" in enabled)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
         sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap, remote)
@@ -265,17 +268,32 @@ def make_plan(
 
 
 def _labels(
-    dag: DAG, costs: DagCosts, memory: list[int], clustering: bool, cap: int | None, remote: bool
+    dag: DAG,
+    costs: DagCosts,
+    memory: list[int],
+    clustering: bool,
+    cap: int | None,
+    remote: bool,
+    delayed_io: bool = False,
 ) -> tuple[list[int], Simulation | None]:
-    """Placement, then one correction: fan-ins follow the input the simulation says claims them.
+    """Placement, then one correction: fan-ins follow the input the simulation says claims them;
+    with clustering, then label pairs that move many bytes merged where the makespan holds
+    (:func:`~fanflow.planning.planners.merge_labels`).
 
     Also returns the simulation of ``memory`` with these labels (no delayed I/O) when no
     correction was needed, so the caller need not simulate that plan again.
     """
     labels = place(dag, costs, memory, clustering)
-    sim = simulate(dag, costs, Assignment(memory, labels), cap, remote)
-    follow = claimers(dag, sim)
-    return (place(dag, costs, memory, clustering, follow), None) if follow else (labels, sim)
+    first = simulate(dag, costs, Assignment(memory, labels), cap, remote)
+    follow = claimers(dag, first)
+    sim = None if follow else first
+    if follow:
+        labels = place(dag, costs, memory, clustering, follow)
+    if clustering:
+        merged = merge_labels(dag, costs, memory, labels, delayed_io, cap, remote)
+        if merged is not None:
+            labels, sim = merged, None
+    return labels, sim
 
 
 def warm_memory(platform: object) -> list[int]:

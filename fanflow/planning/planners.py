@@ -91,6 +91,15 @@ NEVER_WORSE = 0.05
 REWEIGH_BUDGET = 1
 """Tasks the critical-path planner's path updates may visit, as a multiple of the DAG's size."""
 
+MERGE_SLACK = 0.02
+"""Clustering merges two labels only if the predicted makespan (warm pool) grows by at most this fraction."""
+
+MERGE_TRIALS = 24
+"""Label pairs clustering tries to merge at most (one simulation each), heaviest first."""
+
+MERGE_MIN_BYTES = 64 * 1024
+"""Label pairs moving fewer predicted bytes between them are not worth a simulation."""
+
 _EPS = 1e-9
 
 
@@ -168,6 +177,111 @@ def _root_groups(dag: DAG, costs: DagCosts, memory: Sequence[int]) -> dict[int, 
             if a != b:
                 parent[max(a, b)] = min(a, b)
     return {r: find(r) for r in parent}
+
+
+def merge_labels(
+    dag: DAG,
+    costs: DagCosts,
+    memory: Sequence[int],
+    labels: Sequence[int],
+    delayed_io: bool,
+    max_workers: int | None,
+    remote: bool,
+) -> list[int] | None:
+    """Clustering across labels: merge labels that move many bytes between them while the makespan holds.
+
+    :func:`place` decides edge by edge, so a value read in two labels, or a
+    fan-in whose inputs come from several, still travels through the store
+    even where fewer workers would run as fast: on a pool of 2 slots, gemm's
+    2,000² product in 500² blocks ran 4 labels whose products all crossed
+    (254 MB predicted) where one worker was predicted 1% slower and moves
+    only its result (32 MB). Each pair of labels is weighed by the predicted
+    bytes of the outputs one makes and the other reads. Candidates:
+
+    - the labels coarsened into ``k`` groups for ``k`` from 1 to the pool's
+      slots (4 without a pool): heaviest pairs merged first, a group's
+      predicted work kept within a ``k``-th of the whole (plus a quarter), so
+      the groups can run side by side;
+    - from the best of those, single pairs merged heaviest first
+      (:data:`MERGE_TRIALS` at most), each kept if it holds.
+
+    Pairs under :data:`MERGE_MIN_BYTES` are ignored. Each candidate is
+    simulated with the pool warm at the plan's sizes (the state a re-run
+    meets, where a lost parallel branch shows instead of hiding behind cold
+    starts) and kept only when the predicted makespan stays within
+    :data:`MERGE_SLACK` of the unmerged plan's and no more bytes move. Upload
+    flags follow the merged labels (delayed I/O keeps more outputs local once
+    their readers share a label). Returns the merged labels, or None when no
+    candidate moves fewer bytes.
+    """
+    n = len(dag)
+    out_bytes, dependents = costs.out_bytes, dag.dependents
+    weight: dict[tuple[int, int], float] = {}
+    for u in range(n):
+        mine = labels[u]
+        for other in {labels[d] for d in dependents[u]}:
+            if other != mine:
+                pair = (mine, other) if mine < other else (other, mine)
+                weight[pair] = weight.get(pair, 0.0) + out_bytes[u]
+    pairs = sorted((p for p, w in weight.items() if w >= MERGE_MIN_BYTES), key=lambda p: -weight[p])
+    if not pairs:
+        return None
+    work: dict[int, float] = {}
+    for t, x in enumerate(labels):
+        work[x] = work.get(x, 0.0) + costs.exec_at(memory[t])[t]
+    total = sum(work.values())
+    warm = [max(memory)] * max_workers if max_workers else []
+
+    def run(candidate: list[int]) -> Simulation:
+        upload = upload_flags(dag, candidate) if delayed_io else None
+        return simulate(dag, costs, Assignment(list(memory), candidate, upload), max_workers, remote, warm)
+
+    def coarsened(groups: int) -> list[int]:
+        parent: dict[int, int] = {}
+        size = dict(work)
+        bound = total / groups * 1.25
+        for a, b in pairs:
+            ra, rb = _root(parent, a), _root(parent, b)
+            if ra != rb and (groups == 1 or size[ra] + size[rb] <= bound):
+                keep, gone = min(ra, rb), max(ra, rb)
+                parent[gone] = keep
+                size[keep] += size.pop(gone)
+        return [_root(parent, x) for x in labels]
+
+    base = run(list(labels))
+    limit = base.makespan * (1.0 + MERGE_SLACK)
+    current, moved = list(labels), base.bytes_moved
+    tried: set[tuple[int, ...]] = {tuple(current)}
+    for groups in range(1, (max_workers or 4) + 1):
+        candidate = coarsened(groups)
+        if tuple(candidate) in tried:
+            continue
+        tried.add(tuple(candidate))
+        sim = run(candidate)
+        if sim.makespan <= limit and sim.bytes_moved < moved:
+            current, moved = candidate, sim.bytes_moved
+    first: dict[int, int] = {}  # a task of each original label, to find which group it is in now
+    for t, x in enumerate(labels):
+        first.setdefault(x, t)
+    parent: dict[int, int] = {}
+    for a, b in pairs[:MERGE_TRIALS]:
+        ra, rb = _root(parent, current[first[a]]), _root(parent, current[first[b]])
+        if ra == rb:
+            continue
+        keep, gone = min(ra, rb), max(ra, rb)
+        candidate = [keep if x == gone else x for x in current]
+        sim = run(candidate)
+        if sim.makespan <= limit and sim.bytes_moved <= moved:  # a tie may be what the next merge needs
+            parent[gone] = keep
+            current, moved = candidate, sim.bytes_moved
+    return current if moved < base.bytes_moved else None
+
+
+def _root(parent: dict[int, int], x: int) -> int:
+    """Union-find over labels: the representative of ``x``'s group."""
+    while parent.get(x, x) != x:
+        x = parent[x]
+    return x
 
 
 def claimers(dag: DAG, sim: Simulation) -> dict[int, int]:
