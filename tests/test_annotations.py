@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ def merge(*parts: list[int]) -> int:
     return sum(sum(p) for p in parts)
 
 
-def run_with(dag: DAG, store_url: str, tmp_path: Path) -> tuple[Any, list[dict[str, Any]]]:
+def run_with(
+    dag: DAG, store_url: str, tmp_path: Path, max_workers: int | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
     meta = f"sqlite:///{tmp_path / 'meta.db'}"
-    cfg = fanflow.Config(store=store_url, progress=False, metadata=meta, metrics_upload="task")
+    cfg = fanflow.Config(store=store_url, progress=False, metadata=meta, metrics_upload="task", max_workers=max_workers)
     captured: list[str] = []
     values = session().execute(dag, cfg, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
     return values[0], open_metadata(meta).load_run(captured[0]).events
@@ -149,3 +152,63 @@ def test_anchoring_stops_where_an_input_comes_from_another_label() -> None:
     assert anchored == {order[id(a1)], order[id(a2)], order[id(b)]}  # not the fan-in: it waits on B
     assert delayable(dag, order[id(a1)], labels, anchored)  # its consumer surely runs in A's worker
     assert not delayable(dag, order[id(a2)], labels, anchored)  # its consumer may be claimed by B's worker
+
+
+@fanflow.task
+def pair(left: list[int], right: list[int]) -> list[int]:
+    return left + right
+
+
+@fanflow.task
+def slow_grow(xs: list[int]) -> list[int]:
+    time.sleep(0.5)
+    return [x + 1 for x in xs]
+
+
+def sums_of_two_labels(extra: bool) -> tuple[DAG, dict[str, int]]:
+    """Two roots in labels A and B, two fan-ins of both in label C, and a sink in C (with ``extra``,
+    the sink also reads a value made in label D)."""
+    p, q = grow(source(3)), grow(source(4))
+    s1, s2 = pair(p, q), pair(q, p)
+    parts = [s1, s2, slow_grow(source(5))] if extra else [s1, s2]
+    dag = DAG.from_sinks([merge(*parts)])
+    order = {id(n): t for t, n in enumerate(dag.nodes or [])}
+    named = {"p": order[id(p)], "q": order[id(q)], "s1": order[id(s1)], "s2": order[id(s2)]}
+    for t in range(len(dag)):
+        label = (
+            "A" if t in (named["p"], order[id(p.deps[0])]) else "B" if t in (named["q"], order[id(q.deps[0])]) else "C"
+        )
+        dag.annotations[t] = {"worker": label, "upload": False}
+    if extra:
+        for node in (parts[2], parts[2].deps[0]):
+            dag.annotations[order[id(node)]]["worker"] = "D"
+    return dag, named
+
+
+def finished(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {e["task"]: e for e in events if e["kind"] == "task_finished"}
+
+
+def test_a_fan_in_whose_readers_this_worker_claims_is_not_uploaded(redis_url: str, tmp_path: Path) -> None:
+    """The two sums read products of labels A and B, so they are not anchored and the static rule uploads
+    them; but the worker running them holds the other sum in its queue and so claims the sink itself."""
+    dag, named = sums_of_two_labels(extra=False)
+    value, events = run_with(dag, redis_url, tmp_path)
+    assert value == 2 * (sum(range(1, 4)) + sum(range(1, 5)))
+    done = finished(events)
+    assert not done[named["s1"]]["uploaded"] and not done[named["s2"]]["uploaded"]
+    kept = {e["task"] for e in events if e["kind"] == "delayed_io"}
+    assert {named["s1"], named["s2"]} <= kept
+    assert done[named["s1"]]["worker"] == done[named["s2"]]["worker"] == done[dag.sinks[0]]["worker"]
+    assert not any(e["kind"] == "recomputed" for e in events)
+
+
+def test_a_fan_in_whose_reader_waits_on_another_worker_is_uploaded(redis_url: str, tmp_path: Path) -> None:
+    """The sink also reads a value of label D, made by another worker that finishes last and claims it."""
+    dag, named = sums_of_two_labels(extra=True)
+    value, events = run_with(dag, redis_url, tmp_path, max_workers=4)  # a worker per root label
+    assert value == 2 * (sum(range(1, 4)) + sum(range(1, 5))) + sum(range(1, 6))
+    done = finished(events)
+    assert done[named["s1"]]["uploaded"] and done[named["s2"]]["uploaded"]
+    assert done[dag.sinks[0]]["worker"] != done[named["s1"]]["worker"]
+    assert not any(e["kind"] == "recomputed" for e in events)

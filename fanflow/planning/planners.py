@@ -307,9 +307,23 @@ def claimers(dag: DAG, sim: Simulation) -> dict[int, int]:
 
 
 def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
-    """Delayed I/O: False where the loop may skip the upload (its own safety rule), True elsewhere."""
+    """Delayed I/O: False where the loop may skip the upload, True elsewhere.
+
+    Asked wherever every reader shares the task's label (not for a sink): the
+    loop skips the upload where its static rule allows it (:func:`delayable`,
+    which the simulator applies too), or where the worker finds at run time
+    that it will claim and keep every reader itself
+    (:meth:`fanflow.worker.loop.Worker._readers_stay_here`).
+    """
     anchored = anchored_tasks(dag, labels)
-    return [not delayable(dag, t, labels, anchored) for t in range(len(dag))]
+    dependents, sinks = dag.dependents, set(dag.sinks)
+    return [
+        not (
+            delayable(dag, t, labels, anchored)
+            or (t not in sinks and bool(dependents[t]) and all(labels[d] == labels[t] for d in dependents[t]))
+        )
+        for t in range(len(dag))
+    ]
 
 
 def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dict[int, float]:

@@ -116,6 +116,9 @@ RECOMPUTE_BYTES_PER_S = 100e6
 cheaper to run again where it is read than to seal, upload, fetch and unseal (8 MB: 80 ms), so its
 output is not uploaded (see :meth:`Worker._recomputable`)."""
 
+UPSTREAM_LIMIT = 512
+"""Most upstream tasks a worker walks to tell that an input of a reader finished before this task started."""
+
 FANOUT_INLINE_MAX = 16 * 1024
 """Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
 reference (the client stored the DAG once), so a wide fan-out does not push N copies."""
@@ -197,6 +200,8 @@ class Worker:
         self.unshared: set[int] = set()
         self._unstored: set[int] = set()
         """Outputs made here and never uploaded: only this worker can run their readers."""
+        self._pinned: set[int] = set()
+        """Queued tasks an output kept here counts on running here (see :meth:`_readers_stay_here`): never shed."""
         self._current = -1
         self._ready: deque[Item] = deque()
         self._held: list[tuple[int, tuple[int, ...]]] = []
@@ -475,7 +480,7 @@ class Worker:
         dag, store, run = self.dag, self.store, self.run_id
         dependents = dag.dependents[t]
         stored, size = self.dump(t, value)
-        local = self.extras.delays_upload(t)
+        local = self.extras.delays_upload(t) or self._readers_stay_here(t)
         if local:
             self.emit("delayed_io", t)
         elif self._recomputable(t, size, exec_s):
@@ -524,6 +529,63 @@ class Worker:
         stored_unless_claimed = bool(claims) and claims[0].output_key is not None
         uploaded = bool(puts) or (stored_unless_claimed and not won[0])
         return claimed + [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
+
+    def _readers_stay_here(self, t: int) -> bool:
+        """Delayed I/O decided at run time: whether this worker is certain to claim and keep every reader of ``t``.
+
+        The plan's rule (:func:`~fanflow.dag.placement.delayable`) is static: a
+        fan-in is only safe when it is *anchored*, so the sums of a blocked
+        matrix product, whose products come from two labels, were uploaded
+        though the worker that ran them held the other sums in its queue and
+        so was bound to claim the sink itself. Here the worker knows more. The
+        plan asked for delayed I/O (every reader shares ``t``'s label), and
+        for every reader ``d`` each other input is either made here already
+        (notified, or its notification held here), queued here with the same
+        label (then pinned: never shed), or upstream of ``t`` (finished and
+        notified before ``t`` could start). So the last notification ``d``
+        waits for comes from this worker, which keeps ``d`` as its label
+        matches (:func:`~fanflow.dag.placement.continuation`). Lineage still
+        covers a lost worker, as for any output kept local.
+        """
+        plan, dag = self.plan, self.dag
+        label = plan.labels[t]
+        if not self._remote or plan.upload[t] or label is None or dag.is_sink(t) or t in dag.maps:
+            return False
+        queued = {item for item in self._ready if type(item) is int}
+        held = {h for h, _ in self._held}
+        pins: list[int] = []
+        upstream: set[int] | None = None
+        for d in dag.dependents[t]:
+            if plan.labels[d] != label or d in dag.maps:
+                return False
+            for u in dag.deps[d]:
+                if u == t:
+                    continue
+                if u in queued or u in held:
+                    if plan.labels[u] != label or u in dag.maps:
+                        return False
+                    pins.append(u)
+                    continue
+                if u in self._ran_here:
+                    continue
+                if upstream is None:
+                    upstream = self._upstream(t)
+                if u not in upstream:
+                    return False
+        self._pinned.update(pins)
+        return True
+
+    def _upstream(self, t: int) -> set[int]:
+        """Tasks upstream of ``t``, at most :data:`UPSTREAM_LIMIT` of them (a partial set only says less)."""
+        deps = self.dag.deps
+        seen: set[int] = set()
+        todo = list(deps[t])
+        while todo and len(seen) < UPSTREAM_LIMIT:
+            u = todo.pop()
+            if u not in seen:
+                seen.add(u)
+                todo.extend(deps[u])
+        return seen
 
     def _recomputable(self, t: int, size: int, exec_s: float) -> bool:
         """Whether ``t``'s output stays out of the store, made again by any reader elsewhere (lineage).
@@ -682,7 +744,8 @@ class Worker:
         movable = [
             item
             for item in list(ready)[1:]
-            if sheddable(self.dag, self.plan, _task_of(item), self._unstored.__contains__)
+            if item not in self._pinned
+            and sheddable(self.dag, self.plan, _task_of(item), self._unstored.__contains__)
             and not (type(item) is tuple and self.maps.holds(item[0], item[1]))  # type: ignore[index]
         ]
         # What reads fewest inputs held here goes (spread gives the tail away): on a warm pool the
