@@ -100,6 +100,11 @@ MERGE_TRIALS = 24
 MERGE_MIN_BYTES = 64 * 1024
 """Label pairs moving fewer predicted bytes between them are not worth a simulation."""
 
+MERGE_BUDGET_TASKS = 25_000
+"""Tasks clustering's merge simulations may cover in all; a DAG too large for three of them (the unmerged
+plan, one group, two groups) is not merged. Planning 8,191 tasks with every optimization: 0.11 -> 0.28 s
+CPU at load 4."""
+
 _EPS = 1e-9
 
 
@@ -205,7 +210,9 @@ def merge_labels(
     - from the best of those, single pairs merged heaviest first
       (:data:`MERGE_TRIALS` at most), each kept if it holds.
 
-    Pairs under :data:`MERGE_MIN_BYTES` are ignored. Each candidate is
+    Pairs under :data:`MERGE_MIN_BYTES` are ignored, and the simulations
+    stop at :data:`MERGE_BUDGET_TASKS` simulated tasks (a DAG of more than a
+    third of that is not merged). Each candidate is
     simulated with the pool warm at the plan's sizes (the state a re-run
     meets, where a lost parallel branch shows instead of hiding behind cold
     starts) and kept only when the predicted makespan stays within
@@ -215,6 +222,9 @@ def merge_labels(
     candidate moves fewer bytes.
     """
     n = len(dag)
+    budget = MERGE_BUDGET_TASKS
+    if budget < 3 * n:
+        return None
     out_bytes, dependents = costs.out_bytes, dag.dependents
     weight: dict[tuple[int, int], float] = {}
     for u in range(n):
@@ -233,6 +243,8 @@ def merge_labels(
     warm = [max(memory)] * max_workers if max_workers else []
 
     def run(candidate: list[int]) -> Simulation:
+        nonlocal budget
+        budget -= n
         upload = upload_flags(dag, candidate) if delayed_io else None
         return simulate(dag, costs, Assignment(list(memory), candidate, upload), max_workers, remote, warm)
 
@@ -253,6 +265,8 @@ def merge_labels(
     current, moved = list(labels), base.bytes_moved
     tried: set[tuple[int, ...]] = {tuple(current)}
     for groups in range(1, (max_workers or 4) + 1):
+        if budget < n:
+            break
         candidate = coarsened(groups)
         if tuple(candidate) in tried:
             continue
@@ -263,16 +277,19 @@ def merge_labels(
     first: dict[int, int] = {}  # a task of each original label, to find which group it is in now
     for t, x in enumerate(labels):
         first.setdefault(x, t)
-    parent: dict[int, int] = {}
     for a, b in pairs[:MERGE_TRIALS]:
-        ra, rb = _root(parent, current[first[a]]), _root(parent, current[first[b]])
+        ra, rb = current[first[a]], current[first[b]]
         if ra == rb:
             continue
+        if budget < n:
+            break
         keep, gone = min(ra, rb), max(ra, rb)
         candidate = [keep if x == gone else x for x in current]
+        if tuple(candidate) in tried:
+            continue
+        tried.add(tuple(candidate))
         sim = run(candidate)
         if sim.makespan <= limit and sim.bytes_moved <= moved:  # a tie may be what the next merge needs
-            parent[gone] = keep
             current, moved = candidate, sim.bytes_moved
     return current if moved < base.bytes_moved else None
 
