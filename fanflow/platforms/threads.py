@@ -47,6 +47,7 @@ from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler, local_handler
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.sizing import blas_threads
+from fanflow.platforms.spreading import Spreading
 from fanflow.store.locks import YieldingLock, YieldingSemaphore
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,16 @@ class ThreadsPlatform:
         self._closed = False
         self._blas_limit: threadpool_limits | None = None
         self._switch_interval: float | None = None
+        self._spreading = Spreading()
 
     def free_slots(self) -> int | None:
-        """No count: every fan-out branch gets its own worker."""
-        return None
+        """None (every fan-out branch gets its own worker) while spreading pays; 0 while it does not.
+
+        0 keeps a run on the thread that runs it: its client starts it as one
+        invocation and its workers keep every branch. See
+        :mod:`fanflow.platforms.spreading` for how that is measured.
+        """
+        return 0 if self._spreading.serial else None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         put, waiting = self._queue.put, self._waiting
@@ -182,11 +189,15 @@ class ThreadsPlatform:
                 self._handle(item, BaseException)
 
     def _handle(self, item: Any, guarded: type[BaseException]) -> None:
+        spreading = self._spreading
+        entered = spreading.enter()
         try:
             self._handler(item)
         except guarded as exc:  # the handler reports task errors itself; this is a bug guard
             log.exception("fanflow worker crashed outside of a task")
             self._tell_run(item, exc)
+        finally:
+            spreading.leave(entered)
 
     def _tell_run(self, inv: Any, exc: BaseException) -> None:
         """The invocation is lost with its thread's crash: fail its run, so its client does not wait forever."""
