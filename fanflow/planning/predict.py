@@ -346,31 +346,30 @@ def _replay(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, fl
         return list(zip(memory[order].tolist(), cold[order].tolist(), pure.tolist(), strict=True))
     handed = _handed_over(ex, codes, run, begin, end, cold)
     out: list[tuple[int, bool, float]] = []
+    append, replace = out.append, heapq.heapreplace
     free: list[float] = []
     last = previous = -math.inf
-    runs = run[order].tolist()
-    for w, r, inv, began, ended, hand in zip(
-        order.tolist(),
-        runs,
+    for r, inv, began, ended, hand, size, fresh in zip(
+        run[order].tolist(),
         invoked[order].tolist(),
         begin[order].tolist(),
         end[order].tolist(),
         handed[order].tolist(),
+        memory[order].tolist(),
+        cold[order].tolist(),
         strict=True,
     ):
         if r != previous:  # a run replays through its own empty slots
             free, last, previous = [-math.inf] * max_workers, -math.inf, r
-        dispatched = max(inv, heapq.heappop(free), last)
-        heapq.heappush(free, ended)
-        last = dispatched
+        dispatched = last = max(inv, replace(free, ended), last)  # the earliest free slot, now held to its end
         if hand == hand:  # not NaN: its process ran another worker right before it
             dispatched = max(inv, hand)
         elif dispatched > inv and began <= dispatched:
             # the replay has it dispatched after it started: its order was not the pool's
-            if not cold[w]:
+            if not fresh:
                 continue
             dispatched = inv  # at most its invocation latency: the safe side of a cold start
-        out.append((int(memory[w]), bool(cold[w]), max(0.0, began - dispatched)))
+        append((size, fresh, max(0.0, began - dispatched)))
     return out
 
 
