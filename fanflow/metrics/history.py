@@ -137,6 +137,8 @@ class History:
             newest_first.append(found)
         self.table = Executions.concat(newest_first[::-1])
         """Every execution read, oldest run first."""
+        self.url: str | None = store.url
+        """The store read: with the run ids, what names the executions (None: not read from a store)."""
 
     @classmethod
     def for_dag(cls, dag: DAG, metadata_url: str, recent_runs: int | None = None) -> History:

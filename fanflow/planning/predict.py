@@ -53,9 +53,10 @@ import hashlib
 import heapq
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -316,10 +317,12 @@ latencies whichever plan asks. A run of the embedded default has a worker per br
 
 
 def clear_cache() -> None:
-    """Forget the replayed runs and the decoded ones (:func:`fanflow.metrics.history.clear_cache`): what a new
-    process starts with, for tests and benchmarks."""
+    """Forget the fitted models, the replayed runs and the decoded ones
+    (:func:`fanflow.metrics.history.clear_cache`): what a new process starts with, for tests and benchmarks."""
     with _replayed_lock:
         _replayed.clear()
+    with _fitted_lock:
+        _fitted.clear()
     clear_history_cache()
 
 
@@ -519,6 +522,21 @@ _OVERHEADS = (
 """The columns :meth:`Predictor.overheads` reads."""
 
 
+FITTED = 256
+"""Models kept for the next plans in this process (a few per function)."""
+
+_fitted: dict[tuple[Any, ...], Any] = {}
+"""Models fitted on history by what they read (:meth:`Predictor._key`): re-planning a DAG whose history
+has no new run fits nothing again (fits of a million executions took 0.3-0.4 s of CPU per plan)."""
+_fitted_lock = threading.Lock()
+
+T = TypeVar("T")
+
+
+def _tagged(tag: str, key: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    return None if key is None else (tag, *key)
+
+
 class Predictor:
     """Answers prediction questions from a :class:`History` (or from defaults when it is None).
 
@@ -535,6 +553,31 @@ class Predictor:
         self._exec: dict[str, MemoryModel] = {}
         self._out: dict[str, Line | None] = {}
         self._rows: dict[str, np.ndarray] = {}
+        self._selected: dict[str, tuple[tuple[int, tuple[str, ...]], ...] | None] = {}
+
+    def _fitted(self, key: tuple[Any, ...] | None, fit: Callable[[], T]) -> T:
+        """``fit()``, kept for the next Predictors of this process when ``key`` names what it reads."""
+        if key is None:
+            return fit()
+        with _fitted_lock:
+            if key in _fitted:
+                return _fitted[key]  # type: ignore[no-any-return]
+        found = fit()
+        with _fitted_lock:
+            _fitted[key] = found
+            while len(_fitted) > FITTED:
+                del _fitted[next(iter(_fitted))]
+        return found
+
+    def _key(self, identity: str) -> tuple[Any, ...] | None:
+        """What the executions of ``identity`` used are: the store, and per memory size the runs read there.
+
+        Runs never change once saved, so the same key means the same rows (None: a History not read
+        from a store, which is not kept)."""
+        self._finished(identity)
+        url = None if self.history is None else self.history.url
+        selected = self._selected.get(identity)
+        return None if url is None or selected is None else (url, identity, selected)
 
     def _finished(self, identity: str) -> np.ndarray:
         """Rows of ``history.table`` with the executions of ``identity`` used: per memory size, those of its
@@ -548,10 +591,14 @@ class Predictor:
                 table = self.history.table
                 run, memory = table["run"][found], table["memory_mb"][found]
                 keep = np.zeros(len(found), dtype=np.bool_)
+                selected = []
                 for size in distinct(memory):
                     at = memory == size
-                    keep |= at & np.isin(run, distinct(run[at])[-RECENT_RUNS:])
+                    runs = distinct(run[at])[-RECENT_RUNS:]
+                    keep |= at & np.isin(run, runs)
+                    selected.append((size, tuple(table.run_ids[r] for r in runs)))
                 found = found[keep]
+                self._selected[identity] = tuple(selected)
             self._rows[identity] = found
         return found
 
@@ -564,8 +611,13 @@ class Predictor:
         """Execution time of ``identity`` (seconds on input bytes) at any memory size."""
         found = self._exec.get(identity)
         if found is None:
-            ex = self._executions(self._finished(identity), ("memory_mb", "in_bytes", "exec_s"))
-            found = MemoryModel.of_columns(ex["memory_mb"], ex["in_bytes"], ex["exec_s"], _default(DEFAULT_EXEC_S))
+            rows = self._finished(identity)
+
+            def fit() -> MemoryModel:
+                ex = self._executions(rows, ("memory_mb", "in_bytes", "exec_s"))
+                return MemoryModel.of_columns(ex["memory_mb"], ex["in_bytes"], ex["exec_s"], _default(DEFAULT_EXEC_S))
+
+            found = self._fitted(_tagged("exec", self._key(identity)), fit)
             if not found.known:
                 found = self._from_summaries(identity) or found
             self._exec[identity] = found
@@ -591,8 +643,13 @@ class Predictor:
 
     def _out_line(self, identity: str) -> Line | None:
         if identity not in self._out:
-            ex = self._executions(self._finished(identity), ("in_bytes", "out_bytes"))
-            self._out[identity] = fit_line(ex["in_bytes"], ex["out_bytes"])
+            rows = self._finished(identity)
+
+            def fit() -> Line | None:
+                ex = self._executions(rows, ("in_bytes", "out_bytes"))
+                return fit_line(ex["in_bytes"], ex["out_bytes"])
+
+            self._out[identity] = self._fitted(_tagged("out", self._key(identity)), fit)
         return self._out[identity]
 
     def out_bytes(self, identity: str, in_bytes: float) -> Prediction:
@@ -608,7 +665,13 @@ class Predictor:
 
     def overheads(self, identities: Iterable[str]) -> tuple[MemoryModel, ...]:
         """(fetch, upload, gap, cold, warm, mix) models over the executions of ``identities``."""
-        rows = [self._finished(identity) for identity in dict.fromkeys(identities)]
+        names = list(dict.fromkeys(identities))
+        keys = [self._key(identity) for identity in names]
+        key = None if None in keys else ("overheads", self.max_workers, *keys)
+        return self._fitted(key, lambda: self._overheads(names))
+
+    def _overheads(self, identities: list[str]) -> tuple[MemoryModel, ...]:
+        rows = [self._finished(identity) for identity in identities]
         ex = self._executions(np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64), _OVERHEADS)
         memory = ex["memory_mb"]
         fetched = (ex["fetch_s"] > 0) & (ex["fetched_bytes"] != 0)
