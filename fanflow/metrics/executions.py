@@ -181,6 +181,31 @@ def _array(group: EventGroup, key: str, kinds: str) -> np.ndarray | None:
     return col if isinstance(col, np.ndarray) and col.dtype.kind in kinds else None
 
 
+def _worker_starts(group: EventGroup, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(string codes, cold flags, latencies) of a group of worker starts; None for values of other types.
+
+    A group of fewer than 64 events keeps lists (the embedded default often runs a whole tree in one
+    worker); a worker that finished no task may be missing from ``names`` and is left out.
+    """
+    ids, cold, latency = group.columns.get("worker"), group.columns.get("cold"), group.columns.get("latency_s")
+    if isinstance(cold, list):
+        cold = np.array(cold, dtype=np.bool_) if all(type(v) is bool for v in cold) else None
+    if isinstance(latency, list):
+        ok = all(type(v) in (int, float) for v in latency)
+        latency = np.array(latency, dtype=np.float64) if ok else None
+    if not isinstance(cold, np.ndarray) or cold.dtype.kind != "b":
+        return None
+    if not isinstance(latency, np.ndarray) or latency.dtype.kind not in "fiu":
+        return None
+    if isinstance(ids, Strings) and ids.values is names:
+        return ids.codes, cold, latency
+    if not isinstance(ids, list) or any(type(v) is not str for v in ids):
+        return None
+    code = {name: i for i, name in enumerate(names)}
+    kept = np.array([name in code for name in ids], dtype=np.bool_)
+    return np.array([code[name] for name in ids if name in code], dtype=np.int64), cold[kept], latency[kept]
+
+
 def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     """What :func:`fanflow.metrics.build.build_metrics` gives for a common run, from the columns; None otherwise.
 
@@ -235,12 +260,13 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     latency_by = np.zeros(len(names), dtype=np.float64)
     starts_by = np.zeros(len(names), dtype=np.int64)
     for group in table.of_kind("worker_started"):
-        ids, cold, latency = group.columns.get("worker"), _array(group, "cold", "b"), _array(group, "latency_s", "fiu")
-        if not isinstance(ids, Strings) or ids.values is not names or cold is None or latency is None:
+        found = _worker_starts(group, names)
+        if found is None:
             return None
-        cold_by[ids.codes] = cold
-        latency_by[ids.codes] = latency
-        starts_by += np.bincount(ids.codes, minlength=len(names))
+        codes, cold, latency = found
+        cold_by[codes] = cold
+        latency_by[codes] = latency
+        starts_by += np.bincount(codes, minlength=len(names))
     if (starts_by > 1).any():
         return None  # a worker started twice: the records keep its last start
     used, local_code = np.unique(worker.codes, return_inverse=True)
