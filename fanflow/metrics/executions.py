@@ -6,8 +6,10 @@ an 8,191-task tree are 82,000 of them). Building a
 ~0.3 s of CPU per run, and fitting on lists of records as much again.
 :class:`Executions` keeps only the fields the predictor uses, one numpy column
 each, and :func:`executions_of` reads them from a trace's columns directly for
-the common run (every task started and finished once, no dynamic fan-out, each
-worker started once: what :func:`fanflow.metrics.digest.digest` also covers).
+the common run (every task finished once and started at most once, each worker
+started at most once, no dynamic fan-out), whether its events of one kind fall
+into one group or several (on a pool, the finishes a worker held back carry a
+field the others lack).
 Any other run, and runs saved before traces, go through the records
 (:meth:`Executions.of_records`), which give the same columns (tests compare
 both).
@@ -172,112 +174,162 @@ def executions_of(stored: StoredRun) -> Executions:
     return Executions.of_records(TaskRecord.from_doc(d) for d in sorted(stored.tasks, key=lambda t: t["task"]))
 
 
-def _only(groups: list[EventGroup]) -> EventGroup | None:
-    return groups[0] if len(groups) == 1 else None
+class _Names:
+    """Worker ids by code: the trace's shared table of strings, then the ids of list columns not in it."""
+
+    def __init__(self, shared: list[str]) -> None:
+        self.shared = shared
+        self.values = shared
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, code: int) -> str:
+        return self.values[code]
+
+    def code(self, name: str) -> int:
+        if self._index is None:
+            self._index = {v: i for i, v in enumerate(self.values)}
+        found = self._index.get(name)
+        if found is None:
+            if self.values is self.shared:
+                self.values = list(self.shared)  # the trace's own table stays as it is
+            found = self._index[name] = len(self.values)
+            self.values.append(name)
+        return found
 
 
-def _array(group: EventGroup, key: str, kinds: str) -> np.ndarray | None:
-    col = group.columns.get(key)
-    return col if isinstance(col, np.ndarray) and col.dtype.kind in kinds else None
+class _Gather:
+    """Columns of several event groups of one kind, end to end; None for a value of another type.
 
-
-def _worker_starts(group: EventGroup, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(string codes, cold flags, latencies) of a group of worker starts; None for values of other types.
-
-    A group of fewer than 64 events keeps lists (the embedded default often runs a whole tree in one
-    worker); a worker that finished no task may be missing from ``names`` and is left out.
+    Events of one kind fall into several groups when their fields differ (on a pool, the finishes a
+    worker held back carry ``held``), and a group of fewer than 64 events keeps lists. String codes
+    refer to ``names``, the trace's shared table of strings, which strings of list columns extend.
     """
-    ids, cold, latency = group.columns.get("worker"), group.columns.get("cold"), group.columns.get("latency_s")
-    if isinstance(cold, list):
-        cold = np.array(cold, dtype=np.bool_) if all(type(v) is bool for v in cold) else None
-    if isinstance(latency, list):
-        ok = all(type(v) in (int, float) for v in latency)
-        latency = np.array(latency, dtype=np.float64) if ok else None
-    if not isinstance(cold, np.ndarray) or cold.dtype.kind != "b":
-        return None
-    if not isinstance(latency, np.ndarray) or latency.dtype.kind not in "fiu":
-        return None
-    if isinstance(ids, Strings) and ids.values is names:
-        return ids.codes, cold, latency
-    if not isinstance(ids, list) or any(type(v) is not str for v in ids):
-        return None
-    code = {name: i for i, name in enumerate(names)}
-    kept = np.array([name in code for name in ids], dtype=np.bool_)
-    return np.array([code[name] for name in ids if name in code], dtype=np.int64), cold[kept], latency[kept]
+
+    def __init__(self, groups: list[EventGroup], names: _Names) -> None:
+        self.groups = groups
+        self.names = names
+
+    def numbers(self, key: str, kinds: str, default: float | None = None) -> np.ndarray | None:
+        """A numeric column (``kinds``: numpy dtype kinds), ``default`` where a group lacks the field."""
+        parts = []
+        for group in self.groups:
+            col = group.columns.get(key)
+            if col is None:
+                if default is None:
+                    return None
+                parts.append(np.full(group.size, default))
+            elif isinstance(col, np.ndarray) and col.dtype.kind in kinds:
+                parts.append(col)
+            elif isinstance(col, list) and all(type(v) in _PYTHON[kinds] for v in col):
+                parts.append(
+                    np.array(col, dtype=np.bool_ if kinds == "b" else np.float64 if "f" in kinds else np.int64)
+                )
+            else:
+                return None
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def codes(self, key: str) -> np.ndarray | None:
+        """A string column as codes into ``names``."""
+        parts = []
+        for group in self.groups:
+            col = group.columns.get(key)
+            if isinstance(col, Strings) and col.values is self.names.shared:
+                parts.append(col.codes)
+            elif isinstance(col, Strings):  # a table of its own (small traces): its strings, then its codes
+                parts.append(np.array([self.names.code(v) for v in col.values], dtype=np.int64)[col.codes])
+            elif isinstance(col, list) and all(type(v) is str for v in col):
+                parts.append(np.array([self.names.code(v) for v in col], dtype=np.int64))
+            else:
+                return None
+        return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
+
+    def sizes(self, key: str) -> IntLists | None:
+        """A column of lists of ints or None (input sizes), end to end."""
+        parts = []
+        for group in self.groups:
+            col = group.columns.get(key)
+            if isinstance(col, list):
+                col = IntLists.of(col) if col else IntLists(*(np.zeros(0, dtype=t) for t in (np.int64, np.int64, bool)))
+            if not isinstance(col, IntLists):
+                return None
+            parts.append(col)
+        if not parts:
+            return None
+        return IntLists(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("lengths", "items", "missing")))
+
+
+_PYTHON: dict[str, tuple[type, ...]] = {"b": (bool,), "iu": (int,), "fiu": (int, float), "f": (float,)}
+"""Python types a list column may hold for each kind of numpy column."""
+_DTYPES: dict[str, type] = {"b": np.bool_, "iu": np.int64, "fiu": np.float64, "f": np.float64}
 
 
 def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     """What :func:`fanflow.metrics.build.build_metrics` gives for a common run, from the columns; None otherwise.
 
     Common: every task finished once and started at most once, each worker
-    started at most once, no dynamic fan-out, no other kind of event, every
-    column numeric (a run of fewer than 64 events keeps lists: its records
-    are cheap anyway).
+    started at most once, no dynamic fan-out, no other kind of event, and
+    values of the types workers write (in numpy columns or, for groups of
+    fewer than 64 events, lists).
     """
     dag, table = trace.dag, trace.table
     n = len(dag.task_of)
     if dag.maps or not table.kinds() <= _KNOWN or any("element" in g.columns for g in table.groups):
         return None
-    ended = _only(table.of_kind("task_finished"))
-    if ended is None or ended.size != n:
+    ends = table.of_kind("task_finished")
+    if sum(g.size for g in ends) != n or n == 0:
         return None
-    task, memory, t_end = _array(ended, "task", "iu"), _array(ended, "memory_mb", "iu"), _array(ended, "t", "f")
-    exec_s, out = _array(ended, "exec_s", "fiu"), _array(ended, "out_bytes", "iu")
-    fetch_s, store_s = _array(ended, "fetch_s", "fiu"), _array(ended, "store_s", "fiu")
-    uploaded = ended.columns.get("uploaded", True)
-    sizes, worker = ended.columns.get("in_bytes"), ended.columns.get("worker")
+    shared = [c.values for g in ends if isinstance(c := g.columns.get("worker"), Strings)]
+    names = _Names(shared[0] if shared else [])
+    ended = _Gather(ends, names)
+    task, memory, t_end = ended.numbers("task", "iu"), ended.numbers("memory_mb", "iu"), ended.numbers("t", "fiu")
+    exec_s, out = ended.numbers("exec_s", "fiu", 0.0), ended.numbers("out_bytes", "iu", 0)
+    fetch_s, store_s = ended.numbers("fetch_s", "fiu", 0.0), ended.numbers("store_s", "fiu", 0.0)
+    uploaded, sizes, worker = ended.numbers("uploaded", "b", True), ended.sizes("in_bytes"), ended.codes("worker")
     if task is None or memory is None or t_end is None or exec_s is None or out is None or fetch_s is None:
         return None
-    if store_s is None or not isinstance(sizes, IntLists) or not isinstance(worker, Strings):
+    if store_s is None or uploaded is None or sizes is None or worker is None:
         return None
-    if not (uploaded is True or (isinstance(uploaded, np.ndarray) and uploaded.dtype.kind == "b")):
-        return None
-    if n == 0 or task.min() < 0 or task.max() >= n or (np.bincount(task, minlength=n) != 1).any():
+    if task.min() < 0 or task.max() >= n or (np.bincount(task, minlength=n) != 1).any():
         return None
     if not (memory > 0).all() or (sizes.lengths != dag.dep_counts[task]).any():
         return None
     order = np.argsort(task, kind="stable")  # rows by task id, as the records come
 
     # started_at: the task's start, or its finish when it never logged one
-    started_at = t_end.astype(np.float64)
-    for group in table.of_kind("task_started"):
-        began, at = _array(group, "task", "iu"), _array(group, "t", "f")
-        if began is None or at is None:
-            return None
-        if began.size and (began.min() < 0 or began.max() >= n):
-            return None
-        row_of = np.empty(n, dtype=np.int64)
-        row_of[task] = np.arange(n)
-        started_at[row_of[began]] = at
-    starts = np.concatenate([_array(g, "task", "iu") for g in table.of_kind("task_started")] or [np.zeros(0, np.int64)])
-    if starts.size and (np.bincount(starts, minlength=n) > 1).any():
+    started = _Gather(table.of_kind("task_started"), names)
+    began, at = started.numbers("task", "iu"), started.numbers("t", "fiu")
+    if began is None or at is None or (began.size and (began.min() < 0 or began.max() >= n)):
+        return None
+    if began.size and (np.bincount(began, minlength=n) > 1).any():
         return None  # a task started twice: the records keep the earliest start
+    row_of = np.empty(n, dtype=np.int64)
+    row_of[task] = np.arange(n)
+    started_at = t_end.astype(np.float64)
+    started_at[row_of[began]] = at
 
-    # workers: cold and latency from their (single) start event, looked up by string code (the event
-    # table's string columns share one table of strings)
-    names = worker.values
+    # workers: cold and latency from their (single) start event, by string code
+    booted = _Gather(table.of_kind("worker_started"), names)
+    who, cold, latency = booted.codes("worker"), booted.numbers("cold", "b"), booted.numbers("latency_s", "fiu")
+    if who is None or cold is None or latency is None:
+        return None
+    if who.size and (np.bincount(who) > 1).any():
+        return None  # a worker started twice: the records keep its last start
     cold_by = np.zeros(len(names), dtype=np.bool_)
     latency_by = np.zeros(len(names), dtype=np.float64)
-    starts_by = np.zeros(len(names), dtype=np.int64)
-    for group in table.of_kind("worker_started"):
-        found = _worker_starts(group, names)
-        if found is None:
-            return None
-        codes, cold, latency = found
-        cold_by[codes] = cold
-        latency_by[codes] = latency
-        starts_by += np.bincount(codes, minlength=len(names))
-    if (starts_by > 1).any():
-        return None  # a worker started twice: the records keep its last start
-    used, local_code = np.unique(worker.codes, return_inverse=True)
+    cold_by[who] = cold
+    latency_by[who] = latency
+    used, local_code = np.unique(worker, return_inverse=True)
     used_names = list(map(names.__getitem__, used.tolist()))
     by_name = sorted(range(len(used_names)), key=used_names.__getitem__)  # numbered by name, as of_records does
     kept = [used_names[i] for i in by_name if used_names[i]]
     number = np.full(len(used_names), -1, dtype=np.int64)
     number[[i for i in by_name if used_names[i]]] = np.arange(len(kept))
     code = number[local_code]
-    cold_col = cold_by[worker.codes]
-    latency_col = latency_by[worker.codes]
+    cold_col = cold_by[worker]
+    latency_col = latency_by[worker]
 
     # input bytes: fetched sizes, and for a local input its upstream's output size
     counts = dag.dep_counts[task]
@@ -308,7 +360,7 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
         "store_s": store_s.astype(np.float64),
         "started_at": started_at,
         "finished_at": t_end.astype(np.float64),
-        "uploaded": np.ones(n, dtype=np.bool_) if uploaded is True else uploaded,
+        "uploaded": uploaded,
         "worker": code,
         "worker_cold": cold_col,
         "worker_latency_s": latency_col,
