@@ -51,6 +51,45 @@ def test_a_claim_only_if_last_of_a_single_input_task_is_won_at_once(store: Store
     assert store.finish({}, [c._replace(only_if_last=False)], "w2", 60, 1000) == [False]
 
 
+def test_a_wide_fan_in_is_claimed_once_by_its_last_member_however_often_members_report(store: Store) -> None:
+    """40 inputs (the memory store keeps a set this wide, a tuple for a few): each reports twice, the claim
+    goes to the one that completes the set, its owner re-enters it, and nobody else ever wins it."""
+    run, d, n = f"wide-{uuid.uuid4().hex[:8]}", 99, 40
+
+    def claim(member: int) -> Claim:
+        return Claim(keys.deps(run, d), keys.claim(run, d), member, n)
+
+    for member in range(n - 1):
+        assert store.finish({}, [claim(member)], f"w{member}", 60, 1000) == [False]
+        assert store.finish({}, [claim(member)], f"w{member}", 60, 1000) == [False]  # counted once
+    assert store.finish({}, [claim(n - 1)], "last", 60, 1000) == [True]
+    assert store.finish({}, [claim(n - 1)], "last", 60, 1000) == [True]  # its owner re-enters
+    assert store.finish({}, [claim(0)], "w0", 60, 1000) == [False]
+    assert store.read_leases([keys.claim(run, d)]) == ["last"]
+
+
+def test_a_runs_entries_in_the_memory_store_are_not_tracked_by_the_garbage_collector() -> None:
+    """Outputs that are numbers or strings, small fan-in sets and claims: 5,000 tasks' worth adds no object
+    the collector tracks (each of those would bring its next full collection nearer; they were 10,000)."""
+    import gc
+
+    store = open_store(f"memory://untracked-{uuid.uuid4().hex[:6]}")
+    run = "untracked"
+    gc.collect()
+    before = len(gc.get_objects())
+    for t in range(5_000):
+        d = 5_000 + t // 2
+        value = t if t % 2 else f"out-{t}"
+        puts = {keys.output(run, t): store.dumps(value)[0]}
+        store.finish(puts, [Claim(keys.deps(run, d), keys.claim(run, d), t, 2)], f"w{t}", 60, 1000)
+    gc.collect()
+    tracked = len(gc.get_objects()) - before
+    assert tracked < 100
+    values, sizes = store.get_many([keys.output(run, 2), keys.output(run, 3)])
+    assert values == ["out-2", 3] and sizes[0] == len("out-2") and sizes[1] > 0
+    assert store.read_leases([keys.claim(run, 5_000 + t) for t in range(3)]) == ["w1", "w3", "w5"]
+
+
 def test_the_value_cache_keeps_a_share_of_memory_least_recently_used_out_first() -> None:
     cache = ValueCache()
     mb = 2**20
