@@ -57,9 +57,10 @@ from an empty pool, whose makespan is mostly cold starts, so there the
 makespan and GB-s are checked instead when the plan and uniform 3008 MB
 run again on the processes their own runs left warm (:func:`_again`), the
 state a re-run plan meets: the cheapest candidate within 5% that way wins.
-For the same reason a uniform size that an empty pool puts over the target
-(its cold starts, learned per size from a few of them) is still a candidate
-when, warm, it is within the target of the fastest warm size.
+For the same reason a uniform size of a whole vCPU or more that an empty
+pool puts over the target (its cold starts, learned per size from a few of
+them) is still a candidate when, warm, it is within the target of the
+fastest warm size.
 Predictions are compared *calibrated*: each is
 multiplied by what past runs of the same DAG measured (actual / predicted,
 per plan: its kind and memory sizes, :func:`plan_key`), so a plan whose runs
@@ -75,6 +76,7 @@ from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.placement import anchored_tasks, delayable
+from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import Calibration
 from fanflow.planning.predict import DagCosts
 from fanflow.planning.simulate import Assignment, Simulation, simulate
@@ -618,8 +620,9 @@ def critical_path_assignment(
         # starts: one slow start at 1769 MB (a loaded machine) put that size over the target, the planner
         # switched a warm 1769 MB pool to 3008 MB and the next run paid two cold starts (4 s for a 50 ms
         # run). A size left out that way is still a candidate when, warm, it is within the target of the
-        # fastest warm size; the check below then judges it warm, as every candidate on a pool.
-        out = [m for s, m in trials if s.makespan > limit]
+        # fastest warm size; the check below then judges it warm, as every candidate on a pool. Only sizes of
+        # a whole vCPU or more: below it a size is slower warm too, and each check is a simulation.
+        out = [m for s, m in trials if s.makespan > limit and m >= ONE_VCPU_MB]
         if out:
             for m in [fast, *out]:
                 warm_runs[m] = _again(dag, costs, uniform(m), sims[m], max_workers, remote)
