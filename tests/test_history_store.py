@@ -14,6 +14,7 @@ import sys
 import threading
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -257,6 +258,128 @@ def explode(data: bytes) -> bytes:
     raise ValueError("no")
 
 
+def _without_record_s(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "record_s"}
+
+
+def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny run is saved raw: its row holds its packed rows and no document. Every read expands it to what
+    the usual recording (in the background, through dicts and JSON) stores for the same run: the same
+    document but for the time recording took, the same trace byte for byte, the same records and
+    summaries. Each run here is recorded both ways, into two files."""
+    from fanflow.metrics import recorder
+    from fanflow.store import keys
+
+    urls = {way: f"sqlite:///{tmp_path / way}.db" for way in ("raw", "usual")}
+    saved_raw = recorder._record_raw
+
+    def both_ways(run: Any) -> bool:
+        stream = keys.events(run.run_id)
+        batches, _ = run.store.read_event_batches(stream)
+        assert saved_raw(run), "a tiny run that ended well is saved raw"
+        assert not run.store.read_event_batches(stream)[0]  # its events are freed at once
+        for batch in batches:
+            run.store.append_events(stream, batch, 60)
+        run.config = run.config.replace(metadata=urls["usual"])
+        assert recorder._record(run, None) is not None
+        return True
+
+    monkeypatch.setattr(recorder, "_record_raw", both_ways)
+    config = fanflow.Config(progress=False, metadata=urls["raw"])
+    assert concat(sized(3), sized(4)).compute(config) == b"xxxxxxx"
+    assert leaf(1).compute(config) == 2
+    assert _chain(4).compute(config) == b"x" * 16
+    drain()
+    rows = sqlite3.connect(tmp_path / "raw.db").execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall()
+    assert rows == [("", b"FFRAW")] * 3
+    raw, usual = (open_metadata(urls[way]) for way in ("raw", "usual"))
+    docs = raw.runs()
+    assert [_without_record_s(d) for d in docs] == [_without_record_s(d) for d in usual.runs()]
+    assert [list(d) for d in docs] == [list(RunRecord.__dataclass_fields__)] * 3  # the fields in their order
+    for doc in docs:
+        a, b = raw.load_run(doc["run_id"]), usual.load_run(doc["run_id"])
+        assert a.trace == b.trace and _without_record_s(a.run) == _without_record_s(b.run)
+        got, expected = RunMetrics.from_stored(a).to_docs(), RunMetrics.from_stored(b).to_docs()
+        assert (_without_record_s(got[0]), *got[1:]) == (_without_record_s(expected[0]), *expected[1:])
+    assert [(s.run["run_id"], s.trace) for s in raw.task_runs([sized.identity])] == [
+        (s.run["run_id"], s.trace) for s in usual.task_runs([sized.identity])
+    ]
+    assert raw.task_run_ids() == usual.task_run_ids()
+    assert raw.runs(docs[0]["signature"]) == [docs[0]]
+    expected_summaries = usual.summaries()
+    got_summaries = raw.summaries()
+    assert got_summaries.keys() == expected_summaries.keys() and len(got_summaries) == 3
+    for key, summary in got_summaries.items():
+        for name, value in summary.to_dict().items():
+            assert value == pytest.approx(expected_summaries[key].to_dict()[name], rel=1e-9, abs=1e-15), (key, name)
+
+
+@fanflow.task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+def test_runs_that_are_not_tiny_are_recorded_the_usual_way(tmp_path: Path) -> None:
+    """A failed run, a run of 64 events or more and a dynamic fan-out are recorded from their records."""
+    db = tmp_path / "meta.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    with pytest.raises(fanflow.TaskFailedError):
+        concat(sized(3), explode(sized(4))).compute(config)
+    tree(16).compute(config)  # 31 tasks: more than 64 events
+    assert fanflow.map(leaf, numbers(3)).compute(config) == [1, 2, 3]
+    assert leaf(2).compute(config) == 3
+    drain()
+    rows = sqlite3.connect(db).execute("SELECT doc = '' FROM runs ORDER BY submitted_at").fetchall()
+    assert rows == [(0,), (0,), (0,), (1,)]
+
+
+def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
+    """The row-wise digest of a tiny run equals the dict-wise one, and refuses what it refuses."""
+    from fanflow.metrics.digest import digest_rows
+    from fanflow.store.events import SHAPES, EventRows, shape
+
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    concat(sized(3), sized(4)).compute(config)
+    stored, _ = _recorded(config)
+    graph = Graph.of_trace(decode_trace(stored.trace or b""))
+    identities = [graph.identity(i) for i in range(len(graph.deps))]
+    batches: dict[str, list[tuple[Any, ...]]] = {}
+    forms: dict[tuple[str, tuple[str, ...]], int] = {}
+    for event in stored.events:
+        fields = {k: v for k, v in event.items() if k not in ("kind", "worker")}
+        number = forms.setdefault((event["kind"], tuple(fields)), shape(event["kind"], tuple(fields)))
+        batches.setdefault(event["worker"], []).append((*fields.values(), number))
+    flushed = list(batches.items())
+    assert [e for w, rows in flushed for e in EventRows(rows, w)] == sorted(
+        stored.events, key=lambda e: list(batches).index(e["worker"])
+    )
+    header = RunRecord.from_doc(stored.run)
+    expected = digest_events(identities, graph.deps, stored.events, header)
+    got = digest_rows(identities, graph.deps, flushed)
+    assert expected is not None and got is not None
+    run, summaries = expected
+    assert got == ((run.workers, run.cold_starts, run.bytes_fetched, run.bytes_local, run.bytes_out), summaries)
+    worker, ended = next((w, r) for w, rows in flushed for r in rows if SHAPES[r[-1]].kind == "task_finished")
+    assert digest_rows(identities, graph.deps, [*flushed, (worker, [ended])]) is None  # a task ending twice
+    stop = shape("worker_stopped", ("tasks", "task", "t"))
+    unstopped = [(w, [r for r in rows if r[-1] != stop]) for w, rows in flushed]
+    assert digest_rows(identities, graph.deps, unstopped) is None  # a worker yet to flush its last events
+
+
+def test_a_damaged_raw_run_is_an_error_that_says_so() -> None:
+    from fanflow.store.metadata import raw
+
+    blob = raw.pack({"run_id": "r"}, [("f", "m.f:1")], [0], [()], [0], [])
+    doc, trace = raw.expand(blob)
+    assert doc == {"run_id": "r"} and decode_trace(trace).dag.functions == [("f", "m.f:1")]
+    with pytest.raises(MetadataError, match="damaged"):
+        raw.expand(blob[:-3])
+    with pytest.raises(MetadataError, match="another Python version"):
+        raw.expand(b"FFRAW0." + blob[len(raw.MAGIC) :])
+
+
 def test_trace_round_trips_any_events() -> None:
     events = [
         {"kind": "worker_started", "task": -1, "worker": "w1", "t": 1.5, "cold": True, "memory_mb": 512},
@@ -409,3 +532,32 @@ def test_a_forked_child_records_its_own_runs_and_exits_without_waiting(tmp_path:
     raw = sqlite3.connect(db)
     assert raw.execute("SELECT count(*) FROM runs").fetchone() == (3,)
     raw.close()
+
+
+def test_nothing_of_a_tiny_run_waits_for_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once ``compute()`` returned, no object of a tiny run is kept for the history writer's batch (up to 0.2 s
+    later): a run kept that long outlived two young collections and went to the oldest generation, whose
+    collections then walked every object of the process. Its started document is not saved either."""
+    import gc
+    import weakref
+
+    from fanflow.client.hooks import RunHook
+
+    session = sys.modules["fanflow.client.session"]  # the package's ``session`` is the function of that name
+
+    runs: list[weakref.ref[Any]] = []
+
+    class Watch(RunHook):
+        def planned(self, run: Any) -> None:
+            runs.append(weakref.ref(run))
+
+    monkeypatch.setattr(session, "STANDARD_HOOKS", (*session.STANDARD_HOOKS, Watch()))
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    drain()
+    for i in range(20):
+        assert concat(sized(i), sized(1)).compute(config) == b"x" * (i + 1)
+    gc.collect()
+    assert len(runs) == 20 and [r() for r in runs] == [None] * 20
+    drain()
+    store = open_metadata(config.metadata)
+    assert len(store.runs()) == 20 and store.started_runs() == []

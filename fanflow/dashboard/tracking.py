@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -134,17 +135,53 @@ class LocalRuns:
 LOCAL = LocalRuns()
 
 
+_in_flight: dict[str, Run] = {}
+"""Runs started whose started document is not saved yet, and that have not ended: the writer's next batch saves it."""
+
+_queued = False
+"""Whether a job saving the documents of :data:`_in_flight` waits in the writer's queue."""
+
+
 def note_start(run: Run) -> None:
     """Save ``run``'s started document in its metadata store (call right after ``run.start()``).
 
-    The writer builds it when its batch runs; a run that has ended well by then
+    The writer builds it when its batch runs; a run that has ended by then
     gets none: its record follows at once, and the document would only tell a
     dashboard of a run in flight that is not (a failed run's is saved by
-    :func:`note_end`, with its errors).
+    :func:`note_end`, with its errors). The run waits in :data:`_in_flight`,
+    which :func:`note_end` takes it out of, and one job per batch saves what is
+    left there: a job per run kept every run alive until the batch, long enough
+    for the garbage collector to move its objects to the oldest generation,
+    whose collections then walked every object of the process (a stream of
+    tiny runs set one off every few hundred runs).
     """
+    global _queued
     LOCAL.started(run)
     if not is_disabled(run.config.metadata):
-        defer(lambda: None if run.finished_at else _save(run, []))
+        _in_flight[run.run_id] = run  # before the flag is read: a job that cleared it sees this run
+        if not _queued:
+            _queued = True
+            defer(_save_in_flight)
+
+
+def _save_in_flight() -> None:
+    """Save the started documents of the runs still in flight (in the background writer)."""
+    global _queued
+    _queued = False  # before the runs are read: a run noted meanwhile queues a job of its own
+    for run_id in list(_in_flight):
+        run = _in_flight.pop(run_id, None)
+        if run is not None and not run.finished_at:
+            _save(run, [])
+
+
+def _forget_parent() -> None:
+    """In a child made by ``fork``: the parent's runs are not this process's, nor is its writer's queue."""
+    global _queued
+    _in_flight.clear()
+    _queued = False
+
+
+os.register_at_fork(after_in_child=_forget_parent)
 
 
 def _save(run: Run, errors: list[dict[str, Any]]) -> None:
@@ -160,6 +197,7 @@ def _save(run: Run, errors: list[dict[str, Any]]) -> None:
 
 def note_end(run: Run, error: BaseException | None) -> None:
     """Keep a failed run's error records beside its started document (call before ``run.cleanup()``)."""
+    _in_flight.pop(run.run_id, None)
     if error is None:
         LOCAL.ended(run.run_id, SUCCEEDED, [])
         return

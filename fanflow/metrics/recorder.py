@@ -12,6 +12,16 @@ reads in this process and interpreter exit wait for it
 (:func:`fanflow.store.metadata.defer`). Recording is observability: any error
 in it is logged as a warning and never changes the run's outcome.
 
+A *tiny* run (fewer than ``SMALL_COLUMN`` events, ended well, its events in this
+process) is recorded at once instead, on the client's thread, and *raw*
+(:mod:`fanflow.store.metadata.raw`): its event rows are checked and summed
+without a dict per event (:func:`~fanflow.metrics.digest.digest_rows`), packed
+with its run document in one ``marshal`` call, and handed to the store, which
+writes it with the next batch and builds its trace only when it is read.
+Deferring it would keep the run's objects alive until the writer's batch, long
+enough for the garbage collector to promote them to its oldest generation, and
+a stream of ``dask.compute`` calls then set off full collections.
+
 The last events can trail the completion message: the sink's worker publishes
 "done" in the same round trip that stores the output, and only then emits
 ``task_finished``/``worker_stopped`` and flushes (at exit, with the default
@@ -46,13 +56,14 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import digest, digest_events
+from fanflow.metrics.digest import digest, digest_events, digest_rows
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
-from fanflow.store.events import kind_of
-from fanflow.store.metadata import defer, is_disabled, open_metadata
+from fanflow.store.events import EventRows, kind_of
+from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
+from fanflow.store.metadata.base import raw_summary, saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
     DagArrays,
@@ -199,12 +210,104 @@ def _complete_small(events: list[dict[str, Any]], n_tasks: int, succeeded: bool)
 
 
 def record_run(run: Run, error: BaseException | None) -> None:
-    """Record the run in the background (see the module docstring); never raises."""
+    """Record the run: a tiny one at once and raw, any other in the background (module docstring); never raises."""
     if is_disabled(run.config.metadata) or not run.submitted_at:
         if run.store.keeps_objects:
             run.store.delete([keys.events(run.run_id)])  # nobody will read them: free the memory now
         return
+    if error is None and run.store.keeps_objects and _record_raw(run):
+        return
     defer(lambda: _record(run, error))
+
+
+def _record_raw(run: Run) -> bool:
+    """Save a tiny run raw (:mod:`fanflow.store.metadata.raw`) on the calling thread; False when it is not one.
+
+    Tiny: it ended well, has no dynamic fan-out, its events are in this
+    process's store, fewer than ``SMALL_COLUMN`` and all there (no worker left
+    to flush), and they pass :func:`~fanflow.metrics.digest.digest_rows`; and its metadata store keeps
+    raw runs (:class:`~fanflow.store.metadata.base.SavesRaw`). Nothing is saved
+    when it returns False: the caller records the run the usual way, which also
+    reports any error met here (a store that cannot be opened).
+    """
+    dag = run.dag
+    if dag.maps or len(dag) >= SMALL_COLUMN:
+        return False
+    config = run.config
+    try:
+        began = time.perf_counter()
+        store = saves_raw(open_metadata(config.metadata, wait=False))
+        if store is None:
+            return False
+        stream = keys.events(run.run_id)
+        batches, _ = run.store.read_event_batches(stream)
+        if not all(type(b) is EventRows for b in batches):
+            return False  # events of the client's own: recorded the usual way
+        flushed = [(b.worker, b.rows) for b in batches]  # type: ignore[attr-defined]
+        if sum(len(rows) for _, rows in flushed) >= SMALL_COLUMN:
+            return False
+        functions = [t.identity for t in dag.tasks]
+        digested = digest_rows([functions[f] for f in dag.task_of], dag.deps, flushed)
+        if digested is None:
+            return False  # not complete yet, or not a common run: the records will say what it was
+        (workers, cold_starts, fetched, local, out), summaries = digested
+        doc = _header_doc(run, None)
+        doc["tasks"] = doc["tasks_finished"] = len(dag)
+        doc["workers"], doc["cold_starts"] = workers, cold_starts
+        doc["bytes_fetched"], doc["bytes_local"], doc["bytes_out"] = fetched, local, out
+        doc["record_s"] = time.perf_counter() - began
+        named = list(zip([t.name for t in dag.tasks], functions, strict=True))
+        blob = raw.pack(doc, named, dag.task_of, dag.deps, dag.sinks, flushed)
+        parts = tuple(raw_summary(key, part) for key, part in summaries.items())
+        keep = config.retention_runs
+        store.save_raw(run.run_id, dag.signature, run.submitted_at, blob, tuple(functions), parts, keep)
+    except Exception as exc:  # a value marshal does not write, a store that cannot be opened: the usual way
+        log.debug("run %s: recorded the usual way (%s: %s)", run.run_id, type(exc).__name__, exc)  # says what failed
+        return False
+    run.store.delete([stream])  # kept with the run's metadata now
+    return True
+
+
+def _header(run: Run, error: BaseException | None) -> RunRecord:
+    """The run's record before its events are read: what the client knows of it."""
+    return RunRecord(**_header_doc(run, error))
+
+
+def _header_doc(run: Run, error: BaseException | None) -> dict[str, Any]:
+    """:func:`_header` as the run document, its fields in order, without the record (a raw run needs none)."""
+    config, dag = run.config, run.dag
+    finished_at = run.finished_at or time.time()
+    return {
+        "run_id": run.run_id,
+        "signature": dag.signature,
+        "sink": dag.sink_name,
+        "status": status_of(error),
+        "planner": config.planner,
+        "platform": config.platform,
+        "metrics_upload": config.metrics_upload,
+        "memory_mb": config.memory_mb,
+        "submitted_at": run.submitted_at,
+        "finished_at": finished_at,
+        "makespan_s": max(0.0, finished_at - run.submitted_at),
+        "dag_build_s": _build_times.get(dag, 0.0),
+        "planning_s": run.planning_s,
+        "encoded_size": run.encoded_size,
+        "predicted_makespan_s": run.predicted_makespan_s,
+        "predicted_p10_s": run.predicted_p10_s,
+        "predicted_p90_s": run.predicted_p90_s,
+        "plan_kind": run.plan_kind,
+        "calibration": run.calibration,
+        "error": None if error is None else _error_text(error),
+        "tasks": 0,
+        "tasks_finished": 0,
+        "workers": 0,
+        "cold_starts": 0,
+        "bytes_fetched": 0,
+        "bytes_local": 0,
+        "bytes_out": 0,
+        "record_s": 0.0,
+        "workflow": workflow_of(dag),
+    }
 
 
 def _record(run: Run, error: BaseException | None) -> RunRecord | None:
@@ -215,33 +318,9 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
     config = run.config
     try:
         began = time.perf_counter()
-        status = status_of(error)
         dag = run.dag
-        events = collect_events(run.store, run.run_id, len(dag), status == SUCCEEDED)
-        finished_at = run.finished_at or time.time()
-        header = RunRecord(
-            run_id=run.run_id,
-            signature=dag.signature,
-            sink=dag.sink_name,
-            status=status,
-            planner=config.planner,
-            platform=config.platform,
-            metrics_upload=config.metrics_upload,
-            memory_mb=config.memory_mb,
-            submitted_at=run.submitted_at,
-            finished_at=finished_at,
-            makespan_s=max(0.0, finished_at - run.submitted_at),
-            dag_build_s=_build_times.get(dag, 0.0),
-            encoded_size=run.encoded_size,
-            planning_s=run.planning_s,
-            predicted_makespan_s=run.predicted_makespan_s,
-            predicted_p10_s=run.predicted_p10_s,
-            predicted_p90_s=run.predicted_p90_s,
-            plan_kind=run.plan_kind,
-            calibration=run.calibration,
-            error=None if error is None else _error_text(error),
-            workflow=workflow_of(dag),
-        )
+        events = collect_events(run.store, run.run_id, len(dag), error is None)
+        header = _header(run, error)
         functions = [t.identity for t in dag.tasks]
         if isinstance(events, EventTable):
             arrays = DagArrays.of(dag)

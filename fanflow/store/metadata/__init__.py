@@ -207,11 +207,16 @@ def is_disabled(url: str) -> bool:
     return url in ("none", "none://")
 
 
-def open_metadata(url: str) -> MetadataStore:
-    """The metadata store at ``url``, opened once per process (SQLite files by absolute path)."""
+def open_metadata(url: str, wait: bool = True) -> MetadataStore:
+    """The metadata store at ``url``, opened once per process (SQLite files by absolute path).
+
+    First waits for the deferred writes (so this process reads what it wrote),
+    unless ``wait`` is False: a caller that only saves need not.
+    """
     if is_disabled(url):
         raise MetadataError("metadata='none' turns run history off; pass a sqlite:/// or redis:// URL to read it")
-    _writer.drain()
+    if wait:
+        _writer.drain()
     # Resolving a relative SQLite path stats every directory above it: look the URL up first.
     by_url = (url, os.getcwd() if url.startswith("sqlite:///") and not url.startswith("sqlite:////") else "")
     found = _by_url.get(by_url)

@@ -26,11 +26,12 @@ lookup however long the history is, and survives retention.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from fanflow.errors import FanflowError
 
@@ -278,3 +279,50 @@ class MetadataStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+RawSummary = tuple[Any, ...]
+"""A summary increment as plain values: ``(identity, memory_mb, count, mean, m2, min, max, sum_x, sum_xx, sum_xy,
+sum_out, sum_x_out)``, a :class:`Summary`'s fields in order after its key."""
+
+
+def raw_summary(key: SummaryKey, summary: Summary) -> RawSummary:
+    """``summary`` of ``key`` as a :data:`RawSummary`."""
+    return (*key, *_summary_values(summary))
+
+
+@runtime_checkable
+class SavesRaw(Protocol):
+    """The optional part of a :class:`MetadataStore` that keeps tiny runs raw (:mod:`fanflow.store.metadata.raw`).
+
+    Such a store expands them when they are read, in every read method, so a
+    reader cannot tell a raw run from one saved with :meth:`MetadataStore.save_run`.
+    """
+
+    def save_raw(
+        self,
+        run_id: str,
+        signature: str,
+        submitted_at: float,
+        blob: bytes,
+        functions: tuple[str, ...],
+        summaries: tuple[RawSummary, ...],
+        keep_runs: int | None = None,
+    ) -> None:
+        """Store one raw run (:func:`fanflow.store.metadata.raw.pack`) as :meth:`MetadataStore.save_run` would.
+
+        ``functions`` and ``summaries`` are what ``save_run`` takes, as plain
+        values: they wait in memory with the blob, where the garbage collector
+        need not follow them (it stops tracking a tuple of strings and numbers).
+        """
+        ...
+
+
+def saves_raw(store: object) -> SavesRaw | None:
+    """``store`` as a :class:`SavesRaw` when it is one (answered once per class: a protocol check is slow)."""
+    return store if _saves_raw(type(store)) else None  # type: ignore[return-value]
+
+
+@functools.cache
+def _saves_raw(kind: type) -> bool:
+    return issubclass(kind, SavesRaw)

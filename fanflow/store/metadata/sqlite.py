@@ -56,9 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fanflow.store.metadata import in_writer
+from fanflow.store.metadata import BATCH_S, defer, in_writer, raw
 from fanflow.store.metadata.base import (
     MetadataError,
+    RawSummary,
     RunNotFoundError,
     StoredRun,
     Summary,
@@ -72,8 +73,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 """3: a trace per run; 2 (task documents grouped per function) and 1 (a row per task) are upgraded in place."""
 
-FLUSH_S = 0.2
-"""Longest time a saved run or started document waits in memory before it is written."""
+FLUSH_S = BATCH_S
+"""Longest time a saved run or started document waits in memory before it is written (the writer's batch)."""
 
 _IDS_PER_QUERY = 500
 """Run ids per ``IN (...)`` query (SQLite limits the parameters of one statement)."""
@@ -140,6 +141,10 @@ def _unpack(blob: bytes) -> Any:
     return json.loads(blob if blob[:1] in (b"[", b"{") else zlib.decompress(blob))
 
 
+_RawRun = tuple[str, str, float, bytes, tuple[str, ...], tuple[RawSummary, ...], int | None]
+"""A raw run waiting for the next transaction: :meth:`SQLiteMetadataStore.save_raw`'s arguments."""
+
+
 @dataclass(slots=True)
 class _PendingRun:
     """A saved run, encoded, waiting for the next transaction."""
@@ -191,8 +196,9 @@ class SQLiteMetadataStore:
         self._lock = threading.Lock()
         self._started: dict[str, tuple[Mapping[str, Any], float]] = {}  # run id -> (doc, expiry), not written yet
         self._runs: list[_PendingRun] = []  # encoded runs, not written yet
+        self._raw: list[_RawRun] = []  # raw runs, not written yet
         self._pending_bytes = 0  # their traces' bytes
-        self._flush_timer: threading.Timer | None = None
+        self._flush_queued = False  # a job waits in the writer's queue, whose batch will write what waits here
         self._saves = 0  # saves since the last retention pass in this process
         self._closed = False
 
@@ -220,8 +226,8 @@ class SQLiteMetadataStore:
 
         On a rollback they are lost, as a failed save would lose them (history is observability).
         """
-        started, runs, self._started, self._runs = self._started, self._runs, {}, []
-        self._pending_bytes = 0
+        started, runs, raws = self._started, self._runs, self._raw
+        self._started, self._runs, self._raw, self._pending_bytes = {}, [], [], 0
         if started:
             db.executemany(
                 "INSERT OR REPLACE INTO started VALUES (?, ?, ?, ?)",
@@ -229,23 +235,32 @@ class SQLiteMetadataStore:
             )
         keep_runs: int | None = None
         increments: dict[SummaryKey, Summary] = {}  # merged in memory first: one read and write per key
-        self._insert_runs(db, runs)
+        rows = {run.run_id: (run.row, run.functions) for run in runs}  # a run saved again: its last save
+        for run_id, signature, at, blob, functions, _, _ in raws:
+            rows[run_id] = ((run_id, signature, at, "", blob), [(identity, run_id) for identity in functions])
+        self._insert_runs(db, rows)
         for run in runs:
             keep_runs = run.keep_runs if run.keep_runs is not None else keep_runs
             for key, part in run.summaries.items():
                 found = increments.get(key)
                 increments[key] = part if found is None else found.merge(part)
+        for *_, parts, keep in raws:
+            keep_runs = keep if keep is not None else keep_runs
+            for identity, memory_mb, *values in parts:
+                part, key = Summary(*values), (identity, memory_mb)
+                found = increments.get(key)
+                increments[key] = part if found is None else found.merge(part)
         self._merge_summaries(db, increments)
-        self._saves += len(runs)
+        self._saves += len(runs) + len(raws)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
             return bool(self._retain(db, keep_runs))
         return False
 
     def flush(self) -> None:
-        """Write what waits in memory now (the timer, reads, :func:`fanflow.store.metadata.drain`, close)."""
+        """Write what waits in memory now (the writer's batch, reads, :func:`fanflow.store.metadata.drain`, close)."""
         with self._lock:
-            self._flush_timer = None
-            pending = bool(self._started or self._runs) and not self._closed
+            self._flush_queued = False
+            pending = bool(self._started or self._runs or self._raw) and not self._closed
         if not pending:
             return
         try:
@@ -257,15 +272,16 @@ class SQLiteMetadataStore:
     def _flush_later(self) -> None:
         """Have the pending writes flushed within :data:`FLUSH_S` (call holding the lock).
 
-        Not needed in the background writer, which has the stores write after each batch.
+        The background writer has the stores write after each batch: a save
+        made outside it queues an empty job, which wakes it if it is idle (a
+        timer thread per batch cost more than a tiny run's recording).
         """
-        if self._flush_timer is None and not in_writer():
-            self._flush_timer = timer = threading.Timer(FLUSH_S, self.flush)
-            timer.daemon = True
-            timer.start()
+        if not self._flush_queued and not in_writer():
+            self._flush_queued = True
+            defer(_nothing)
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._started or self._runs:
+        if self._started or self._runs or self._raw:
             self.flush()  # this process reads what it wrote
         with self._lock:
             try:
@@ -298,15 +314,40 @@ class SQLiteMetadataStore:
         with self._lock:
             self._runs.append(pending)
             self._pending_bytes += len(trace)
-            full = len(self._runs) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
+            full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
                 self._flush_later()
         if full:
             self.flush()
 
-    def _insert_runs(self, db: sqlite3.Connection, runs: Sequence[_PendingRun]) -> None:
-        """Insert ``runs`` with a few statements for all of them (a run saved again replaces its last save)."""
-        latest = {run.run_id: run for run in runs}
+    def save_raw(
+        self,
+        run_id: str,
+        signature: str,
+        submitted_at: float,
+        blob: bytes,
+        functions: tuple[str, ...],
+        summaries: tuple[RawSummary, ...],
+        keep_runs: int | None = None,
+    ) -> None:
+        """Save one raw run (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
+
+        Its row is the run's with an empty ``doc`` and the raw blob as ``events``:
+        every read here expands it (:func:`_stored`, :func:`_doc`).
+        """
+        with self._lock:
+            self._raw.append((run_id, signature, submitted_at, blob, functions, summaries, keep_runs))
+            self._pending_bytes += len(blob)
+            full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
+            if not full:
+                self._flush_later()
+        if full:
+            self.flush()
+
+    def _insert_runs(
+        self, db: sqlite3.Connection, latest: Mapping[str, tuple[tuple[Any, ...], list[tuple[str, str]]]]
+    ) -> None:
+        """Insert the rows and function index entries of ``latest`` (by run id), replacing earlier saves."""
         ids = list(latest)
         saved: list[str] = []
         for at in range(0, len(ids), _IDS_PER_QUERY):
@@ -315,8 +356,8 @@ class SQLiteMetadataStore:
             saved += [row[0] for row in db.execute(query, chunk)]
         if saved:
             self._delete_runs(db, saved)
-        db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", [run.row for run in latest.values()])
-        db.executemany("INSERT INTO run_functions VALUES (?, ?)", [f for run in latest.values() for f in run.functions])
+        db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", [row for row, _ in latest.values()])
+        db.executemany("INSERT INTO run_functions VALUES (?, ?)", [f for _, fs in latest.values() for f in fs])
 
     @staticmethod
     def _merge_summaries(db: sqlite3.Connection, increments: Mapping[SummaryKey, Summary]) -> None:
@@ -400,10 +441,11 @@ class SQLiteMetadataStore:
     def runs(self, signature: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         where, args = ("WHERE signature = ?", [signature]) if signature else ("", [])
         rows = self._read(
-            f"SELECT doc FROM runs {where} ORDER BY submitted_at DESC, run_id DESC LIMIT ?",
+            f"SELECT doc, CASE doc WHEN '' THEN events END FROM runs {where} "
+            "ORDER BY submitted_at DESC, run_id DESC LIMIT ?",
             [*args, -1 if limit is None else limit],
         )
-        return [json.loads(r[0]) for r in rows]
+        return [_doc(doc, blob) for doc, blob in rows]
 
     def load_run(self, run_id: str) -> StoredRun:
         found = self._read("SELECT doc, events FROM runs WHERE run_id = ?", (run_id,))
@@ -413,8 +455,8 @@ class SQLiteMetadataStore:
                 "(see `fanflow runs list`; old runs are removed by retention)"
             )
         doc, blob = found[0]
-        if is_trace(blob):
-            return StoredRun(json.loads(doc), blob)
+        if is_trace(blob) or not doc:
+            return _stored(doc, blob)
         tasks = [d for _, _, d in self._task_docs("WHERE t.run_id = ?", [run_id])]
         workers = [json.loads(r[0]) for r in self._read("SELECT doc FROM workers WHERE run_id = ?", (run_id,))]
         for (blob_,) in self._read("SELECT docs FROM worker_docs WHERE run_id = ?", (run_id,)):
@@ -435,7 +477,7 @@ class SQLiteMetadataStore:
             f"(SELECT t.run_id FROM run_functions t {where})",
             args,
         )
-        found.extend((at, run_id, StoredRun(json.loads(doc), blob)) for at, run_id, doc, blob in rows)
+        found.extend((at, run_id, _stored(doc, blob)) for at, run_id, doc, blob in rows)
         older: dict[str, list[dict[str, Any]]] = {}
         for _, run_id, doc in self._task_docs(where, args):
             older.setdefault(run_id, []).append(doc)
@@ -494,3 +536,20 @@ class SQLiteMetadataStore:
         with self._lock:
             self._closed = True
             self._db.close()
+
+
+def _doc(doc: str, blob: bytes | None) -> dict[str, Any]:
+    """A run document from its row: the JSON in ``doc``, or for a raw run (``doc`` empty) the one in its blob."""
+    if doc or blob is None:
+        found: dict[str, Any] = json.loads(doc)
+        return found
+    return raw.doc_of(blob)
+
+
+def _stored(doc: str, blob: bytes) -> StoredRun:
+    """The run of a row of this schema: its document and trace, or a raw run's (``doc`` empty), expanded."""
+    return StoredRun(json.loads(doc), blob) if doc else StoredRun(*raw.expand(blob))
+
+
+def _nothing() -> None:
+    """The job that has the writer run a batch, after which it writes the stores' pending saves."""

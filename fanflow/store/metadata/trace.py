@@ -446,14 +446,35 @@ def encode_trace(dag: DagArrays, table: EventTable | Sequence[Mapping[str, Any]]
 
 def encode_small_trace(dag: DAG, events: Sequence[Mapping[str, Any]]) -> bytes:
     """``encode_trace(DagArrays.of(dag), events)`` for a small run, without numpy: its lists come from the DAG."""
+    return small_trace(
+        [[t.name, t.identity] for t in dag.tasks],
+        dag.task_of,
+        list(map(len, dag.deps)),
+        list(itertools.chain.from_iterable(dag.deps)),
+        sorted(dag.maps),
+        list(dag.sinks),
+        events,
+    )
+
+
+def small_trace(
+    functions: list[list[str]],
+    task_of: Sequence[int],
+    dep_counts: list[int],
+    deps: list[int],
+    maps: list[int],
+    sinks: list[int],
+    events: Sequence[Mapping[str, Any]],
+) -> bytes:
+    """The blob of a small run from its DAG's lists (``[name, identity]`` per function, upstream ids end to end)."""
     header = {
         "dag": {
-            "functions": [[t.name, t.identity] for t in dag.tasks],
-            "task_of": {"list": dag.task_of},
-            "dep_counts": {"list": list(map(len, dag.deps))},
-            "deps": {"list": list(itertools.chain.from_iterable(dag.deps))},
-            "maps": sorted(dag.maps),
-            "sinks": list(dag.sinks),
+            "functions": functions,
+            "task_of": {"list": task_of},
+            "dep_counts": {"list": dep_counts},
+            "deps": {"list": deps},
+            "maps": maps,
+            "sinks": sinks,
         },
         "events": {"list": list(events)},
     }

@@ -1,0 +1,118 @@
+"""A tiny run kept *raw*: its run document, DAG lists and event rows packed as they are, expanded when read.
+
+Recording a run of a few tasks (``dask.compute`` of one delayed call) used to
+cost a third of the call: the events turned into dicts, the trace encoded as
+JSON (a float's text is most of it), the run document as JSON, each in the
+background writer, with the run's objects kept alive until its batch and
+promoted through the garbage collector's generations meanwhile. A run of
+fewer than :data:`fanflow.store.metadata.trace.SMALL_COLUMN` events that ended
+well is instead packed on the client's thread right after it ends: one
+``marshal`` call over its run document, its DAG's lists and the worker's event
+rows (tuples of numbers and strings; each row's last item is its
+:class:`~fanflow.store.events.Shape` number, and the blob carries those shapes'
+kinds and field names, since the numbers mean nothing in another process).
+The blob is bytes, which the garbage collector never tracks, and is written as
+the run's ``events`` column.
+
+Reading builds what recording would have stored (:func:`expand`): the run
+document as it was packed and the trace :func:`~fanflow.store.metadata.trace.encode_small_trace`
+writes, byte for byte. A store does it in its read path, so no reader of
+history knows raw runs exist.
+
+``marshal`` only builds numbers, strings, bytes, tuples, lists and dicts here:
+loading runs no code (a code object would be rejected by the shape checks
+below, and nothing here calls one). Its format may change between Python
+versions: a blob written by another version that cannot be read is reported as
+damaged, as a trace is (:class:`~fanflow.store.metadata.base.MetadataError`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import marshal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fanflow.store.events import SHAPES
+from fanflow.store.metadata.base import MetadataError
+from fanflow.store.metadata.trace import small_trace
+
+MAGIC = b"FFRAW%d." % sys.version_info[1]
+"""First bytes of a raw run: ``FFRAW`` and the minor version of the Python that packed it (marshal's format)."""
+
+_PREFIX = b"FFRAW"
+
+
+def is_raw(blob: bytes | None) -> bool:
+    """True when ``blob`` is a raw run (by any Python version)."""
+    return blob is not None and blob[: len(_PREFIX)] == _PREFIX
+
+
+def pack(
+    doc: Mapping[str, Any],
+    functions: Sequence[tuple[str, str]],
+    task_of: Sequence[int],
+    deps: Sequence[Sequence[int]],
+    sinks: Sequence[int],
+    batches: Sequence[tuple[str, list[tuple[Any, ...]]]],
+) -> bytes:
+    """The raw blob of a run without dynamic fan-outs: ``batches`` are ``(worker, rows)`` as workers flushed them.
+
+    Raises ``ValueError`` when a value is of a type ``marshal`` does not write.
+    """
+    shapes: dict[int, tuple[str, tuple[str, ...]]] = {}
+    for _, rows in batches:
+        for row in rows:
+            number = row[-1]
+            if number not in shapes:
+                form = SHAPES[number]
+                shapes[number] = (form.kind, form.names)
+    parts = (dict(doc), tuple(functions), tuple(task_of), tuple(deps), tuple(sinks), shapes, tuple(batches))
+    return MAGIC + marshal.dumps(parts)
+
+
+def _load(blob: bytes) -> tuple[Any, ...]:
+    if blob[: len(MAGIC)] != MAGIC:
+        raise MetadataError(
+            f"a stored raw run was packed by another Python version ({blob[:8]!r}); delete the run or the history file"
+        )
+    try:
+        parts = marshal.loads(blob[len(MAGIC) :])
+    except (ValueError, EOFError, TypeError) as exc:
+        raise MetadataError(f"a stored raw run is damaged ({exc}); delete the run or the history file") from exc
+    if type(parts) is not tuple or len(parts) != 7 or type(parts[0]) is not dict:
+        raise MetadataError("a stored raw run is damaged (not a run); delete the run or the history file")
+    return parts
+
+
+def doc_of(blob: bytes) -> dict[str, Any]:
+    """The run document of a raw run."""
+    doc: dict[str, Any] = _load(blob)[0]
+    return doc
+
+
+def expand(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """The run document and the trace of a raw run, as recording them eagerly would have stored them."""
+    doc, functions, task_of, deps, sinks, shapes, batches = _load(blob)
+    try:
+        events: list[dict[str, Any]] = []
+        for worker, rows in batches:
+            for row in rows:
+                kind, names = shapes[row[-1]]
+                event = {"kind": kind}
+                event.update(zip(names, row, strict=False))  # stops at the names: the shape is no value
+                event["worker"] = worker
+                events.append(event)
+        trace = small_trace(
+            [[str(name), str(identity)] for name, identity in functions],
+            list(task_of),
+            [len(d) for d in deps],
+            list(itertools.chain.from_iterable(deps)),
+            [],
+            list(sinks),
+            events,
+        )
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise MetadataError(f"a stored raw run is damaged ({exc}); delete the run or the history file") from exc
+    return doc, trace
