@@ -132,22 +132,24 @@ def fit_line(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
     On numpy arrays: ten runs of a large DAG give ~100,000 samples of one function."""
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
-    line = _least_squares(x, y, floor)
-    if line is None or len(x) < MIN_TRIM_SAMPLES:
-        return line
-    residuals = y - line.intercept - line.slope * x
+    fitted = _least_squares(x, y, floor)
+    if fitted is None or len(x) < MIN_TRIM_SAMPLES:
+        return None if fitted is None else fitted[0]
+    line, residuals = fitted
     centre = float(np.median(residuals))
-    spread = float(np.median(np.abs(residuals - centre))) * MAD_TO_SD
+    deviations = np.abs(residuals - centre)
+    spread = float(np.median(deviations)) * MAD_TO_SD
     if spread <= 0:
         return line
-    keep = np.abs(residuals - centre) <= OUTLIER_MADS * spread
+    keep = deviations <= OUTLIER_MADS * spread
     if keep.all():
         return line
     kept = _least_squares(x[keep], y[keep], floor)
-    return kept if kept is None else Line(kept.intercept, kept.slope, kept.sd, len(x), floor)
+    return None if kept is None else Line(kept[0].intercept, kept[0].slope, kept[0].sd, len(x), floor)
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> Line | None:
+def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> tuple[Line, np.ndarray] | None:
+    """The line and its residuals."""
     n = len(x)
     if n == 0:
         return None
@@ -159,9 +161,9 @@ def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> Line | None:
         slope = _dot(dx, y - mean_y) / sxx
     intercept = mean_y - slope * mean_x
     dof = n - (2 if slope else 1)
-    residuals = y - intercept - slope * x
+    residuals = y - intercept - slope * x if slope else y - intercept  # subtracting 0·x changes no value
     sd = math.sqrt(_dot(residuals, residuals) / dof) if dof > 0 else 0.0
-    return Line(intercept, slope, sd, n, floor)
+    return Line(intercept, slope, sd, n, floor), residuals
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
