@@ -306,6 +306,21 @@ def test_a_planners_history_reads_only_the_recent_runs_per_memory_size(tmp_path:
     assert len(History(store, [identity], recent_runs=3).executions(identity)) == len(every.executions(identity))
 
 
+def test_a_planners_history_stops_at_a_size_whose_every_execution_it_read(tmp_path: Path) -> None:
+    """A size run once counts 1 execution in its summary: once that run is read, no older run is needed."""
+    config = _config(tmp_path)
+    node = grow(blob(1000), 1)
+    sizes = [1769, 1769, 1769, 512, 1769, 1769]  # oldest first
+    for size in sizes:
+        node.compute(config.replace(memory_mb=size))
+    store = open_metadata(config.metadata)
+    run_ids = [r["run_id"] for r in sorted(store.runs(), key=lambda r: r["submitted_at"])]
+    clear_cache()
+    recent = History(store, [grow.identity], recent_runs=2)
+    assert set(recent.table.run_ids) == set(run_ids[3:])  # 2 at 1769, then the one at 512: the 3 oldest unread
+    assert set(History(store, [grow.identity], recent_runs=3).table.run_ids) == set(run_ids[2:])  # a third 1769
+
+
 def test_task_run_ids_lists_a_functions_runs_newest_first(tmp_path: Path, metadata_url: str) -> None:
     config = _config(tmp_path, metadata=metadata_url)
     for n in range(3):

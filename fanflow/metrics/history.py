@@ -111,7 +111,8 @@ class History:
         self, store: MetadataStore, identities: Iterable[str] | None = None, recent_runs: int | None = None
     ) -> None:
         """``recent_runs``: read runs newest first and stop once every summarized function and memory size
-        has that many runs with a finished execution (a planner reads no older ones). The store lists the
+        has that many runs with a finished execution, or has had all its executions read (as many as its
+        summary counts: no older run has one), since a planner reads no older ones. The store lists the
         runs' ids (:meth:`MetadataStore.task_run_ids`) and only the runs read are loaded; their executions
         are decoded once per process (:func:`run_executions`)."""
         drain()  # runs this process finished are recorded in the background: see them
@@ -119,9 +120,11 @@ class History:
         only = set(wanted or ())
         self.summaries: dict[SummaryKey, Summary] = store.summaries(wanted)
         seen: dict[SummaryKey, set[int]] = {key: set() for key in self.summaries}
+        counted = dict.fromkeys(self.summaries, 0)  # executions read per key
+        open_keys = set(self.summaries)  # keys that may still find executions they need in older runs
         newest_first: list[Executions] = []
         for run_id in store.task_run_ids(wanted):
-            if recent_runs is not None and all(len(runs) >= recent_runs for runs in seen.values()):
+            if recent_runs is not None and not open_keys:
                 break
             found = run_executions(store, run_id)
             if found is None:
@@ -129,11 +132,17 @@ class History:
             if wanted is not None:
                 codes = [i for i, f in enumerate(found.functions) if f in only]
                 found = found.take(np.isin(found["function"], codes))
-            pairs = np.unique(found["function"].astype(np.int64) * (1 << 32) + found["memory_mb"]).tolist()
-            for pair in pairs:
+            pairs, counts = np.unique(
+                found["function"].astype(np.int64) * (1 << 32) + found["memory_mb"], return_counts=True
+            )
+            for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
                 key = (found.functions[pair >> 32], pair & 0xFFFFFFFF)
                 if key in seen:
                     seen[key].add(len(newest_first))
+                    counted[key] += count
+                    done = recent_runs is not None and len(seen[key]) >= recent_runs
+                    if done or counted[key] >= self.summaries[key].count:
+                        open_keys.discard(key)
             newest_first.append(found)
         self.table = Executions.concat(newest_first[::-1])
         """Every execution read, oldest run first."""
