@@ -261,7 +261,7 @@ def test_a_dict_whose_kind_is_a_number_is_not_read_as_a_shape() -> None:
         ([2**70], "json"),  # beyond 64 bits
         ([True], "json"),  # a bool would come back as 1
         ([1.5], "json"),
-        ((1, 2), "json"),  # a tuple is no list
+        ((1, 2), "int_lists"),  # a tuple (as workers write them) among lists
     ],
 )
 def test_columns_of_int_lists_round_trip(odd: Any, kept: str) -> None:
@@ -274,4 +274,4 @@ def test_columns_of_int_lists_round_trip(odd: Any, kept: str) -> None:
     assert isinstance(column, IntLists) == (kept == "int_lists")
     back = decode_trace(encode_trace(_dag(100), table)).table
     assert back.events() == json.loads(json.dumps(events))  # a tuple comes back a list, as JSON has it
-    assert [type(e["in_bytes"]) for e in back.events()] == [type(v) if kept == "int_lists" else list for v in values]
+    assert {type(e["in_bytes"]) for e in back.events()} == {list}  # tuples too, as JSON has them

@@ -30,6 +30,9 @@ from fanflow.store.metadata.trace import DagArrays, EventTable, IntLists, String
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
 
+_SIZES = (list, tuple)
+"""What a task_finished event's ``in_bytes`` may be: workers write tuples, JSON gives lists."""
+
 
 def digest(dag: DagArrays, table: EventTable, header: RunRecord) -> tuple[RunRecord, dict[SummaryKey, Summary]] | None:
     """``header`` with the run's totals, and its summary increments; None when the run is not a common one."""
@@ -183,7 +186,7 @@ def digest_events(
         out, memory, exec_s, sizes = e.get("out_bytes"), e.get("memory_mb"), e.get("exec_s"), e.get("in_bytes")
         if type(out) is not int or type(memory) is not int or memory <= 0 or type(exec_s) not in (float, int):
             return None
-        if type(sizes) is not list or len(sizes) != len(deps[i]):
+        if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
             return None
         out_bytes[i] = out
     fetched = local = 0
@@ -288,7 +291,7 @@ def digest_rows(
         exec_s, out, memory, sizes = end
         if type(out) is not int or type(memory) is not int or memory <= 0 or type(exec_s) not in (float, int):
             return None
-        if type(sizes) is not list or len(sizes) != len(deps[i]):
+        if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
             return None
         out_bytes[i] = out
     fetched = local = 0

@@ -315,7 +315,7 @@ class Worker:
         return claimed
 
     def task_done(
-        self, t: int, value: Any, attempt: int, exec_s: float, fetch_s: float, in_bytes: list[int | None]
+        self, t: int, value: Any, attempt: int, exec_s: float, fetch_s: float, in_bytes: Sequence[int | None]
     ) -> list[int]:
         """``t`` ran here: store its output, notify its dependents, keep it in the cache; the claimed dependents."""
         claimed, out_bytes, store_s, uploaded = self._store_and_notify(t, value, exec_s)
@@ -330,11 +330,15 @@ class Worker:
             if not uploaded:
                 self._unstored.add(t)
         now = time.time()
+        # A tuple of sizes keeps the row plain values, which the garbage collector stops tracking at
+        # its first look: a list kept two objects per task tracked until the run was recorded (and
+        # with them the next full collection near, see fanflow.dag.graph).
+        sizes = tuple(in_bytes)
         if self._held and self._held[-1][0] == t:  # store_s comes when the held notifications go
-            row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, now, True)
+            row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, sizes, t, now, True)
             self._held_events.append((*row, _TASK_FINISHED_HELD))
         else:
-            row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, in_bytes, t, now)
+            row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, sizes, t, now)
             self.events.append((*row, _TASK_FINISHED))
             self.maybe_flush()
         return claimed

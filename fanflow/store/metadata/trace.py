@@ -218,8 +218,11 @@ class IntLists:
 
     @classmethod
     def of(cls, values: Sequence[Any]) -> IntLists | None:
-        """``values`` as :class:`IntLists` when every one is a list of ints (not bools) and Nones; else None."""
-        if set(map(type, values)) != {list}:
+        """``values`` as :class:`IntLists` when every one is a list or tuple of ints (not bools) and Nones
+        (workers write tuples, untracked by the garbage collector; they come back as lists, as from JSON);
+        else None."""
+        kinds = set(map(type, values))
+        if not kinds or not kinds <= {list, tuple}:
             return None
         flat: list[Any] = functools.reduce(operator.iadd, values, [])  # no iterator per list
         if not set(map(type, flat)) <= {int, type(None)}:
@@ -706,7 +709,7 @@ def _column(values: Sequence[Any], strings: _StringTable) -> Column:
         return list(values)
     if first is bool and set(map(type, values)) == {bool}:
         return np.frombuffer(struct.pack(f"{len(values)}?", *values), dtype=np.bool_)
-    if first is list:
+    if first is list or first is tuple:
         lists = IntLists.of(values)
         if lists is not None:
             return lists
