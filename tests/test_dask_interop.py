@@ -135,6 +135,68 @@ def test_get_task_spec_graph(run_config: fanflow.Config) -> None:
     assert ffdask.get(dsk, keys, config=run_config) == ((6, [9, 2]), 4, 1 + 3 + 6 + 1, 3, 1)
 
 
+def _input(ins: list[str], ref: Any) -> str:
+    return ins[ref.i]
+
+
+def _canonical(dag: DAG) -> list[str]:
+    """Every task of ``dag`` as a string naming its function, its argument template and its inputs' strings,
+    the inputs' at any depth: two DAGs of the same calls give the same sorted list whatever their numbering."""
+    from fanflow.dag.nested import map_nested
+    from fanflow.dag.node import is_ref
+
+    made: list[str] = []
+    for i, ups in enumerate(dag.deps):  # topological: every input is made before
+        ins = [made[u] for u in ups]
+        name = dag.task(i).name
+        if dag.args[i] is None:
+            made.append(f"{name}([{', '.join(ins)}])")
+            continue
+        args = map_nested(dag.args[i], functools.partial(_input, ins), is_ref)
+        kwargs = map_nested(dag.kwargs[i], functools.partial(_input, ins), is_ref)
+        made.append(f"{name}({args!r}, {kwargs!r}, [{', '.join(ins)}])")
+    return sorted(made) + [f"sink {made[s]}" for s in dag.outputs]
+
+
+def test_get_builds_the_dag_the_nodes_would_give_without_making_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same calls, arguments and inputs as ``DAG.from_sinks`` of ``from_dask``'s nodes, but no Node objects."""
+    from fanflow.dag.node import Node
+
+    ts = task_spec
+    x, y = ts.DataNode("x", 1), ts.DataNode("y", 2)
+    z = ts.Task("z", add, x.ref(), y.ref())
+    w = ts.Task("w", sum, ts.List(x.ref(), y.ref(), z.ref(), z.ref()))
+    dsk = {
+        "x": x,
+        "y": y,
+        "z": z,
+        "w": w,
+        "zz": ts.Task("zz", add, z.ref(), z.ref()),
+        "s": ts.Task("s", deep_sum, ts.Set(x.ref(), z.ref()), extra=ts.Dict(k=ts.Tuple(w.ref(), 1))),
+        "t": ts.Task("t", add, ts.TaskRef("w"), b=ts.TaskRef("zz")),
+    }
+    keys = ["s", "t", "w"]
+    by_nodes = ffdask._Converter(dsk)
+    by_nodes.resolve(keys)
+    expected = DAG.from_sinks([by_nodes.values[k] for k in keys])
+    made: list[int] = []
+    original = Node.__init__
+
+    def counting(self: Node, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Node, "__init__", counting)
+    columns = ffdask._Columns()
+    direct = ffdask._Converter(dsk, None, columns.add, ffdask._Out)
+    direct.resolve(keys)
+    got = columns.dag([direct.values[k] for k in keys])
+    assert got is not None and not made
+    assert len(got) == len(expected) == 6  # x and y are constants; the Set in s is a task of its own
+    assert _canonical(got) == _canonical(expected)
+    assert ffdask.get(dsk, keys, config={"progress": False, "metadata": "none"}) == (1 + 3 + 9 + 1, 9 + 6, 9)
+
+
 def test_get_deep_chain_beyond_recursion_limit(run_config: fanflow.Config) -> None:
     depth = sys.getrecursionlimit() + 500
     dsk: dict[str, Any] = {"x0": 0}

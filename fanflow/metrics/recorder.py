@@ -95,8 +95,13 @@ def build_dag(nodes: Sequence[Node]) -> DAG:
     """``DAG.from_sinks(nodes)``, remembering how long it took for the run's record."""
     began = time.perf_counter()
     dag = DAG.from_sinks(nodes)
-    _build_times[dag] = time.perf_counter() - began
+    note_dag_build(dag, time.perf_counter() - began)
     return dag
+
+
+def note_dag_build(dag: DAG, seconds: float) -> None:
+    """Remember that building ``dag`` took ``seconds``, for its runs' records (a DAG built without nodes)."""
+    _build_times[dag] = seconds
 
 
 SCRIPT_MODULE = "fanflow_script_"
