@@ -28,6 +28,12 @@ back and forth so often that a tree reduction ran 2x slower than on one thread.
 While the platform is open, the interval is at least ``SWITCH_INTERVAL_S``
 (measured: 65 -> 33 us per task at 16,383 tasks; a 15-task run's latency
 unchanged). Both settings are restored when the platform closes.
+
+Two more are measured or scoped per invocation. Whether to spread a run over the
+threads at all: GIL-bound work is kept on one thread (``free_slots()`` 0), see
+:mod:`fanflow.platforms.spreading`. And while invocations run, the cyclic
+garbage collector's young generation is collected less often, so a run's
+live objects set off no full collection: :mod:`fanflow.platforms.collector`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from threadpoolctl import threadpool_limits
 from fanflow.config import Config
 from fanflow.errors import PlatformError
 from fanflow.platforms.base import Handler, local_handler
+from fanflow.platforms.collector import relaxed
 from fanflow.platforms.lost import fail_invocation
 from fanflow.platforms.sizing import blas_threads
 from fanflow.platforms.spreading import Spreading
@@ -191,12 +198,14 @@ class ThreadsPlatform:
     def _handle(self, item: Any, guarded: type[BaseException]) -> None:
         spreading = self._spreading
         entered = spreading.enter()
+        relaxed.enter()
         try:
             self._handler(item)
         except guarded as exc:  # the handler reports task errors itself; this is a bug guard
             log.exception("fanflow worker crashed outside of a task")
             self._tell_run(item, exc)
         finally:
+            relaxed.leave()
             spreading.leave(entered)
 
     def _tell_run(self, inv: Any, exc: BaseException) -> None:
