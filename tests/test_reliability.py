@@ -21,6 +21,8 @@ import redis
 from support import RedisServer, add, bump, wait_until
 
 import fanflow
+from fanflow.client.hooks import OnPlanned
+from fanflow.client.session import session
 from fanflow.metrics import RunMetrics
 from fanflow.store import keys
 from fanflow.store.metadata import drain, open_metadata
@@ -347,3 +349,31 @@ def test_an_input_missing_from_the_store_is_recomputed_from_its_producers(tmp_pa
     # Task 1 was deleted; task 0 was never uploaded (its worker ran task 1 next with the value in
     # memory), so lineage recomputes both, innermost last.
     assert [e["task"] for e in events if e["kind"] == "recomputed"] == [1, 0]
+
+
+def test_sigkill_after_a_worker_kept_fan_in_outputs_local_still_gives_the_right_result(
+    processes: fanflow.Config, tmp_path: Path
+) -> None:
+    """Two sums of labels A and B, kept in the worker that runs them (it claims their reader itself,
+    see ``Worker._readers_stay_here``), and that worker is SIGKILLed before the end: its invocation
+    runs again and lineage makes whatever never reached the store."""
+    marker = str(tmp_path / "killed")
+    p, q = slow_inc(slow_inc(1, 0.0), 0.0), slow_inc(slow_inc(2, 0.0), 0.0)
+    s1, s2 = add(p, q), add(q, p)
+    sink = dies_once(marker, add(s1, s2))
+    dag = fanflow.dag.DAG.from_sinks([sink])
+    order = {id(n): t for t, n in enumerate(dag.nodes or [])}
+    a_side = {order[id(p)], order[id(p.deps[0])]}
+    b_side = {order[id(q)], order[id(q.deps[0])]}
+    for t in range(len(dag)):
+        label = "A" if t in a_side else "B" if t in b_side else "C"
+        dag.annotations[t] = {"worker": label, "upload": False}
+    config = processes.replace(metrics_upload="task")  # the killed worker's events are written as it goes
+    runs: list[str] = []
+    (value,) = session().execute(dag, config, hooks=[OnPlanned(lambda r: runs.append(r.run_id))])
+    assert value == 2 * ((1 + 2) + (2 + 2))
+    assert Path(marker).exists()
+    drain()
+    events = open_metadata(config.metadata).load_run(runs[0]).events
+    kept = {e["task"] for e in events if e["kind"] == "delayed_io"}
+    assert {order[id(s1)], order[id(s2)]} <= kept  # never uploaded: the redelivered invocation made them again
