@@ -261,6 +261,15 @@ def test_clustering_keeps_labels_apart_when_merging_would_serialize_them() -> No
     assert merge_labels(dag, few, [1769] * n, labels, True, 2, True) is None
 
 
+def test_clustering_never_merges_labels_of_different_memory() -> None:
+    """A worker runs its label's tasks at the size it started with: a 3,008 MB chain stays apart."""
+    dag, labels = two_chains()
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.001, 1e6, 0.1, 0.01, 0.01)  # as in the test that merges them
+    memory = [1769 if label == 0 else 3008 for label in labels]
+    assert merge_labels(dag, costs, memory, labels, True, 2, True) is None
+
+
 def test_uniform_uses_one_memory_size() -> None:
     dag = DAG.from_sinks([fan(4)])
     plan = make_plan(dag, fanflow.Config(planner="uniform", metadata="none", memory_mb=3008))

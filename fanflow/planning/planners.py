@@ -212,10 +212,12 @@ def merge_labels(
     - from the best of those, single pairs merged heaviest first
       (:data:`MERGE_TRIALS` at most), each kept if it holds.
 
-    Pairs under :data:`MERGE_MIN_BYTES` are ignored, and the simulations
-    stop at :data:`MERGE_BUDGET_TASKS` simulated tasks (a DAG of more than a
-    third of that is not merged). Each candidate is
-    simulated with the pool warm at the plan's sizes (the state a re-run
+    Pairs under :data:`MERGE_MIN_BYTES` are ignored, and so are pairs whose
+    tasks have different memory (a worker runs its label's tasks at the size
+    it started with, so a task planned at 3,008 MB could land in a 512 MB
+    worker). The simulations stop at :data:`MERGE_BUDGET_TASKS` simulated
+    tasks (a DAG of more than a third of that is not merged). Each candidate
+    is simulated with the pool warm at the plan's sizes (the state a re-run
     meets, where a lost parallel branch shows instead of hiding behind cold
     starts) and kept only when the predicted makespan stays within
     :data:`MERGE_SLACK` of the unmerged plan's and no more bytes move. Upload
@@ -235,7 +237,14 @@ def merge_labels(
             if other != mine:
                 pair = (mine, other) if mine < other else (other, mine)
                 weight[pair] = weight.get(pair, 0.0) + out_bytes[u]
-    pairs = sorted((p for p, w in weight.items() if w >= MERGE_MIN_BYTES), key=lambda p: -weight[p])
+    sizes: dict[int, set[int]] = {}
+    for t, x in enumerate(labels):
+        sizes.setdefault(x, set()).add(memory[t])
+    # labels of one memory size only: a worker runs every task of its label at the size it started with
+    pairs = sorted(
+        (p for p, w in weight.items() if w >= MERGE_MIN_BYTES and len(sizes[p[0]] | sizes[p[1]]) == 1),
+        key=lambda p: -weight[p],
+    )
     if not pairs:
         return None
     work: dict[int, float] = {}
