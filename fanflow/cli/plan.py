@@ -87,6 +87,15 @@ def _with_interval(plan: Plan) -> str:
     return text
 
 
+def _upload(dag: DAG, up_bytes: float, t: int, asked: bool) -> str:
+    """The upload column: ``no`` where the simulated run keeps the output out of the store, ``if needed``
+    where the plan asks for delayed I/O that only the worker can decide (it may claim every reader), else
+    ``yes``."""
+    if up_bytes <= 0 and not dag.is_sink(t):
+        return "no"
+    return "if needed" if asked else "yes"
+
+
 def _tables(dag: DAG, plan: Plan) -> list[Table]:
     sim, costs, assignment = plan.simulation, plan.costs, plan.assignment
     assert sim is not None and costs is not None and assignment is not None
@@ -111,7 +120,7 @@ def _tables(dag: DAG, plan: Plan) -> list[Table]:
                 f"w{sim.worker[t]} ({note.get('worker', '-')})",
                 human_duration(sim.start[t]),
                 human_duration(sim.finish[t]),
-                "no" if note.get("upload") is False else "yes",
+                _upload(dag, sim.up_bytes[t], t, note.get("upload") is False),
                 "defaults" if t in defaults else "history",
             )
     else:
