@@ -422,6 +422,17 @@ def test_plan_cli_prints_and_draws(tmp_path: Path) -> None:
     assert out.exists()
 
 
+def test_plan_cli_upload_column_says_what_the_simulation_and_the_worker_decide() -> None:
+    from fanflow.cli.plan import _upload
+
+    dag = DAG.from_sinks([join(grow(grow(blob(1), 1), 1))])
+    sink = dag.sinks[0]
+    assert _upload(dag, 0.0, 0, True) == "no"  # the simulated run kept it local
+    assert _upload(dag, 100.0, 1, True) == "if needed"  # asked; the worker decides at run time
+    assert _upload(dag, 100.0, 1, False) == "yes"
+    assert _upload(dag, 0.0, sink, False) == "yes"  # a sink's output is always stored
+
+
 # -- runs --------------------------------------------------------------------------------
 
 
