@@ -27,7 +27,7 @@ from fanflow.platforms.processes import ProcessesPlatform, client_platform
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
-from fanflow.store.base import RUNNING
+from fanflow.store.base import RUNNING, SUCCEEDED
 from fanflow.store.metadata import drain, open_metadata
 from fanflow.store.redis import RedisStore
 
@@ -449,6 +449,31 @@ def test_a_worker_hanging_on_its_way_out_does_not_hold_up_the_others(redis_url: 
         assert host.stats["crashed"] == 1
     finally:
         _close(host, thread, [int(Path(pid_file).read_text())] if Path(pid_file).exists() else [])
+
+
+@fanflow.task
+def wait_for(path: str) -> int:
+    """1, once ``path`` exists."""
+    while not Path(path).exists():
+        time.sleep(0.01)
+    return 1
+
+
+def test_a_worker_busy_with_a_run_that_ended_counts_as_free_for_the_next_run(redis_url: str, tmp_path: Path) -> None:
+    """The worker that ran a run's last task still sends its events when the client has the result."""
+    host, thread = _started_pool(redis_url)
+    release = tmp_path / "release"
+    try:
+        inv = _queue(redis_url, host, wait_for(str(release)), 256)
+        wait_until(lambda: host.free_slots() == 1, 60, "a worker to take the invocation")
+        assert host.free_slots(ending=True) == 1  # its run is running: the worker is busy
+        host.store.set_status(keys.status(inv.run_id), SUCCEEDED, 60)
+        assert host.free_slots() == 1
+        assert host.free_slots(ending=True) == 2  # its run ended: idle in a moment
+        assert ProcessesPlatform(redis_url, host.name, host).free_slots() == 2
+    finally:
+        release.write_text("go")
+        _close(host, thread, [])
 
 
 @fanflow.task

@@ -68,8 +68,9 @@ class ProcessesPlatform:
             capacity.spend(len(payloads))
 
     def free_slots(self) -> int | None:
-        """Idle worker slots of the pool: the host's count in the client that runs it, the count it
-        shares with its worker processes in theirs (:mod:`.capacity`).
+        """Idle worker slots of the pool: the host's count in the client that runs it (a worker still
+        busy with a run that has ended counts as idle: it is sending that run's last events), the
+        count it shares with its worker processes in theirs (:mod:`.capacity`).
 
         A client of a shared pool cannot see its count: it gets 1, so its run's roots start in
         one worker, whose process reads the count and hands shares of them to the idle slots
@@ -77,7 +78,7 @@ class ProcessesPlatform:
         pool dispatch, a begin and an events write of its own: 400 sleeps of 10 ms on 2
         workers ran at 81% parallel efficiency that way, 88% grouped."""
         if self.host is not None:
-            return self.host.free_slots()
+            return self.host.free_slots(ending=True)
         shared = capacity.free_slots()
         return 1 if shared is None else shared
 
