@@ -26,6 +26,7 @@ from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import gc_every
+from fanflow.store.metadata.sqlite import SCHEMA_VERSION
 from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
 
 
@@ -44,6 +45,12 @@ def tree(n: int) -> fanflow.Node:
     while len(level) > 1:
         level = [pair(level[i], level[i + 1]) for i in range(0, len(level), 2)]
     return level[0]
+
+
+def _kept(db: sqlite3.Connection) -> int:
+    """Runs kept in the file: in ``runs``, and tiny ones waiting raw in ``raw_runs`` until the store is read."""
+    found: int = db.execute("SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM raw_runs)").fetchone()[0]
+    return found
 
 
 def _file_bytes(db: Path) -> int:
@@ -115,7 +122,7 @@ def test_a_schema_1_file_is_read_and_upgraded(tmp_path: Path) -> None:
     assert stored.trace is None and stored.tasks == [task] and stored.workers == [{"worker": "w"}]
     assert stored.events == []
     assert [r.tasks for r in store.task_runs(["m.f:1"])] == [[task]] and store.task_runs(["m.g:1"]) == []
-    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert store.gc(0) == ["r1"] and raw.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
     raw.close()
 
@@ -163,7 +170,7 @@ def test_a_schema_2_file_reads_its_runs_beside_new_ones(tmp_path: Path) -> None:
     assert stored.trace is None and RunMetrics.from_stored(stored).to_docs() == fresh.to_docs()
     tree(8).compute(old_config)  # a new run in the upgraded file
     drain()
-    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
     records = task_records(old, [pair.identity])
     assert [r.run_id for r in records].count(run_id) == 7 and len(records) == 14
     assert {r.status for r in records} == {"finished"}
@@ -292,10 +299,13 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     assert leaf(1).compute(config) == 2
     assert _chain(4).compute(config) == b"x" * 16
     drain()
-    rows = sqlite3.connect(tmp_path / "raw.db").execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall()
-    assert rows == [("", b"FFRAW")] * 3
+    peek = sqlite3.connect(tmp_path / "raw.db")
+    assert peek.execute("SELECT substr(events, 1, 5) FROM raw_runs").fetchall() == [(b"FFRAW",)] * 3
+    assert peek.execute("SELECT count(*) FROM runs").fetchone() == (0,)  # nobody read them: no index holds them
     raw, usual = (open_metadata(urls[way]) for way in ("raw", "usual"))
-    docs = raw.runs()
+    docs = raw.runs()  # the first read moves them into ``runs``, still raw
+    assert peek.execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall() == [("", b"FFRAW")] * 3
+    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
     assert [_without_record_s(d) for d in docs] == [_without_record_s(d) for d in usual.runs()]
     assert [list(d) for d in docs] == [list(RunRecord.__dataclass_fields__)] * 3  # the fields in their order
     for doc in docs:
@@ -331,8 +341,9 @@ def test_runs_that_are_not_tiny_are_recorded_the_usual_way(tmp_path: Path) -> No
     assert fanflow.map(leaf, numbers(3)).compute(config) == [1, 2, 3]
     assert leaf(2).compute(config) == 3
     drain()
-    rows = sqlite3.connect(db).execute("SELECT doc = '' FROM runs ORDER BY submitted_at").fetchall()
-    assert rows == [(0,), (0,), (0,), (1,)]
+    peek = sqlite3.connect(db)
+    assert peek.execute("SELECT doc != '' FROM runs ORDER BY submitted_at").fetchall() == [(1,)] * 3
+    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (1,)  # the last one, tiny
 
 
 def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
@@ -484,7 +495,7 @@ def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_p
         assert leaf(i).compute(config) == i + 1
     drain()
     raw = sqlite3.connect(db)
-    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (30,)
+    assert _kept(raw) == 30
     assert raw.execute("SELECT count(*) FROM started").fetchone() == (0,)  # each ended before the writer came
     summary = open_metadata(config.metadata).summaries([leaf.identity])
     assert [s.count for s in summary.values()] == [30]
@@ -498,7 +509,7 @@ def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_p
     )  # no drain(): interpreter exit writes what the writer holds
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (55,)
+    assert _kept(raw) == 55
     raw.close()
 
 
@@ -530,7 +541,7 @@ def test_a_forked_child_records_its_own_runs_and_exits_without_waiting(tmp_path:
     code, waited = done.stdout.split()
     assert code == "0" and float(waited) < 20, done.stdout
     raw = sqlite3.connect(db)
-    assert raw.execute("SELECT count(*) FROM runs").fetchone() == (3,)
+    assert _kept(raw) == 3
     raw.close()
 
 
@@ -561,3 +572,24 @@ def test_nothing_of_a_tiny_run_waits_for_the_writer(tmp_path: Path, monkeypatch:
     drain()
     store = open_metadata(config.metadata)
     assert len(store.runs()) == 20 and store.started_runs() == []
+
+
+def test_retention_counts_the_tiny_runs_waiting_raw(tmp_path: Path) -> None:
+    """Tiny runs nobody read yet count as the newest: retention deletes the oldest of them, then older runs;
+    their executions stay in the summaries, and ``gc`` names every run it deleted."""
+    db = tmp_path / "meta.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}", retention_runs=5)
+    tree(16).compute(config)  # recorded the usual way, into ``runs``
+    drain()
+    for i in range(30):
+        assert leaf(i).compute(config) == i + 1
+    drain()
+    peek = sqlite3.connect(db)
+    assert 5 <= _kept(peek) <= 5 + gc_every(5)
+    assert peek.execute("SELECT count(*) FROM runs").fetchone() == (0,)  # the tree was older than them all
+    order = [r[0] for r in peek.execute("SELECT run_id FROM raw_runs ORDER BY rowid DESC")]
+    store = open_metadata(config.metadata)
+    assert sorted(store.gc(2)) == sorted(order[2:])  # before any read: the runs are still raw
+    assert [d["run_id"] for d in store.runs()] == order[:2]
+    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
+    assert [s.count for s in store.summaries([leaf.identity]).values()] == [16 + 30]

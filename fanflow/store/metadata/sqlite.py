@@ -6,13 +6,17 @@ as one blob: a run costs one row, however many tasks it had. ``run_functions``
 indexes runs by the function identities their tasks call, which is how
 history is read for planning. ``summaries`` holds one row per ``(identity,
 memory_mb)``, ``started`` the started document of each recent run, with its
-expiry.
+expiry. ``raw_runs`` holds tiny runs saved raw (:mod:`fanflow.store.metadata.raw`)
+that nobody has read yet, without indexes: the first read moves them into
+``runs`` (see :meth:`SQLiteMetadataStore.save_raw`).
 
 Older files are upgraded in place and their runs stay readable until retention
 removes them: schema 1 kept a ``tasks`` row per task and a ``workers`` row per
 worker, schema 2 a ``task_groups`` row per (run, function, memory) and a
 ``worker_docs`` row per run (compressed JSON lists), both with the events as
-JSON in ``runs.events``, where schema 3 keeps the trace.
+JSON in ``runs.events``, where schema 3 keeps the trace; schema 4 adds
+``raw_runs`` (a file of schema 4 has runs with an empty ``doc``, which older
+versions cannot read, so they refuse it).
 
 Every save is one ``BEGIN IMMEDIATE`` transaction: documents, summary merges
 (read, merge, write) and all, so concurrent clients, in this process or in
@@ -70,8 +74,9 @@ from fanflow.store.metadata.trace import is_trace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-"""3: a trace per run; 2 (task documents grouped per function) and 1 (a row per task) are upgraded in place."""
+SCHEMA_VERSION = 4
+"""4: tiny runs wait raw in ``raw_runs`` until read; 3 (a trace per run), 2 (task documents grouped per function)
+and 1 (a row per task) are upgraded in place."""
 
 FLUSH_S = BATCH_S
 """Longest time a saved run or started document waits in memory before it is written (the writer's batch)."""
@@ -123,6 +128,10 @@ CREATE INDEX IF NOT EXISTS run_functions_by_run ON run_functions (run_id);
 CREATE TABLE IF NOT EXISTS worker_docs (run_id TEXT PRIMARY KEY, docs BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (
     run_id TEXT NOT NULL, worker TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (run_id, worker)
+);
+CREATE TABLE IF NOT EXISTS raw_runs (
+    run_id TEXT NOT NULL, signature TEXT NOT NULL, submitted_at REAL NOT NULL, functions TEXT NOT NULL,
+    events BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS started (
     run_id TEXT PRIMARY KEY, submitted_at REAL NOT NULL, expires_at REAL NOT NULL, doc TEXT NOT NULL
@@ -182,7 +191,7 @@ class SQLiteMetadataStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None or int(found[0]) in (1, 2):  # the new tables exist now; old rows stay readable
+            if found is None or int(found[0]) in (1, 2, 3):  # the new tables exist now; old rows stay readable
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise MetadataError(
@@ -235,21 +244,31 @@ class SQLiteMetadataStore:
             )
         keep_runs: int | None = None
         increments: dict[SummaryKey, Summary] = {}  # merged in memory first: one read and write per key
-        rows = {run.run_id: (run.row, run.functions) for run in runs}  # a run saved again: its last save
-        for run_id, signature, at, blob, functions, _, _ in raws:
-            rows[run_id] = ((run_id, signature, at, "", blob), [(identity, run_id) for identity in functions])
-        self._insert_runs(db, rows)
+        self._insert_runs(db, {run.run_id: (run.row, run.functions) for run in runs})  # a run saved again: its last
+        db.executemany(
+            "INSERT INTO raw_runs VALUES (?, ?, ?, ?, ?)",
+            [(run_id, signature, at, "\n".join(names), blob) for run_id, signature, at, blob, names, _, _ in raws],
+        )
         for run in runs:
             keep_runs = run.keep_runs if run.keep_runs is not None else keep_runs
             for key, part in run.summaries.items():
                 found = increments.get(key)
                 increments[key] = part if found is None else found.merge(part)
+        mine: set[SummaryKey] = set()  # increments made here, which adding to in place changes nothing else
         for *_, parts, keep in raws:
             keep_runs = keep if keep is not None else keep_runs
-            for identity, memory_mb, *values in parts:
-                part, key = Summary(*values), (identity, memory_mb)
+            for identity, memory_mb, count, mean, *values in parts:
+                key = (identity, memory_mb)
                 found = increments.get(key)
+                if count == 1:  # one execution (most runs): added, no summary made and merged per run
+                    if key not in mine:
+                        found = increments[key] = Summary() if found is None else found.merge(Summary())
+                        mine.add(key)
+                    found.add(mean, values[3], values[6])  # exec_s, sum_x (its input bytes), sum_out
+                    continue
+                part = Summary(count, mean, *values)
                 increments[key] = part if found is None else found.merge(part)
+                mine.add(key)
         self._merge_summaries(db, increments)
         self._saves += len(runs) + len(raws)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
@@ -283,6 +302,7 @@ class SQLiteMetadataStore:
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self._started or self._runs or self._raw:
             self.flush()  # this process reads what it wrote
+        self._move_raw_runs()
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
@@ -332,8 +352,13 @@ class SQLiteMetadataStore:
     ) -> None:
         """Save one raw run (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
 
-        Its row is the run's with an empty ``doc`` and the raw blob as ``events``:
-        every read here expands it (:func:`_stored`, :func:`_doc`).
+        It waits in ``raw_runs``, a table without indexes (a row there costs a
+        quarter of one in ``runs``, whose three indexes and the function index
+        are most of a tiny run's write), until this store is next read: then
+        every raw row moves into ``runs`` with an empty ``doc`` and the raw blob
+        as ``events`` (:meth:`_move_raw_runs`), which every read expands
+        (:func:`_stored`, :func:`_doc`). A stream of tiny runs nobody reads is
+        written, and deleted by retention, at that quarter of the cost.
         """
         with self._lock:
             self._raw.append((run_id, signature, submitted_at, blob, functions, summaries, keep_runs))
@@ -343,6 +368,30 @@ class SQLiteMetadataStore:
                 self._flush_later()
         if full:
             self.flush()
+
+    def _move_raw_runs(self) -> None:
+        """Move the raw runs waiting in ``raw_runs`` (this process's or another's) into ``runs``, for a read.
+
+        A run saved again replaces its earlier row; on a failure they stay where
+        they are and the read goes on without them (logged).
+        """
+        with self._lock:
+            if self._closed or self._db.execute("SELECT 1 FROM raw_runs LIMIT 1").fetchone() is None:
+                return
+        try:
+            with self._write() as db:
+                moved = db.execute("SELECT run_id, functions FROM raw_runs").fetchall()
+                db.execute(
+                    "INSERT OR REPLACE INTO runs SELECT run_id, signature, submitted_at, '', events "
+                    "FROM raw_runs ORDER BY rowid"
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO run_functions VALUES (?, ?)",
+                    [(identity, run_id) for run_id, functions in moved for identity in functions.split("\n")],
+                )
+                db.execute("DELETE FROM raw_runs")
+        except MetadataError as exc:
+            log.warning("reading run history without its latest tiny runs: %s", exc)
 
     def _insert_runs(
         self, db: sqlite3.Connection, latest: Mapping[str, tuple[tuple[Any, ...], list[tuple[str, str]]]]
@@ -381,14 +430,25 @@ class SQLiteMetadataStore:
     def _retain(self, db: sqlite3.Connection, keep_runs: int) -> list[str]:
         """Delete the runs past the newest ``keep_runs`` and expired started documents; the ids deleted."""
         self._saves = 0
-        doomed = [
+        # Raw runs count as the newest (they were saved after every run in ``runs``), in the order saved.
+        doomed: list[str] = []
+        (waiting,) = db.execute("SELECT count(*) FROM raw_runs").fetchone()
+        if waiting > keep_runs:
+            query = "SELECT rowid FROM raw_runs ORDER BY rowid DESC LIMIT 1 OFFSET ?"
+            (last,) = db.execute(query, (keep_runs,)).fetchone()
+            doomed += [r[0] for r in db.execute("SELECT run_id FROM raw_runs WHERE rowid <= ?", (last,))]
+            db.execute("DELETE FROM raw_runs WHERE rowid <= ?", (last,))
+        older = [
             r[0]
             for r in db.execute(
-                "SELECT run_id FROM runs ORDER BY submitted_at DESC, run_id DESC LIMIT -1 OFFSET ?", (keep_runs,)
+                "SELECT run_id FROM runs ORDER BY submitted_at DESC, run_id DESC LIMIT -1 OFFSET ?",
+                (keep_runs - min(waiting, keep_runs),),
             )
         ]
-        if doomed:
-            self._delete_runs(db, doomed)
+        if older:
+            self._delete_runs(db, older)
+        doomed += older
+        if doomed and db.execute("SELECT 1 FROM started LIMIT 1").fetchone():
             db.executemany("DELETE FROM started WHERE run_id = ?", [(r,) for r in doomed])
         db.execute("DELETE FROM started WHERE expires_at < ?", (time.time(),))
         return doomed
