@@ -105,3 +105,10 @@ def test_gil_bound_work_ends_up_on_the_callers_thread_and_sleeps_stay_spread() -
     sleepy = {"progress": False, "metadata": "none", "max_workers": 9}
     used = [len(threads_used(*(nap(i) for i in range(100))).compute(sleepy)) for _ in range(4)]
     assert all(n > 1 for n in used), used
+
+
+def test_one_worker_keeps_every_branch() -> None:
+    """With max_workers=1 a branch handed on would only wait for the one slot: every run is one worker."""
+    me = threading.get_ident()
+    one = {"progress": False, "metadata": "none", "max_workers": 1}
+    assert threads_used(*(nap(i) for i in range(20))).compute(one) == {me}

@@ -101,9 +101,11 @@ class ThreadsPlatform:
 
         0 keeps a run on the thread that runs it: its client starts it as one
         invocation and its workers keep every branch. See
-        :mod:`fanflow.platforms.spreading` for how that is measured.
+        :mod:`fanflow.platforms.spreading` for how that is measured. With
+        ``max_workers=1`` it is always 0: the one slot is the running worker's,
+        and a branch handed on would only wait for it (and for a thread hand-off).
         """
-        return 0 if self._spreading.serial else None
+        return 0 if self._max == 1 or self._spreading.serial else None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
         put, waiting = self._queue.put, self._waiting
