@@ -25,7 +25,7 @@ from fanflow.metrics.digest import digest, digest_events
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
-from fanflow.store.metadata.base import gc_every
+from fanflow.store.metadata.base import Summary, gc_every
 from fanflow.store.metadata.sqlite import SCHEMA_VERSION
 from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
 
@@ -371,7 +371,12 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
     got = digest_rows(identities, graph.deps, flushed)
     assert expected is not None and got is not None
     run, summaries = expected
-    assert got == ((run.workers, run.cold_starts, run.bytes_fetched, run.bytes_local, run.bytes_out), summaries)
+    totals, executions = got
+    assert totals == (run.workers, run.cold_starts, run.bytes_fetched, run.bytes_local, run.bytes_out)
+    counted: dict[tuple[str, int], Summary] = {}
+    for identity, memory_mb, *execution in executions:
+        counted.setdefault((identity, memory_mb), Summary()).add(*execution)
+    assert counted == summaries and len(executions) == 3
     worker, ended = next((w, r) for w, rows in flushed for r in rows if SHAPES[r[-1]].kind == "task_finished")
     assert digest_rows(identities, graph.deps, [*flushed, (worker, [ended])]) is None  # a task ending twice
     stop = shape("worker_stopped", ("tasks", "task", "t"))

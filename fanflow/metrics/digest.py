@@ -25,7 +25,7 @@ import numpy as np
 
 from fanflow.metrics.records import RunRecord
 from fanflow.store.events import SHAPES
-from fanflow.store.metadata.base import Summary, SummaryKey
+from fanflow.store.metadata.base import Execution, Summary, SummaryKey
 from fanflow.store.metadata.trace import DagArrays, EventTable, IntLists, Strings
 
 _KNOWN = frozenset({"worker_started", "worker_stopped", "task_started", "task_finished"})
@@ -243,14 +243,14 @@ def _reader(number: int) -> _Reader | None:
 
 def digest_rows(
     identities: Sequence[str], deps: Sequence[Sequence[int]], batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
-) -> tuple[Totals, dict[SummaryKey, Summary]] | None:
+) -> tuple[Totals, tuple[Execution, ...]] | None:
     """:func:`digest_events` on a finished run's event rows as workers flushed them, ``(worker, rows)`` per flush.
 
     Also checks that the run is complete: every worker seen stopped. Gives
     what :func:`digest_events` gives for the same events (tests compare them)
     without making a dict per event, which cost more than the rest of
-    recording a tiny run: its :data:`Totals` and its summary increments, or
-    None for anything else.
+    recording a tiny run: its :data:`Totals` and, per task, the execution its
+    summary increments count (in task order), or None for anything else.
     """
     n = len(deps)
     ends: list[tuple[Any, ...] | None] = [None] * n
@@ -295,7 +295,7 @@ def digest_rows(
             return None
         out_bytes[i] = out
     fetched = local = 0
-    summaries: dict[SummaryKey, Summary] = {}
+    executions: list[Execution] = []
     for i, end in enumerate(ends):
         exec_s, _, memory, sizes = end  # type: ignore[misc]  # checked above
         in_bytes = 0
@@ -308,9 +308,5 @@ def digest_rows(
                 in_bytes += size
             else:
                 return None
-        key = (identities[i], memory)
-        summary = summaries.get(key)
-        if summary is None:
-            summary = summaries[key] = Summary()
-        summary.add(float(exec_s), in_bytes, out_bytes[i])
-    return (len(workers), cold_starts, fetched, local, sum(out_bytes)), summaries
+        executions.append((identities[i], memory, float(exec_s), in_bytes, out_bytes[i]))
+    return (len(workers), cold_starts, fetched, local, sum(out_bytes)), tuple(executions)

@@ -63,7 +63,7 @@ from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import EventRows, kind_of
 from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
-from fanflow.store.metadata.base import raw_summary, saves_raw
+from fanflow.store.metadata.base import saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
     DagArrays,
@@ -246,16 +246,20 @@ def _record_raw(run: Run) -> bool:
             return False
         stream = keys.events(run.run_id)
         batches, _ = run.store.read_event_batches(stream)
-        if not all(type(b) is EventRows for b in batches):
-            return False  # events of the client's own: recorded the usual way
-        flushed = [(b.worker, b.rows) for b in batches]  # type: ignore[attr-defined]
-        if sum(len(rows) for _, rows in flushed) >= SMALL_COLUMN:
+        flushed = []
+        count = 0
+        for batch in batches:
+            if type(batch) is not EventRows:
+                return False  # events of the client's own: recorded the usual way
+            flushed.append((batch.worker, batch.rows))
+            count += len(batch.rows)
+        if count >= SMALL_COLUMN:
             return False
         functions = [t.identity for t in dag.tasks]
         digested = digest_rows([functions[f] for f in dag.task_of], dag.deps, flushed)
         if digested is None:
             return False  # not complete yet, or not a common run: the records will say what it was
-        (workers, cold_starts, fetched, local, out), summaries = digested
+        (workers, cold_starts, fetched, local, out), executions = digested
         doc = _header_doc(run, None)
         doc["tasks"] = doc["tasks_finished"] = len(dag)
         doc["workers"], doc["cold_starts"] = workers, cold_starts
@@ -263,9 +267,8 @@ def _record_raw(run: Run) -> bool:
         doc["record_s"] = time.perf_counter() - began
         named = list(zip([t.name for t in dag.tasks], functions, strict=True))
         blob = raw.pack(doc, named, dag.task_of, dag.deps, dag.sinks, flushed)
-        parts = tuple(raw_summary(key, part) for key, part in summaries.items())
         keep = config.retention_runs
-        store.save_raw(run.run_id, dag.signature, run.submitted_at, blob, tuple(functions), parts, keep)
+        store.save_raw(run.run_id, dag.signature, run.submitted_at, blob, tuple(functions), executions, keep)
     except Exception as exc:  # a value marshal does not write, a store that cannot be opened: the usual way
         log.debug("run %s: recorded the usual way (%s: %s)", run.run_id, type(exc).__name__, exc)  # says what failed
         return False

@@ -281,14 +281,9 @@ class MetadataStore(Protocol):
     def close(self) -> None: ...
 
 
-RawSummary = tuple[Any, ...]
-"""A summary increment as plain values: ``(identity, memory_mb, count, mean, m2, min, max, sum_x, sum_xx, sum_xy,
-sum_out, sum_x_out)``, a :class:`Summary`'s fields in order after its key."""
-
-
-def raw_summary(key: SummaryKey, summary: Summary) -> RawSummary:
-    """``summary`` of ``key`` as a :data:`RawSummary`."""
-    return (*key, *_summary_values(summary))
+Execution = tuple[str, int, float, float, float]
+"""One execution as plain values, what a :class:`Summary` counts: ``(identity, memory_mb, exec_s, in_bytes,
+out_bytes)``."""
 
 
 @runtime_checkable
@@ -306,14 +301,15 @@ class SavesRaw(Protocol):
         submitted_at: float,
         blob: bytes,
         functions: tuple[str, ...],
-        summaries: tuple[RawSummary, ...],
+        executions: tuple[Execution, ...],
         keep_runs: int | None = None,
     ) -> None:
         """Store one raw run (:func:`fanflow.store.metadata.raw.pack`) as :meth:`MetadataStore.save_run` would.
 
-        ``functions`` and ``summaries`` are what ``save_run`` takes, as plain
-        values: they wait in memory with the blob, where the garbage collector
-        need not follow them (it stops tracking a tuple of strings and numbers).
+        ``functions`` are what ``save_run`` takes, and ``executions`` what its
+        summary increments count, as plain values: they wait in memory with the
+        blob, where the garbage collector need not follow them (it stops
+        tracking a tuple of strings and numbers).
         """
         ...
 

@@ -59,17 +59,26 @@ def pack(
 ) -> bytes:
     """The raw blob of a run without dynamic fan-outs: ``batches`` are ``(worker, rows)`` as workers flushed them.
 
-    Raises ``ValueError`` when a value is of a type ``marshal`` does not write.
+    Raises ``ValueError`` when a value is of a type ``marshal`` does not write. The sequences may be
+    lists or tuples: they are read back as whichever they were.
     """
     shapes: dict[int, tuple[str, tuple[str, ...]]] = {}
     for _, rows in batches:
         for row in rows:
             number = row[-1]
             if number not in shapes:
-                form = SHAPES[number]
-                shapes[number] = (form.kind, form.names)
-    parts = (dict(doc), tuple(functions), tuple(task_of), tuple(deps), tuple(sinks), shapes, tuple(batches))
-    return MAGIC + marshal.dumps(parts)
+                shapes[number] = _shapes[number] if number in _shapes else _shape(number)
+    return MAGIC + marshal.dumps((doc, functions, task_of, deps, sinks, shapes, batches))
+
+
+_shapes: dict[int, tuple[str, tuple[str, ...]]] = {}
+"""``(kind, names)`` of each shape number packed so far in this process."""
+
+
+def _shape(number: int) -> tuple[str, tuple[str, ...]]:
+    form = SHAPES[number]
+    found = _shapes[number] = (form.kind, form.names)
+    return found
 
 
 def _load(blob: bytes) -> tuple[Any, ...]:

@@ -62,8 +62,8 @@ from typing import Any
 
 from fanflow.store.metadata import BATCH_S, defer, in_writer, raw
 from fanflow.store.metadata.base import (
+    Execution,
     MetadataError,
-    RawSummary,
     RunNotFoundError,
     StoredRun,
     Summary,
@@ -150,7 +150,7 @@ def _unpack(blob: bytes) -> Any:
     return json.loads(blob if blob[:1] in (b"[", b"{") else zlib.decompress(blob))
 
 
-_RawRun = tuple[str, str, float, bytes, tuple[str, ...], tuple[RawSummary, ...], int | None]
+_RawRun = tuple[str, str, float, bytes, tuple[str, ...], tuple[Execution, ...], int | None]
 """A raw run waiting for the next transaction: :meth:`SQLiteMetadataStore.save_raw`'s arguments."""
 
 
@@ -255,20 +255,15 @@ class SQLiteMetadataStore:
                 found = increments.get(key)
                 increments[key] = part if found is None else found.merge(part)
         mine: set[SummaryKey] = set()  # increments made here, which adding to in place changes nothing else
-        for *_, parts, keep in raws:
+        for *_, executions, keep in raws:
             keep_runs = keep if keep is not None else keep_runs
-            for identity, memory_mb, count, mean, *values in parts:
+            for identity, memory_mb, exec_s, in_bytes, out_bytes in executions:
                 key = (identity, memory_mb)
                 found = increments.get(key)
-                if count == 1:  # one execution (most runs): added, no summary made and merged per run
-                    if key not in mine:
-                        found = increments[key] = Summary() if found is None else found.merge(Summary())
-                        mine.add(key)
-                    found.add(mean, values[3], values[6])  # exec_s, sum_x (its input bytes), sum_out
-                    continue
-                part = Summary(count, mean, *values)
-                increments[key] = part if found is None else found.merge(part)
-                mine.add(key)
+                if key not in mine:  # a copy: a saved run's own increment is not changed
+                    found = increments[key] = Summary() if found is None else found.merge(Summary())
+                    mine.add(key)
+                found.add(exec_s, in_bytes, out_bytes)  # type: ignore[union-attr]  # made above
         self._merge_summaries(db, increments)
         self._saves += len(runs) + len(raws)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
@@ -347,7 +342,7 @@ class SQLiteMetadataStore:
         submitted_at: float,
         blob: bytes,
         functions: tuple[str, ...],
-        summaries: tuple[RawSummary, ...],
+        executions: tuple[Execution, ...],
         keep_runs: int | None = None,
     ) -> None:
         """Save one raw run (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
@@ -361,7 +356,7 @@ class SQLiteMetadataStore:
         written, and deleted by retention, at that quarter of the cost.
         """
         with self._lock:
-            self._raw.append((run_id, signature, submitted_at, blob, functions, summaries, keep_runs))
+            self._raw.append((run_id, signature, submitted_at, blob, functions, executions, keep_runs))
             self._pending_bytes += len(blob)
             full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
