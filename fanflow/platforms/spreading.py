@@ -66,8 +66,8 @@ SERIAL_BELOW = 1.4
 """Cores used, under which overlapping threads are judged to take turns (two GIL-free threads: close to 2)."""
 
 BUSY = 0.6
-"""Cores used (spread) or threads runnable (serial) above which a window's threads mostly computed
-(below: they mostly waited on sleeps or I/O)."""
+"""Threads runnable at once, on average, above which a window's threads mostly computed
+(below: they mostly waited on sleeps or I/O, where more threads help)."""
 
 PROBE_EVERY = 16
 """Serial windows between two spread probes."""
@@ -112,8 +112,9 @@ def judge(window: Window, serial: bool) -> bool | None:
     (waiting for a core counts: that is other processes' load) or slept. Spread,
     :attr:`Window.cores` says whether overlapping threads computed side by side,
     whatever kept them from it: the GIL, or a machine with no core to spare (one
-    thread then gets as much done, without the threads' hand-offs). A window in
-    which invocations hardly overlapped says nothing.
+    thread then gets as much done, without the threads' hand-offs); threads that
+    mostly slept (:attr:`Window.runnable` below :data:`BUSY`) gain from spreading.
+    A window in which invocations hardly overlapped says nothing.
     """
     if serial:
         return window.runnable >= BUSY
