@@ -384,16 +384,32 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
     assert digest_rows(identities, graph.deps, unstopped) is None  # a worker yet to flush its last events
 
 
-def test_a_damaged_raw_run_is_an_error_that_says_so() -> None:
+def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_it(tmp_path: Path) -> None:
     from fanflow.store.metadata import raw
 
     blob = raw.pack({"run_id": "r"}, [("f", "m.f:1")], [0], [()], [0], [])
     doc, trace = raw.expand(blob)
     assert doc == {"run_id": "r"} and decode_trace(trace).dag.functions == [("f", "m.f:1")]
+    assert raw.expand(b"FFRAW13." + blob[len(raw.MAGIC) :])[0] == doc  # packed by another Python: read alike
     with pytest.raises(MetadataError, match="damaged"):
         raw.expand(blob[:-3])
-    with pytest.raises(MetadataError, match="another Python version"):
-        raw.expand(b"FFRAW0." + blob[len(raw.MAGIC) :])
+    with pytest.raises(MetadataError, match="not a raw run"):
+        raw.expand(b"FFRAWx." + blob[len(raw.MAGIC) :])
+
+    db = tmp_path / "meta.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    for i in range(3):
+        assert leaf(i).compute(config) == i + 1
+    drain()
+    peek = sqlite3.connect(db)
+    (damaged,) = peek.execute("SELECT run_id FROM raw_runs ORDER BY rowid LIMIT 1").fetchone()
+    peek.execute("UPDATE raw_runs SET events = substr(events, 1, 40) WHERE run_id = ?", (damaged,))
+    peek.commit()
+    store = open_metadata(config.metadata)
+    assert len(store.runs()) == 2 and damaged not in {d["run_id"] for d in store.runs()}
+    assert len(store.task_runs([leaf.identity])) == 2
+    with pytest.raises(MetadataError, match="damaged"):
+        store.load_run(damaged)
 
 
 def test_trace_round_trips_any_events() -> None:

@@ -39,7 +39,9 @@ from fanflow.store.metadata.base import MetadataError
 from fanflow.store.metadata.trace import small_trace
 
 MAGIC = b"FFRAW%d." % sys.version_info[1]
-"""First bytes of a raw run: ``FFRAW`` and the minor version of the Python that packed it (marshal's format)."""
+"""First bytes of a raw run: ``FFRAW``, the minor version of the Python that packed it, and a dot. Any version
+reads it: marshal's format for the types packed here has not changed since Python 3.4; a blob it cannot read
+is reported as damaged."""
 
 _PREFIX = b"FFRAW"
 
@@ -82,12 +84,11 @@ def _shape(number: int) -> tuple[str, tuple[str, ...]]:
 
 
 def _load(blob: bytes) -> tuple[Any, ...]:
-    if blob[: len(MAGIC)] != MAGIC:
-        raise MetadataError(
-            f"a stored raw run was packed by another Python version ({blob[:8]!r}); delete the run or the history file"
-        )
+    start = blob.find(b".", len(_PREFIX), len(_PREFIX) + 4) + 1
+    if not start or not blob[len(_PREFIX) : start - 1].isdigit():
+        raise MetadataError(f"not a raw run ({blob[:8]!r}); delete the run or the history file")
     try:
-        parts = marshal.loads(blob[len(MAGIC) :])
+        parts = marshal.loads(blob[start:])
     except (ValueError, EOFError, TypeError) as exc:
         raise MetadataError(f"a stored raw run is damaged ({exc}); delete the run or the history file") from exc
     if type(parts) is not tuple or len(parts) != 7 or type(parts[0]) is not dict:

@@ -500,7 +500,7 @@ class SQLiteMetadataStore:
             "ORDER BY submitted_at DESC, run_id DESC LIMIT ?",
             [*args, -1 if limit is None else limit],
         )
-        return [_doc(doc, blob) for doc, blob in rows]
+        return [found for doc, blob in rows if (found := _doc(doc, blob)) is not None]
 
     def load_run(self, run_id: str) -> StoredRun:
         found = self._read("SELECT doc, events FROM runs WHERE run_id = ?", (run_id,))
@@ -532,7 +532,11 @@ class SQLiteMetadataStore:
             f"(SELECT t.run_id FROM run_functions t {where})",
             args,
         )
-        found.extend((at, run_id, _stored(doc, blob)) for at, run_id, doc, blob in rows)
+        for at, run_id, doc, blob in rows:
+            try:
+                found.append((at, run_id, _stored(doc, blob)))
+            except MetadataError as exc:  # one damaged run does not hide the others' history
+                log.warning("run %s left out of the history read: %s", run_id, exc)
         older: dict[str, list[dict[str, Any]]] = {}
         for _, run_id, doc in self._task_docs(where, args):
             older.setdefault(run_id, []).append(doc)
@@ -593,12 +597,19 @@ class SQLiteMetadataStore:
             self._db.close()
 
 
-def _doc(doc: str, blob: bytes | None) -> dict[str, Any]:
-    """A run document from its row: the JSON in ``doc``, or for a raw run (``doc`` empty) the one in its blob."""
+def _doc(doc: str, blob: bytes | None) -> dict[str, Any] | None:
+    """A run document from its row: the JSON in ``doc``, or for a raw run (``doc`` empty) the one in its blob.
+
+    None, logged, for a raw run that cannot be read: a listing of runs goes on without it.
+    """
     if doc or blob is None:
         found: dict[str, Any] = json.loads(doc)
         return found
-    return raw.doc_of(blob)
+    try:
+        return raw.doc_of(blob)
+    except MetadataError as exc:
+        log.warning("a run left out of the runs listed: %s", exc)
+        return None
 
 
 def _stored(doc: str, blob: bytes) -> StoredRun:
