@@ -14,6 +14,9 @@ modes take turns, so load hits both alike) and the min-max spread:
   writer's included). On a shared, loaded machine wall times wander; CPU time is
   the steadier reading of the work done;
 - the on / off ratio of both (issue #12 target: history on at most 1.15x off);
+- what explains a slow round, per mode: the CPU spent off the calling thread (the history
+  writer's, and worker threads' when the platform spreads a run over them), the process's
+  context switches (a lock convoy makes thousands) and the full garbage collections;
 - the history file's size per run (database plus write-ahead log, which is
   truncated at 4 MB) after the rounds, and the average size of a run's row;
 - what reading history back costs: one run's records built from its trace
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import sqlite3
 import statistics
 import sys
@@ -33,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import fanflow
 from fanflow.metrics import History, RunMetrics, build_dag
@@ -42,12 +47,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tree_reduction import add, build_tree, inc
 
 
-def timed(run: Callable[[], object]) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``run()``."""
+class Round(NamedTuple):
+    """One timed run: seconds of wall and CPU time, and what explains a slow one."""
+
+    wall: float
+    cpu: float
+    elsewhere: float
+    """CPU seconds of threads other than the caller's (the history writer's, worker threads')."""
+    switches: int
+    """Context switches of the process, voluntary and not."""
+    full_gcs: int
+    """Collections of the oldest generation."""
+
+
+def timed(run: Callable[[], object]) -> Round:
+    """``run()`` measured."""
     gc.collect()
-    wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    full: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    gc.callbacks.append(count)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    wall, cpu, here = time.perf_counter(), time.process_time(), time.thread_time()
+    try:
+        run()
+    finally:
+        gc.callbacks.remove(count)
+    wall, cpu, here = time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - here
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    switches = after.ru_nvcsw - before.ru_nvcsw + after.ru_nivcsw - before.ru_nivcsw
+    return Round(wall, cpu, max(0.0, cpu - here), switches, len(full))
 
 
 def spread(xs: list[float]) -> str:
@@ -79,24 +111,31 @@ def main() -> None:
 
         for config in modes.values():  # warm: imports, thread pool, the SQLite file
             run(config)()
-        walls: dict[str, list[float]] = {m: [] for m in modes}
-        cpus: dict[str, list[float]] = {m: [] for m in modes}
+        rounds: dict[str, list[Round]] = {m: [] for m in modes}
         for _ in range(args.repeat):
             for mode, config in modes.items():
-                wall, cpu = timed(run(config))
-                walls[mode].append(wall)
-                cpus[mode].append(cpu)
+                rounds[mode].append(timed(run(config)))
+        walls = {m: [r.wall for r in rs] for m, rs in rounds.items()}
+        cpus = {m: [r.cpu for r in rs] for m, rs in rounds.items()}
         tasks = 2 * args.tr - 1
         print(f"TR-{args.tr} ({tasks:,} tasks), embedded default, compute() + drain(); median of {args.repeat}")
         for mode in modes:
             print(f"  history {mode:<3}  wall {spread(walls[mode])}   CPU {spread(cpus[mode])}")
         ratio_wall = statistics.median(walls["on"]) / statistics.median(walls["off"])
         ratio_cpu = statistics.median(cpus["on"]) / statistics.median(cpus["off"])
-        rounds = [a / b for a, b in zip(cpus["on"], cpus["off"], strict=True)]
+        ratios = [a / b for a, b in zip(cpus["on"], cpus["off"], strict=True)]
         print(
             f"  on / off   wall {ratio_wall:.2f}x   CPU {ratio_cpu:.2f}x "
-            f"(CPU rounds {min(rounds):.2f}-{max(rounds):.2f})   target <= 1.15x"
+            f"(CPU rounds {min(ratios):.2f}-{max(ratios):.2f})   target <= 1.15x"
         )
+        for mode, rs in rounds.items():
+            elsewhere = [r.elsewhere for r in rs]
+            switches = [r.switches for r in rs]
+            print(
+                f"  history {mode:<3}  CPU off the caller's thread {spread(elsewhere)}   "
+                f"context switches {statistics.median(switches):,.0f} [{min(switches):,}-{max(switches):,}]   "
+                f"full GCs {sum(r.full_gcs for r in rs)} in {len(rs)} rounds"
+            )
 
         store = open_metadata(url)
         runs = store.runs()
