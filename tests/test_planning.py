@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import add
@@ -14,8 +15,15 @@ from fanflow.dag.graph import DAG
 from fanflow.metrics import History
 from fanflow.metrics.executions import Executions
 from fanflow.metrics.records import FINISHED, TaskRecord
-from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, simulate
-from fanflow.planning.planners import critical_path_assignment, merge_labels, place
+from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, planners, simulate
+from fanflow.planning.planners import (
+    MEMORY_CHOICES,
+    critical_path_assignment,
+    makespan_floor,
+    merge_labels,
+    place,
+    upload_flags,
+)
 from fanflow.planning.predict import (
     DEFAULT_EXEC_S,
     Line,
@@ -305,6 +313,72 @@ def test_critical_path_downgrades_only_off_the_critical_path() -> None:
     assert all(plan.memory_mb[t] >= 1769 for t in on_path)
     uniform = simulate(dag, costs, Assignment([3008] * n, labels))
     assert sim.cost_gb_s < uniform.cost_gb_s
+
+
+@pytest.mark.parametrize("max_workers", [None, 1, 2])
+@pytest.mark.parametrize("remote", [False, True])
+def test_the_makespan_floor_never_beats_a_simulation(max_workers: int | None, remote: bool) -> None:
+    for dag in (DAG.from_sinks([tree(64)]), lopsided(), DAG.from_sinks([fan(5)])):
+        n = len(dag)
+        for costs in (
+            costs_of(n),
+            costs_of(n, exec_s=0.001, start=0.2, fetch=0.0, upload=0.0),
+            DagCosts.uniform(n, 0.01, LARGE_OUTPUT_BYTES * 2, 0.002, 0.003, 0.05, 0.001),
+            Predictor(None, "mean", max_workers).costs(dag),
+        ):
+            labels = place(dag, costs, [3008] * n, clustering=True)
+            for upload in (None, upload_flags(dag, labels)):
+                for m in MEMORY_CHOICES:
+                    sim = simulate(dag, costs, Assignment([m] * n, labels, upload), max_workers, remote)
+                    assert 0.0 < makespan_floor(dag, costs, m, max_workers) <= sim.makespan
+
+
+def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    record = fanflow.Config(metadata=url, progress=False, planner="none")
+    for _ in range(3):
+        tree(512).compute(record)
+        fan(4).compute(record)
+    drain()
+    counted = [0]
+    simulate_all = planners.simulate
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return simulate_all(*args, **kwargs)
+
+    monkeypatch.setattr(planners, "simulate", counting)
+
+    def planned() -> tuple[list[tuple[Any, ...]], int]:
+        counted[0] = 0
+        plans = []
+        for metadata in (url, "none"):
+            for pool in ({"platform": "processes", "store": "redis://localhost:1/0", "max_workers": 2}, {}):
+                config = fanflow.Config(metadata=metadata, planner="critical-path", progress=False, **pool)
+                for dag in (DAG.from_sinks([tree(512)]), DAG.from_sinks([fan(4)]), lopsided()):
+                    plan = make_plan(dag, config)
+                    assert plan.used_history == (metadata == url)
+                    plans.append(
+                        (
+                            plan.annotations,
+                            plan.kind,
+                            plan.simulation.makespan if plan.simulation else None,
+                            plan.best_makespan_s,
+                            plan.uniform_makespan_s,
+                            plan.uniform_gb_s,
+                            plan.predicted_p90_s,
+                        )
+                    )
+        return plans, counted[0]
+
+    fewer, skipping = planned()
+    # the reference: every size simulated, as before the floor existed
+    monkeypatch.setattr(planners, "makespan_floor", lambda *args: 0.0)
+    every, simulating = planned()
+    assert fewer == every
+    assert skipping < simulating
 
 
 def test_measured_sizes_win_and_unmeasured_ones_scale() -> None:

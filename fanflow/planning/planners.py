@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
@@ -548,6 +549,36 @@ def downgrade(
     return changed
 
 
+def makespan_floor(dag: DAG, costs: DagCosts, memory_mb: int, max_workers: int | None) -> float:
+    """A makespan no simulation of uniform ``memory_mb`` from an empty pool can beat (0.0 where unsure).
+
+    A task's worker holds it from the end of the worker's previous task (the
+    loop gap) or from its dispatch (the start latency: cold or warm on a pool,
+    the platform's mix without one) until it hands its output on (fetch,
+    execution, upload: at least the upload's floor and intercept); that interval ends
+    before its readers start, so before the sink it leads to finishes (every
+    task of a DAG leads to a sink). Hence the makespan is at least the
+    longest such interval, and on a pool, where at most ``max_workers``
+    workers run at once, their sum over the slots. Sound only while no
+    predicted gap, latency, floor or execution time is negative (none is, as
+    fitted; the floor is 0.0 otherwise). One pass over the tasks' predicted
+    times, against a full simulation.
+    """
+    execute = costs.exec_at(memory_mb)
+    if not execute:
+        return 0.0
+    fetch, upload = costs.fetch.line(memory_mb), costs.upload.line(memory_mb)
+    # the simulator's upload time: the larger of the floor and the line at the bytes uploaded (0 or more)
+    upload_least = max(upload.floor, upload.intercept + costs.z * upload.sd) if upload.slope >= 0 else upload.floor
+    gap = costs.gap_s(memory_mb)
+    latency = min(costs.cold_s(memory_mb), costs.warm_s(memory_mb)) if max_workers else costs.start_s(memory_mb)
+    if min(fetch.floor, upload.floor, gap, latency, min(execute)) < 0.0:
+        return 0.0
+    head = min(gap, latency) + upload_least
+    longest = latency + max(execute) + upload_least
+    return max(longest, (math.fsum(execute) + len(dag) * head) / max_workers) if max_workers else longest
+
+
 def _same_costs(costs: DagCosts, a: int, b: int) -> bool:
     """Whether every prediction is the same at ``a`` and ``b`` MB (past one vCPU, unmeasured sizes scale alike)."""
     models = (costs.fetch, costs.upload, costs.gap, costs.cold, costs.warm, costs.mix, *costs.exec_models)
@@ -611,13 +642,20 @@ def critical_path_assignment(
     for m in sorted(choices, reverse=True):
         if m in sims:
             continue
+        # A size whose floor is past the target of the sizes simulated so far is no candidate and not the
+        # fastest, whatever its simulation says: most often 512 and 1024 MB (two of the plan's simulations).
+        # Sizes of a whole vCPU or more are simulated anyway on a pool (the warm re-check below needs them).
+        if sims and not fixed and (not pool or m < ONE_VCPU_MB):
+            target_so_far = min(s.makespan for s in sims.values()) * (1.0 + slack) * (1 + 1e-6)
+            if makespan_floor(dag, costs, m, max_workers) > target_so_far * (1 + 1e-6):
+                continue
         # sizes past one vCPU that were never measured predict the same times: one simulation serves both
         twin = next((tm for tm in sims if not fixed and _same_costs(costs, tm, m)), None)
         if twin is None:
             sims[m] = simulate(dag, costs, uniform(m), max_workers, remote)
         else:
             sims[m] = _resized(sims[twin], twin, m)
-    trials = [(sims[m], m) for m in sorted(choices)]
+    trials = [(sims[m], m) for m in sorted(choices) if m in sims]
     best = min(s.makespan for s, _ in trials)
     target = best * (1.0 + slack)
     limit = target * (1 + 1e-6)
