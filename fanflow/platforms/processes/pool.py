@@ -423,7 +423,12 @@ class PoolHost:
                     room = high - self._held
                 entries = self._take_script(keys=held_keys, args=(room, HELD_TTL_MS)) or []
                 if not entries:
-                    got = client.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
+                    # A held list the move creates has no TTL: its expiry rides in the same pipeline, so
+                    # Redis sets it right after the move, even if this process dies before the reply.
+                    pipe = client.pipeline(transaction=False)
+                    pipe.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
+                    pipe.pexpire(self._held_key, HELD_TTL_MS)
+                    got, _ = pipe.execute()
                     if got is None:
                         continue
                     entries = [got]
