@@ -57,8 +57,11 @@ def ray_local() -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    """Close the pools a test's runs kept warm before its fixtures stop their redis-servers, so no
-    idle pool outlives the store it queues in (tests of keep-alive look within one test)."""
+    """Close the platforms a test's runs kept before its fixtures stop their redis-servers, so no
+    idle pool outlives the store it queues in (tests of keep-alive look within one test), and so
+    each test starts from new platforms: the embedded default's threads platform keeps what it
+    measured of earlier runs (whether to spread a run over threads), which would make a test's
+    worker counts depend on the tests before it."""
     session().close_idle()
     yield
 

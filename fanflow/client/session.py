@@ -174,9 +174,18 @@ class Session:
         _close(platform)
 
     def close_idle(self) -> None:
-        """Close now the platforms no run is using (those kept warm); runs in flight keep theirs."""
+        """Close now every platform no run is using, kept warm or kept for the process; runs in flight keep theirs.
+
+        The next run starts a new platform, with nothing of the earlier runs: no
+        warm worker and no measurement (the threads platform's choice to keep a
+        run on one thread is learnt from the runs before it).
+        """
         with self._lock:
             evicted = self._evict_beyond(0)
+            for key, entry in list(self._platforms.items()):
+                if not entry.runs:
+                    del self._platforms[key]
+                    evicted.append(entry.platform)
         for platform in evicted:
             _close(platform)
 
