@@ -15,7 +15,7 @@ from support import GATEWAY_SECRET, bump, gateway_payload, wait_until
 import fanflow
 from fanflow.client.session import session
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import spread
+from fanflow.dag.placement import PlanView, shed_units, spread
 from fanflow.planning.predict import Predictor
 from fanflow.planning.simulate import Assignment, simulate
 from fanflow.platforms.http.protocol import BATCH_TYPE, frame, unframe
@@ -85,6 +85,25 @@ def test_spread_without_a_count_or_without_room() -> None:
     assert spread([1, 2, 3], None) == ([], [[1], [2], [3]])  # no limit known: one worker per item (WUKONG)
     assert spread([1, 2, 3], 0) == ([1, 2, 3], [])  # nothing idle: this worker keeps them all
     assert spread([], 4) == ([], [])
+
+
+def test_a_labels_queued_tasks_are_shed_together_and_only_while_none_ran_here() -> None:
+    dag = DAG.from_sinks([total([inc(i) for i in range(6)])])  # roots 0..5 (labels below), sink 6
+    labels = ["a", "a", "b", "c", None, "d", None]
+    plan = PlanView.from_columns(dag, labels)
+    queue = [0, 1, 2, 3, 4, 5]
+
+    def units(started: set[str], staying: tuple[int, ...] = ()) -> list[list[int]]:
+        return shed_units(plan, queue, lambda t: t, staying.__contains__, started)
+
+    # the head (0, label a) runs here next, so a's other task stays; the others move, a label whole
+    assert units(set()) == [[2], [3], [4], [5]]
+    assert units({"c"}) == [[2], [4], [5]]  # a task of c ran here: c's queued ones stay with it
+    assert units(set(), staying=(4, 5)) == [[2], [3]]  # an unlabelled one stays alone; d stays with its task
+    two = [1, 0, 3, 2]  # label b and a both with two queued tasks
+    plan2 = PlanView.from_columns(dag, ["a", "b", "b", "a", None, None, None])
+    assert shed_units(plan2, two, lambda t: t, lambda t: False, set()) == [[0, 3]]  # b is the head's label
+    assert shed_units(plan2, two, lambda t: t, (3,).__contains__, set()) == []  # a task of a stays: a does
 
 
 def test_the_simulator_spreads_over_a_pools_slots_as_the_loop_does() -> None:
@@ -226,6 +245,50 @@ def test_a_shared_pools_client_starts_the_roots_in_one_worker_that_shares_them(r
     assert len(started) <= 6, len(started)  # not 60: one per root cost each task a pool dispatch
     assert [e for e in events if e["kind"] == "shed"]
     assert len({e["worker"] for e in events if e["kind"] == "task_finished"}) >= 2  # both processes ran roots
+
+
+@pytest.mark.parametrize("planner", ["uniform", "critical-path"])
+def test_a_shared_pools_idle_slot_takes_a_share_of_a_planned_trees_roots(
+    redis_url: str, tmp_path: Path, planner: str
+) -> None:
+    """A planner labels each root on its own; the worker holding a shared pool's roots still hands a share
+    of them to the idle slot (labelled tasks moved never: one worker ran the whole tree)."""
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    host = PoolHost(store, name, b"shared-secret", max_workers=2, advertise=True)
+    serving = threading.Thread(target=host.serve, daemon=True)
+    serving.start()
+    try:
+        wait_until(lambda: store.client.exists(alive_key(name)), 30, "the shared pool to start")
+        config = fanflow.Config(
+            platform="processes",
+            store=redis_url,
+            pool=name,
+            secret="shared-secret",
+            progress=False,
+            planner=planner,
+            memory_mb=1769,
+            metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        )
+        total([inc(i) for i in range(4)]).compute(config)  # both processes warm
+        leaves = [pause(i, 0.005) for i in range(64)]
+        while len(leaves) > 1:
+            leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
+        future = leaves[0].submit(config)
+        assert future.result(timeout=120) == sum(range(64))
+    finally:
+        host.stop()
+        serving.join(timeout=30)
+    events = _events(config, future.run_id)
+    dag = DAG.from_sinks([leaves[0]])
+    assert [e for e in events if e["kind"] == "shed"]
+    per_worker: dict[str, int] = {}
+    for e in events:
+        if e["kind"] == "task_finished" and not dag.deps[e["task"]]:
+            per_worker[e["worker"]] = per_worker.get(e["worker"], 0) + 1
+    assert sum(per_worker.values()) == 64
+    assert len(per_worker) >= 2 and max(per_worker.values()) <= 48, per_worker  # was {one worker: 64}
 
 
 # -- http --------------------------------------------------------------------------------------------

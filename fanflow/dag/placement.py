@@ -21,7 +21,7 @@ the store.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -296,10 +296,57 @@ def continuation(
     return [keep, *kept], [[d] for d in claimed if d not in fits] + groups
 
 
-def sheddable(dag: DAG, plan: PlanView, d: int, held_here_only: Callable[[int], bool]) -> bool:
-    """Whether a queued task may move to a new worker: it has no placement label (the plan put it
-    somewhere) and no input whose output only this worker holds (it was never uploaded)."""
-    return plan.labels[d] is None and not any(held_here_only(u) for u in dag.deps[d])
+def sheddable(dag: DAG, d: int, held_here_only: Callable[[int], bool]) -> bool:
+    """Whether a queued task may move to a new worker as far as its inputs go: none of them is an
+    output only this worker holds (it was never uploaded). Its label decides the rest (:func:`shed_units`)."""
+    return not any(held_here_only(u) for u in dag.deps[d])
+
+
+def shed_units(
+    plan: PlanView,
+    queue: Sequence[T],
+    task_of: Callable[[T], int],
+    stays: Callable[[T], bool],
+    started_here: Container[Hashable],
+) -> list[list[T]]:
+    """What of a worker's queue may move to new workers, as units that each move whole, in queue order.
+
+    ``queue[0]`` runs here next; ``stays(item)`` says an item may not move (an input only this
+    worker holds, see :func:`sheddable`, or the loop pinned it); ``started_here`` holds the labels of
+    the tasks this worker ran. An unlabelled item is a unit of its own. A label's items move
+    together, and only while no task of that label ran here, none of its items stays and it is not
+    the label of ``queue[0]``: the plan put a label's tasks in one worker, and its delayed I/O counts
+    on the worker that starts a label's roots running all of them (:func:`anchored_tasks`). Moving
+    a label that started here would split that, where moving it whole leaves the new worker the
+    one that starts them. A planner labels each root on its own, so without this the roots a
+    shared pool's client starts in one worker (:func:`root_groups` with one free slot) never
+    moved: one worker ran a 2,047-task tree while the pool's other slot stayed idle.
+
+    What does not move now never will (labels only start, inputs only stay, pins only add), so
+    the loop scans again only once its queue has grown (:meth:`fanflow.worker.Worker._shed`).
+    """
+    labels = plan.labels
+    units: list[list[T]] = []
+    by_label: dict[Hashable, list[T]] = {}
+    kept: set[Hashable] = set()
+    for i, item in enumerate(queue):
+        label = labels[task_of(item)]
+        if label is not None and label in started_here:
+            continue
+        if i == 0 or stays(item):
+            if label is not None:
+                kept.add(label)
+        elif label is None:
+            units.append([item])
+        elif label not in started_here:
+            unit = by_label.get(label)
+            if unit is None:
+                unit = by_label[label] = []
+                units.append(unit)
+            unit.append(item)
+    if kept and by_label:
+        units = [u for u in units if labels[task_of(u[0])] not in kept]
+    return units
 
 
 def runs_here_if_claimed(plan: PlanView, t: int, d: int, memory_mb: int) -> bool:

@@ -72,7 +72,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import PlanView, continuation, root_groups, runs_here_if_claimed, sheddable, spread
+from fanflow.dag.placement import (
+    PlanView,
+    continuation,
+    root_groups,
+    runs_here_if_claimed,
+    shed_units,
+    sheddable,
+    spread,
+)
 from fanflow.planning.predict import DagCosts
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
 from fanflow.worker.values import MEMORY_SHARE
@@ -207,6 +215,10 @@ def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool], _Place
     return view, local, _last
 
 
+def _same(t: int) -> int:
+    return t
+
+
 def simulate(
     dag: DAG,
     costs: DagCosts,
@@ -261,6 +273,9 @@ def simulate(
     seq = 0
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
+    labels = view.labels
+    labelled = pool and plan.labels is not None  # labels a worker ran: only shedding reads them
+    w_labels: list[set[object]] = []
     slots = max_workers if pool else n + 1
     # (memory, process) of the idle processes, least recently used first
     idle = [(m, p) for p, m in enumerate(list(warm)[-max_workers:] if pool and max_workers else [])]
@@ -304,6 +319,8 @@ def simulate(
         worker[t] = w
         start[t] = now
         w_last[w] = t
+        if labelled:
+            w_labels[w].add(labels[t])
         order.append(t)
         seq += 1
         if large[t] and all(runs_here_if_claimed(view, t, x, w_memory[w]) for x in dependents[t]):
@@ -358,6 +375,8 @@ def simulate(
         w_end.append(begin)
         w_last.append(-1)
         w_queue.append(deque(tasks))
+        if labelled:
+            w_labels.append(set())
         w_latency.append(latency)
         first = tasks[0]
         run_next(w, begin)
@@ -373,8 +392,10 @@ def simulate(
         if not pool or slots <= 0 or len(queue) < 2:
             return
         held_here = lambda u: held[u] and worker[u] == w  # noqa: E731
-        movable = [d for d in list(queue)[1:] if sheddable(dag, view, d, held_here)]
-        _, groups = spread(movable, slots)
+        stays = lambda d: not sheddable(dag, d, held_here)  # noqa: E731
+        units = shed_units(view, queue, _same, stays, w_labels[w] if labelled else ())
+        _, shares = spread(units, slots)
+        groups = [[d for unit in share for d in unit] for share in shares]
         moved = {d for g in groups for d in g}
         if moved:
             w_queue[w] = deque(d for d in queue if d not in moved)

@@ -30,8 +30,8 @@ than running its task here, so then the others are spread over the idle
 slots and the rest stay in this worker's ready queue
 (:func:`fanflow.dag.placement.spread`); before each next task, a worker that
 holds more than one hands a share of its queue to slots that freed meanwhile
-(:meth:`Worker._shed`), never a task whose input only it holds or that the
-plan placed. Claims are unchanged by this: a queued task is claimed by this
+(:meth:`Worker._shed`), never a task whose input only it holds, and a plan's
+label only whole and before any of it ran here. Claims are unchanged by this: a queued task is claimed by this
 worker's invocation, as a continued one always was, and a worker started for
 shed tasks runs them as start tasks, as one started for a fan-out branch does.
 A redelivered invocation (its first worker was lost) fans out to no one: it
@@ -80,7 +80,7 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed, sheddable, spread
+from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed, shed_units, sheddable, spread
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
 from fanflow.platforms.invocation import Invocation, branch_id, send
@@ -202,6 +202,10 @@ class Worker:
         """Outputs made here and never uploaded: only this worker can run their readers."""
         self._pinned: set[int] = set()
         """Queued tasks an output kept here counts on running here (see :meth:`_readers_stay_here`): never shed."""
+        self._labels_here: set[Any] = set()
+        """Labels of the tasks run here: their other queued tasks are not shed (see :func:`shed_units`)."""
+        self._settled: Item | None = None
+        """The last item of the queue when :meth:`_shed` last found nothing to move (items are unique)."""
         self._current = -1
         self._ready: deque[Item] = deque()
         self._held: list[tuple[int, tuple[int, ...]]] = []
@@ -321,6 +325,9 @@ class Worker:
         claimed, out_bytes, store_s, uploaded = self._store_and_notify(t, value, exec_s)
         self.tasks_run += 1
         self._ran_here.add(t)
+        label = self.plan.labels[t]
+        if label is not None:
+            self._labels_here.add(label)
         self._release_inputs(t)
         memory = self.inv.memory_mb
         if self.dag.dependents[t]:
@@ -740,22 +747,33 @@ class Worker:
         frees later (another worker ended) takes a share now (:func:`spread`),
         of the items another worker can run as well as this one
         (:func:`~fanflow.dag.placement.sheddable`; map elements whose item only
-        this worker holds stay too).
+        this worker holds stay too). A labelled task moves with the rest of
+        its label, while none of that label ran here
+        (:func:`~fanflow.dag.placement.shed_units`).
         """
         free = self.free_slots()
-        if not free:
+        if not free or ready[-1] == self._settled:
             return
-        movable = [
-            item
-            for item in list(ready)[1:]
-            if item not in self._pinned
-            and sheddable(self.dag, self.plan, _task_of(item), self._unstored.__contains__)
-            and not (type(item) is tuple and self.maps.holds(item[0], item[1]))  # type: ignore[index]
-        ]
+        dag, unstored, maps = self.dag, self._unstored.__contains__, self.maps
+
+        def stays(item: Item) -> bool:
+            return (
+                item in self._pinned
+                or not sheddable(dag, _task_of(item), unstored)
+                or (type(item) is tuple and maps.holds(item[0], item[1]))  # type: ignore[index]
+            )
+
+        units = shed_units(self.plan, ready, _task_of, stays, self._labels_here)
+        if not units:
+            # Nothing here may move, and none of it ever will: no scan again before the queue grows
+            # (a scan per task of a 1,000-item queue that stays cost ~0.4 ms each).
+            self._settled = ready[-1]
+            return
         # What reads fewest inputs held here goes (spread gives the tail away): on a warm pool the
         # other inputs are likely in the process that made them, which a new invocation may reach.
-        movable.sort(key=self._local_inputs, reverse=True)
-        _, groups = spread(movable, free)
+        units.sort(key=lambda unit: sum(map(self._local_inputs, unit)), reverse=True)
+        _, shares = spread(units, free)
+        groups = [[item for unit in share for item in unit] for share in shares]
         moved = {item for g in groups for item in g}
         if not moved:
             return
