@@ -508,6 +508,29 @@ def test_the_writer_runs_jobs_in_order_in_batches_and_drain_waits_for_them() -> 
     assert len(late) == 80 and threading.active_count() == threads_before
 
 
+def test_the_thread_waking_the_idle_writer_returns_once_it_sleeps_again() -> None:
+    """A job submitted to an idle writer returns after the writer took the GIL and went back to its batch wait."""
+    import time
+
+    from fanflow.store.metadata import _Writer
+
+    writer = _Writer()
+    ran = threading.Event()
+    for _ in range(3):
+        writer.submit(ran.set)  # the first starts the thread
+        assert writer.drain(30) and ran.is_set()
+        ran.clear()
+        deadline = time.monotonic() + 10
+        while not writer._idle and time.monotonic() < deadline:  # the thread finishes its batch, then idles
+            time.sleep(0.001)
+        assert writer._idle
+        awake = writer._awake
+        writer.submit(ran.set)
+        assert awake is not None and awake.is_set(), "submit returned while the woken writer still waited for the GIL"
+        assert not writer._idle
+    assert writer.drain(30) and ran.is_set()
+
+
 def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_path: Path) -> None:
     """A burst of tiny runs: every one recorded, none leaves a started row; a process that exits keeps its runs."""
     db = tmp_path / "meta.db"

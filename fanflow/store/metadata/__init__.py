@@ -57,6 +57,9 @@ EXIT_DRAIN_S = 60.0
 BATCH_S = 0.2
 """How long the writer lets deferred writes gather after the first one, before it runs them as one batch."""
 
+HANDOFF_S = 0.05
+"""Longest wait of the thread that woke the idle writer for it to take the GIL and go back to sleep."""
+
 
 class _Writer:
     """One daemon thread running deferred jobs in submission order, in batches.
@@ -66,6 +69,14 @@ class _Writer:
     job queued, then has the stores write what they hold (:func:`_flush_stores`):
     a stream of small runs costs one wake-up and one transaction per batch,
     not a hand-off between threads per run. :meth:`drain` cuts the wait short.
+
+    The thread that wakes it waits (at most :data:`HANDOFF_S`) until it is past
+    its wake-up and asleep again for the batch: woken, it needs the GIL, and a
+    caller running call after call (``dask.compute`` in a loop) holds it but
+    for short releases; each of those woke the waiting thread in vain (one to
+    two per 1-task call) until the next forced switch, 50 ms later under the
+    threads platform, which cost 25-35 us of the writer's CPU and about as
+    much of the caller's per call of such a burst.
     """
 
     def __init__(self) -> None:
@@ -76,6 +87,7 @@ class _Writer:
         self._draining = 0  # callers of drain() waiting: run the batch without waiting for more
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._awake: threading.Event | None = None  # set once the thread woken from idle is past its wake-up
 
     def submit(self, job: Callable[[], None] | threading.Event) -> None:
         """Queue ``job``; an Event is set once every job queued before it ran and its batch was written."""
@@ -86,18 +98,23 @@ class _Writer:
                     thread.start()
                     self._thread = thread
         self._jobs.append(job)
+        awake = self._awake  # read before _idle: an event of an earlier idle spell is set already
         if self._idle:  # the thread sets it before it looks at the queue a last time: no job is left waiting
             self._wake.set()
+            if awake is not None and not self.runs_here():
+                awake.wait(HANDOFF_S)
 
     def _serve(self) -> None:
         jobs = self._jobs
         while True:
+            awake = self._awake = threading.Event()
             self._idle = True
             if not jobs:
                 self._wake.wait()
             self._idle = False
             self._busy = True
             self._wake.clear()
+            awake.set()
             if not self._draining:
                 self._wake.wait(BATCH_S)  # let a batch gather; a drain sets the event
             done: list[threading.Event] = []
@@ -149,6 +166,7 @@ class _Writer:
         self._draining = 0
         self._lock = threading.Lock()
         self._thread = None
+        self._awake = None
 
     def runs_here(self) -> bool:
         """Whether the calling thread is the writer's (its batch's stores are written when the batch ends)."""
