@@ -28,7 +28,7 @@ from fanflow.platforms.processes import pool as pool_module
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
 from fanflow.store import keys, open_store
-from fanflow.store.base import RUNNING, SUCCEEDED
+from fanflow.store.base import MISSING, RUNNING, SUCCEEDED
 from fanflow.store.metadata import drain, open_metadata
 from fanflow.store.redis import RedisStore
 
@@ -520,6 +520,60 @@ def test_a_worker_busy_with_a_run_that_ended_counts_as_free_for_the_next_run(red
         assert host.free_slots() == 1
         assert host.free_slots(ending=True) == 2  # its run ended: idle in a moment
         assert ProcessesPlatform(redis_url, host.name, host).free_slots() == 2
+    finally:
+        release.write_text("go")
+        _close(host, thread, [])
+
+
+@fanflow.task
+def my_pid() -> int:
+    return os.getpid()
+
+
+def test_a_new_run_waits_for_the_worker_whose_run_just_ended(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the pool's other, idle worker: the ending one is idle a few ms later and warm for the next run."""
+    monkeypatch.setattr(pool_module, "WAIT_FOR_ENDING_S", 30.0)  # no deadline in this test: it waits as long as needed
+    host, thread = _started_pool(redis_url)
+    release = tmp_path / "release"
+    try:
+        ending = _queue(redis_url, host, wait_for(str(release)), 256)
+        wait_until(lambda: any(w.payload is not None for w in list(host._workers)), 60, "a worker to take it")
+        (busy,) = [w for w in host._workers if w.payload is not None]
+        wait_until(lambda: busy.proc is not None, 60, "its process")
+        assert busy.proc is not None
+        host.prewarm(256)
+        wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
+        host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
+        following = _queue(redis_url, host, my_pid(), 256)
+        time.sleep(0.3)
+        assert all(w.payload is None for w in list(host._workers) if w is not busy)  # not sent to the idle one
+        release.write_text("go")
+        wait_until(lambda: _output(host, following) != [MISSING], 60, "the next run's invocation")
+        assert _output(host, following) == [busy.proc.pid]
+    finally:
+        release.write_text("go")
+        _close(host, thread, [])
+
+
+def test_the_wait_for_an_ending_worker_has_a_deadline(redis_url: str, tmp_path: Path) -> None:
+    """A worker still in a long task of an ended run (one that failed, say) makes a new run wait
+    WAIT_FOR_ENDING_S once, not for that task."""
+    host, thread = _started_pool(redis_url)
+    release = tmp_path / "release"
+    try:
+        ending = _queue(redis_url, host, wait_for(str(release)), 256)
+        wait_until(lambda: any(w.payload is not None for w in list(host._workers)), 60, "a worker to take it")
+        (busy,) = [w for w in host._workers if w.payload is not None]
+        wait_until(lambda: busy.proc is not None, 60, "its process")
+        assert busy.proc is not None
+        host.prewarm(256)
+        wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
+        host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
+        following = _queue(redis_url, host, my_pid(), 256)
+        wait_until(lambda: _output(host, following) != [MISSING], 30, "the next run's invocation on the idle worker")
+        assert _output(host, following) != [busy.proc.pid]
     finally:
         release.write_text("go")
         _close(host, thread, [])
