@@ -530,6 +530,15 @@ def my_pid() -> int:
     return os.getpid()
 
 
+@fanflow.task
+def started_then_wait_for(started: str, path: str) -> int:
+    """Writes ``started``, then 1 once ``path`` exists."""
+    Path(started).write_text("started")
+    while not Path(path).exists():
+        time.sleep(0.01)
+    return 1
+
+
 def test_a_new_run_waits_for_the_worker_whose_run_just_ended(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -538,10 +547,11 @@ def test_a_new_run_waits_for_the_worker_whose_run_just_ended(
     host, thread = _started_pool(redis_url)
     release = tmp_path / "release"
     try:
-        ending = _queue(redis_url, host, wait_for(str(release)), 256)
-        wait_until(lambda: any(w.payload is not None for w in list(host._workers)), 60, "a worker to take it")
+        started = tmp_path / "started"
+        ending = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
+        # in its task: a worker skips the tasks of a run that ended before it started them
+        wait_until(started.exists, 60, "a worker to start its task")
         (busy,) = [w for w in host._workers if w.payload is not None]
-        wait_until(lambda: busy.proc is not None, 60, "its process")
         assert busy.proc is not None
         host.prewarm(256)
         wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
@@ -563,10 +573,11 @@ def test_the_wait_for_an_ending_worker_has_a_deadline(redis_url: str, tmp_path: 
     host, thread = _started_pool(redis_url)
     release = tmp_path / "release"
     try:
-        ending = _queue(redis_url, host, wait_for(str(release)), 256)
-        wait_until(lambda: any(w.payload is not None for w in list(host._workers)), 60, "a worker to take it")
+        started = tmp_path / "started"
+        ending = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
+        # in its task: a worker skips the tasks of a run that ended before it started them
+        wait_until(started.exists, 60, "a worker to start its task")
         (busy,) = [w for w in host._workers if w.payload is not None]
-        wait_until(lambda: busy.proc is not None, 60, "its process")
         assert busy.proc is not None
         host.prewarm(256)
         wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
