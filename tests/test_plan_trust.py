@@ -181,18 +181,6 @@ def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind(
     assert low == pytest.approx(1.0 / 1.1) and high == pytest.approx(1.2 / 1.1)
 
 
-def test_of_two_runs_the_newer_makes_the_factor() -> None:
-    """A DAG's first runs on a pool are still settling: the mean of two (their median) carried the slower first
-    warm run in full, and the tree reduction's first measured run was predicted 18% slow."""
-    settling = [run_doc("uniform 1769", 1.0, 1.0, 0.9, 1.1), run_doc("uniform 1769", 1.0, 1.5, 0.9, 1.1)]
-    assert Calibration.from_runs(settling, "threads").factor("uniform 1769") == pytest.approx(1.0)
-    # a plan never run borrows the two as well
-    assert Calibration.from_runs(settling, "threads").factor("uniform 3008") == pytest.approx(1.0)
-    # from three on, the median: the settling run is outvoted
-    third = [run_doc("uniform 1769", 1.0, 1.1, 0.9, 1.1), *settling]
-    assert Calibration.from_runs(third, "threads").factor("uniform 1769") == pytest.approx(1.1)
-
-
 def test_a_plan_turned_down_on_old_runs_is_tried_again() -> None:
     """Only the DAG's latest runs teach: a plan with too few runs among them shares its kind's, so it is tried
     again."""

@@ -19,8 +19,7 @@ correct itself:
   predicted 12-22% too fast that way), so a plan run before is predicted at
   the median of its latest makespans, and plans are compared on one basis;
 - the **factor** for a plan is the median raw ratio of its :data:`RECENT`
-  latest successful runs *that started the same way* (of two, the newer:
-  see :meth:`Calibration.factor`): with cold starts (the
+  latest successful runs *that started the same way*: with cold starts (the
   run started fresh worker processes) or without (every worker found a warm
   one). A plan is its kind and memory sizes (``uniform 1769``, ``mixed
   512/3008``: :func:`~fanflow.planning.planners.plan_key`), because one
@@ -145,18 +144,10 @@ class Calibration:
         plan key, predicted the way ``cold`` says; past runs of those plans
         that started that way are compared with them rather than with their
         own prediction, which came from an older history.
-
-        The median of the ratios found; of two, the newer one's.
         """
         pool = self._pool(plan, cold, now or {})
         if not pool:
             return 1.0
-        if len(pool) == 2:
-            # the median of two is their mean, so the older run counts in full; a DAG's first runs on a pool are
-            # still settling (its processes' heaps grow, their value caches fill), and the older of two is the
-            # further from what the next run meets: the tree reduction's first measured run after 3 warm-ups was
-            # predicted 18% slow on the mean of the two warm-ups, within 5% from the third run on (quiet, 12:19)
-            return pool[0]
         return statistics.median(pool)
 
     def spread(
