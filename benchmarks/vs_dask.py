@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import resource
@@ -156,6 +157,10 @@ def as_dask(sinks: list[fanflow.Node]) -> list[Any]:
 
 # -- measuring -------------------------------------------------------------------------------
 def timed(fn: Callable[[], Any]) -> float:
+    # Each run starts with no garbage of the run before (Dask's sync TR-8192 leaves enough to set off
+    # a full collection in whichever run comes next: 32 in 7 of its own rounds); what a run allocates
+    # itself is still collected inside it.
+    gc.collect()
     began = time.perf_counter()
     fn()
     return time.perf_counter() - began
