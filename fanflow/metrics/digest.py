@@ -189,25 +189,18 @@ def digest_events(
         if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
             return None
         out_bytes[i] = out
-    fetched = local = 0
+    inputs = _inputs(deps, [e["in_bytes"] for e in ends if e is not None], out_bytes)  # none is None: checked above
+    if inputs is None:
+        return None
+    read, fetched, local = inputs
     summaries: dict[SummaryKey, Summary] = {}
     for i, e in enumerate(ends):
         assert e is not None  # checked above
-        in_bytes = 0
-        for upstream, size in zip(deps[i], e["in_bytes"], strict=True):
-            if size is None:  # a local input: the upstream's output size
-                local += out_bytes[upstream]
-                in_bytes += out_bytes[upstream]
-            elif type(size) is int:
-                fetched += size
-                in_bytes += size
-            else:
-                return None
         key = (identities[i], e["memory_mb"])
         summary = summaries.get(key)
         if summary is None:
             summary = summaries[key] = Summary()
-        summary.add(float(e["exec_s"]), in_bytes, out_bytes[i])
+        summary.add(float(e["exec_s"]), read[i], out_bytes[i])
     header.tasks = header.tasks_finished = n
     header.workers, header.cold_starts = len(workers), cold_starts
     header.bytes_fetched, header.bytes_local, header.bytes_out = fetched, local, sum(out_bytes)
@@ -294,13 +287,29 @@ def digest_rows(
         if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
             return None
         out_bytes[i] = out
+    finished = [end for end in ends if end is not None]  # every one: checked above
+    inputs = _inputs(deps, [sizes for *_, sizes in finished], out_bytes)
+    if inputs is None:
+        return None
+    read, fetched, local = inputs
+    executions = tuple(
+        (identities[i], memory, float(exec_s), read[i], out_bytes[i])
+        for i, (exec_s, _, memory, _) in enumerate(finished)
+    )
+    return (len(workers), cold_starts, fetched, local, sum(out_bytes)), executions
+
+
+def _inputs(
+    deps: Sequence[Sequence[int]], sizes: Sequence[Sequence[int | None]], out_bytes: Sequence[int]
+) -> tuple[list[int], int, int] | None:
+    """Per task, the bytes it read, and the run's bytes fetched and read locally, from each task's input
+    sizes as workers write them (None: a local input, the upstream's output size); None for another type."""
     fetched = local = 0
-    executions: list[Execution] = []
-    for i, end in enumerate(ends):
-        exec_s, _, memory, sizes = end  # type: ignore[misc]  # checked above
+    read: list[int] = []
+    for i, task_sizes in enumerate(sizes):
         in_bytes = 0
-        for upstream, size in zip(deps[i], sizes, strict=True):
-            if size is None:  # a local input: the upstream's output size
+        for upstream, size in zip(deps[i], task_sizes, strict=True):
+            if size is None:
                 local += out_bytes[upstream]
                 in_bytes += out_bytes[upstream]
             elif type(size) is int:
@@ -308,5 +317,5 @@ def digest_rows(
                 in_bytes += size
             else:
                 return None
-        executions.append((identities[i], memory, float(exec_s), in_bytes, out_bytes[i]))
-    return (len(workers), cold_starts, fetched, local, sum(out_bytes)), tuple(executions)
+        read.append(in_bytes)
+    return read, fetched, local

@@ -520,12 +520,10 @@ class SQLiteMetadataStore:
         return StoredRun(json.loads(doc), tasks=tasks, workers=workers, events=_unpack(blob))
 
     def task_runs(self, identities: Iterable[str] | None = None) -> list[StoredRun]:
-        where, args = "", []
-        if identities is not None:
-            wanted = sorted(set(identities))
-            if not wanted:
-                return []
-            where, args = f"WHERE t.identity IN ({', '.join('?' * len(wanted))})", wanted
+        chosen = _of_functions(identities)
+        if chosen is None:
+            return []
+        where, args = chosen
         found: list[tuple[float, str, StoredRun]] = []
         rows = self._read(
             "SELECT r.submitted_at, r.run_id, r.doc, r.events FROM runs r WHERE r.run_id IN "
@@ -550,12 +548,10 @@ class SQLiteMetadataStore:
         return [stored for _, _, stored in found]
 
     def task_run_ids(self, identities: Iterable[str] | None = None) -> list[str]:
-        where, args = "", []
-        if identities is not None:
-            wanted = sorted(set(identities))
-            if not wanted:
-                return []
-            where, args = f"WHERE t.identity IN ({', '.join('?' * len(wanted))})", wanted
+        chosen = _of_functions(identities)
+        if chosen is None:
+            return []
+        where, args = chosen
         sources = [f"SELECT t.run_id FROM run_functions t {where}"]
         sources += [f"SELECT t.run_id FROM {t} t {where}" for t in ("task_groups", "tasks") if t in self._legacy]
         rows = self._read(
@@ -610,6 +606,17 @@ def _doc(doc: str, blob: bytes | None) -> dict[str, Any] | None:
     except MetadataError as exc:
         log.warning("a run left out of the runs listed: %s", exc)
         return None
+
+
+def _of_functions(identities: Iterable[str] | None) -> tuple[str, list[str]] | None:
+    """The WHERE clause (on a table aliased ``t`` with an ``identity`` column) and its arguments that keep
+    the rows of ``identities`` (all rows when None); None when ``identities`` is empty: nothing matches."""
+    if identities is None:
+        return "", []
+    wanted = sorted(set(identities))
+    if not wanted:
+        return None
+    return f"WHERE t.identity IN ({', '.join('?' * len(wanted))})", wanted
 
 
 def _stored(doc: str, blob: bytes) -> StoredRun:
