@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +218,9 @@ def test_a_worker_sheds_queued_work_when_a_slot_frees(redis_url: str, tmp_path: 
     assert shed[0]["worker"] in ran and len(ran) >= 2
 
 
-def test_a_shared_pools_client_starts_the_roots_in_one_worker_that_shares_them(redis_url: str, tmp_path: Path) -> None:
-    """A client cannot see a shared pool's idle slots: one worker takes the roots and hands shares to the idle ones."""
+@contextlib.contextmanager
+def _shared_pool(redis_url: str, tmp_path: Path, **settings: Any) -> Iterator[fanflow.Config]:
+    """A shared pool of 2 processes, both warm, and a client's config for it (with ``settings``); stopped after."""
     store = open_store(redis_url)
     assert isinstance(store, RedisStore)
     name = f"shared-{uuid.uuid4().hex[:8]}"
@@ -233,13 +236,20 @@ def test_a_shared_pools_client_starts_the_roots_in_one_worker_that_shares_them(r
             secret="shared-secret",
             progress=False,
             metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+            **settings,
         )
         total([inc(i) for i in range(4)]).compute(config)  # both processes warm
-        future = total([pause(i, 0.02) for i in range(60)]).submit(config)
-        assert future.result(timeout=120) == sum(range(60))
+        yield config
     finally:
         host.stop()
         serving.join(timeout=30)
+
+
+def test_a_shared_pools_client_starts_the_roots_in_one_worker_that_shares_them(redis_url: str, tmp_path: Path) -> None:
+    """A client cannot see a shared pool's idle slots: one worker takes the roots and hands shares to the idle ones."""
+    with _shared_pool(redis_url, tmp_path) as config:
+        future = total([pause(i, 0.02) for i in range(60)]).submit(config)
+        assert future.result(timeout=120) == sum(range(60))
     events = _events(config, future.run_id)
     started = [e for e in events if e["kind"] == "worker_started"]
     assert len(started) <= 6, len(started)  # not 60: one per root cost each task a pool dispatch
@@ -253,33 +263,12 @@ def test_a_shared_pools_idle_slot_takes_a_share_of_a_planned_trees_roots(
 ) -> None:
     """A planner labels each root on its own; the worker holding a shared pool's roots still hands a share
     of them to the idle slot (labelled tasks moved never: one worker ran the whole tree)."""
-    store = open_store(redis_url)
-    assert isinstance(store, RedisStore)
-    name = f"shared-{uuid.uuid4().hex[:8]}"
-    host = PoolHost(store, name, b"shared-secret", max_workers=2, advertise=True)
-    serving = threading.Thread(target=host.serve, daemon=True)
-    serving.start()
-    try:
-        wait_until(lambda: store.client.exists(alive_key(name)), 30, "the shared pool to start")
-        config = fanflow.Config(
-            platform="processes",
-            store=redis_url,
-            pool=name,
-            secret="shared-secret",
-            progress=False,
-            planner=planner,
-            memory_mb=1769,
-            metadata=f"sqlite:///{tmp_path / 'meta.db'}",
-        )
-        total([inc(i) for i in range(4)]).compute(config)  # both processes warm
+    with _shared_pool(redis_url, tmp_path, planner=planner, memory_mb=1769) as config:
         leaves = [pause(i, 0.005) for i in range(64)]
         while len(leaves) > 1:
             leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
         future = leaves[0].submit(config)
         assert future.result(timeout=120) == sum(range(64))
-    finally:
-        host.stop()
-        serving.join(timeout=30)
     events = _events(config, future.run_id)
     dag = DAG.from_sinks([leaves[0]])
     assert [e for e in events if e["kind"] == "shed"]

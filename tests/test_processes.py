@@ -539,6 +539,23 @@ def started_then_wait_for(started: str, path: str) -> int:
     return 1
 
 
+def _a_run_ending_beside_an_idle_worker(
+    redis_url: str, host: PoolHost, tmp_path: Path, release: Path
+) -> tuple[Any, Invocation]:
+    """A worker in a task of a run that has just ended (until ``release`` exists), an idle worker beside it,
+    and the next run's invocation queued: the busy worker and that invocation."""
+    started = tmp_path / "started"
+    ending = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
+    # in its task: a worker skips the tasks of a run that ended before it started them
+    wait_until(started.exists, 60, "a worker to start its task")
+    (busy,) = [w for w in host._workers if w.payload is not None]
+    assert busy.proc is not None
+    host.prewarm(256)
+    wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
+    host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
+    return busy, _queue(redis_url, host, my_pid(), 256)
+
+
 def test_a_new_run_waits_for_the_worker_whose_run_just_ended(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -547,16 +564,7 @@ def test_a_new_run_waits_for_the_worker_whose_run_just_ended(
     host, thread = _started_pool(redis_url)
     release = tmp_path / "release"
     try:
-        started = tmp_path / "started"
-        ending = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
-        # in its task: a worker skips the tasks of a run that ended before it started them
-        wait_until(started.exists, 60, "a worker to start its task")
-        (busy,) = [w for w in host._workers if w.payload is not None]
-        assert busy.proc is not None
-        host.prewarm(256)
-        wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
-        host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
-        following = _queue(redis_url, host, my_pid(), 256)
+        busy, following = _a_run_ending_beside_an_idle_worker(redis_url, host, tmp_path, release)
         time.sleep(0.3)
         assert all(w.payload is None for w in list(host._workers) if w is not busy)  # not sent to the idle one
         release.write_text("go")
@@ -573,16 +581,7 @@ def test_the_wait_for_an_ending_worker_has_a_deadline(redis_url: str, tmp_path: 
     host, thread = _started_pool(redis_url)
     release = tmp_path / "release"
     try:
-        started = tmp_path / "started"
-        ending = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
-        # in its task: a worker skips the tasks of a run that ended before it started them
-        wait_until(started.exists, 60, "a worker to start its task")
-        (busy,) = [w for w in host._workers if w.payload is not None]
-        assert busy.proc is not None
-        host.prewarm(256)
-        wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
-        host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
-        following = _queue(redis_url, host, my_pid(), 256)
+        busy, following = _a_run_ending_beside_an_idle_worker(redis_url, host, tmp_path, release)
         wait_until(lambda: _output(host, following) != [MISSING], 30, "the next run's invocation on the idle worker")
         assert _output(host, following) != [busy.proc.pid]
     finally:
