@@ -562,7 +562,7 @@ class Worker:
         label = plan.labels[t]
         if not self._remote or plan.upload[t] or label is None or dag.is_sink(t) or t in dag.maps:
             return False
-        queued = {item for item in self._ready if type(item) is int}
+        ready = self._ready  # searched for the one or two other inputs of each reader, not copied per output
         held = {h for h, _ in self._held}
         pins: list[int] = []
         upstream: set[int] | None = None
@@ -572,7 +572,7 @@ class Worker:
             for u in dag.deps[d]:
                 if u == t:
                     continue
-                if u in queued or u in held:
+                if u in held or u in ready:  # a queued map item is a tuple, never equal to a task id
                     if plan.labels[u] != label or u in dag.maps:
                         return False
                     pins.append(u)
