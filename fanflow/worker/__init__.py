@@ -20,10 +20,11 @@ from fanflow.platforms.base import set_local_handler
 from fanflow.platforms.invocation import Invocation, WorkerSettings, sign, verify
 from fanflow.platforms.sizing import blas_threads, limit_blas_threads, vcpus
 from fanflow.store import keys, open_store
-from fanflow.store.base import MISSING
+from fanflow.store.base import MISSING, RUNNING, Store
 from fanflow.worker.loop import Worker
+from fanflow.worker.values import values as process_values
 
-__all__ = ["Invocation", "Worker", "WorkerSettings", "handle", "sign"]
+__all__ = ["Invocation", "Worker", "WorkerSettings", "drop_ended_runs", "handle", "sign"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def handle(
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
         return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
+    drop_ended_runs(inv.run_id, store)
     worker = Worker(
         inv,
         store,
@@ -100,6 +102,31 @@ def handle(
         "latency_s": max(0.0, worker.started_at - inv.invoked_at) if inv.invoked_at else 0.0,
         "finished_at": time.time(),
     }
+
+
+def drop_ended_runs(run_id: str, store: Store) -> None:
+    """On the first invocation of ``run_id`` in this process: forget the values of the runs that ended.
+
+    The process value cache keeps the last :data:`~fanflow.worker.values.RUNS` runs for runs that
+    share a pool at once; for a plan run again and again it held the previous run's values through
+    the next one, so a fresh worker's heap grew over its first two runs: a pool's first warm run of
+    gemm (2000² in 500² blocks) paid 32,000-36,000 page faults and 130-190 ms of kernel time per
+    process, the next runs 30-650 faults. Dropped here, the run reuses that memory: 18 and 196 faults
+    (a worker given more tasks than in any run before still grows).
+    One status read per other run held, once per run and process; a run still running keeps its
+    values, and a read that fails keeps them too (the cache's own bounds still hold).
+    """
+    held = process_values.runs()
+    if not held or run_id in held:
+        return
+    for other in held:
+        try:
+            ended = store.get_status(keys.status(other)) != RUNNING
+        except Exception:  # a hint only
+            log.debug("could not read the status of run %s", other, exc_info=True)
+            continue
+        if ended:
+            process_values.drop(other)
 
 
 def _dag_for(inv: Invocation, store: Any) -> DAG | None:

@@ -10,7 +10,9 @@ rather than from the store: on GEMM 2000² in 500² blocks every block is read b
   made it, so an entry never goes stale while its run lasts.
 - The cache holds at most a share of the worker's memory
   (:data:`MEMORY_SHARE` of ``memory_mb``), least recently used out first, and
-  the values of the last :data:`RUNS` runs only.
+  the values of the last :data:`RUNS` runs only; the first invocation of a new
+  run in the process drops the runs that have ended
+  (:func:`fanflow.worker.drop_ended_runs`).
 - In-process workers do not use it: their store keeps the objects already.
 """
 
@@ -32,8 +34,9 @@ RUNS = 2
 never read again, so this is for runs sharing a pool at once. Each run kept is memory a warm process must
 touch for the first time while the cache fills (a page fault, and on a virtual machine a host fault too):
 with 4, a warm gemm 512/256 worker took 3,400-3,800 faults per run over its first 4 runs, its CPU falling
-from 35 to 27 ms per run only by run 7; with 2, 3,600 then 1,600, 530, 140, steady from run 2, which
-the 3 warm-up runs of ``benchmarks/planning.py`` cover."""
+from 35 to 27 ms per run only by run 7; with 2, 3,600 then 1,600, 530, 140, steady from run 2. Runs that
+ended are dropped before that (:func:`fanflow.worker.drop_ended_runs`), so a re-run reuses the memory of
+the run before."""
 
 
 class ValueCache:
@@ -78,6 +81,18 @@ class ValueCache:
             while self.bytes > budget:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self.bytes -= dropped
+
+    def runs(self) -> list[str]:
+        """Runs with values kept, oldest first."""
+        with self._lock:
+            return list(self._runs)
+
+    def drop(self, run_id: str) -> None:
+        """Forget every value of ``run_id``."""
+        with self._lock:
+            if run_id in self._runs:
+                del self._runs[run_id]
+                self._drop_run(run_id)
 
     def _drop_run(self, run_id: str) -> None:
         for key in [k for k in self._entries if k[0] == run_id]:
