@@ -178,7 +178,27 @@ def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind(
     low, high = Calibration.from_runs(
         [run_doc("uniform 1769", 1.0, a, 0.9, 1.1) for a in (1.0, 1.1, 1.2)], "threads"
     ).spread("uniform 1769", now={"uniform 1769": 0.5})
-    assert low == pytest.approx(1.0 / 1.1) and high == pytest.approx(1.2 / 1.1)
+    assert low == pytest.approx(1 / high) and 1.0 / 1.1 > low > 0.8 and 1.2 / 1.1 < high < 1.25
+
+
+def test_the_interval_is_what_the_factor_erred_by_on_past_runs() -> None:
+    """Each past run against the median of the runs before it: steady runs give a narrow interval, runs that
+    alternate a wide one, and a pool still settling (each run faster than the last) one the lag widens."""
+
+    def learned(actuals: list[float]) -> Calibration:  # newest first
+        return Calibration.from_runs([run_doc("uniform 1769", 1.0, a, 0.9, 1.1) for a in actuals], "threads")
+
+    def spread(actuals: list[float]) -> tuple[float, float]:
+        return learned(actuals).spread("uniform 1769")
+
+    assert spread([1.0] * 5) == pytest.approx((1.0, 1.0))
+    alternating = [1.0, 1.2, 1.0, 1.2, 1.0, 1.2]
+    low, high = spread(alternating)
+    assert learned(alternating).factor("uniform 1769") == pytest.approx(1.0)
+    assert low < 1.0 / 1.1 and high > 1.15  # the next run, at either level, is near an end or inside
+    settling_low, settling_high = spread([1.0, 1.1, 1.2, 1.3, 1.4])
+    noise_low, _ = spread([1.0, 1.05, 0.95, 1.05, 0.95])
+    assert settling_low < noise_low < 1.0 < settling_high
 
 
 def test_a_plan_turned_down_on_old_runs_is_tried_again() -> None:
@@ -219,8 +239,8 @@ def test_calibration_learns_raw_ratios_per_kind_and_counts_misses() -> None:
     assert learned.factor("mixed") == pytest.approx(2.0)
     assert learned.factor("uniform") == pytest.approx(1.05)
     assert learned.missed == 2 and learned.runs == 4
-    low, high = learned.spread("mixed")
-    assert low == pytest.approx(0.5) and high == pytest.approx(1.5)
+    low, high = learned.spread("mixed")  # ratios 3, 2, 1: each run twice the median of those before it
+    assert 2.0 * low < 1.0 and 2.0 * high > 3.0 and low == pytest.approx(1 / high)
     assert learned.spread("uniform") == (1.0, 1.0)  # one run is no spread
     assert Calibration().factor("mixed") == 1.0
     # a kind that never ran borrows the other's ratios

@@ -130,8 +130,8 @@ def interval(costs: DagCosts, sim: Simulation, pool: bool, spread: tuple[float, 
     10th and 90th percentiles (from the residuals of its fit) are combined
     over the path as independent deviations, root of the sum of squares. What
     moves every step together (a machine busier than the history it learned
-    from) is what past runs of this DAG measured: their actual / predicted
-    ratios around the median, ``spread``. The interval is the wider of the two.
+    from) is what past runs of this DAG measured: what the calibration factor
+    would have erred by on them, ``spread``. The interval is the wider of the two.
     Re-simulating the whole plan at both percentiles would also let another
     path become critical, but cost two more simulations per plan; the path is
     where the spread is.
