@@ -209,9 +209,15 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
     spreads = {}
+    inside_all = 0
     for name, build in loads.items():
-        run(build, cp, WARMUP)
+        warm = ", ".join(
+            f"{m.run.makespan_s:.3f}" + (f" ({m.run.cold_starts} cold)" if m.run.cold_starts else "")
+            for m in run(build, cp, WARMUP)
+        )
+        print(f"{name:<17}warm-ups {warm} s")
         own = []
+        inside_runs = 0
         ms, cpu, stolen = [], [], []
         for _ in range(repeat):
             before, steal_before = worker_cpu_s(), steal_s()
@@ -226,6 +232,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             own.append(error)
             low, high = r.predicted_p10_s or 0.0, r.predicted_p90_s or 0.0
             inside = "yes" if low <= r.makespan_s <= high else "no"
+            inside_runs += low <= r.makespan_s <= high
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
@@ -243,21 +250,27 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             statistics.median(own),
             statistics.median(cpu),
             cv(cpu),
+            inside_runs,
         )
+        inside_all += inside_runs
     print("\n(steal ms: CPU time the hypervisor took from this machine during the run, all CPUs, 10 ms ticks)")
     print("(error: predicted minus actual over actual; bias: its median, + means predicted slower; worker CPU:")
     print(" CPU time of the pool's worker processes per run, all threads, and its CV: the platform's own variance,")
-    print(" which other jobs on the machine inflate far less than the makespan's)")
+    print(" which other jobs on the machine inflate far less than the makespan's; inside: measured runs inside")
+    print(" their p10-p90 interval. Warm-ups: the runs before, whose history the first prediction comes from)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
-        f"{'worker CPU s':>14}{'CV CPU':>8}"
+        f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}"
     )
-    for name, (c, lo, hi, med, p90, bias, cpu_s, cpu_cv) in spreads.items():
+    for name, (c, lo, hi, med, p90, bias, cpu_s, cpu_cv, inside_runs) in spreads.items():
         print(
             f"{name:<17}{c:>12.1%}{f'{lo:.3f}-{hi:.3f}':>15}{med:>14.1%}{p90:>11.1%}{bias:>+8.1%}"
-            f"{cpu_s:>14.3f}{cpu_cv:>8.1%}"
+            f"{cpu_s:>14.3f}{cpu_cv:>8.1%}{f'{inside_runs}/{repeat}':>8}"
         )
-    print(f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%)")
+    print(
+        f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%); "
+        f"inside p10-p90 {inside_all} of {len(errors)} (a p10-p90 interval should hold ~80%)"
+    )
 
 
 def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int) -> None:
