@@ -32,8 +32,9 @@ import contextlib
 import copy
 import functools
 import json
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -60,7 +61,7 @@ from fanflow.store.base import (
 )
 from fanflow.store.codec import Codec, Encoded, Sealed
 
-__all__ = ["RedisStore", "connect"]
+__all__ = ["RedisStore", "connect", "trying_once"]
 
 CONNECT_TIMEOUT_S = 2.0
 FIRST_CONNECT_S = 2.5
@@ -569,40 +570,108 @@ class RedisStore:
         self.client.close()
 
 
-class _AuthFailed(Exception):  # noqa: N818 - carries an AuthenticationError past the retry loop
-    pass
+_calls = threading.local()
+"""``deadline``: when the outermost store call in progress on this thread stops retrying (redis-py
+nests a connect's retries inside a command's, and both must end by the same time); ``budgeted``:
+whether that call had the full budget (not one try)."""
 
 
 class _Retry(Retry):
-    """Retries lost connections, never a refused password: that answer does not change by waiting."""
+    """Retries lost connections until a deadline; once a call ran out of it, calls try once for a while.
 
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        def once() -> Any:
-            try:
-                return do()
-            except AuthenticationError as exc:  # a ConnectionError to redis-py, so it would be retried
-                raise _AuthFailed() from exc
+    The deadline is ``budget_s`` after the outermost call began, however long each attempt
+    takes: a count of retries would multiply by the connect timeout (a host that stopped
+    answering) and by the nesting of a connect's retries in a command's. A store that is gone
+    costs the budget once: the calls of the next ``budget_s`` (of any thread, on any connection
+    of the client) get one attempt each, so a client's cleanup, a pool's shutdown or a worker's
+    exit after an outage take seconds, not a budget per command. (A time, not "until a call is
+    answered": redis-py's connect of a connection it already holds succeeds without the server.)
+    A refused password is never retried: that answer does not change by waiting.
+    """
 
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), _steps(budget_s))
+        self.budget_s = budget_s
+        self.once_until = 0.0
+        """Calls that begin before this time try once: a call ran out of its budget just before."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Retry:
+        return self  # redis-py copies it into each connection: they share whether the store answers
+
+    def call_with_retry(
+        self,
+        do: Callable[[], R],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> R:
+        outer: float | None = getattr(_calls, "deadline", None)
+        if outer is None:
+            now = time.monotonic()
+            _calls.budgeted = now >= self.once_until
+            _calls.deadline = now + self.budget_s if _calls.budgeted else now
+        deadline: float = _calls.deadline
         try:
-            return super().call_with_retry(once, fail, *args, **kwargs)
-        except _AuthFailed as wrapped:
-            raise wrapped.__cause__ from None  # type: ignore[misc]
+            self._backoff.reset()
+            failures = 0
+            while True:
+                try:
+                    return do()
+                except AuthenticationError:  # a ConnectionError to redis-py
+                    raise
+                except self._supported_errors as error:
+                    if is_retryable is not None and not is_retryable(error):
+                        raise
+                    failures += 1
+                    if with_failure_count:
+                        fail(error, failures)
+                    else:
+                        fail(error)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        if _calls.budgeted:  # also when nested: the outer call's fail() re-raises what this raises
+                            self.once_until = time.monotonic() + self.budget_s
+                        raise
+                    time.sleep(min(self._backoff.compute(failures), left))  # the last try at the deadline
+        finally:
+            if outer is None:
+                _calls.deadline = None
+
+
+@contextlib.contextmanager
+def trying_once() -> Iterator[None]:
+    """Store calls of this thread inside the block try once, whatever the retry budget.
+
+    For calls whose caller tries again anyway (a pool's loop), or need not succeed and must not
+    wait (a pool that stops hands back what it held; a reaper reclaims it otherwise).
+    """
+    outer = getattr(_calls, "deadline", None), getattr(_calls, "budgeted", False)
+    _calls.deadline, _calls.budgeted = time.monotonic(), False
+    try:
+        yield
+    finally:
+        _calls.deadline, _calls.budgeted = outer
+
+
+def _steps(budget_s: float) -> int:
+    """Retries whose backoffs add up to ``budget_s``: the count a Redis Cluster client goes by."""
+    steps, waited, delay = 0, 0.0, RETRY_BASE_S
+    while waited < budget_s:
+        waited += min(delay, RETRY_CAP_S)
+        delay *= 2
+        steps += 1
+    return steps
 
 
 def retry_policy(budget_s: float) -> Retry:
-    """Exponential backoff with jitter, retried until about ``budget_s`` seconds have passed.
+    """Exponential backoff with jitter, retried until ``budget_s`` seconds have passed (see :class:`_Retry`).
 
     Every command fanflow sends is safe to repeat (idempotent writes, NX claims,
     re-entrant for their owner), so a dropped connection or a restarting server
     costs a pause, not a run; past the budget the error reaches the caller.
     Authentication errors are never retried.
     """
-    steps, waited, delay = 0, 0.0, RETRY_BASE_S
-    while waited < budget_s:
-        waited += min(delay, RETRY_CAP_S)
-        delay *= 2
-        steps += 1
-    return _Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), steps)
+    return _Retry(budget_s)
 
 
 def first_ping(client: Any, url: str) -> None:
@@ -645,7 +714,7 @@ def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> Red
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30,
-            retry=_Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), 0),
+            retry=_Retry(0.0),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             command_packer=Packer(),
         )

@@ -84,6 +84,9 @@ from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fanflow.errors import PayloadRejectedError
 from fanflow.platforms.invocation import run_id_of, verify
@@ -93,7 +96,7 @@ from fanflow.platforms.processes.capacity import open_capacity
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
 from fanflow.store.base import RUNNING
-from fanflow.store.redis import RedisStore
+from fanflow.store.redis import CONNECT_TIMEOUT_S, RedisStore, trying_once
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,17 @@ QUEUE_TTL_MS = 24 * 3600 * 1000
 
 POP_TIMEOUT_S = 0.2
 """Longest block on the queue; also how fast a host notices it should stop."""
+
+POP_PAUSE_S = 1.0
+"""How long the popper pauses after its store did not answer (it tries each command once: see
+:func:`fanflow.store.redis.trying_once`), so a stopping host never waits out a retry budget."""
+
+POPPER_JOIN_S = POP_TIMEOUT_S + CONNECT_TIMEOUT_S + 1.0
+"""The longest a stopping host waits for its popper: one blocking take, or one connect nobody answers."""
+
+LEAVE_S = CONNECT_TIMEOUT_S + 1.0
+"""The longest a stopping host waits for its store to take back what it held. One try: a host that
+cannot reach its store leaves its held list there, and a reaper hands it back (:data:`HOST_TTL_S`)."""
 
 ALIVE_TTL_S = 3
 ALIVE_EVERY_S = 1.0
@@ -369,6 +383,9 @@ class PoolHost:
         self._env[protocol.POOL_PID_ENV] = str(os.getpid())
         self._popper: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
+        self._unreachable = False
+        """The popper's last command found the store unreachable (set and cleared by the popper): the
+        dispatcher then sends nothing there, as every try would cost it a connect."""
         self._serving: threading.Thread | None = None
         """The thread running the dispatch loop, while it runs."""
 
@@ -387,7 +404,7 @@ class PoolHost:
             self._dispatch_loop()
         finally:
             self._stop.set()  # also when the dispatcher broke: the popper must stop taking invocations
-            self._popper.join(timeout=POP_TIMEOUT_S + 5)
+            self._popper.join(timeout=POPPER_JOIN_S)
             self._shutdown()
             self._serving = None
 
@@ -406,7 +423,7 @@ class PoolHost:
         """Stop and wait until every worker process has exited and its cgroup is removed."""
         self.stop()
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(timeout=LAUNCH_JOIN_S + STOP_GRACE_S + POP_TIMEOUT_S + CHORES_JOIN_S + 10)
+            self._dispatcher.join(timeout=POPPER_JOIN_S + LAUNCH_JOIN_S + STOP_GRACE_S + CHORES_JOIN_S + LEAVE_S + 10)
 
     # -- popper ------------------------------------------------------------------------
     def _pop_loop(self) -> None:
@@ -420,40 +437,66 @@ class PoolHost:
         def wanted() -> bool:
             return self._held <= low or stop.is_set()
 
+        def take() -> None:
+            nonlocal next_beat, beaten
+            if time.monotonic() >= next_beat and self.serving():
+                self._beat(first=not beaten)
+                beaten = True
+                next_beat = time.monotonic() + ALIVE_EVERY_S
+            if not beaten:  # nothing is taken before this host is in the host set: reapers must see it
+                stop.wait(POP_TIMEOUT_S)
+                return
+            with self._held_cv:
+                if not self._held_cv.wait_for(wanted, POP_TIMEOUT_S) or stop.is_set():
+                    return
+                room = high - self._held
+            entries = self._take_script(keys=held_keys, args=(room, HELD_TTL_MS)) or []
+            if not entries:
+                # A held list the move creates has no TTL: its expiry rides in the same pipeline, so
+                # Redis sets it right after the move, even if this process dies before the reply.
+                pipe = client.pipeline(transaction=False)
+                pipe.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
+                pipe.pexpire(self._held_key, HELD_TTL_MS)
+                got, _ = pipe.execute()
+                if got is None:
+                    return
+                entries = [got]
+            with self._held_cv:
+                self._held += len(entries)
+                for entry in entries:
+                    self._taken.setdefault(_payload_of(entry)[0], []).append(entry)
+            self._inbox.extend(entries)
+            self._publish_capacity()
+            self._wake_w.send_bytes(b"")
+
+        trouble: type[Exception] | None = None  # what the store last did wrong: said once, not every second
         while not stop.is_set():
             try:
-                if time.monotonic() >= next_beat and self.serving():
-                    self._beat(first=not beaten)
-                    beaten = True
-                    next_beat = time.monotonic() + ALIVE_EVERY_S
-                if not beaten:  # nothing is taken before this host is in the host set: reapers must see it
-                    stop.wait(POP_TIMEOUT_S)
-                    continue
-                with self._held_cv:
-                    if not self._held_cv.wait_for(wanted, POP_TIMEOUT_S) or stop.is_set():
-                        continue
-                    room = high - self._held
-                entries = self._take_script(keys=held_keys, args=(room, HELD_TTL_MS)) or []
-                if not entries:
-                    # A held list the move creates has no TTL: its expiry rides in the same pipeline, so
-                    # Redis sets it right after the move, even if this process dies before the reply.
-                    pipe = client.pipeline(transaction=False)
-                    pipe.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
-                    pipe.pexpire(self._held_key, HELD_TTL_MS)
-                    got, _ = pipe.execute()
-                    if got is None:
-                        continue
-                    entries = [got]
-                with self._held_cv:
-                    self._held += len(entries)
-                    for entry in entries:
-                        self._taken.setdefault(_payload_of(entry)[0], []).append(entry)
-                self._inbox.extend(entries)
-                self._publish_capacity()
-                self._wake_w.send_bytes(b"")
-            except Exception:  # Redis away or a bug: keep the pool alive, retry shortly
+                with trying_once():  # this loop tries again itself, and must see a stop within one command
+                    take()
+            except (RedisConnectionError, RedisTimeoutError, OutOfMemoryError) as exc:
+                full = isinstance(exc, OutOfMemoryError)
+                self._unreachable = not full
+                if type(exc) is not trouble:
+                    log.warning(
+                        "pool %s: its store %s (%s: %s); trying again every %.0f s",
+                        self.name,
+                        "is full" if full else "does not answer",
+                        type(exc).__name__,
+                        exc,
+                        POP_PAUSE_S,
+                    )
+                    trouble = type(exc)
+                stop.wait(POP_PAUSE_S)
+                continue
+            except Exception:  # a bug: keep the pool alive, retry shortly
                 log.exception("pool %s could not take invocations from its queue; retrying", self.name)
-                stop.wait(1.0)
+                stop.wait(POP_PAUSE_S)
+                continue
+            if trouble is not None:
+                log.warning("pool %s: its store answers again", self.name)
+                trouble = None
+                self._unreachable = False
 
     def _beat(self, first: bool) -> None:
         """Say this host is alive, and reap the held entries of hosts that are not (see the module doc)."""
@@ -495,17 +538,21 @@ class PoolHost:
 
     def _flush_acks(self) -> None:
         """Remove the entries done with from this host's held list, in one round trip (dispatcher thread)."""
+        if self._unreachable:  # kept until the popper reaches the store again
+            return
         with self._held_cv:
             acks, self._acks = self._acks, []
         if not acks:
             return
         try:
-            pipe = self.store.client.pipeline(transaction=False)
-            for entry in acks:
-                pipe.lrem(self._held_key, 1, entry)
-            pipe.execute()
-        except Exception:  # kept for the next flush; until then a reaper would hand them back as redeliveries
-            log.exception("pool %s could not acknowledge %d finished invocations; retrying", self.name, len(acks))
+            with trying_once():  # never holds up the dispatcher: the next pass flushes them again
+                pipe = self.store.client.pipeline(transaction=False)
+                for entry in acks:
+                    pipe.lrem(self._held_key, 1, entry)
+                pipe.execute()
+        except Exception as exc:  # kept for the next flush; until then a reaper would hand them back as redeliveries
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError):  # the popper tells of an outage
+                log.exception("pool %s could not acknowledge %d finished invocations; retrying", self.name, len(acks))
             with self._held_cv:
                 self._acks[:0] = acks
 
@@ -557,7 +604,7 @@ class PoolHost:
             return False
         (memory_mb,) = _ENTRY.unpack_from(entry)
         workers = [w for w in self._workers if w.memory_mb == memory_mb]
-        if not any(w.ready and w.payload is None for w in workers):
+        if self._unreachable or not any(w.ready and w.payload is None for w in workers):
             return False
         run = run_id_of(_payload_of(entry)[0])
         for worker in workers:
@@ -565,8 +612,9 @@ class PoolHost:
             if busy_with is None or busy_with == run or worker.payload is self._waited:
                 continue
             try:
-                ended = self.store.get_status(keys.status(busy_with)) != RUNNING
-            except Exception:  # a hint only: without it the entry goes to the idle worker
+                with trying_once():  # a hint only: without it the entry goes to the idle worker
+                    ended = self.store.get_status(keys.status(busy_with)) != RUNNING
+            except Exception:
                 log.debug("pool %s: could not read the status of run %s", self.name, busy_with, exc_info=True)
                 return False
             if ended:
@@ -902,23 +950,38 @@ class PoolHost:
         self._cgroups.close()
         unfinished.extend(self._inbox)
         self._inbox.clear()
-        try:
-            leave_keys = [self._queue, hosts_key(self.name), host_alive_key(self.name, self.host_id), self._held_key]
-            self._leave_script(keys=leave_keys, args=(self.host_id, QUEUE_TTL_MS, *unfinished))
-            if self._advertise:
-                self.store.client.delete(alive_key(self.name))
-        except Exception:  # they stay in this host's held list: a reaper hands them back once its beat expires
+        failed: list[BaseException] = []
+        leave = threading.Thread(target=self._leave, args=(unfinished, failed), name=f"fanflow-leave-{self.name}")
+        leave.daemon = True
+        leave.start()
+        leave.join(timeout=LEAVE_S)
+        if leave.is_alive() or failed:
+            # What it held stays in its held list, in the store: a reaper hands it back once its beat expires.
+            why = f"{type(failed[0]).__name__}: {failed[0]}" if failed else f"no answer within {LEAVE_S:.0f} s"
             log.warning(
-                "pool %s could not hand back %d unfinished invocations at shutdown; they go back to the queue "
-                "within %.0f s",
+                "pool %s stopped without reaching its store (%s); %s",
                 self.name,
-                len(unfinished),
-                HOST_TTL_S,
+                why,
+                f"its {len(unfinished)} unfinished invocations stay in its held list there, and go back to the "
+                "queue when a host or client of the pool finds it dead"
+                if unfinished
+                else "it held no invocation",
             )
         self._wake_r.close()
         self._wake_w.close()
         if self._capacity is not None:
             self._capacity.close()
+
+    def _leave(self, unfinished: list[bytes], failed: list[BaseException]) -> None:
+        """Hand ``unfinished`` back to the queue and leave the pool's host set, with one try (a helper thread)."""
+        leave_keys = [self._queue, hosts_key(self.name), host_alive_key(self.name, self.host_id), self._held_key]
+        try:
+            with trying_once():
+                self._leave_script(keys=leave_keys, args=(self.host_id, QUEUE_TTL_MS, *unfinished))
+                if self._advertise:
+                    self.store.client.delete(alive_key(self.name))
+        except Exception as exc:
+            failed.append(exc)
 
 
 def _payload_of(entry: bytes) -> tuple[bytes, bool]:
