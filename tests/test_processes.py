@@ -589,6 +589,34 @@ def test_the_wait_for_an_ending_worker_has_a_deadline(redis_url: str, tmp_path: 
         _close(host, thread, [])
 
 
+def test_a_run_reads_the_status_of_a_busy_run_once_however_many_invocations_it_has(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared pool dispatching another run's invocations beside a busy worker reads that worker's run
+    status for the first of them only (it was one GET per dispatch)."""
+    host, thread = _started_pool(redis_url)
+    release, started = tmp_path / "release", tmp_path / "started"
+    try:
+        busy = _queue(redis_url, host, started_then_wait_for(str(started), str(release)), 256)
+        wait_until(started.exists, 60, "a worker to start its task")
+        host.prewarm(256)
+        wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
+        reads: list[str] = []
+        read = host.store.get_status
+        monkeypatch.setattr(host.store, "get_status", lambda key: reads.append(key) or read(key))
+        paths = [tmp_path / f"ran-{i}" for i in range(6)]
+        first = _invocation(redis_url, host, DAG.from_sinks([touch(str(p)) for p in paths]))
+        invs = [dataclasses.replace(first, start=(i,), inv_id=new_invocation_id()) for i in range(len(paths))]
+        # one at a time, each after the last ran: every one is dispatched beside the busy worker
+        for inv, path in zip(invs, paths, strict=True):
+            push(host.store, host.name, pack_entries([256], [sign(inv, b"pool-secret")]))
+            wait_until(path.exists, 60, f"invocation {inv.start} to run")
+        assert reads.count(keys.status(busy.run_id)) == 1
+    finally:
+        release.write_text("go")
+        _close(host, thread, [])
+
+
 @fanflow.task
 def size_of(blob: bytes) -> int:
     return len(blob)

@@ -159,6 +159,9 @@ is idle a few ms later (4-61 ms at load 4-6) and is the one the run's predecesso
 image_transform run (real size, 1769 MB) that went to the pool's other, idle worker instead ran at
 2.9 s against 1.0 s (its first render there grew that process's heap and imported its modules)."""
 
+CHECKED_RUNS = 1024
+"""Runs the pool remembers having looked for an ending worker for; an older one would look once more."""
+
 HOLD = 4
 """A host holds at most ``HOLD * max_workers`` entries (running or waiting). Once it holds
 half of that it refills with ONE ``LPOP <count>`` (``BLPOP`` only when the queue is
@@ -364,6 +367,8 @@ class PoolHost:
         (dispatcher thread only)."""
         self._waited: bytes | None = None
         """The payload of the last ending worker waited for in vain: not waited for again."""
+        self._checked_runs: dict[str, None] = {}
+        """Runs an entry of which looked for an ending worker, oldest first (see :meth:`_wait_for_ending`)."""
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._stop = threading.Event()
         self._workers: list[_Worker] = []
@@ -590,8 +595,11 @@ class PoolHost:
         """Whether ``entry`` waits for a worker of its size that is busy with an ended run
         (:data:`WAIT_FOR_ENDING_S` at most, once per such worker's invocation).
 
-        Only when a worker of its size is idle (else it waits anyway), and only for another run's
-        worker: a busy worker of the entry's own run is running it. One status read per wait.
+        Only when a worker of its size is idle (else it waits anyway), only for another run's
+        worker (a busy worker of the entry's own run is running it), and only for the first entry
+        of its run that finds both: a run's roots go out at once, and what a shared pool gets later
+        from a run (fan-outs from its own workers) is not what the wait is for. So a run costs one
+        status read per other run then busy here, however many invocations it has.
         """
         now = time.monotonic()
         if self._waiting is not None:
@@ -607,17 +615,24 @@ class PoolHost:
         if self._unreachable or not any(w.ready and w.payload is None for w in workers):
             return False
         run = run_id_of(_payload_of(entry)[0])
+        if run is None or run in self._checked_runs:
+            return False
+        self._checked_runs[run] = None
+        if len(self._checked_runs) > CHECKED_RUNS:
+            del self._checked_runs[next(iter(self._checked_runs))]
+        ended: dict[str, bool] = {}
         for worker in workers:
             busy_with = run_id_of(worker.payload) if worker.payload is not None else None
             if busy_with is None or busy_with == run or worker.payload is self._waited:
                 continue
-            try:
-                with trying_once():  # a hint only: without it the entry goes to the idle worker
-                    ended = self.store.get_status(keys.status(busy_with)) != RUNNING
-            except Exception:
-                log.debug("pool %s: could not read the status of run %s", self.name, busy_with, exc_info=True)
-                return False
-            if ended:
+            if busy_with not in ended:
+                try:
+                    with trying_once():  # a hint only: without it the entry goes to the idle worker
+                        ended[busy_with] = self.store.get_status(keys.status(busy_with)) != RUNNING
+                except Exception:
+                    log.debug("pool %s: could not read the status of run %s", self.name, busy_with, exc_info=True)
+                    return False
+            if ended[busy_with]:
                 self._waiting = (entry, worker, now + WAIT_FOR_ENDING_S)
                 return True
         return False
