@@ -245,7 +245,7 @@ def make_plan(
     plan.kind = "" if costs.defaults else plan_key(assignment.memory_mb)
     cold = any(sim.worker_cold) if cap else None
     now = {plan.kind: sim.makespan}
-    plan.calibration = learned.factor(plan.kind, cold, now)
+    plan.calibration = learned.predicting(plan.kind, cold, now)
     low, high = interval(costs, sim, bool(cap), learned.spread(plan.kind, cold, now))
     plan.predicted_p10_s, plan.predicted_p90_s = low * plan.calibration, high * plan.calibration
     prewarm = prewarm_times(sim, costs, dag.roots) if "prewarm" in enabled else {}
