@@ -391,6 +391,19 @@ def test_measured_sizes_win_and_unmeasured_ones_scale() -> None:
     assert not empty.known and empty.line(1024).at(0) == pytest.approx(0.25)
 
 
+def test_tied_sizes_share_the_mean_of_their_measured_lines() -> None:
+    model = MemoryModel([(1769, 0.0, 0.03)] * 3 + [(3008, 0.0, 0.01)] * 6 + [(512, 0.0, 0.05)] * 3, Line(1, 0, 0, 0))
+    tied = model.tied([1769, 3008])
+    for m in (1769, 3008):
+        assert tied.line(m).at(0) == pytest.approx((3 * 0.03 + 6 * 0.01) / 9)  # weighed by samples
+        assert tied.line(m).count == 9 and tied.line(m).floor == pytest.approx(0.01)
+    assert tied.line(512) == model.line(512) and model.line(1769).at(0) == pytest.approx(0.03)  # a copy
+    one = MemoryModel([(1769, 0.0, 0.03)] * 3, Line(1, 0, 0, 0)).tied([1769, 3008])
+    assert one.line(3008).at(0) == pytest.approx(0.03)  # the one measured line, not the scaled pool
+    never = MemoryModel([(512, 0.0, 0.05)] * 3, Line(1, 0, 0, 0))
+    assert never.tied([1769, 3008]) is never
+
+
 def test_start_latency_leaves_out_the_wait_for_a_pool_slot() -> None:
     def record(worker: str, began: float, ended: float, latency: float, cold: bool) -> TaskRecord:
         return TaskRecord(

@@ -238,6 +238,32 @@ class MemoryModel:
     def known(self) -> bool:
         return self.count > 0
 
+    def tied(self, sizes: Iterable[int]) -> MemoryModel:
+        """This model with one line at every size of ``sizes``: the mean of the lines measured there.
+
+        For sizes the normalization model holds equal (past one vCPU), whose
+        measured lines then differ mostly by the load of the time each was
+        measured. The mean weighs each line by its samples (intercept, slope,
+        variance); its floor is the lowest. With no size of ``sizes``
+        measured the model is returned as it is: scaled, they agree already.
+        """
+        group = sorted(set(sizes))
+        lines = [self._measured[m] for m in group if m in self._measured]
+        if not lines:
+            return self
+        total = sum(line.count for line in lines)
+        mean = Line(
+            sum(line.intercept * line.count for line in lines) / total,
+            sum(line.slope * line.count for line in lines) / total,
+            math.sqrt(sum(line.sd * line.sd * line.count for line in lines) / total),
+            total,
+            min(line.floor for line in lines),
+        )
+        model = MemoryModel.__new__(MemoryModel)
+        model._measured = {**self._measured, **dict.fromkeys(group, mean)}
+        model._pooled, model._default, model._cache, model.count = self._pooled, self._default, {}, self.count
+        return model
+
     def line(self, memory_mb: int) -> Line:
         found = self._cache.get(memory_mb)
         if found is None:
