@@ -45,15 +45,17 @@ correct itself:
   the critical path at their 10th and 90th percentiles) and what that
   prediction would have erred by on the plan's past runs (at least
   :data:`MIN_SPREAD_RUNS` of them, up to :data:`LATEST`): each run's ratio
-  against the :data:`RECENT` runs before it (:func:`recent_level`), as logs, their
-  root mean square widened for the few runs it comes from, at the 10th and
-  90th percentiles of a normal spread. That error is run-to-run noise plus
-  the lag of the factor behind a pool that is still settling, which is what
-  the next run's prediction will meet; the spread of the 3 ratios alone
-  (their minimum to maximum) held 26 of 40 runs on a quiet machine, and 137
-  of 360 recorded runs replayed at load 4-10 (38%; this: 249, 69%). A run that fell
-  outside its interval (``missed`` counts them) is learned from twice: its
-  ratio moves its plan's factor, and it widens the next interval.
+  against the :data:`RECENT` runs before it (:func:`recent_level`), as
+  logs, their root mean square widened for the few runs it comes from, at
+  the 10th and 90th percentiles of Student's t for that many errors
+  (:func:`quantile_90`). That error is run-to-run noise plus the lag of the
+  prediction behind a pool that is still settling, which is what the next
+  run's prediction will meet; the spread of the 3 latest ratios (their
+  minimum to maximum, from 3 runs on) held 26 of 40 runs on a quiet machine,
+  and 137 of 360 recorded runs replayed at load 4-11 (38%; this: 294, 82%).
+  A run that fell outside its interval (``missed`` counts them) is learned
+  from twice: its ratio moves its plan's factor, and it widens the next
+  interval.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ LATEST = 10
 predicted as one never run (from its kind's runs), so a plan turned down on its own runs is tried again after
 this many runs of others: the load it was measured under may have passed, and without it the planner kept
 uniform 3008 MB for good after one slow stretch of 1769 MB runs."""
-MIN_SPREAD_RUNS = 3
-"""Past runs needed before their spread widens the interval (the first has no runs before it to err from)."""
+MIN_SPREAD_RUNS = 2
+"""Past runs needed before their spread widens the interval (the first has no runs before it to err from).
+With 3, a run predicted from 2 warm-ups had only the simulator's interval (a few %): the first measured run
+of 40 recorded sequences fell inside it 0 times."""
 INTERVAL_Z = statistics.NormalDist().inv_cdf(0.9)
-"""Standard deviations between a prediction and its 10th / 90th percentile."""
+"""Standard deviations between a prediction and its 10th / 90th percentile, for a spread known exactly."""
 OWN_RUNS = 3
 """Runs of a plan (that started the same way) needed before they alone make its factor; with fewer it shares its
 kind's runs. The +5% check compares plans by their factors, and two runs of uniform 3008 MB against eight of
@@ -84,6 +88,14 @@ kind's runs. The +5% check compares plans by their factors, and two runs of unif
 MIN_FACTOR, MAX_FACTOR = 0.2, 5.0
 """Ratios outside these bounds are ignored: such a run says more about itself than about the plan."""
 KINDS = ("uniform", "mixed")
+
+
+def quantile_90(n: int) -> float:
+    """The 90th percentile of Student's t with ``n`` degrees of freedom: :data:`INTERVAL_Z` widened for a
+    spread estimated from ``n`` errors (Cornish-Fisher expansion; 1.85 for 2, 1.47 for 5, within 2% of the
+    exact value from 2 up; 2.70 for 1, where it is 3.08)."""
+    z = INTERVAL_Z
+    return z + (z**3 + z) / (4 * n) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * n * n)
 
 
 def recent_level(ratios: Sequence[float]) -> float:
@@ -192,8 +204,9 @@ class Calibration:
         errors = [math.log(r / recent_level(pool[i + 1 : i + 1 + RECENT])) for i, r in enumerate(pool[:-1])]
         if len(errors) < MIN_SPREAD_RUNS - 1:
             return 1.0, 1.0
-        sd = math.sqrt(sum(e * e for e in errors) / len(errors) * (1 + 1 / len(errors)))
-        return math.exp(-INTERVAL_Z * sd), math.exp(INTERVAL_Z * sd)
+        n = len(errors)
+        half = quantile_90(n) * math.sqrt(sum(e * e for e in errors) / n * (1 + 1 / n))
+        return math.exp(-half), math.exp(half)
 
     @property
     def runs(self) -> int:
