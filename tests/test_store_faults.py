@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import RedisServer, free_port, wait_until
+from support import RedisServer, free_port, gateway_payload, start_gateways, stop, wait_until
 
 import fanflow
 
@@ -118,3 +118,21 @@ def test_a_full_store_refuses_a_new_run_at_once(full_redis: RedisServer, tmp_pat
     with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
         _one().compute(_config(full_redis.url, tmp_path))
     assert time.monotonic() - began < 15
+
+
+def test_a_gateway_whose_store_is_full_refuses_invocations_saying_so(full_redis: RedisServer) -> None:
+    """Its pool's queue push is refused: 507 with the store's error, and the invoker raises StoreFullError
+    at once (it was a crashed request handler, which invokers retried as a dead gateway)."""
+    from fanflow.platforms.http import HttpPlatform
+
+    urls, procs = start_gateways(1, 1, "--store", full_redis.url)
+    platform = HttpPlatform(urls, retries=3)
+    try:
+        _fill(full_redis.url)
+        began = time.monotonic()
+        with pytest.raises(fanflow.StoreFullError, match="is full: it reached its maxmemory"):
+            platform.invoke([gateway_payload(full_redis.url)])
+        assert time.monotonic() - began < 5
+    finally:
+        platform.close()
+        stop(procs)

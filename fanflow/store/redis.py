@@ -61,7 +61,7 @@ from fanflow.store.base import (
 )
 from fanflow.store.codec import Codec, Encoded, Sealed
 
-__all__ = ["RedisStore", "connect", "trying_once"]
+__all__ = ["RedisStore", "connect", "store_error", "trying_once"]
 
 CONNECT_TIMEOUT_S = 2.0
 FIRST_CONNECT_S = 2.5
@@ -240,16 +240,22 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except AuthenticationError as exc:
-            raise _refused(args[0].url, exc) from exc  # type: ignore[attr-defined]
-        except OutOfMemoryError as exc:
-            raise _full(args[0].url, exc) from exc  # type: ignore[attr-defined]
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise _unavailable(args[0].url, exc) from exc  # type: ignore[attr-defined]
         except RedisError as exc:
-            raise StoreError(f"Redis store {mask_url(args[0].url)}: {exc}") from exc  # type: ignore[attr-defined]
+            raise store_error(args[0].url, exc) from exc  # type: ignore[attr-defined]
 
     return wrapper
+
+
+def store_error(url: str, exc: RedisError) -> StoreError:
+    """The fanflow error for a redis-py error of the store at ``url`` (named with its password masked):
+    for code that sends commands on the store's client itself (a pool's queue)."""
+    if isinstance(exc, AuthenticationError):
+        return _refused(url, exc)
+    if isinstance(exc, OutOfMemoryError):
+        return _full(url, exc)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return _unavailable(url, exc)
+    return StoreError(f"Redis store {mask_url(url)}: {exc}")
 
 
 def _full(url: str, exc: BaseException) -> StoreFullError:

@@ -55,7 +55,7 @@ from typing import Any
 import httpx
 
 from fanflow.config import Config, mask_url
-from fanflow.errors import ConfigError, PlatformError, PoolGoneError
+from fanflow.errors import ConfigError, PlatformError, PoolGoneError, StoreFullError
 from fanflow.platforms.base import InvokerCache
 from fanflow.platforms.http.protocol import BATCH_TYPE, frame
 from fanflow.platforms.processes import POOL_GONE_S, capacity
@@ -116,6 +116,13 @@ def _batches(payloads: list[bytes], gateways: int) -> list[list[bytes]]:
             size += len(p)
         out.append(batch)
     return out
+
+
+def _error_of(response: httpx.Response) -> str:
+    """What a gateway's error answer says (its JSON ``error``), else the start of its body."""
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return str(response.json()["error"])[:500]
+    return response.text.strip()[:300]
 
 
 def _backoff(attempt: int) -> float:
@@ -224,13 +231,15 @@ class HttpPlatform:
                 else:
                     if response.status_code == 202:
                         return
+                    if response.status_code == 507:  # the gateway's store is full: a retry meets it again
+                        raise StoreFullError(f"gateway {base}: {_error_of(response)}")
                     if response.status_code < 500 and response.status_code not in _RETRYABLE:
                         raise PlatformError(
                             f"gateway {base} refused an invocation (HTTP {response.status_code}: "
                             f"{response.text.strip()[:300]}); a 403 means the gateway's FANFLOW_SECRET differs "
                             "from config.secret"
                         )
-                    last = f"{base}: HTTP {response.status_code}"
+                    last = f"{base}: HTTP {response.status_code}: {_error_of(response)}"
                 if attempt < self._retries:
                     await asyncio.sleep(_backoff(attempt))
         raise PlatformError(

@@ -7,7 +7,8 @@ quickly, answer health checks, and stop cleanly on SIGTERM. The gateway does:
 - ``POST /invoke``: the body is ONE signed invocation payload. The gateway
   checks its signature (403 if it does not match: nothing unverified is queued,
   let alone unpickled), queues it and answers ``202 Accepted`` at once, so the
-  caller never waits for the work (the asynchronous-invocation contract).
+  caller never waits for the work (the asynchronous-invocation contract). A
+  store it cannot reach answers 503, a full one 507, with the store's error.
 - ``GET /healthz``: 200 while serving, 503 once draining, so a load balancer
   stops sending work to a gateway that is shutting down.
 - ``POST /requirements``: a JSON list of requirement strings; answers which
@@ -53,7 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from fanflow.config import mask_url
-from fanflow.errors import FanflowError, PayloadRejectedError, StoreUnavailableError
+from fanflow.errors import FanflowError, PayloadRejectedError, StoreFullError, StoreUnavailableError
 from fanflow.platforms.http.protocol import BATCH_TYPE, unframe
 from fanflow.platforms.invocation import verify
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
@@ -129,6 +130,8 @@ class Gateway:
                 push(store, self.pool, entries)
         except StoreUnavailableError as exc:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
+        except StoreFullError as exc:  # not this gateway's fault, and no other gateway's store has room either
+            return HTTPStatus.INSUFFICIENT_STORAGE, {"error": str(exc)}
         except FanflowError as exc:
             return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
         self.accepted += len(payloads)

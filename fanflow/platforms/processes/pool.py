@@ -85,7 +85,7 @@ from typing import Any
 
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fanflow.errors import PayloadRejectedError
@@ -96,7 +96,7 @@ from fanflow.platforms.processes.capacity import open_capacity
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
 from fanflow.store.base import RUNNING
-from fanflow.store.redis import CONNECT_TIMEOUT_S, RedisStore, trying_once
+from fanflow.store.redis import CONNECT_TIMEOUT_S, RedisStore, store_error, trying_once
 
 log = logging.getLogger(__name__)
 
@@ -282,11 +282,14 @@ def reap(store: RedisStore, pool: str) -> int:
 def pool_state(store: RedisStore, pool: str) -> tuple[bool, int]:
     """Reap ``pool``'s dead hosts (:func:`reap`), then: whether a host of it advertises itself alive,
     and how many invocations wait in its queue."""
-    reap(store, pool)
-    pipe = store.client.pipeline(transaction=False)
-    pipe.exists(alive_key(pool))
-    pipe.llen(queue_key(pool))
-    alive, queued = pipe.execute()
+    try:
+        reap(store, pool)
+        pipe = store.client.pipeline(transaction=False)
+        pipe.exists(alive_key(pool))
+        pipe.llen(queue_key(pool))
+        alive, queued = pipe.execute()
+    except RedisError as exc:
+        raise store_error(store.url, exc) from exc
     return bool(alive), int(queued)
 
 
@@ -296,11 +299,15 @@ def pack_entries(memory_mb: list[int], payloads: list[bytes]) -> list[bytes]:
 
 
 def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
-    """Append entries to the pool's queue and refresh its TTL, in one round trip."""
+    """Append entries to the pool's queue and refresh its TTL, in one round trip; raises :class:`StoreError`
+    (:class:`StoreFullError` when the store is full)."""
     pipe = store.client.pipeline(transaction=False)
     pipe.rpush(queue_key(pool), *entries)
     pipe.pexpire(queue_key(pool), QUEUE_TTL_MS)
-    pipe.execute()
+    try:
+        pipe.execute()
+    except RedisError as exc:
+        raise store_error(store.url, exc) from exc
 
 
 @dataclass(eq=False)
