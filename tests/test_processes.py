@@ -506,6 +506,36 @@ def wait_for(path: str) -> int:
     return 1
 
 
+class _CountsHeldAtPublish(PoolHost):
+    """Records how many entries the host holds each time its popper publishes the pool's free slots."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held_at_publish: list[int] = []
+
+    def _publish_capacity(self) -> None:
+        if threading.current_thread() is self._popper:
+            self.held_at_publish.append(self._held)
+        super()._publish_capacity()
+
+
+def test_entries_pushed_together_onto_an_empty_queue_are_taken_together(redis_url: str) -> None:
+    """A run's roots come in one push; the popper, blocked on the empty queue, took only the first, and
+    the free slots it published next counted the second's slot as free (its worker shed work to it)."""
+    host, thread = _started_pool(redis_url, _CountsHeldAtPublish)
+    assert isinstance(host, _CountsHeldAtPublish)
+    try:
+        wait_until(lambda: host.store.client.exists(pool_module.host_alive_key(host.name, host.host_id)), 30, "a beat")
+        time.sleep(3 * pool_module.POP_TIMEOUT_S)  # the popper blocks on the empty queue
+        inv = _invocation(redis_url, host, DAG.from_sinks([inc(1)]), running=False)  # its workers run nothing
+        payloads = [sign(dataclasses.replace(inv, inv_id=new_invocation_id()), b"pool-secret") for _ in range(2)]
+        push(host.store, host.name, pack_entries([256, 256], payloads))
+        wait_until(lambda: host.held_at_publish, 30, "the popper to take them")
+        assert host.held_at_publish[0] == 2
+    finally:
+        _close(host, thread, [])
+
+
 def test_a_worker_busy_with_a_run_that_ended_counts_as_free_for_the_next_run(redis_url: str, tmp_path: Path) -> None:
     """The worker that ran a run's last task still sends its events when the client has the result."""
     host, thread = _started_pool(redis_url)

@@ -85,7 +85,7 @@ from typing import Any
 
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fanflow.errors import PayloadRejectedError
@@ -466,13 +466,20 @@ class PoolHost:
             if not entries:
                 # A held list the move creates has no TTL: its expiry rides in the same pipeline, so
                 # Redis sets it right after the move, even if this process dies before the reply.
+                # What arrives with the entry it waits for (a run's roots come in one push) is taken in the
+                # same round trip: taken one per pass, the capacity published after the first counted the
+                # others' slots as free, and a worker starting the first shed work to them.
                 pipe = client.pipeline(transaction=False)
                 pipe.blmove(self._queue, self._held_key, POP_TIMEOUT_S, "LEFT", "RIGHT")
                 pipe.pexpire(self._held_key, HELD_TTL_MS)
-                got, _ = pipe.execute()
+                if room > 1:
+                    pipe.evalsha(self._take_script.sha, len(held_keys), *held_keys, room - 1, HELD_TTL_MS)
+                got, _, *rest = pipe.execute(raise_on_error=False)
+                if isinstance(got, Exception):
+                    raise got
                 if got is None:
                     return
-                entries = [got]
+                entries = [got, *self._also_taken(rest)]
             with self._held_cv:
                 self._held += len(entries)
                 for entry in entries:
@@ -509,6 +516,19 @@ class PoolHost:
                 log.warning("pool %s: its store answers again", self.name)
                 trouble = None
                 self._unreachable = False
+
+    def _also_taken(self, replies: list[Any]) -> list[bytes]:
+        """The entries a take script pipelined after a blocking move took (none if it failed: they stay queued)."""
+        if not replies:
+            return []
+        if isinstance(replies[0], NoScriptError):  # the store lost its scripts (restarted): load it for next time
+            with contextlib.suppress(RedisError):  # never raise: the moved entry is in the held list, not yet here
+                self.store.client.script_load(self._take_script.script)
+            return []
+        if isinstance(replies[0], Exception):
+            log.warning("pool %s could not take more invocations: %s", self.name, replies[0])
+            return []
+        return list(replies[0] or [])
 
     def _beat(self, first: bool) -> None:
         """Say this host is alive, and reap the held entries of hosts that are not (see the module doc)."""
