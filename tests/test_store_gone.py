@@ -150,6 +150,18 @@ def test_a_run_submitted_after_its_store_went_fails_within_seconds(server: Redis
     assert time.monotonic() - began < LIVENESS_S
 
 
+def test_a_warm_pool_whose_store_went_while_it_was_idle_closes_within_seconds(server: RedisServer) -> None:
+    """Nothing failed before (no budget spent): the pool's stop and the client's removal of its queue each
+    try once (the queue expires anyway), so the client's exit is not held up by the budget."""
+    from fanflow.client.session import session
+
+    assert inc(1).compute(_own_pool(server.url).replace(keep_alive_s=600)) == 2
+    server.kill()
+    began = time.monotonic()
+    session().close()
+    assert time.monotonic() - began < STOP_S
+
+
 def test_after_a_call_ran_out_of_its_budget_the_next_ones_try_once(server: RedisServer) -> None:
     store = connect(server.url, retry_s=2.0)
     status = keys.status("budget")

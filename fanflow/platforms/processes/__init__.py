@@ -26,7 +26,7 @@ from fanflow.platforms.invocation import peek
 from fanflow.platforms.processes import capacity
 from fanflow.platforms.processes.pool import PoolHost, alive_key, pack_entries, pool_state, push, queue_key
 from fanflow.store import open_store
-from fanflow.store.redis import RedisStore
+from fanflow.store.redis import RedisStore, trying_once
 
 __all__ = ["PoolHost", "ProcessesPlatform", "client_platform", "worker_platform"]
 
@@ -126,7 +126,8 @@ class ProcessesPlatform:
         if self.host is not None:
             self.host.close()
             self.host = None
-            self._store.delete([queue_key(self.pool)])  # invocations of failed runs nobody will take
+            with trying_once():  # it expires anyway: a store that is gone must not hold up the client's exit
+                self._store.delete([queue_key(self.pool)])  # invocations of failed runs nobody will take
 
 
 def client_platform(config: Config) -> ProcessesPlatform:
