@@ -8,6 +8,9 @@ tests/support.py.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -44,6 +47,18 @@ def gateway_urls() -> Iterator[list[str]]:
     urls, procs = start_gateways(2)
     yield urls
     stop(procs)
+
+
+@pytest.fixture
+def serving_procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts with ``support.start_serving``; killed with their workers (by process group)
+    if still running at its end."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

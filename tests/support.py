@@ -268,3 +268,26 @@ def gateway_payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
         invoked_at=time.time(),
     )
     return sign(inv, secret.encode())
+
+
+def start_serving(
+    procs: list[subprocess.Popen[str]], command: str, url: str, secret: str, tests_dir: str
+) -> subprocess.Popen[str]:
+    """``fanflow gateway`` or ``fanflow worker-pool --name gone`` on store ``url`` (one worker), in a session
+    of its own (so ``os.killpg`` ends its workers too), stderr piped; returned once it advertises its pool.
+    Its workers import tasks from ``tests_dir``."""
+    args = [sys.executable, "-m", "fanflow.cli", command, "--store", url, "--max-workers", "1"]
+    args += ["--host", "127.0.0.1", "--port", str(free_port())] if command == "gateway" else ["--name", "gone"]
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "FANFLOW_SECRET": secret, "FANFLOW_METADATA": "none", "PYTHONPATH": path}
+    out = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(args, env=env, text=True, start_new_session=True, **out)  # type: ignore[call-overload]
+    procs.append(proc)
+    client = redis.Redis.from_url(url)
+
+    def advertised() -> bool:
+        assert proc.poll() is None, f"fanflow {command} exited at start"
+        return any(client.scan_iter(match="ff:pool:*:alive"))
+
+    wait_until(advertised, 30, f"fanflow {command} to serve its pool", interval=0.05)
+    return proc

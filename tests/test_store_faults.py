@@ -7,13 +7,14 @@ Each test owns a real ``redis-server`` (a password, or ``--maxmemory`` with
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from support import RedisServer, free_port, gateway_payload, start_gateways, stop, wait_until
+from support import RedisServer, free_port, gateway_payload, start_gateways, start_serving, stop, wait_until
 
 import fanflow
 
@@ -136,3 +137,23 @@ def test_a_gateway_whose_store_is_full_refuses_invocations_saying_so(full_redis:
     finally:
         platform.close()
         stop(procs)
+
+
+def test_a_store_that_fills_up_under_a_shared_pool_fails_the_run_with_store_full_error(
+    full_redis: RedisServer, tmp_path: Path, serving_procs: list[subprocess.Popen[str]]
+) -> None:
+    """The client's liveness check of the pool is refused (its reap is a script that may write): it
+    raised redis-py's OutOfMemoryError, not a fanflow error."""
+    start_serving(serving_procs, "worker-pool", full_redis.url, PASSWORD, str(Path(__file__).parent))
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    config = fanflow.Config(
+        platform="processes", store=full_redis.url, pool="gone", secret=PASSWORD, progress=False, metadata="none"
+    )
+    future = _gated(str(started), str(gate)).submit(config)  # the task waits: nothing else meets the full store
+    wait_until(started.exists, 60, "the task to start")
+    _fill(full_redis.url)
+    began = time.monotonic()
+    with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
+        future.result(timeout=30)
+    assert time.monotonic() - began < 15
+    gate.touch()

@@ -9,18 +9,15 @@ after its run failed takes seconds.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from support import RedisServer, free_port, wait_until
+from support import RedisServer, start_serving, wait_until
 
 import fanflow
 from fanflow.store import keys
@@ -52,35 +49,8 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     started.kill()
 
 
-@pytest.fixture
-def commands() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; killed (with their workers, by process group) if still running at its end."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _start(commands: list[subprocess.Popen[str]], command: str, url: str) -> subprocess.Popen[str]:
-    """``fanflow gateway`` or ``fanflow worker-pool`` on ``url``, once it advertises its pool there."""
-    args = [sys.executable, "-m", "fanflow.cli", command, "--store", url, "--max-workers", "1"]
-    args += ["--host", "127.0.0.1", "--port", str(free_port())] if command == "gateway" else ["--name", "gone"]
-    tests_dir = str(Path(__file__).parent)  # the pool's workers import this module's tasks
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "FANFLOW_SECRET": SECRET, "FANFLOW_METADATA": "none", "PYTHONPATH": path}
-    out = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
-    proc = subprocess.Popen(args, env=env, text=True, start_new_session=True, **out)  # type: ignore[call-overload]
-    commands.append(proc)
-    client = redis.Redis.from_url(url)
-
-    def advertised() -> bool:
-        assert proc.poll() is None, f"fanflow {command} exited at start"
-        return any(client.scan_iter(match="ff:pool:*:alive"))
-
-    wait_until(advertised, 30, f"fanflow {command} to serve its pool", interval=0.05)
-    return proc
+def _start(procs: list[subprocess.Popen[str]], command: str, url: str) -> subprocess.Popen[str]:
+    return start_serving(procs, command, url, SECRET, str(Path(__file__).parent))
 
 
 def _stop_within(proc: subprocess.Popen[str], seconds: float) -> str:
@@ -96,9 +66,9 @@ def _stop_within(proc: subprocess.Popen[str], seconds: float) -> str:
 
 @pytest.mark.parametrize("command", ["gateway", "worker-pool"])
 def test_a_pool_whose_store_is_gone_stops_within_seconds_and_says_so(
-    server: RedisServer, commands: list[subprocess.Popen[str]], command: str
+    server: RedisServer, serving_procs: list[subprocess.Popen[str]], command: str
 ) -> None:
-    proc = _start(commands, command, server.url)
+    proc = _start(serving_procs, command, server.url)
     server.kill()
     time.sleep(2.5)  # the pool tries its store every second meanwhile: it says so once, with no traceback
     err = _stop_within(proc, STOP_S)
@@ -107,9 +77,9 @@ def test_a_pool_whose_store_is_gone_stops_within_seconds_and_says_so(
 
 
 def test_a_shared_pool_stopped_with_a_run_in_flight_after_its_store_went_fails_the_run_within_seconds(
-    server: RedisServer, commands: list[subprocess.Popen[str]], tmp_path: Path
+    server: RedisServer, serving_procs: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
-    proc = _start(commands, "worker-pool", server.url)
+    proc = _start(serving_procs, "worker-pool", server.url)
     started = tmp_path / "started"
     config = fanflow.Config(
         platform="processes", store=server.url, pool="gone", secret=SECRET, progress=False, metadata="none"
