@@ -279,3 +279,103 @@ def test_a_released_yielding_lock_stays_with_the_thread_holding_the_gil(kind: st
     lock.release()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def _short_streak(platform: Any) -> None:
+    """Run enough short invocations on the caller's thread that the platform holds roots back for callers
+    (of a DAG without a signature, as these invocations carry none)."""
+    from fanflow.platforms.threads import STREAK
+
+    for _ in range(STREAK):
+        assert platform.run_here(Inv("warm"))
+    assert platform._streaks[None] >= STREAK
+
+
+def test_a_runs_other_roots_wait_for_its_caller_after_short_invocations_and_wake_no_pool_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held back, the other roots of 200 small runs all run on the caller's thread, and no pool thread is
+    started or woken for them (before: one queue put per run, a pool thread woken ~7 times a call). The
+    hold is long here, so that a loaded machine's preemptions do not send a root to the pool."""
+    from fanflow.platforms import threads
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    monkeypatch.setattr(threads, "HOLD_S", 30.0)
+
+    ran: list[tuple[str, int, bool]] = []
+    caller = threading.get_ident()
+    platform = ThreadsPlatform(lambda inv: ran.append((inv.run_id, inv.n, threading.get_ident() == caller)), 4)
+    queued = [0]
+    queue_up = platform._queue_up
+    platform._queue_up = lambda invs: (queued.__setitem__(0, queued[0] + len(invs)), queue_up(invs))  # type: ignore[method-assign]
+    try:
+        _short_streak(platform)
+        ran.clear()
+        for run in range(200):
+            assert platform.run_here(Inv(f"r{run}", 0), [Inv(f"r{run}", 1), Inv(f"r{run}", 2)])
+        assert sorted((r, n) for r, n, _ in ran) == sorted((f"r{run}", n) for run in range(200) for n in range(3))
+        assert all(here for _, _, here in ran)
+        assert queued[0] == 0 and not platform._threads
+        assert not platform._waiting
+    finally:
+        platform.close()
+
+
+def test_roots_held_for_a_caller_busy_with_a_long_task_go_to_a_pool_thread() -> None:
+    """The caller's root waits for its other root (a barrier): held back for ever, this would never end. The
+    watcher hands the held root to a pool thread within two periods, and the DAG's streak of short invocations
+    ends, so the next run's roots are not held."""
+    from fanflow.platforms.threads import HOLD_S, ThreadsPlatform
+
+    other_ran = threading.Event()
+    ran: dict[int, bool] = {}
+    caller = threading.get_ident()
+
+    def handler(inv: Inv) -> None:
+        ran[inv.n] = threading.get_ident() == caller
+        if inv.run_id == "long" and inv.n == 0:
+            assert other_ran.wait(30), "the held root never started"
+        elif inv.run_id == "long":
+            other_ran.set()
+
+    platform = ThreadsPlatform(handler, 4)
+    try:
+        _short_streak(platform)
+        began = time.monotonic()
+        assert platform.run_here(Inv("long", 0), [Inv("long", 1)])
+        assert ran == {0: True, 1: False}
+        assert time.monotonic() - began >= HOLD_S  # it was held, not invoked at once
+        assert platform._streaks[None] == 0
+    finally:
+        platform.close()
+
+
+def test_the_other_roots_of_a_caller_with_no_free_slot_are_invoked() -> None:
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    release = threading.Event()
+    ran: list[int] = []
+    done = threading.Semaphore(0)
+
+    def handler(inv: Inv) -> None:
+        if inv.run_id == "hold":
+            release.wait(10)
+        else:
+            ran.append(inv.n)
+            done.release()
+
+    platform = ThreadsPlatform(handler, 1)
+    try:
+        platform.invoke([Inv("hold")])
+        deadline = time.monotonic() + 10
+        while platform._slots.acquire(blocking=False):  # until the pool thread holds the only slot
+            platform._slots.release()
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert not platform.run_here(Inv("r", 0), [Inv("r", 1), Inv("r", 2)])
+        release.set()
+        assert done.acquire(timeout=10) and done.acquire(timeout=10)
+        assert sorted(ran) == [1, 2]
+    finally:
+        release.set()
+        platform.close()

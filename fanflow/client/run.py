@@ -89,6 +89,7 @@ class Run:
         self.recoveries: dict[int, int] = {}
         self._timers: list[threading.Timer] = []
         self._here: Invocation | None = None  # run on the waiting caller's thread (see start)
+        self._others: list[Invocation] = []  # the other roots, started by run_here
 
     # -- start -------------------------------------------------------------------
     def start(self, here: bool = False) -> None:
@@ -132,7 +133,8 @@ class Run:
         groups = root_groups(self.dag, self.plan, free)
         starts = [base.with_start(tuple(g), self._memory_for(g[0]), now) for g in groups]
         if here and self._can_run_here():
-            self._here = starts.pop(0)
+            # The others go with it to run_here, which may hold them back for this thread.
+            self._here, self._others, starts = starts[0], starts[1:], []
         if starts:
             self._invoke(starts)
         self._schedule_prewarms()
@@ -177,9 +179,9 @@ class Run:
     def wait(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Block until every sink is done; raise the run's error, timeout or cancellation."""
         if self._here is not None:
-            inv, self._here = self._here, None
+            inv, others, self._here, self._others = self._here, self._others, None, []
             # Then its other roots and fan-outs no worker has taken; False: every worker slot is taken.
-            if not cast(RunsOnCaller, self.platform).run_here(inv):
+            if not cast(RunsOnCaller, self.platform).run_here(inv, others):
                 self._invoke([inv])  # it queues like the others
         sinks = set(self.dag.sinks)
         done: set[int] = set()

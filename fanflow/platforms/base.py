@@ -69,13 +69,16 @@ class Platform(Protocol):
 class RunsOnCaller(Protocol):
     """The optional part of :class:`Platform` for platforms that can run a run's workers on its client's thread."""
 
-    def run_here(self, invocation: Any) -> bool:
+    def run_here(self, invocation: Any, others: Sequence[Any] = ()) -> bool:
         """Run ``invocation``, not invoked, on the calling thread, then the invocations of its run that wait to start.
 
-        Returns False, having run nothing, when no worker slot is free: the
-        caller then invokes it as usual. Returns when none of the run's
-        invocations waits to start any more, or no slot is free; the run's
-        others are running on the platform's own workers.
+        ``others`` are the run's other first invocations, not invoked either:
+        the platform starts them in any case, whatever this returns, and may
+        keep them for the calling thread to take while no worker of its own is
+        needed. Returns False, having run nothing, when no worker slot is free:
+        the caller then invokes ``invocation`` as usual. Returns when none of
+        the run's invocations waits to start any more, or no slot is free; the
+        run's others are running on the platform's own workers.
         """
         ...
 

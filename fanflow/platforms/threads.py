@@ -15,34 +15,28 @@ were about a third of the fixed cost of a 1-task run). The calling thread counts
 as one of the ``max_workers`` while it runs one, so ``max_workers`` still bounds
 how many tasks run at once.
 
-Numeric libraries (OpenBLAS, MKL, OpenMP) start their own thread per core for
-each call; with several worker threads calling them at once the cores are
-oversubscribed many times over (a QR-heavy workload ran 16x slower). While the
-platform is open it caps those pools, through threadpoolctl, at each worker
-thread's share of the cores (:func:`fanflow.platforms.sizing.blas_threads`, the
-rule out-of-process workers follow with their memory's vCPU share).
-
-Worker threads running small pure-Python tasks fight over the GIL: at
-CPython's default switch interval (5 ms) two threads on two cores hand the GIL
-back and forth so often that a tree reduction ran 2x slower than on one thread.
-While the platform is open, the interval is at least ``SWITCH_INTERVAL_S``
-(measured: 65 -> 33 us per task at 16,383 tasks; a 15-task run's latency
-unchanged). Both settings are restored when the platform closes.
-
-Two more are measured or scoped per invocation. Whether to spread a run over the
-threads at all: GIL-bound work is kept on one thread (``free_slots()`` 0), see
-:mod:`fanflow.platforms.spreading`. And while invocations run, the cyclic
-garbage collector's young generation is collected less often, so a run's
-live objects set off no full collection: :mod:`fanflow.platforms.collector`.
+The caller may also hold its run's other roots back (``run_here``'s ``others``):
+once :data:`STREAK` invocations in a row of runs of the same DAG (its signature)
+were short (:meth:`Spreading.leave`), they wait for the caller instead of waking
+a pool thread. A woken pool thread that found its invocation taken back still
+needed the GIL to go back to sleep, and every short release of the GIL by the
+caller (a file check, ``os.urandom``) woke it in vain: a 3-task ``dask.compute``
+made ~7 context switches a call. Held roots the caller has not taken within
+:data:`HOLD_S` go to the pool (a watcher thread waits on a kernel timer, set
+and cleared by the caller without waking it), and that ends the DAG's streak,
+so work that does run long spreads as before. Linux only (``timerfd``);
+elsewhere the other roots are invoked at once, as before.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +57,15 @@ _here = threading.local()
 
 SWITCH_INTERVAL_S = 0.05
 """Least GIL switch interval while worker threads run (see the module docstring)."""
+
+HOLD_S = 0.005
+"""How long a root held back for its run's caller waits for it before it goes to the pool."""
+
+STREAK = 16
+"""Short invocations in a row of runs of one DAG after which its runs' other roots are held for the caller."""
+
+_SIGNATURES = 1024
+"""DAG signatures whose streaks are kept; more, and all are forgotten."""
 
 
 def default_max_workers() -> int:
@@ -95,6 +98,13 @@ class ThreadsPlatform:
         self._blas_limit: threadpool_limits | None = None
         self._switch_interval: float | None = None
         self._spreading = Spreading()
+        # Roots held back for their run's caller (run_here's others), in _waiting but not queued, by run:
+        # the time they go to the pool unless taken, and the invocations. Changed under _taking, as is
+        # the alarm, which is set for the earliest of those times while any run holds roots.
+        self._held: dict[str | None, tuple[float, list[Any]]] = {}
+        self._alarm = _Alarm.make()
+        self._watcher: threading.Thread | None = None
+        self._streaks: dict[str | None, int] = {}  # by DAG signature: short invocations in a row
 
     def free_slots(self) -> int | None:
         """None (every fan-out branch gets its own worker) while spreading pays; 0 while it does not.
@@ -108,11 +118,16 @@ class ThreadsPlatform:
         return 0 if self._max == 1 or self._spreading.serial else None
 
     def invoke(self, invocations: Sequence[Any]) -> None:
-        put, waiting = self._queue.put, self._waiting
+        waiting = self._waiting
         with self._taking:
             for inv in invocations:
                 # The queue holds it until taken, so its id stays its own.
                 waiting.setdefault(getattr(inv, "run_id", None), {})[id(inv)] = inv
+        self._queue_up(invocations)
+
+    def _queue_up(self, invocations: Sequence[Any]) -> None:
+        """Put waiting invocations in the queue, starting pool threads for them up to ``max_workers``."""
+        put = self._queue.put
         for inv in invocations:
             put(inv)
         if len(self._threads) >= self._max:
@@ -131,32 +146,108 @@ class ThreadsPlatform:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(max(self._switch_interval, SWITCH_INTERVAL_S))
 
-    def run_here(self, invocation: Any) -> bool:
+    def run_here(self, invocation: Any, others: Sequence[Any] = ()) -> bool:
         """Run ``invocation`` (not given to :meth:`invoke`) on the calling thread, then its run's waiting ones.
 
+        ``others``: more invocations of its run to start (its other roots). They
+        are invoked, or, after :data:`STREAK` short invocations in a row of runs
+        of the same DAG (see the module's docstring), held back for this thread:
+        no pool thread is woken for them unless this thread has not taken them
+        within :data:`HOLD_S`.
+
         Returns False, having run nothing, when ``max_workers`` invocations are
-        running already (then :meth:`invoke` it). After ``invocation``, the
-        invocations of its run that wait in the queue are taken back, one after
-        another, each only if no pool thread has taken it yet and only while a
-        worker slot is free; those that the ones run here start are taken in
-        turn. Returns when none of the run's invocations waits any more (or no
-        slot is free): the others are running on pool threads.
+        running already (then :meth:`invoke` it; ``others`` are invoked). After
+        ``invocation``, the invocations of its run that wait in the queue are
+        taken back, one after another, each only if no pool thread has taken it
+        yet and only while a worker slot is free; those that the ones run here
+        start are taken in turn. Returns when none of the run's invocations
+        waits any more (or no slot is free: then those it held go to the pool):
+        the others are running on pool threads.
 
         While it runs, the calling thread is one of this platform's workers: a
         task on it that starts a run on this platform gets
         :class:`fanflow.NestedRunError`, as on a pool thread.
         """
         if self._closed or not self._slots.acquire(blocking=False):
+            if others:
+                self.invoke(others)
             return False
-        self._run_on_caller(invocation)
         run_id = getattr(invocation, "run_id", None)
-        while not self._closed and self._slots.acquire(blocking=False):
-            taken = self._take(run_id)
-            if taken is None:
-                self._slots.release()
-                return True
-            self._run_on_caller(taken)
-        return True
+        held = bool(others) and self._alarm is not None and self._streaks.get(_signature(invocation), 0) >= STREAK
+        if held:
+            self._hold(run_id, others)
+        elif others:
+            self.invoke(others)
+        try:
+            self._run_on_caller(invocation)
+            while not self._closed and self._slots.acquire(blocking=False):
+                taken = self._take(run_id)
+                if taken is None:
+                    self._slots.release()
+                    return True
+                self._run_on_caller(taken)
+            return True
+        finally:
+            if held:
+                self._let_go(run_id)
+
+    def _hold(self, run_id: str | None, invocations: Sequence[Any]) -> None:
+        """Make ``invocations`` wait for their run's caller; the watcher queues them if still waiting in ``HOLD_S``."""
+        assert self._alarm is not None
+        with self._taking:
+            for inv in invocations:
+                self._waiting.setdefault(run_id, {})[id(inv)] = inv
+            if not self._held:
+                self._alarm.set(HOLD_S)
+            self._held[run_id] = (time.monotonic() + HOLD_S, list(invocations))
+        if self._watcher is None:
+            with self._lock:
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch_held, name="fanflow-held", daemon=True)
+                    self._watcher.start()
+
+    def _let_go(self, run_id: str | None) -> None:
+        """The caller of ``run_id`` takes no more: queue what it held and did not take (none, usually)."""
+        assert self._alarm is not None
+        with self._taking:
+            entry = self._held.pop(run_id, None)
+            if entry is None:  # the watcher queued them
+                return
+            if not self._held:
+                self._alarm.set(0.0)  # disarmed: the watcher sleeps on
+            left = [inv for inv in entry[1] if self._waits(inv)]
+        if left:
+            self._queue_up(left)
+
+    def _waits(self, inv: Any) -> bool:
+        """Whether ``inv`` still waits to be taken (``_taking`` held)."""
+        return self._waiting.get(getattr(inv, "run_id", None), {}).get(id(inv)) is inv
+
+    def _watch_held(self) -> None:
+        """The watcher: when the alarm goes off, queue the held roots whose time is up, and end their DAGs' streaks.
+
+        Setting and clearing the alarm wakes nobody, so a caller that takes its
+        roots back in time costs this thread nothing (a thread that woke on a
+        timer would wait for the GIL, woken by each of the caller's releases).
+        """
+        assert self._alarm is not None
+        while True:
+            self._alarm.wait()
+            if self._closed:
+                return
+            now = time.monotonic()
+            late: list[Any] = []
+            with self._taking:
+                for run_id, (due, invs) in list(self._held.items()):
+                    if due <= now:
+                        del self._held[run_id]
+                        late.extend(inv for inv in invs if self._waits(inv))
+                if self._held:
+                    self._alarm.set(max(1e-4, min(due for due, _ in self._held.values()) - now))
+            for inv in late:
+                self._streaks[_signature(inv)] = 0
+            if late:
+                self._queue_up(late)
 
     def _take(self, run_id: str | None, inv: Any = None) -> Any:
         """Claim a waiting invocation of ``run_id`` (``inv``, or any): it, or None when it is not waiting."""
@@ -208,7 +299,11 @@ class ThreadsPlatform:
             self._tell_run(item, exc)
         finally:
             relaxed.leave()
-            spreading.leave(entered)
+            short = spreading.leave(entered)
+            streaks, signature = self._streaks, _signature(item)
+            if len(streaks) >= _SIGNATURES and signature not in streaks:
+                streaks.clear()
+            streaks[signature] = streaks.get(signature, 0) + 1 if short else 0
 
     def _tell_run(self, inv: Any, exc: BaseException) -> None:
         """The invocation is lost with its thread's crash: fail its run, so its client does not wait forever."""
@@ -234,15 +329,64 @@ class ThreadsPlatform:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._alarm.set(1e-6)  # type: ignore[union-attr]  # wakes the watcher, which sees _closed
         for _ in self._threads:
             self._queue.put(_STOP)
-        for t in self._threads:
+        for t in (*self._threads, *([self._watcher] if self._watcher else [])):
             if t is not threading.current_thread():
                 t.join(timeout=5)
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
+        if self._alarm is not None and (self._watcher is None or not self._watcher.is_alive()):
+            self._alarm.close()
+
+
+class _Alarm:
+    """A one-shot timer a thread waits on (Linux ``timerfd``): setting or clearing it wakes no thread."""
+
+    class _Spec(ctypes.Structure):
+        _fields_ = [
+            ("interval_s", ctypes.c_long),
+            ("interval_ns", ctypes.c_long),
+            ("value_s", ctypes.c_long),
+            ("value_ns", ctypes.c_long),
+        ]
+
+    def __init__(self, libc: Any, fd: int) -> None:
+        self._settime, self._fd = libc.timerfd_settime, fd
+
+    @classmethod
+    def make(cls) -> _Alarm | None:
+        """An alarm, or None where the system has no ``timerfd``."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = ctypes.PyDLL(None)  # keeps the GIL: each call is one short system call
+            fd = libc.timerfd_create(1, os.O_CLOEXEC)  # CLOCK_MONOTONIC
+        except (OSError, AttributeError):
+            return None
+        return cls(libc, fd) if fd >= 0 else None
+
+    def set(self, seconds: float) -> None:
+        """Go off in ``seconds`` (0: never, until set again)."""
+        whole = int(seconds)
+        nanos = int((seconds - whole) * 1e9)
+        self._settime(self._fd, 0, ctypes.byref(self._Spec(0, 0, whole, nanos)), None)
+
+    def wait(self) -> None:
+        """Block until it goes off."""
+        os.read(self._fd, 8)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _signature(invocation: Any) -> str | None:
+    """The signature of the DAG an invocation runs (in-process invocations carry the DAG), if any."""
+    return getattr(getattr(invocation, "dag", None), "signature", None)
 
 
 def client_platform(config: Config) -> ThreadsPlatform:
