@@ -250,8 +250,12 @@ class Config:
     store_retry_s: float = _field(10.0, _number(float, 0.0), "keep retrying a lost store connection this long")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """The checks that take more than one field."""
         if self.platform != "threads" and not self.shared_store:
             raise ConfigError(
                 f"platform {self.platform!r} runs workers outside this process, so it needs a shared "
@@ -270,25 +274,30 @@ class Config:
     # -- building -------------------------------------------------------------
     @classmethod
     def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(_CHECKS)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "arguments") -> Config:
         """Build from a mapping, rejecting unknown keys with a suggestion."""
-        known = cls.keys()
-        for key in values:
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"unknown config key {key!r} in {source}{extra}; known keys: {', '.join(known)}")
-        return cls(**dict(values))
+        _check_known(values, source)
+        key = _built_key(values) if cls is Config else None
+        if key is None:
+            return cls(**dict(values))
+        built = _built.get(key)
+        if built is None:
+            built = cls(**dict(values))
+            if len(_built) >= BUILT_KEPT:
+                _built.clear()  # a program that builds ever new configs: start over rather than grow
+            _built[key] = built
+        return built
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The ``FANFLOW_<KEY>`` variables as a mapping (unknown ``FANFLOW_`` names are errors)."""
-        environ = os.environ if environ is None else environ
+        if environ is None:
+            environ = _fanflow_environ()
         out: dict[str, str] = {}
-        known = cls.keys()
+        known = _CHECKS
         for name, value in environ.items():
             if not name.startswith("FANFLOW_"):
                 continue
@@ -323,9 +332,9 @@ class Config:
     def load(cls, cwd: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults < ``fanflow.toml`` < env vars < ``overrides``."""
         values: dict[str, Any] = {}
-        toml_path = Path(cwd or ".") / TOML_NAME
+        toml_path = os.path.join(cwd, TOML_NAME) if cwd else TOML_NAME
         source = "arguments"
-        if toml_path.is_file():
+        if os.path.isfile(toml_path):
             values.update(cls.from_toml(toml_path))
             source = f"{toml_path} or the environment"
         values.update(cls.from_env(environ))
@@ -344,8 +353,14 @@ class Config:
         raise ConfigError(f"config must be a fanflow.Config, a dict or None, got {type(config).__name__}")
 
     def replace(self, **changes: Any) -> Config:
-        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return Config.from_mapping({**base, **changes})
+        """This config with ``changes``; only they are checked (this config's values passed already)."""
+        _check_known(changes, "arguments")
+        new = object.__new__(Config)
+        new.__dict__.update(self.__dict__)
+        for name, value in changes.items():
+            object.__setattr__(new, name, _CHECKS[name](name, value))
+        new._check_together()
+        return new
 
     # -- showing --------------------------------------------------------------
     def display(self) -> dict[str, Any]:
@@ -366,3 +381,57 @@ class Config:
 
     def describe(self) -> dict[str, str]:
         return {f.name: f.metadata["doc"] for f in dataclasses.fields(self)}
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {f.name: f.metadata["check"] for f in dataclasses.fields(Config)}
+"""Each field's check, in field order: read once (``dataclasses.fields`` builds a tuple per call)."""
+
+BUILT_KEPT = 64
+"""Configs :meth:`Config.from_mapping` keeps by their values (a run with no config builds one per call)."""
+
+_built: dict[tuple[Any, ...], Config] = {}
+
+
+def _built_key(values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """``values`` as a cache key, each value with its type; None when a value is unhashable.
+
+    With the type: ``1 == True``, but only ``True`` passes as a flag.
+
+    Building a config checks every field (about 100 us, as much as a small run), and
+    ``compute()`` without a config builds one per call from the same file and variables.
+    A config is frozen, so equal values may share one.
+    """
+    key = tuple((k, type(v), v) for k, v in values.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _check_known(values: Mapping[str, Any], source: str) -> None:
+    """Reject a key that is not a config field, with a suggestion."""
+    for key in values:
+        if key not in _CHECKS:
+            known = tuple(_CHECKS)
+            hint = difflib.get_close_matches(key, known, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{extra}; known keys: {', '.join(known)}")
+
+
+_ENV_PREFIX = os.environ.encodekey("FANFLOW_")
+
+
+def _fanflow_environ() -> dict[str, str]:
+    """The process environment's ``FANFLOW_*`` variables.
+
+    Looked for in ``os.environ``'s own encoded dict, all names at once: going through
+    ``os.environ`` decodes every variable, and a ``startswith`` per name costs as
+    much, tens of microseconds per run for an environment of a few dozen variables.
+    """
+    env = os.environ
+    encoded = env._data  # type: ignore[attr-defined]
+    prefix = _ENV_PREFIX
+    if prefix not in prefix[:0].join(encoded):
+        return {}
+    return {env.decodekey(k): env.decodevalue(v) for k, v in encoded.items() if k.startswith(prefix)}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import fanflow
+from fanflow import config as config_module
 from fanflow.config import Config
 
 
@@ -88,3 +89,44 @@ def test_a_pool_name_outside_the_allowed_characters_is_refused(name: str) -> Non
 
 def test_pool_names_of_letters_digits_dots_underscores_and_dashes_are_kept() -> None:
     assert Config(pool="gateway-host.example_1").pool == "gateway-host.example_1"
+
+
+def test_the_same_values_build_one_config_and_every_change_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "_built", {})
+    checked: list[str] = []
+    check_store = config_module._CHECKS["store"]
+    monkeypatch.setitem(config_module._CHECKS, "store", lambda k, v: checked.append(v) or check_store(k, v))
+    first = Config.load()
+    assert Config.load() is first and Config.resolve(None) is first
+    assert checked == ["memory://"]  # built (and checked) once, not per run
+    monkeypatch.setenv("FANFLOW_MAX_WORKERS", "3")
+    assert Config.load().max_workers == 3
+    (tmp_path / "fanflow.toml").write_text('planner = "none"\n')
+    assert (Config.load().planner, Config.load().max_workers) == ("none", 3)
+    monkeypatch.delenv("FANFLOW_MAX_WORKERS")
+    assert (Config.load().planner, Config.load().max_workers) == ("none", None)
+
+
+def test_equal_values_of_another_type_are_checked_as_themselves() -> None:
+    assert Config.from_mapping({"progress": True}).progress is True
+    with pytest.raises(fanflow.ConfigError, match="expected true or false"):
+        Config.from_mapping({"progress": 1})  # equal to True, and cached as True: still refused
+    assert Config.from_mapping({"timeout_s": 2}).timeout_s == 2.0
+    with pytest.raises(fanflow.ConfigError, match="expected a int"):
+        Config.from_mapping({"max_workers": 2.0})
+
+
+def test_replace_checks_the_changes_and_the_fields_together() -> None:
+    base = Config(max_workers=2, store="redis://h:1/0")
+    changed = base.replace(planner="none", memory_mb="512")
+    assert changed == Config(max_workers=2, store="redis://h:1/0", planner="none", memory_mb=512)
+    assert base.planner == "wukong"  # unchanged
+    with pytest.raises(fanflow.ConfigError, match="must be >= 1"):
+        base.replace(max_workers=0)
+    with pytest.raises(fanflow.ConfigError, match="did you mean 'planner'"):
+        base.replace(planer="none")
+    with pytest.raises(fanflow.ConfigError, match="needs a shared store"):
+        base.replace(platform="processes", store="memory://")
