@@ -36,6 +36,7 @@ only when called, so ``import fanflow`` works without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -231,6 +232,7 @@ class _Converter:
     ) -> None:
         spec = _task_spec()
         self._spec = spec
+        self._subgraph = getattr(spec, "_execute_subgraph", None)  # Dask's linear fusion, where Dask has it
         self._graph = graph
         self._make = make or (lambda task, args, kwargs: task(*args, **kwargs))
         self._handle = handle
@@ -284,9 +286,9 @@ class _Converter:
     # -- one task ---------------------------------------------------------------
     def _node(self, task: Any) -> Any:
         """The handle of the fanflow task made for the Dask ``Task`` ``task``, whose dependencies are all converted."""
-        ftask = self.task_for(task.func, self._fused_name(task))
+        ftask = self.task_for(task.func, self._fused_name(task) if task.func is self._subgraph else None)
         args = [self._arg(a) for a in task.args]
-        kwargs = {name: self._arg(v) for name, v in task.kwargs.items()}
+        kwargs = {name: self._arg(v) for name, v in task.kwargs.items()} if task.kwargs else {}
         return self._make(ftask, args, kwargs)
 
     def _arg(self, arg: Any) -> Any:
@@ -312,10 +314,8 @@ class _Converter:
                 return dict(zip(items[::2], items[1::2], strict=True))
         return self._node(arg)
 
-    def _fused_name(self, task: Any) -> str | None:
-        """``fused-<function>`` for a task made by Dask's linear fusion, else None."""
-        if task.func is not getattr(self._spec, "_execute_subgraph", None):
-            return None
+    def _fused_name(self, task: Any) -> str:
+        """``fused-<function>`` for a task made by Dask's linear fusion (``_execute_subgraph``)."""
         inner, outkey = task.args[0], task.args[1]
         out = inner.get(outkey)
         return f"fused-{_funcname(out.func)}" if isinstance(out, self._spec.Task) else "fused"
@@ -336,6 +336,10 @@ class _Out:
 
     def __init__(self, i: int) -> None:
         self.i = i
+
+
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+"""Argument types that hold no task output and are no container: a template keeps them as they are."""
 
 
 def _is_out(x: Any) -> bool:
@@ -381,6 +385,8 @@ class _Columns:
         deps: list[int] = []
         if not kwargs and all(type(a) is _Out for a in args) and len({a.i for a in args}) == len(args):
             deps, targs, tkwargs = [a.i for a in args], None, None
+        elif not kwargs and all(type(a) in _PLAIN for a in args):
+            targs, tkwargs = tuple(args), None  # constants only: what map_nested would return, without the walk
         else:
             index: dict[int, int] = {}
 
@@ -449,11 +455,11 @@ def _seeded(func: Callable[..., Any]) -> bool:
 
 def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
     key = (func, name)
-    with _kept_lock:
-        task = _kept.get(key)
-        if task is not None:
+    task = _kept.get(key)  # one C call under the GIL: safe without the lock, which guards the eviction below
+    if task is not None:
+        with contextlib.suppress(KeyError):  # evicted meanwhile by another thread: still its function's task
             _kept.move_to_end(key)
-            return task
+        return task
     task = Task(func, name=name or _funcname(func), pure=_seeded(func))
     with _kept_lock:
         task = _kept.setdefault(key, task)  # another thread may have made it meanwhile: one task per function

@@ -26,13 +26,25 @@ def map_nested(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bo
     """
     if is_leaf(obj):
         return leaf(obj)
+    return _walk(obj, leaf, is_leaf)
+
+
+_WALKED = (dict, list, tuple)
+
+
+def _walk(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """:func:`map_nested` of ``obj``, which is no leaf. An item that is neither a leaf nor a
+    container is kept without a call of its own (most arguments are such constants)."""
     if isinstance(obj, dict):
-        items = {k: map_nested(v, leaf, is_leaf) for k, v in obj.items()}
+        items = {
+            k: leaf(v) if is_leaf(v) else _walk(v, leaf, is_leaf) if isinstance(v, _WALKED) else v
+            for k, v in obj.items()
+        }
         if all(items[k] is v for k, v in obj.items()):
             return obj
         return _rebuild_mapping(obj, items)
     if isinstance(obj, (list, tuple)):
-        items_seq = [map_nested(v, leaf, is_leaf) for v in obj]
+        items_seq = [leaf(v) if is_leaf(v) else _walk(v, leaf, is_leaf) if isinstance(v, _WALKED) else v for v in obj]
         if all(a is b for a, b in zip(items_seq, obj, strict=True)):
             return obj
         return _rebuild_sequence(obj, items_seq)
