@@ -218,6 +218,15 @@ def test_roots_read_by_one_task_start_next_to_each_other() -> None:
     assert [sorted(g) for g in groups] == [sorted(first), sorted(second)]
 
 
+def test_a_single_root_starts_alone_whatever_the_plan_and_the_free_count() -> None:
+    x = source(1)
+    dag = DAG.from_sinks([merge(merge(x), x)])  # one root, read twice
+    (root,) = dag.roots
+    for plan in (PlanView.from_columns(dag, None), PlanView.from_columns(dag, ["w"] * len(dag), [512] * len(dag))):
+        for free in (None, 0, 1, 3):
+            assert root_groups(dag, plan, free) == [[root]]
+
+
 def test_labelled_roots_share_the_free_slots_without_splitting_a_label() -> None:
     """A planner labels each root on its own: with a free count, labels are shared among that many workers
     (one worker per label would queue one invocation per root behind a pool's slots)."""

@@ -56,6 +56,18 @@ def test_signature_ignores_constant_values_but_not_their_types() -> None:
     assert DAG.from_sinks([inc(1)]).signature != DAG.from_sinks([inc(1.0)]).signature
 
 
+def test_signature_and_roots_are_computed_once_per_dag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fanflow.dag import graph
+
+    dag = DAG.from_sinks([diamond()])
+    shapes: list[object] = []
+    shape = graph._shape
+    monkeypatch.setattr(graph, "_shape", lambda t: shapes.append(t) or shape(t))
+    first = dag.signature
+    assert len(shapes) == 2 * len(dag)  # arguments and keyword arguments of each task
+    assert dag.signature is first and dag.roots is dag.roots and len(shapes) == 2 * len(dag)
+
+
 def test_run_id_format() -> None:
     dag = DAG.from_sinks([diamond()])
     run_id = dag.new_run_id()

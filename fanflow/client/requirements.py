@@ -40,6 +40,8 @@ def of_dag(dag: DAG, requirements_file: str | None) -> list[Requirement]:
 
 def check(dag: DAG, config: Config, platform: Platform) -> None:
     """Raise :class:`RequirementsError` listing every requirement the platform's workers lack."""
+    if not config.requirements and not any(task.requirements for task in dag.tasks):
+        return  # most runs: nothing to parse
     reqs = of_dag(dag, config.requirements)
     if not reqs:
         return

@@ -14,15 +14,49 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from functools import cached_property
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from fanflow.dag.nested import map_nested
 from fanflow.dag.node import MapNode, Node, Ref, Task, is_ref
 from fanflow.errors import DAGCycleError, DAGError
+
+if TYPE_CHECKING:
+    from fanflow.dag.placement import PlanView
+
+
+R = TypeVar("R")
+
+
+class _computed_once(Generic[R]):  # noqa: N801 - used as a decorator, like the property it stands for
+    """``functools.cached_property`` without its lock: the value is computed on first read and kept
+    in the instance, after which reads never reach this descriptor.
+
+    Python 3.11's ``cached_property`` takes a lock on every first read, about three
+    times the cost of reading the value (a DAG made per small run pays it for its
+    roots and signature). Both are pure functions of an immutable DAG: two threads
+    computing one at once get the same value.
+    """
+
+    def __init__(self, func: Callable[[Any], R]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _computed_once[R]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> R: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> R | _computed_once[R]:
+        if instance is None:
+            return self
+        value: R = self.func(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 class DAG:
@@ -71,6 +105,8 @@ class DAG:
                 fill[u] += 1
         self.dependents: list[tuple[int, ...]] = [tuple(flat[ends[u] : ends[u + 1]]) for u in range(len(deps))]
         self._sink_set = frozenset(sinks)
+        self.plan_view: PlanView | None = None
+        """The plan's columns, kept here by :func:`fanflow.dag.placement.plan_of` (which builds them)."""
 
     # -- building -------------------------------------------------------------
     @classmethod
@@ -155,7 +191,7 @@ class DAG:
     def is_sink(self, i: int) -> bool:
         return i in self._sink_set
 
-    @cached_property
+    @_computed_once
     def roots(self) -> tuple[int, ...]:
         return tuple(i for i, d in enumerate(self.deps) if not d)
 
@@ -169,7 +205,7 @@ class DAG:
     def sink_name(self) -> str:
         return self.tasks[self.task_of[self.sinks[0]]].name
 
-    @cached_property
+    @_computed_once
     def signature(self) -> str:
         """Hash of structure and task code; the same DAG built twice gets the same one.
 

@@ -20,7 +20,6 @@ the store.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -123,18 +122,15 @@ def _requested_mb(dag: DAG) -> list[int | None]:
     return [per_function[f] for f in dag.task_of]
 
 
-_views: weakref.WeakKeyDictionary[DAG, PlanView] = weakref.WeakKeyDictionary()
-
-
 def plan_of(dag: DAG, *, refresh: bool = False) -> PlanView:
-    """The plan view of ``dag``'s annotations, built once per DAG object in a process.
+    """The plan view of ``dag``'s annotations, built once per DAG object in a process (kept on the DAG).
 
     The client passes ``refresh=True`` when it starts a run, after planning
     wrote the annotations, so in-process workers never see an older plan.
     """
-    found = None if refresh else _views.get(dag)
+    found = None if refresh else dag.plan_view
     if found is None:
-        found = _views[dag] = _read_annotations(dag) if dag.annotations else PlanView.from_columns(dag, None)
+        found = dag.plan_view = _read_annotations(dag) if dag.annotations else PlanView.from_columns(dag, None)
     return found
 
 
@@ -184,6 +180,8 @@ def root_groups(dag: DAG, plan: PlanView, free: int | None = None) -> list[list[
     With a ``free`` count a label's roots are one unit of that sharing, never split: a planner
     labels each root on its own unless it clusters them, and one invocation per label would queue
     thousands behind a pool's few slots (a 2,048-leaf tree took 10x longer planned than not)."""
+    if len(dag.roots) == 1:
+        return [list(dag.roots)]  # one root, one group, whatever the labels and the free count
     groups: dict[Hashable, list[int]] = {}
     for r in by_shared_readers(dag):
         label = plan.labels[r]
