@@ -352,3 +352,33 @@ def test_missing_dask_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
         assert isinstance(info.value, fanflow.FanflowError)
     finally:
         ffdask._task_spec.cache_clear()
+
+
+CALL_BUDGET = {"config given": 250, "config from the environment": 260}
+"""Calls of fanflow's own Python functions per ``get`` of a 1-task graph, history off (see docs/dask.md,
+"Cost per call"): 239 and 249 when set, 257 and 343 before (the config was built per call).
+A change that needs more should say why in its commit."""
+
+
+@pytest.mark.parametrize("where", CALL_BUDGET)
+def test_a_one_task_get_stays_within_its_budget_of_python_calls(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FANFLOW_METADATA", "none")
+    monkeypatch.setenv("FANFLOW_PROGRESS", "false")
+    config = fanflow.Config(progress=False, metadata="none") if where == "config given" else None
+    graph = {"x": 1, "y": (inc, "x")}
+    for _ in range(5):  # imports, the platform, the kept task of inc
+        assert ffdask.get(graph, "y", config=config) == 2
+    root = fanflow.__file__.rsplit("/", 1)[0]
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += event == "call" and frame.f_code.co_filename.startswith(root)
+
+    sys.setprofile(count)  # this thread only: a 1-task run runs on the caller's thread
+    try:
+        for _ in range(5):
+            ffdask.get(graph, "y", config=config)
+    finally:
+        sys.setprofile(None)
+    assert calls / 5 <= CALL_BUDGET[where], f"{calls / 5:.0f} calls of fanflow functions per get"

@@ -343,8 +343,11 @@ class Run:
                 raise StoreError(
                     f"run {self.run_id}: the output of sink {self.dag.name(t)!r} vanished before it was read"
                 )
+        outputs = self.dag.outputs
+        if outputs == order:  # each sink asked for once, in order: the usual case
+            return tuple(values)
         by_task = dict(zip(order, values, strict=True))
-        return tuple(by_task[t] for t in self.dag.outputs)
+        return tuple(by_task[t] for t in outputs)
 
     def cleanup(self) -> None:
         """Delete every key of the run (never the event stream), named from the DAG."""

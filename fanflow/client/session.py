@@ -213,7 +213,7 @@ class Session:
         (:meth:`Run.start`'s ``here``). ``hooks`` hear of the run after the standard
         ones (:mod:`fanflow.client.hooks`).
         """
-        every = (*STANDARD_HOOKS, *hooks)
+        planned, started, ending, ended = _moments((*STANDARD_HOOKS, *hooks) if hooks else STANDARD_HOOKS)
         platform = self.acquire(config)
         try:
             run = Run(dag, config, platform)
@@ -221,12 +221,12 @@ class Session:
             run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
             run.predicted_p10_s, run.predicted_p90_s = plan.predicted_p10_s, plan.predicted_p90_s
             run.plan_kind, run.calibration = plan.kind, plan.calibration
-            for hook in every:
+            for hook in planned:
                 hook.planned(run)
             error: BaseException | None = None
             try:
                 run.start(here=cancelled is None)
-                for hook in every:
+                for hook in started:
                     hook.started(run)
                 try:
                     run.wait() if cancelled is None else run.wait(cancelled)
@@ -238,12 +238,12 @@ class Session:
                 error = exc
                 raise
             finally:
-                for hook in every:
+                for hook in ending:
                     hook.ending(run, error)
                 if error is not None:
                     self._halt(config, platform)  # no worker of a failed or cancelled run may write after cleanup
                 run.cleanup()
-                for hook in every:
+                for hook in ended:
                     hook.ended(run, error)
         finally:
             self.release(config, platform)
@@ -270,6 +270,27 @@ class Session:
 
         threading.Thread(target=target, name="fanflow-run", daemon=True).start()
         return future
+
+
+_Moments = tuple[tuple[RunHook, ...], ...]
+
+_standard_moments: tuple[tuple[RunHook, ...], _Moments] = ((), ())
+"""The standard hooks and their moments, worked out once (again if the standard hooks change)."""
+
+
+def _moments(hooks: tuple[RunHook, ...]) -> _Moments:
+    """``hooks`` per moment (planned, started, ending, ended), in order, each without the hooks that
+    leave that moment to :class:`RunHook`'s empty method: a call that does nothing, per hook and run."""
+    global _standard_moments
+    if hooks is _standard_moments[0]:
+        return _standard_moments[1]
+    moments = tuple(
+        tuple(h for h in hooks if getattr(type(h), moment) is not getattr(RunHook, moment))
+        for moment in ("planned", "started", "ending", "ended")
+    )
+    if hooks is STANDARD_HOOKS:
+        _standard_moments = (hooks, moments)
+    return moments
 
 
 _session: Session | None = None
