@@ -21,7 +21,7 @@ from support import RedisServer, start_serving, wait_until
 
 import fanflow
 from fanflow.store import keys
-from fanflow.store.redis import connect, trying_once
+from fanflow.store.redis import SOCKET_TIMEOUT_S, connect, trying_once
 
 SECRET = "store-gone-secret"
 LIVENESS_S = 15.0
@@ -110,6 +110,25 @@ def test_a_run_whose_store_goes_fails_within_seconds_cleanup_included(server: Re
     with pytest.raises(fanflow.StoreUnavailableError, match="cannot reach the Redis store"):
         future.result(timeout=120)
     assert time.monotonic() - began < LIVENESS_S
+
+
+def test_a_run_whose_store_stops_answering_fails_after_one_socket_timeout_cleanup_included(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """A frozen Redis (SIGSTOP: connections open, no reply) costs one socket timeout (30 s), then every
+    other call of the process fails without a try: each try would wait it out (it was >120 s)."""
+    started = tmp_path / "started"
+    future = inc(nap(str(started), 3.0)).submit(_own_pool(server.url))
+    wait_until(started.exists, 30, "the task to start")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    began = time.monotonic()
+    try:
+        with pytest.raises(fanflow.StoreUnavailableError, match="cannot reach the Redis store"):
+            future.result(timeout=180)
+        assert time.monotonic() - began < SOCKET_TIMEOUT_S + LIVENESS_S
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
 
 
 def test_a_run_submitted_after_its_store_went_fails_within_seconds(server: RedisServer) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import functools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -579,7 +580,7 @@ class RedisStore:
 _calls = threading.local()
 """``deadline``: when the outermost store call in progress on this thread stops retrying (redis-py
 nests a connect's retries inside a command's, and both must end by the same time); ``budgeted``:
-whether that call had the full budget (not one try)."""
+whether that call had the full budget (not one try); ``once``: inside :func:`trying_once`."""
 
 
 class _Retry(Retry):
@@ -592,7 +593,10 @@ class _Retry(Retry):
     of the client) get one attempt each, so a client's cleanup, a pool's shutdown or a worker's
     exit after an outage take seconds, not a budget per command. (A time, not "until a call is
     answered": redis-py's connect of a connection it already holds succeeds without the server.)
-    A refused password is never retried: that answer does not change by waiting.
+    When that call ran out of it waiting for a reply (a server that accepts connections but does
+    not answer: stopped, or its host unreachable), those calls are not even tried: one try would
+    wait out the socket timeout, each. A refused password is never retried: that answer does not
+    change by waiting.
     """
 
     def __init__(self, budget_s: float) -> None:
@@ -600,6 +604,8 @@ class _Retry(Retry):
         self.budget_s = budget_s
         self.once_until = 0.0
         """Calls that begin before this time try once: a call ran out of its budget just before."""
+        self.unanswered = False
+        """That call ran out of it on a timeout: the calls until ``once_until`` fail without a try."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Retry:
         return self  # redis-py copies it into each connection: they share whether the store answers
@@ -614,7 +620,14 @@ class _Retry(Retry):
         outer: float | None = getattr(_calls, "deadline", None)
         if outer is None:
             now = time.monotonic()
-            _calls.budgeted = now >= self.once_until
+            window = now < self.once_until
+            _calls.budgeted = not window and not getattr(_calls, "once", False)
+            if window and self.unanswered:
+                raise RedisTimeoutError(
+                    f"the server did not answer within the socket timeout ({SOCKET_TIMEOUT_S:.0f} s) "
+                    f"{now - self.once_until + self.budget_s:.0f} s ago; not asked again for "
+                    f"{self.once_until - now:.0f} s"
+                )
             _calls.deadline = now + self.budget_s if _calls.budgeted else now
         deadline: float = _calls.deadline
         try:
@@ -637,6 +650,7 @@ class _Retry(Retry):
                     if left <= 0:
                         if _calls.budgeted:  # also when nested: the outer call's fail() re-raises what this raises
                             self.once_until = time.monotonic() + self.budget_s
+                            self.unanswered = isinstance(error, RedisTimeoutError | socket.timeout)
                         raise
                     time.sleep(min(self._backoff.compute(failures), left))  # the last try at the deadline
         finally:
@@ -651,12 +665,12 @@ def trying_once() -> Iterator[None]:
     For calls whose caller tries again anyway (a pool's loop), or need not succeed and must not
     wait (a pool that stops hands back what it held; a reaper reclaims it otherwise).
     """
-    outer = getattr(_calls, "deadline", None), getattr(_calls, "budgeted", False)
-    _calls.deadline, _calls.budgeted = time.monotonic(), False
+    outer = getattr(_calls, "once", False)
+    _calls.once = True
     try:
         yield
     finally:
-        _calls.deadline, _calls.budgeted = outer
+        _calls.once = outer
 
 
 def _steps(budget_s: float) -> int:
