@@ -14,7 +14,15 @@ from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunMetrics
 from fanflow.metrics.report import summary_rows
 from fanflow.planning import Assignment, DagCosts, make_plan, simulate
-from fanflow.planning.calibrate import LATEST, OWN_RUNS, RECENT, Calibration, quantile_90, recent_level
+from fanflow.planning.calibrate import (
+    LATEST,
+    OWN_RUNS,
+    RECENT,
+    WIDEST,
+    Calibration,
+    quantile_90,
+    recent_level,
+)
 from fanflow.planning.plan import load_calibration, warm_memory
 from fanflow.planning.planners import NEVER_WORSE, _again, critical_path_assignment, place, plan_key, plan_kind
 from fanflow.planning.predict import Line, MemoryModel
@@ -237,9 +245,11 @@ def test_the_interval_is_what_the_factor_erred_by_on_past_runs() -> None:
     low, high = spread(alternating)
     assert learned(alternating).factor("uniform 1769") == pytest.approx(1.0)
     assert low < 1.0 / 1.1 and high > 1.15  # the next run, at either level, is near an end or inside
-    # two warm-ups that differ give the first measured run an interval already, the wider for one error
+    # two warm-ups that differ give the first measured run an interval already, the wider for one error,
+    # but never past twice the largest error seen
     low, high = spread([1.0, 1.2])
     assert low < 1.0 / 1.2 and high > 1.2
+    assert high == pytest.approx(1.2**WIDEST) and low == pytest.approx(1 / high)
     assert quantile_90(2) == pytest.approx(1.886, rel=0.03) and quantile_90(5) == pytest.approx(1.476, rel=0.01)
     settling_low, settling_high = spread([1.0, 1.1, 1.2, 1.3, 1.4])
     noise_low, _ = spread([1.0, 1.05, 0.95, 1.05, 0.95])
