@@ -420,18 +420,29 @@ def _check_known(values: Mapping[str, Any], source: str) -> None:
 
 
 _ENV_PREFIX = os.environ.encodekey("FANFLOW_")
+_ENV_SEP = os.environ.encodekey("\0")  # in no variable's name: the names joined by it tell the sets apart
+
+_env_names: tuple[Any, list[Any]] = (_ENV_SEP, [])
+"""The environment's variable names joined, and which of them are ``FANFLOW_*`` (encoded)."""
 
 
 def _fanflow_environ() -> dict[str, str]:
     """The process environment's ``FANFLOW_*`` variables.
 
-    Looked for in ``os.environ``'s own encoded dict, all names at once: going through
-    ``os.environ`` decodes every variable, and a ``startswith`` per name costs as
-    much, tens of microseconds per run for an environment of a few dozen variables.
+    Read from ``os.environ``'s own encoded dict: going through ``os.environ`` decodes
+    every variable, and a ``startswith`` per name costs as much, tens of microseconds
+    per run for an environment of a few dozen variables. The names are joined (one C
+    call) and matched again only when they changed; the values are read every time.
     """
+    global _env_names
     env = os.environ
     encoded = env._data  # type: ignore[attr-defined]
-    prefix = _ENV_PREFIX
-    if prefix not in prefix[:0].join(encoded):
-        return {}
-    return {env.decodekey(k): env.decodevalue(v) for k, v in encoded.items() if k.startswith(prefix)}
+    names = _ENV_SEP.join(encoded)
+    if names != _env_names[0]:
+        _env_names = (names, [k for k in encoded if k.startswith(_ENV_PREFIX)])
+    out = {}
+    for k in _env_names[1]:
+        value = encoded.get(k)
+        if value is not None:  # unset by another thread meanwhile
+            out[env.decodekey(k)] = env.decodevalue(value)
+    return out

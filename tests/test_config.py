@@ -104,6 +104,9 @@ def test_the_same_values_build_one_config_and_every_change_is_seen(
     assert checked == ["memory://"]  # built (and checked) once, not per run
     monkeypatch.setenv("FANFLOW_MAX_WORKERS", "3")
     assert Config.load().max_workers == 3
+    monkeypatch.setenv("FANFLOW_MAX_WORKERS", "4")  # the same names, another value
+    assert Config.load().max_workers == 4
+    monkeypatch.setenv("FANFLOW_MAX_WORKERS", "3")
     (tmp_path / "fanflow.toml").write_text('planner = "none"\n')
     assert (Config.load().planner, Config.load().max_workers) == ("none", 3)
     monkeypatch.delenv("FANFLOW_MAX_WORKERS")
