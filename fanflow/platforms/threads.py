@@ -357,6 +357,8 @@ class _Alarm:
 
     def __init__(self, libc: Any, fd: int) -> None:
         self._settime, self._fd = libc.timerfd_settime, fd
+        self._off = ctypes.byref(self._Spec(0, 0, 0, 0))
+        self._hold = ctypes.byref(self._spec(HOLD_S))  # built once: a caller sets it per run (3 us each)
 
     @classmethod
     def make(cls) -> _Alarm | None:
@@ -370,11 +372,15 @@ class _Alarm:
             return None
         return cls(libc, fd) if fd >= 0 else None
 
+    @classmethod
+    def _spec(cls, seconds: float) -> _Alarm._Spec:
+        whole = int(seconds)
+        return cls._Spec(0, 0, whole, int((seconds - whole) * 1e9))
+
     def set(self, seconds: float) -> None:
         """Go off in ``seconds`` (0: never, until set again)."""
-        whole = int(seconds)
-        nanos = int((seconds - whole) * 1e9)
-        self._settime(self._fd, 0, ctypes.byref(self._Spec(0, 0, whole, nanos)), None)
+        spec = self._off if seconds == 0 else self._hold if seconds == HOLD_S else ctypes.byref(self._spec(seconds))
+        self._settime(self._fd, 0, spec, None)
 
     def wait(self) -> None:
         """Block until it goes off."""
