@@ -8,6 +8,7 @@ codec, and that recording's column-wise totals and summaries equal the records'.
 from __future__ import annotations
 
 import json
+import marshal
 import sqlite3
 import subprocess
 import sys
@@ -269,13 +270,15 @@ def _without_record_s(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "record_s"}
 
 
+@pytest.mark.parametrize("refused", [False, True])
 def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
 ) -> None:
     """A tiny run is saved raw: its row holds its packed rows and no document. Every read expands it to what
     the usual recording (in the background, through dicts and JSON) stores for the same run: the same
     document but for the time recording took, the same trace byte for byte, the same records and
-    summaries. Each run here is recorded both ways, into two files."""
+    summaries. Each run here is recorded both ways, into two files. ``refused``: rows the row-wise digest
+    refuses (a task that ended twice...) are saved from their records by the writer, alike."""
     from fanflow.metrics import recorder
     from fanflow.store import keys
 
@@ -294,17 +297,20 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
         return True
 
     monkeypatch.setattr(recorder, "_record_raw", both_ways)
+    if refused:
+        monkeypatch.setattr(recorder, "digest_rows", lambda *args: None)
     config = fanflow.Config(progress=False, metadata=urls["raw"])
     assert concat(sized(3), sized(4)).compute(config) == b"xxxxxxx"
     assert leaf(1).compute(config) == 2
     assert _chain(4).compute(config) == b"x" * 16
     drain()
     peek = sqlite3.connect(tmp_path / "raw.db")
-    assert peek.execute("SELECT substr(events, 1, 5) FROM raw_runs").fetchall() == [(b"FFRAW",)] * 3
-    assert peek.execute("SELECT count(*) FROM runs").fetchone() == (0,)  # nobody read them: no index holds them
+    assert peek.execute("SELECT substr(events, 1, 5) FROM raw_runs").fetchall() == [(b"FFRAW",)] * 3 * (not refused)
+    assert peek.execute("SELECT count(*) FROM runs").fetchone() == (3 * refused,)  # no index holds raw runs
     raw, usual = (open_metadata(urls[way]) for way in ("raw", "usual"))
     docs = raw.runs()  # the first read moves them into ``runs``, still raw
-    assert peek.execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall() == [("", b"FFRAW")] * 3
+    if not refused:
+        assert peek.execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall() == [("", b"FFRAW")] * 3
     assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
     assert [_without_record_s(d) for d in docs] == [_without_record_s(d) for d in usual.runs()]
     assert [list(d) for d in docs] == [list(RunRecord.__dataclass_fields__)] * 3  # the fields in their order
@@ -387,9 +393,16 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
 def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_it(tmp_path: Path) -> None:
     from fanflow.store.metadata import raw
 
+    assert raw.DOC_FIELDS[raw.DOC_VERSION] == tuple(RunRecord.__dataclass_fields__)  # else a new version
     blob = raw.pack({"run_id": "r"}, [("f", "m.f:1")], [0], [()], [0], [])
     doc, trace = raw.expand(blob)
     assert doc == {"run_id": "r"} and decode_trace(trace).dag.functions == [("f", "m.f:1")]
+    values = tuple(range(len(RunRecord.__dataclass_fields__)))
+    second = raw.pack_values(values, [("f", "m.f:1")], [0], [()], [0], [], marshal.dumps([]))
+    assert raw.expand(second) == (dict(zip(RunRecord.__dataclass_fields__, values, strict=True)), trace)
+    assert raw.doc_of(second) == raw.expand(second)[0]
+    with pytest.raises(MetadataError, match="damaged"):
+        raw.expand(second[:-1])
     assert raw.expand(b"FFRAW13." + blob[len(raw.MAGIC) :])[0] == doc  # packed by another Python: read alike
     with pytest.raises(MetadataError, match="damaged"):
         raw.expand(blob[:-3])
@@ -593,11 +606,13 @@ def test_a_forked_child_records_its_own_runs_and_exits_without_waiting(tmp_path:
 def test_nothing_of_a_tiny_run_waits_for_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once ``compute()`` returned, no object of a tiny run is kept for the history writer's batch (up to 0.2 s
     later): a run kept that long outlived two young collections and went to the oldest generation, whose
-    collections then walked every object of the process. Its started document is not saved either."""
+    collections then walked every object of the process. What the writer gets instead, a copy, is tuples of
+    numbers and strings, which the collector stops tracking. Its started document is not saved either."""
     import gc
     import weakref
 
     from fanflow.client.hooks import RunHook
+    from fanflow.metrics import recorder
 
     session = sys.modules["fanflow.client.session"]  # the package's ``session`` is the function of that name
 
@@ -608,15 +623,32 @@ def test_nothing_of_a_tiny_run_waits_for_the_writer(tmp_path: Path, monkeypatch:
             runs.append(weakref.ref(run))
 
     monkeypatch.setattr(session, "STANDARD_HOOKS", (*session.STANDARD_HOOKS, Watch()))
+    jobs: list[Any] = []
+    monkeypatch.setattr(recorder, "defer", jobs.append)  # the writer's batch comes when the test says
     config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
     drain()
     for i in range(20):
         assert concat(sized(i), sized(1)).compute(config) == b"x" * (i + 1)
     gc.collect()
     assert len(runs) == 20 and [r() for r in runs] == [None] * 20
+    for _ in range(3):  # a pass stops tracking tuples of untracked values: one level of nesting per pass
+        gc.collect()
+    waiting = [c for q in recorder._tiny.values() for c in q]
+    assert len(waiting) == 20 and not [p for c in waiting for p in _parts(c) if gc.is_tracked(p)]
+    assert len(jobs) == 1  # one job saves them all
+    jobs[0]()
     drain()
     store = open_metadata(config.metadata)
     assert len(store.runs()) == 20 and store.started_runs() == []
+
+
+def _parts(value: Any) -> list[Any]:
+    """``value`` and, for a tuple or list, every part of its items, nested."""
+    found = [value]
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found += _parts(item)
+    return found
 
 
 def test_retention_counts_the_tiny_runs_waiting_raw(tmp_path: Path) -> None:

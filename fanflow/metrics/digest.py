@@ -234,6 +234,22 @@ def _reader(number: int) -> _Reader | None:
     return found
 
 
+def all_stopped(batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> bool:
+    """Whether every worker with rows in ``batches`` (``(worker, rows)`` per flush) has a ``worker_stopped`` row:
+    its last events are in; :func:`digest_rows` checks it again, with the rest."""
+    readers = _readers
+    workers: set[str] = set()
+    stopped: set[str] = set()
+    for worker, rows in batches:
+        workers.add(worker)
+        for row in rows:
+            number = row[-1]
+            read = readers[number] if number in readers else _reader(number)
+            if read is not None and read[0] == _STOPPED:
+                stopped.add(worker)
+    return stopped == workers
+
+
 def digest_rows(
     identities: Sequence[str], deps: Sequence[Sequence[int]], batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
 ) -> tuple[Totals, tuple[Execution, ...]] | None:

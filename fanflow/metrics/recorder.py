@@ -13,14 +13,16 @@ reads in this process and interpreter exit wait for it
 in it is logged as a warning and never changes the run's outcome.
 
 A *tiny* run (fewer than ``SMALL_COLUMN`` events, ended well, its events in this
-process) is recorded at once instead, on the client's thread, and *raw*
-(:mod:`fanflow.store.metadata.raw`): its event rows are checked and summed
-without a dict per event (:func:`~fanflow.metrics.digest.digest_rows`), packed
-with its run document in one ``marshal`` call, and handed to the store, which
-writes it with the next batch and builds its trace only when it is read.
-Deferring it would keep the run's objects alive until the writer's batch, long
-enough for the garbage collector to promote them to its oldest generation, and
-a stream of ``dask.compute`` calls then set off full collections.
+process) is recorded *raw* (:mod:`fanflow.store.metadata.raw`). The client only
+copies what the writer needs into tuples of numbers and strings
+(:func:`_record_raw`); the writer, once per batch, checks and sums its event
+rows without a dict per event (:func:`~fanflow.metrics.digest.digest_rows`),
+packs them with its run document in one ``marshal`` call and hands them to the
+store, which writes them with the batch and builds the trace only when it is
+read. Keeping the run's own objects until the writer's batch would let the
+garbage collector promote them to its oldest generation, and a stream of
+``dask.compute`` calls then set off full collections; the copies are untracked
+by its first young pass.
 
 The last events can trail the completion message: the sink's worker publishes
 "done" in the same round trip that stores the output, and only then emits
@@ -39,15 +41,19 @@ recorded, so no signature between the API and the client has to carry it.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import logging
+import marshal
+import os
 import sys
 import time
 import weakref
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -56,14 +62,14 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import digest, digest_events, digest_rows
+from fanflow.metrics.digest import all_stopped, digest, digest_events, digest_rows
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import EventRows, kind_of
-from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
-from fanflow.store.metadata.base import saves_raw
+from fanflow.store.metadata import MetadataStore, defer, is_disabled, open_metadata, raw
+from fanflow.store.metadata.base import SavesRaw, saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
     DagArrays,
@@ -73,6 +79,7 @@ from fanflow.store.metadata.trace import (
     distinct_count,
     encode_small_trace,
     encode_trace,
+    small_trace,
 )
 
 if TYPE_CHECKING:
@@ -215,7 +222,7 @@ def _complete_small(events: list[dict[str, Any]], n_tasks: int, succeeded: bool)
 
 
 def record_run(run: Run, error: BaseException | None) -> None:
-    """Record the run: a tiny one at once and raw, any other in the background (module docstring); never raises."""
+    """Record the run in the background: a tiny one raw, any other from its events (module docstring); never raises."""
     if is_disabled(run.config.metadata) or not run.submitted_at:
         if run.store.keeps_objects:
             run.store.delete([keys.events(run.run_id)])  # nobody will read them: free the memory now
@@ -225,97 +232,205 @@ def record_run(run: Run, error: BaseException | None) -> None:
     defer(lambda: _record(run, error))
 
 
+_Captured = tuple[
+    tuple[Any, ...],  # _header_values
+    tuple[str, ...],  # name of each task function
+    tuple[str, ...],  # identity of each task function
+    tuple[int, ...],  # task_of
+    tuple[int, ...],  # upstream count of each task
+    tuple[int, ...],  # upstream ids, end to end
+    tuple[int, ...],  # sinks
+    bytes,  # (worker, rows) per flush, marshalled
+    int | None,  # retention_runs
+    float,  # seconds the client spent
+]
+"""What the client keeps of a tiny run until the writer saves it: numbers, strings, bytes and tuples of them, one
+level deep (a collection stops tracking a tuple of untracked values, one level of nesting per collection)."""
+
+_tiny: dict[SavesRaw, collections.deque[_Captured]] = {}
+"""Tiny runs waiting for the writer, per metadata store."""
+
+_tiny_queued = False
+"""A job that saves them waits in the writer's queue."""
+
+
 def _record_raw(run: Run) -> bool:
-    """Save a tiny run raw (:mod:`fanflow.store.metadata.raw`) on the calling thread; False when it is not one.
+    """Keep a tiny run for the writer to save raw (:mod:`fanflow.store.metadata.raw`); False when it is not one.
 
     Tiny: it ended well, has no dynamic fan-out, its events are in this
-    process's store, fewer than ``SMALL_COLUMN`` and all there (no worker left
-    to flush), and they pass :func:`~fanflow.metrics.digest.digest_rows`; and its metadata store keeps
-    raw runs (:class:`~fanflow.store.metadata.base.SavesRaw`). Nothing is saved
-    when it returns False: the caller records the run the usual way, which also
-    reports any error met here (a store that cannot be opened).
+    process's store, fewer than ``SMALL_COLUMN`` and all there (every worker
+    has stopped), and its metadata store keeps raw runs
+    (:class:`~fanflow.store.metadata.base.SavesRaw`). The client's share is
+    copying what the writer needs into tuples of numbers and strings: the
+    garbage collector stops tracking those at its first young pass, so a stream
+    of tiny runs waiting for the writer's batch promotes nothing to its older
+    generations (the run's own objects, kept until the batch, set off full
+    collections). Nothing is kept when it returns False: the caller records the
+    run the usual way, which also reports any error met here.
     """
+    global _tiny_queued
     dag = run.dag
     if dag.maps or len(dag) >= SMALL_COLUMN:
         return False
     config = run.config
+    began = time.perf_counter()
     try:
-        began = time.perf_counter()
         store = saves_raw(open_metadata(config.metadata, wait=False))
-        if store is None:
-            return False
-        stream = keys.events(run.run_id)
-        batches, _ = run.store.read_event_batches(stream)
-        flushed = []
-        count = 0
-        for batch in batches:
-            if type(batch) is not EventRows:
-                return False  # events of the client's own: recorded the usual way
-            flushed.append((batch.worker, batch.rows))
-            count += len(batch.rows)
-        if count >= SMALL_COLUMN:
-            return False
-        functions = [t.identity for t in dag.tasks]
-        digested = digest_rows([functions[f] for f in dag.task_of], dag.deps, flushed)
-        if digested is None:
-            return False  # not complete yet, or not a common run: the records will say what it was
-        (workers, cold_starts, fetched, local, out), executions = digested
-        doc = _header_doc(run, None)
-        doc["tasks"] = doc["tasks_finished"] = len(dag)
-        doc["workers"], doc["cold_starts"] = workers, cold_starts
-        doc["bytes_fetched"], doc["bytes_local"], doc["bytes_out"] = fetched, local, out
-        doc["record_s"] = time.perf_counter() - began
-        named = list(zip([t.name for t in dag.tasks], functions, strict=True))
-        blob = raw.pack(doc, named, dag.task_of, dag.deps, dag.sinks, flushed)
-        keep = config.retention_runs
-        store.save_raw(run.run_id, dag.signature, run.submitted_at, blob, tuple(functions), executions, keep)
-    except Exception as exc:  # a value marshal does not write, a store that cannot be opened: the usual way
-        log.debug("run %s: recorded the usual way (%s: %s)", run.run_id, type(exc).__name__, exc)  # says what failed
+    except Exception:  # a store that cannot be opened: the usual way reports it
         return False
-    run.store.delete([stream])  # kept with the run's metadata now
+    if store is None:
+        return False
+    stream = keys.events(run.run_id)
+    batches, _ = run.store.read_event_batches(stream)
+    flushed = []
+    count = 0
+    for batch in batches:
+        if type(batch) is not EventRows:
+            return False  # events of the client's own: recorded the usual way
+        flushed.append((batch.worker, batch.rows))
+        count += len(batch.rows)
+    if count >= SMALL_COLUMN or not all_stopped(flushed):
+        return False  # a worker has events to flush yet: the usual way waits for them
+    try:
+        rows = marshal.dumps(flushed)  # rows nest tuples (input sizes) as deep as the collector would track
+    except ValueError:  # a value marshal does not write: the records keep its repr
+        return False
+    deps = dag.deps
+    captured: _Captured = (
+        _header_values(run, None),
+        tuple([t.name for t in dag.tasks]),
+        tuple([t.identity for t in dag.tasks]),
+        tuple(dag.task_of),
+        tuple(map(len, deps)),
+        tuple(itertools.chain.from_iterable(deps)),
+        tuple(dag.sinks),
+        rows,
+        config.retention_runs,
+        time.perf_counter() - began,
+    )
+    waiting = _tiny.get(store)
+    if waiting is None:
+        waiting = _tiny.setdefault(store, collections.deque())
+    waiting.append(captured)
+    run.store.delete([stream])  # kept for the writer now
+    if not _tiny_queued:
+        _tiny_queued = True
+        defer(_save_tiny)
     return True
+
+
+def _save_tiny() -> None:
+    """Save the tiny runs waiting (in the writer, once per batch); a run that fails is logged and skipped."""
+    global _tiny_queued
+    _tiny_queued = False  # before the runs are read: a run noted meanwhile queues a job of its own
+    for store, waiting in list(_tiny.items()):
+        while waiting:
+            captured = waiting.popleft()
+            try:
+                _save_captured(store, captured)
+            except Exception as exc:
+                run_id = captured[0][0]
+                log.warning("run %s: could not record its metrics: %s: %s", run_id, type(exc).__name__, exc)
+
+
+def _save_captured(store: SavesRaw, captured: _Captured) -> None:
+    """Save one tiny run raw, or, when its rows are not a common run's, from its records."""
+    began = time.perf_counter()
+    head, names, identities, task_of, dep_counts, dep_flat, sinks, rows, keep, client_s = captured
+    flushed: list[tuple[str, list[tuple[Any, ...]]]] = marshal.loads(rows)
+    deps: list[tuple[int, ...]] = []
+    at = 0
+    for n in dep_counts:
+        deps.append(dep_flat[at : at + n])
+        at += n
+    functions = list(zip(names, identities, strict=True))
+    digested = digest_rows([identities[f] for f in task_of], deps, flushed)
+    if digested is None:  # a task ended twice, a worker started twice...: the records say what it was
+        events = [e for worker, rows_ in flushed for e in EventRows(rows_, worker)]
+        header = RunRecord(**_doc_of(head, 0, 0, 0, 0, 0, 0, 0.0))
+        metrics = build_metrics(Graph(functions, task_of, deps), events, header)
+        record, summaries = metrics.run, summaries_of(metrics.tasks)
+        functions_ = [[name, identity] for name, identity in functions]
+        trace = small_trace(functions_, list(task_of), list(dep_counts), list(dep_flat), [], list(sinks), events)
+        record.record_s = client_s + time.perf_counter() - began
+        cast(MetadataStore, store).save_run(record.to_doc(), trace, identities, summaries, keep_runs=keep)
+        return
+    totals, executions = digested
+    n = len(task_of)
+    values = (*head[:-1], n, n, *totals, client_s + time.perf_counter() - began, head[-1])  # _FIELDS' order
+    blob = raw.pack_values(values, functions, task_of, deps, sinks, flushed, rows)
+    store.save_raw(head[0], head[1], head[8], blob, identities, executions, keep)
+
+
+def _forget_parent() -> None:
+    """In a child made by ``fork``: the parent's tiny runs are the parent's to save, as is its writer's queue."""
+    global _tiny_queued
+    _tiny.clear()
+    _tiny_queued = False
+
+
+os.register_at_fork(after_in_child=_forget_parent)
 
 
 def _header(run: Run, error: BaseException | None) -> RunRecord:
     """The run's record before its events are read: what the client knows of it."""
-    return RunRecord(**_header_doc(run, error))
+    return RunRecord(**_doc_of(_header_values(run, error), 0, 0, 0, 0, 0, 0, 0.0))
 
 
-def _header_doc(run: Run, error: BaseException | None) -> dict[str, Any]:
-    """:func:`_header` as the run document, its fields in order, without the record (a raw run needs none)."""
+_FIELDS = raw.DOC_FIELDS[raw.DOC_VERSION]
+"""The run document's fields, in :class:`RunRecord`'s order."""
+
+_HEAD_FIELDS = _FIELDS[: _FIELDS.index("tasks")]
+"""The fields the client knows before the events are read."""
+
+
+def _header_values(run: Run, error: BaseException | None) -> tuple[Any, ...]:
+    """The values of :data:`_HEAD_FIELDS`, then the workflow: what the client knows of the run."""
     config, dag = run.config, run.dag
     finished_at = run.finished_at or time.time()
-    return {
-        "run_id": run.run_id,
-        "signature": dag.signature,
-        "sink": dag.sink_name,
-        "status": status_of(error),
-        "planner": config.planner,
-        "platform": config.platform,
-        "metrics_upload": config.metrics_upload,
-        "memory_mb": config.memory_mb,
-        "submitted_at": run.submitted_at,
-        "finished_at": finished_at,
-        "makespan_s": max(0.0, finished_at - run.submitted_at),
-        "dag_build_s": _build_times.get(dag, 0.0),
-        "planning_s": run.planning_s,
-        "encoded_size": run.encoded_size,
-        "predicted_makespan_s": run.predicted_makespan_s,
-        "predicted_p10_s": run.predicted_p10_s,
-        "predicted_p90_s": run.predicted_p90_s,
-        "plan_kind": run.plan_kind,
-        "calibration": run.calibration,
-        "error": None if error is None else _error_text(error),
-        "tasks": 0,
-        "tasks_finished": 0,
-        "workers": 0,
-        "cold_starts": 0,
-        "bytes_fetched": 0,
-        "bytes_local": 0,
-        "bytes_out": 0,
-        "record_s": 0.0,
-        "workflow": workflow_of(dag),
-    }
+    return (
+        run.run_id,
+        dag.signature,
+        dag.sink_name,
+        status_of(error),
+        config.planner,
+        config.platform,
+        config.metrics_upload,
+        config.memory_mb,
+        run.submitted_at,
+        finished_at,
+        max(0.0, finished_at - run.submitted_at),
+        _build_times.get(dag, 0.0),
+        run.planning_s,
+        run.encoded_size,
+        run.predicted_makespan_s,
+        run.predicted_p10_s,
+        run.predicted_p90_s,
+        run.plan_kind,
+        run.calibration,
+        None if error is None else _error_text(error),
+        workflow_of(dag),
+    )
+
+
+def _doc_of(
+    head: tuple[Any, ...],
+    tasks: int,
+    workers: int,
+    cold_starts: int,
+    fetched: int,
+    local: int,
+    out: int,
+    record_s: float,
+) -> dict[str, Any]:
+    """The run document of :func:`_header_values` and the counts, its fields in :class:`RunRecord`'s order."""
+    doc = dict(zip(_HEAD_FIELDS, head, strict=False))  # stops before the workflow
+    doc["tasks"] = doc["tasks_finished"] = tasks
+    doc["workers"], doc["cold_starts"] = workers, cold_starts
+    doc["bytes_fetched"], doc["bytes_local"], doc["bytes_out"] = fetched, local, out
+    doc["record_s"] = record_s
+    doc["workflow"] = head[-1]
+    return doc
 
 
 def _record(run: Run, error: BaseException | None) -> RunRecord | None:

@@ -39,11 +39,55 @@ from fanflow.store.metadata.base import MetadataError
 from fanflow.store.metadata.trace import small_trace
 
 MAGIC = b"FFRAW%d." % sys.version_info[1]
-"""First bytes of a raw run: ``FFRAW``, the minor version of the Python that packed it, and a dot. Any version
-reads it: marshal's format for the types packed here has not changed since Python 3.4; a blob it cannot read
-is reported as damaged."""
+"""First bytes of a raw run of the first layout (:func:`pack`): ``FFRAW``, the minor version of the Python that
+packed it, and a dot. Any version reads it: marshal's format for the types packed here has not changed since
+Python 3.4; a blob it cannot read is reported as damaged."""
+
+MAGIC_VALUES = b"FFRAW%d:" % sys.version_info[1]
+"""First bytes of a raw run of the second layout (:func:`pack_values`), which ends with a colon."""
 
 _PREFIX = b"FFRAW"
+
+DOC_FIELDS: dict[int, tuple[str, ...]] = {
+    1: (
+        "run_id",
+        "signature",
+        "sink",
+        "status",
+        "planner",
+        "platform",
+        "metrics_upload",
+        "memory_mb",
+        "submitted_at",
+        "finished_at",
+        "makespan_s",
+        "dag_build_s",
+        "planning_s",
+        "encoded_size",
+        "predicted_makespan_s",
+        "predicted_p10_s",
+        "predicted_p90_s",
+        "plan_kind",
+        "calibration",
+        "error",
+        "tasks",
+        "tasks_finished",
+        "workers",
+        "cold_starts",
+        "bytes_fetched",
+        "bytes_local",
+        "bytes_out",
+        "record_s",
+        "workflow",
+    )
+}
+"""The run document's fields, in order, per version: :func:`pack_values` stores the values only (the names were
+two fifths of a tiny run's row), and the blob says which version they follow. A field added to the run
+document (:class:`fanflow.metrics.records.RunRecord`, which a test compares with the newest) needs a new
+version: runs stored with an older one keep reading as they were written."""
+
+DOC_VERSION = max(DOC_FIELDS)
+"""The version :func:`pack_values` writes."""
 
 
 def is_raw(blob: bytes | None) -> bool:
@@ -61,16 +105,37 @@ def pack(
 ) -> bytes:
     """The raw blob of a run without dynamic fan-outs: ``batches`` are ``(worker, rows)`` as workers flushed them.
 
-    Raises ``ValueError`` when a value is of a type ``marshal`` does not write. The sequences may be
-    lists or tuples: they are read back as whichever they were.
+    The first layout, read still (:func:`pack_values` writes the second). Raises ``ValueError`` when a
+    value is of a type ``marshal`` does not write. The sequences may be lists or tuples: they are read
+    back as whichever they were.
     """
+    return MAGIC + marshal.dumps((doc, functions, task_of, deps, sinks, _shapes_of(batches), batches))
+
+
+def pack_values(
+    values: Sequence[Any],
+    functions: Sequence[tuple[str, str]],
+    task_of: Sequence[int],
+    deps: Sequence[Sequence[int]],
+    sinks: Sequence[int],
+    batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]],
+    packed_batches: bytes,
+) -> bytes:
+    """:func:`pack` with the run document's values in :data:`DOC_FIELDS` order and the batches as they were
+    marshalled already (``packed_batches``, ``marshal.dumps(batches)``): the second layout."""
+    head = marshal.dumps((DOC_VERSION, values, functions, task_of, deps, sinks, _shapes_of(batches)))
+    return b"".join((MAGIC_VALUES, len(head).to_bytes(4, "little"), head, packed_batches))
+
+
+def _shapes_of(batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> dict[int, tuple[str, tuple[str, ...]]]:
+    """``(kind, names)`` of each shape number the rows of ``batches`` end with."""
     shapes: dict[int, tuple[str, tuple[str, ...]]] = {}
     for _, rows in batches:
         for row in rows:
             number = row[-1]
             if number not in shapes:
                 shapes[number] = _shapes[number] if number in _shapes else _shape(number)
-    return MAGIC + marshal.dumps((doc, functions, task_of, deps, sinks, shapes, batches))
+    return shapes
 
 
 _shapes: dict[int, tuple[str, tuple[str, ...]]] = {}
@@ -83,13 +148,25 @@ def _shape(number: int) -> tuple[str, tuple[str, ...]]:
     return found
 
 
-def _load(blob: bytes) -> tuple[Any, ...]:
-    start = blob.find(b".", len(_PREFIX), len(_PREFIX) + 4) + 1
-    if not start or not blob[len(_PREFIX) : start - 1].isdigit():
+def _load(blob: bytes, head_only: bool = False) -> tuple[Any, ...]:
+    """The parts of either layout, as :func:`pack` writes them (the batches None with ``head_only``)."""
+    end = len(_PREFIX)
+    while blob[end : end + 1].isdigit():
+        end += 1
+    mark = blob[end : end + 1]
+    if end == len(_PREFIX) or mark not in (b".", b":"):
         raise MetadataError(f"not a raw run ({blob[:8]!r}); delete the run or the history file")
     try:
-        parts = marshal.loads(blob[start:])
-    except (ValueError, EOFError, TypeError) as exc:
+        if mark == b".":
+            parts = marshal.loads(blob[end + 1 :])
+        else:
+            size = int.from_bytes(blob[end + 1 : end + 5], "little")
+            head = marshal.loads(blob[end + 5 : end + 5 + size])
+            version, values, *rest = head
+            doc = dict(zip(DOC_FIELDS[version], values, strict=True))
+            batches = None if head_only else marshal.loads(blob[end + 5 + size :])
+            parts = (doc, *rest, batches)
+    except (ValueError, EOFError, TypeError, KeyError) as exc:
         raise MetadataError(f"a stored raw run is damaged ({exc}); delete the run or the history file") from exc
     if type(parts) is not tuple or len(parts) != 7 or type(parts[0]) is not dict:
         raise MetadataError("a stored raw run is damaged (not a run); delete the run or the history file")
@@ -98,7 +175,7 @@ def _load(blob: bytes) -> tuple[Any, ...]:
 
 def doc_of(blob: bytes) -> dict[str, Any]:
     """The run document of a raw run."""
-    doc: dict[str, Any] = _load(blob)[0]
+    doc: dict[str, Any] = _load(blob, head_only=True)[0]
     return doc
 
 

@@ -16,7 +16,8 @@ worker, schema 2 a ``task_groups`` row per (run, function, memory) and a
 ``worker_docs`` row per run (compressed JSON lists), both with the events as
 JSON in ``runs.events``, where schema 3 keeps the trace; schema 4 adds
 ``raw_runs`` (a file of schema 4 has runs with an empty ``doc``, which older
-versions cannot read, so they refuse it).
+versions cannot read, so they refuse it); schema 5 adds a second layout of raw
+runs, which schema 4 versions cannot read.
 
 Every save is one ``BEGIN IMMEDIATE`` transaction: documents, summary merges
 (read, merge, write) and all, so concurrent clients, in this process or in
@@ -74,9 +75,10 @@ from fanflow.store.metadata.trace import is_trace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
-"""4: tiny runs wait raw in ``raw_runs`` until read; 3 (a trace per run), 2 (task documents grouped per function)
-and 1 (a row per task) are upgraded in place."""
+SCHEMA_VERSION = 5
+"""5: raw runs may be of the second layout (:func:`fanflow.store.metadata.raw.pack_values`); 4 (tiny runs wait raw
+in ``raw_runs`` until read), 3 (a trace per run), 2 (task documents grouped per function) and 1 (a row per task)
+are upgraded in place."""
 
 FLUSH_S = BATCH_S
 """Longest time a saved run or started document waits in memory before it is written (the writer's batch)."""
@@ -191,7 +193,7 @@ class SQLiteMetadataStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None or int(found[0]) in (1, 2, 3):  # the new tables exist now; old rows stay readable
+            if found is None or int(found[0]) in (1, 2, 3, 4):  # the new tables exist now; old rows stay readable
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise MetadataError(
