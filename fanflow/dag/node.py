@@ -104,6 +104,7 @@ class Task:
         self.requirements = tuple(requirements)
         self.pure = bool(pure)
         self._code_hash: str | None = None
+        self._identity: str | None = None
         functools.update_wrapper(self, func, updated=())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Node:
@@ -125,17 +126,22 @@ class Task:
 
     @property
     def identity(self) -> str:
-        """Stable identity of the task function, used to key its run history."""
-        module = getattr(self.func, "__module__", None) or "?"
-        return f"{module}.{getattr(self.func, '__qualname__', self.name)}:{self.code_hash[:12]}"
+        """Stable identity of the task function, used to key its run history (made once: recording reads it
+        per run)."""
+        if self._identity is None:
+            module = getattr(self.func, "__module__", None) or "?"
+            self._identity = f"{module}.{getattr(self.func, '__qualname__', self.name)}:{self.code_hash[:12]}"
+        return self._identity
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("__wrapped__", None)
+        state.pop("_identity", None)  # each process makes its own, as before it was kept
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._identity = None
 
 
 def _func_name(func: Callable[..., Any]) -> str:
