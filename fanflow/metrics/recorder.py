@@ -292,7 +292,7 @@ def _record_raw(run: Run) -> bool:
     if count >= SMALL_COLUMN or not all_stopped(flushed):
         return False  # a worker has events to flush yet: the usual way waits for them
     try:
-        rows = marshal.dumps(flushed)  # rows nest tuples (input sizes) as deep as the collector would track
+        rows = marshal.dumps(flushed, raw.MARSHAL_VERSION)  # nested as deep as the collector would track
     except ValueError:  # a value marshal does not write: the records keep its repr
         return False
     deps = dag.deps
