@@ -69,7 +69,7 @@ from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import EventRows, kind_of
 from fanflow.store.metadata import MetadataStore, defer, is_disabled, open_metadata, raw
-from fanflow.store.metadata.base import SavesRaw, saves_raw
+from fanflow.store.metadata.base import RawRun, SavesRaw, saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
     DagArrays,
@@ -324,17 +324,23 @@ def _save_tiny() -> None:
     global _tiny_queued
     _tiny_queued = False  # before the runs are read: a run noted meanwhile queues a job of its own
     for store, waiting in list(_tiny.items()):
+        raws: list[RawRun] = []
         while waiting:
             captured = waiting.popleft()
             try:
-                _save_captured(store, captured)
+                found = _raw_of(store, captured)
             except Exception as exc:
-                run_id = captured[0][0]
-                log.warning("run %s: could not record its metrics: %s: %s", run_id, type(exc).__name__, exc)
+                log.warning("run %s: could not record its metrics: %s: %s", captured[0][0], type(exc).__name__, exc)
+                continue
+            if found is not None:
+                raws.append(found)
+        if raws:
+            store.save_raw(raws)
 
 
-def _save_captured(store: SavesRaw, captured: _Captured) -> None:
-    """Save one tiny run raw, or, when its rows are not a common run's, from its records."""
+def _raw_of(store: SavesRaw, captured: _Captured) -> RawRun | None:
+    """One tiny run as the store saves it raw; None when its rows are not a common run's: then it is saved from
+    its records, at once."""
     began = time.perf_counter()
     head, names, identities, task_of, dep_counts, dep_flat, sinks, rows, keep, client_s = captured
     flushed: list[tuple[str, list[tuple[Any, ...]]]] = marshal.loads(rows)
@@ -354,12 +360,12 @@ def _save_captured(store: SavesRaw, captured: _Captured) -> None:
         trace = small_trace(functions_, list(task_of), list(dep_counts), list(dep_flat), [], list(sinks), events)
         record.record_s = client_s + time.perf_counter() - began
         cast(MetadataStore, store).save_run(record.to_doc(), trace, identities, summaries, keep_runs=keep)
-        return
+        return None
     totals, executions = digested
     n = len(task_of)
     values = (*head[:-1], n, n, *totals, client_s + time.perf_counter() - began, head[-1])  # _FIELDS' order
     blob = raw.pack_values(values, functions, task_of, deps, sinks, flushed, rows)
-    store.save_raw(head[0], head[1], head[8], blob, identities, executions, keep)
+    return (head[0], head[1], head[8], blob, identities, executions, keep)
 
 
 def _forget_parent() -> None:

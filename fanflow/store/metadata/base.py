@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -294,24 +294,20 @@ class SavesRaw(Protocol):
     reader cannot tell a raw run from one saved with :meth:`MetadataStore.save_run`.
     """
 
-    def save_raw(
-        self,
-        run_id: str,
-        signature: str,
-        submitted_at: float,
-        blob: bytes,
-        functions: tuple[str, ...],
-        executions: tuple[Execution, ...],
-        keep_runs: int | None = None,
-    ) -> None:
-        """Store one raw run (:func:`fanflow.store.metadata.raw.pack`) as :meth:`MetadataStore.save_run` would.
+    def save_raw(self, runs: Sequence[RawRun]) -> None:
+        """Store raw runs (:mod:`fanflow.store.metadata.raw`) as :meth:`MetadataStore.save_run` would, in order.
 
-        ``functions`` are what ``save_run`` takes, and ``executions`` what its
-        summary increments count, as plain values: they wait in memory with the
-        blob, where the garbage collector need not follow them (it stops
-        tracking a tuple of strings and numbers).
+        Of each run, ``functions`` are what ``save_run`` takes, and
+        ``executions`` what its summary increments count, as plain values:
+        they wait in memory with the blob, where the garbage collector need
+        not follow them (it stops tracking a tuple of strings and numbers).
         """
         ...
+
+
+RawRun = tuple[str, str, float, bytes, tuple[str, ...], tuple[Execution, ...], int | None]
+"""A raw run as :meth:`SavesRaw.save_raw` takes it: ``(run_id, signature, submitted_at, blob, functions,
+executions, keep_runs)``."""
 
 
 def saves_raw(store: object) -> SavesRaw | None:

@@ -63,8 +63,8 @@ from typing import Any
 
 from fanflow.store.metadata import BATCH_S, defer, in_writer, raw
 from fanflow.store.metadata.base import (
-    Execution,
     MetadataError,
+    RawRun,
     RunNotFoundError,
     StoredRun,
     Summary,
@@ -152,10 +152,6 @@ def _unpack(blob: bytes) -> Any:
     return json.loads(blob if blob[:1] in (b"[", b"{") else zlib.decompress(blob))
 
 
-_RawRun = tuple[str, str, float, bytes, tuple[str, ...], tuple[Execution, ...], int | None]
-"""A raw run waiting for the next transaction: :meth:`SQLiteMetadataStore.save_raw`'s arguments."""
-
-
 @dataclass(slots=True)
 class _PendingRun:
     """A saved run, encoded, waiting for the next transaction."""
@@ -207,7 +203,7 @@ class SQLiteMetadataStore:
         self._lock = threading.Lock()
         self._started: dict[str, tuple[Mapping[str, Any], float]] = {}  # run id -> (doc, expiry), not written yet
         self._runs: list[_PendingRun] = []  # encoded runs, not written yet
-        self._raw: list[_RawRun] = []  # raw runs, not written yet
+        self._raw: list[RawRun] = []  # raw runs, not written yet
         self._pending_bytes = 0  # their traces' bytes
         self._flush_queued = False  # a job waits in the writer's queue, whose batch will write what waits here
         self._saves = 0  # saves since the last retention pass in this process
@@ -337,19 +333,10 @@ class SQLiteMetadataStore:
         if full:
             self.flush()
 
-    def save_raw(
-        self,
-        run_id: str,
-        signature: str,
-        submitted_at: float,
-        blob: bytes,
-        functions: tuple[str, ...],
-        executions: tuple[Execution, ...],
-        keep_runs: int | None = None,
-    ) -> None:
-        """Save one raw run (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
+    def save_raw(self, runs: Sequence[RawRun]) -> None:
+        """Save raw runs (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
 
-        It waits in ``raw_runs``, a table without indexes (a row there costs a
+        They wait in ``raw_runs``, a table without indexes (a row there costs a
         quarter of one in ``runs``, whose three indexes and the function index
         are most of a tiny run's write), until this store is next read: then
         every raw row moves into ``runs`` with an empty ``doc`` and the raw blob
@@ -358,8 +345,8 @@ class SQLiteMetadataStore:
         written, and deleted by retention, at that quarter of the cost.
         """
         with self._lock:
-            self._raw.append((run_id, signature, submitted_at, blob, functions, executions, keep_runs))
-            self._pending_bytes += len(blob)
+            self._raw.extend(runs)
+            self._pending_bytes += sum(len(run[3]) for run in runs)
             full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
                 self._flush_later()
