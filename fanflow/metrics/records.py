@@ -183,7 +183,8 @@ class RunRecord:
     bytes_local: int = 0
     bytes_out: int = 0
     record_s: float = 0.0
-    """Client time spent collecting events and building these records."""
+    """Time this process spent collecting events and building these records (the caller's and the history
+    writer's)."""
     workflow: str = ""
     """What the user ran: the script's file name (``fanflow run``), else the DAG's first task's function."""
 
