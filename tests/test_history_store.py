@@ -401,6 +401,13 @@ def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_i
     second = raw.pack_values(values, [("f", "m.f:1")], [0], [()], [0], [], marshal.dumps([]))
     assert raw.expand(second) == (dict(zip(RunRecord.__dataclass_fields__, values, strict=True)), trace)
     assert raw.doc_of(second) == raw.expand(second)[0]
+    from fanflow.store.events import shape
+
+    rows = [("w", [(1, 2.5, shape("task_started", ("task", "t"))), (0, shape("worker_stopped", ("tasks",)))])]
+    packed = raw.pack_values(values, [("f", "m.f:1")], [0], [()], [0], rows, marshal.dumps(rows))
+    assert raw.pack_values(values, [("f", "m.f:1")], [0], [()], [0], rows, marshal.dumps(rows)) == packed  # kept
+    assert raw.expand(packed)[0] == raw.expand(second)[0]
+    assert [e["kind"] for e in decode_trace(raw.expand(packed)[1]).table.events()] == ["task_started", "worker_stopped"]
     with pytest.raises(MetadataError, match="damaged"):
         raw.expand(second[:-1])
     assert raw.expand(b"FFRAW13." + blob[len(raw.MAGIC) :])[0] == doc  # packed by another Python: read alike

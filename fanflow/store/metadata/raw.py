@@ -128,9 +128,23 @@ def pack_values(
 ) -> bytes:
     """:func:`pack` with the run document's values in :data:`DOC_FIELDS` order and the batches as they were
     marshalled already (``packed_batches``, ``marshal.dumps(batches, MARSHAL_VERSION)``): the second layout."""
-    parts = (DOC_VERSION, values, functions, task_of, deps, sinks, _shapes_of(batches))
-    head = marshal.dumps(parts, MARSHAL_VERSION)
-    return b"".join((MAGIC_VALUES, len(head).to_bytes(4, "little"), head, packed_batches))
+    numbers = tuple({row[-1]: None for _, rows in batches for row in rows})
+    shapes = _packed_shapes.get(numbers)
+    if shapes is None:
+        shapes = _packed_shapes[numbers] = marshal.dumps(_shapes_of(batches), MARSHAL_VERSION)
+    # Format 2 writes a tuple as its length and its items one after the other, so the shapes, the same
+    # for most runs, are marshalled once and joined in: the bytes marshal.dumps would write for all seven.
+    six = marshal.dumps((DOC_VERSION, values, functions, task_of, deps, sinks), MARSHAL_VERSION)
+    size = (len(six) + len(shapes)).to_bytes(4, "little")
+    return b"".join((MAGIC_VALUES, size, _SEVEN, six[len(_SEVEN) :], shapes, packed_batches))
+
+
+_SEVEN = b"(" + (7).to_bytes(4, "little")
+"""A tuple of seven items in ``marshal`` format 2 (the same bytes start one of six, but for the length)."""
+
+_packed_shapes: dict[tuple[int, ...], bytes] = {}
+"""The marshalled ``(kind, names)`` of the shape numbers of a run's rows, per those numbers in order: a few
+combinations of the same shapes, each about 400 bytes, recur run after run."""
 
 
 def _shapes_of(batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> dict[int, tuple[str, tuple[str, ...]]]:
