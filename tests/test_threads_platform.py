@@ -142,7 +142,9 @@ def test_invocations_taken_back_by_their_runs_caller_run_exactly_once() -> None:
         for _ in range(200):
             ran.clear()
             platform.invoke([Inv("other", i) for i in range(3)] + [Inv("mine", i) for i in range(5)])
-            assert platform.run_here(Inv("mine", 5))
+            mine = Inv("mine", 5)
+            if not platform.run_here(mine):  # every slot taken by a pool thread (a loaded machine): as the client
+                platform.invoke([mine])
             deadline = time.monotonic() + 10
             while len(ran) < 9:
                 assert time.monotonic() < deadline, f"invocations lost: {sorted(ran)}"
