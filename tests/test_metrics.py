@@ -321,6 +321,24 @@ def test_a_planners_history_stops_at_a_size_whose_every_execution_it_read(tmp_pa
     assert set(History(store, [grow.identity], recent_runs=3).table.run_ids) == set(run_ids[2:])  # a third 1769
 
 
+def test_a_planners_history_stops_early_at_runs_holding_many_executions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function run many times a run: three runs with enough executions end the read before ``recent_runs``."""
+    from fanflow.metrics import history
+
+    config = _config(tmp_path)
+    for _ in range(6):
+        fanflow.compute(*[grow(blob(100), i) for i in range(5)], config=config)  # 5 executions a run
+    store = open_metadata(config.metadata)
+    run_ids = [r["run_id"] for r in sorted(store.runs(), key=lambda r: r["submitted_at"])]
+    assert set(History(store, [grow.identity], recent_runs=5).table.run_ids) == set(run_ids[1:])
+    monkeypatch.setattr(history, "ENOUGH_EXECUTIONS", 10)
+    assert set(History(store, [grow.identity], recent_runs=5).table.run_ids) == set(run_ids[3:])  # 3 runs, 15
+    monkeypatch.setattr(history, "ENOUGH_EXECUTIONS", 16)
+    assert set(History(store, [grow.identity], recent_runs=5).table.run_ids) == set(run_ids[2:])  # 4 runs, 20
+
+
 def test_task_run_ids_lists_a_functions_runs_newest_first(tmp_path: Path, metadata_url: str) -> None:
     config = _config(tmp_path, metadata=metadata_url)
     for n in range(3):

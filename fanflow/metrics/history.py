@@ -96,6 +96,17 @@ def run_executions(store: MetadataStore, run_id: str) -> Executions | None:
     return found
 
 
+ENOUGH_EXECUTIONS = 50_000
+"""Executions of one function at one memory size that, with :data:`ENOUGH_RUNS` runs, a planner's
+history stops at before ``recent_runs`` runs: a DAG that runs a function 100,000 times a run fits its
+lines from three runs as well as from ten, and reading ten such runs was most of a first plan's time
+(1.1 s of 1.5 s for an 8,191-task tree after ten runs of a 100k-task one). Small DAGs never get there."""
+
+ENOUGH_RUNS = 3
+"""Runs a function and size needs, however many executions they hold, before :data:`ENOUGH_EXECUTIONS`
+ends the read: the run-to-run spread of one run is not a spread."""
+
+
 def clear_cache() -> None:
     """Forget every decoded run (tests and benchmarks measure a cold read with it)."""
     global _cache_rows
@@ -111,10 +122,11 @@ class History:
         self, store: MetadataStore, identities: Iterable[str] | None = None, recent_runs: int | None = None
     ) -> None:
         """``recent_runs``: read runs newest first and stop once every summarized function and memory size
-        has that many runs with a finished execution, or has had all its executions read (as many as its
-        summary counts: no older run has one), since a planner reads no older ones. The store lists the
-        runs' ids (:meth:`MetadataStore.task_run_ids`) and only the runs read are loaded; their executions
-        are decoded once per process (:func:`run_executions`)."""
+        has that many runs with a finished execution, or :data:`ENOUGH_RUNS` runs holding
+        :data:`ENOUGH_EXECUTIONS` executions, or has had all its executions read (as many as its summary
+        counts: no older run has one), since a planner reads no older ones. The store lists the runs'
+        ids (:meth:`MetadataStore.task_run_ids`) and only the runs read are loaded; their executions are
+        decoded once per process (:func:`run_executions`)."""
         drain()  # runs this process finished are recorded in the background: see them
         wanted = None if identities is None else sorted(set(identities))
         only = set(wanted or ())
@@ -140,7 +152,10 @@ class History:
                 if key in seen:
                     seen[key].add(len(newest_first))
                     counted[key] += count
-                    done = recent_runs is not None and len(seen[key]) >= recent_runs
+                    runs = len(seen[key])
+                    done = recent_runs is not None and (
+                        runs >= recent_runs or (runs >= ENOUGH_RUNS and counted[key] >= ENOUGH_EXECUTIONS)
+                    )
                     if done or counted[key] >= self.summaries[key].count:
                         open_keys.discard(key)
             newest_first.append(found)
