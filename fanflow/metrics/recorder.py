@@ -365,7 +365,7 @@ def _raw_of(store: SavesRaw, captured: _Captured) -> RawRun | None:
     n = len(task_of)
     values = (*head[:-1], n, n, *totals, client_s + time.perf_counter() - began, head[-1])  # _FIELDS' order
     blob = raw.pack_values(values, functions, task_of, deps, sinks, flushed, rows)
-    return (head[0], head[1], head[8], blob, identities, executions, keep)
+    return (head[_RUN_ID], head[_SIGNATURE], head[_SUBMITTED_AT], blob, identities, executions, keep)
 
 
 def _forget_parent() -> None:
@@ -388,6 +388,9 @@ _FIELDS = raw.DOC_FIELDS[raw.DOC_VERSION]
 
 _HEAD_FIELDS = _FIELDS[: _FIELDS.index("tasks")]
 """The fields the client knows before the events are read."""
+
+_RUN_ID, _SIGNATURE, _SUBMITTED_AT = (_HEAD_FIELDS.index(f) for f in ("run_id", "signature", "submitted_at"))
+"""Where :func:`_header_values` puts what a raw run's row is keyed and ordered by."""
 
 
 def _header_values(run: Run, error: BaseException | None) -> tuple[Any, ...]:
