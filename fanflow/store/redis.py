@@ -235,7 +235,11 @@ R = TypeVar("R")
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn redis-py exceptions into fanflow store errors that name the (masked) URL."""
+    """Turn redis-py exceptions into fanflow store errors that name the (masked) URL.
+
+    The store's own methods; code that sends commands on the store's client itself uses
+    :class:`translating`, the same translation (a plain ``try`` here: these methods are the
+    worker loop's per-task round trips, where a context manager's two calls would add up)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -247,9 +251,28 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def translating(url: str) -> _Translating:
+    """``with translating(url):`` raises the fanflow error of a redis-py error of the store at ``url``
+    (:func:`store_error`), for code that sends commands on the store's client itself (a pool's queue)."""
+    return _Translating(url)
+
+
+class _Translating:
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, trace: object) -> None:
+        if isinstance(exc, RedisError):
+            raise store_error(self.url, exc) from exc
+
+
 def store_error(url: str, exc: RedisError) -> StoreError:
-    """The fanflow error for a redis-py error of the store at ``url`` (named with its password masked):
-    for code that sends commands on the store's client itself (a pool's queue)."""
+    """The fanflow error for a redis-py error of the store at ``url`` (named with its password masked)."""
     if isinstance(exc, AuthenticationError):
         return _refused(url, exc)
     if isinstance(exc, OutOfMemoryError):

@@ -96,7 +96,7 @@ from fanflow.platforms.processes.capacity import open_capacity
 from fanflow.platforms.processes.cgroups import Cgroups
 from fanflow.store import keys
 from fanflow.store.base import RUNNING
-from fanflow.store.redis import CONNECT_TIMEOUT_S, RedisStore, store_error, trying_once
+from fanflow.store.redis import CONNECT_TIMEOUT_S, RedisStore, translating, trying_once
 
 log = logging.getLogger(__name__)
 
@@ -282,14 +282,12 @@ def reap(store: RedisStore, pool: str) -> int:
 def pool_state(store: RedisStore, pool: str) -> tuple[bool, int]:
     """Reap ``pool``'s dead hosts (:func:`reap`), then: whether a host of it advertises itself alive,
     and how many invocations wait in its queue."""
-    try:
+    with translating(store.url):
         reap(store, pool)
         pipe = store.client.pipeline(transaction=False)
         pipe.exists(alive_key(pool))
         pipe.llen(queue_key(pool))
         alive, queued = pipe.execute()
-    except RedisError as exc:
-        raise store_error(store.url, exc) from exc
     return bool(alive), int(queued)
 
 
@@ -304,10 +302,8 @@ def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
     pipe = store.client.pipeline(transaction=False)
     pipe.rpush(queue_key(pool), *entries)
     pipe.pexpire(queue_key(pool), QUEUE_TTL_MS)
-    try:
+    with translating(store.url):
         pipe.execute()
-    except RedisError as exc:
-        raise store_error(store.url, exc) from exc
 
 
 @dataclass(eq=False)
