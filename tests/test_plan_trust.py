@@ -257,8 +257,9 @@ def test_the_interval_is_what_the_factor_erred_by_on_past_runs() -> None:
 
 
 def test_a_run_is_predicted_with_its_newest_run_counted_twice_and_plans_compared_on_the_median() -> None:
-    """A pool still settling is followed a run sooner; one odd run moves the prediction halfway and the factor
-    plans are compared on (the +5% check) not at all."""
+    """A pool still settling is followed a run sooner; one faster run moves the prediction halfway and the
+    factor plans are compared on (the +5% check) not at all; one slower run (other jobs slowed it) moves
+    neither, and of two runs the faster is the prediction."""
 
     def learned(actuals: list[float]) -> Calibration:  # newest first
         return Calibration.from_runs([run_doc("uniform 1769", 1.0, a, 0.9, 1.1) for a in actuals], "threads")
@@ -267,7 +268,11 @@ def test_a_run_is_predicted_with_its_newest_run_counted_twice_and_plans_compared
     assert faster.factor("uniform 1769") == pytest.approx(1.0)
     assert faster.predicting("uniform 1769") == pytest.approx(0.8)
     assert learned([1.0, 0.6, 1.2]).predicting("uniform 1769") == pytest.approx(1.0)  # between the others
-    assert learned([0.6, 1.0]).predicting("uniform 3008") == pytest.approx(0.6)  # two runs: the newer
+    assert learned([1.7, 1.0, 1.1]).predicting("uniform 1769") == pytest.approx(1.1)  # slower than both
+    # two runs (the first measured run after 3 warm-ups, the first planned from defaults): the faster
+    assert learned([0.6, 1.0]).predicting("uniform 3008") == pytest.approx(0.6)
+    assert learned([1.74, 1.0]).predicting("uniform 3008") == pytest.approx(1.0)
+    assert recent_level([0.054, 0.031]) == pytest.approx(0.031)
     assert Calibration().predicting("uniform 1769") == 1.0
 
 
