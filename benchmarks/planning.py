@@ -205,6 +205,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
+        f"{'CPU s':>7}{'inv':>5}  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
@@ -225,7 +226,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             after = worker_cpu_s()
             stolen.append(steal_s() - steal_before)
             cpu.append(sum(t - before.get(pid, 0.0) for pid, t in after.items()))
-        for m, taken in zip(ms, stolen, strict=True):
+        for m, taken, used in zip(ms, stolen, cpu, strict=True):
             r = m.run
             predicted = r.predicted_makespan_s or 0.0
             error = (predicted - r.makespan_s) / r.makespan_s
@@ -236,7 +237,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
-                f"{taken * 1e3:>10.0f}"
+                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
         times = [m.run.makespan_s for m in ms]
@@ -257,7 +258,10 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print("(error: predicted minus actual over actual; bias: its median, + means predicted slower; worker CPU:")
     print(" CPU time of the pool's worker processes per run, all threads, and its CV: the platform's own variance,")
     print(" which other jobs on the machine inflate far less than the makespan's; inside: measured runs inside")
-    print(" their p10-p90 interval. Warm-ups: the runs before, whose history the first prediction comes from)")
+    print(" their p10-p90 interval. Warm-ups: the runs before, whose history the first prediction comes from;")
+    print(" per run, CPU s: its worker CPU; inv: worker invocations; tasks per process: how the pool's processes")
+    print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
+    print(" give the same counts run after run)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
         f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}"
@@ -389,6 +393,16 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
             )
             timed(f"{history_runs} runs of this tree, 3 of gemm", tree, stored, True)
         timed(f"{history_runs} runs of the 100k tree, {history_runs} of this", trees[8192], stored, True)
+
+
+def split(m: RunMetrics) -> str:
+    """The run's tasks per worker process, busiest first (``65/48``): its invocations grouped by the process
+    that ran them (a worker id is ``<host>-<pid>-<salt>-<n>``)."""
+    per_process: dict[str, int] = {}
+    for w in m.workers:
+        process = w.worker.rsplit("-", 1)[0]
+        per_process[process] = per_process.get(process, 0) + len(w.tasks)
+    return "/".join(str(n) for n in sorted(per_process.values(), reverse=True))
 
 
 def worker_cpu_s() -> dict[int, float]:
