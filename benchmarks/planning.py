@@ -10,7 +10,9 @@ writable) with a temporary SQLite history:
    interval, then per workload the coefficient of variation of the makespan
    (target <= 10%) and the median / p90 error (targets <= 10% / <= 15%), and
    the worker processes' CPU time per run with its CV (on a shared machine the
-   makespan's CV is mostly other jobs; the CPU's is the platform's own);
+   makespan's CV is mostly other jobs; the CPU's is the platform's own), and
+   per run its worker CPU, invocations and tasks per worker process: counts
+   that repeat run after run for one plan unless the platform varies;
 2. cost (GB-s, from the worker records: memory x time alive) and makespan of
    critical-path against uniform at the largest memory (3008 MB), runs
    interleaved so both see the same load (target: never more than +5%). The
