@@ -518,18 +518,20 @@ def downgrade(
     times the tasks (a delay in a busy pool runs down the whole queue behind
     it), so this stays near linear; the most costly workers came first.
     """
-    paths = _Paths(dag, sim)
-    finish, weight = paths.finish, paths.weight
     dependents, claimer, worker = dag.dependents, sim.claimer, sim.worker
     by_worker: list[list[int]] = [[] for _ in range(sim.workers)]
     for t in sim.order:
         by_worker[worker[t]].append(t)
+    at_size = {m: _weights_at(costs, sim, m, pool) for m in choices}
+    if not _any_may_fit(sim, by_worker, at_size, target, fixed):
+        return []
+    paths = _Paths(dag, sim)
+    finish, weight = paths.finish, paths.weight
     heir = [-1] * sim.workers  # first task of the worker dispatched into this worker's slot when it ended
     if pool:
         for t, cause in enumerate(sim.waited_for):
             if cause >= 0 and sim.previous[t] < 0 and by_worker[worker[cause]][-1] == cause:
                 heir[worker[cause]] = t
-    at_size = {m: _weights_at(costs, sim, m, pool) for m in choices}
     cost = [(sim.worker_end[w] - sim.worker_begin[w]) * sim.worker_memory[w] for w in range(sim.workers)]
     changed: list[int] = []
     budget = REWEIGH_BUDGET * len(dag)
@@ -573,6 +575,34 @@ def downgrade(
             changed.append(w)
             break
     return changed
+
+
+def _any_may_fit(
+    sim: Simulation, by_worker: list[list[int]], at_size: Mapping[int, list[float]], target: float, fixed: set[int]
+) -> bool:
+    """Whether some worker might take a smaller size in :func:`downgrade`: a necessary condition, cheap.
+
+    The first check of :func:`downgrade` with each task's slack bounded by ``target - finish`` (its
+    tail is never negative), on the simulation's own paths. When no worker passes, none is downgraded
+    and the longest paths need not be built: on a pool whose workers are all busy to the end (a
+    100k-task tree on 2 processes) building them was a sixth of the plan.
+    """
+    weight = [h + d for h, d in zip(sim.head_latency, sim.duration, strict=True)]
+    finish = sim.finish
+    for w, tasks in enumerate(by_worker):
+        if not tasks or tasks[0] in fixed:
+            continue
+        for m, new in at_size.items():
+            if m >= sim.worker_memory[w]:
+                continue
+            extra = 0.0
+            for t in tasks:
+                extra += new[t] - weight[t]
+                if extra > target - finish[t] + _EPS:
+                    break
+            else:
+                return True
+    return False
 
 
 def makespan_floor(dag: DAG, costs: DagCosts, memory_mb: int, max_workers: int | None) -> float:

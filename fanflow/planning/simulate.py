@@ -187,14 +187,46 @@ class _Placement:
     upload: list[bool] | None
     view: PlanView
     local: list[bool]
-    starts: dict[tuple[int | None, tuple[int, ...]], list[list[int]]] = dataclasses.field(default_factory=dict)
-    """The client's root groups, by free slots and the roots' memory sizes."""
 
 
 _last: _Placement | None = None
 
 
-def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool], _Placement]:
+@dataclass(slots=True)
+class _Starts:
+    """The client's root groups for one DAG's labels, by free slots and which roots share a memory size."""
+
+    dag: weakref.ref[DAG]
+    labels: list[int] | None
+    groups: dict[tuple[int | None, tuple[int, ...]], list[list[int]]] = dataclasses.field(default_factory=dict)
+
+
+_last_starts: _Starts | None = None
+
+
+def _root_starts(dag: DAG, plan: Assignment, view: PlanView, free: int | None) -> list[list[int]]:
+    """:func:`~fanflow.dag.placement.root_groups` of the plan, kept while the labels stay equal.
+
+    The groups depend on the labels and on which roots share a memory size, not on the sizes or the
+    upload flags, so a planner's uniform plans at every size, with and without delayed I/O, share one
+    computation (it was a fifth of a simulation of a 100k-task tree: 50,000 roots).
+    """
+    global _last_starts
+    last = _last_starts
+    if last is None or last.dag() is not dag or last.labels != plan.labels:
+        labels = None if plan.labels is None else list(plan.labels)
+        last = _last_starts = _Starts(weakref.ref(dag), labels)
+    memory, requested = view.memory_mb, view.requested_mb
+    sizes: dict[int | None, int] = {}
+    # the sizes numbered in the order first met: the groups of uniform plans at any size are the same
+    shape = tuple(sizes.setdefault(memory[r] or requested[r], len(sizes)) for r in dag.roots)
+    found = last.groups.get((free, shape))
+    if found is None:
+        found = last.groups[(free, shape)] = root_groups(dag, view, free)
+    return found
+
+
+def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
     """The plan's view and which outputs delayed I/O keeps local.
 
     A planner simulates one DAG with the same labels and upload flags at many
@@ -206,13 +238,13 @@ def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool], _Place
     global _last
     last = _last
     if last is not None and last.dag() is dag and last.labels == plan.labels and last.upload == plan.upload:
-        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local, last
+        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local
     labels = None if plan.labels is None else list(plan.labels)
     upload = None if plan.upload is None else list(plan.upload)
     view = PlanView.from_columns(dag, labels, plan.memory_mb, upload)
     local = [view.delays_upload(dag, t) for t in range(len(dag))] if upload is not None else [False] * len(dag)
     _last = _Placement(weakref.ref(dag), labels, upload, view, local)
-    return view, local, _last
+    return view, local
 
 
 def _same(t: int) -> int:
@@ -238,7 +270,7 @@ def simulate(
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     memory = plan.memory_mb
-    view, local, placed = _placement(dag, plan)
+    view, local = _placement(dag, plan)
     out_bytes = costs.out_bytes
     sinks = set(dag.sinks)
     large = [
@@ -273,7 +305,7 @@ def simulate(
     seq = 0
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
-    labels = view.labels
+    labels, planned_mb = view.labels, view.memory_mb
     labelled = pool and plan.labels is not None  # labels a worker ran: only shedding reads them
     w_labels: list[set[object]] = []
     slots = max_workers if pool else n + 1
@@ -286,6 +318,7 @@ def simulate(
     has = [0] * n
     waiting: deque[list[int]] = deque()
     push, pop = heapq.heappush, heapq.heappop
+    began = order.append
 
     def run_next(w: int, now: float) -> None:
         nonlocal seq, fetched, uploaded
@@ -312,16 +345,19 @@ def simulate(
             for u in deps[t]:
                 if worker[u] != w:
                     remote += out_bytes[u]
-        fetch = max(c.f_floor, c.f_base + c.f_slope * remote) if remote > 0 else 0.0
-        d = fetch + c.exec[t]
-        fetched += remote
-        remote_bytes[t] = remote
+        if remote > 0:
+            fetch = c.f_base + c.f_slope * remote
+            d = (fetch if fetch > c.f_floor else c.f_floor) + c.exec[t]  # max() of two, without its call
+            fetched += remote
+            remote_bytes[t] = remote
+        else:
+            d = 0.0 + c.exec[t]
         worker[t] = w
         start[t] = now
         w_last[w] = t
         if labelled:
             w_labels[w].add(labels[t])
-        order.append(t)
+        began(t)
         seq += 1
         if large[t] and all(runs_here_if_claimed(view, t, x, w_memory[w]) for x in dependents[t]):
             # claims first, without the value; whether it is uploaded is known at the claim (a negative event)
@@ -331,7 +367,8 @@ def simulate(
             push(heap, (now + d, seq, -1 - t))
             return
         up = 0.0 if local[t] else out_bytes[t]
-        d += max(c.u_floor, c.u_base + c.u_slope * up)
+        upload = c.u_base + c.u_slope * up
+        d += upload if upload > c.u_floor else c.u_floor
         uploaded += up
         up_bytes[t] = up
         duration[t] = d
@@ -402,12 +439,7 @@ def simulate(
             for group in groups:
                 new_worker(group, now, t)
 
-    free = max(0, slots) if pool else None
-    key = (free, tuple(memory[r] for r in dag.roots))
-    starts = placed.starts.get(key)
-    if starts is None:
-        starts = placed.starts[key] = root_groups(dag, view, free)
-    for group in starts:
+    for group in _root_starts(dag, plan, view, max(0, slots) if pool else None):
         new_worker(group, 0.0, -1)
     while heap:
         now, _, t = pop(heap)
@@ -435,23 +467,32 @@ def simulate(
                 seq += 1
                 push(heap, (now + extra, seq, t))
                 continue
-        claimed = won_first.pop(t, [])
-        skip = len(claimed)
-        for d in dependents[t]:
+        claimed = won_first.pop(t, None) if won_first else None
+        skip = claimed is not None
+        if not skip:
+            claimed = []
+        readers = dependents[t]
+        for d in readers:
             if skip and d in claimed:
                 continue
-            remaining[d] -= 1
-            if remaining[d] == 0:
+            left = remaining[d] - 1
+            remaining[d] = left
+            if not left:
                 claimed.append(d)
                 claimer[d] = waited_for[d] = t
                 claimed_at[d] = now
         queue = w_queue[w]
-        if len(claimed) == 1 and runs_here_if_claimed(view, t, claimed[0], w_memory[w]):
-            # what continuation() decides for a lone claim, without building its groups
-            queue.append(claimed[0])
-            if len(dependents[t]) == 1 and t not in sinks:
-                held[t] = True  # the claim stored the output only if another worker had won it
-        elif claimed:
+        if len(claimed) == 1:
+            # what continuation() decides for a lone claim (runs_here_if_claimed, inlined: it runs per task),
+            # without building its groups
+            d = claimed[0]
+            label, planned = labels[t], planned_mb[d]
+            if (label is not None and labels[d] == label) or planned is None or planned == w_memory[w]:
+                queue.append(d)
+                if len(readers) == 1 and t not in sinks:
+                    held[t] = True  # the claim stored the output only if another worker had won it
+                claimed = None
+        if claimed:
             bit = 1 << w_process[w] if cached else 0
             is_here = lambda u, w=w, bit=bit: worker[u] == w or bool(has[u] & bit)  # noqa: E731
             here, others = continuation(
@@ -461,7 +502,8 @@ def simulate(
             for group in others:
                 new_worker(group, now, t)
         if queue:
-            shed(w, now, t)
+            if pool and slots > 0 and len(queue) > 1:
+                shed(w, now, t)
             run_next(w, now)
             continue
         w_end[w] = now
