@@ -251,10 +251,11 @@ def test_a_released_yielding_lock_stays_with_the_thread_holding_the_gil(kind: st
     """The convoy's first step does not happen: a thread waiting for the lock never takes it while it waits
     for the GIL. The test thread releases the lock and takes it again without giving the GIL up in between;
     a waiter sleeping on a plain lock (``threading.Lock``, or the one inside ``threading.Semaphore``) is woken
-    by the release and holds the lock by then, so the holder would have to block on it and hand the GIL over."""
+    by the release and holds the lock by then, so the holder would have to block on it and hand the GIL over.
+    The semaphore's waiter, woken by the token given back, finds it taken and waits again."""
     from fanflow.store.locks import YieldingLock, YieldingSemaphore
 
-    lock: Any = YieldingLock() if kind == "lock" else YieldingSemaphore(1)._free  # the semaphore's own lock
+    lock: Any = YieldingLock() if kind == "lock" else YieldingSemaphore(1)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1.0)  # nobody takes the GIL from this thread while it runs Python below
     waiting = threading.Event()

@@ -274,16 +274,19 @@ class MemoryStore:
         self._expire_later((status_key,), ttl_s)
 
     def begin(self, status_key: str, started_key: str, inv_id: str, token: str, ttl_s: int, redelivered: bool) -> str:
-        with self._lock:
-            if self._data.get(status_key) != RUNNING:
-                return BEGIN_STOPPED
-            started = self._data.get(started_key)
-            if not isinstance(started, dict):
-                started = self._data[started_key] = {}
-            if started.get(inv_id, token) != token and not redelivered:
+        # No lock: each step is one dict operation, atomic under the GIL. Of two deliveries of an
+        # invocation, the one whose setdefault comes first records its token; the other finds it.
+        data = self._data
+        if data.get(status_key) != RUNNING:
+            return BEGIN_STOPPED
+        started = data.get(started_key)
+        if started is None:  # the run's first invocation: its entry expires with the other run keys
+            started = data.setdefault(started_key, {})
+            self._expire_later((started_key,), ttl_s)
+        if started.setdefault(inv_id, token) != token:
+            if not redelivered:
                 return BEGIN_DUPLICATE
             started[inv_id] = token
-        self._expire_later((started_key,), ttl_s)
         return BEGIN_RUN
 
     def get_status(self, status_key: str) -> str | None:
