@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support import add
 
@@ -27,6 +28,7 @@ from fanflow.planning.planners import (
 )
 from fanflow.planning.predict import (
     DEFAULT_EXEC_S,
+    FIT_SAMPLES,
     Line,
     MemoryModel,
     clear_cache,
@@ -104,6 +106,19 @@ def test_a_stall_among_many_samples_does_not_move_the_fit() -> None:
     assert line.sd == pytest.approx(0.0, abs=1e-9) and line.count == 12
     few = fit_line(xs[:6], ys[:6])  # too few to call any sample an outlier: plain least squares
     assert few is not None and few.at(2.5) == pytest.approx(sum(ys[:6]) / 6)
+
+
+def test_a_line_of_many_samples_is_fitted_on_a_repeatable_subset_and_counts_them_all() -> None:
+    """Past FIT_SAMPLES the fit uses a subset (its cost is the first plan's after large runs), chosen the
+    same way each time, so plans repeat; the line still counts every sample (tied lines weigh by it)."""
+    n = 3 * FIT_SAMPLES
+    rng = np.random.default_rng(7)
+    xs = rng.uniform(0, 1e6, n)
+    ys = 0.002 + 3e-9 * xs + rng.normal(0, 1e-4, n)
+    line = fit_line(xs, ys)
+    assert line is not None and line.count == n and line == fit_line(xs, ys)
+    assert line.intercept == pytest.approx(0.002, rel=0.01) and line.slope == pytest.approx(3e-9, rel=0.01)
+    assert line.sd == pytest.approx(1e-4, rel=0.02)
 
 
 def test_a_large_output_that_was_not_uploaded_is_a_zero_byte_upload() -> None:

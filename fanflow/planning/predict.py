@@ -48,6 +48,7 @@ all garbage-collected.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -90,6 +91,10 @@ OUTLIER_MADS = 4.0
 deviation) from the median residual is an outlier: a scheduler stall or a collection pause, not the function."""
 MAD_TO_SD = 1.4826
 """Median absolute deviation to standard deviation, for normally distributed residuals."""
+FIT_SAMPLES = 50_000
+"""Samples a line is fitted on at most. Three runs of a 100k-task tree give 300,000 of one function, and
+so of each overhead: fitting them all (least squares, two medians, the refit) was a third of the first
+plan of an 8,191-task tree after such runs, and 50,000 fix a line as well. Fewer than that are all used."""
 RECENT_RUNS = 10
 """Runs of a function whose executions the predictions use, the latest: older ones saw another machine load."""
 
@@ -127,14 +132,19 @@ class Line:
 
 def fit_line(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray, floor: float = 0.0) -> Line | None:
     """Least squares of ``ys`` on ``xs`` (flat below :data:`MIN_LINE_SAMPLES` or without spread in x),
-    refitted once without the outliers (:data:`OUTLIER_MADS`) when there are :data:`MIN_TRIM_SAMPLES`.
+    refitted once without the outliers (:data:`OUTLIER_MADS`) when there are :data:`MIN_TRIM_SAMPLES`;
+    on :data:`FIT_SAMPLES` of them at most (the line's ``count`` is every sample).
 
     On numpy arrays: ten runs of a large DAG give ~100,000 samples of one function."""
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
+    count = len(x)
+    if count > FIT_SAMPLES:
+        chosen = _sample(count)
+        x, y = x[chosen], y[chosen]
     fitted = _least_squares(x, y, floor)
     if fitted is None or len(x) < MIN_TRIM_SAMPLES:
-        return None if fitted is None else fitted[0]
+        return None if fitted is None else dataclasses.replace(fitted[0], count=count)
     line, residuals = fitted
     centre = float(np.median(residuals))
     deviations = np.abs(residuals - centre)
@@ -143,9 +153,15 @@ def fit_line(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
         return line
     keep = deviations <= OUTLIER_MADS * spread
     if keep.all():
-        return line
+        return dataclasses.replace(line, count=count)
     kept = _least_squares(x[keep], y[keep], floor)
-    return None if kept is None else Line(kept[0].intercept, kept[0].slope, kept[0].sd, len(x), floor)
+    return None if kept is None else Line(kept[0].intercept, kept[0].slope, kept[0].sd, count, floor)
+
+
+def _sample(count: int) -> np.ndarray:
+    """About :data:`FIT_SAMPLES` of ``count`` samples, ascending: a random subset, the same for the same count
+    (plans are repeatable), not every k-th sample, which could fall in step with a DAG's shape."""
+    return np.flatnonzero(np.random.default_rng(count).random(count) < FIT_SAMPLES / count)
 
 
 def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> tuple[Line, np.ndarray] | None:
@@ -506,8 +522,11 @@ class DagCosts:
         found = self._exec_at.get(memory_mb)
         if found is None:
             lines = [m.line(memory_mb) for m in self.exec_models]
-            z = self.z
-            found = [lines[f].at(x, z) for f, x in zip(self.function, self.in_bytes, strict=True)]
+            # Line.at for every task at once, in its order of operations (the same floats)
+            f = np.asarray(self.function, dtype=np.int64)
+            x = np.asarray(self.in_bytes, dtype=np.float64)
+            intercept, slope, sd, floor = (np.array([getattr(line, k) for line in lines]) for k in _LINE_FIELDS)
+            found = np.maximum(floor[f], intercept[f] + slope[f] * x + self.z * sd[f]).tolist()
             self._exec_at[memory_mb] = found
         return found
 
@@ -532,6 +551,9 @@ class DagCosts:
     def start_s(self, memory_mb: int) -> float:
         """A new worker when the platform cannot say whether it is cold or warm: the mix of both."""
         return self.mix.line(memory_mb).at(0.0, self.z)
+
+
+_LINE_FIELDS = ("intercept", "slope", "sd", "floor")
 
 
 def _default(seconds: float, per_byte: float = 0.0) -> Line:

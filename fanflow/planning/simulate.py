@@ -326,10 +326,11 @@ def simulate(
         c = w_costs[w]
         prev = w_last[w]
         if prev >= 0:
-            head_latency[t] = c.gap
-            now += c.gap
+            gap = c.gap
+            head_latency[t] = gap
+            now += gap
             previous[t] = prev
-            if now - c.gap > claimed_at[t]:
+            if now - gap > claimed_at[t]:
                 waited_for[t] = prev
         remote = 0.0
         if cached:
@@ -372,8 +373,8 @@ def simulate(
         uploaded += up
         up_bytes[t] = up
         duration[t] = d
-        finish[t] = now + d
-        push(heap, (now + d, seq, t))
+        end = finish[t] = now + d
+        push(heap, (end, seq, t))
 
     def new_worker(tasks: list[int], at: float, cause: int) -> None:
         nonlocal slots, processes, next_process
