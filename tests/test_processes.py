@@ -19,7 +19,9 @@ import redis
 from support import add, inc, wait_until
 
 import fanflow
+from fanflow.client.hooks import OnPlanned
 from fanflow.client.run import Run
+from fanflow.client.session import session
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, peek, sign
@@ -722,3 +724,25 @@ def test_a_worker_that_cannot_be_launched_fails_its_run_and_frees_its_slot(
     finally:
         monkeypatch.undo()
         _close(host, thread, [])
+
+
+def test_a_worker_holds_notifications_that_claim_only_what_it_keeps_while_a_slot_is_idle(
+    config: fanflow.Config,
+) -> None:
+    """One label over the whole DAG: its roots start in one worker and the pool's other slot stays idle all
+    run. Each task's one dependent stays in this worker whatever it is told, so an idle slot is no reason to
+    notify task by task: the notifications go in batches (a real-size tree's last worker notified each of
+    its last tasks alone once the other had ended, at nearly twice the CPU)."""
+    total([inc(i) for i in range(4)]).compute(config)  # both processes warm
+    dag = DAG.from_sinks([total([inc(inc(i)) for i in range(60)])])
+    for t in range(len(dag)):
+        dag.annotations[t] = {"worker": "A"}
+    captured: list[str] = []
+    values = session().execute(dag, config, hooks=[OnPlanned(lambda r: captured.append(r.run_id))])
+    assert values[0] == sum(range(2, 62))
+    drain()
+    events = open_metadata(config.metadata).load_run(captured[0]).events
+    finished = [e for e in events if e["kind"] == "task_finished" and dag.name(e["task"]).startswith("inc")]
+    assert len(finished) == 120 and len({e["worker"] for e in finished}) == 1
+    held = [e for e in finished if e.get("held")]
+    assert len(held) >= 100, len(held)  # all but the last of each batch (one per function, per 50 ms)
