@@ -404,6 +404,44 @@ def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
     assert skipping < simulating
 
 
+def test_a_size_predicted_from_another_by_scaling_is_its_twin_and_is_not_simulated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History measured at 1769 MB alone predicts 3008 MB through the 512 MB normalization: the same lines
+    but for rounding. Those sizes are one prediction (SAME_PREDICTION), so uniform 1769 MB is not simulated
+    again (from an empty pool, then warm), and the plans are those of telling them apart."""
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    record = fanflow.Config(metadata=url, progress=False, planner="none")
+    for _ in range(3):
+        tree(512).compute(record)
+    drain()
+    counted = [0]
+    simulate_all = planners.simulate
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return simulate_all(*args, **kwargs)
+
+    monkeypatch.setattr(planners, "simulate", counting)
+
+    def planned() -> tuple[list[tuple[Any, ...]], int]:
+        counted[0] = 0
+        plans = []
+        for pool in ({"platform": "processes", "store": "redis://localhost:1/0", "max_workers": 2}, {}):
+            config = fanflow.Config(metadata=url, planner="critical-path", progress=False, **pool)
+            plan = make_plan(DAG.from_sinks([tree(512)]), config)
+            assert plan.simulation is not None and plan.kind
+            plans.append((plan.annotations, plan.kind, plan.simulation.makespan, plan.uniform_makespan_s))
+        return plans, counted[0]
+
+    twins, fewer = planned()
+    monkeypatch.setattr(planners, "SAME_PREDICTION", 0.0)  # the reference: only equal lines are one
+    apart, every = planned()
+    assert [p[:2] for p in twins] == [p[:2] for p in apart]
+    assert [p[2:] for p in twins] == [pytest.approx(p[2:], rel=1e-9) for p in apart]
+    assert fewer < every
+
+
 def test_measured_sizes_win_and_unmeasured_ones_scale() -> None:
     model = MemoryModel([(3008, 0.0, 0.02)] * 3 + [(512, 0.0, 0.01)] * 3, Line(1, 0, 0, 0))
     assert model.line(512).at(0) == pytest.approx(0.01)

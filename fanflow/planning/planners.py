@@ -92,7 +92,7 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
-from fanflow.planning.predict import DagCosts
+from fanflow.planning.predict import DagCosts, Line
 from fanflow.planning.simulate import Assignment, Simulation, simulate
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
@@ -133,6 +133,13 @@ MERGE_BUDGET_TASKS = 25_000
 """Tasks clustering's merge simulations may cover in all; a DAG too large for three of them (the unmerged
 plan, one group, two groups) is not merged. Planning 8,191 tasks with every optimization: 0.11 -> 0.28 s
 CPU at load 4."""
+
+SAME_PREDICTION = 1e-9
+"""Lines of two sizes whose coefficients differ by less than this fraction are one prediction. A function
+measured at 1769 MB alone predicts 3008 MB by the 512 MB normalization (the same CPU past one vCPU), which
+gives its own line back but for rounding; told apart, the two sizes cost a plan two more simulations
+(uniform 1769 MB from an empty pool and again on a warm one: 2 of 5 for a 100k-task tree) whose times
+differed in the 16th digit."""
 
 _EPS = 1e-9
 
@@ -636,9 +643,17 @@ def makespan_floor(dag: DAG, costs: DagCosts, memory_mb: int, max_workers: int |
 
 
 def _same_costs(costs: DagCosts, a: int, b: int) -> bool:
-    """Whether every prediction is the same at ``a`` and ``b`` MB (past one vCPU, unmeasured sizes scale alike)."""
+    """Whether every prediction is the same at ``a`` and ``b`` MB (past one vCPU, unmeasured sizes scale alike),
+    up to rounding (:data:`SAME_PREDICTION`)."""
     models = (costs.fetch, costs.upload, costs.gap, costs.cold, costs.warm, costs.mix, *costs.exec_models)
-    return all(model.line(a) == model.line(b) for model in models)
+    return all(_same_line(model.line(a), model.line(b)) for model in models)
+
+
+def _same_line(a: Line, b: Line) -> bool:
+    return all(
+        math.isclose(x, y, rel_tol=SAME_PREDICTION)
+        for x, y in ((a.intercept, b.intercept), (a.slope, b.slope), (a.sd, b.sd), (a.floor, b.floor))
+    )
 
 
 def _resized(sim: Simulation, old_mb: int, new_mb: int) -> Simulation:
