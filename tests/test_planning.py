@@ -356,6 +356,34 @@ def test_the_makespan_floor_never_beats_a_simulation(max_workers: int | None, re
                     assert 0.0 < makespan_floor(dag, costs, m, max_workers) <= sim.makespan
 
 
+@pytest.mark.parametrize("max_workers", [None, 2])
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_simulation_scaled_by_the_time_factor_is_the_simulation_at_that_size(
+    max_workers: int | None, remote: bool
+) -> None:
+    """Sizes never measured predict one line scaled (512 MB twice 1024 MB's): the planner scales one
+    uniform plan's simulation instead of running another, and it is the same simulation."""
+    for dag in (DAG.from_sinks([tree(64)]), lopsided(), DAG.from_sinks([fan(5)])):
+        n = len(dag)
+        costs = costs_of(n, start=0.01, fetch=0.01, upload=0.01)
+        labels = place(dag, costs, [3008] * n, clustering=True)
+        upload = upload_flags(dag, labels)
+        base = simulate(dag, costs, Assignment([1024] * n, labels, upload), max_workers, remote)
+        for m in MEMORY_CHOICES:
+            k = planners._time_factor(costs, 1024, m)
+            assert k == pytest.approx(planners.scale(m) / planners.scale(1024))
+            scaled = planners._resized(base, 1024, m, k)
+            real = simulate(dag, costs, Assignment([m] * n, labels, upload), max_workers, remote)
+            assert scaled.worker == real.worker and scaled.critical_path == real.critical_path
+            assert scaled.finish == pytest.approx(real.finish) and scaled.worker_end == pytest.approx(real.worker_end)
+            assert scaled.makespan == pytest.approx(real.makespan) and scaled.cost_gb_s == pytest.approx(real.cost_gb_s)
+    measured = costs_of(3)
+    # as fast at 512 MB as at 1769 MB, measured: not the normalization model's ratio
+    measured.exec_models[0] = MemoryModel([(m, 0.0, 0.3) for m in (512, 1769) for _ in range(3)], Line(1, 0, 0, 0))
+    assert planners._time_factor(measured, 512, 1769) is None
+    assert planners._time_factor(measured, 1024, 3008) is not None  # both from the pooled line
+
+
 def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -373,6 +401,9 @@ def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
         return simulate_all(*args, **kwargs)
 
     monkeypatch.setattr(planners, "simulate", counting)
+    # the floor alone: sizes below one vCPU that scale another's predictions are not simulated either
+    same = planners._time_factor
+    monkeypatch.setattr(planners, "_time_factor", lambda costs, a, b: 1.0 if same(costs, a, b) == 1.0 else None)
 
     def planned() -> tuple[list[tuple[Any, ...]], int]:
         counted[0] = 0

@@ -92,8 +92,9 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
-from fanflow.planning.predict import DagCosts, Line
+from fanflow.planning.predict import DagCosts, Line, scale
 from fanflow.planning.simulate import Assignment, Simulation, simulate
+from fanflow.worker.values import MEMORY_SHARE
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
 """Memory sizes (MB) the critical-path planner chooses from, ascending."""
@@ -656,9 +657,45 @@ def _same_line(a: Line, b: Line) -> bool:
     )
 
 
-def _resized(sim: Simulation, old_mb: int, new_mb: int) -> Simulation:
-    """A uniform plan's simulation at another size with the same predictions: same times, cost in proportion."""
-    return dataclasses.replace(sim, worker_memory=[new_mb] * sim.workers, cost_gb_s=sim.cost_gb_s * new_mb / old_mb)
+def _time_factor(costs: DagCosts, a: int, b: int) -> float | None:
+    """``k`` when every prediction at ``b`` MB is the one at ``a`` MB times ``k`` (up to rounding), else None.
+
+    Sizes never measured scale one line by the normalization model: 1769 and 3008 MB predict the same
+    times (``k`` = 1), 512 MB twice 1024 MB's. A uniform plan's simulation is then the other's with every
+    time multiplied by ``k``: every duration, latency and gap is, so the events keep their order, as
+    long as each worker's process value cache keeps the same outputs at both sizes (it keeps none larger
+    than a share of the worker's memory).
+    """
+    if max(costs.out_bytes, default=0.0) > min(a, b) * 2**20 * MEMORY_SHARE:
+        return None
+    k = scale(b) / scale(a)
+    models = (costs.fetch, costs.upload, costs.gap, costs.cold, costs.warm, costs.mix, *costs.exec_models)
+    return k if all(_same_line(model.line(b), model.line(a).scaled(k)) for model in models) else None
+
+
+def _resized(sim: Simulation, old_mb: int, new_mb: int, factor: float = 1.0) -> Simulation:
+    """A uniform plan's simulation at another size whose predictions are ``factor`` times these: the times
+    multiplied by it, the cost by it and in proportion to memory (:func:`_time_factor`)."""
+    cost = sim.cost_gb_s * new_mb / old_mb
+    if factor == 1.0:
+        return dataclasses.replace(sim, worker_memory=[new_mb] * sim.workers, cost_gb_s=cost)
+
+    def times(values: list[float]) -> list[float]:
+        return [v * factor for v in values]
+
+    return dataclasses.replace(
+        sim,
+        start=times(sim.start),
+        finish=times(sim.finish),
+        duration=times(sim.duration),
+        head_latency=times(sim.head_latency),
+        worker_memory=[new_mb] * sim.workers,
+        worker_begin=times(sim.worker_begin),
+        worker_end=times(sim.worker_end),
+        worker_latency=times(sim.worker_latency),
+        makespan=sim.makespan * factor,
+        cost_gb_s=cost * factor,
+    )
 
 
 def plan_kind(memory_mb: Sequence[int]) -> str:
@@ -728,12 +765,13 @@ def critical_path_assignment(
             target_so_far = min(s.makespan for s in sims.values()) * (1.0 + slack) * (1 + 1e-6)
             if makespan_floor(dag, costs, m, max_workers) > target_so_far * (1 + 1e-6):
                 continue
-        # sizes past one vCPU that were never measured predict the same times: one simulation serves both
-        twin = next((tm for tm in sims if not fixed and _same_costs(costs, tm, m)), None)
+        # sizes past one vCPU that were never measured predict the same times, and sizes below it that were
+        # never measured the same times scaled: one simulation serves both
+        twin = next(((tm, k) for tm in sims if not fixed and (k := _time_factor(costs, tm, m)) is not None), None)
         if twin is None:
             sims[m] = simulate(dag, costs, uniform(m), max_workers, remote)
         else:
-            sims[m] = _resized(sims[twin], twin, m)
+            sims[m] = _resized(sims[twin[0]], twin[0], m, twin[1])
     trials = [(sims[m], m) for m in sorted(choices) if m in sims]
     best = min(s.makespan for s, _ in trials)
     target = best * (1.0 + slack)
