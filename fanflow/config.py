@@ -16,6 +16,8 @@ import math
 import os
 import re
 import secrets
+import stat
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -295,7 +297,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """The ``FANFLOW_<KEY>`` variables as a mapping (unknown ``FANFLOW_`` names are errors)."""
         if environ is None:
-            environ = _fanflow_environ()
+            return dict(_env_settings())
         out: dict[str, str] = {}
         known = _CHECKS
         for name, value in environ.items():
@@ -334,12 +336,20 @@ class Config:
         values: dict[str, Any] = {}
         toml_path = os.path.join(cwd, TOML_NAME) if cwd else TOML_NAME
         source = "arguments"
-        if os.path.isfile(toml_path):
-            values.update(cls.from_toml(toml_path))
+        global _loaded
+        toml_values = _toml_settings(toml_path)
+        env_values = _env_settings() if environ is None else cls.from_env(environ)
+        if toml_values is _loaded[0] and env_values is _loaded[1] and not overrides and cls is Config:
+            return _loaded[2]  # the same file and variables as the last load (both kept while unchanged)
+        if toml_values is not None:
+            values.update(toml_values)
             source = f"{toml_path} or the environment"
-        values.update(cls.from_env(environ))
+        values.update(env_values)
         values.update(overrides)
-        return cls.from_mapping(values, source=source)
+        config = cls.from_mapping(values, source=source)
+        if not overrides and cls is Config:
+            _loaded = (toml_values, env_values, config)
+        return config
 
     @classmethod
     def resolve(cls, config: Config | Mapping[str, Any] | None = None, **overrides: Any) -> Config:
@@ -426,23 +436,65 @@ _env_names: tuple[Any, list[Any]] = (_ENV_SEP, [])
 """The environment's variable names joined, and which of them are ``FANFLOW_*`` (encoded)."""
 
 
-def _fanflow_environ() -> dict[str, str]:
-    """The process environment's ``FANFLOW_*`` variables.
+def _env_settings() -> dict[str, str]:
+    """:meth:`Config.from_env` of the process environment, kept while its ``FANFLOW_*`` variables
+    keep their names and values (shared: not to be changed).
 
     Read from ``os.environ``'s own encoded dict: going through ``os.environ`` decodes
     every variable, and a ``startswith`` per name costs as much, tens of microseconds
     per run for an environment of a few dozen variables. The names are joined (one C
-    call) and matched again only when they changed; the values are read every time.
+    call) and matched again only when they changed; the values are read every time,
+    and decoded and checked only when one changed.
     """
-    global _env_names
+    global _env_names, _env_seen
     env = os.environ
     encoded = env._data  # type: ignore[attr-defined]
     names = _ENV_SEP.join(encoded)
     if names != _env_names[0]:
         _env_names = (names, [k for k in encoded if k.startswith(_ENV_PREFIX)])
-    out = {}
-    for k in _env_names[1]:
-        value = encoded.get(k)
-        if value is not None:  # unset by another thread meanwhile
-            out[env.decodekey(k)] = env.decodevalue(value)
-    return out
+    raw = [(k, encoded.get(k)) for k in _env_names[1]]
+    if raw != _env_seen[0]:
+        decoded = {env.decodekey(k): env.decodevalue(v) for k, v in raw if v is not None}  # None: unset meanwhile
+        _env_seen = (raw, Config.from_env(decoded))
+    return _env_seen[1]
+
+
+_loaded: tuple[dict[str, Any] | None, dict[str, str] | None, Config] = (None, None, Config())
+"""The settings of the last :meth:`Config.load` without overrides (the file's, the variables') and its config."""
+
+_env_seen: tuple[list[tuple[Any, Any]], dict[str, str]] = ([], {})
+"""The encoded ``FANFLOW_*`` names and values last read, and their settings."""
+
+_toml_seen: tuple[str, tuple[int, ...], dict[str, Any]] = ("", (), {})
+"""The ``fanflow.toml`` last read: its path, its file's identity and times, and its settings."""
+
+
+TOML_SETTLED_S = 2.0
+"""A ``fanflow.toml`` changed this recently is parsed on every load: file times are kept to the
+kernel's clock tick (a few ms), so a second write in the same tick leaves the same stamp."""
+
+
+def _toml_settings(path: str) -> dict[str, Any] | None:
+    """:meth:`Config.from_toml` of ``path`` if it is a file, else None; parsed again only when the file changed
+    (its inode, size or times: shared, not to be changed).
+
+    A run with no config loads its config each time: a parse of the file was tens of
+    microseconds, a stat is one system call (``os.access`` first: a missing file, the
+    usual case, costs no exception).
+    """
+    global _toml_seen
+    if not os.access(path, os.F_OK):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # removed meanwhile
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    stamp = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if (path, stamp) == _toml_seen[:2]:
+        return _toml_seen[2]
+    settings = Config.from_toml(path)
+    if time.time_ns() - st.st_ctime_ns > TOML_SETTLED_S * 1e9:  # ctime: moved by every write, and by utime
+        _toml_seen = (path, stamp, settings)
+    return settings

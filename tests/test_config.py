@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -111,6 +112,34 @@ def test_the_same_values_build_one_config_and_every_change_is_seen(
     assert (Config.load().planner, Config.load().max_workers) == ("none", 3)
     monkeypatch.delenv("FANFLOW_MAX_WORKERS")
     assert (Config.load().planner, Config.load().max_workers) == ("none", None)
+
+
+@pytest.mark.parametrize("settled_s", [0.0, 3600.0])
+def test_fanflow_toml_is_parsed_once_until_it_changes(
+    settled_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "TOML_SETTLED_S", settled_s)  # 3600: every file is fresh, parsed every time
+    parsed: list[str] = []
+    from_toml = Config.from_toml.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Config, "from_toml", classmethod(lambda cls, path: parsed.append(path) or from_toml(cls, path)))
+    toml = tmp_path / "fanflow.toml"
+    toml.write_text('sla = "p50"\n')
+    assert [Config.load().sla for _ in range(3)] == ["p50"] * 3
+    assert len(parsed) == (1 if settled_s == 0 else 3)
+    later = toml.stat().st_mtime_ns + 10**9
+    toml.write_text('sla = "p90"\n')  # the same size: only the times tell
+    os.utime(toml, ns=(later, later))  # a time of its own: two writes within a clock tick share one
+    assert Config.load().sla == "p90"
+    toml.unlink()
+    assert Config.load().sla == "mean"
+    toml.mkdir()  # a directory of that name is no config file
+    assert Config.load().sla == "mean"
+    toml.rmdir()
+    toml.write_text("max_workers = [\n")
+    for _ in range(2):  # a broken file is refused each time, never kept
+        with pytest.raises(fanflow.ConfigError, match="not valid TOML"):
+            Config.load()
 
 
 def test_equal_values_of_another_type_are_checked_as_themselves() -> None:
