@@ -36,12 +36,11 @@ only when called, so ``import fanflow`` works without it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Mapping
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
@@ -107,24 +106,22 @@ def get(dsk: Any, keys: Any, config: Config | Mapping[str, Any] | None = None, *
     Use it as ``dask.compute(x, scheduler=fanflow.dask.get)`` or, with options,
     ``x.compute(scheduler=fanflow.dask.get, platform="threads")``.
     """
-    cache: Mapping[Key, Any] = kwargs.get("cache") or {}
-    known = _config_keys()
-    overrides = {k: v for k, v in kwargs.items() if k in known}
+    cache: Mapping[Key, Any] | None = kwargs.get("cache") or None
+    overrides = {k: v for k, v in kwargs.items() if k in _CONFIG_KEYS} if kwargs else {}
     if "pool" in overrides and not isinstance(overrides["pool"], str):
         del overrides["pool"]  # Dask's executor pool; fanflow's ``pool`` is the name of a worker pool
     graph = dsk if isinstance(dsk, Mapping) else _graph_of(dsk)
     columns = _Columns()
-    converter = _Converter(
-        _task_spec().convert_legacy_graph(graph, all_keys=set(graph) | set(cache)), cache, columns.add, _Out
-    )
-    wanted = list(_flatten(keys))
+    converter = _Converter(graph, cache, columns.add, _Out)
+    wanted = _flatten(keys)
     began = time.perf_counter()
     converter.resolve(wanted)
-    dag = columns.dag([converter.values[k] for k in wanted])
+    values = [converter.values[k] for k in wanted]
+    dag = columns.dag(values)
     if dag is not None:
         note_dag_build(dag, time.perf_counter() - began)  # the conversion is this DAG's build
     try:
-        results = _compute_values([converter.values[k] for k in wanted], dag, config, overrides)
+        results = _compute_values(values, dag, config, overrides)
     except TaskFailedError as failure:
         original = failure.__cause__
         if not isinstance(original, Exception):
@@ -134,12 +131,13 @@ def get(dsk: Any, keys: Any, config: Config | Mapping[str, Any] | None = None, *
         failure.__cause__ = None
         failure.__suppress_context__ = True
         raise original from failure
-    return _nest(keys, dict(zip(wanted, results, strict=True)))
+    if not isinstance(keys, list):
+        return results[0]
+    return _nest(keys, iter(results))
 
 
-@functools.cache
-def _config_keys() -> frozenset[str]:
-    return frozenset(Config.keys())
+_CONFIG_KEYS = frozenset(Config.keys())
+"""The keyword arguments of :func:`get` that are fanflow config keys; Dask's others are ignored."""
 
 
 def from_dask(obj: Any) -> Node:
@@ -150,7 +148,7 @@ def from_dask(obj: Any) -> Node:
     ``__dask_postcompute__`` finalizer (e.g. the concatenation of an array's blocks) becomes
     the returned node. ``fanflow.compute(from_dask(x))`` then equals ``x.compute()``.
     """
-    spec = _task_spec()
+    _task_spec()  # Dask is installed, or an error saying how to install it
     import dask
     from dask.delayed import single_key
 
@@ -160,12 +158,12 @@ def from_dask(obj: Any) -> Node:
             "wrap plain functions with fanflow.task instead"
         )
     (optimized,) = dask.optimize(obj)
-    graph = spec.convert_legacy_graph(dict(optimized.__dask_graph__()))
     keys = optimized.__dask_keys__()
     finalize, extra = optimized.__dask_postcompute__()
-    converter = _Converter(graph)
-    converter.resolve(_flatten(keys))
-    parts = _nest(keys, converter.values, list)
+    converter = _Converter(dict(optimized.__dask_graph__()))
+    wanted = _flatten(keys)
+    converter.resolve(wanted)
+    parts = _nest(keys, iter([converter.values[k] for k in wanted]), list)
     if finalize is single_key and isinstance(parts[0], Node):
         return parts[0]  # a delayed: its own node already has the value, no finalizer needed
     return converter.task_for(finalize)(parts, *extra)
@@ -177,8 +175,9 @@ def _compute_values(
     """``values`` with every task output (:class:`_Out`) replaced by its value, ``dag`` computed in one run."""
     if dag is None:
         return values
-    results = dict(zip(dag.outputs, session().execute(dag, Config.resolve(config, **overrides)), strict=True))
-    return [results[v.i] if type(v) is _Out else v for v in values]
+    # The run returns the DAG's outputs in order, one per _Out among the values (repeats included).
+    results = iter(session().execute(dag, Config.resolve(config, **overrides)))
+    return [next(results) if type(v) is _Out else v for v in values]
 
 
 def _graph_of(dsk: Any) -> Mapping[Key, Any]:
@@ -191,36 +190,43 @@ def _graph_of(dsk: Any) -> Mapping[Key, Any]:
     return graph_method()
 
 
-def _flatten(keys: Any) -> Iterable[Key]:
-    """The keys in ``keys``, a key or lists of keys nested to any depth (tuples are keys)."""
+def _flatten(keys: Any) -> list[Key]:
+    """The keys in ``keys``, a key or lists of keys nested to any depth (tuples are keys), in order."""
     if not isinstance(keys, list):
-        yield keys
-        return
+        return [keys]
+    flat: list[Key] = []
     stack = [iter(keys)]
     while stack:
         for item in stack[-1]:
             if isinstance(item, list):
                 stack.append(iter(item))
                 break
-            yield item
+            flat.append(item)
         else:
             stack.pop()
+    return flat
 
 
-def _nest(keys: Any, values: Mapping[Key, Any], container: type = tuple) -> Any:
-    """``keys`` with every key replaced by its value, each list of keys as a ``container`` of values."""
+def _nest(keys: Any, values: Iterator[Any], container: type = tuple) -> Any:
+    """``keys`` with every key replaced by the next of ``values`` (in :func:`_flatten`'s order),
+    each list of keys as a ``container`` of values."""
     if isinstance(keys, list):
-        return container(_nest(k, values, container) for k in keys)
-    return values[keys]
+        return container([_nest(k, values, container) for k in keys])
+    return next(values)
 
 
 class _Converter:
-    """Turns the task-spec graph ``graph`` into fanflow tasks, key by key, on demand.
+    """Turns the Dask graph ``graph`` into fanflow tasks, key by key, on demand.
 
     ``values`` maps every converted key to the handle of its task's output (task keys)
     or its constant value (data keys, keys given in ``known``). ``make(task, args,
     kwargs)`` adds one task whose arguments hold such handles and returns its handle,
     an instance of ``handle``: by default a :class:`Node` (``task(*args, **kwargs)``).
+
+    A key in the legacy tuple format is brought to the task-spec format when it is
+    first needed (``dask._task_spec.convert_legacy_task``, as ``convert_legacy_graph``
+    would), so keys the request does not need cost nothing, and a graph already in
+    the task-spec format (what ``dask.compute`` passes) is not copied.
     """
 
     def __init__(
@@ -234,6 +240,8 @@ class _Converter:
         self._spec = spec
         self._subgraph = getattr(spec, "_execute_subgraph", None)  # Dask's linear fusion, where Dask has it
         self._graph = graph
+        # What a legacy task's argument must be in to be a key: the graph's keys, and the known ones.
+        self._all_keys: Container[Key] = graph.keys() if not known else _KeysOf(graph, known)
         self._make = make or (lambda task, args, kwargs: task(*args, **kwargs))
         self._handle = handle
         self.values: dict[Key, Any] = dict(known or {})
@@ -244,50 +252,89 @@ class _Converter:
     def resolve(self, wanted: Iterable[Key]) -> None:
         """Convert ``wanted`` and everything they depend on, dependencies first, without recursion."""
         values = self.values
+        graph_node = self._spec.GraphNode
         expanding: set[Key] = set()
-        stack: list[tuple[Key, bool]] = [(k, False) for k in wanted]
+        # (key, None): to convert; (key, its node): its dependencies are converted, it is next.
+        stack: list[tuple[Key, Any]] = [(k, None) for k in wanted]
         while stack:
-            key, expanded = stack.pop()
-            if key in values:
-                continue
-            node = self._lookup(key)
-            if expanded:
+            key, node = stack.pop()
+            if node is not None:
                 expanding.discard(key)
                 values[key] = self._convert(node)
                 continue
+            if key in values:
+                continue
+            node = self._lookup(key)
+            if not isinstance(node, graph_node):
+                values[key] = node  # data in the legacy format: the value itself
+                continue
+            deps = node.dependencies
+            todo = [dep for dep in (deps if len(deps) < 2 else self._in_order(node)) if dep not in values]
+            if not todo:
+                values[key] = self._convert(node)
+                continue
             expanding.add(key)
-            stack.append((key, True))
-            for dep in node.dependencies:
-                if dep in values:
-                    continue
+            stack.append((key, node))
+            for dep in reversed(todo):  # the first argument's converted first
                 if dep in expanding:
                     raise DaskGraphError(f"the Dask graph has a cycle: {dep!r} depends on itself through {key!r}")
-                stack.append((dep, False))
+                stack.append((dep, None))
+
+    def _in_order(self, node: Any) -> list[Key]:
+        """``node``'s dependencies in the order its arguments name them.
+
+        A node's ``dependencies`` is a frozenset, whose order follows the keys' hashes,
+        which differ from process to process (``PYTHONHASHSEED``): converted in that
+        order, one graph would number its tasks, and so get a DAG signature (its run
+        history's name), differently in every process.
+        """
+        spec = self._spec
+        found: list[Key] = []
+        pending = [node]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, spec.TaskRef):
+                found.append(item.key)
+            elif isinstance(item, spec.Alias):
+                found.append(item.target)
+            elif isinstance(item, spec.Task):
+                pending.extend(reversed((*item.args, *item.kwargs.values())))
+            elif isinstance(item, spec.GraphNode):
+                found.extend(item.dependencies)  # a kind this walk does not know: in its own order
+        found.extend(node.dependencies)  # any the walk missed, so none is left out
+        return list(dict.fromkeys(found))
 
     def _lookup(self, key: Key) -> Any:
+        """The task-spec node of ``key`` (or its value, for data in the legacy format)."""
         try:
-            return self._graph[key]
+            node = self._graph[key]
         except (KeyError, TypeError):
-            raise DaskKeyError(
-                f"key {key!r} is not in the Dask graph: ask only for keys of the graph, "
-                "and pass already-computed inputs as data (or in cache=...)"
-            ) from None
+            raise _missing(key) from None
+        spec = self._spec
+        if isinstance(node, spec.GraphNode):
+            return node
+        node = spec.convert_legacy_task(key, node, self._all_keys)
+        if isinstance(node, spec.Alias) and node.target == key:
+            raise _missing(key)  # ``{"x": "x"}`` names no value: convert_legacy_graph drops such a key
+        return node
 
     def _convert(self, node: Any) -> Any:
         spec = self._spec
+        if isinstance(node, spec.Task):
+            return self._node(node)
         if isinstance(node, spec.DataNode):
             return node.value
         if isinstance(node, spec.Alias):
             return self.values[node.target]
-        if isinstance(node, spec.Task):
-            return self._node(node)
         return node
 
     # -- one task ---------------------------------------------------------------
     def _node(self, task: Any) -> Any:
         """The handle of the fanflow task made for the Dask ``Task`` ``task``, whose dependencies are all converted."""
-        ftask = self.task_for(task.func, self._fused_name(task) if task.func is self._subgraph else None)
-        args = [self._arg(a) for a in task.args]
+        func = task.func
+        ftask = self.task_for(func, self._fused_name(task) if func is self._subgraph else None)
+        values, ref = self.values, self._spec.TaskRef
+        args = [values[a.key] if type(a) is ref else self._arg(a) for a in task.args]  # a reference: the usual
         kwargs = {name: self._arg(v) for name, v in task.kwargs.items()} if task.kwargs else {}
         return self._make(ftask, args, kwargs)
 
@@ -329,6 +376,25 @@ class _Converter:
         return cached[1]
 
 
+def _missing(key: Key) -> DaskKeyError:
+    return DaskKeyError(
+        f"key {key!r} is not in the Dask graph: ask only for keys of the graph, "
+        "and pass already-computed inputs as data (or in cache=...)"
+    )
+
+
+class _KeysOf:
+    """The keys of a graph and of the already-computed values given with it (``cache=``), for ``in``."""
+
+    __slots__ = ("_graph", "_known")
+
+    def __init__(self, graph: Mapping[Key, Any], known: Mapping[Key, Any]) -> None:
+        self._graph, self._known = graph, known
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._graph or key in self._known
+
+
 class _Out:
     """The output of task ``i`` of the DAG :class:`_Columns` builds (in converted arguments and values)."""
 
@@ -354,6 +420,31 @@ def _ref(i: int) -> Ref:
     while len(_refs) <= i:
         _refs.append(Ref(len(_refs)))
     return _refs[i]
+
+
+def _flat_template(args: list[Any]) -> tuple[list[int], tuple[Any, ...] | None] | None:
+    """The upstream outputs and the template of a call whose arguments are all outputs
+    (:class:`_Out`) or plain constants, in one pass; None for any other argument.
+
+    What :func:`map_nested` would make of them, without its walk: the usual call of a Dask
+    task. Every argument a distinct output, in order, is the plain ``f(a, b, ...)``: None.
+    """
+    deps: list[int] = []
+    index: dict[int, int] = {}
+    template: list[Any] = []
+    for a in args:
+        kind = type(a)
+        if kind is _Out:
+            pos = index.get(a.i)
+            if pos is None:
+                pos = index[a.i] = len(deps)
+                deps.append(a.i)
+            template.append(_ref(pos))
+        elif kind in _PLAIN:
+            template.append(a)
+        else:
+            return None
+    return deps, None if len(deps) == len(args) else tuple(template)
 
 
 class _Columns:
@@ -382,25 +473,26 @@ class _Columns:
         if t is None:
             t = self._index[id(task)] = len(self.tasks)
             self.tasks.append(task)
+        flat = None if kwargs else _flat_template(args)
+        if flat is not None:
+            return self._append(t, *flat, None)
         deps: list[int] = []
-        if not kwargs and all(type(a) is _Out for a in args) and len({a.i for a in args}) == len(args):
-            deps, targs, tkwargs = [a.i for a in args], None, None
-        elif not kwargs and all(type(a) in _PLAIN for a in args):
-            targs, tkwargs = tuple(args), None  # constants only: what map_nested would return, without the walk
-        else:
-            index: dict[int, int] = {}
+        index: dict[int, int] = {}
 
-            def to_ref(out: _Out) -> Ref:
-                pos = index.get(out.i)
-                if pos is None:
-                    pos = index[out.i] = len(deps)
-                    deps.append(out.i)
-                return _ref(pos)
+        def to_ref(out: _Out) -> Ref:
+            pos = index.get(out.i)
+            if pos is None:
+                pos = index[out.i] = len(deps)
+                deps.append(out.i)
+            return _ref(pos)
 
-            targs = map_nested(tuple(args), to_ref, _is_out)
-            tkwargs = map_nested(kwargs, to_ref, _is_out) if kwargs else None
-            if tkwargs is None and len(deps) == len(args) and all(r is _ref(i) for i, r in enumerate(targs)):
-                targs = None
+        targs = map_nested(tuple(args), to_ref, _is_out)
+        tkwargs = map_nested(kwargs, to_ref, _is_out) if kwargs else None
+        if tkwargs is None and len(deps) == len(args) and all(r is _ref(i) for i, r in enumerate(targs)):
+            targs = None
+        return self._append(t, deps, targs, tkwargs)
+
+    def _append(self, t: int, deps: list[int], targs: Any, tkwargs: Any) -> _Out:
         self.task_of.append(t)
         self.args.append(targs)
         self.kwargs.append(tkwargs)
@@ -455,11 +547,11 @@ def _seeded(func: Callable[..., Any]) -> bool:
 
 def _kept_task(func: Callable[..., Any], name: str | None) -> Task:
     key = (func, name)
-    task = _kept.get(key)  # one C call under the GIL: safe without the lock, which guards the eviction below
-    if task is not None:
-        with contextlib.suppress(KeyError):  # evicted meanwhile by another thread: still its function's task
+    with _kept_lock:
+        task = _kept.get(key)
+        if task is not None:
             _kept.move_to_end(key)
-        return task
+            return task
     task = Task(func, name=name or _funcname(func), pure=_seeded(func))
     with _kept_lock:
         task = _kept.setdefault(key, task)  # another thread may have made it meanwhile: one task per function

@@ -57,6 +57,8 @@ class _Entry:
     """A platform of the session and the runs using it."""
 
     platform: Platform
+    caller: RunsOnCaller | None
+    """The platform as :class:`RunsOnCaller`, if it can run a run's workers on its client's thread."""
     runs: int = 0
     idle: threading.Timer | None = None
     """Closes the platform when its keep-alive period ends; set only while no run uses it."""
@@ -98,12 +100,12 @@ class Session:
         with self._lock:
             entry = self._platforms.get(key)
             if entry is None:
-                entry = self._platforms[key] = _Entry(client_platform(config))
+                platform = client_platform(config)
+                entry = self._platforms[key] = _Entry(platform, supports(platform, RunsOnCaller))
             elif entry.idle is not None:
                 entry.idle.cancel()
                 entry.idle = None
-            caller = supports(entry.platform, RunsOnCaller)
-            if caller is not None and caller.runs_this_thread():
+            if entry.caller is not None and entry.caller.runs_this_thread():
                 # The new run would queue behind the very tasks that wait for it: with every
                 # worker thread in such a task, nothing would ever run.
                 raise NestedRunError(

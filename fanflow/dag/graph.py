@@ -214,7 +214,11 @@ class DAG:
         """
         codes = [t.code_hash for t in self.tasks]
         task_of, args, kwargs = self.task_of, self.args, self.kwargs
-        lines = [f"{codes[task_of[i]]}|{ups}|{_shape(args[i])}|{_shape(kwargs[i])}" for i, ups in enumerate(self.deps)]
+        lines = [
+            f"{codes[task_of[i]]}|{ups}|{'-' if args[i] is None else _shape(args[i])}|"
+            f"{'-' if kwargs[i] is None else _shape(kwargs[i])}"  # None, the usual: _shape's "-" without the call
+            for i, ups in enumerate(self.deps)
+        ]
         lines.append(repr(self.sinks))
         lines.append(repr(sorted(self.maps)))
         digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=16)
