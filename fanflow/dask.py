@@ -133,7 +133,7 @@ def get(dsk: Any, keys: Any, config: Config | Mapping[str, Any] | None = None, *
         raise original from failure
     if not isinstance(keys, list):
         return results[0]
-    return _nest(keys, iter(results))
+    return tuple(results) if wanted is keys else _nest(keys, iter(results))
 
 
 _CONFIG_KEYS = frozenset(Config.keys())
@@ -191,9 +191,15 @@ def _graph_of(dsk: Any) -> Mapping[Key, Any]:
 
 
 def _flatten(keys: Any) -> list[Key]:
-    """The keys in ``keys``, a key or lists of keys nested to any depth (tuples are keys), in order."""
+    """The keys in ``keys``, a key or lists of keys nested to any depth (tuples are keys), in order:
+    ``keys`` itself when it is a flat list (what ``dask.compute`` passes), not to be changed."""
     if not isinstance(keys, list):
         return [keys]
+    for item in keys:
+        if isinstance(item, list):
+            break
+    else:
+        return keys
     flat: list[Key] = []
     stack = [iter(keys)]
     while stack:
@@ -252,7 +258,7 @@ class _Converter:
     def resolve(self, wanted: Iterable[Key]) -> None:
         """Convert ``wanted`` and everything they depend on, dependencies first, without recursion."""
         values = self.values
-        graph_node = self._spec.GraphNode
+        graph_node, task = self._spec.GraphNode, self._spec.Task
         expanding: set[Key] = set()
         # (key, None): to convert; (key, its node): its dependencies are converted, it is next.
         stack: list[tuple[Key, Any]] = [(k, None) for k in wanted]
@@ -260,7 +266,7 @@ class _Converter:
             key, node = stack.pop()
             if node is not None:
                 expanding.discard(key)
-                values[key] = self._convert(node)
+                values[key] = self._node(node) if isinstance(node, task) else self._convert(node)
                 continue
             if key in values:
                 continue
@@ -271,7 +277,7 @@ class _Converter:
             deps = node.dependencies
             todo = [dep for dep in (deps if len(deps) < 2 else self._in_order(node)) if dep not in values]
             if not todo:
-                values[key] = self._convert(node)
+                values[key] = self._node(node) if isinstance(node, task) else self._convert(node)  # a task: the usual
                 continue
             expanding.add(key)
             stack.append((key, node))
@@ -422,8 +428,8 @@ def _ref(i: int) -> Ref:
     return _refs[i]
 
 
-def _flat_template(args: list[Any]) -> tuple[list[int], tuple[Any, ...] | None] | None:
-    """The upstream outputs and the template of a call whose arguments are all outputs
+def _flat_template(args: list[Any]) -> tuple[list[int], tuple[Any, ...] | None, None] | None:
+    """The upstream outputs and the templates of a call whose arguments are all outputs
     (:class:`_Out`) or plain constants, in one pass; None for any other argument.
 
     What :func:`map_nested` would make of them, without its walk: the usual call of a Dask
@@ -444,7 +450,26 @@ def _flat_template(args: list[Any]) -> tuple[list[int], tuple[Any, ...] | None] 
             template.append(a)
         else:
             return None
-    return deps, None if len(deps) == len(args) else tuple(template)
+    return deps, None if len(deps) == len(args) else tuple(template), None
+
+
+def _walked_template(args: list[Any], kwargs: dict[str, Any]) -> tuple[list[int], Any, Any]:
+    """The upstream outputs and the templates of a call whose arguments hold :class:`_Out` handles at any depth."""
+    deps: list[int] = []
+    index: dict[int, int] = {}
+
+    def to_ref(out: _Out) -> Ref:
+        pos = index.get(out.i)
+        if pos is None:
+            pos = index[out.i] = len(deps)
+            deps.append(out.i)
+        return _ref(pos)
+
+    targs = map_nested(tuple(args), to_ref, _is_out)
+    tkwargs = map_nested(kwargs, to_ref, _is_out) if kwargs else None
+    if tkwargs is None and len(deps) == len(args) and all(r is _ref(i) for i, r in enumerate(targs)):
+        targs = None
+    return deps, targs, tkwargs
 
 
 class _Columns:
@@ -474,25 +499,7 @@ class _Columns:
             t = self._index[id(task)] = len(self.tasks)
             self.tasks.append(task)
         flat = None if kwargs else _flat_template(args)
-        if flat is not None:
-            return self._append(t, *flat, None)
-        deps: list[int] = []
-        index: dict[int, int] = {}
-
-        def to_ref(out: _Out) -> Ref:
-            pos = index.get(out.i)
-            if pos is None:
-                pos = index[out.i] = len(deps)
-                deps.append(out.i)
-            return _ref(pos)
-
-        targs = map_nested(tuple(args), to_ref, _is_out)
-        tkwargs = map_nested(kwargs, to_ref, _is_out) if kwargs else None
-        if tkwargs is None and len(deps) == len(args) and all(r is _ref(i) for i, r in enumerate(targs)):
-            targs = None
-        return self._append(t, deps, targs, tkwargs)
-
-    def _append(self, t: int, deps: list[int], targs: Any, tkwargs: Any) -> _Out:
+        deps, targs, tkwargs = flat if flat is not None else _walked_template(args, kwargs)
         self.task_of.append(t)
         self.args.append(targs)
         self.kwargs.append(tkwargs)
