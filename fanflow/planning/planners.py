@@ -89,11 +89,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
-from fanflow.dag.placement import anchored_tasks, delayable
 from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
 from fanflow.planning.predict import DagCosts, Line, scale
-from fanflow.planning.simulate import Assignment, Simulation, simulate
+from fanflow.planning.simulate import Assignment, Simulation, delayable_tasks, simulate
 from fanflow.worker.values import MEMORY_SHARE
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
@@ -205,15 +204,25 @@ def _root_groups(dag: DAG, costs: DagCosts, memory: Sequence[int]) -> dict[int, 
             x = parent[x]
         return x
 
+    starts: dict[int, float] = {}
+    fetches: dict[tuple[float, int], float] = {}  # a tree's roots have a few output sizes: asked once each
+
+    def apart(u: int, d: int) -> float:
+        """What running root ``u`` apart from the reader ``d`` costs: a worker start and a fetch."""
+        m, key = memory[u], (costs.out_bytes[u], memory[d])
+        start = starts.get(m)
+        if start is None:
+            start = starts[m] = costs.start_s(m)
+        fetch = fetches.get(key)
+        if fetch is None:
+            fetch = fetches[key] = costs.fetch_s(*key)
+        return start + fetch
+
     for d in range(len(dag)):
         ups = [u for u in deps[d] if not deps[u]]
         if len(deps[d]) < 2 or len(ups) < 2:
             continue
-        worth = [
-            u
-            for u in ups
-            if costs.exec_at(memory[u])[u] <= costs.start_s(memory[u]) + costs.fetch_s(costs.out_bytes[u], memory[d])
-        ]
+        worth = [u for u in ups if costs.exec_at(memory[u])[u] <= apart(u, d)]
         for u in worth[1:]:
             a, b = find(worth[0]), find(u)
             if a != b:
@@ -378,13 +387,10 @@ def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
     that it will claim and keep every reader itself
     (:meth:`fanflow.worker.loop.Worker._readers_stay_here`).
     """
-    anchored = anchored_tasks(dag, labels)
+    may = delayable_tasks(dag, list(labels))  # the simulations of this plan ask for them again
     dependents, sinks = dag.dependents, set(dag.sinks)
     return [
-        not (
-            delayable(dag, t, labels, anchored)
-            or (t not in sinks and bool(dependents[t]) and all(labels[d] == labels[t] for d in dependents[t]))
-        )
+        not (may[t] or (t not in sinks and bool(dependents[t]) and all(labels[d] == labels[t] for d in dependents[t])))
         for t in range(len(dag))
     ]
 

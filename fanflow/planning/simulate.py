@@ -75,6 +75,7 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.placement import (
     PlanView,
     continuation,
+    delayable,
     root_groups,
     runs_here_if_claimed,
     shed_units,
@@ -179,6 +180,63 @@ class _AtMemory:
 
 
 @dataclass(slots=True)
+class _Labelled:
+    """What a plan's labels decide, kept for the next simulations and upload flags of the same labels."""
+
+    dag: weakref.ref[DAG]
+    labels: list[int] | None
+    view: PlanView
+    """The labels' view (anchored tasks); simulations replace its memory sizes and upload flags."""
+    delayable: list[bool] | None = None
+    """:func:`~fanflow.dag.placement.delayable` of every task (computed when first asked)."""
+    starts: dict[tuple[int | None, tuple[int, ...]], list[list[int]]] = dataclasses.field(default_factory=dict)
+    """The client's root groups, by free slots and which roots share a memory size."""
+
+
+_labelled: _Labelled | None = None
+
+
+def _of_labels(dag: DAG, labels: list[int] | None) -> _Labelled:
+    """What ``labels`` decide for ``dag``, computed once while the labels stay equal (compared by value,
+    so a list changed in place is never taken for the old one): a planner simulates one DAG with the
+    same labels at every memory size, with and without upload flags, and asks for those flags too."""
+    global _labelled
+    last = _labelled
+    if last is None or last.dag() is not dag or last.labels != labels:
+        copied = None if labels is None else list(labels)
+        last = _labelled = _Labelled(weakref.ref(dag), copied, PlanView.from_columns(dag, copied))
+    return last
+
+
+def delayable_tasks(dag: DAG, labels: list[int]) -> list[bool]:
+    """:func:`~fanflow.dag.placement.delayable` of every task of ``dag`` under ``labels`` (kept, see
+    :func:`_of_labels`: the planner's upload flags and the simulations of their plans ask alike)."""
+    found = _of_labels(dag, labels)
+    if found.delayable is None:
+        view = found.view
+        found.delayable = [delayable(dag, t, view.labels, view.anchored) for t in range(len(dag))]
+    return found.delayable
+
+
+def _root_starts(dag: DAG, plan: Assignment, view: PlanView, free: int | None) -> list[list[int]]:
+    """:func:`~fanflow.dag.placement.root_groups` of the plan, kept while the labels stay equal.
+
+    The groups depend on the labels and on which roots share a memory size, not on the sizes or the
+    upload flags, so a planner's uniform plans at every size, with and without delayed I/O, share one
+    computation (it was a fifth of a simulation of a 100k-task tree: 50,000 roots).
+    """
+    starts = _of_labels(dag, plan.labels).starts
+    memory, requested = view.memory_mb, view.requested_mb
+    sizes: dict[int | None, int] = {}
+    # the sizes numbered in the order first met: the groups of uniform plans at any size are the same
+    shape = tuple(sizes.setdefault(memory[r] or requested[r], len(sizes)) for r in dag.roots)
+    found = starts.get((free, shape))
+    if found is None:
+        found = starts[(free, shape)] = root_groups(dag, view, free)
+    return found
+
+
+@dataclass(slots=True)
 class _Placement:
     """What a plan's labels and upload flags decide, kept for the next simulation of the same DAG."""
 
@@ -192,58 +250,23 @@ class _Placement:
 _last: _Placement | None = None
 
 
-@dataclass(slots=True)
-class _Starts:
-    """The client's root groups for one DAG's labels, by free slots and which roots share a memory size."""
-
-    dag: weakref.ref[DAG]
-    labels: list[int] | None
-    groups: dict[tuple[int | None, tuple[int, ...]], list[list[int]]] = dataclasses.field(default_factory=dict)
-
-
-_last_starts: _Starts | None = None
-
-
-def _root_starts(dag: DAG, plan: Assignment, view: PlanView, free: int | None) -> list[list[int]]:
-    """:func:`~fanflow.dag.placement.root_groups` of the plan, kept while the labels stay equal.
-
-    The groups depend on the labels and on which roots share a memory size, not on the sizes or the
-    upload flags, so a planner's uniform plans at every size, with and without delayed I/O, share one
-    computation (it was a fifth of a simulation of a 100k-task tree: 50,000 roots).
-    """
-    global _last_starts
-    last = _last_starts
-    if last is None or last.dag() is not dag or last.labels != plan.labels:
-        labels = None if plan.labels is None else list(plan.labels)
-        last = _last_starts = _Starts(weakref.ref(dag), labels)
-    memory, requested = view.memory_mb, view.requested_mb
-    sizes: dict[int | None, int] = {}
-    # the sizes numbered in the order first met: the groups of uniform plans at any size are the same
-    shape = tuple(sizes.setdefault(memory[r] or requested[r], len(sizes)) for r in dag.roots)
-    found = last.groups.get((free, shape))
-    if found is None:
-        found = last.groups[(free, shape)] = root_groups(dag, view, free)
-    return found
-
-
 def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
-    """The plan's view and which outputs delayed I/O keeps local.
-
-    A planner simulates one DAG with the same labels and upload flags at many
-    memory sizes; what those decide (anchored tasks, delayable outputs, the
-    client's root groups per free slots and root sizes) is computed once and
-    reused while they stay equal (compared by value, so a list changed in
-    place is never taken for the old one).
-    """
+    """The plan's view and which outputs delayed I/O keeps local (computed once while the labels and
+    upload flags stay equal, the labels' part once while they do: see :func:`_of_labels`)."""
     global _last
     last = _last
     if last is not None and last.dag() is dag and last.labels == plan.labels and last.upload == plan.upload:
         return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local
-    labels = None if plan.labels is None else list(plan.labels)
-    upload = None if plan.upload is None else list(plan.upload)
-    view = PlanView.from_columns(dag, labels, plan.memory_mb, upload)
-    local = [view.delays_upload(dag, t) for t in range(len(dag))] if upload is not None else [False] * len(dag)
-    _last = _Placement(weakref.ref(dag), labels, upload, view, local)
+    labelled = _of_labels(dag, plan.labels)
+    if plan.upload is None:
+        upload, local = None, [False] * len(dag)
+        view = dataclasses.replace(labelled.view, memory_mb=plan.memory_mb)
+    else:
+        upload = list(plan.upload)
+        view = dataclasses.replace(labelled.view, memory_mb=plan.memory_mb, upload=upload)
+        may = delayable_tasks(dag, labelled.view.labels) if plan.labels is not None else [False] * len(dag)
+        local = [not up and delay for up, delay in zip(upload, may, strict=True)]  # PlanView.delays_upload
+    _last = _Placement(weakref.ref(dag), labelled.labels, upload, view, local)
     return view, local
 
 
