@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from fanflow import errors
@@ -57,6 +57,25 @@ class Run:
     plan: PlanView
     """The plan the run starts with (set by :meth:`start`, after planning annotated the DAG)."""
 
+    # What a run may learn later starts as these class-level values: none is set per run at creation.
+    encoded_size = 0
+    submitted_at = 0.0
+    planning_s = 0.0
+    predicted_makespan_s: float | None = None
+    predicted_p10_s: float | None = None
+    predicted_p90_s: float | None = None
+    plan_kind = ""
+    calibration = 1.0
+    finished_at = 0.0
+    _sub: Any = None
+    _base: Invocation | None = None
+    _here: Invocation | None = None
+    """The invocation :meth:`wait` runs on the caller's thread (see :meth:`start`)."""
+    _others: Sequence[Invocation] = ()
+    """The other roots, which :meth:`wait` hands to ``run_here`` with :attr:`_here`."""
+    _outputs: list[Any] | None = None
+    """The sinks' values, when :meth:`wait` read them already."""
+
     def __init__(self, dag: DAG, config: Config, platform: Platform) -> None:
         self.dag = dag
         self.config = config
@@ -73,23 +92,10 @@ class Run:
             store_retry_s=config.store_retry_s,
             fanout=config.fanout,
         )
-        self.encoded_size = 0
-        self.submitted_at = 0.0
-        self.planning_s = 0.0
-        self.predicted_makespan_s: float | None = None
-        self.predicted_p10_s: float | None = None
-        self.predicted_p90_s: float | None = None
-        self.plan_kind = ""
-        self.calibration = 1.0
-        self.finished_at = 0.0
         self._status_key = keys.status(self.run_id)
-        self._sub: Any = None
-        self._base: Invocation | None = None
         self._leased: dict[int, str] = {}  # task -> owner, for tasks whose lease the watch has seen
         self.recoveries: dict[int, int] = {}
         self._timers: list[threading.Timer] = []
-        self._here: Invocation | None = None  # run on the waiting caller's thread (see start)
-        self._others: list[Invocation] = []  # the other roots, started by run_here
 
     # -- start -------------------------------------------------------------------
     def start(self, here: bool = False) -> None:
@@ -101,12 +107,13 @@ class Run:
         to run there, then the run's invocations no worker thread has taken yet,
         saving the hand-offs to worker threads and back. Not with a
         ``timeout_s`` (a task on the caller's thread cannot be left behind) nor a
-        progress bar (it is drawn by the waiting loop).
+        progress bar (it is drawn by the waiting loop). Such a run subscribes to
+        its channel only if it has not ended when the caller's share is done
+        (see :meth:`wait`); any other, before its first invocation.
         """
         requirements.check(self.dag, self.config, self.platform)
         self.plan = plan_of(self.dag, refresh=True)  # planning wrote the annotations after this Run was made
         store, run, ttl = self.store, self.run_id, self.config.key_ttl_s
-        self._sub = store.subscribe(keys.channel(run))
         dag_field: Any = self.dag
         if not self.platform.in_process:
             # Stored once for every worker that gets it by reference (fan-outs, recoveries), and
@@ -134,8 +141,9 @@ class Run:
         starts = [base.with_start(tuple(g), self._memory_for(g[0]), now) for g in groups]
         if here and self._can_run_here():
             # The others go with it to run_here, which may hold them back for this thread.
-            self._here, self._others, starts = starts[0], starts[1:], []
-        if starts:
+            self._here, self._others = starts[0], starts[1:]
+        else:
+            self._sub = store.subscribe(keys.channel(run))
             self._invoke(starts)
         self._schedule_prewarms()
 
@@ -178,13 +186,26 @@ class Run:
     # -- wait --------------------------------------------------------------------
     def wait(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Block until every sink is done; raise the run's error, timeout or cancellation."""
-        if self._here is not None:
-            inv, others, self._here, self._others = self._here, self._others, None, []
-            # Then its other roots and fan-outs no worker has taken; False: every worker slot is taken.
-            if not cast(RunsOnCaller, self.platform).run_here(inv, others):
-                self._invoke([inv])  # it queues like the others
         sinks = set(self.dag.sinks)
         done: set[int] = set()
+        if self._here is not None:
+            inv, others, self._here, self._others = self._here, self._others, None, ()
+            # Then its other roots and fan-outs no worker has taken; False: every worker slot is taken.
+            ran = cast(RunsOnCaller, self.platform).run_here(inv, others)
+            if ran:
+                # Mostly the run ended on this thread: its sinks' outputs are there, no message needed
+                # (and results() takes them as read here).
+                values, _ = self.store.get_many([keys.output(self.run_id, t) for t in self.dag.sinks])
+                if all(v is not MISSING for v in values):
+                    self._outputs = values
+                    self.finished_at = time.time()
+                    return
+            # Subscribed, then read again: what ended before the subscription (the others, on pool
+            # threads) left its status and outputs in the store.
+            self._sub = self.store.subscribe(keys.channel(self.run_id))
+            done = self._poll(sinks)
+            if not ran:
+                self._invoke([inv])  # it queues like the others
         deadline = None if self.config.timeout_s is None else self.submitted_at + self.config.timeout_s
         next_poll = time.monotonic() + POLL_S
         watch_every = self.config.lease_ms / 2000
@@ -337,7 +358,9 @@ class Run:
     def results(self) -> tuple[Any, ...]:
         """The sinks' values in the order (and with the repeats) they were asked for."""
         order = self.dag.sinks
-        values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
+        values = self._outputs
+        if values is None:
+            values, _ = self.store.get_many([keys.output(self.run_id, t) for t in order])
         for t, v in zip(order, values, strict=True):
             if v is MISSING:
                 raise StoreError(
@@ -362,7 +385,9 @@ class Run:
                 maps = sorted(self.dag.maps)
                 sizes, _ = self.store.get_many([keys.map_size(self.run_id, m) for m in maps])
                 expanded = {m: n for m, n in zip(maps, sizes, strict=True) if n is not MISSING}
-            self.store.delete(list(keys.run_keys(self.run_id, self.dag, expanded)))
+            # A store that keeps objects has its workers in this process: they take no leases.
+            run_keys = keys.run_keys(self.run_id, self.dag, expanded, leases=not self.store.keeps_objects)
+            self.store.delete(list(run_keys))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
 

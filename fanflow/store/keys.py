@@ -102,11 +102,13 @@ def events(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:events"
 
 
-def run_keys(run_id: str, graph: DAG, map_sizes: Mapping[int, int]) -> Iterator[str]:
+def run_keys(run_id: str, graph: DAG, map_sizes: Mapping[int, int], leases: bool = True) -> Iterator[str]:
     """Every key a run may write, except its event stream.
 
     ``map_sizes`` gives the element count of each dynamic fan-out that expanded
     (read from its ``map_size`` key); the keys of its elements follow from it.
+    ``leases=False`` leaves out the tasks' leases: workers in the client's own
+    process take none (they cannot be lost apart from it).
     """
     for task, n in map_sizes.items():
         yield map_size(run_id, task)
@@ -122,7 +124,8 @@ def run_keys(run_id: str, graph: DAG, map_sizes: Mapping[int, int]) -> Iterator[
     yield started(run_id)
     for task, ups in enumerate(graph.deps):
         yield output_of(run_id, graph, task)
-        yield lease(run_id, task)
+        if leases:
+            yield lease(run_id, task)
         if ups:
             yield deps(run_id, task)
             yield claim(run_id, task)

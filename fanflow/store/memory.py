@@ -34,6 +34,7 @@ import itertools
 import queue
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -351,14 +352,12 @@ class MemoryStore:
 
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:
-        data, expiry = self._data, self._expiry
-        found = 0
+        # The pops run as C loops (map): a run's cleanup deletes a dozen keys or thousands.
+        missing = itertools.repeat(MISSING)
         with self._lock:
-            for key in keys:
-                if data.pop(key, MISSING) is not MISSING:
-                    found += 1
-                expiry.pop(key, None)
-        return found
+            gone = list(map(self._data.pop, keys, missing))
+            deque(map(self._expiry.pop, keys, missing), maxlen=0)
+        return len(gone) - gone.count(MISSING)
 
     def _expire_later(self, keys: Iterable[str], ttl_s: int) -> None:
         now = time.monotonic()

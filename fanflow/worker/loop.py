@@ -66,6 +66,7 @@ atomic step and publishes it; workers then stop at their next status check.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -146,6 +147,15 @@ def _new_worker_id() -> str:
     return f"{_WORKER_PREFIX}-{next(_worker_numbers)}"
 
 
+@functools.lru_cache(maxsize=8)
+def _flush_strategy(metrics_upload: str) -> tuple[float | None, int | None]:
+    """The ``metrics_upload`` strategy as (seconds between flushes, events per flush); parsed once per value."""
+    strategy, _, arg = metrics_upload.partition(":")
+    every_s = float(arg) if strategy == "periodic" else None
+    at_len = 1 if strategy == "task" else int(float(arg)) if strategy == "buffer" else None
+    return every_s, at_len
+
+
 Item = int | tuple[int, int, int]
 """A unit of work: a task id, or ``(map task, element index, element count)``."""
 
@@ -160,6 +170,13 @@ class _Stop(Exception):  # noqa: N818 - internal control flow, never escapes the
 
 class Worker:
     """One invocation: runs its start tasks and the chain of tasks it claims."""
+
+    # Scalars every worker starts with, as class-level values: none is set per worker at creation.
+    tasks_run = 0
+    _settled: Item | None = None
+    """The last item of the queue when :meth:`_shed` last found nothing to move (items are unique)."""
+    _current = -1
+    _held_since = 0.0
 
     def __init__(
         self,
@@ -187,7 +204,6 @@ class Worker:
         self.settings = inv.settings
         self.cache: dict[int, Any] = {}
         self.events: list[Row] = []
-        self.tasks_run = 0
         self.cold = cold
         self.redelivered = redelivered
         """The platform delivers this invocation again because the worker it first went to died."""
@@ -204,16 +220,12 @@ class Worker:
         """Queued tasks an output kept here counts on running here (see :meth:`_readers_stay_here`): never shed."""
         self._labels_here: set[Any] = set()
         """Labels of the tasks run here: their other queued tasks are not shed (see :func:`shed_units`)."""
-        self._settled: Item | None = None
-        """The last item of the queue when :meth:`_shed` last found nothing to move (items are unique)."""
-        self._current = -1
         self._ready: deque[Item] = deque()
         self._held: list[tuple[int, tuple[int, ...]]] = []
         """Tasks run here whose dependents are not notified yet, with those dependents (see :meth:`_may_hold`)."""
         self._held_puts: dict[str, Any] = {}
         self._held_events: list[Row] = []
         """The held tasks' ``task_finished`` rows: recorded with their share of the round trip that notifies them."""
-        self._held_since = 0.0
         self._held_may_move = False
         """A held notification may claim a task that an idle slot could run (see :meth:`_claims_stay`)."""
         self._taken: set[int] = set()
@@ -222,9 +234,7 @@ class Worker:
         self._remote = not store.keeps_objects
         now = time.time()
         self._last_flush = now
-        strategy, _, arg = inv.settings.metrics_upload.partition(":")
-        self._flush_every_s = float(arg) if strategy == "periodic" else None
-        self._flush_at_len = 1 if strategy == "task" else int(float(arg)) if strategy == "buffer" else None
+        self._flush_every_s, self._flush_at_len = _flush_strategy(inv.settings.metrics_upload)
         self._next_status_check = now + STATUS_CHECK_S
         self.started_at = now
         self._arrival = arrival or (now, now)
@@ -490,17 +500,19 @@ class Worker:
         through a script) and notifies the others, before any worker this one
         starts can look for it.
         """
-        dag, store, run = self.dag, self.store, self.run_id
+        dag, store, run, remote = self.dag, self.store, self.run_id, self._remote
         dependents = dag.dependents[t]
+        sink = dag.is_sink(t)
         stored, size = self.dump(t, value)
-        local = self.extras.delays_upload(t) or self._readers_stay_here(t)
+        # What only a remote worker does (keep readers here, recompute, hold) is asked only there.
+        local = self.extras.delays_upload(t) or (remote and self._readers_stay_here(t))
         if local:
             self.emit("delayed_io", t)
-        elif self._recomputable(t, size, exec_s):
+        elif remote and self._recomputable(t, size, exec_s):
             local = True
         ttl, lease, memory = self.settings.key_ttl_s, self.settings.lease_ms, self.inv.memory_mb
-        large = self._remote and size >= LARGE_OUTPUT_BYTES and not local and not dag.is_sink(t)
-        if not local and size < HOLD_MAX_BYTES and self._may_hold(t, exec_s):
+        large = remote and size >= LARGE_OUTPUT_BYTES and not local and not sink
+        if remote and not local and size < HOLD_MAX_BYTES and self._may_hold(t, exec_s):
             if not self._held:
                 self._held_since = time.time()
             self._held_may_move = self._held_may_move or not self._claims_stay(t)
@@ -526,7 +538,7 @@ class Worker:
             not local
             and not large
             and len(dependents) == 1
-            and not dag.is_sink(t)
+            and not sink
             and runs_here_if_claimed(self.plan, t, dependents[0], memory)
         ):
             d = dependents[0]
@@ -536,7 +548,7 @@ class Worker:
             claims = [Claim(keys.deps(run, d), keys.claim(run, d), t, len(dag.deps[d])) for d in dependents]
             if not local:
                 puts[keys.output_of(run, dag, t)] = stored
-        publish = [(keys.channel(run), f"sink:{t}".encode())] if dag.is_sink(t) else []
+        publish = [(keys.channel(run), f"sink:{t}".encode())] if sink else []
         began = time.perf_counter()
         won = store.finish(puts, claims, self.owner, ttl, lease, publish)
         elapsed += time.perf_counter() - began
