@@ -223,7 +223,7 @@ def make_plan(
             requested,
             cap,
             learned,
-            known if upload is None else None,
+            known,
             remote,
         )
         plan.best_makespan_s = best
@@ -237,7 +237,7 @@ def make_plan(
         labels, known = _labels(dag, costs, memory, clustering, cap, remote, "delayed-io" in enabled)
         upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment = Assignment(memory, labels, upload)
-        sim = known if known is not None and upload is None else simulate(dag, costs, assignment, cap, remote)
+        sim = known if known is not None else simulate(dag, costs, assignment, cap, remote)
     if warm and cap:
         sim = simulate(dag, costs, assignment, cap, remote, warm)
     plan.simulation = sim
@@ -280,11 +280,15 @@ def _labels(
     with clustering, then label pairs that move many bytes merged where the makespan holds
     (:func:`~fanflow.planning.planners.merge_labels`).
 
-    Also returns the simulation of ``memory`` with these labels (no delayed I/O) when no
-    correction was needed, so the caller need not simulate that plan again.
+    The simulation that finds the claimers is the plan's own: with the upload flags of
+    these labels under delayed I/O (:func:`~fanflow.planning.planners.upload_flags`). It
+    is returned when no correction was needed, so the caller need not simulate that plan
+    again (before, it ran without the flags and the planner simulated the plan once more:
+    one of the two simulations of a 100k-task tree's plan).
     """
     labels = place(dag, costs, memory, clustering)
-    first = simulate(dag, costs, Assignment(memory, labels), cap, remote)
+    upload = upload_flags(dag, labels) if delayed_io else None
+    first = simulate(dag, costs, Assignment(memory, labels, upload), cap, remote)
     follow = claimers(dag, first)
     sim = None if follow else first
     if follow:

@@ -134,6 +134,9 @@ MERGE_BUDGET_TASKS = 25_000
 plan, one group, two groups) is not merged. Planning 8,191 tasks with every optimization: 0.11 -> 0.28 s
 CPU at load 4."""
 
+_OVERHEAD_MODELS = ("fetch", "upload", "gap", "cold", "warm", "mix")
+"""The :class:`DagCosts` models of what a task costs beside its execution."""
+
 SAME_PREDICTION = 1e-9
 """Lines of two sizes whose coefficients differ by less than this fraction are one prediction. A function
 measured at 1769 MB alone predicts 3008 MB by the 512 MB normalization (the same CPU past one vCPU), which
@@ -750,7 +753,11 @@ def critical_path_assignment(
     pool = bool(max_workers)
     tied = _tied(costs, [m for m in {*choices, *(r for r in requested if r)} if m >= ONE_VCPU_MB])
     if tied is not costs:
-        costs, top_sim = tied, None
+        # tying changes only the overheads: the caller's simulation holds where they are the same at the top
+        top = max(choices)
+        if not all(_same_line(getattr(tied, k).line(top), getattr(costs, k).line(top)) for k in _OVERHEAD_MODELS):
+            top_sim = None
+        costs = tied
     allow = _allowance(calibration)
 
     def within(a: Assignment, value: float, bound: float) -> bool:
@@ -892,7 +899,7 @@ def _tied(costs: DagCosts, sizes: Sequence[int]) -> DagCosts:
     """
     if len(sizes) < 2:
         return costs
-    models = {name: getattr(costs, name).tied(sizes) for name in ("fetch", "upload", "gap", "cold", "warm", "mix")}
+    models = {name: getattr(costs, name).tied(sizes) for name in _OVERHEAD_MODELS}
     if all(model is getattr(costs, name) for name, model in models.items()):
         return costs
     return dataclasses.replace(costs, **models)
