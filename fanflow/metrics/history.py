@@ -107,6 +107,22 @@ ENOUGH_RUNS = 3
 ends the read: the run-to-run spread of one run is not a spread."""
 
 
+def _pair_counts(found: Executions) -> dict[tuple[int, int], int]:
+    """Executions per (function code, memory size) of one run: a count per memory size of each function,
+    not a sort of the run's rows (100,000 for a large DAG, one or a few functions and sizes)."""
+    function, memory = found["function"], found["memory_mb"]
+    out: dict[tuple[int, int], int] = {}
+    for code in np.flatnonzero(np.bincount(function)).tolist() if len(function) else ():
+        sizes = memory if len(found.functions) == 1 else memory[function == code]
+        if len(sizes) and sizes.min() >= 0 and sizes.max() < 1 << 20:
+            counts = np.bincount(sizes)
+            out.update(((code, m), int(counts[m])) for m in np.flatnonzero(counts).tolist())
+        else:
+            values, counts = np.unique(sizes, return_counts=True)
+            out.update(((code, int(m)), int(c)) for m, c in zip(values.tolist(), counts.tolist(), strict=True))
+    return out
+
+
 def clear_cache() -> None:
     """Forget every decoded run (tests and benchmarks measure a cold read with it)."""
     global _cache_rows
@@ -143,12 +159,10 @@ class History:
                 continue
             if wanted is not None:
                 codes = [i for i, f in enumerate(found.functions) if f in only]
-                found = found.take(np.isin(found["function"], codes))
-            pairs, counts = np.unique(
-                found["function"].astype(np.int64) * (1 << 32) + found["memory_mb"], return_counts=True
-            )
-            for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
-                key = (found.functions[pair >> 32], pair & 0xFFFFFFFF)
+                if len(codes) < len(found.functions):  # a run of the DAG's own functions is kept whole, uncopied
+                    found = found.take(np.isin(found["function"], codes))
+            for (code, memory_mb), count in _pair_counts(found).items():
+                key = (found.functions[code], memory_mb)
                 if key in seen:
                     seen[key].add(len(newest_first))
                     counted[key] += count
