@@ -83,15 +83,7 @@ class Run:
         self.secret = signing_secret(config)
         self.store: Store = open_store(config.store, retry_s=config.store_retry_s, secret=self.secret)
         self.run_id = dag.new_run_id()
-        self.settings = WorkerSettings(
-            key_ttl_s=config.key_ttl_s,
-            lease_ms=config.lease_ms,
-            max_value_bytes=config.max_value_bytes,
-            metrics_upload=config.metrics_upload,
-            max_recoveries=config.max_recoveries,
-            store_retry_s=config.store_retry_s,
-            fanout=config.fanout,
-        )
+        self.settings = _worker_settings(config)
         self._status_key = keys.status(self.run_id)
         self._leased: dict[int, str] = {}  # task -> owner, for tasks whose lease the watch has seen
         self.recoveries: dict[int, int] = {}
@@ -154,9 +146,9 @@ class Run:
         cold start. Only platforms that can (:class:`KeepsWarmWorkers` whose
         ``prewarm`` returns True) do it; each one that fires is a ``prewarmed`` event.
         """
-        pool = supports(self.platform, KeepsWarmWorkers)
         wanted = self.plan.prewarm_s
-        if pool is None or not wanted:
+        pool = supports(self.platform, KeepsWarmWorkers) if wanted else None
+        if pool is None:
             return
         prewarm = pool.prewarm
         for t, delay in sorted(wanted.items(), key=lambda item: item[1]):
@@ -390,6 +382,32 @@ class Run:
             self.store.delete(list(run_keys))
         except FanflowError:
             log.warning("could not delete the keys of run %s; they expire after key_ttl_s", self.run_id)
+
+
+_SETTINGS_KEPT = 64
+_settings: dict[int, tuple[Config, WorkerSettings]] = {}
+"""Worker settings by the id of the config they came from, with that config (held: its id stays its own)."""
+
+
+def _worker_settings(config: Config) -> WorkerSettings:
+    """The settings every worker of a run under ``config`` obeys: made once per config object (both are
+    immutable, and the configs of repeated calls are kept ones, see fanflow.config)."""
+    kept = _settings.get(id(config))
+    if kept is not None and kept[0] is config:
+        return kept[1]
+    settings = WorkerSettings(
+        key_ttl_s=config.key_ttl_s,
+        lease_ms=config.lease_ms,
+        max_value_bytes=config.max_value_bytes,
+        metrics_upload=config.metrics_upload,
+        max_recoveries=config.max_recoveries,
+        store_retry_s=config.store_retry_s,
+        fanout=config.fanout,
+    )
+    if len(_settings) >= _SETTINGS_KEPT:
+        _settings.clear()
+    _settings[id(config)] = (config, settings)
+    return settings
 
 
 def _fanflow_error_type(exc_type: str) -> type[FanflowError] | None:

@@ -180,7 +180,11 @@ class ThreadsPlatform:
             self.invoke(others)
         try:
             self._run_on_caller(invocation)
-            while not self._closed and self._slots.acquire(blocking=False):
+            waiting = self._waiting
+            # Looked at without _taking first (one dict read): mostly nothing of the run waits, and then
+            # no slot is taken and given back for it. What is queued after this look goes to the pool,
+            # as after a look under the lock.
+            while waiting.get(run_id) and not self._closed and self._slots.acquire(blocking=False):
                 taken = self._take(run_id)
                 if taken is None:
                     self._slots.release()

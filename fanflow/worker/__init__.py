@@ -77,7 +77,8 @@ def handle(
     if dag is None:  # the run ended (its keys are gone) while this invocation waited: nothing to do
         log.info("run %s ended before its worker started; exiting", inv.run_id)
         return {"worker": None, "run_id": inv.run_id, "tasks": 0, "cold": cold, "latency_s": 0.0}
-    drop_ended_runs(inv.run_id, store)
+    if not store.keeps_objects:  # only workers of a remote store keep values in the process (values.py)
+        drop_ended_runs(inv.run_id, store)
     worker = Worker(
         inv,
         store,
