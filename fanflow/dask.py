@@ -16,7 +16,8 @@ schedulers do):
   the Dask task's callable and is named after it (``dask.utils.funcname``); one fanflow task
   is made per distinct callable, so fanflow's metrics and history group by function. A fused
   task (``_execute_subgraph``, from Dask's linear fusion) stays one node, named
-  ``fused-<function of its output>``;
+  ``fused-<function of its output>``, its inner graph one opaque argument (its keys, which
+  may be new on every call, stay out of the DAG's signature);
 * ``TaskRef``/``Alias`` arguments become the upstream node (or constant) of the key they
   name; a graph-level ``Alias`` is the same node as its target, not a new one;
 * ``DataNode`` values, and keys holding them, are constants passed inline: only keys that
@@ -296,7 +297,8 @@ class _Converter:
         """
         spec = self._spec
         found: list[Key] = []
-        pending = [node]
+        fused = getattr(node, "func", None) is self._subgraph
+        pending = [*reversed(_fused_args(node.args))] if fused else [node]
         while pending:
             item = pending.pop()
             if isinstance(item, spec.TaskRef):
@@ -337,10 +339,14 @@ class _Converter:
     # -- one task ---------------------------------------------------------------
     def _node(self, task: Any) -> Any:
         """The handle of the fanflow task made for the Dask ``Task`` ``task``, whose dependencies are all converted."""
-        func = task.func
-        ftask = self.task_for(func, self._fused_name(task) if func is self._subgraph else None)
+        func, given = task.func, task.args
+        if func is self._subgraph:
+            ftask = self.task_for(_run_fused, self._fused_name(task))
+            given = _fused_args(given)
+        else:
+            ftask = self.task_for(func)
         values, ref = self.values, self._spec.TaskRef
-        args = [values[a.key] if type(a) is ref else self._arg(a) for a in task.args]  # a reference: the usual
+        args = [values[a.key] if type(a) is ref else self._arg(a) for a in given]  # a reference: the usual
         kwargs = {name: self._arg(v) for name, v in task.kwargs.items()} if task.kwargs else {}
         return self._make(ftask, args, kwargs)
 
@@ -380,6 +386,41 @@ class _Converter:
             task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func))
             cached = self._tasks[(id(func), name)] = (func, task)
         return cached[1]
+
+
+class _Subgraph:
+    """The inner graph of a task made by Dask's linear fusion, passed as one opaque argument.
+
+    As a plain dict its keys would enter the DAG's signature (the shape of a dict
+    argument shows its keys), and a fused graph's keys can name the call itself
+    (Dask's ``finalize-hlgfinalizecompute-<token of the call>``): every compute of one
+    collection would have been a new workflow to its history.
+    """
+
+    __slots__ = ("graph",)
+
+    def __init__(self, graph: Mapping[Key, Any]) -> None:
+        self.graph = graph
+
+
+def _fused_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments of a fused task (``_execute_subgraph``'s) as :func:`_run_fused` takes them.
+
+    The inner graph wrapped, and its inputs in the order of their keys' reprs: Dask
+    lists them as a set gives them, in an order that follows string hashes, seeded per
+    process, and the order of a task's inputs numbers the DAG and so signs it.
+    """
+    inner, outkey, inkeys, *dependencies = args
+    if 1 < len(inkeys) == len(dependencies):
+        order = sorted(range(len(inkeys)), key=lambda i: repr(inkeys[i]))
+        inkeys = tuple(inkeys[i] for i in order)
+        dependencies = [dependencies[i] for i in order]
+    return (_Subgraph(inner), outkey, inkeys, *dependencies)
+
+
+def _run_fused(inner: _Subgraph, outkey: Key, inkeys: tuple[Key, ...], *dependencies: Any) -> Any:
+    """Dask's ``_execute_subgraph`` of the graph ``inner`` holds: what a fused task runs."""
+    return _task_spec()._execute_subgraph(inner.graph, outkey, inkeys, *dependencies)
 
 
 def _missing(key: Key) -> DaskKeyError:

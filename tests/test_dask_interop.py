@@ -201,7 +201,7 @@ def test_get_builds_the_dag_the_nodes_would_give_without_making_nodes(monkeypatc
 
 SIGNATURES = """
 import sys
-import dask
+import dask, dask.array as da
 sys.path.insert(0, {tests!r})
 import fanflow.dask as ffdask
 from fanflow.dag.graph import DAG
@@ -214,17 +214,23 @@ def keep(self, *args, **kwargs):
 DAG.__init__ = keep
 x = dask.delayed(inc)(1)
 fan_in = dask.delayed(add)(dask.delayed(add)(x, dask.delayed(inc)(2)), dask.delayed(inc)(x))
-dask.compute(fan_in, scheduler=ffdask.get, config={{"metadata": "none", "progress": False}})
+config = {{"metadata": "none", "progress": False}}
+dask.compute(fan_in, scheduler=ffdask.get, config=config)
 legacy = {{"a": 1, "b": (inc, "a"), "c": (add, "a", "b"), "d": (sum, ["c", "b", (inc, "a")])}}
-ffdask.get(legacy, ["d"], config={{"metadata": "none"}})
+ffdask.get(legacy, ["d"], config=config)
+fused = (da.ones((8, 8), chunks=2) + 1).sum(axis=0)  # fused tasks, inputs listed from a set
+mean = (da.arange(100, chunks=10) ** 2).mean()  # a fused task whose inner keys name the call
+for collection in (fused, fused, mean, mean):
+    collection.compute(scheduler=ffdask.get, config=config)
 print(" ".join(d.signature for d in made))
 """
 
 
 def test_a_dask_graph_gets_the_same_signature_in_every_process(tmp_path: Any) -> None:
     """Dependencies are converted in their arguments' order, not in a frozenset's (which follows string
-    hashes, seeded per process): the DAG's numbering and signature, its history's name, stay.
-    (Not yet for graphs with fused tasks: their inner graphs' key order comes from Dask.)"""
+    hashes, seeded per process), a fused task's inputs in the order of their keys, and its inner graph
+    is no dict argument (whose keys the signature shows): the DAG's numbering and signature, its
+    history's name, stay, from call to call and from process to process."""
     import subprocess
 
     script = SIGNATURES.format(tests=str(Path(__file__).parent))
@@ -239,6 +245,8 @@ def test_a_dask_graph_gets_the_same_signature_in_every_process(tmp_path: Any) ->
         for seed in ("1", "2", "3")
     }
     assert len(got) == 1, got
+    signatures = got.pop().split()
+    assert len(signatures) == 6 and signatures[2] == signatures[3] and signatures[4] == signatures[5]
 
 
 def test_get_converts_legacy_keys_when_needed(run_config: fanflow.Config) -> None:
