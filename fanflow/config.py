@@ -333,10 +333,10 @@ class Config:
     @classmethod
     def load(cls, cwd: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults < ``fanflow.toml`` < env vars < ``overrides``."""
+        global _loaded
         values: dict[str, Any] = {}
         toml_path = os.path.join(cwd, TOML_NAME) if cwd else TOML_NAME
         source = "arguments"
-        global _loaded
         toml_values = _toml_settings(toml_path)
         env_values = _env_settings() if environ is None else cls.from_env(environ)
         if toml_values is _loaded[0] and env_values is _loaded[1] and not overrides and cls is Config:

@@ -296,8 +296,18 @@ class _Converter:
         history's name), differently in every process.
         """
         spec = self._spec
-        found: list[Key] = []
         fused = getattr(node, "func", None) is self._subgraph
+        if not fused and not getattr(node, "kwargs", True):
+            ref, graph_node = spec.TaskRef, spec.GraphNode
+            found: list[Key] = []
+            for a in node.args:  # the usual: references and constants, walked in one pass
+                if type(a) is ref:
+                    found.append(a.key)
+                elif isinstance(a, graph_node):
+                    break
+            else:
+                return list(dict.fromkeys(found))
+        found = []
         pending = [*reversed(_fused_args(node.args))] if fused else [node]
         while pending:
             item = pending.pop()
