@@ -209,10 +209,9 @@ def make_plan(
     plan = Plan(name, costs=costs, used_history=history is not None)
     if name == "critical-path":
         top = max(MEMORY_CHOICES)
-        labels, known = _labels(
+        labels, known, upload = _labels(
             dag, costs, [r or top for r in requested], clustering, cap, remote, "delayed-io" in enabled
         )
-        upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
         assignment, sim, best, top_sim = critical_path_assignment(
             dag,
             costs,
@@ -234,8 +233,7 @@ def make_plan(
         plan.uniform_makespan_s, plan.uniform_gb_s = top_sim.makespan * top_factor, top_sim.cost_gb_s * top_factor
     else:
         memory = [r or config.memory_mb for r in requested]
-        labels, known = _labels(dag, costs, memory, clustering, cap, remote, "delayed-io" in enabled)
-        upload = upload_flags(dag, labels) if "delayed-io" in enabled else None
+        labels, known, upload = _labels(dag, costs, memory, clustering, cap, remote, "delayed-io" in enabled)
         assignment = Assignment(memory, labels, upload)
         sim = known if known is not None else simulate(dag, costs, assignment, cap, remote)
     if warm and cap:
@@ -275,16 +273,17 @@ def _labels(
     cap: int | None,
     remote: bool,
     delayed_io: bool = False,
-) -> tuple[list[int], Simulation | None]:
+) -> tuple[list[int], Simulation | None, list[bool] | None]:
     """Placement, then one correction: fan-ins follow the input the simulation says claims them;
     with clustering, then label pairs that move many bytes merged where the makespan holds
     (:func:`~fanflow.planning.planners.merge_labels`).
 
     The simulation that finds the claimers is the plan's own: with the upload flags of
-    these labels under delayed I/O (:func:`~fanflow.planning.planners.upload_flags`). It
-    is returned when no correction was needed, so the caller need not simulate that plan
-    again (before, it ran without the flags and the planner simulated the plan once more:
-    one of the two simulations of a 100k-task tree's plan).
+    these labels under delayed I/O (:func:`~fanflow.planning.planners.upload_flags`, also
+    returned: None without delayed I/O). It is returned when no correction was needed, so
+    the caller need not simulate that plan again (before, it ran without the flags and the
+    planner simulated the plan once more: one of the two simulations of a 100k-task tree's
+    plan).
     """
     labels = place(dag, costs, memory, clustering)
     upload = upload_flags(dag, labels) if delayed_io else None
@@ -297,7 +296,9 @@ def _labels(
         merged = merge_labels(dag, costs, memory, labels, delayed_io, cap, remote)
         if merged is not None:
             labels, sim = merged, None
-    return labels, sim
+    if sim is None and delayed_io:
+        upload = upload_flags(dag, labels)  # the labels moved
+    return labels, sim, upload
 
 
 def warm_memory(platform: object) -> list[int]:

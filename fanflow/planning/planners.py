@@ -163,22 +163,29 @@ def place(
     done = [0.0] * n  # predicted finish, ignoring transfers: enough to tell which input comes last
     next_label = 0
     together = _root_groups(dag, costs, memory) if clustering else {}
+    executions: dict[int, list[float]] = {}  # by memory size: one lookup per size, not per task
     for t in range(n):
         ups = deps[t]
-        work = costs.exec_at(memory[t])[t]
+        m = memory[t]
+        at_size = executions.get(m)
+        if at_size is None:
+            at_size = executions[m] = costs.exec_at(m)
+        work = at_size[t]
         if t in together and together[t] != t:
             labels[t] = labels[together[t]]
             done[t] = work
             continue
         candidates: list[int] = []
         for u in ups:
-            first = dependents[u][0] == t
-            cheap = len(ups) > 1 or work <= costs.start_s(memory[t]) + costs.fetch_s(out_bytes[u], memory[u])
-            if first or (clustering and cheap):
+            # a first dependent always is one; clustering's cheap branch is asked only when it decides
+            if dependents[u][0] == t or (
+                clustering and (len(ups) > 1 or work <= costs.start_s(m) + costs.fetch_s(out_bytes[u], memory[u]))
+            ):
                 candidates.append(u)
         chosen = follow.get(t, -1)
         if chosen < 0 and candidates:
-            chosen = max(candidates, key=lambda u: (done[u], out_bytes[u], -u))
+            one = len(candidates) == 1
+            chosen = candidates[0] if one else max(candidates, key=lambda u: (done[u], out_bytes[u], -u))
         if chosen >= 0:
             labels[t] = labels[chosen]
         else:
