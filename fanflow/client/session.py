@@ -80,10 +80,15 @@ class Session:
     def __init__(self) -> None:
         self._platforms: dict[tuple[Any, ...], _Entry] = {}
         self._lock = threading.Lock()
+        self._last_key: tuple[Config | None, tuple[Any, ...]] = (None, ())
+        """The last config a key was made for, and its key."""
         self._idle_order = itertools.count()
 
     def _key(self, config: Config) -> tuple[Any, ...]:
-        return (
+        last = self._last_key  # one tuple read: threads swapping it never mix a config and another's key
+        if last[0] is config:
+            return last[1]  # a program's runs mostly share one config object (frozen: its key stays)
+        key = (
             config.platform,
             config.store,
             config.max_workers,
@@ -93,6 +98,8 @@ class Session:
             config.secret,
             config.endpoints,
         )
+        self._last_key = (config, key)
+        return key
 
     def acquire(self, config: Config) -> Platform:
         """The platform for a run of ``config``: the session's (warm) one, else a new one."""

@@ -88,22 +88,8 @@ class DAG:
         self.maps = maps
         # Per-task plan decisions (resources, placement, optimizations), sparse.
         self.annotations: dict[int, dict[str, Any]] = annotations or {}
-        # Counted, then laid end to end in one list and cut into tuples: a list per task, alive
-        # while every task is visited, was promoted by the garbage collector's young passes (16,383
-        # for a tree of 8,192 leaves), and CPython runs a full collection once promotions reach a
-        # quarter of the long-lived objects: one in every compute() of such a tree, 25-35 ms.
-        ends = [0] * (len(deps) + 1)
-        for ups in deps:
-            for u in ups:
-                ends[u + 1] += 1
-        ends = list(accumulate(ends))  # task u's dependents are flat[ends[u]:ends[u + 1]]
-        flat = [0] * ends[-1]
-        fill = ends[:-1]
-        for i, ups in enumerate(deps):
-            for u in ups:
-                flat[fill[u]] = i
-                fill[u] += 1
-        self.dependents: list[tuple[int, ...]] = [tuple(flat[ends[u] : ends[u + 1]]) for u in range(len(deps))]
+        # No edges (a lone task, independent ones): nothing to count.
+        self.dependents: list[tuple[int, ...]] = _dependents(deps) if any(deps) else [()] * len(deps)
         self._sink_set = frozenset(sinks)
         self.plan_view: PlanView | None = None
         """The plan's columns, kept here by :func:`fanflow.dag.placement.plan_of` (which builds them)."""
@@ -227,6 +213,28 @@ class DAG:
     def new_run_id(self) -> str:
         """``<utc yyyymmddThhmmss>_<sink name>_<random8>_<signature8>`` (random: 8 hex digits)."""
         return f"{_utc_stamp()}_{self.sink_name}_{os.urandom(4).hex()}_{self.signature[:8]}"
+
+
+def _dependents(deps: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Each task's downstream ids, from each task's upstream ids.
+
+    Counted, then laid end to end in one list and cut into tuples: a list per task, alive
+    while every task is visited, was promoted by the garbage collector's young passes (16,383
+    for a tree of 8,192 leaves), and CPython runs a full collection once promotions reach a
+    quarter of the long-lived objects: one in every compute() of such a tree, 25-35 ms.
+    """
+    ends = [0] * (len(deps) + 1)
+    for ups in deps:
+        for u in ups:
+            ends[u + 1] += 1
+    ends = list(accumulate(ends))  # task u's dependents are flat[ends[u]:ends[u + 1]]
+    flat = [0] * ends[-1]
+    fill = ends[:-1]
+    for i, ups in enumerate(deps):
+        for u in ups:
+            flat[fill[u]] = i
+            fill[u] += 1
+    return [tuple(flat[ends[u] : ends[u + 1]]) for u in range(len(deps))]
 
 
 _stamp: tuple[int, str] = (-1, "")
