@@ -252,8 +252,14 @@ def _utc_stamp() -> str:
 def _shape(template: Any) -> str:
     if template is None:
         return "-"
-    if type(template) is tuple and not any(isinstance(x, (list, tuple, dict, Ref)) for x in template):
-        return ",".join(type(x).__name__ for x in template)
+    if type(template) is tuple:  # flat constants, the usual: their types' names, in one pass
+        names = []
+        for x in template:
+            if isinstance(x, (list, tuple, dict, Ref)):
+                break
+            names.append(type(x).__name__)
+        else:
+            return ",".join(names)
     return repr(
         map_nested(
             template,
