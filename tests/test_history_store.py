@@ -27,7 +27,8 @@ from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store.metadata import MetadataError, StoredRun, drain, open_metadata
 from fanflow.store.metadata.base import Summary, gc_every
-from fanflow.store.metadata.sqlite import SCHEMA_VERSION
+from fanflow.store.metadata.raw import BATCH_MAGIC, batch_run_ids
+from fanflow.store.metadata.sqlite import SCHEMA_VERSION, SQLiteMetadataStore
 from fanflow.store.metadata.trace import DagArrays, EventTable, decode_trace, encode_trace
 
 
@@ -49,8 +50,9 @@ def tree(n: int) -> fanflow.Node:
 
 
 def _kept(db: sqlite3.Connection) -> int:
-    """Runs kept in the file: in ``runs``, and tiny ones waiting raw in ``raw_runs`` until the store is read."""
-    found: int = db.execute("SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM raw_runs)").fetchone()[0]
+    """Runs kept in the file: in ``runs``, and tiny ones waiting raw in ``raw_batches`` until the store is read."""
+    query = "SELECT (SELECT count(*) FROM runs) + (SELECT coalesce(sum(runs), 0) FROM raw_batches)"
+    found: int = db.execute(query).fetchone()[0]
     return found
 
 
@@ -126,6 +128,40 @@ def test_a_schema_1_file_is_read_and_upgraded(tmp_path: Path) -> None:
     assert raw.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert store.gc(0) == ["r1"] and raw.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
     raw.close()
+
+
+def test_a_schema_5_file_reads_the_tiny_runs_waiting_in_its_old_table(tmp_path: Path) -> None:
+    """Schema 5 kept a ``raw_runs`` row per tiny run: those are read, counted by retention and moved on the
+    first read, beside the batches of runs saved since."""
+    from fanflow.store.metadata import raw
+
+    db = tmp_path / "old.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    assert leaf(1).compute(config) == 2
+    drain()
+    peek = sqlite3.connect(db)
+    (batch,) = peek.execute("SELECT events FROM raw_batches").fetchone()
+    ((run_id, signature, at, identities, blob),) = raw.unpack_batch(batch)
+    peek.execute("DELETE FROM raw_batches")
+    peek.execute("DROP TABLE raw_batches")  # as a schema 5 file holds the run
+    peek.execute("INSERT INTO raw_runs VALUES (?, ?, ?, ?, ?)", (run_id, signature, at, "\n".join(identities), blob))
+    peek.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
+    peek.commit()
+    store = SQLiteMetadataStore(f"sqlite:///{db}")
+    assert peek.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert [d["run_id"] for d in store.runs()] == [run_id] and store.task_run_ids([leaf.identity]) == [run_id]
+    assert store.load_run(run_id).run["tasks"] == 1
+    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
+    store.close()
+
+
+def test_summaries_of_columns_equal_those_added_one_by_one() -> None:
+    executions = [(0.5, 10.0, 3.0), (0.25, 0.0, 1.0), (1e-6, 1e6, 0.0), (0.75, 20.0, 5.0)]
+    expected = Summary.of(executions)
+    got = Summary.of_columns(*map(list, zip(*executions, strict=True)))
+    for name, value in got.to_dict().items():
+        assert value == pytest.approx(expected.to_dict()[name], rel=1e-12), name
+    assert Summary.of_columns([], [], []) == Summary()
 
 
 def test_a_schema_2_file_reads_its_runs_beside_new_ones(tmp_path: Path) -> None:
@@ -278,7 +314,7 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     the usual recording (in the background, through dicts and JSON) stores for the same run: the same
     document but for the time recording took, the same trace byte for byte, the same records and
     summaries. Each run here is recorded both ways, into two files. ``refused``: rows the row-wise digest
-    refuses (a task that ended twice...) are saved from their records by the writer, alike."""
+    refuses (a task that ended twice...) are recorded the usual way."""
     from fanflow.metrics import recorder
     from fanflow.store import keys
 
@@ -288,7 +324,10 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     def both_ways(run: Any) -> bool:
         stream = keys.events(run.run_id)
         batches, _ = run.store.read_event_batches(stream)
-        assert saved_raw(run), "a tiny run that ended well is saved raw"
+        if refused:  # rows the digest refuses: the usual way records the run, from its records
+            assert not saved_raw(run) and recorder._record(run, None) is not None
+        else:
+            assert saved_raw(run), "a tiny run that ended well is saved raw"
         assert not run.store.read_event_batches(stream)[0]  # its events are freed at once
         for batch in batches:
             run.store.append_events(stream, batch, 60)
@@ -305,13 +344,14 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     assert _chain(4).compute(config) == b"x" * 16
     drain()
     peek = sqlite3.connect(tmp_path / "raw.db")
-    assert peek.execute("SELECT substr(events, 1, 5) FROM raw_runs").fetchall() == [(b"FFRAW",)] * 3 * (not refused)
+    batches = peek.execute("SELECT runs, substr(events, 1, 9) FROM raw_batches").fetchall()
+    assert sum(n for n, _ in batches) == 3 * (not refused) and {m for _, m in batches} <= {BATCH_MAGIC}
     assert peek.execute("SELECT count(*) FROM runs").fetchone() == (3 * refused,)  # no index holds raw runs
     raw, usual = (open_metadata(urls[way]) for way in ("raw", "usual"))
     docs = raw.runs()  # the first read moves them into ``runs``, still raw
     if not refused:
         assert peek.execute("SELECT doc, substr(events, 1, 5) FROM runs").fetchall() == [("", b"FFRAW")] * 3
-    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
+    assert peek.execute("SELECT count(*) FROM raw_batches").fetchone() == (0,)
     assert [_without_record_s(d) for d in docs] == [_without_record_s(d) for d in usual.runs()]
     assert [list(d) for d in docs] == [list(RunRecord.__dataclass_fields__)] * 3  # the fields in their order
     for doc in docs:
@@ -349,7 +389,7 @@ def test_runs_that_are_not_tiny_are_recorded_the_usual_way(tmp_path: Path) -> No
     drain()
     peek = sqlite3.connect(db)
     assert peek.execute("SELECT doc != '' FROM runs ORDER BY submitted_at").fetchall() == [(1,)] * 3
-    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (1,)  # the last one, tiny
+    assert peek.execute("SELECT sum(runs) FROM raw_batches").fetchone() == (1,)  # the last one, tiny
 
 
 def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
@@ -420,16 +460,26 @@ def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_i
     config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
     for i in range(3):
         assert leaf(i).compute(config) == i + 1
-    drain()
+        drain()  # a batch each
     peek = sqlite3.connect(db)
-    (damaged,) = peek.execute("SELECT run_id FROM raw_runs ORDER BY rowid LIMIT 1").fetchone()
-    peek.execute("UPDATE raw_runs SET events = substr(events, 1, 40) WHERE run_id = ?", (damaged,))
+    (damaged,) = peek.execute("SELECT events FROM raw_batches ORDER BY rowid LIMIT 1").fetchone()
+    (lost,) = raw.batch_run_ids(damaged)
+    peek.execute("UPDATE raw_batches SET events = substr(events, 1, 40) WHERE rowid = 1")
     peek.commit()
-    store = open_metadata(config.metadata)
-    assert len(store.runs()) == 2 and damaged not in {d["run_id"] for d in store.runs()}
-    assert len(store.task_runs([leaf.identity])) == 2
     with pytest.raises(MetadataError, match="damaged"):
-        store.load_run(damaged)
+        raw.unpack_batch(damaged[:40])
+    store = open_metadata(config.metadata)
+    assert len(store.runs()) == 2 and lost not in {d["run_id"] for d in store.runs()}
+    assert len(store.task_runs([leaf.identity])) == 2
+    assert peek.execute("SELECT count(*) FROM raw_batches").fetchone() == (0,)  # read once: gone, logged
+    with pytest.raises(MetadataError, match="not in the metadata store"):
+        store.load_run(lost)
+    (moved,) = peek.execute("SELECT run_id FROM runs ORDER BY submitted_at LIMIT 1").fetchone()
+    peek.execute("UPDATE runs SET events = substr(events, 1, 40) WHERE run_id = ?", (moved,))
+    peek.commit()
+    assert len(store.runs()) == 1  # a moved run's blob damaged: left out of the listings
+    with pytest.raises(MetadataError, match="damaged"):
+        store.load_run(moved)
 
 
 def test_trace_round_trips_any_events() -> None:
@@ -671,9 +721,10 @@ def test_retention_counts_the_tiny_runs_waiting_raw(tmp_path: Path) -> None:
     peek = sqlite3.connect(db)
     assert 5 <= _kept(peek) <= 5 + gc_every(5)
     assert peek.execute("SELECT count(*) FROM runs").fetchone() == (0,)  # the tree was older than them all
-    order = [r[0] for r in peek.execute("SELECT run_id FROM raw_runs ORDER BY rowid DESC")]
+    order = [i for (b,) in peek.execute("SELECT events FROM raw_batches ORDER BY rowid") for i in batch_run_ids(b)]
+    order.reverse()
     store = open_metadata(config.metadata)
     assert sorted(store.gc(2)) == sorted(order[2:])  # before any read: the runs are still raw
     assert [d["run_id"] for d in store.runs()] == order[:2]
-    assert peek.execute("SELECT count(*) FROM raw_runs").fetchone() == (0,)
+    assert peek.execute("SELECT count(*) FROM raw_batches").fetchone() == (0,)
     assert [s.count for s in store.summaries([leaf.identity]).values()] == [16 + 30]

@@ -234,22 +234,6 @@ def _reader(number: int) -> _Reader | None:
     return found
 
 
-def all_stopped(batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> bool:
-    """Whether every worker with rows in ``batches`` (``(worker, rows)`` per flush) has a ``worker_stopped`` row:
-    its last events are in; :func:`digest_rows` checks it again, with the rest."""
-    readers = _readers
-    workers: set[str] = set()
-    stopped: set[str] = set()
-    for worker, rows in batches:
-        workers.add(worker)
-        for row in rows:
-            number = row[-1]
-            read = readers[number] if number in readers else _reader(number)
-            if read is not None and read[0] == _STOPPED:
-                stopped.add(worker)
-    return stopped == workers
-
-
 def digest_rows(
     identities: Sequence[str], deps: Sequence[Sequence[int]], batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
 ) -> tuple[Totals, tuple[Execution, ...]] | None:
@@ -303,14 +287,12 @@ def digest_rows(
         if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
             return None
         out_bytes[i] = out
-    finished = [end for end in ends if end is not None]  # every one: checked above
-    inputs = _inputs(deps, [sizes for *_, sizes in finished], out_bytes)
+    inputs = _inputs(deps, [end[3] for end in ends], out_bytes)  # type: ignore[index]  # none is None: checked
     if inputs is None:
         return None
     read, fetched, local = inputs
     executions = tuple(
-        (identities[i], memory, float(exec_s), read[i], out_bytes[i])
-        for i, (exec_s, _, memory, _) in enumerate(finished)
+        [(identities[i], end[2], float(end[0]), read[i], out_bytes[i]) for i, end in enumerate(ends)]  # type: ignore[index]
     )
     return (len(workers), cold_starts, fetched, local, sum(out_bytes)), executions
 

@@ -42,7 +42,6 @@ recorded, so no signature between the API and the client has to carry it.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import logging
 import marshal
@@ -53,7 +52,7 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,13 +61,13 @@ from fanflow.dag.graph import DAG
 from fanflow.dag.node import Node
 from fanflow.errors import RunCancelledError, RunTimeoutError
 from fanflow.metrics.build import build_metrics, summaries_of
-from fanflow.metrics.digest import all_stopped, digest, digest_events, digest_rows
+from fanflow.metrics.digest import digest, digest_events, digest_rows
 from fanflow.metrics.graph import Graph
 from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import EventRows, kind_of
-from fanflow.store.metadata import MetadataStore, defer, is_disabled, open_metadata, raw
+from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
 from fanflow.store.metadata.base import RawRun, SavesRaw, saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
@@ -79,7 +78,6 @@ from fanflow.store.metadata.trace import (
     distinct_count,
     encode_small_trace,
     encode_trace,
-    small_trace,
 )
 
 if TYPE_CHECKING:
@@ -120,18 +118,29 @@ def workflow_of(dag: DAG) -> str:
     if len(dag) == 0:
         return dag.sink_name
     first = dag.tasks[dag.task_of[0]]
-    module = first.identity.split(":", 1)[0].rsplit(".", 1)[0]
+    key = (first.identity, first.name, sys.argv[0] if sys.argv else "")
+    found = _workflows.get(key)
+    if found is None:
+        if len(_workflows) >= _WORKFLOWS_KEPT:  # a process making functions without end
+            _workflows.clear()
+        found = _workflows[key] = _workflow(*key)
+    return found
+
+
+_workflows: dict[tuple[str, str, str], str] = {}
+"""The workflow of a first task's identity and name and the script's path: each call of a tiny run's recording
+took a tenth of it to split the identity."""
+
+_WORKFLOWS_KEPT = 256
+
+
+def _workflow(identity: str, name: str, script: str) -> str:
+    module = identity.split(":", 1)[0].rsplit(".", 1)[0]
     if module.startswith(SCRIPT_MODULE):
         return module[len(SCRIPT_MODULE) :].rsplit("_", 1)[0] + ".py"
-    if module == "__main__" and sys.argv and sys.argv[0]:
-        return _file_name(sys.argv[0])
-    return first.name
-
-
-@functools.lru_cache(maxsize=16)
-def _file_name(path: str) -> str:
-    """``Path(path).name``, kept: building a Path was most of :func:`workflow_of`, called twice per run."""
-    return Path(path).name
+    if module == "__main__" and script:
+        return Path(script).name
+    return name
 
 
 def status_of(error: BaseException | None) -> str:
@@ -232,22 +241,7 @@ def record_run(run: Run, error: BaseException | None) -> None:
     defer(lambda: _record(run, error))
 
 
-_Captured = tuple[
-    tuple[Any, ...],  # _header_values
-    tuple[str, ...],  # name of each task function
-    tuple[str, ...],  # identity of each task function
-    tuple[int, ...],  # task_of
-    tuple[int, ...],  # upstream count of each task
-    tuple[int, ...],  # upstream ids, end to end
-    tuple[int, ...],  # sinks
-    bytes,  # (worker, rows) per flush, marshalled
-    int | None,  # retention_runs
-    float,  # seconds the client spent
-]
-"""What the client keeps of a tiny run until the writer saves it: numbers, strings, bytes and tuples of them, one
-level deep (a collection stops tracking a tuple of untracked values, one level of nesting per collection)."""
-
-_tiny: dict[SavesRaw, collections.deque[_Captured]] = {}
+_tiny: dict[SavesRaw, collections.deque[RawRun]] = {}
 """Tiny runs waiting for the writer, per metadata store."""
 
 _tiny_queued = False
@@ -259,14 +253,17 @@ def _record_raw(run: Run) -> bool:
 
     Tiny: it ended well, has no dynamic fan-out, its events are in this
     process's store, fewer than ``SMALL_COLUMN`` and all there (every worker
-    has stopped), and its metadata store keeps raw runs
-    (:class:`~fanflow.store.metadata.base.SavesRaw`). The client's share is
-    copying what the writer needs into tuples of numbers and strings: the
-    garbage collector stops tracking those at its first young pass, so a stream
-    of tiny runs waiting for the writer's batch promotes nothing to its older
-    generations (the run's own objects, kept until the batch, set off full
-    collections). Nothing is kept when it returns False: the caller records the
-    run the usual way, which also reports any error met here.
+    has stopped), its rows are a common run's (:func:`~fanflow.metrics.digest.digest_rows`:
+    every task ended once...), and its metadata store keeps raw runs
+    (:class:`~fanflow.store.metadata.base.SavesRaw`). The client checks and sums
+    the rows in the pass that checked that every worker stopped, and copies
+    what the store packs into tuples of numbers and strings (:data:`fanflow.store.metadata.raw.RawParts`):
+    the garbage collector stops tracking those at its first young pass, so a
+    stream of tiny runs waiting for the writer's batch promotes nothing to its
+    older generations (the run's own objects, kept until the batch, set off full
+    collections). The writer only hands the batch to the store. Nothing is kept
+    when it returns False: the caller records the run the usual way, which also
+    reports any error met here.
     """
     global _tiny_queued
     dag = run.dag
@@ -289,29 +286,34 @@ def _record_raw(run: Run) -> bool:
             return False  # events of the client's own: recorded the usual way
         flushed.append((batch.worker, batch.rows))
         count += len(batch.rows)
-    if count >= SMALL_COLUMN or not all_stopped(flushed):
-        return False  # a worker has events to flush yet: the usual way waits for them
+    if count >= SMALL_COLUMN:
+        return False
+    tasks, task_of, deps = dag.tasks, dag.task_of, dag.deps
+    identities = tuple([t.identity for t in tasks])
+    digested = digest_rows([identities[f] for f in task_of], deps, flushed)
+    if digested is None:  # a worker has events to flush yet, a task ended twice...: the usual way says what
+        return False
     try:
         rows = marshal.dumps(flushed, raw.MARSHAL_VERSION)  # nested as deep as the collector would track
     except ValueError:  # a value marshal does not write: the records keep its repr
         return False
-    deps = dag.deps
-    captured: _Captured = (
-        _header_values(run, None),
-        tuple([t.name for t in dag.tasks]),
-        tuple([t.identity for t in dag.tasks]),
-        tuple(dag.task_of),
+    totals, executions = digested
+    head = _header_values(run, None)
+    n = len(task_of)
+    parts: raw.RawParts = (
+        (*head[:-1], n, n, *totals, time.perf_counter() - began, head[-1]),  # the run document's values
+        tuple([t.name for t in tasks]),
+        identities,
+        tuple(task_of),
         tuple(map(len, deps)),
         tuple(itertools.chain.from_iterable(deps)),
         tuple(dag.sinks),
         rows,
-        config.retention_runs,
-        time.perf_counter() - began,
     )
     waiting = _tiny.get(store)
     if waiting is None:
         waiting = _tiny.setdefault(store, collections.deque())
-    waiting.append(captured)
+    waiting.append((parts, executions, config.retention_runs))
     run.store.delete([stream])  # kept for the writer now
     if not _tiny_queued:
         _tiny_queued = True
@@ -320,52 +322,15 @@ def _record_raw(run: Run) -> bool:
 
 
 def _save_tiny() -> None:
-    """Save the tiny runs waiting (in the writer, once per batch); a run that fails is logged and skipped."""
+    """Hand the tiny runs waiting to their stores (in the writer, once per batch)."""
     global _tiny_queued
     _tiny_queued = False  # before the runs are read: a run noted meanwhile queues a job of its own
     for store, waiting in list(_tiny.items()):
-        raws: list[RawRun] = []
+        runs: list[RawRun] = []
         while waiting:
-            captured = waiting.popleft()
-            try:
-                found = _raw_of(store, captured)
-            except Exception as exc:
-                log.warning("run %s: could not record its metrics: %s: %s", captured[0][0], type(exc).__name__, exc)
-                continue
-            if found is not None:
-                raws.append(found)
-        if raws:
-            store.save_raw(raws)
-
-
-def _raw_of(store: SavesRaw, captured: _Captured) -> RawRun | None:
-    """One tiny run as the store saves it raw; None when its rows are not a common run's: then it is saved from
-    its records, at once."""
-    began = time.perf_counter()
-    head, names, identities, task_of, dep_counts, dep_flat, sinks, rows, keep, client_s = captured
-    flushed: list[tuple[str, list[tuple[Any, ...]]]] = marshal.loads(rows)
-    deps: list[tuple[int, ...]] = []
-    at = 0
-    for n in dep_counts:
-        deps.append(dep_flat[at : at + n])
-        at += n
-    functions = list(zip(names, identities, strict=True))
-    digested = digest_rows([identities[f] for f in task_of], deps, flushed)
-    if digested is None:  # a task ended twice, a worker started twice...: the records say what it was
-        events = [e for worker, rows_ in flushed for e in EventRows(rows_, worker)]
-        header = RunRecord(**_doc_of(head, 0, 0, 0, 0, 0, 0, 0.0))
-        metrics = build_metrics(Graph(functions, task_of, deps), events, header)
-        record, summaries = metrics.run, summaries_of(metrics.tasks)
-        functions_ = [[name, identity] for name, identity in functions]
-        trace = small_trace(functions_, list(task_of), list(dep_counts), list(dep_flat), [], list(sinks), events)
-        record.record_s = client_s + time.perf_counter() - began
-        cast(MetadataStore, store).save_run(record.to_doc(), trace, identities, summaries, keep_runs=keep)
-        return None
-    totals, executions = digested
-    n = len(task_of)
-    values = (*head[:-1], n, n, *totals, client_s + time.perf_counter() - began, head[-1])  # _FIELDS' order
-    blob = raw.pack_values(values, functions, task_of, deps, sinks, flushed, rows)
-    return (head[_RUN_ID], head[_SIGNATURE], head[_SUBMITTED_AT], blob, identities, executions, keep)
+            runs.append(waiting.popleft())
+        if runs:
+            store.save_raw(runs)
 
 
 def _forget_parent() -> None:
@@ -388,9 +353,6 @@ _FIELDS = raw.DOC_FIELDS[raw.DOC_VERSION]
 
 _HEAD_FIELDS = _FIELDS[: _FIELDS.index("tasks")]
 """The fields the client knows before the events are read."""
-
-_RUN_ID, _SIGNATURE, _SUBMITTED_AT = (_HEAD_FIELDS.index(f) for f in ("run_id", "signature", "submitted_at"))
-"""Where :func:`_header_values` puts what a raw run's row is keyed and ordered by."""
 
 
 def _header_values(run: Run, error: BaseException | None) -> tuple[Any, ...]:

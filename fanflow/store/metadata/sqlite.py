@@ -75,10 +75,11 @@ from fanflow.store.metadata.trace import is_trace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
-"""5: raw runs may be of the second layout (:func:`fanflow.store.metadata.raw.pack_values`); 4 (tiny runs wait raw
-in ``raw_runs`` until read), 3 (a trace per run), 2 (task documents grouped per function) and 1 (a row per task)
-are upgraded in place."""
+SCHEMA_VERSION = 6
+"""6: the tiny runs of a writer batch wait in one ``raw_batches`` row (:func:`fanflow.store.metadata.raw.pack_batch`);
+5 (raw runs of the second layout, :func:`fanflow.store.metadata.raw.pack_values`), 4 (tiny runs wait raw in
+``raw_runs``, a row each, until read), 3 (a trace per run), 2 (task documents grouped per function) and 1 (a row per
+task) are upgraded in place."""
 
 FLUSH_S = BATCH_S
 """Longest time a saved run or started document waits in memory before it is written (the writer's batch)."""
@@ -135,6 +136,7 @@ CREATE TABLE IF NOT EXISTS raw_runs (
     run_id TEXT NOT NULL, signature TEXT NOT NULL, submitted_at REAL NOT NULL, functions TEXT NOT NULL,
     events BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS raw_batches (runs INTEGER NOT NULL, events BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS started (
     run_id TEXT PRIMARY KEY, submitted_at REAL NOT NULL, expires_at REAL NOT NULL, doc TEXT NOT NULL
 );
@@ -189,7 +191,7 @@ class SQLiteMetadataStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None or int(found[0]) in (1, 2, 3, 4):  # the new tables exist now; old rows stay readable
+            if found is None or int(found[0]) in (1, 2, 3, 4, 5):  # the new tables exist now; old rows stay readable
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise MetadataError(
@@ -243,25 +245,27 @@ class SQLiteMetadataStore:
         keep_runs: int | None = None
         increments: dict[SummaryKey, Summary] = {}  # merged in memory first: one read and write per key
         self._insert_runs(db, {run.run_id: (run.row, run.functions) for run in runs})  # a run saved again: its last
-        db.executemany(
-            "INSERT INTO raw_runs VALUES (?, ?, ?, ?, ?)",
-            [(run_id, signature, at, "\n".join(names), blob) for run_id, signature, at, blob, names, _, _ in raws],
-        )
+        if raws:
+            db.execute("INSERT INTO raw_batches VALUES (?, ?)", (len(raws), raw.pack_batch([r[0] for r in raws])))
         for run in runs:
             keep_runs = run.keep_runs if run.keep_runs is not None else keep_runs
             for key, part in run.summaries.items():
                 found = increments.get(key)
                 increments[key] = part if found is None else found.merge(part)
-        mine: set[SummaryKey] = set()  # increments made here, which adding to in place changes nothing else
-        for *_, executions, keep in raws:
+        columns: dict[SummaryKey, tuple[list[float], list[float], list[float]]] = {}  # raw runs' executions
+        for _, executions, keep in raws:
             keep_runs = keep if keep is not None else keep_runs
             for identity, memory_mb, exec_s, in_bytes, out_bytes in executions:
-                key = (identity, memory_mb)
-                found = increments.get(key)
-                if key not in mine:  # a copy: a saved run's own increment is not changed
-                    found = increments[key] = Summary() if found is None else found.merge(Summary())
-                    mine.add(key)
-                found.add(exec_s, in_bytes, out_bytes)  # type: ignore[union-attr]  # made above
+                column = columns.get((identity, memory_mb))
+                if column is None:
+                    column = columns[(identity, memory_mb)] = ([], [], [])
+                column[0].append(exec_s)
+                column[1].append(in_bytes)
+                column[2].append(out_bytes)
+        for key, column in columns.items():
+            part = Summary.of_columns(*column)
+            found = increments.get(key)
+            increments[key] = part if found is None else found.merge(part)
         self._merge_summaries(db, increments)
         self._saves += len(runs) + len(raws)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
@@ -336,17 +340,19 @@ class SQLiteMetadataStore:
     def save_raw(self, runs: Sequence[RawRun]) -> None:
         """Save raw runs (:class:`fanflow.store.metadata.base.SavesRaw`), in the next transaction.
 
-        They wait in ``raw_runs``, a table without indexes (a row there costs a
-        quarter of one in ``runs``, whose three indexes and the function index
-        are most of a tiny run's write), until this store is next read: then
-        every raw row moves into ``runs`` with an empty ``doc`` and the raw blob
-        as ``events`` (:meth:`_move_raw_runs`), which every read expands
-        (:func:`_stored`, :func:`_doc`). A stream of tiny runs nobody reads is
-        written, and deleted by retention, at that quarter of the cost.
+        The raw runs of a transaction go into one ``raw_batches`` row
+        (:func:`fanflow.store.metadata.raw.pack_batch`), a table without
+        indexes, until this store is next read: then each of its runs moves
+        into ``runs`` with an empty ``doc`` and its raw blob as ``events``
+        (:meth:`_move_raw_runs`), which every read expands (:func:`_stored`,
+        :func:`_doc`). A ``runs`` row costs three indexes and a function index
+        entry, and a row per run (schema 5's ``raw_runs``) was still most of a
+        tiny run's write: a stream of tiny runs nobody reads is written, and
+        deleted by retention, a batch at a time.
         """
         with self._lock:
             self._raw.extend(runs)
-            self._pending_bytes += sum(len(run[3]) for run in runs)
+            self._pending_bytes += sum(len(parts[-1]) for parts, _, _ in runs)
             full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
                 self._flush_later()
@@ -354,13 +360,20 @@ class SQLiteMetadataStore:
             self.flush()
 
     def _move_raw_runs(self) -> None:
-        """Move the raw runs waiting in ``raw_runs`` (this process's or another's) into ``runs``, for a read.
+        """Move the raw runs waiting in ``raw_batches`` and ``raw_runs`` (this process's or another's) into
+        ``runs``, for a read.
 
-        A run saved again replaces its earlier row; on a failure they stay where
-        they are and the read goes on without them (logged).
+        A run saved again replaces its earlier row. A batch that cannot be read
+        is deleted (its runs are lost, logged); on a failure of the store they
+        stay where they are and the read goes on without them (logged).
         """
         with self._lock:
-            if self._closed or self._db.execute("SELECT 1 FROM raw_runs LIMIT 1").fetchone() is None:
+            if (
+                self._closed
+                or not self._db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM raw_runs) OR EXISTS (SELECT 1 FROM raw_batches)"
+                ).fetchone()[0]
+            ):
                 return
         try:
             with self._write() as db:
@@ -369,11 +382,21 @@ class SQLiteMetadataStore:
                     "INSERT OR REPLACE INTO runs SELECT run_id, signature, submitted_at, '', events "
                     "FROM raw_runs ORDER BY rowid"
                 )
-                db.executemany(
-                    "INSERT OR IGNORE INTO run_functions VALUES (?, ?)",
-                    [(identity, run_id) for run_id, functions in moved for identity in functions.split("\n")],
-                )
                 db.execute("DELETE FROM raw_runs")
+                functions = [(identity, run_id) for run_id, names in moved for identity in names.split("\n")]
+                for rowid, blob in db.execute("SELECT rowid, events FROM raw_batches ORDER BY rowid").fetchall():
+                    try:
+                        runs = raw.unpack_batch(blob)
+                    except MetadataError as exc:
+                        log.warning("deleting a batch of tiny runs from the history: %s", exc)
+                        runs = []
+                    db.executemany(
+                        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, '', ?)",
+                        [(run_id, signature, at, packed) for run_id, signature, at, _, packed in runs],
+                    )
+                    functions += [(identity, run[0]) for run in runs for identity in dict.fromkeys(run[3])]
+                    db.execute("DELETE FROM raw_batches WHERE rowid = ?", (rowid,))
+                db.executemany("INSERT OR IGNORE INTO run_functions VALUES (?, ?)", functions)
         except MetadataError as exc:
             log.warning("reading run history without its latest tiny runs: %s", exc)
 
@@ -414,14 +437,20 @@ class SQLiteMetadataStore:
     def _retain(self, db: sqlite3.Connection, keep_runs: int) -> list[str]:
         """Delete the runs past the newest ``keep_runs`` and expired started documents; the ids deleted."""
         self._saves = 0
-        # Raw runs count as the newest (they were saved after every run in ``runs``), in the order saved.
+        # Raw runs count as the newest (they were saved after every run in ``runs``), in the order saved:
+        # schema 5's rows first, then the batches.
+        (single,) = db.execute("SELECT count(*) FROM raw_runs").fetchone()
+        (batched,) = db.execute("SELECT coalesce(sum(runs), 0) FROM raw_batches").fetchone()
+        waiting = single + batched
         doomed: list[str] = []
-        (waiting,) = db.execute("SELECT count(*) FROM raw_runs").fetchone()
-        if waiting > keep_runs:
-            query = "SELECT rowid FROM raw_runs ORDER BY rowid DESC LIMIT 1 OFFSET ?"
-            (last,) = db.execute(query, (keep_runs,)).fetchone()
-            doomed += [r[0] for r in db.execute("SELECT run_id FROM raw_runs WHERE rowid <= ?", (last,))]
-            db.execute("DELETE FROM raw_runs WHERE rowid <= ?", (last,))
+        excess = waiting - keep_runs
+        if excess > 0 and single:
+            gone = db.execute("SELECT rowid, run_id FROM raw_runs ORDER BY rowid LIMIT ?", (excess,)).fetchall()
+            db.execute("DELETE FROM raw_runs WHERE rowid <= ?", (gone[-1][0],))
+            doomed += [run_id for _, run_id in gone]
+            excess -= len(gone)
+        if excess > 0:
+            doomed += self._retain_batches(db, excess)
         older = [
             r[0]
             for r in db.execute(
@@ -435,6 +464,30 @@ class SQLiteMetadataStore:
         if doomed and db.execute("SELECT 1 FROM started LIMIT 1").fetchone():
             db.executemany("DELETE FROM started WHERE run_id = ?", [(r,) for r in doomed])
         db.execute("DELETE FROM started WHERE expires_at < ?", (time.time(),))
+        return doomed
+
+    @staticmethod
+    def _retain_batches(db: sqlite3.Connection, excess: int) -> list[str]:
+        """Delete the oldest ``excess`` runs waiting in ``raw_batches``; their ids (a damaged batch's are unknown)."""
+        doomed: list[str] = []
+        for rowid, count, blob in db.execute("SELECT rowid, runs, events FROM raw_batches ORDER BY rowid").fetchall():
+            if excess <= 0:
+                break
+            if count <= excess:
+                db.execute("DELETE FROM raw_batches WHERE rowid = ?", (rowid,))
+                try:
+                    doomed += raw.batch_run_ids(blob)
+                except MetadataError as exc:
+                    log.warning("deleted a batch of tiny runs from the history: %s", exc)
+            else:  # the batch's newest runs are kept
+                try:
+                    gone, rest = raw.drop_oldest(blob, excess)
+                except MetadataError as exc:
+                    log.warning("keeping a batch of tiny runs that cannot be read: %s", exc)
+                    break
+                db.execute("UPDATE raw_batches SET runs = ?, events = ? WHERE rowid = ?", (count - excess, rest, rowid))
+                doomed += gone
+            excess -= count
         return doomed
 
     def _worth_vacuuming(self) -> bool:
