@@ -46,6 +46,7 @@ took the real tree from 2.4 s to 0.11-0.19 s).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -350,7 +351,9 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
     functions). Runs of the 100k-task tree are stored after the 8,191-task plan is timed, so that plan
     is timed again with both trees' runs (one function: it reads the newest runs of either). Each
     history row is timed twice: "cold" is the first plan in a process (decoded runs and replayed start
-    latencies forgotten), "warm" the next plan of that process.
+    latencies forgotten), "warm" the next plan of that process. "GC s": CPU time of the garbage
+    collections during the cold plan, part of "CPU s" (what a full collection costs depends on what
+    else the process holds, not on the planner: a row that moves from run to run shows it here).
     """
     print(
         "\n4. planning time, critical-path planner, tree reductions, CPU time of the process "
@@ -359,13 +362,23 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
     module = load_module(str(EXAMPLES / "tree_reduction.py"))
     every = "clustering,delayed-io,prewarm,preload"
     trees = {leaves: DAG.from_sinks([module.build(leaves)]) for leaves in (8192, 100_001)}
-    print(f"{'history':<44}{'tasks':>8}  {'optimizations':<15}{'CPU s':>8}{'wall s':>8}{'CPU warm s':>12}")
+    print(f"{'history':<44}{'tasks':>8}  {'optimizations':<15}{'CPU s':>8}{'wall s':>8}{'CPU warm s':>12}{'GC s':>8}")
+    collecting = [0.0, 0.0]  # CPU time in collections, CPU time at the start of the current one
+
+    def collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[1] = time.process_time()
+        else:
+            collecting[0] += time.process_time() - collecting[1]
 
     def timed(history: str, tree: DAG, config: fanflow.Config, cold_and_warm: bool) -> None:
         clear_cache()
+        collecting[0] = 0.0
+        gc.callbacks.append(collection)
         began, cpu = time.perf_counter(), time.process_time()
         plan = make_plan(tree, config)
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        gc.callbacks.remove(collection)
         warm = ""
         if cold_and_warm:
             again = time.process_time()
@@ -373,7 +386,7 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
             warm = f"{time.process_time() - again:.3f}"
         opts = "none" if config.optimizations == "none" else "all four"
         used = "" if plan.used_history == (config.metadata != "none") else " (history not used!)"
-        print(f"{history + used:<44}{len(tree):>8,}  {opts:<15}{cpu:>8.3f}{wall:>8.3f}{warm:>12}")
+        print(f"{history + used:<44}{len(tree):>8,}  {opts:<15}{cpu:>8.3f}{wall:>8.3f}{warm:>12}{collecting[0]:>8.3f}")
 
     for tree in trees.values():
         for opts in ("none", every):
