@@ -77,6 +77,28 @@ def test_run_id_format() -> None:
     assert run_id != dag.new_run_id()
 
 
+def test_run_ids_differ_in_a_forked_child_and_after_random_seed() -> None:
+    import os
+    import random
+
+    dag = DAG.from_sinks([diamond()])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its id, then out without running the parent's exit handlers
+        os.write(write, dag.new_run_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    parent = dag.new_run_id()
+    assert child.split("_")[2] != parent.split("_")[2]  # a fork does not repeat the parent's random part
+    random.seed(1)
+    first = dag.new_run_id()
+    random.seed(1)
+    assert dag.new_run_id().split("_")[2] != first.split("_")[2]  # a task's random.seed() cannot repeat ids
+
+
 def test_encode_decode_round_trip() -> None:
     x = inc(1)
     sink = add(x, add(inc(x), 5))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -212,7 +213,7 @@ class DAG:
 
     def new_run_id(self) -> str:
         """``<utc yyyymmddThhmmss>_<sink name>_<random8>_<signature8>`` (random: 8 hex digits)."""
-        return f"{_utc_stamp()}_{self.sink_name}_{os.urandom(4).hex()}_{self.signature[:8]}"
+        return f"{_utc_stamp()}_{self.sink_name}_{_run_random.getrandbits(32):08x}_{self.signature[:8]}"
 
 
 def _dependents(deps: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -236,6 +237,11 @@ def _dependents(deps: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
             fill[u] += 1
     return [tuple(flat[ends[u] : ends[u + 1]]) for u in range(len(deps))]
 
+
+_run_random = random.Random()
+"""Run ids' random part, without a system call per run (``os.urandom`` is one): seeded from
+``os.urandom``, again in a forked child, and its own, so a task's ``random.seed()`` cannot repeat ids."""
+os.register_at_fork(after_in_child=_run_random.seed)
 
 _stamp: tuple[int, str] = (-1, "")
 
