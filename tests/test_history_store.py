@@ -377,6 +377,27 @@ def numbers(n: int) -> list[int]:
     return list(range(n))
 
 
+@fanflow.task
+def twin_a(x: int) -> int:
+    return x + 1
+
+
+@fanflow.task
+def twin_b(x: int) -> int:
+    return x + 1
+
+
+def test_tiny_runs_of_functions_with_the_same_code_keep_their_own_names(tmp_path: Path) -> None:
+    """The DAG lists the recorder keeps per DAG (signature, task functions, task-to-function map) are each
+    run's own."""
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    assert [twin_a(1).compute(config), twin_b(1).compute(config), twin_a(2).compute(config)] == [2, 2, 3]
+    store = open_metadata(config.metadata)
+    docs = store.runs()
+    names = [decode_trace(store.load_run(d["run_id"]).trace or b"").dag.functions for d in reversed(docs)]
+    assert names == [[("twin_a", twin_a.identity)], [("twin_b", twin_b.identity)], [("twin_a", twin_a.identity)]]
+
+
 def test_runs_that_are_not_tiny_are_recorded_the_usual_way(tmp_path: Path) -> None:
     """A failed run, a run of 64 events or more and a dynamic fan-out are recorded from their records."""
     db = tmp_path / "meta.db"

@@ -288,9 +288,12 @@ def _record_raw(run: Run) -> bool:
         count += len(batch.rows)
     if count >= SMALL_COLUMN:
         return False
-    tasks, task_of, deps = dag.tasks, dag.task_of, dag.deps
-    identities = tuple([t.identity for t in tasks])
-    digested = digest_rows([identities[f] for f in task_of], deps, flushed)
+    task_of = tuple(dag.task_of)
+    key = (dag.signature, tuple(dag.tasks), task_of)
+    lists = _dag_lists.get(key)
+    if lists is None:
+        lists = _lists_of(dag, key)
+    digested = digest_rows(lists[0], dag.deps, flushed)
     if digested is None:  # a worker has events to flush yet, a task ended twice...: the usual way says what
         return False
     try:
@@ -300,16 +303,8 @@ def _record_raw(run: Run) -> bool:
     totals, executions = digested
     head = _header_values(run, None)
     n = len(task_of)
-    parts: raw.RawParts = (
-        (*head[:-1], n, n, *totals, time.perf_counter() - began, head[-1]),  # the run document's values
-        tuple([t.name for t in tasks]),
-        identities,
-        tuple(task_of),
-        tuple(map(len, deps)),
-        tuple(itertools.chain.from_iterable(deps)),
-        tuple(dag.sinks),
-        rows,
-    )
+    values = (*head[:-1], n, n, *totals, time.perf_counter() - began, head[-1])  # the run document's values
+    parts: raw.RawParts = (values, *lists[1], rows)
     waiting = _tiny.get(store)
     if waiting is None:
         waiting = _tiny.setdefault(store, collections.deque())
@@ -319,6 +314,37 @@ def _record_raw(run: Run) -> bool:
         _tiny_queued = True
         defer(_save_tiny)
     return True
+
+
+_DagLists = tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]
+"""The function identity of each task, and the six tuples of DAG lists a raw run keeps after its values."""
+
+_dag_lists: dict[tuple[str, tuple[Any, ...], tuple[int, ...]], _DagLists] = {}
+"""Per DAG signature, task functions and task-to-function map: the function identity of each task (for the
+digest), and the DAG's lists a raw run keeps (names, identities, task_of, upstream counts and ids, sinks).
+The signature covers the upstream ids, the sinks and each function's code; ``fanflow.dask.get`` of one graph
+makes the same functions (the same objects) call after call, and copying these lists each time was about 10k
+of the 132k instructions a tiny run's recording took (callgrind). Kept entries hold their task functions."""
+
+_DAG_LISTS_KEPT = 256
+
+
+def _lists_of(dag: DAG, key: tuple[str, tuple[Any, ...], tuple[int, ...]]) -> _DagLists:
+    tasks, task_of, deps = dag.tasks, key[2], dag.deps
+    identities = tuple([t.identity for t in tasks])
+    kept = (
+        tuple([t.name for t in tasks]),
+        identities,
+        task_of,
+        tuple(map(len, deps)),
+        tuple(itertools.chain.from_iterable(deps)),
+        tuple(dag.sinks),
+    )
+    found = (tuple([identities[f] for f in task_of]), kept)
+    if len(_dag_lists) >= _DAG_LISTS_KEPT:  # a process making DAGs without end
+        _dag_lists.clear()
+    _dag_lists[key] = found
+    return found
 
 
 def _save_tiny() -> None:
