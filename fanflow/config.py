@@ -339,8 +339,9 @@ class Config:
         source = "arguments"
         toml_values = _toml_settings(toml_path)
         env_values = _env_settings() if environ is None else cls.from_env(environ)
-        if toml_values is _loaded[0] and env_values is _loaded[1] and not overrides and cls is Config:
-            return _loaded[2]  # the same file and variables as the last load (both kept while unchanged)
+        last = _loaded  # read once: another thread may replace it meanwhile
+        if toml_values is last[0] and env_values is last[1] and not overrides and cls is Config:
+            return last[2]  # the same file and variables as the last load (both kept while unchanged)
         if toml_values is not None:
             values.update(toml_values)
             source = f"{toml_path} or the environment"
@@ -450,13 +451,15 @@ def _env_settings() -> dict[str, str]:
     env = os.environ
     encoded = env._data  # type: ignore[attr-defined]
     names = _ENV_SEP.join(encoded)
-    if names != _env_names[0]:
-        _env_names = (names, [k for k in encoded if k.startswith(_ENV_PREFIX)])
-    raw = [(k, encoded.get(k)) for k in _env_names[1]]
-    if raw != _env_seen[0]:
+    matched = _env_names  # read once, as the others below: another thread may replace them meanwhile
+    if names != matched[0]:
+        matched = _env_names = (names, [k for k in encoded if k.startswith(_ENV_PREFIX)])
+    raw = [(k, encoded.get(k)) for k in matched[1]]
+    seen = _env_seen
+    if raw != seen[0]:
         decoded = {env.decodekey(k): env.decodevalue(v) for k, v in raw if v is not None}  # None: unset meanwhile
-        _env_seen = (raw, Config.from_env(decoded))
-    return _env_seen[1]
+        seen = _env_seen = (raw, Config.from_env(decoded))
+    return seen[1]
 
 
 _loaded: tuple[dict[str, Any] | None, dict[str, str] | None, Config] = (None, None, Config())
@@ -492,8 +495,9 @@ def _toml_settings(path: str) -> dict[str, Any] | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     stamp = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if (path, stamp) == _toml_seen[:2]:
-        return _toml_seen[2]
+    seen = _toml_seen  # read once: another thread may replace it meanwhile
+    if (path, stamp) == seen[:2]:
+        return seen[2]
     settings = Config.from_toml(path)
     if time.time_ns() - st.st_ctime_ns > TOML_SETTLED_S * 1e9:  # ctime: moved by every write, and by utime
         _toml_seen = (path, stamp, settings)
