@@ -269,7 +269,7 @@ class SQLiteMetadataStore:
         self._merge_summaries(db, increments)
         self._saves += len(runs) + len(raws)
         if keep_runs is not None and self._saves >= gc_every(keep_runs):
-            return bool(self._retain(db, keep_runs))
+            return self._retain(db, keep_runs, named=False)[0] > 0
         return False
 
     def flush(self) -> None:
@@ -434,9 +434,12 @@ class SQLiteMetadataStore:
         for table in ("runs", "run_functions", *self._legacy):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", args)
 
-    def _retain(self, db: sqlite3.Connection, keep_runs: int) -> list[str]:
-        """Delete the runs past the newest ``keep_runs`` and expired started documents; the ids deleted."""
+    def _retain(self, db: sqlite3.Connection, keep_runs: int, named: bool = True) -> tuple[int, list[str]]:
+        """Delete the runs past the newest ``keep_runs`` and expired started documents: how many runs went, and
+        their ids. Without ``named``, the ids of whole batches of raw runs are left out unless started
+        documents need them: reading them was most of a pass (a batch of 40 tiny runs is 20 KB)."""
         self._saves = 0
+        started = db.execute("SELECT 1 FROM started LIMIT 1").fetchone() is not None
         # Raw runs count as the newest (they were saved after every run in ``runs``), in the order saved:
         # schema 5's rows first, then the batches.
         (single,) = db.execute("SELECT count(*) FROM raw_runs").fetchone()
@@ -444,13 +447,15 @@ class SQLiteMetadataStore:
         waiting = single + batched
         doomed: list[str] = []
         excess = waiting - keep_runs
+        deleted = 0
         if excess > 0 and single:
             gone = db.execute("SELECT rowid, run_id FROM raw_runs ORDER BY rowid LIMIT ?", (excess,)).fetchall()
             db.execute("DELETE FROM raw_runs WHERE rowid <= ?", (gone[-1][0],))
             doomed += [run_id for _, run_id in gone]
             excess -= len(gone)
+            deleted += len(gone)
         if excess > 0:
-            doomed += self._retain_batches(db, excess)
+            deleted += self._retain_batches(db, excess, doomed if named or started else None)
         older = [
             r[0]
             for r in db.execute(
@@ -461,34 +466,41 @@ class SQLiteMetadataStore:
         if older:
             self._delete_runs(db, older)
         doomed += older
-        if doomed and db.execute("SELECT 1 FROM started LIMIT 1").fetchone():
+        if doomed and started:
             db.executemany("DELETE FROM started WHERE run_id = ?", [(r,) for r in doomed])
         db.execute("DELETE FROM started WHERE expires_at < ?", (time.time(),))
-        return doomed
+        return deleted + len(older), doomed
 
     @staticmethod
-    def _retain_batches(db: sqlite3.Connection, excess: int) -> list[str]:
-        """Delete the oldest ``excess`` runs waiting in ``raw_batches``; their ids (a damaged batch's are unknown)."""
-        doomed: list[str] = []
-        for rowid, count, blob in db.execute("SELECT rowid, runs, events FROM raw_batches ORDER BY rowid").fetchall():
+    def _retain_batches(db: sqlite3.Connection, excess: int, doomed: list[str] | None) -> int:
+        """Delete the oldest ``excess`` runs waiting in ``raw_batches``, adding their ids to ``doomed`` unless
+        None (a damaged batch's are unknown); how many went."""
+        deleted = 0
+        for rowid, count in db.execute("SELECT rowid, runs FROM raw_batches ORDER BY rowid").fetchall():
             if excess <= 0:
                 break
             if count <= excess:
+                if doomed is not None:
+                    (blob,) = db.execute("SELECT events FROM raw_batches WHERE rowid = ?", (rowid,)).fetchone()
+                    try:
+                        doomed += raw.batch_run_ids(blob)
+                    except MetadataError as exc:
+                        log.warning("deleted a batch of tiny runs from the history: %s", exc)
                 db.execute("DELETE FROM raw_batches WHERE rowid = ?", (rowid,))
-                try:
-                    doomed += raw.batch_run_ids(blob)
-                except MetadataError as exc:
-                    log.warning("deleted a batch of tiny runs from the history: %s", exc)
+                deleted += count
             else:  # the batch's newest runs are kept
+                (blob,) = db.execute("SELECT events FROM raw_batches WHERE rowid = ?", (rowid,)).fetchone()
                 try:
                     gone, rest = raw.drop_oldest(blob, excess)
                 except MetadataError as exc:
                     log.warning("keeping a batch of tiny runs that cannot be read: %s", exc)
                     break
                 db.execute("UPDATE raw_batches SET runs = ?, events = ? WHERE rowid = ?", (count - excess, rest, rowid))
-                doomed += gone
+                if doomed is not None:
+                    doomed += gone
+                deleted += excess
             excess -= count
-        return doomed
+        return deleted
 
     def _worth_vacuuming(self) -> bool:
         """Whether free pages make up :data:`VACUUM_SHARE` of the file (lock held); fewer are reused by later saves."""
@@ -511,7 +523,7 @@ class SQLiteMetadataStore:
     def gc(self, keep_runs: int) -> list[str]:
         doomed: list[str] = []
         with self._write() as db:
-            doomed = self._retain(db, keep_runs)
+            doomed = self._retain(db, keep_runs)[1]
         if doomed:
             with self._lock:
                 self._vacuum()
