@@ -257,11 +257,15 @@ def digest_rows(
             return None
         workers.add(worker)
         for row in rows:
-            number = row[-1]
-            read = readers[number] if number in readers else _reader(number)
-            if read is None:
+            try:
+                code, at, fields = readers[row[-1]]
+            except KeyError:  # a shape met for the first time
+                read = _reader(row[-1])
+                if read is None:
+                    return None
+                code, at, fields = read
+            except TypeError:  # None: a shape the digest does not read
                 return None
-            code, at, fields = read
             if code == _FINISHED:
                 task = row[at]
                 if type(task) is not int or not 0 <= task < n or ends[task] is not None:
