@@ -293,12 +293,12 @@ def _record_raw(run: Run) -> bool:
     lists = _dag_lists.get(key)
     if lists is None:
         lists = _lists_of(dag, key)
-    digested = digest_rows(lists[0], dag.deps, flushed)
-    if digested is None:  # a worker has events to flush yet, a task ended twice...: the usual way says what
-        return False
-    try:
+    try:  # recording never fails a run: what goes wrong here, the usual way reports
+        digested = digest_rows(lists[0], dag.deps, flushed)
         rows = marshal.dumps(flushed, raw.MARSHAL_VERSION)  # nested as deep as the collector would track
-    except ValueError:  # a value marshal does not write: the records keep its repr
+    except Exception:  # a value marshal does not write (the records keep its repr), a row the digest misreads
+        return False
+    if digested is None:  # a worker has events to flush yet, a task ended twice...: the usual way says what
         return False
     totals, executions = digested
     head = _header_values(run, None)
