@@ -21,7 +21,14 @@ import fanflow
 from fanflow.client.hooks import OnPlanned
 from fanflow.client.session import session
 from fanflow.dag import DAG
-from fanflow.dag.placement import PlanView, by_shared_readers, continuation, root_groups, runs_here_if_claimed
+from fanflow.dag.placement import (
+    PlanView,
+    by_shared_readers,
+    continuation,
+    plan_of,
+    root_groups,
+    runs_here_if_claimed,
+)
 from fanflow.planning.predict import Predictor
 from fanflow.planning.simulate import Assignment, simulate
 from fanflow.store.metadata import open_metadata
@@ -245,3 +252,28 @@ def test_labelled_roots_share_the_free_slots_without_splitting_a_label() -> None
     mixed = PlanView.from_columns(dag, labels, [512 if t == roots[-1] else 3008 for t in range(len(dag))])
     groups = root_groups(dag, mixed, 2)  # per memory size: the 512 MB root starts in a worker of its own
     assert [roots[-1]] in groups and len(groups) == 3
+
+
+@fanflow.task(memory_mb=512)
+def big(x: int) -> int:
+    return x
+
+
+def test_an_unannotated_dag_gets_the_shared_view_of_no_plan() -> None:
+    """Two fresh DAGs of one size with no annotations share one read-only view, equal in value to the
+    columns of no plan; a task's own memory or an annotation gets a view of its own."""
+    first, second = (DAG.from_sinks([merge(grow(source(n)), source(n))]) for n in (1, 2))
+    view = plan_of(first, refresh=True)
+    assert plan_of(second, refresh=True) is view
+    built = PlanView.from_columns(first, None)
+    for column in ("labels", "memory_mb", "upload", "preload", "requested_mb"):
+        assert list(getattr(view, column)) == list(getattr(built, column))
+    assert view.anchored == built.anchored and dict(view.prewarm_s) == dict(built.prewarm_s) == {}
+    with pytest.raises(TypeError):
+        view.prewarm_s[0] = 1.0  # type: ignore[index]
+    sized = DAG.from_sinks([merge(big(source(1)), source(1))])
+    assert plan_of(sized, refresh=True) is not view
+    assert 512 in plan_of(sized).requested_mb
+    noted = DAG.from_sinks([merge(grow(source(1)), source(1))])
+    noted.annotations[0] = {"worker": "w"}
+    assert plan_of(noted, refresh=True).labels[0] == "w"

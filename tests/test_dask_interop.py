@@ -416,9 +416,10 @@ def test_missing_dask_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
         ffdask._task_spec.cache_clear()
 
 
-CALL_BUDGET = {"config given": 198, "config from the environment": 202}
+CALL_BUDGET = {"config given": 190, "config from the environment": 194}
 """Calls of fanflow's own Python functions per ``get`` of a 1-task graph, history off (see docs/dask.md,
-"Cost per call"): 190 and 194 when set (232 and 236 before a run that ends on its caller's thread
+"Cost per call"): 183 and 187 when set (about 185 and 189 before an unannotated DAG shared its plan view,
+190 and 194 before the recorder's and getpath's last cuts, 232 and 236 before a run that ends on its caller's thread
 skipped its subscription, 242 and 251 before the conversion and config load were trimmed; 257 and
 343 when the config was built per call).
 A change that needs more should say why in its commit."""

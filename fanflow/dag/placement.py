@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
 from fanflow.dag.graph import DAG
@@ -130,7 +131,41 @@ def plan_of(dag: DAG, *, refresh: bool = False) -> PlanView:
     """
     found = None if refresh else dag.plan_view
     if found is None:
-        found = dag.plan_view = _read_annotations(dag) if dag.annotations else PlanView.from_columns(dag, None)
+        found = dag.plan_view = _read_annotations(dag) if dag.annotations else _no_plan(dag)
+    return found
+
+
+_NO_PLANS: dict[int, PlanView] = {}
+"""Task count -> the view of a DAG with no annotations and no task's own ``memory_mb``."""
+_NO_PLANS_MAX = 256
+"""Task counts kept in :data:`_NO_PLANS` (each entry holds five tuples of that length)."""
+
+
+def _no_plan(dag: DAG) -> PlanView:
+    """The view of an unannotated ``dag``: shared by every such DAG of its size when no task asks for memory.
+
+    Such a view depends on nothing but the task count (no labels: nothing is
+    anchored), so a fresh DAG per call (``fanflow.dask.get``) need not rebuild
+    its columns and anchored set, ~150 bytecodes for one task. Its columns are
+    tuples and its prewarm map read-only, so no holder can change the others'.
+    """
+    if any(task.memory_mb for task in dag.tasks):
+        return PlanView.from_columns(dag, None)
+    n = len(dag)
+    found = _NO_PLANS.get(n)
+    if found is None:
+        nothing: tuple[None, ...] = (None,) * n
+        found = PlanView(
+            labels=nothing,
+            memory_mb=nothing,
+            upload=(True,) * n,
+            preload=(False,) * n,
+            prewarm_s=MappingProxyType({}),
+            requested_mb=nothing,
+            anchored=frozenset(),
+        )
+        if len(_NO_PLANS) < _NO_PLANS_MAX:
+            _NO_PLANS[n] = found
     return found
 
 
