@@ -59,6 +59,8 @@ class _Entry:
     platform: Platform
     caller: RunsOnCaller | None
     """The platform as :class:`RunsOnCaller`, if it can run a run's workers on its client's thread."""
+    closes: bool
+    """The platform is closed when its last run ends (see :func:`_closes_when_idle`), read once."""
     runs: int = 0
     idle: threading.Timer | None = None
     """Closes the platform when its keep-alive period ends; set only while no run uses it."""
@@ -103,12 +105,16 @@ class Session:
 
     def acquire(self, config: Config) -> Platform:
         """The platform for a run of ``config``: the session's (warm) one, else a new one."""
-        key = self._key(config)
+        return self._acquire(self._key(config), config)
+
+    def _acquire(self, key: tuple[Any, ...], config: Config) -> Platform:
         with self._lock:
             entry = self._platforms.get(key)
             if entry is None:
                 platform = client_platform(config)
-                entry = self._platforms[key] = _Entry(platform, supports(platform, RunsOnCaller))
+                entry = self._platforms[key] = _Entry(
+                    platform, supports(platform, RunsOnCaller), _closes_when_idle(platform)
+                )
             elif entry.idle is not None:
                 entry.idle.cancel()
                 entry.idle = None
@@ -126,14 +132,16 @@ class Session:
 
     def release(self, config: Config, platform: Platform) -> None:
         """A run of ``config`` on ``platform`` ended: keep the platform warm, or close it."""
-        key = self._key(config)
+        self._release(self._key(config), config, platform)
+
+    def _release(self, key: tuple[Any, ...], config: Config, platform: Platform) -> None:
         evicted: list[Platform] = []
         with self._lock:
             entry = self._platforms.get(key)
             if entry is None or entry.platform is not platform:
                 return  # halted and unregistered by its run
             entry.runs -= 1
-            if entry.runs or not _closes_when_idle(platform):
+            if entry.runs or not entry.closes:
                 return
             if config.keep_alive_s <= 0:
                 del self._platforms[key]
@@ -177,7 +185,7 @@ class Session:
         key = self._key(config)
         with self._lock:
             entry = self._platforms.get(key)
-            if entry is None or entry.platform is not platform or entry.runs > 1 or not _closes_when_idle(platform):
+            if entry is None or entry.platform is not platform or entry.runs > 1 or not entry.closes:
                 return
             del self._platforms[key]
         _close(platform)
@@ -223,7 +231,8 @@ class Session:
         ones (:mod:`fanflow.client.hooks`).
         """
         planned, started, ending, ended = _moments((*STANDARD_HOOKS, *hooks) if hooks else STANDARD_HOOKS)
-        platform = self.acquire(config)
+        key = self._key(config)  # once for the run's acquire and release
+        platform = self._acquire(key, config)
         try:
             run = Run(dag, config, platform)
             plan = apply_plan(dag, config, platform)
@@ -255,7 +264,7 @@ class Session:
                 for hook in ended:
                     hook.ended(run, error)
         finally:
-            self.release(config, platform)
+            self._release(key, config, platform)
 
     def submit(self, dag: DAG, config: Config, single: bool = False, hooks: Sequence[RunHook] = ()) -> RunFuture:
         """Start ``dag`` in the background; the future's result is the tuple of sink
