@@ -384,15 +384,19 @@ def test_a_simulation_scaled_by_the_time_factor_is_the_simulation_at_that_size(
     assert planners._time_factor(measured, 1024, 3008) is not None  # both from the pooled line
 
 
-def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _recorded(tmp_path: Path, *sinks: Any) -> str:
+    """A SQLite history holding three runs of each of ``sinks``; its URL."""
     url = f"sqlite:///{tmp_path / 'meta.db'}"
     record = fanflow.Config(metadata=url, progress=False, planner="none")
     for _ in range(3):
-        tree(512).compute(record)
-        fan(4).compute(record)
+        for sink in sinks:
+            sink.compute(record)
     drain()
+    return url
+
+
+def _count_simulations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The planner's simulations counted from now on, in the returned one-item list (reset it to 0)."""
     counted = [0]
     simulate_all = planners.simulate
 
@@ -401,6 +405,14 @@ def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
         return simulate_all(*args, **kwargs)
 
     monkeypatch.setattr(planners, "simulate", counting)
+    return counted
+
+
+def test_sizes_past_the_floor_are_not_simulated_and_plans_stay_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _recorded(tmp_path, tree(512), fan(4))
+    counted = _count_simulations(monkeypatch)
     # the floor alone: sizes below one vCPU that scale another's predictions are not simulated either
     same = planners._time_factor
     monkeypatch.setattr(planners, "_time_factor", lambda costs, a, b: 1.0 if same(costs, a, b) == 1.0 else None)
@@ -441,19 +453,8 @@ def test_a_size_predicted_from_another_by_scaling_is_its_twin_and_is_not_simulat
     """History measured at 1769 MB alone predicts 3008 MB through the 512 MB normalization: the same lines
     but for rounding. Those sizes are one prediction (SAME_PREDICTION), so uniform 1769 MB is not simulated
     again (from an empty pool, then warm), and the plans are those of telling them apart."""
-    url = f"sqlite:///{tmp_path / 'meta.db'}"
-    record = fanflow.Config(metadata=url, progress=False, planner="none")
-    for _ in range(3):
-        tree(512).compute(record)
-    drain()
-    counted = [0]
-    simulate_all = planners.simulate
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        counted[0] += 1
-        return simulate_all(*args, **kwargs)
-
-    monkeypatch.setattr(planners, "simulate", counting)
+    url = _recorded(tmp_path, tree(512))
+    counted = _count_simulations(monkeypatch)
 
     def planned() -> tuple[list[tuple[Any, ...]], int]:
         counted[0] = 0
