@@ -267,25 +267,27 @@ class _Converter:
             key, node = stack.pop()
             if node is not None:
                 expanding.discard(key)
-                values[key] = self._node(node) if isinstance(node, task) else self._convert(node)
+            elif key in values:
                 continue
-            if key in values:
-                continue
-            node = self._lookup(key)
-            if not isinstance(node, graph_node):
-                values[key] = node  # data in the legacy format: the value itself
-                continue
-            deps = node.dependencies
-            todo = [dep for dep in (deps if len(deps) < 2 else self._in_order(node)) if dep not in values]
-            if not todo:
-                values[key] = self._node(node) if isinstance(node, task) else self._convert(node)  # a task: the usual
-                continue
-            expanding.add(key)
-            stack.append((key, node))
-            for dep in reversed(todo):  # the first argument's converted first
-                if dep in expanding:
-                    raise DaskGraphError(f"the Dask graph has a cycle: {dep!r} depends on itself through {key!r}")
-                stack.append((dep, None))
+            else:
+                node = self._lookup(key)
+                if not isinstance(node, graph_node):
+                    values[key] = node  # data in the legacy format: the value itself
+                    continue
+                deps = node.dependencies
+                todo = [dep for dep in (deps if len(deps) < 2 else self._in_order(node)) if dep not in values]
+                if todo:
+                    expanding.add(key)
+                    stack.append((key, node))
+                    for dep in reversed(todo):  # the first argument's converted first
+                        if dep in expanding:
+                            raise DaskGraphError(
+                                f"the Dask graph has a cycle: {dep!r} depends on itself through {key!r}"
+                            )
+                        stack.append((dep, None))
+                    continue
+            # Its dependencies are converted; a task (the usual) without _convert's dispatch.
+            values[key] = self._node(node) if isinstance(node, task) else self._convert(node)
 
     def _in_order(self, node: Any) -> list[Key]:
         """``node``'s dependencies in the order its arguments name them.

@@ -647,12 +647,12 @@ class Worker:
         is of another function (it may be long), or :data:`NOTIFY_HOLD_S` passed: 400 sleeps of 10 ms on 2 workers
         cost 200 round trips per worker, 40 this way. A worker lost while it
         holds them is a worker lost before notifying: its invocation runs
-        again, and claims are exactly-once as ever.
+        again, and claims are exactly-once as ever. Asked only by a worker of a
+        remote store (:meth:`_store_and_notify`): in-process runs have no round trips to save.
         """
         dag, ready = self.dag, self._ready
         return (
-            self._remote
-            and bool(ready)
+            bool(ready)
             and exec_s < NOTIFY_HOLD_S
             and bool(dag.dependents[t])
             and not dag.is_sink(t)
