@@ -35,7 +35,7 @@ from fanflow.errors import (
     ValueRejectedError,
 )
 from fanflow.platforms.base import ChecksServing, KeepsWarmWorkers, Platform, RunsOnCaller, runs_on_caller, supports
-from fanflow.platforms.invocation import Invocation, WorkerSettings, send
+from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, send
 from fanflow.store import keys, open_store
 from fanflow.store.base import CANCELLED, FAILED, LEASE_DONE, MISSING, RUNNING, Store, error_record
 
@@ -69,6 +69,7 @@ class Run:
     finished_at = 0.0
     _sub: Any = None
     _base: Invocation | None = None
+    """Any invocation of the run, for :meth:`_recover` to copy."""
     _here: Invocation | None = None
     """The invocation :meth:`wait` runs on the caller's thread (see :meth:`start`)."""
     _others: Sequence[Invocation] = ()
@@ -115,22 +116,28 @@ class Run:
             store.put_many({keys.dag(run): store.dumps(data)[0]}, ttl)
             dag_field = data if len(data) <= self.config.inline_dag_max_bytes else None
         store.set_status(self._status_key, RUNNING, ttl)
-        self._base = base = Invocation(
-            run_id=run,
-            start=(),
-            memory_mb=self.config.memory_mb,
-            store_url=self.config.store,
-            platform=self.platform.name,
-            platform_options=self.platform.options,
-            settings=self.settings,
-            dag=dag_field,
-            runtime=(store, self.platform) if self.platform.in_process else None,
-        )
+        platform = self.platform
+        runtime = (store, platform) if platform.in_process else None
         self.submitted_at = now = time.time()
         # On a platform that says how many workers could start now, that many share the roots.
-        free = self.platform.free_slots() if self.settings.fanout == "capacity" else None
-        groups = root_groups(self.dag, self.plan, free)
-        starts = [base.with_start(tuple(g), self._memory_for(g[0]), now) for g in groups]
+        free = platform.free_slots() if self.settings.fanout == "capacity" else None
+        starts = [
+            Invocation(
+                run_id=run,
+                start=tuple(g),
+                memory_mb=self._memory_for(g[0]),
+                store_url=self.config.store,
+                platform=platform.name,
+                platform_options=platform.options,
+                settings=self.settings,
+                dag=dag_field,
+                invoked_at=now,
+                runtime=runtime,
+                inv_id=new_invocation_id(),
+            )
+            for g in root_groups(self.dag, self.plan, free)
+        ]
+        self._base = starts[0]  # what a recovery copies, with a start, memory and id of its own
         if here and self._can_run_here():
             # The others go with it to run_here, which may hold them back for this thread.
             self._here, self._others = starts[0], starts[1:]

@@ -30,7 +30,7 @@ from fanflow.client.run import Run
 from fanflow.config import Config
 from fanflow.dag.graph import DAG
 from fanflow.errors import NestedRunError, RunCancelledError
-from fanflow.planning import apply_plan
+from fanflow.planning.plan import apply_plan, plans_nothing
 from fanflow.platforms import Platform, client_platform
 from fanflow.platforms.base import RunsOnCaller, supports
 from fanflow.store.base import CANCELLED
@@ -235,10 +235,11 @@ class Session:
         platform = self._acquire(key, config)
         try:
             run = Run(dag, config, platform)
-            plan = apply_plan(dag, config, platform)
-            run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
-            run.predicted_p10_s, run.predicted_p90_s = plan.predicted_p10_s, plan.predicted_p90_s
-            run.plan_kind, run.calibration = plan.kind, plan.calibration
+            if not plans_nothing(config):  # else the run keeps Run's no-plan values (no prediction, planning_s 0)
+                plan = apply_plan(dag, config, platform)
+                run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s
+                run.predicted_p10_s, run.predicted_p90_s = plan.predicted_p10_s, plan.predicted_p90_s
+                run.plan_kind, run.calibration = plan.kind, plan.calibration
             for hook in planned:
                 hook.planned(run)
             error: BaseException | None = None

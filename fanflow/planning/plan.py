@@ -172,6 +172,19 @@ def worker_cap(config: Config) -> int | None:
     return None
 
 
+def plans_nothing(config: Config) -> bool:
+    """Whether ``config``'s planner leaves every DAG as it is: ``none``, or ``wukong`` without optimizations.
+
+    The worker loop's own policy is WUKONG's (one worker per fan-out branch,
+    continuation on fan-in), so WUKONG without optimizations needs no annotations
+    and costs nothing. The session then skips planning altogether (the default's
+    small runs made an empty :class:`Plan` and asked the platform for its warm
+    processes per run).
+    """
+    name = config.planner
+    return name == "none" or (name == "wukong" and config.optimizations == "none")
+
+
 def make_plan(
     dag: DAG,
     config: Config,
@@ -190,11 +203,9 @@ def make_plan(
     """
     began = time.perf_counter()
     name = config.planner
-    enabled = set(config.optimizations.split(",")) if config.optimizations != "none" else set()
-    # The worker loop's own policy is WUKONG's (one worker per fan-out branch, continuation on
-    # fan-in), so WUKONG without optimizations needs no annotations and costs nothing.
-    if name == "none" or len(dag) == 0 or (name == "wukong" and not enabled):
+    if len(dag) == 0 or plans_nothing(config):
         return Plan(name, planning_s=time.perf_counter() - began)
+    enabled = set(config.optimizations.split(",")) if config.optimizations != "none" else set()
     learned = Calibration()
     if read_history and name in HISTORY_PLANNERS:
         if history is None:
