@@ -12,10 +12,11 @@ from support import add
 
 import fanflow
 from fanflow.cli.main import app
+from fanflow.client.session import session
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
 from fanflow.metrics.executions import Executions
-from fanflow.metrics.records import FINISHED, TaskRecord
+from fanflow.metrics.records import FINISHED, RunMetrics, TaskRecord
 from fanflow.planning import Assignment, DagCosts, Predictor, make_plan, planners, simulate
 from fanflow.planning.planners import (
     MEMORY_CHOICES,
@@ -651,3 +652,56 @@ def test_simulations_of_one_dag_reuse_its_placement_only_while_the_labels_stay_t
     apart = simulate(dag, costs, Assignment([1769] * n, labels))
     assert apart.workers == 2
     assert simulate(dag, costs, Assignment([512] * n, [0] * n)).workers == 1
+
+
+# -- joins of several workers' work ------------------------------------------------------------
+
+
+def joined_late() -> tuple[DAG, list[str]]:
+    """A worker (label A) that claims three chain tasks and a join whose other input another worker
+    (label B) made long before: ``y -> y2 -> x``, then ``k1, k2, k3 = grow(x)`` and ``j = join(x, y)``.
+
+    Worker B runs ``y`` and ``y2``; ``x`` is labelled A and planned at another memory size, so B
+    starts a worker for it, which finishes
+    ``x`` and claims ``k1, k2, k3`` and ``j`` at once (``y`` finished before ``x`` could start: the
+    claims do not depend on timing). ``j`` is x's last dependent, so first-in-first-out would run it last.
+    """
+    y = blob(10)
+    x = grow(grow(y, 1), 2)
+    chain = [grow(x, 3 + i) for i in range(3)]
+    dag = DAG.from_sinks([*chain, join(x, y)])
+    labels = ["B", "B", "A", "A", "A", "A", "A"]
+    assert [dag.name(t).rsplit("-", 1)[0] for t in range(len(dag))] == ["blob"] + ["grow"] * 5 + ["join"]
+    return dag, labels
+
+
+def test_a_join_of_another_workers_output_runs_before_the_rest_of_the_queue(tmp_path: Path) -> None:
+    """The claimer of a join runs it next, in the loop and the simulator alike: behind the queue it
+    held up its readers, and on a pool of two the worker that happened to finish last ran every
+    join at its end (gemm's 16 sums: 65/48 tasks per process, the other process idle)."""
+    dag, labels = joined_late()
+    j = len(dag) - 1
+    n = len(dag)
+    memory = [3008 if x == "A" else 1769 for x in labels]
+    sim = simulate(dag, costs_of(n), Assignment(memory, [0 if x == "A" else 1 for x in labels]))
+    a = sim.worker[2]
+    assert sim.worker[j] == a != sim.worker[0]
+    in_a = sorted((t for t in range(n) if sim.worker[t] == a), key=lambda t: sim.start[t])
+    assert in_a == [2, j, 3, 4, 5]
+    for t in range(n):
+        dag.annotations[t] = {"worker": labels[t], "memory_mb": memory[t]}
+    config = fanflow.Config(
+        platform="threads",
+        store="memory://joins",
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        metrics_upload="task",
+        memory_mb=1769,
+        fanout="wukong",
+    )
+    assert session().execute(dag, config)[-1] == 10 + 10 + 1 + 2
+    drain()
+    store = open_metadata(config.metadata)
+    run = store.load_run(store.runs(limit=1)[0]["run_id"])
+    ran = {tuple(w.tasks) for w in RunMetrics.from_stored(run).workers}
+    assert ran == {(0, 1), (2, j, 3, 4, 5)}

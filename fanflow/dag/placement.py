@@ -5,7 +5,8 @@ The loop honours labels where it can (a worker keeps the dependents it claims
 that share its task's label; the client starts a label's roots together), and
 the simulator must predict exactly what the loop will do, so every rule that
 decides where a task runs lives here, as a pure function both call: which
-claimed dependents a worker keeps (:func:`continuation`), how the client
+claimed dependents a worker keeps (:func:`continuation`) and which of them
+runs before its queue (:func:`runs_next`), how the client
 groups roots (:func:`root_groups`), and whether an output may stay out of the
 store (:func:`delayable`). A plan reaches them as a typed :class:`PlanView`.
 
@@ -386,3 +387,16 @@ def runs_here_if_claimed(plan: PlanView, t: int, d: int, memory_mb: int) -> bool
     """Whether :func:`continuation` keeps ``d`` in ``t``'s worker when ``t`` claims ``d`` alone."""
     label = plan.labels[t]
     return (label is not None and plan.labels[d] == label) or plan.fits(d, memory_mb)
+
+
+def runs_next(inputs: Sequence[int], is_here: Callable[[int], bool]) -> bool:
+    """Whether a task a worker just kept, whose ``inputs`` are given, runs before the rest of its queue.
+
+    A *join*: some input was made in another worker (``is_here`` is false for it). The worker
+    finishing its share of a join last claims it; behind that worker's own queue the join held up its
+    readers while slowing nothing, so which of two busy workers claimed the next join was a race
+    each time (gemm's sums went 16/0, 13/3 or 8/8 from run to run). Run at once, a claimed join
+    delays its claimer's share of the next one, so the same worker claims that too: one plan, one
+    placement. Tasks whose inputs are all here keep first-in-first-out (a tree's pairs).
+    """
+    return len(inputs) > 1 and not all(map(is_here, inputs))

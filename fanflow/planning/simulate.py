@@ -68,7 +68,7 @@ import dataclasses
 import heapq
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
@@ -78,6 +78,7 @@ from fanflow.dag.placement import (
     delayable,
     root_groups,
     runs_here_if_claimed,
+    runs_next,
     shed_units,
     sheddable,
     spread,
@@ -447,6 +448,11 @@ def simulate(
         if cause >= 0:
             waited_for[first] = cause
 
+    def here_in(w: int) -> Callable[[int], bool]:
+        """Whether an output is in worker ``w``: made there, or in its process's value cache."""
+        bit = 1 << w_process[w] if cached else 0
+        return lambda u: worker[u] == w or bool(has[u] & bit)
+
     def shed(w: int, now: float, t: int) -> None:
         """As the loop: a worker about to run its next task hands part of its queue to idle slots."""
         queue = w_queue[w]
@@ -512,17 +518,24 @@ def simulate(
             d = claimed[0]
             label, planned = labels[t], planned_mb[d]
             if (label is not None and labels[d] == label) or planned is None or planned == w_memory[w]:
-                queue.append(d)
+                if len(deps[d]) > 1 and runs_next(deps[d], here_in(w)):
+                    queue.appendleft(d)
+                else:
+                    queue.append(d)
                 if len(readers) == 1 and t not in sinks:
                     held[t] = True  # the claim stored the output only if another worker had won it
                 claimed = None
         if claimed:
-            bit = 1 << w_process[w] if cached else 0
-            is_here = lambda u, w=w, bit=bit: worker[u] == w or bool(has[u] & bit)  # noqa: E731
+            is_here = here_in(w)
             here, others = continuation(
                 dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
             )
-            queue.extend(here)
+            first = [d for d in here if runs_next(deps[d], is_here)]
+            if first:
+                queue.extendleft(reversed(first))
+                queue.extend(d for d in here if d not in first)
+            else:
+                queue.extend(here)
             for group in others:
                 new_worker(group, now, t)
         if queue:

@@ -19,7 +19,9 @@ whose claims it already holds, and for each task it runs four small steps:
    just claimed, it keeps what :func:`fanflow.dag.placement.continuation` says
    (without a plan: the one with most inputs already in its cache) and starts
    a new worker on the platform for each of the others (one worker per fan-out
-   branch, as in WUKONG). Nothing claimed: the worker exits. The planner's
+   branch, as in WUKONG). What it keeps joins the end of its queue, except a
+   join of other workers' outputs, which runs next (:meth:`Worker._enqueue`).
+   Nothing claimed: the worker exits. The planner's
    simulator calls the same function, so plans predict what the loop does.
 
 **Fan out no wider than the platform can run.** A platform that knows how
@@ -81,7 +83,15 @@ from typing import Any
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
-from fanflow.dag.placement import continuation, plan_of, runs_here_if_claimed, shed_units, sheddable, spread
+from fanflow.dag.placement import (
+    continuation,
+    plan_of,
+    runs_here_if_claimed,
+    runs_next,
+    shed_units,
+    sheddable,
+    spread,
+)
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
 from fanflow.platforms.invocation import Invocation, branch_id, send
@@ -299,7 +309,7 @@ class Worker:
                     self._current = item
                     claimed = self._run_task(item)
                 if claimed:
-                    ready.extend(self.continue_after(self._current, claimed))
+                    self._enqueue(ready, self.continue_after(self._current, claimed))
         except _Stop:
             pass
         finally:
@@ -706,7 +716,7 @@ class Worker:
         for t, ds in held:
             claimed = [d for d in ds if next(won)]
             if claimed:
-                ready.extend(self.continue_after(t, claimed))
+                self._enqueue(ready, self.continue_after(t, claimed))
 
     def dump(self, t: int, value: Any) -> tuple[Any, int]:
         """``t``'s output in the store's form, and its size; refuses one above ``max_value_bytes``."""
@@ -756,6 +766,19 @@ class Worker:
             self.emit("clustered", t, tasks=here)
         self.invoke(elsewhere)
         return list(here)
+
+    def _enqueue(self, ready: deque[Item], here: list[Item]) -> None:
+        """Queue what this worker continues with: joins first (see :func:`~fanflow.dag.placement.runs_next`).
+
+        The simulator queues its claims by the same rule, so a plan predicts the order the loop runs.
+        """
+        deps, is_here = self.dag.deps, self._is_here
+        first = [d for d in here if runs_next(deps[_task_of(d)], is_here)]
+        if first:
+            ready.extendleft(reversed(first))
+            ready.extend(d for d in here if d not in first)
+        else:
+            ready.extend(here)
 
     def _is_here(self, u: int) -> bool:
         """Whether ``u``'s output is in this worker, or in its process from an earlier invocation."""
