@@ -675,21 +675,25 @@ def joined_late() -> tuple[DAG, list[str]]:
     return dag, labels
 
 
-def test_a_join_of_another_workers_output_runs_before_the_rest_of_the_queue(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_local", [False, True])
+def test_a_join_of_another_workers_output_runs_before_the_rest_of_the_queue(tmp_path: Path, keep_local: bool) -> None:
     """The claimer of a join runs it next, in the loop and the simulator alike: behind the queue it
     held up its readers, and on a pool of two the worker that happened to finish last ran every
-    join at its end (gemm's 16 sums: 65/48 tasks per process, the other process idle)."""
+    join at its end (gemm's 16 sums: 65/48 tasks per process, the other process idle). A join whose
+    output the plan asks to keep local (delayed I/O) stays first-in-first-out: queued, its readers'
+    other inputs may be queued beside it, which is what lets the worker skip the upload."""
     dag, labels = joined_late()
     j = len(dag) - 1
     n = len(dag)
     memory = [3008 if x == "A" else 1769 for x in labels]
-    sim = simulate(dag, costs_of(n), Assignment(memory, [0 if x == "A" else 1 for x in labels]))
+    upload = [not (keep_local and t == j) for t in range(n)]
+    sim = simulate(dag, costs_of(n), Assignment(memory, [0 if x == "A" else 1 for x in labels], upload))
     a = sim.worker[2]
     assert sim.worker[j] == a != sim.worker[0]
-    in_a = sorted((t for t in range(n) if sim.worker[t] == a), key=lambda t: sim.start[t])
-    assert in_a == [2, j, 3, 4, 5]
+    expected = (2, 3, 4, 5, j) if keep_local else (2, j, 3, 4, 5)
+    assert tuple(sorted((t for t in range(n) if sim.worker[t] == a), key=lambda t: sim.start[t])) == expected
     for t in range(n):
-        dag.annotations[t] = {"worker": labels[t], "memory_mb": memory[t]}
+        dag.annotations[t] = {"worker": labels[t], "memory_mb": memory[t], "upload": upload[t]}
     config = fanflow.Config(
         platform="threads",
         store="memory://joins",
@@ -704,4 +708,4 @@ def test_a_join_of_another_workers_output_runs_before_the_rest_of_the_queue(tmp_
     store = open_metadata(config.metadata)
     run = store.load_run(store.runs(limit=1)[0]["run_id"])
     ran = {tuple(w.tasks) for w in RunMetrics.from_stored(run).workers}
-    assert ran == {(0, 1), (2, j, 3, 4, 5)}
+    assert ran == {(0, 1), expected}

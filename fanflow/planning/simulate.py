@@ -518,7 +518,7 @@ def simulate(
             d = claimed[0]
             label, planned = labels[t], planned_mb[d]
             if (label is not None and labels[d] == label) or planned is None or planned == w_memory[w]:
-                if len(deps[d]) > 1 and runs_next(deps[d], here_in(w)):
+                if len(deps[d]) > 1 and runs_next(view, d, deps[d], here_in(w)):
                     queue.appendleft(d)
                 else:
                     queue.append(d)
@@ -530,7 +530,7 @@ def simulate(
             here, others = continuation(
                 dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
             )
-            first = [d for d in here if runs_next(deps[d], is_here)]
+            first = [d for d in here if runs_next(view, d, deps[d], is_here)]
             if first:
                 queue.extendleft(reversed(first))
                 queue.extend(d for d in here if d not in first)

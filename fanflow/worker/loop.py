@@ -772,8 +772,8 @@ class Worker:
 
         The simulator queues its claims by the same rule, so a plan predicts the order the loop runs.
         """
-        deps, is_here = self.dag.deps, self._is_here
-        first = [d for d in here if runs_next(deps[_task_of(d)], is_here)]
+        deps, plan, is_here = self.dag.deps, self.plan, self._is_here
+        first = [d for d in here if runs_next(plan, _task_of(d), deps[_task_of(d)], is_here)]
         if first:
             ready.extendleft(reversed(first))
             ready.extend(d for d in here if d not in first)
