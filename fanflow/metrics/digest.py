@@ -281,24 +281,33 @@ def digest_rows(
                 stopped.add(worker)
     if stopped != workers:
         return None  # a worker has events to flush yet
-    out_bytes = [0] * n
+    # One pass in task order, which is topological: an upstream's output size is known before its
+    # dependents read it (what _inputs does for digest_events, without its lists: this is per call).
+    fetched = local = total_out = 0
+    executions: list[Execution] = []
     for i, end in enumerate(ends):
         if end is None:
             return None
         exec_s, out, memory, sizes = end
         if type(out) is not int or type(memory) is not int or memory <= 0 or type(exec_s) not in (float, int):
             return None
-        if type(sizes) not in _SIZES or len(sizes) != len(deps[i]):
+        upstreams = deps[i]
+        if type(sizes) not in _SIZES or len(sizes) != len(upstreams):
             return None
-        out_bytes[i] = out
-    inputs = _inputs(deps, [end[3] for end in ends], out_bytes)  # type: ignore[index]  # none is None: checked
-    if inputs is None:
-        return None
-    read, fetched, local = inputs
-    executions = tuple(
-        [(identities[i], end[2], float(end[0]), read[i], out_bytes[i]) for i, end in enumerate(ends)]  # type: ignore[index]
-    )
-    return (len(workers), cold_starts, fetched, local, sum(out_bytes)), executions
+        in_bytes = 0
+        if upstreams:  # a source skips zip's keyword parsing
+            for upstream, size in zip(upstreams, sizes, strict=True):
+                if size is None:  # a local input: its upstream's output size
+                    size = executions[upstream][4]
+                    local += size
+                elif type(size) is int:
+                    fetched += size
+                else:
+                    return None
+                in_bytes += size
+        total_out += out
+        executions.append((identities[i], memory, float(exec_s), in_bytes, out))
+    return (len(workers), cold_starts, fetched, local, total_out), tuple(executions)
 
 
 def _inputs(

@@ -267,7 +267,7 @@ def _record_raw(run: Run) -> bool:
     """
     global _tiny_queued
     dag = run.dag
-    if dag.maps or len(dag) >= SMALL_COLUMN:
+    if dag.maps or len(dag.deps) >= SMALL_COLUMN:
         return False
     config = run.config
     began = time.perf_counter()
@@ -291,7 +291,7 @@ def _record_raw(run: Run) -> bool:
     task_of = tuple(dag.task_of)
     key = (dag.signature, tuple(dag.tasks), task_of)
     lists = _dag_lists.get(key)
-    if lists is None:
+    if lists is None or lists[3] != _script():
         lists = _lists_of(dag, key)
     try:  # recording never fails a run: what goes wrong here, the usual way reports
         digested = digest_rows(lists[0], dag.deps, flushed)
@@ -301,9 +301,10 @@ def _record_raw(run: Run) -> bool:
     if digested is None:  # a worker has events to flush yet, a task ended twice...: the usual way says what
         return False
     totals, executions = digested
-    head = _header_values(run, None)
+    signature, sink, workflow = lists[2]
     n = len(task_of)
-    values = (*head[:-1], n, n, *totals, time.perf_counter() - began, head[-1])  # the run document's values
+    head = _run_values(run, signature, sink, SUCCEEDED, None)
+    values = (*head, n, n, *totals, time.perf_counter() - began, workflow)  # the run document's values
     parts: raw.RawParts = (values, *lists[1], rows)
     waiting = _tiny.get(store)
     if waiting is None:
@@ -316,17 +317,25 @@ def _record_raw(run: Run) -> bool:
     return True
 
 
-_DagLists = tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]
-"""The function identity of each task, and the six tuples of DAG lists a raw run keeps after its values."""
+_DagLists = tuple[tuple[str, ...], tuple[tuple[Any, ...], ...], tuple[str, str, str], str]
+"""The function identity of each task, the six tuples of DAG lists a raw run keeps after its values, the DAG's
+values in the run document (signature, sink and workflow) and the script path its workflow was found with."""
 
 _dag_lists: dict[tuple[str, tuple[Any, ...], tuple[int, ...]], _DagLists] = {}
 """Per DAG signature, task functions and task-to-function map: the function identity of each task (for the
-digest), and the DAG's lists a raw run keeps (names, identities, task_of, upstream counts and ids, sinks).
-The signature covers the upstream ids, the sinks and each function's code; ``fanflow.dask.get`` of one graph
-makes the same functions (the same objects) call after call, and copying these lists each time was about 10k
-of the 132k instructions a tiny run's recording took (callgrind). Kept entries hold their task functions."""
+digest), the DAG's lists a raw run keeps (names, identities, task_of, upstream counts and ids, sinks) and
+its values in the run document. The signature covers the upstream ids, the sinks and each function's code
+(the tasks and task_of give the sink's and the first task's names and identities); ``fanflow.dask.get`` of one
+graph makes the same functions (the same objects) call after call, and copying these lists each time was about
+10k of the 132k instructions a tiny run's recording took (callgrind). Kept entries hold their task functions."""
 
 _DAG_LISTS_KEPT = 256
+
+
+def _script() -> str:
+    """The path of the script this process runs, as :func:`workflow_of` reads it (a workflow may be named after
+    it)."""
+    return sys.argv[0] if sys.argv else ""
 
 
 def _lists_of(dag: DAG, key: tuple[str, tuple[Any, ...], tuple[int, ...]]) -> _DagLists:
@@ -340,7 +349,8 @@ def _lists_of(dag: DAG, key: tuple[str, tuple[Any, ...], tuple[int, ...]]) -> _D
         tuple(itertools.chain.from_iterable(deps)),
         tuple(dag.sinks),
     )
-    found = (tuple([identities[f] for f in task_of]), kept)
+    script = _script()
+    found = (tuple([identities[f] for f in task_of]), kept, (key[0], dag.sink_name, workflow_of(dag)), script)
     if len(_dag_lists) >= _DAG_LISTS_KEPT:  # a process making DAGs without end
         _dag_lists.clear()
     _dag_lists[key] = found
@@ -383,21 +393,29 @@ _HEAD_FIELDS = _FIELDS[: _FIELDS.index("tasks")]
 
 def _header_values(run: Run, error: BaseException | None) -> tuple[Any, ...]:
     """The values of :data:`_HEAD_FIELDS`, then the workflow: what the client knows of the run."""
-    config, dag = run.config, run.dag
+    dag = run.dag
+    text = None if error is None else _error_text(error)
+    return (*_run_values(run, dag.signature, dag.sink_name, status_of(error), text), workflow_of(dag))
+
+
+def _run_values(run: Run, signature: str, sink: str, status: str, error: str | None) -> tuple[Any, ...]:
+    """The values of :data:`_HEAD_FIELDS`, given those of the DAG (a tiny run's recording keeps them per DAG)."""
+    config = run.config
+    submitted_at = run.submitted_at
     finished_at = run.finished_at or time.time()
     return (
         run.run_id,
-        dag.signature,
-        dag.sink_name,
-        status_of(error),
+        signature,
+        sink,
+        status,
         config.planner,
         config.platform,
         config.metrics_upload,
         config.memory_mb,
-        run.submitted_at,
+        submitted_at,
         finished_at,
-        max(0.0, finished_at - run.submitted_at),
-        _build_times.get(dag, 0.0),
+        max(0.0, finished_at - submitted_at),
+        _build_times.get(run.dag, 0.0),
         run.planning_s,
         run.encoded_size,
         run.predicted_makespan_s,
@@ -405,8 +423,7 @@ def _header_values(run: Run, error: BaseException | None) -> tuple[Any, ...]:
         run.predicted_p90_s,
         run.plan_kind,
         run.calibration,
-        None if error is None else _error_text(error),
-        workflow_of(dag),
+        error,
     )
 
 
