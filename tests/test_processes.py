@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocat
 from fanflow.platforms.processes import ProcessesPlatform, client_platform
 from fanflow.platforms.processes import pool as pool_module
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
-from fanflow.platforms.processes.pool import PoolHost, pack_entries, push
+from fanflow.platforms.processes.pool import PoolHost, pack_entries, push, widen
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING, RUNNING, SUCCEEDED
 from fanflow.store.metadata import drain, open_metadata
@@ -654,6 +655,19 @@ def test_a_run_reads_the_status_of_a_busy_run_once_however_many_invocations_it_h
 @fanflow.task
 def size_of(blob: bytes) -> int:
     return len(blob)
+
+
+def test_a_widened_pipe_takes_a_payload_of_its_room_with_nobody_reading() -> None:
+    """The dispatcher writes a payload up to ``widen``'s room itself: the write must never wait for the
+    worker. A real-size tree's root payload (79 KB with its DAG inline) must fit, whatever the host's
+    socket defaults (with ~200 KB of default buffer, half of it is left)."""
+    ours, theirs = multiprocessing.Pipe()
+    with ours, theirs:
+        room = widen(ours)
+        assert room >= 100 * 1024
+        os.set_blocking(ours.fileno(), False)  # a write that would wait raises BlockingIOError instead
+        ours.send_bytes(b"x" * room)
+        assert len(theirs.recv_bytes()) == room
 
 
 def test_a_large_payload_to_a_frozen_worker_does_not_hold_up_the_others(redis_url: str, tmp_path: Path) -> None:
