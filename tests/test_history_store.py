@@ -164,6 +164,36 @@ def test_summaries_of_columns_equal_those_added_one_by_one() -> None:
     assert Summary.of_columns([], [], []) == Summary()
 
 
+def test_raw_runs_summaries_are_the_same_whether_a_batch_has_one_function_or_several(tmp_path: Path) -> None:
+    """A writer batch of one function at one size is split into columns by zip, any other grouped one by
+    one: the summaries the store holds after either equal those of the executions added one by one."""
+    from fanflow.store.metadata.sqlite import _columns_of
+
+    one = [("m.f:1", 1769, 0.5, 10.0, 3.0), ("m.f:1", 1769, 0.25, 0.0, 1.0)]
+    several = [*one, ("m.g:2", 1769, 1e-6, 1e6, 0.0), ("m.f:1", 512, 0.75, 20.0, 5.0), ("m.f:1", 1769, 2.0, 1.0, 1.0)]
+    for executions in (one, several):
+        parts = ((), (), (), (), (), (), (), b"")  # no run to read back: only the summaries are
+        raws = [(parts, (execution,), None) for execution in executions]
+        expected: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for identity, memory_mb, *values in executions:
+            expected.setdefault((identity, memory_mb), []).append(tuple(values))
+        columns = _columns_of(raws)
+        assert {key: list(zip(*column, strict=True)) for key, column in columns.items()} == expected
+        db = tmp_path / f"{len(executions)}.db"
+        store = SQLiteMetadataStore(f"sqlite:///{db}")
+        store.save_raw([*raws[:1]])  # a first batch, then the rest merged into what it stored
+        store.flush()
+        store.save_raw(raws[1:])
+        store.flush()
+        summaries = store.summaries()
+        assert summaries.keys() == expected.keys()
+        for key, triples in expected.items():
+            want = Summary.of(triples).to_dict()
+            for name, value in summaries[key].to_dict().items():
+                assert value == pytest.approx(want[name], rel=1e-12), (key, name)
+        store.close()
+
+
 def test_a_schema_2_file_reads_its_runs_beside_new_ones(tmp_path: Path) -> None:
     """Schema 2 kept task documents grouped per function: the same records come back, new runs get traces."""
     source = tmp_path / "new.db"

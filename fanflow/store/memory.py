@@ -344,6 +344,8 @@ class MemoryStore:
         if not isinstance(entry, _Stream):
             return [], after
         with self._lock:  # a sequence number and its batch are appended together
+            if after == "0" and entry.seqs:  # from the start (a tiny run's recording reads it once): no search
+                return list(entry.batches), f"{entry.seqs[-1]}-0"
             start = bisect.bisect_right(entry.seqs, int(after.split("-", 1)[0]))
             seqs, batches = entry.seqs[start:], entry.batches[start:]
         if not seqs:

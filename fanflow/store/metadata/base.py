@@ -86,9 +86,9 @@ class Summary:
     def merge(self, other: Summary) -> Summary:
         """A new summary of both sets of executions (Chan et al.'s parallel update)."""
         if other.count == 0:
-            return Summary(*_summary_values(self))
+            return Summary(*summary_values(self))
         if self.count == 0:
-            return Summary(*_summary_values(other))
+            return Summary(*summary_values(other))
         n = self.count + other.count
         delta = other.mean - self.mean
         return Summary(
@@ -137,7 +137,7 @@ class Summary:
         return max(0.0, intercept + slope * in_bytes)
 
     def to_dict(self) -> dict[str, float]:
-        return dict(zip(_SUMMARY_FIELDS, _summary_values(self), strict=True))
+        return dict(zip(_SUMMARY_FIELDS, summary_values(self), strict=True))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Summary:
@@ -178,8 +178,8 @@ class Summary:
 
 
 _SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
-_summary_values = operator.attrgetter(*_SUMMARY_FIELDS)
-"""Every field of a summary in one C-level call: saves merge summaries on every run."""
+summary_values = operator.attrgetter(*_SUMMARY_FIELDS)
+"""Every field of a summary, in field order, in one C-level call: saves merge summaries on every run."""
 
 
 class StoredRun:
