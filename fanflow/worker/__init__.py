@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 _DAG_CACHE_SIZE = 16
 _dags: OrderedDict[str, DAG] = OrderedDict()
+_DECODED_KEPT = 2
+"""Decoded DAGs kept by their encoding across runs: a plan run again ships the same bytes (the
+real-size tree: 77,707 B, the same in 10 of 10 runs), and decoding its 2,047 tasks cost each
+worker 5.5 ms per run (load 5.7), at the start of the run, before its first task. Two, so that
+two workflows taking turns on a pool both hit; few, so that full collections stay short (see
+:func:`drop_ended_runs`)."""
+_decoded: OrderedDict[bytes, DAG] = OrderedDict()
 _dags_lock = threading.Lock()
 _cold = True
 
@@ -140,8 +147,11 @@ def drop_ended_runs(run_id: str, store: Store) -> None:
 
 
 def _dag_for(inv: Invocation, store: Any) -> DAG | None:
-    """The run's DAG: the object itself in-process, else decoded once per run and cached.
+    """The run's DAG: the object itself in-process, else decoded once per run and cached, and
+    taken from an earlier run that shipped the same encoding when there is one (:data:`_DECODED_KEPT`).
 
+    Runs may share one decoded DAG as they share a client's DAG object in-process: what a
+    worker derives from it (its plan view) depends only on its encoded content.
     None when the DAG is neither inline nor in the store: the run has ended.
     """
     if isinstance(inv.dag, DAG):
@@ -156,7 +166,17 @@ def _dag_for(inv: Invocation, store: Any) -> DAG | None:
         (data,), _ = store.get_many([keys.dag(inv.run_id)])
         if data is MISSING:
             return None
-    dag = decode(data)
+    encoded = data if isinstance(data, bytes) else bytes(data)
+    with _dags_lock:
+        dag = _decoded.get(encoded)
+        if dag is not None:
+            _decoded.move_to_end(encoded)
+    if dag is None:
+        dag = decode(encoded)
+        with _dags_lock:
+            _decoded[encoded] = dag
+            while len(_decoded) > _DECODED_KEPT:
+                _decoded.popitem(last=False)
     with _dags_lock:
         _dags[inv.run_id] = dag
         while len(_dags) > _DAG_CACHE_SIZE:
