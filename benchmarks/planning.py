@@ -12,7 +12,10 @@ writable) with a temporary SQLite history:
    the worker processes' CPU time per run with its CV (on a shared machine the
    makespan's CV is mostly other jobs; the CPU's is the platform's own), and
    per run its worker CPU, invocations and tasks per worker process: counts
-   that repeat run after run for one plan unless the platform varies;
+   that repeat run after run for one plan unless the platform varies; and the
+   CFS periods a CPU quota throttled a worker in, and when each worker process
+   began the run's work (a run whose processes both start late lost its time
+   before its first task: the pool's delivery, not the work);
 2. cost (GB-s, from the worker records: memory x time alive) and makespan of
    critical-path against uniform at the largest memory (3008 MB), runs
    interleaved so both see the same load (target: never more than +5%). The
@@ -208,7 +211,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
-        f"{'CPU s':>7}{'inv':>5}  tasks per process"
+        f"{'CPU s':>7}{'inv':>5}{'thr':>5}{'start ms':>10}  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
@@ -222,14 +225,15 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
         print(f"{name:<17}warm-ups {warm} s")
         own = []
         inside_runs = 0
-        ms, cpu, stolen = [], [], []
+        ms, cpu, stolen, throttles = [], [], [], []
         for _ in range(repeat):
-            before, steal_before = worker_cpu_s(), steal_s()
+            before, steal_before, throttled_before = worker_cpu_s(), steal_s(), throttled()
             ms += run(build, cp, 1)
             after = worker_cpu_s()
             stolen.append(steal_s() - steal_before)
+            throttles.append(throttled() - throttled_before)
             cpu.append(sum(t - before.get(pid, 0.0) for pid, t in after.items()))
-        for m, taken, used in zip(ms, stolen, cpu, strict=True):
+        for m, taken, used, thr in zip(ms, stolen, cpu, throttles, strict=True):
             r = m.run
             predicted = r.predicted_makespan_s or 0.0
             error = (predicted - r.makespan_s) / r.makespan_s
@@ -240,7 +244,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
-                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}  {split(m)}"
+                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}{thr:>5}{starts(m):>10}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
         times = [m.run.makespan_s for m in ms]
@@ -264,7 +268,8 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" their p10-p90 interval. Warm-ups: the runs before, whose history the first prediction comes from;")
     print(" per run, CPU s: its worker CPU; inv: worker invocations; tasks per process: how the pool's processes")
     print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
-    print(" give the same counts run after run)")
+    print(" give the same counts run after run; thr: CFS periods in which a worker's CPU quota throttled it;")
+    print(" start ms: when each process began its first task of the run, after the run was submitted)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
         f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}"
@@ -418,6 +423,39 @@ def split(m: RunMetrics) -> str:
         process = w.worker.rsplit("-", 1)[0]
         per_process[process] = per_process.get(process, 0) + len(w.tasks)
     return "/".join(str(n) for n in sorted(per_process.values(), reverse=True))
+
+
+def starts(m: RunMetrics) -> str:
+    """When each worker process began the run's work, ms after the run was submitted, earliest first
+    (``9/12``): a run whose processes both start late waited before its first task, not in it."""
+    first: dict[str, float] = {}
+    for w in m.workers:
+        process = w.worker.rsplit("-", 1)[0]
+        first[process] = min(first.get(process, w.started_at), w.started_at)
+    return "/".join(f"{(t - m.run.submitted_at) * 1e3:.0f}" for t in sorted(first.values()))
+
+
+def throttled() -> int:
+    """CFS periods so far in which a CPU quota throttled a worker process of this benchmark's pool
+    (``nr_throttled`` of each one's cgroup, v1 or v2); 0 where cgroups are not readable."""
+    total = 0
+    for pid in worker_cpu_s():
+        try:
+            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+                _, controllers, path = line.split(":", 2)
+                if controllers == "" and (Path("/sys/fs/cgroup") / "cgroup.controllers").is_file():
+                    stat = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat"
+                elif "cpu" in controllers.split(","):
+                    mount = next(m for m in ("cpu", "cpu,cpuacct") if (Path("/sys/fs/cgroup") / m).is_dir())
+                    stat = Path("/sys/fs/cgroup") / mount / path.lstrip("/") / "cpu.stat"
+                else:
+                    continue
+                fields = dict(row.split() for row in stat.read_text().splitlines())
+                total += int(fields.get("nr_throttled", 0))
+                break
+        except (OSError, ValueError, StopIteration):  # the process ended while read, or no such group
+            continue
+    return total
 
 
 def worker_cpu_s() -> dict[int, float]:
