@@ -14,8 +14,10 @@ writable) with a temporary SQLite history:
    per run its worker CPU, invocations and tasks per worker process: counts
    that repeat run after run for one plan unless the platform varies; and the
    CFS periods a CPU quota throttled a worker in, and when each worker process
-   began the run's work (a run whose processes both start late lost its time
-   before its first task: the pool's delivery, not the work);
+   received its first invocation of the run and began its work (a run whose
+   processes both start late lost its time before its first task: a late
+   receipt is the client's or the pool's delivery, a late start after it the
+   worker's own verify, DAG load and begin);
 2. cost (GB-s, from the worker records: memory x time alive) and makespan of
    critical-path against uniform at the largest memory (3008 MB), runs
    interleaved so both see the same load (target: never more than +5%). The
@@ -211,7 +213,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
-        f"{'CPU s':>7}{'inv':>5}{'thr':>5}{'start ms':>10}  tasks per process"
+        f"{'CPU s':>7}{'inv':>5}{'thr':>5}{'got ms':>9}{'start ms':>10}  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
@@ -234,6 +236,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             throttles.append(throttled() - throttled_before)
             cpu.append(sum(t - before.get(pid, 0.0) for pid, t in after.items()))
         for m, taken, used, thr in zip(ms, stolen, cpu, throttles, strict=True):
+            got, began = starts(m)
             r = m.run
             predicted = r.predicted_makespan_s or 0.0
             error = (predicted - r.makespan_s) / r.makespan_s
@@ -244,7 +247,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
-                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}{thr:>5}{starts(m):>10}  {split(m)}"
+                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
         times = [m.run.makespan_s for m in ms]
@@ -269,7 +272,8 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" per run, CPU s: its worker CPU; inv: worker invocations; tasks per process: how the pool's processes")
     print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
     print(" give the same counts run after run; thr: CFS periods in which a worker's CPU quota throttled it;")
-    print(" start ms: when each process began its first task of the run, after the run was submitted)")
+    print(" got ms / start ms: when each process received its first invocation of the run / began its work,")
+    print(" after the run was submitted)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
         f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}"
@@ -425,14 +429,23 @@ def split(m: RunMetrics) -> str:
     return "/".join(str(n) for n in sorted(per_process.values(), reverse=True))
 
 
-def starts(m: RunMetrics) -> str:
-    """When each worker process began the run's work, ms after the run was submitted, earliest first
-    (``9/12``): a run whose processes both start late waited before its first task, not in it."""
-    first: dict[str, float] = {}
+def starts(m: RunMetrics) -> tuple[str, str]:
+    """When each worker process got its first invocation of the run, and when it began that
+    invocation's work, ms after the run was submitted, in the order the processes began (``5/7``,
+    ``9/12``): a late receipt is the client's or the pool's delivery, a late start after an early
+    receipt the worker's own (verify, DAG, begin)."""
+    received = {str(e.get("worker")): float(e["received_at"]) for e in m.events if e.get("kind") == "worker_started"}
+    first: dict[str, tuple[float, float]] = {}
     for w in m.workers:
         process = w.worker.rsplit("-", 1)[0]
-        first[process] = min(first.get(process, w.started_at), w.started_at)
-    return "/".join(f"{(t - m.run.submitted_at) * 1e3:.0f}" for t in sorted(first.values()))
+        if process not in first or w.started_at < first[process][1]:
+            first[process] = (received.get(w.worker, w.started_at), w.started_at)
+    ordered = sorted(first.values(), key=lambda pair: pair[1])
+
+    def ms(times: list[float]) -> str:
+        return "/".join(f"{(t - m.run.submitted_at) * 1e3:.0f}" for t in times)
+
+    return ms([got for got, _ in ordered]), ms([began for _, began in ordered])
 
 
 def throttled() -> int:
