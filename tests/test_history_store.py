@@ -476,6 +476,13 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
     assert counted == summaries and len(executions) == 3
     worker, ended = next((w, r) for w, rows in flushed for r in rows if SHAPES[r[-1]].kind == "task_finished")
     assert digest_rows(identities, graph.deps, [*flushed, (worker, [ended])]) is None  # a task ending twice
+    names = SHAPES[ended[-1]].names
+    for name, value in (("out_bytes", 1.5), ("memory_mb", 0), ("memory_mb", True), ("exec_s", "1"), ("in_bytes", 3)):
+        changed = (
+            tuple(value if field == name else v for field, v in zip(names, ended, strict=False)) + ended[len(names) :]
+        )
+        odd = [(w, [changed if r is ended else r for r in rows]) for w, rows in flushed]
+        assert digest_rows(identities, graph.deps, odd) is None, (name, value)  # a value the records would convert
     stop = shape("worker_stopped", ("tasks", "task", "t"))
     unstopped = [(w, [r for r in rows if r[-1] != stop]) for w, rows in flushed]
     assert digest_rows(identities, graph.deps, unstopped) is None  # a worker yet to flush its last events

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Callable, Sequence
-from itertools import chain
+from itertools import chain, product
 from typing import Any
 
 import numpy as np
@@ -211,6 +211,9 @@ Totals = tuple[int, int, int, int, int]
 """What :func:`digest_rows` fills in of a run's record: workers, cold starts, bytes fetched, local and out."""
 
 _STARTED, _STOPPED, _OTHER, _FINISHED = range(4)
+_END_TYPES = frozenset(product((float, int), (int,), (int,), _SIZES))
+"""The types of a finished task's exec_s, out_bytes, memory_mb and in_bytes that :func:`digest_rows` reads (one
+set lookup per task: the records would convert others)."""
 _FINISHED_FIELDS = ("exec_s", "out_bytes", "memory_mb", "in_bytes")
 _Reader = tuple[int, int, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]
 _readers: dict[int, _Reader | None] = {}
@@ -289,10 +292,10 @@ def digest_rows(
         if end is None:
             return None
         exec_s, out, memory, sizes = end
-        if type(out) is not int or type(memory) is not int or memory <= 0 or type(exec_s) not in (float, int):
-            return None
         upstreams = deps[i]
-        if type(sizes) not in _SIZES or len(sizes) != len(upstreams):
+        if (type(exec_s), type(out), type(memory), type(sizes)) not in _END_TYPES or memory <= 0:
+            return None
+        if len(sizes) != len(upstreams):
             return None
         in_bytes = 0
         if upstreams:  # a source skips zip's keyword parsing
