@@ -271,11 +271,14 @@ class _Converter:
                 continue
             else:
                 node = self._lookup(key)
-                if not isinstance(node, graph_node):
+                if type(node) is _Call:
+                    deps = node.dependencies  # in the order of its arguments already
+                elif not isinstance(node, graph_node):
                     values[key] = node  # data in the legacy format: the value itself
                     continue
-                deps = node.dependencies
-                todo = [dep for dep in (deps if len(deps) < 2 else self._in_order(node)) if dep not in values]
+                else:
+                    deps = node.dependencies if len(node.dependencies) < 2 else self._in_order(node)
+                todo = [dep for dep in deps if dep not in values]
                 if todo:
                     expanding.add(key)
                     stack.append((key, node))
@@ -330,6 +333,13 @@ class _Converter:
             node = self._graph[key]
         except (KeyError, TypeError):
             raise _missing(key) from None
+        kind = type(node)
+        if kind is tuple:
+            call = self._plain_call(node)
+            if call is not None:
+                return call
+        elif kind in _PLAIN and (kind not in _KEY_TYPES or node not in self._all_keys):
+            return node  # data that names no key: convert_legacy_task leaves it as it is
         spec = self._spec
         if isinstance(node, spec.GraphNode):
             return node
@@ -338,7 +348,43 @@ class _Converter:
             raise _missing(key)  # ``{"x": "x"}`` names no value: convert_legacy_graph drops such a key
         return node
 
+    def _plain_call(self, task: tuple[Any, ...]) -> _Call | None:
+        """The legacy task ``task`` as a :class:`_Call` if it is ``(func, *args)`` with every argument a
+        plain constant (:data:`_PLAIN`), a key of the graph or not; None for any other tuple.
+
+        What ``convert_legacy_task`` would make of it (a ``Task`` whose key arguments are
+        ``Alias`` references) without the ``Task`` and its references: in a small ``get``
+        those cost about as much as the rest of the conversion. Any other argument (a
+        tuple, which may be a key or a task, a list, a dict, a future, ...) and a fused
+        task go the legacy way.
+        """
+        if not task:
+            return None
+        func = task[0]
+        if not callable(func) or func is self._subgraph or isinstance(func, self._spec.GraphNode):
+            return None
+        all_keys = self._all_keys
+        args = task[1:]
+        refs: list[int] = []
+        for i, arg in enumerate(args):
+            kind = type(arg)
+            if kind not in _PLAIN:
+                return None
+            if kind in _KEY_TYPES and arg in all_keys:
+                refs.append(i)
+        return _Call(func, args, tuple(refs), tuple(dict.fromkeys([args[i] for i in refs])))
+
+    def _call(self, call: _Call) -> Any:
+        """The handle of the fanflow task made for ``call``, whose keys are all converted."""
+        args = list(call.args)
+        values = self.values
+        for i in call.refs:
+            args[i] = values[args[i]]
+        return self._make(self.task_for(call.func), args, {})
+
     def _convert(self, node: Any) -> Any:
+        if type(node) is _Call:
+            return self._call(node)
         spec = self._spec
         if isinstance(node, spec.Task):
             return self._node(node)
@@ -398,6 +444,20 @@ class _Converter:
             task = _kept_task(func, name) if _long_lived(func) else Task(func, name=name or _funcname(func))
             cached = self._tasks[(id(func), name)] = (func, task)
         return cached[1]
+
+
+class _Call:
+    """A legacy ``(func, *args)`` task of plain arguments, some of them keys (see :meth:`_Converter._plain_call`)."""
+
+    __slots__ = ("args", "dependencies", "func", "refs")
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], refs: tuple[int, ...], deps: tuple[Key, ...]):
+        self.func = func
+        self.args = args
+        self.refs = refs
+        """Positions of the arguments that are keys."""
+        self.dependencies = deps
+        """The keys among the arguments, each once, in order."""
 
 
 class _Subgraph:
@@ -465,6 +525,9 @@ class _Out:
 
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 """Argument types that hold no task output and are no container: a template keeps them as they are."""
+
+_KEY_TYPES = frozenset({int, float, str, bool})
+"""Of :data:`_PLAIN`, the types whose values ``convert_legacy_task`` takes for a key when the graph has one equal."""
 
 
 def _is_out(x: Any) -> bool:

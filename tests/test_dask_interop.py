@@ -259,6 +259,27 @@ def test_get_converts_legacy_keys_when_needed(run_config: fanflow.Config) -> Non
         ffdask.get(dsk, "self", config=run_config)
 
 
+def args_of(*args: Any) -> tuple[Any, ...]:
+    return args
+
+
+@pytest.mark.parametrize(
+    ("dsk", "key"),
+    [
+        ({"a": 1, "b": (args_of, "a", "a", "z", 2.5, None, b"a", 3j, False)}, "b"),  # keys and constants
+        ({1: 10, 2: (args_of, 1, 1.0, True, 3, "1")}, 2),  # 1.0 and True equal the key 1: Dask reads them as it
+        ({"a": 5, "b": "a", "c": (args_of, "b", "a")}, "c"),  # a key's value naming another key: its alias
+        ({("x", 0): 1, "y": (args_of, ("x", 0), [("x", 0)], (inc, ("x", 0)), {"k": ("x", 0)})}, "y"),  # the legacy way
+        ({"a": 1, "f": (args_of, "a"), "g": ((lambda *a: a), "f", "a")}, "g"),  # a callable made per graph
+    ],
+)
+def test_plain_legacy_tasks_convert_as_dask_converts_them(
+    dsk: dict[Any, Any], key: Any, run_config: fanflow.Config
+) -> None:
+    """A legacy task of plain arguments is converted without Dask's Task objects, to the same values."""
+    assert ffdask.get(dsk, [key], config=run_config) == dask.get(dsk, [key])
+
+
 def test_get_deep_chain_beyond_recursion_limit(run_config: fanflow.Config) -> None:
     depth = sys.getrecursionlimit() + 500
     dsk: dict[str, Any] = {"x0": 0}
