@@ -112,3 +112,13 @@ def test_one_worker_keeps_every_branch() -> None:
     me = threading.get_ident()
     one = {"progress": False, "metadata": "none", "max_workers": 1}
     assert threads_used(*(nap(i) for i in range(20))).compute(one) == {me}
+
+
+def test_without_the_switch_count_an_invocation_longer_than_short_is_not_short() -> None:
+    from fanflow.platforms.spreading import SHORT_S
+
+    s = Spreading()
+    entered = s.enter(switches=False)
+    assert entered[2] == -1
+    time.sleep(2 * SHORT_S)  # asleep: little CPU, but the wall time says nothing without the count
+    assert not s.leave(entered)

@@ -382,3 +382,25 @@ def test_the_other_roots_of_a_caller_with_no_free_slot_are_invoked() -> None:
     finally:
         release.set()
         platform.close()
+
+
+def test_only_the_invocations_of_dags_with_several_roots_keep_a_streak() -> None:
+    """run_here holds back only a run's other roots, so the streak of a 1-root DAG would never be read: its
+    invocations keep none (and skip the context switch count their verdict needs)."""
+    from fanflow.dag.graph import DAG
+    from fanflow.platforms.threads import ThreadsPlatform
+
+    one = DAG.from_sinks([fanflow.task(abs)(-1)])
+    two = DAG.from_sinks([fanflow.task(max)(fanflow.task(abs)(-1), fanflow.task(abs)(-2))])
+    assert len(one.roots) == 1 and len(two.roots) == 2
+    ran: list[str] = []
+    platform = ThreadsPlatform(lambda inv: ran.append(inv.run_id), 2)
+    try:
+        for dag in (one, two):
+            inv = Inv(dag.signature)
+            inv.dag = dag  # type: ignore[attr-defined]
+            assert platform.run_here(inv)
+        assert ran == [one.signature, two.signature]
+        assert set(platform._streaks) == {two.signature}
+    finally:
+        platform.close()

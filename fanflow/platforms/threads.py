@@ -294,7 +294,11 @@ class ThreadsPlatform:
 
     def _handle(self, item: Any, guarded: type[BaseException]) -> None:
         spreading = self._spreading
-        entered = spreading.enter()
+        # Only a DAG of several roots has others for run_here to hold back, so only its streak is
+        # ever read: for the others the verdict (and its context switch count) is not needed.
+        roots = getattr(getattr(item, "dag", None), "roots", None)
+        streaked = roots is None or len(roots) > 1
+        entered = spreading.enter(streaked)
         relaxed.enter()
         try:
             self._handler(item)
@@ -304,10 +308,11 @@ class ThreadsPlatform:
         finally:
             relaxed.leave()
             short = spreading.leave(entered)
-            streaks, signature = self._streaks, _signature(item)
-            if len(streaks) >= _SIGNATURES and signature not in streaks:
-                streaks.clear()
-            streaks[signature] = streaks.get(signature, 0) + 1 if short else 0
+            if streaked:
+                streaks, signature = self._streaks, _signature(item)
+                if len(streaks) >= _SIGNATURES and signature not in streaks:
+                    streaks.clear()
+                streaks[signature] = streaks.get(signature, 0) + 1 if short else 0
 
     def _tell_run(self, inv: Any, exc: BaseException) -> None:
         """The invocation is lost with its thread's crash: fail its run, so its client does not wait forever."""
