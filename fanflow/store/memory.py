@@ -255,7 +255,7 @@ class MemoryStore:
 
     def take_claim(self, claim_key: str, owner: str, ttl_s: int) -> None:
         self._data[claim_key] = (owner, float("inf"))
-        self._expire_later((claim_key,), ttl_s)
+        self._expiry[claim_key] = time.monotonic() + ttl_s
 
     # -- run state ----------------------------------------------------------------
     def fail_run(self, status_key: str, errors_key: str, record: bytes, ttl_s: int, channel: str) -> None:
@@ -272,7 +272,7 @@ class MemoryStore:
 
     def set_status(self, status_key: str, status: str, ttl_s: int) -> None:
         self._data[status_key] = status
-        self._expire_later((status_key,), ttl_s)
+        self._expiry[status_key] = time.monotonic() + ttl_s
 
     def begin(self, status_key: str, started_key: str, inv_id: str, token: str, ttl_s: int, redelivered: bool) -> str:
         # No lock: each step is one dict operation, atomic under the GIL. Of two deliveries of an
@@ -283,7 +283,7 @@ class MemoryStore:
         started = data.get(started_key)
         if started is None:  # the run's first invocation: its entry expires with the other run keys
             started = data.setdefault(started_key, {})
-            self._expire_later((started_key,), ttl_s)
+            self._expiry[started_key] = time.monotonic() + ttl_s
         if started.setdefault(inv_id, token) != token:
             if not redelivered:
                 return BEGIN_DUPLICATE
@@ -325,7 +325,7 @@ class MemoryStore:
                 entry = self._data[stream] = _Stream()
             entry.seqs.append(next(self._seq))
             entry.batches.append(events)
-        self._expire_later((stream,), ttl_s)
+        self._expiry[stream] = time.monotonic() + ttl_s
 
     def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         entry = self._data.get(stream)
@@ -362,6 +362,12 @@ class MemoryStore:
         return len(gone) - gone.count(MISSING)
 
     def _expire_later(self, keys: Iterable[str], ttl_s: int) -> None:
+        """Give ``keys`` an expiry ``ttl_s`` from now, and sweep the expired keys every ``_SWEEP_EVERY_S``.
+
+        A write of one key sets its expiry itself (a call, a tuple and a loop less, four
+        times per small run); the sweep then waits for the next write of values (every
+        task's), of several keys or of a failure.
+        """
         now = time.monotonic()
         deadline = now + ttl_s
         expiry = self._expiry
