@@ -441,8 +441,8 @@ CALL_BUDGET = {"config given": 180, "config from the environment": 184}
 """Calls of fanflow's own Python functions per ``get`` of a 1-task graph, history off (see docs/dask.md,
 "Cost per call"): 172 and 176 when set (181 and 185 before a run of a config that plans nothing skipped
 planning and a 1-root run's invocation its context switch count, 183 and 187 before the session made a
-run's platform key once, about 185 and 189 before an unannotated DAG shared its plan view, 190 and 194 before the recorder's
-and getpath's last cuts, 232 and 236 before a run that ends on its caller's thread skipped its
+run's platform key once, about 185 and 189 before an unannotated DAG shared its plan view, 190 and 194
+before the recorder's and getpath's last cuts, 232 and 236 before a run that ends on its caller's thread skipped its
 subscription, 242 and 251 before the conversion and config load were trimmed; 257 and 343 when the
 config was built per call).
 A change that needs more should say why in its commit."""
