@@ -10,9 +10,21 @@ baseline, as the median of ``--repeat`` rounds that take turns.
 
 The garbage collector's permanent generation holds what the warm-up made
 (``gc.freeze``), so a full collection that falls in one round and not the next does
-not decide the reading. For repeatable counts run it under
-``valgrind --tool=callgrind`` with ``OPENBLAS_NUM_THREADS=1`` (numpy's idle BLAS
-threads spin) at two ``--runs`` and take the difference.
+not decide the reading.
+
+For repeatable counts, ``--callgrind record`` (or ``baseline``) runs one loop of
+``--runs`` after the warm-up, between a call of ``os.getppid`` and one of
+``os.getpgrp`` in each thread (the client's and the writer's), which callgrind
+is told to zero and dump its counts at; the record loop's counts minus the
+baseline's, over ``--runs``, are the instructions per tiny run of each thread::
+
+    PYTHONHASHSEED=0 OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --separate-threads=yes \
+        --zero-before=os_getppid --dump-before=os_getpgrp --callgrind-out-file=cg.%p \
+        "$(python -c 'import sys; print(sys.executable)')" benchmarks/recording.py --callgrind record --runs 400
+
+(``OPENBLAS_NUM_THREADS=1``: numpy's idle BLAS threads spin; the interpreter itself, not a shim
+script, or callgrind follows the shim.) The dumps ``cg.<pid>.<n>-<thread>`` give the counts in their
+``summary:`` line; thread 01 is the client's.
 
 Run: ``python benchmarks/recording.py [--runs 4000] [--repeat 5]``.
 """
@@ -21,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +46,7 @@ from fanflow import dask as ffdask
 from fanflow.metrics import record_run, recorder
 from fanflow.store import keys
 from fanflow.store.events import EventRows
-from fanflow.store.metadata import drain
+from fanflow.store.metadata import defer, drain
 
 
 def inc(x: int) -> int:
@@ -81,17 +95,38 @@ def cpu_per_run(run: Any, batches: list[EventRows], runs: int, batch: int, recor
     return (time.process_time() - began) / runs
 
 
+def counted(run: Any, batches: list[EventRows], runs: int, batch: int, record: bool) -> None:
+    """One loop of :func:`cpu_per_run` after a warm-up one, between callgrind's zero and dump marks."""
+    cpu_per_run(run, batches, runs, batch, record, 0)
+    mark(os.getppid)  # zero
+    cpu_per_run(run, batches, runs, batch, record, runs)
+    mark(os.getpgrp)  # dump
+
+
+def mark(call: Callable[[], object]) -> None:
+    """Call ``call`` in the history writer's thread, then in this one (callgrind counts per thread)."""
+    defer(call)
+    drain()
+    call()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=40, help="runs between drains of the history writer")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--callgrind", choices=("record", "baseline"), help="one loop between callgrind's marks (module docstring)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fanflow-bench-") as tmp:
         config = fanflow.Config(progress=False, metadata=f"sqlite:///{Path(tmp) / 'metadata.db'}")
         run, batches = captured_run(config)
         gc.collect()
         gc.freeze()
+        if args.callgrind:
+            counted(run, batches, args.runs, args.batch, args.callgrind == "record")
+            return
         recorded, baseline = [], []
         for r in range(args.repeat):
             first = 2 * r * args.runs
