@@ -709,3 +709,19 @@ def test_a_join_of_another_workers_output_runs_before_the_rest_of_the_queue(tmp_
     run = store.load_run(store.runs(limit=1)[0]["run_id"])
     ran = {tuple(w.tasks) for w in RunMetrics.from_stored(run).workers}
     assert ran == {(0, 1), expected}
+
+
+def test_the_simulator_runs_a_join_claimed_alone_before_its_queue() -> None:
+    """The simulator's single-claim path (inlined for speed) follows runs_next as its other path does:
+    worker A holds four roots, the second of which completes a join of a root of worker B's."""
+    a = [blob(10 + i) for i in range(4)]
+    b = blob(1)
+    dag = DAG.from_sinks([*a, join(a[1], b)])
+    j = len(dag) - 1
+    labels = [1 if t == dag.deps[j][1] else 0 for t in range(len(dag))]
+    n = len(dag)
+    sim = simulate(dag, costs_of(n), Assignment([1769] * n, labels))
+    in_a = sorted((t for t in range(n) if sim.worker[t] == sim.worker[j]), key=lambda t: sim.start[t])
+    assert sim.claimer[j] == dag.deps[j][0] and in_a.index(j) == 2 and len(in_a) == 5
+    keep_local = simulate(dag, costs_of(n), Assignment([1769] * n, labels, [t != j for t in range(n)]))
+    assert sorted(range(n), key=lambda t: keep_local.start[t])[-1] == j  # delayed I/O asked: first in, first out

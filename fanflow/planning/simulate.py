@@ -329,7 +329,7 @@ def simulate(
     seq = 0
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
-    labels, planned_mb = view.labels, view.memory_mb
+    labels, planned_mb, keeps_upload = view.labels, view.memory_mb, view.upload
     labelled = pool and plan.labels is not None  # labels a worker ran: only shedding reads them
     w_labels: list[set[object]] = []
     slots = max_workers if pool else n + 1
@@ -518,8 +518,16 @@ def simulate(
             d = claimed[0]
             label, planned = labels[t], planned_mb[d]
             if (label is not None and labels[d] == label) or planned is None or planned == w_memory[w]:
-                if len(deps[d]) > 1 and runs_next(view, d, deps[d], here_in(w)):
-                    queue.appendleft(d)
+                ups = deps[d]
+                if len(ups) > 1 and keeps_upload[d]:
+                    # runs_next, inlined for the same reason: a join of another worker's output goes first
+                    bit = 1 << w_process[w] if cached else 0
+                    for u in ups:
+                        if worker[u] != w and not has[u] & bit:
+                            queue.appendleft(d)
+                            break
+                    else:
+                        queue.append(d)
                 else:
                     queue.append(d)
                 if len(readers) == 1 and t not in sinks:

@@ -771,9 +771,16 @@ class Worker:
         """Queue what this worker continues with: joins first (see :func:`~fanflow.dag.placement.runs_next`).
 
         The simulator queues its claims by the same rule, so a plan predicts the order the loop runs.
+        A task whose inputs are all in this worker's cache is no join: that test is a C loop and
+        answers for most claims (a tree's pairs), so they make no call to ``runs_next`` nor ``_is_here``.
         """
-        deps, plan, is_here = self.dag.deps, self.plan, self._is_here
-        first = [d for d in here if runs_next(plan, _task_of(d), deps[_task_of(d)], is_here)]
+        deps, cache, plan = self.dag.deps, self.cache, self.plan
+        first: list[Item] = []
+        for d in here:
+            t = _task_of(d)
+            ups = deps[t]
+            if len(ups) > 1 and not all(map(cache.__contains__, ups)) and runs_next(plan, t, ups, self._is_here):
+                first.append(d)
         if first:
             ready.extendleft(reversed(first))
             ready.extend(d for d in here if d not in first)
