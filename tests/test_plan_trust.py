@@ -24,18 +24,8 @@ from fanflow.planning.calibrate import (
     recent_level,
 )
 from fanflow.planning.plan import load_calibration, warm_memory
-from fanflow.planning.planners import (
-    NEVER_WORSE,
-    _again,
-    critical_path_assignment,
-    hold_warm,
-    keeps_held,
-    place,
-    plan_key,
-    plan_kind,
-)
+from fanflow.planning.planners import NEVER_WORSE, _again, critical_path_assignment, place, plan_key, plan_kind
 from fanflow.planning.predict import Line, MemoryModel
-from fanflow.planning.simulate import Simulation
 from fanflow.store.metadata import drain, open_metadata
 
 
@@ -444,45 +434,3 @@ def test_the_processes_pool_tells_the_planner_what_it_keeps_warm(redis_url: str,
         assert kept.makespan < fresh.makespan
     finally:
         session().release(cfg, platform)
-
-
-def test_a_held_size_is_kept_unless_the_other_is_clearly_better() -> None:
-    """Hysteresis: near-equal predictions keep the warm size; a clear gain in time or GB-s switches."""
-    bound, noise = 1.05 * 1.1, 1.1
-    held = (1.0, 3.0)
-    # 3% faster or 10% faster at the same cost: within the noise, kept
-    assert keeps_held(held, (0.97, 3.0), bound, noise)
-    assert keeps_held(held, (0.90, 3.0), bound, noise)
-    # the held size is over the planner's bound by more than the noise: switch
-    assert not keeps_held(held, (0.75, 3.0), bound, noise)
-    # cheaper by 41% (1769 vs 3008 MB) and as fast: switch; cheaper but slower by more than the noise: kept
-    assert not keeps_held(held, (1.0, 1.77), bound, noise)
-    assert keeps_held(held, (1.1, 1.77), bound, noise)
-    # cheaper only by the noise: kept
-    assert keeps_held(held, (1.0, 2.9), bound, noise)
-
-
-def test_a_pool_warm_at_one_size_keeps_it_between_near_equal_plans() -> None:
-    """hold_warm on real simulations: 1769 and 3008 MB predict the same times, 512 MB is much slower."""
-    dag = DAG.from_sinks([add(work(1, 1), work(2, 1))])
-    n = len(dag)
-    costs = DagCosts.uniform(n, 0.2, 100.0, 0.01, 0.01, 0.5)
-    costs.warm = MemoryModel.flat(0.01)
-    none = Calibration()
-
-    def plan(mb: int) -> tuple[Assignment, Simulation]:
-        a = Assignment([mb] * n)
-        return a, simulate(dag, costs, a, 2)
-
-    top, top_sim = plan(3008)
-    # warm at 1769 MB, the planner chose 3008 MB: same times, 1769 MB cheaper: kept, simulated on the warm pool
-    kept, kept_sim = hold_warm(dag, costs, top, top_sim, [1769, 1769], 2, none)
-    assert kept.memory_mb == [1769] * n and not any(kept_sim.worker_cold)
-    # warm at 512 MB: 3008 MB is clearly faster (512 MB gets a third of a vCPU): switch
-    chosen, chosen_sim = hold_warm(dag, costs, top, top_sim, [512, 512], 2, none)
-    assert chosen is top and chosen_sim is top_sim
-    # warm at 3008 MB, the planner chose 1769 MB: as fast and clearly cheaper: switch
-    small, small_sim = plan(1769)
-    assert hold_warm(dag, costs, small, small_sim, [3008, 3008], 2, none)[0] is small
-    # a pool warm at two sizes holds none of them
-    assert hold_warm(dag, costs, top, top_sim, [1769, 3008], 2, none)[0] is top

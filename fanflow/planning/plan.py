@@ -34,7 +34,6 @@ from fanflow.planning.planners import (
     MEMORY_CHOICES,
     claimers,
     critical_path_assignment,
-    hold_warm,
     merge_labels,
     place,
     plan_key,
@@ -198,10 +197,8 @@ def make_plan(
     ``warm``: memory sizes of the idle processes the run's pool holds now
     (:func:`warm_memory`). Plans are *chosen* as if the pool were empty, each
     paying its own cold starts, so processes another plan's run left warm do
-    not pin the choice to that plan's sizes, except that critical-path keeps
-    the one size a pool holds warm unless its choice is clearly better
-    (:func:`~fanflow.planning.planners.hold_warm`); the chosen plan's
-    *prediction* is simulated with the pool as it is. Nothing is written to the DAG;
+    not pin the choice to that plan's sizes; the chosen plan's *prediction* is
+    simulated with the pool as it is. Nothing is written to the DAG;
     :func:`apply_plan` does that.
     """
     began = time.perf_counter()
@@ -239,9 +236,6 @@ def make_plan(
             known,
             remote,
         )
-        if warm and cap and not any(requested) and set(warm) <= set(MEMORY_CHOICES):
-            # chosen as if the pool were empty; a pool warm at one size keeps it unless the choice is clearly better
-            assignment, sim = hold_warm(dag, costs, assignment, sim, warm, cap, learned, remote)
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
         # on the basis the planner compared them on: both simulated here from an empty pool

@@ -60,9 +60,7 @@ state a re-run plan meets: the cheapest candidate within 5% that way wins.
 For the same reason a uniform size of a whole vCPU or more that an empty
 pool puts over the target (its cold starts, learned per size from a few of
 them) is still a candidate when, warm, it is within the target of the
-fastest warm size. A pool whose idle processes hold one size keeps it
-unless the choice is clearly better (:func:`hold_warm`): a switch costs each
-process a cold start.
+fastest warm size.
 Predictions are compared *calibrated*: each is
 multiplied by what past runs of the same DAG measured (actual / predicted,
 per plan: its kind and memory sizes, :func:`plan_key`), so a plan whose runs
@@ -893,69 +891,6 @@ def critical_path_assignment(
         if within(a, again_makespan, again_top * bound) and within(a, again_cost, again_top_cost * bound):
             return a, s, best, top_sim
     return top_plan, top_sim, best, top_sim
-
-
-def keeps_held(held: tuple[float, float], other: tuple[float, float], bound: float, noise: float) -> bool:
-    """Whether a pool warm at one size keeps that size rather than switch to the planner's other choice.
-
-    ``held`` and ``other`` are (calibrated makespan, GB-s): uniform at the held
-    size on the pool as it is, and the other plan on the pool its own runs
-    leave. ``bound`` is what the planner accepts over a reference
-    (``1 + NEVER_WORSE`` widened by the noise allowance) and ``noise`` one more
-    margin of the comparison's noise. The other plan wins only when it is
-    clearly better: the held one is over ``bound`` by more than ``noise``, or
-    the other is cheaper by more than ``noise`` and within ``bound`` by more
-    than ``noise``. Near-equal predictions keep the held size, because a
-    switch costs a cold start per process of the pool, and a switch back
-    the next run as many again.
-    """
-    held_makespan, held_cost = held
-    other_makespan, other_cost = other
-    if held_makespan > other_makespan * bound * noise:
-        return False
-    return not (other_cost * noise < held_cost and other_makespan * noise <= held_makespan * bound)
-
-
-def hold_warm(
-    dag: DAG,
-    costs: DagCosts,
-    chosen: Assignment,
-    chosen_sim: Simulation,
-    warm: Sequence[int],
-    max_workers: int,
-    calibration: Calibration,
-    remote: bool = False,
-) -> tuple[Assignment, Simulation]:
-    """The critical-path plan for a pool whose idle processes ``warm`` hold one memory size.
-
-    The planner chooses as if the pool were empty, and between two plans
-    predicted about equal (uniform 1769 and 3008 MB on gemm, as near as the
-    noise of their past runs) its choice followed that noise from run to run:
-    each switch cost the pool's processes a cold start. Here uniform at the
-    held size, on the pool as it is, is kept unless ``chosen``, run again on
-    the processes its own run leaves, is clearly better (:func:`keeps_held`).
-    Returns the plan and its simulation (from an empty pool for ``chosen``,
-    on the pool as it is for the held size).
-    """
-    sizes = set(warm)
-    held = next(iter(sizes)) if len(sizes) == 1 else None
-    if held is None or set(chosen.memory_mb) == {held}:
-        return chosen, chosen_sim
-    stay = Assignment([held] * len(dag), chosen.labels, chosen.upload)
-    stay_sim = simulate(dag, costs, stay, max_workers, remote, list(warm))
-    again = _again(dag, costs, chosen, chosen_sim, max_workers, remote)
-
-    def calibrated(a: Assignment, s: Simulation) -> tuple[float, float]:
-        key = plan_key(a.memory_mb)
-        f = calibration.factor(key, any(s.worker_cold), {key: s.makespan})
-        return s.makespan * f, s.cost_gb_s * f
-
-    allow = _allowance(calibration)
-    bound = (1.0 + NEVER_WORSE) * allow
-    noise = max(allow, 1.0 + NEVER_WORSE)
-    if keeps_held(calibrated(stay, stay_sim), calibrated(chosen, again), bound, noise):
-        return stay, stay_sim
-    return chosen, chosen_sim
 
 
 def _tied(costs: DagCosts, sizes: Sequence[int]) -> DagCosts:
