@@ -121,23 +121,24 @@ class Run:
         self.submitted_at = now = time.time()
         # On a platform that says how many workers could start now, that many share the roots.
         free = platform.free_slots() if self.settings.fanout == "capacity" else None
-        starts = [
-            Invocation(
-                run_id=run,
-                start=tuple(g),
-                memory_mb=self._memory_for(g[0]),
-                store_url=self.config.store,
-                platform=platform.name,
-                platform_options=platform.options,
-                settings=self.settings,
-                dag=dag_field,
-                invoked_at=now,
-                runtime=runtime,
-                inv_id=new_invocation_id(),
-            )
-            for g in root_groups(self.dag, self.plan, free)
-        ]
-        self._base = starts[0]  # what a recovery copies, with a start, memory and id of its own
+        groups = root_groups(self.dag, self.plan, free)
+        first = groups[0]
+        self._base = base = Invocation(  # also what a recovery copies, with a start, memory and id of its own
+            run_id=run,
+            start=tuple(first),
+            memory_mb=self._memory_for(first[0]),
+            store_url=self.config.store,
+            platform=platform.name,
+            platform_options=platform.options,
+            settings=self.settings,
+            dag=dag_field,
+            invoked_at=now,
+            runtime=runtime,
+            inv_id=new_invocation_id(),
+        )
+        starts = [base]
+        for g in groups[1:]:
+            starts.append(base.with_start(tuple(g), self._memory_for(g[0]), now))
         if here and self._can_run_here():
             # The others go with it to run_here, which may hold them back for this thread.
             self._here, self._others = starts[0], starts[1:]

@@ -76,6 +76,7 @@ from fanflow.dag.placement import (
     PlanView,
     continuation,
     delayable,
+    queue_kept,
     root_groups,
     runs_here_if_claimed,
     runs_next,
@@ -538,12 +539,7 @@ def simulate(
             here, others = continuation(
                 dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
             )
-            first = [d for d in here if runs_next(view, d, deps[d], is_here)]
-            if first:
-                queue.extendleft(reversed(first))
-                queue.extend(d for d in here if d not in first)
-            else:
-                queue.extend(here)
+            queue_kept(queue, here, [d for d in here if runs_next(view, d, deps[d], is_here)])
             for group in others:
                 new_worker(group, now, t)
         if queue:

@@ -86,6 +86,7 @@ from fanflow.dag.node import substitute
 from fanflow.dag.placement import (
     continuation,
     plan_of,
+    queue_kept,
     runs_here_if_claimed,
     runs_next,
     shed_units,
@@ -781,11 +782,7 @@ class Worker:
             ups = deps[t]
             if len(ups) > 1 and not all(map(cache.__contains__, ups)) and runs_next(plan, t, ups, self._is_here):
                 first.append(d)
-        if first:
-            ready.extendleft(reversed(first))
-            ready.extend(d for d in here if d not in first)
-        else:
-            ready.extend(here)
+        queue_kept(ready, here, first)
 
     def _is_here(self, u: int) -> bool:
         """Whether ``u``'s output is in this worker, or in its process from an earlier invocation."""
