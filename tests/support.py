@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import TypeVar
@@ -253,8 +253,11 @@ def start_gateways(
     return urls, procs
 
 
-def gateway_payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
-    """A signed payload for a run that does not exist: a gateway accepts it (202) and its worker exits at once."""
+def gateway_payload(
+    store_url: str, secret: str = GATEWAY_SECRET, endpoints: Sequence[str] = ("http://127.0.0.1:9",)
+) -> bytes:
+    """A signed payload for a run that does not exist: a gateway accepts it (202) and its worker exits at once
+    (before it would post anything to ``endpoints``)."""
     from fanflow.platforms.invocation import Invocation, WorkerSettings, sign
 
     inv = Invocation(
@@ -263,7 +266,7 @@ def gateway_payload(store_url: str, secret: str = GATEWAY_SECRET) -> bytes:
         memory_mb=1769,
         store_url=store_url,
         platform="http",
-        platform_options={"endpoints": []},
+        platform_options={"endpoints": list(endpoints)},
         settings=WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20),
         invoked_at=time.time(),
     )

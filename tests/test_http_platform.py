@@ -114,6 +114,26 @@ def test_a_dead_gateway_in_the_list_costs_a_retry_not_the_run(gateway_urls: list
     assert accepted() - before == 8  # all of them by the live gateway, some after failing over from the dead one
 
 
+def test_no_gateway_url_is_refused_up_front_and_nothing_is_left_running(
+    gateway_urls: list[str], redis_url: str
+) -> None:
+    """A worker used to crash on a payload naming no gateway (ValueError from picking one of none)."""
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(fanflow.ConfigError, match=r"no gateway URL.*config\.endpoints"):
+        HttpPlatform([])
+    assert {t.ident for t in threading.enumerate()} <= before  # no invoker thread started for it
+    bare = gateway_payload(redis_url, endpoints=())
+    reply = httpx.post(f"{gateway_urls[0]}/invoke", content=bare)
+    assert reply.status_code == 400 and "no-such-run" in reply.json()["error"], reply.text
+    assert "config.endpoints" in reply.json()["error"]
+    platform = HttpPlatform(gateway_urls, retries=3)
+    try:  # a client posting it is told at once: a 400 is not retried
+        with pytest.raises(fanflow.PlatformError, match=r"HTTP 400.*name no gateway URL"):
+            platform.invoke([gateway_payload(redis_url), bare])
+    finally:
+        platform.close()
+
+
 class _Flaky(BaseHTTPRequestHandler):
     """Answers 503 to the first ``fail`` posts, then 202."""
 

@@ -143,6 +143,11 @@ class HttpPlatform:
         retries: int = RETRIES,
         store: RedisStore | None = None,
     ) -> None:
+        if not endpoints:  # checked before the invoker's thread starts: nothing is left running
+            raise ConfigError(
+                "the http platform got no gateway URL to post invocations to: set config.endpoints (or "
+                "FANFLOW_ENDPOINTS) to the gateways' URLs, comma-separated, e.g. 'http://10.0.0.5:8080'"
+            )
         self.endpoints = list(endpoints)
         self._store = store
         """The runs' store, where gateways queue: the client's liveness check reads it (None in workers)."""

@@ -8,7 +8,8 @@ quickly, answer health checks, and stop cleanly on SIGTERM. The gateway does:
   checks its signature (403 if it does not match: nothing unverified is queued,
   let alone unpickled), queues it and answers ``202 Accepted`` at once, so the
   caller never waits for the work (the asynchronous-invocation contract). A
-  store it cannot reach answers 503, a full one 507, with the store's error.
+  store it cannot reach answers 503, a full one 507, with the store's error; a
+  payload that names no gateway for its fan-outs, 400 (its worker could not post them).
 - ``GET /healthz``: 200 while serving, 503 once draining, so a load balancer
   stops sending work to a gateway that is shutting down.
 - ``POST /requirements``: a JSON list of requirement strings; answers which
@@ -118,6 +119,13 @@ class Gateway:
             invs = [verify(p, self._secret) for p in payloads]
         except PayloadRejectedError as exc:
             return HTTPStatus.FORBIDDEN, {"error": str(exc)}
+        # Its worker would post its fan-outs to these: without any, it could only crash.
+        bare = sorted({i.run_id for i in invs if i.platform == "http" and not i.platform_options.get("endpoints")})
+        if bare:
+            return HTTPStatus.BAD_REQUEST, {
+                "error": f"the invocations of run {', '.join(bare)} name no gateway URL for their fan-outs, so "
+                "nothing was queued: their client must set config.endpoints (or FANFLOW_ENDPOINTS)"
+            }
         if self.draining:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this gateway is shutting down; try another"}
         by_store: dict[str, list[int]] = {}
