@@ -27,7 +27,7 @@ from fanflow.client.session import session
 from fanflow.dag.encoding import encode
 from fanflow.dag.graph import DAG
 from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocation_id, peek, sign
-from fanflow.platforms.processes import ProcessesPlatform, client_platform
+from fanflow.platforms.processes import ProcessesPlatform, client_platform, protocol
 from fanflow.platforms.processes import pool as pool_module
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
 from fanflow.platforms.processes.pool import PoolHost, pack_entries, push, widen
@@ -469,6 +469,11 @@ def _output(host: PoolHost, inv: Invocation) -> Any:
     return host.store.get_many([keys.output(inv.run_id, 0)])[0]
 
 
+def _done(host: PoolHost, inv: Invocation) -> list[Any]:
+    """The invocation's output in a list once it is stored, else an empty list."""
+    return [v for v in _output(host, inv) if v is not MISSING]
+
+
 def _close(host: PoolHost, thread: threading.Thread, pids: list[int]) -> None:
     """Close the pool, then check that no worker process (``pids``, and any it still knows) is left."""
     pids = pids + [w.proc.pid for w in host._workers if w.proc is not None]
@@ -589,6 +594,42 @@ def _a_run_ending_beside_an_idle_worker(
     wait_until(lambda: sum(w.ready and w.payload is None for w in list(host._workers)) == 1, 60, "an idle worker")
     host.store.set_status(keys.status(ending.run_id), SUCCEEDED, 60)
     return busy, _queue(redis_url, host, my_pid(), 256)
+
+
+@fanflow.task
+def held_heap(mb: int, gate: str) -> int:
+    """Writes ``mb`` MB of heap and frees it (the process keeps the pages), then returns once ``gate`` exists."""
+    buffer = bytearray(mb << 20)
+    del buffer
+    while not Path(gate).exists():
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_an_idle_worker_grows_to_the_peak_of_its_pools_largest(redis_url: str, tmp_path: Path) -> None:
+    """The pool's processes are interchangeable: while none runs, the one that never held much memory writes
+    as much heap as the other's peak, so a run that gives it the biggest share reuses pages."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc to read resident memory from")
+    host, thread = _started_pool(redis_url)
+    gate = tmp_path / "gate"
+    try:
+        big = _queue(redis_url, host, held_heap(160, str(gate)), 1024)
+        wait_until(lambda: any(w.payload is not None and w.ready for w in list(host._workers)), 60, "a worker")
+        small = _queue(redis_url, host, my_pid(), 1024)  # the first is busy: a second process
+        (small_pid,) = wait_until(lambda: _done(host, small), 60, "the second worker's task")
+        resident_before = protocol.memory_bytes(small_pid)[0]
+        gate.write_text("open")
+        (big_pid,) = wait_until(lambda: _done(host, big), 60, "the first worker's task")
+        assert big_pid != small_pid
+        peak = protocol.memory_bytes(big_pid)[1]
+        assert peak > resident_before + (128 << 20)
+        # asked for at most half its trim threshold (a quarter of 1024 MB) at once
+        target = min(peak, resident_before + (128 << 20)) - protocol.GROW_MIN_BYTES
+        wait_until(lambda: protocol.memory_bytes(small_pid)[0] >= target, 30, "the idle worker to grow")
+    finally:
+        gate.write_text("open")
+        _close(host, thread, [])
 
 
 def test_a_new_run_waits_for_the_worker_whose_run_just_ended(

@@ -59,6 +59,9 @@ def serve_pipe(conn: Connection) -> None:
             return
         if not payload:
             return
+        if payload[:1] == protocol.GROW:  # the pool is idle: take the heap growth out of a later run
+            protocol.grow_heap(protocol.grow_size(payload), conn.poll)
+            continue
         redelivered = payload[:1] == protocol.REDELIVERED
         if redelivered:
             payload = payload[1:]

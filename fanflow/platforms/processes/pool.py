@@ -158,6 +158,10 @@ CHORES_JOIN_S = LOST_GRACE_S + KILL_WAIT_S + 5
 KILLED_REDELIVERIES = 1
 """Redeliveries of an invocation whose worker was killed by a signal (e.g. out of memory), at most."""
 
+GROW_IDLE_S = 0.02
+"""How long no invocation has run before idle workers are asked to grow their heap (:meth:`PoolHost._grow_idle`):
+a run's own gaps, between one invocation's end and the next one's arrival, are shorter."""
+
 WAIT_FOR_ENDING_S = 0.1
 """How long an invocation of a new run waits for a worker of its size that is busy with a run that has
 ended (its last task done, it still sends that run's events) rather than go to an idle one. That worker
@@ -333,6 +337,11 @@ class _Worker:
     sending: threading.Thread | None = None
     """The helper thread writing a larger payload to this worker, if any."""
     last_used: float = field(default_factory=time.monotonic)
+    resident: int = 0
+    peak: int = 0
+    """Its process's resident bytes and their peak when it last reported (ready, or done with an invocation)."""
+    growing: bool = False
+    """Asked to grow its heap since it last reported (:meth:`PoolHost._grow_idle`)."""
 
 
 class PoolHost:
@@ -404,6 +413,10 @@ class PoolHost:
         dispatcher then sends nothing there, as every try would cost it a connect."""
         self._serving: threading.Thread | None = None
         """The thread running the dispatch loop, while it runs."""
+        self._replied_at = time.monotonic()
+        """When a worker last reported (ready, or done with an invocation)."""
+        self._grow_due: float | None = None
+        """When idle workers will be asked to grow (:meth:`_grow_idle`), if one is short and the pool idle."""
 
     # -- lifetime --------------------------------------------------------------------
     def start(self) -> None:
@@ -600,6 +613,8 @@ class PoolHost:
             timeout = idle_check
             if self._waiting is not None:
                 timeout = max(0.0, min(idle_check, self._waiting[2] - time.monotonic()))
+            if self._grow_due is not None:
+                timeout = max(0.0, min(timeout, self._grow_due - time.monotonic()))
             for conn in wait([self._wake_r, *by_conn], timeout=timeout):
                 if conn is self._wake_r:
                     self._drain_wake()
@@ -618,6 +633,7 @@ class PoolHost:
                     log.exception("pool %s could not run an invocation", self.name)
                     self._release(_payload_of(entry)[0])
                     self._chore(self._tell_run, _payload_of(entry)[0], f"the pool could not run it: {exc}", self.name)
+            self._grow_due = self._grow_idle() if not self._inbox and self._busy() == 0 else None
             self._flush_acks()
             self._retire_idle()
             self._publish_capacity()
@@ -667,6 +683,35 @@ class PoolHost:
                 self._waiting = (entry, worker, now + WAIT_FOR_ENDING_S)
                 return True
         return False
+
+    def _grow_idle(self) -> float | None:
+        """Once no invocation has run for :data:`GROW_IDLE_S`, ask each idle worker whose resident
+        memory falls short of the largest peak of its size by :data:`protocol.GROW_MIN_BYTES` or more
+        to grow its heap by the difference, once until it next reports (:func:`protocol.grow_heap`: a
+        run that gives it the biggest share then reuses pages instead of faulting them in). Returns
+        when to ask, if some worker is short and that time has not come (called while the pool is idle).
+        """
+        peaks: dict[int, int] = {}
+        for worker in self._workers:
+            peaks[worker.memory_mb] = max(peaks.get(worker.memory_mb, 0), worker.peak)
+        short = [
+            (worker, peaks[worker.memory_mb] - worker.resident)
+            for worker in self._workers
+            if worker.ready
+            and worker.payload is None
+            and not worker.growing
+            and peaks[worker.memory_mb] - worker.resident >= protocol.GROW_MIN_BYTES
+        ]
+        due = self._replied_at + GROW_IDLE_S
+        if not short or time.monotonic() < due:
+            return due if short else None
+        for worker, size in short:
+            worker.growing = True
+            try:
+                worker.conn.send_bytes(protocol.grow_message(size))
+            except OSError:
+                self._lost(worker)
+        return None
 
     def _busy(self) -> int:
         """Slots taken: workers with an invocation, and lost ones whose invocation is not settled yet."""
@@ -839,6 +884,10 @@ class PoolHost:
         except (EOFError, OSError):
             self._lost(worker)
             return
+        worker.growing = False
+        self._replied_at = time.monotonic()
+        if worker.proc is not None:
+            worker.resident, worker.peak = protocol.memory_bytes(worker.proc.pid)
         if message == protocol.READY:
             worker.ready = True
             if worker.payload is not None:

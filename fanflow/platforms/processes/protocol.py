@@ -21,6 +21,9 @@ Messages (length-framed, :mod:`multiprocessing.connection`):
   worker then takes the invocation over); worker -> pool: :data:`DONE`,
   :data:`REFUSED` (bad signature) or :data:`CRASHED` + traceback (the worker
   itself crashed before it could record the failure; the pool fails the run);
+- pool -> worker, while the whole pool is idle: :data:`GROW` + the bytes to
+  grow by (:func:`grow_message`), no reply: the worker touches that much more
+  heap and frees it (:func:`grow_heap`), stopping as soon as a message waits;
 - pool -> worker: an empty message, or end of file: exit.
 """
 
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from fanflow.platforms.base import WORKER_ENTRY
 
@@ -70,6 +76,63 @@ def malloc_env(memory_mb: int) -> dict[str, str]:
     return {"MALLOC_MMAP_MAX_": MALLOC_MMAP_MAX, "MALLOC_TRIM_THRESHOLD_": str(trim)}
 
 
+GROW_CHUNK_BYTES = 1 << 20
+"""What :func:`grow_heap` touches between two looks at its pipe: ~256 page faults, a few ms at most
+before a waiting invocation is read."""
+GROW_MIN_BYTES = 8 << 20
+"""A worker whose peak falls short of its pool's by less than this is not asked to grow."""
+_GROW = struct.Struct("<Q")
+
+
+def grow_message(size: int) -> bytes:
+    """The pool's message asking an idle worker to grow its heap by ``size`` bytes."""
+    return GROW + _GROW.pack(size)
+
+
+def grow_size(message: bytes) -> int:
+    """The bytes a :func:`grow_message` asks for."""
+    (size,) = _GROW.unpack_from(message, len(GROW))
+    return size
+
+
+def grow_heap(size: int, pending: Callable[[], bool]) -> int:
+    """Touch up to ``size`` bytes of new heap, then free it; stop early once ``pending()``; returns bytes touched.
+
+    The processes of one pool are interchangeable, but which one takes the
+    biggest share of a run is a race: gemm 2000² in 500² blocks gives one process
+    65 tasks (every sum, the 32 MB assembly, 64 MB fetched: 275 MB resident) and
+    the other 48 (151 MB), and the first run in which the smaller one takes the
+    big share faulted in 24,000-58,000 pages, 180-250 ms of CPU on this VM,
+    inside that run. The pool asks its idle processes to grow to the peak of the
+    largest of their size while no invocation is running (:data:`GROW`), so that
+    cost falls between runs. Freed, the chunks stay in the heap (glibc keeps free
+    heap up to ``MALLOC_TRIM_THRESHOLD_``, see :func:`malloc_env`), so the next
+    run reuses the pages. Only where no block is ``mmap``-ed (``MALLOC_MMAP_MAX_``
+    as the pool sets it; a chunk mmapped would be unmapped when freed), and at
+    most half the trim threshold, so freeing it never gives the top back.
+    """
+    if os.environ.get("MALLOC_MMAP_MAX_") != MALLOC_MMAP_MAX:
+        return 0
+    size = min(size, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", "0")) // 2)
+    chunks = []
+    while len(chunks) * GROW_CHUNK_BYTES < size and not pending():
+        chunks.append(bytearray(GROW_CHUNK_BYTES))  # zero-filled: every page written
+    return len(chunks) * GROW_CHUNK_BYTES
+
+
+def memory_bytes(pid: int) -> tuple[int, int]:
+    """Resident memory of process ``pid`` now and at its peak (``VmRSS``, ``VmHWM``); zeros where they cannot
+    be read (no ``/proc``)."""
+    found = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                found[line[:5]] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found.get("VmRSS", 0), found.get("VmHWM", 0)
+
+
 def die_with_pool() -> None:
     """End this worker process when its pool host dies, however it dies (SIGKILL included).
 
@@ -105,3 +168,5 @@ REFUSED = b"X"
 CRASHED = b"E"
 REDELIVERED = b"!"
 """Prefix of a payload the pool delivers again (payloads themselves start with their magic, ``FF``)."""
+GROW = b"G"
+"""Prefix of the pool's request that an idle worker grow its heap (:func:`grow_message`)."""
