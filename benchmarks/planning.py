@@ -214,7 +214,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
         f"{'CPU s':>7}{'faults':>8}{'rd ms':>7}{'rd flt':>8}{'inv':>5}{'thr':>5}{'got ms':>9}{'start ms':>10}"
-        "  tasks per process"
+        f"{'end ms':>10}  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
@@ -262,7 +262,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
                 f"{taken * 1e3:>10.0f}{used:>7.3f}{faults:>8}{redis_s * 1e3:>7.0f}{redis_faults:>8}"
-                f"{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}  {split(m)}"
+                f"{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}{ends(m):>10}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
         times = [m.run.makespan_s for m in ms]
@@ -290,7 +290,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
     print(" give the same counts run after run; thr: CFS periods in which a worker's CPU quota throttled it;")
     print(" got ms / start ms: when each process received its first invocation of the run / began its work,")
-    print(" after the run was submitted)")
+    print(" after the run was submitted; end ms: when each process finished its last task, earliest first)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
         f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}"
@@ -444,6 +444,18 @@ def split(m: RunMetrics) -> str:
         process = w.worker.rsplit("-", 1)[0]
         per_process[process] = per_process.get(process, 0) + len(w.tasks)
     return "/".join(str(n) for n in sorted(per_process.values(), reverse=True))
+
+
+def ends(m: RunMetrics) -> str:
+    """When each worker process finished its last task of the run, ms after the run was submitted, earliest
+    first (``59/88``): with the same tasks per process and CPU, a gap between them is time one process waited
+    for a core the other did not (on 2 cores, the one sharing its core with ``redis-server`` and the client)."""
+    last: dict[str, float] = {}
+    for t in m.tasks:
+        if t.worker:
+            process = t.worker.rsplit("-", 1)[0]
+            last[process] = max(last.get(process, 0.0), t.finished_at)
+    return "/".join(f"{(end - m.run.submitted_at) * 1e3:.0f}" for end in sorted(last.values()))
 
 
 def starts(m: RunMetrics) -> tuple[str, str]:
