@@ -17,7 +17,9 @@ writable) with a temporary SQLite history:
    received its first invocation of the run and began its work (a run whose
    processes both start late lost its time before its first task: a late
    receipt is the client's or the pool's delivery, a late start after it the
-   worker's own verify, DAG load and begin);
+   worker's own verify, DAG load and begin), when each finished its last task,
+   the workers' minor page faults and ``redis-server``'s CPU and faults (it
+   shares the cores);
 2. cost (GB-s, from the worker records: memory x time alive) and makespan of
    critical-path against uniform at the largest memory (3008 MB), runs
    interleaved so both see the same load (target: never more than +5%). The
