@@ -69,7 +69,8 @@ FIRST_CONNECT_S = 2.5
 """How long opening a store keeps trying before it reports the store unreachable: a
 store that never answered is a wrong URL far more often than a restart."""
 SOCKET_TIMEOUT_S = 30.0
-"""Longest wait for one reply; blocking commands used by fanflow wait far less."""
+"""Longest wait for one reply; blocking commands used by fanflow wait far less. A store URL may set
+its own (``?socket_timeout=5``, redis-py's URL option, which wins over this)."""
 
 SUBSCRIBE_TIMEOUT_S = 5.0
 
@@ -639,9 +640,10 @@ class _Retry(Retry):
     change by waiting.
     """
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         super().__init__(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), _steps(budget_s))
         self.budget_s = budget_s
+        self.socket_timeout_s = socket_timeout_s
         self.once_until = 0.0
         """Calls that begin before this time try once: a call ran out of its budget just before."""
         self.unanswered = False
@@ -664,7 +666,7 @@ class _Retry(Retry):
             _calls.budgeted = not window and not getattr(_calls, "once", False)
             if window and self.unanswered:
                 raise RedisTimeoutError(
-                    f"the server did not answer within the socket timeout ({SOCKET_TIMEOUT_S:.0f} s) "
+                    f"the server did not answer within the socket timeout ({self.socket_timeout_s:g} s) "
                     f"{now - self.once_until + self.budget_s:.0f} s ago; not asked again for "
                     f"{self.once_until - now:.0f} s"
                 )
@@ -723,7 +725,7 @@ def _steps(budget_s: float) -> int:
     return steps
 
 
-def retry_policy(budget_s: float) -> Retry:
+def retry_policy(budget_s: float, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> Retry:
     """Exponential backoff with jitter, retried until ``budget_s`` seconds have passed (see :class:`_Retry`).
 
     Every command fanflow sends is safe to repeat (idempotent writes, NX claims,
@@ -731,7 +733,7 @@ def retry_policy(budget_s: float) -> Retry:
     costs a pause, not a run; past the budget the error reaches the caller.
     Authentication errors are never retried.
     """
-    return _Retry(budget_s)
+    return _Retry(budget_s, socket_timeout_s)
 
 
 def first_ping(client: Any, url: str) -> None:
@@ -787,7 +789,7 @@ def connect(url: str, retry_s: float = 10.0, secret: bytes | None = None) -> Red
     except StoreUnavailableError:
         client.close()
         raise
-    client.set_retry(retry_policy(retry_s))
+    client.set_retry(retry_policy(retry_s, client.connection_pool.connection_kwargs["socket_timeout"]))
     store = RedisStore(url, client, secret)
     store.load_scripts()
     return store
