@@ -56,9 +56,11 @@ def needs_missing_package(x: int) -> int:
 
 
 @fanflow.task
-def counted_nap(x: int, marks: str, seconds: float) -> int:
-    """Counts its start and its end in ``marks``."""
+def counted_nap(x: int, marks: str, seconds: float, gate: str | None = None) -> int:
+    """Counts its start and its end in ``marks``; waits for the file ``gate`` first, if given."""
     bump(os.path.join(marks, f"start-{x}"))
+    if gate is not None:
+        wait_until(lambda: os.path.exists(gate), 60, "the test to open the gate")
     time.sleep(seconds)
     bump(os.path.join(marks, f"done-{x}"))
     return x
@@ -238,18 +240,23 @@ def _all_in_hand(redis_url: str, pool: str, runs: list[fanflow.RunFuture]) -> bo
     return all(client.exists(keys.started(f.run_id)) or any(f.run_id.encode() in e for e in entries) for f in runs)
 
 
-def _three_runs(redis_url: str, urls: list[str], marks: Any) -> list[fanflow.RunFuture]:
-    """Three runs of three 1 s tasks on a one-worker gateway: one invocation runs, the others wait."""
+def _gated_runs(redis_url: str, urls: list[str], marks: Any, runs: int) -> list[fanflow.RunFuture]:
+    """``runs`` runs of three short tasks, the last of each waiting for the file ``gate`` in ``marks``: on
+    one-worker gateways one invocation per gateway runs (until the test opens the gate), the others wait."""
     marks.mkdir()
     config = _config(redis_url, urls)
-    return [total([counted_nap(10 * r + i, str(marks), 1.0) for i in range(3)]).submit(config) for r in range(3)]
+    gate = str(marks / "gate")
+    return [
+        total([counted_nap(10 * r + i, str(marks), 0.1, gate if i == 2 else None) for i in range(3)]).submit(config)
+        for r in range(runs)
+    ]
 
 
 def test_a_killed_gateway_fails_its_runs_within_seconds(redis_url: str, tmp_path: Any) -> None:
     urls, procs = start_gateways(1, 1)
     pool = httpx.get(f"{urls[0]}/healthz").json()["pool"]
     try:
-        runs = _three_runs(redis_url, urls, tmp_path / "marks")
+        runs = _gated_runs(redis_url, urls, tmp_path / "marks", 3)
         wait_until(lambda: _all_in_hand(redis_url, pool, runs), 30, "every run's invocations to reach the gateway")
         procs[0].send_signal(signal.SIGKILL)
         began = time.monotonic()
@@ -268,12 +275,13 @@ def test_a_gateway_started_again_runs_what_the_killed_one_held(redis_url: str, t
     pool = f"gateway-{socket.gethostname()}-{port}"
     urls, procs = start_gateways(1, 1, "--store", redis_url, ports=[port])
     try:
-        runs = _three_runs(redis_url, urls, tmp_path / "marks")
+        runs = _gated_runs(redis_url, urls, tmp_path / "marks", 3)
         wait_until(lambda: _all_in_hand(redis_url, pool, runs), 30, "every run's invocations to reach the gateway")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=10)
         _, again = start_gateways(1, 1, "--store", redis_url, ports=[port])  # same host and port: same queue
         procs += again
+        (tmp_path / "marks" / "gate").touch()
         assert [f.result(timeout=60) for f in runs] == [sum(10 * r + i for i in range(3)) for r in range(3)]
         done = _done_counts(tmp_path / "marks", [10 * r + i for r in range(3) for i in range(3)])
         assert min(done) == 1 and sum(done) <= 9 + 2  # at most the killed invocation's finished tasks ran again
@@ -293,11 +301,10 @@ def test_a_gateway_sharing_its_pool_takes_over_from_a_killed_one(redis_url: str,
 
     try:
         marks = tmp_path / "marks"
-        marks.mkdir()
-        config = _config(redis_url, urls)
-        runs = [total([counted_nap(10 * r + i, str(marks), 1.0) for i in range(3)]).submit(config) for r in range(4)]
+        runs = _gated_runs(redis_url, urls, marks, 4)
         wait_until(lambda: held_by_first() >= 2, 30, "the first gateway to hold invocations")
         procs[0].send_signal(signal.SIGKILL)
+        (marks / "gate").touch()
         assert [f.result(timeout=60) for f in runs] == [sum(10 * r + i for i in range(3)) for r in range(4)]
         done = _done_counts(marks, [10 * r + i for r in range(4) for i in range(3)])
         assert min(done) == 1 and sum(done) <= 12 + 2  # at most the killed invocation's finished tasks ran again

@@ -90,10 +90,13 @@ def total(xs: list[int]) -> int:
 
 
 @fanflow.task
-def marked_nap(x: int, marks: str, seconds: float) -> int:
-    """Counts its start and its end; leaves its host's pid and its own as ``on-<host>-<worker>``."""
+def marked_nap(x: int, marks: str, seconds: float, gate: str | None = None) -> int:
+    """Counts its start and its end; leaves its host's pid and its own as ``on-<host>-<worker>``; waits for
+    the file ``gate`` first, if given."""
     bump(os.path.join(marks, f"start-{x}"))
     Path(marks, f"on-{os.getppid()}-{os.getpid()}").touch()
+    if gate is not None:
+        wait_until(Path(gate).exists, 60, "the test to open the gate")
     time.sleep(seconds)
     bump(os.path.join(marks, f"done-{x}"))
     return x
@@ -449,10 +452,15 @@ def pid_gone(pid: int) -> bool:
 
 
 def many_runs(config: fanflow.Config, marks: Path, runs: int) -> list[fanflow.RunFuture]:
-    """``runs`` runs of two 1 s tasks (task ``10 * run + i``): a client of a shared pool starts each run's
-    roots in one invocation, so the pool's hosts each run one and hold the others."""
+    """``runs`` runs of two short tasks (task ``10 * run + i``), the second waiting for the file ``gate`` in
+    ``marks``: a client of a shared pool starts each run's roots in one invocation, so the pool's hosts each
+    run one (until the test opens the gate, or it finishes the first task only) and hold the others."""
     marks.mkdir()
-    return [total([marked_nap(10 * r + i, str(marks), 1.0) for i in range(2)]).submit(config) for r in range(runs)]
+    gate = str(marks / "gate")
+    return [
+        total([marked_nap(10 * r + i, str(marks), 0.1, gate if i == 1 else None) for i in range(2)]).submit(config)
+        for r in range(runs)
+    ]
 
 
 def check_results(futures: list[fanflow.RunFuture], marks: Path) -> list[int]:
@@ -481,6 +489,7 @@ def test_a_host_killed_while_another_host_of_its_pool_lives_has_its_invocations_
     first.send_signal(signal.SIGKILL)  # the host process alone: its worker must die with it
     for worker in hosts_on(marks)[first.pid]:
         wait_until(lambda w=worker: pid_gone(w), 5, f"worker process {worker} to die with its host")
+    (marks / "gate").touch()
     done = check_results(futures, marks)
     # Each task finished; again only if the killed host's worker had finished it in the invocation it lost.
     assert min(done) == 1 and sum(done) <= len(done) + 1
@@ -496,6 +505,7 @@ def test_a_host_started_again_within_seconds_runs_what_the_killed_one_held(
     pool.send_signal(signal.SIGKILL)
     pool.wait(timeout=10)
     shared_pool("restart-host", max_workers=1)  # well within the client's POOL_GONE_S
+    (marks / "gate").touch()
     done = check_results(futures, marks)
     assert min(done) == 1 and sum(done) <= len(done) + 1
     assert held_by(client, "restart-host", pool.pid) == 0
@@ -510,6 +520,7 @@ def test_a_host_stalled_past_its_beats_is_taken_for_dead_and_comes_back(
         wait_until(lambda: held_by(client, "stalled-host", first.pid) == 0, 15, "the stalled host's entries to go back")
     finally:
         first.send_signal(signal.SIGCONT)
+        (marks / "gate").touch()
     done = check_results(futures, marks)
     # Every task finished; twice at most the two of the invocation its worker was running when taken for dead.
     assert min(done) == 1 and sum(done) <= len(done) + 2
