@@ -50,7 +50,9 @@ def test_outputs_of_a_run_spread_over_every_master(store: RedisClusterStore, mas
     before = [m.dbsize() for m in masters]
     store.put_many({k: store.dumps(i)[0] for i, k in enumerate(names)}, ttl_s=60)
     slots = {store.client.keyslot(k) for k in names}
-    assert len(slots) > 250  # one slot per task's hash tag, nearly all distinct
+    # One slot per task's hash tag, mostly distinct (not one for the run). CRC16 is linear, so for some run
+    # ids the tags fall into slots in groups: 210-300 distinct slots over 2,000 random ids (>250 failed 1%).
+    assert len(slots) > 150
     per_master = [m.dbsize() - b for m, b in zip(masters, before, strict=True)]
     assert len(per_master) == 3 and all(n > 50 for n in per_master), per_master
     values, sizes = store.get_many([*names, keys.output(run, 999)])  # one MGET per slot, one pipeline
