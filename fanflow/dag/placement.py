@@ -390,7 +390,7 @@ def runs_here_if_claimed(plan: PlanView, t: int, d: int, memory_mb: int) -> bool
     return (label is not None and plan.labels[d] == label) or plan.fits(d, memory_mb)
 
 
-def runs_next(plan: PlanView, d: int, inputs: Sequence[int], is_here: Callable[[int], bool]) -> bool:
+def runs_next(d: int, inputs: Sequence[int], is_here: Callable[[int], bool]) -> bool:
     """Whether ``d``, a task a worker just kept whose ``inputs`` are given, runs before the rest of its queue.
 
     A *join*: some input was made in another worker (``is_here`` is false for it). The worker
@@ -398,13 +398,92 @@ def runs_next(plan: PlanView, d: int, inputs: Sequence[int], is_here: Callable[[
     readers while slowing nothing, so which of two busy workers claimed the next join was a race
     each time (gemm's sums went 16/0, 13/3 or 8/8 from run to run). Run at once, a claimed join
     delays its claimer's share of the next one, so the same worker claims that too: one plan, one
-    placement. Tasks whose inputs are all here keep first-in-first-out (a tree's pairs), and so does
-    a join whose output the plan asks to keep local (delayed I/O, ``upload`` false): queued, it runs
-    once its readers' other inputs may be queued beside it, which is when the worker can tell that
-    those readers stay (:meth:`fanflow.worker.loop.Worker._readers_stay_here`; gemm's clustered sums,
-    run at once, were each uploaded: 44% fewer bytes than plain instead of 56%).
+    placement. Tasks whose inputs are all here keep first-in-first-out (a tree's pairs). A join whose
+    output the plan asks to keep local runs at once too: when its readers' other inputs are not here
+    yet, the worker keeps its notification back until they are (:func:`readers_stay`, ``WAIT``).
     """
-    return plan.upload[d] and len(inputs) > 1 and not all(map(is_here, inputs))
+    return len(inputs) > 1 and not all(map(is_here, inputs))
+
+
+UPSTREAM_LIMIT = 512
+"""Most upstream tasks :func:`upstream` walks to tell that an input of a reader finished before a task started."""
+
+
+def upstream(dag: DAG, t: int) -> set[int]:
+    """Tasks upstream of ``t``, at most :data:`UPSTREAM_LIMIT` of them (a partial set only says less)."""
+    deps = dag.deps
+    seen: set[int] = set()
+    todo = list(deps[t])
+    while todo and len(seen) < UPSTREAM_LIMIT:
+        u = todo.pop()
+        if u not in seen:
+            seen.add(u)
+            todo.extend(deps[u])
+    return seen
+
+
+STORE, STAY, WAIT = 0, 1, 2
+"""What :func:`readers_stay` decides for an output: upload it as usual, keep it here and notify now, or
+keep it here and keep its notification back until the readers' other inputs are made here."""
+
+
+def readers_stay(
+    dag: DAG,
+    plan: PlanView,
+    t: int,
+    ran_here: Callable[[int], bool],
+    queued: Container[int],
+    above: Callable[[], Container[int]],
+) -> tuple[int, list[int]]:
+    """Delayed I/O decided at run time, by the loop and the simulator alike: ``STORE``, ``STAY`` or
+    ``WAIT`` for ``t``'s output, and the inputs of its readers it waits for.
+
+    The plan's rule (:func:`delayable`) is static: a fan-in is only safe when it is *anchored*, so
+    the sums of a blocked matrix product, whose products come from two labels, were uploaded though
+    the worker that ran them went on to claim their reader. Asked only where the plan asked for
+    delayed I/O (every reader shares ``t``'s label). For every reader ``d`` each other input ``u``
+    is either made here (``ran_here(u)``: notified, or its notification held here), queued here with
+    the same label (returned: the caller pins it, never shed), or upstream of ``t`` (``above()``,
+    finished and notified before ``t`` could start): then the last notification ``d`` waits for
+    comes from this worker, which keeps ``d`` (its label matches, :func:`continuation`): ``STAY``.
+
+    Where some ``u`` is none of these but shares the label (the plan expects this worker to make
+    it), ``WAIT``: the output stays here and its notification waits (returned: what it waits for)
+    until every such input is made here, when ``STAY`` holds; nobody else can claim ``d`` meanwhile,
+    since ``t`` has not notified it. A worker whose queue empties first notifies anyway, storing the
+    value unless its claim completes ``d`` (``only_if_last``). gemm's clustered sums: the first one
+    a worker claims runs at once (:func:`runs_next`), before its next products complete the other
+    sums, so without the wait every sum was uploaded; queued instead, which worker claimed which
+    sum was a race (37-56% fewer bytes than plain from run to run).
+    """
+    label = plan.labels[t]
+    if plan.upload[t] or label is None or dag.is_sink(t) or t in dag.maps:
+        return STORE, []
+    labels, maps = plan.labels, dag.maps
+    waits: list[int] = []
+    missing = False
+    found: Container[int] | None = None
+    for d in dag.dependents[t]:
+        if labels[d] != label or d in maps:
+            return STORE, []
+        for u in dag.deps[d]:
+            if u == t or ran_here(u):
+                continue
+            if labels[u] != label or u in maps:
+                if found is None:
+                    found = above()
+                if u in found:
+                    continue
+                return STORE, []
+            if u in queued:
+                waits.append(u)
+                continue
+            if found is None:
+                found = above()
+            if u not in found:
+                waits.append(u)
+                missing = True
+    return (WAIT if missing else STAY), waits
 
 
 def queue_kept(queue: deque[T], kept: Sequence[T], first: Sequence[T]) -> None:

@@ -73,16 +73,20 @@ from dataclasses import dataclass
 
 from fanflow.dag.graph import DAG
 from fanflow.dag.placement import (
+    STORE,
+    WAIT,
     PlanView,
     continuation,
     delayable,
     queue_kept,
+    readers_stay,
     root_groups,
     runs_here_if_claimed,
     runs_next,
     shed_units,
     sheddable,
     spread,
+    upstream,
 )
 from fanflow.planning.predict import DagCosts
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
@@ -331,6 +335,15 @@ def simulate(
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
     labels, planned_mb, keeps_upload = view.labels, view.memory_mb, view.upload
+    # delayed I/O asked where the static rule does not decide it: the loop decides at run time (readers_stay)
+    asks = [
+        remote and not up and not here and x is not None
+        for up, here, x in zip(keeps_upload, local, labels, strict=True)
+    ]
+    decides = any(asks)
+    w_pinned: list[set[int]] = []
+    w_waiting: list[dict[int, list[int]]] = []
+    went_large = [False] * n
     labelled = pool and plan.labels is not None  # labels a worker ran: only shedding reads them
     w_labels: list[set[object]] = []
     slots = max_workers if pool else n + 1
@@ -378,6 +391,16 @@ def simulate(
             remote_bytes[t] = remote
         else:
             d = 0.0 + c.exec[t]
+        verdict = STORE
+        if decides and asks[t]:
+            # the loop's run-time delayed I/O, on the state it sees when t finishes: this worker is busy
+            # with t till then, so what it made and what it queued do not change meanwhile
+            verdict, waits = readers_stay(dag, view, t, lambda u: worker[u] == w, w_queue[w], lambda: upstream(dag, t))
+            if verdict != STORE:
+                w_pinned[w].update(waits)
+                held[t] = True
+                if verdict == WAIT:
+                    w_waiting[w][t] = waits
         worker[t] = w
         start[t] = now
         w_last[w] = t
@@ -385,14 +408,15 @@ def simulate(
             w_labels[w].add(labels[t])
         began(t)
         seq += 1
-        if large[t] and all(runs_here_if_claimed(view, t, x, w_memory[w]) for x in dependents[t]):
+        if large[t] and verdict == STORE and all(runs_here_if_claimed(view, t, x, w_memory[w]) for x in dependents[t]):
             # claims first, without the value; whether it is uploaded is known at the claim (a negative event)
+            went_large[t] = True
             d += max(c.u_floor, c.u_base)
             duration[t] = d
             finish[t] = now + d
             push(heap, (now + d, seq, -1 - t))
             return
-        up = 0.0 if local[t] else out_bytes[t]
+        up = 0.0 if local[t] or verdict != STORE else out_bytes[t]
         upload = c.u_base + c.u_slope * up
         d += upload if upload > c.u_floor else c.u_floor
         uploaded += up
@@ -438,6 +462,8 @@ def simulate(
         w_end.append(begin)
         w_last.append(-1)
         w_queue.append(deque(tasks))
+        w_pinned.append(set())
+        w_waiting.append({})
         if labelled:
             w_labels.append(set())
         w_latency.append(latency)
@@ -460,7 +486,8 @@ def simulate(
         if not pool or slots <= 0 or len(queue) < 2:
             return
         held_here = lambda u: held[u] and worker[u] == w  # noqa: E731
-        stays = lambda d: not sheddable(dag, d, held_here)  # noqa: E731
+        pinned = w_pinned[w]
+        stays = lambda d: d in pinned or not sheddable(dag, d, held_here)  # noqa: E731
         units = shed_units(view, queue, _same, stays, w_labels[w] if labelled else ())
         _, shares = spread(units, slots)
         groups = [[d for unit in share for d in unit] for share in shares]
@@ -469,6 +496,61 @@ def simulate(
             w_queue[w] = deque(d for d in queue if d not in moved)
             for group in groups:
                 new_worker(group, now, t)
+
+    def keep(w: int, t: int, claimed: list[int], now: float, unshared: bool = False) -> None:
+        """As the loop's continue_after and _enqueue: what ``t``'s claims keep in ``w``, in which order."""
+        is_here = here_in(w)
+        here, others = continuation(
+            dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
+        )
+        queue_kept(w_queue[w], here, [d for d in here if runs_next(d, deps[d], is_here)])
+        for group in others:
+            new_worker(group, now, t)
+
+    def notify_waiting(w: int, now: float, last: bool) -> float:
+        """As the loop's _settle (``last``: its _notify_waiting at the end of the queue); the time after."""
+        nonlocal uploaded
+        waiting = w_waiting[w]
+        done = list(waiting) if last else [h for h, waits in waiting.items() if all(worker[u] == w for u in waits)]
+        if not done:
+            return now
+        c = w_costs[w]
+        now += c.u_floor if c.u_floor > c.u_base else c.u_base
+        got: dict[int, list[int]] = {}
+        stored: list[int] = []
+        for h in done:
+            del waiting[h]
+            won = got[h] = []
+            for d in dependents[h]:
+                if not last:
+                    remaining[d] -= 1
+                    if not remaining[d]:
+                        won.append(d)
+                elif remaining[d] == 1:  # only_if_last: won only where it completes the reader
+                    remaining[d] = 0
+                    won.append(d)
+            if last and len(won) < len(dependents[h]):
+                stored.append(h)
+        if stored:
+            up = sum(out_bytes[h] for h in stored)
+            rt = c.u_base + c.u_slope * up
+            now += rt if rt > c.u_floor else c.u_floor
+            uploaded += up
+            for h in stored:
+                up_bytes[h] = out_bytes[h]
+                held[h] = False
+                for d in dependents[h]:
+                    if d not in got[h]:
+                        remaining[d] -= 1
+                        if not remaining[d]:
+                            got[h].append(d)
+        for h in done:
+            if got[h]:
+                for d in got[h]:
+                    claimer[d] = waited_for[d] = h
+                    claimed_at[d] = now
+                keep(w, h, got[h], now)
+        return now
 
     for group in _root_starts(dag, plan, view, max(0, slots) if pool else None):
         new_worker(group, 0.0, -1)
@@ -502,7 +584,7 @@ def simulate(
         skip = claimed is not None
         if not skip:
             claimed = []
-        readers = dependents[t]
+        readers = dependents[t] if not (decides and t in w_waiting[w]) else ()  # its notification waits
         for d in readers:
             if skip and d in claimed:
                 continue
@@ -520,7 +602,7 @@ def simulate(
             label, planned = labels[t], planned_mb[d]
             if (label is not None and labels[d] == label) or planned is None or planned == w_memory[w]:
                 ups = deps[d]
-                if len(ups) > 1 and keeps_upload[d]:
+                if len(ups) > 1:
                     # runs_next, inlined for the same reason: a join of another worker's output goes first
                     bit = 1 << w_process[w] if cached else 0
                     for u in ups:
@@ -533,15 +615,16 @@ def simulate(
                     queue.append(d)
                 if len(readers) == 1 and t not in sinks:
                     held[t] = True  # the claim stored the output only if another worker had won it
+                    if not skip and not went_large[t] and up_bytes[t]:
+                        uploaded -= up_bytes[t]
+                        up_bytes[t] = 0.0
                 claimed = None
         if claimed:
-            is_here = here_in(w)
-            here, others = continuation(
-                dag, view, t, claimed, w_memory[w], is_here, unshared=unshared, free=max(0, slots) if pool else None
-            )
-            queue_kept(queue, here, [d for d in here if runs_next(view, d, deps[d], is_here)])
-            for group in others:
-                new_worker(group, now, t)
+            keep(w, t, claimed, now, unshared)
+        if decides and w_waiting[w]:
+            now = notify_waiting(w, now, False)
+            if not queue:
+                now = notify_waiting(w, now, True)
         if queue:
             if pool and slots > 0 and len(queue) > 1:
                 shed(w, now, t)

@@ -84,14 +84,19 @@ from typing import Any
 from fanflow.dag.graph import DAG
 from fanflow.dag.node import substitute
 from fanflow.dag.placement import (
+    STAY,
+    STORE,
+    WAIT,
     continuation,
     plan_of,
     queue_kept,
+    readers_stay,
     runs_here_if_claimed,
     runs_next,
     shed_units,
     sheddable,
     spread,
+    upstream,
 )
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
@@ -127,9 +132,6 @@ RECOMPUTE_BYTES_PER_S = 100e6
 """A pure task with no inputs whose large output took less than its size at this rate to make is
 cheaper to run again where it is read than to seal, upload, fetch and unseal (8 MB: 80 ms), so its
 output is not uploaded (see :meth:`Worker._recomputable`)."""
-
-UPSTREAM_LIMIT = 512
-"""Most upstream tasks a worker walks to tell that an input of a reader finished before this task started."""
 
 FANOUT_INLINE_MAX = 16 * 1024
 """Largest encoded DAG a worker copies into the payloads it sends; larger ones go by
@@ -229,6 +231,11 @@ class Worker:
         """Outputs made here and never uploaded: only this worker can run their readers."""
         self._pinned: set[int] = set()
         """Queued tasks an output kept here counts on running here (see :meth:`_readers_stay_here`): never shed."""
+        self._waiting: dict[int, list[int]] = {}
+        """Outputs kept here whose notification waits, with the readers' inputs it waits for to be made here
+        (:func:`~fanflow.dag.placement.readers_stay`, ``WAIT``)."""
+        self._waiting_rows: dict[int, Row] = {}
+        """Their ``task_finished`` rows: whether the output was stored is known when it notifies."""
         self._labels_here: set[Any] = set()
         """Labels of the tasks run here: their other queued tasks are not shed (see :func:`shed_units`)."""
         self._ready: deque[Item] = deque()
@@ -291,9 +298,12 @@ class Worker:
         )
         ready = self._ready = deque(self.inv.start)
         try:
-            while ready or self._held:
+            while ready or self._held or self._waiting:
                 if self._held and (not ready or self._notify_due(ready[0])):
                     self._notify_held(ready)
+                    continue
+                if not ready:  # nothing else to run here: what waits notifies now
+                    self._notify_waiting(ready, list(self._waiting), last=True)
                     continue
                 self._check_running()
                 if len(ready) > 1:
@@ -311,6 +321,8 @@ class Worker:
                     claimed = self._run_task(item)
                 if claimed:
                     self._enqueue(ready, self.continue_after(self._current, claimed))
+                if self._waiting:
+                    self._settle(ready)
         except _Stop:
             pass
         finally:
@@ -367,6 +379,8 @@ class Worker:
         if self._held and self._held[-1][0] == t:  # store_s comes when the held notifications go
             row = (0.0, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, sizes, t, now, True)
             self._held_events.append((*row, _TASK_FINISHED_HELD))
+        elif t in self._waiting:  # store_s and uploaded come when it notifies
+            self._waiting_rows[t] = (0.0, out_bytes, False, memory, attempt, exec_s, fetch_s, sizes, t, now)
         else:
             row = (store_s, out_bytes, uploaded, memory, attempt, exec_s, fetch_s, sizes, t, now)
             self.events.append((*row, _TASK_FINISHED))
@@ -516,7 +530,12 @@ class Worker:
         sink = dag.is_sink(t)
         stored, size = self.dump(t, value)
         # What only a remote worker does (keep readers here, recompute, hold) is asked only there.
-        local = self.extras.delays_upload(t) or (remote and self._readers_stay_here(t))
+        local = self.extras.delays_upload(t)
+        if not local and remote:
+            verdict = self._readers_stay_here(t)
+            if verdict == WAIT:
+                return [], size, 0.0, False
+            local = verdict == STAY
         if local:
             self.emit("delayed_io", t)
         elif remote and self._recomputable(t, size, exec_s):
@@ -567,62 +586,72 @@ class Worker:
         uploaded = bool(puts) or (stored_unless_claimed and not won[0])
         return claimed + [d for d, ok in zip(dependents, won, strict=True) if ok], size, elapsed, uploaded
 
-    def _readers_stay_here(self, t: int) -> bool:
-        """Delayed I/O decided at run time: whether this worker is certain to claim and keep every reader of ``t``.
-
-        The plan's rule (:func:`~fanflow.dag.placement.delayable`) is static: a
-        fan-in is only safe when it is *anchored*, so the sums of a blocked
-        matrix product, whose products come from two labels, were uploaded
-        though the worker that ran them held the other sums in its queue and
-        so was bound to claim the sink itself. Here the worker knows more. The
-        plan asked for delayed I/O (every reader shares ``t``'s label), and
-        for every reader ``d`` each other input is either made here already
-        (notified, or its notification held here), queued here with the same
-        label (then pinned: never shed), or upstream of ``t`` (finished and
-        notified before ``t`` could start). So the last notification ``d``
-        waits for comes from this worker, which keeps ``d`` as its label
-        matches (:func:`~fanflow.dag.placement.continuation`). Lineage still
-        covers a lost worker, as for any output kept local.
+    def _readers_stay_here(self, t: int) -> int:
+        """Delayed I/O decided at run time (:func:`~fanflow.dag.placement.readers_stay`): ``STORE``, ``STAY``
+        (the output stays here and notifies now) or ``WAIT`` (it stays here, and its notification waits in
+        :attr:`_waiting` until :meth:`_settle` or the end of the queue). The readers' inputs it counts on
+        running here are pinned (never shed). Lineage still covers a lost worker, as for any output kept
+        local.
         """
         plan, dag = self.plan, self.dag
-        label = plan.labels[t]
-        if not self._remote or plan.upload[t] or label is None or dag.is_sink(t) or t in dag.maps:
-            return False
-        ready = self._ready  # searched for the one or two other inputs of each reader, not copied per output
-        held = {h for h, _ in self._held}
-        pins: list[int] = []
-        upstream: set[int] | None = None
-        for d in dag.dependents[t]:
-            if plan.labels[d] != label or d in dag.maps:
-                return False
-            for u in dag.deps[d]:
-                if u == t:
-                    continue
-                if u in held or u in ready:  # a queued map item is a tuple, never equal to a task id
-                    if plan.labels[u] != label or u in dag.maps:
-                        return False
-                    pins.append(u)
-                    continue
-                if u in self._ran_here:
-                    continue
-                if upstream is None:
-                    upstream = self._upstream(t)
-                if u not in upstream:
-                    return False
-        self._pinned.update(pins)
-        return True
+        if plan.upload[t] or plan.labels[t] is None:
+            return STORE
+        # a task whose notification is held here ran here: its notification comes from this worker too
+        verdict, waits = readers_stay(dag, plan, t, self._ran_here.__contains__, self._ready, lambda: upstream(dag, t))
+        self._pinned.update(waits)
+        if verdict == WAIT:
+            self._waiting[t] = waits
+        return verdict
 
-    def _upstream(self, t: int) -> set[int]:
-        """Tasks upstream of ``t``, at most :data:`UPSTREAM_LIMIT` of them (a partial set only says less)."""
-        deps = self.dag.deps
-        seen: set[int] = set()
-        todo = list(deps[t])
-        while todo and len(seen) < UPSTREAM_LIMIT:
-            u = todo.pop()
-            if u not in seen:
-                seen.add(u)
-                todo.extend(deps[u])
-        return seen
+    def _settle(self, ready: deque[Item]) -> None:
+        """Notify, without storing them, the waiting outputs whose readers' inputs are all made here now:
+        this worker sends the last notification each reader waits for, so it claims and keeps them all."""
+        ran = self._ran_here
+        done = [h for h, waits in self._waiting.items() if all(u in ran for u in waits)]
+        if done:
+            self._notify_waiting(ready, done, last=False)
+
+    def _notify_waiting(self, ready: deque[Item], done: list[int], *, last: bool) -> None:
+        """Notify the readers of the waiting outputs ``done``; continue after each.
+
+        ``last``: this worker's queue is empty, so some inputs it waited for were made elsewhere. Each
+        claim is first asked only where it completes its reader (``only_if_last``, one round trip
+        without the values); an output some reader of which still waits for another input is then
+        stored, and those readers notified, in a second round trip, before anyone can claim them.
+        """
+        run, dag, store, cache = self.run_id, self.dag, self.store, self.cache
+        ttl, lease = self.settings.key_ttl_s, self.settings.lease_ms
+        claims = [
+            Claim(keys.deps(run, d), keys.claim(run, d), h, len(dag.deps[d]), only_if_last=last)
+            for h in done
+            for d in dag.dependents[h]
+        ]
+        began = time.perf_counter()
+        won = iter(store.finish({}, claims, self.owner, ttl, lease))
+        claimed = {h: [d for d in dag.dependents[h] if next(won)] for h in done}
+        stored: list[int] = []
+        if last:
+            stored = [h for h in done if len(claimed[h]) < len(dag.dependents[h])]
+        if stored:
+            puts = {keys.output_of(run, dag, h): self.dump(h, cache[h])[0] for h in stored}
+            rest = [(h, d) for h in stored for d in dag.dependents[h] if d not in claimed[h]]
+            second = [Claim(keys.deps(run, d), keys.claim(run, d), h, len(dag.deps[d])) for h, d in rest]
+            for (h, d), ok in zip(rest, store.finish(puts, second, self.owner, ttl, lease), strict=True):
+                if ok:
+                    claimed[h].append(d)
+            self._unstored.difference_update(stored)
+        share = (time.perf_counter() - began) / len(done)
+        for h in done:
+            del self._waiting[h]
+            row = self._waiting_rows.pop(h)
+            uploaded = h in stored
+            if not uploaded:
+                self.emit("delayed_io", h)
+            self.events.append((share, row[1], uploaded, *row[3:], _TASK_FINISHED))
+        self.maybe_flush()
+        for h in done:
+            if claimed[h]:
+                self._enqueue(ready, self.continue_after(h, claimed[h]))
 
     def _recomputable(self, t: int, size: int, exec_s: float) -> bool:
         """Whether ``t``'s output stays out of the store, made again by any reader elsewhere (lineage).
@@ -775,12 +804,12 @@ class Worker:
         A task whose inputs are all in this worker's cache is no join: that test is a C loop and
         answers for most claims (a tree's pairs), so they make no call to ``runs_next`` nor ``_is_here``.
         """
-        deps, cache, plan = self.dag.deps, self.cache, self.plan
+        deps, cache = self.dag.deps, self.cache
         first: list[Item] = []
         for d in here:
             t = _task_of(d)
             ups = deps[t]
-            if len(ups) > 1 and not all(map(cache.__contains__, ups)) and runs_next(plan, t, ups, self._is_here):
+            if len(ups) > 1 and not all(map(cache.__contains__, ups)) and runs_next(t, ups, self._is_here):
                 first.append(d)
         queue_kept(ready, here, first)
 
