@@ -295,8 +295,10 @@ def test_ctrl_c_of_fanflow_run_leaves_no_key_behind(redis_url: str, tmp_path: Pa
     assert len(live) == 1, live
     run_id = live[0].decode().split("{", 1)[1].split("}", 1)[0]
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    began = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    # It failed now and then in full-suite runs only, exiting 0: say what it printed, and when.
+    assert proc.returncode != 0, (time.monotonic() - began, out.decode()[-500:], err.decode()[-2000:])
     assert not list(client.scan_iter(match=f"ff:{{{run_id}*")), err.decode()[-2000:]
     assert not [*client.scan_iter(match="ff:pool:client-*"), *client.scan_iter(match="{ff:pool:client-*")]
 
