@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -643,6 +644,7 @@ def test_the_thread_waking_the_idle_writer_returns_once_it_sleeps_again(monkeypa
     import fanflow.store.metadata as metadata
 
     monkeypatch.setattr(metadata, "HANDOFF_S", 30.0)  # a loaded machine may take more than 5 ms to run the writer
+    monkeypatch.setattr(metadata, "IDLE_AFTER_S", 0.0)  # it sleeps until woken as soon as it finds no job
     writer = metadata._Writer()
     ran = threading.Event()
     for _ in range(3):
@@ -658,6 +660,42 @@ def test_the_thread_waking_the_idle_writer_returns_once_it_sleeps_again(monkeypa
         assert awake is not None and awake.is_set(), "submit returned while the woken writer still waited for the GIL"
         assert not writer._idle
     assert writer.drain(30) and ran.is_set()
+
+
+def test_a_drain_runs_the_queued_jobs_in_its_own_thread_after_a_running_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``drain`` runs what is queued in the calling thread (no wake-up of the writer and wait for it), as a
+    batch: a save in it is written when the batch ends. A batch another thread is running is waited for (a
+    drain with a timeout gives up, False), and a job nobody drains runs in the writer thread."""
+    import fanflow.store.metadata as metadata
+
+    monkeypatch.setattr(metadata, "BATCH_S", 60.0)  # the writer thread waits: every batch here is a drain's
+    writer = metadata._Writer()
+    where: list[tuple[str, threading.Thread, bool]] = []
+
+    def note(name: str) -> Callable[[], None]:
+        return lambda: where.append((name, threading.current_thread(), writer.runs_here()))
+
+    writer.submit(note("drained"))  # starts the writer thread
+    assert writer.drain(30) and where == [("drained", threading.current_thread(), True)]
+    assert not writer.runs_here()
+
+    running, release = threading.Event(), threading.Event()
+    writer.submit(lambda: (running.set(), release.wait(30)))
+    other = threading.Thread(target=writer.drain)  # another thread's batch, held open
+    other.start()
+    assert running.wait(30)
+    writer.submit(note("after"))
+    assert not writer.drain(0.2)  # that batch still runs
+    release.set()
+    assert writer.drain(30) and [w[0] for w in where] == ["drained", "after"]
+    assert where[1][1] in (threading.current_thread(), other)
+    other.join(30)
+
+    monkeypatch.setattr(metadata, "BATCH_S", 0.05)
+    alone = metadata._Writer()
+    done = threading.Event()
+    alone.submit(lambda: (where.append(("alone", threading.current_thread(), alone.runs_here())), done.set()))
+    assert done.wait(30) and where[-1] == ("alone", alone._thread, True)  # nobody drained: the writer ran it
 
 
 def test_small_runs_are_written_without_started_documents_and_kept_at_exit(tmp_path: Path) -> None:

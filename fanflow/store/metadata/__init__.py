@@ -5,12 +5,12 @@
 shared per process and per URL, like run stores.
 
 Writes can be deferred with :func:`defer`: one background thread runs them in
-order, so recording a run's history never delays ``compute()``. Every read
-through :func:`open_metadata` first waits for the deferred writes (so this
-process always reads what it wrote), and the interpreter waits for them at
-exit (so no history is lost). The SQLite store also holds saves in memory for
-a moment, to write several in one transaction; :func:`drain` and exit write
-them.
+order, in batches, so recording a run's history never delays ``compute()``.
+Every read through :func:`open_metadata` first runs the deferred writes (so
+this process always reads what it wrote), and so does the interpreter at exit
+(so no history is lost), in the reading or exiting thread itself. The SQLite
+store also holds saves in memory for a moment, to write several in one
+transaction; :func:`drain` and exit write them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from fanflow.config import mask_url
@@ -55,44 +56,54 @@ EXIT_DRAIN_S = 60.0
 
 
 BATCH_S = 0.2
-"""How long the writer lets deferred writes gather after the first one, before it runs them as one batch."""
+"""How long the writer lets deferred writes gather before it runs them as one batch."""
+
+IDLE_AFTER_S = 5.0
+"""How long the writer goes on waking every :data:`BATCH_S` without finding a job before it sleeps until one is
+submitted (which then wakes it)."""
 
 HANDOFF_S = 0.005
 """Longest wait of the thread that woke the idle writer for it to take the GIL and go back to sleep (it took
 44 us median, 212 us at most, of 200 on a quiet 2-core machine): a caller's wall time pays at most this per
-batch of :data:`BATCH_S` when no core is free for the writer."""
+wake-up when no core is free for the writer."""
 
 
 class _Writer:
     """One daemon thread running deferred jobs in submission order, in batches.
 
-    Submitting a job only appends it to a queue. The thread is woken by the
-    first job after it went idle, waits :data:`BATCH_S` for more, runs every
-    job queued, then has the stores write what they hold (:func:`_flush_stores`):
-    a stream of small runs costs one wake-up and one transaction per batch,
-    not a hand-off between threads per run. :meth:`drain` cuts the wait short.
+    Submitting a job only appends it to a queue. While jobs come, the thread
+    wakes every :data:`BATCH_S`, runs every job queued, then has the stores
+    write what they hold (:func:`_flush_stores`): a stream of small runs costs
+    one transaction per batch and no hand-off between threads at all. After
+    :data:`IDLE_AFTER_S` without a job it sleeps until the next one wakes it.
 
-    The thread that wakes it waits (at most :data:`HANDOFF_S`) until it is past
-    its wake-up and asleep again for the batch: woken, it needs the GIL, and a
-    caller running call after call (``dask.compute`` in a loop) holds it but
-    for short releases; each of those woke the waiting thread in vain (one to
-    two per 1-task call) until the next forced switch, 50 ms later under the
-    threads platform, which cost 25-35 us of the writer's CPU and about as
-    much of the caller's per call of such a burst.
+    :meth:`drain` runs the jobs queued in the calling thread (a batch runs in
+    one thread at a time: a drain that finds the writer's batch running waits
+    for it): waking the writer and waiting for it cost a caller that drains
+    after a few calls (a reader, ``drain()`` in a loop, exit) two thread
+    switches per batch, about 40 us of CPU, more than the batch's own writes.
+
+    The thread that wakes a sleeping writer waits (at most :data:`HANDOFF_S`)
+    until it is past its wake-up and asleep again for the batch: woken, it
+    needs the GIL, and a caller running call after call (``dask.compute`` in a
+    loop) holds it but for short releases; each of those woke the waiting
+    thread in vain (one to two per 1-task call) until the next forced switch,
+    50 ms later under the threads platform, which cost 25-35 us of the
+    writer's CPU and about as much of the caller's per call of such a burst.
     """
 
     def __init__(self) -> None:
-        self._jobs: collections.deque[Callable[[], None] | threading.Event] = collections.deque()
+        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._wake = threading.Event()
         self._idle = False  # the thread waits for a first job, with no deadline
-        self._busy = False  # the thread runs a batch (from its first job until its stores are written)
-        self._draining = 0  # callers of drain() waiting: run the batch without waiting for more
+        self._batch = threading.Lock()  # held by the thread running a batch: the writer's, or a draining one
+        self._runner: threading.Thread | None = None  # the thread running a batch now
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._awake: threading.Event | None = None  # set once the thread woken from idle is past its wake-up
 
-    def submit(self, job: Callable[[], None] | threading.Event) -> None:
-        """Queue ``job``; an Event is set once every job queued before it ran and its batch was written."""
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``, to run within about :data:`BATCH_S` (or at the next :meth:`drain`)."""
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -108,23 +119,31 @@ class _Writer:
 
     def _serve(self) -> None:
         jobs = self._jobs
+        quiet_since = time.monotonic()
         while True:
-            awake = self._awake = threading.Event()
-            self._idle = True
-            if not jobs:
-                self._wake.wait()
-            self._idle = False
-            self._busy = True
-            self._wake.clear()
-            awake.set()
-            if not self._draining:
-                self._wake.wait(BATCH_S)  # let a batch gather; a drain sets the event
-            done: list[threading.Event] = []
+            if not jobs and time.monotonic() - quiet_since >= IDLE_AFTER_S:
+                awake = self._awake = threading.Event()
+                self._idle = True
+                if not jobs:
+                    self._wake.wait()
+                self._idle = False
+                self._wake.clear()
+                awake.set()
+            self._wake.wait(BATCH_S)  # let a batch gather
+            if jobs:
+                with self._batch:
+                    self._run_batch()
+                quiet_since = time.monotonic()
+
+    def _run_batch(self) -> None:
+        """Run every job queued, then have the stores write what they hold (``_batch`` held)."""
+        jobs = self._jobs
+        if not jobs:
+            return
+        self._runner = threading.current_thread()
+        try:
             while jobs:
                 job = jobs.popleft()
-                if isinstance(job, threading.Event):
-                    done.append(job)
-                    continue
                 try:
                     job()
                 except Exception:  # a job reports its own failures; this guards the thread
@@ -133,46 +152,39 @@ class _Writer:
                 _flush_stores()
             except Exception:
                 log.exception("writing the metadata stores' held saves failed")
-            finally:
-                self._busy = False
-                for event in done:
-                    event.set()
+        finally:
+            self._runner = None
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every job submitted so far ran and its batch was written; False if ``timeout`` passed first."""
-        if self._thread is None or threading.current_thread() is self._thread:
+        """Run every job submitted so far and write its batch, here; False if ``timeout`` passed first (while
+        the writer's batch ran)."""
+        if self._thread is None or self.runs_here():
             return True
-        if not self._jobs and not self._busy:
-            return True
-        done = threading.Event()
-        with self._lock:
-            self._draining += 1
-        try:
-            self.submit(done)
-            self._wake.set()
-            finished = done.wait(timeout)
-        finally:
-            with self._lock:
-                self._draining -= 1
-        if not finished:
+        if not self._batch.acquire(timeout=-1 if timeout is None else timeout):
             log.warning("gave up waiting for deferred history writes after %.0f s", timeout or 0)
-        return finished
+            return False
+        try:
+            self._run_batch()
+        finally:
+            self._batch.release()
+        return True
 
     def forget_parent(self) -> None:
-        """In a child made by ``fork``: start afresh. The parent's thread did not come along (a drain would
-        wait for it in vain, 60 s at exit), its queued jobs are the parent's to run (here they would
-        record its runs twice), and its locks may have been held by a thread that is gone."""
+        """In a child made by ``fork``: start afresh. The parent's thread did not come along, its queued jobs
+        are the parent's to run (here they would record its runs twice), and its locks may have been held by
+        a thread that is gone."""
         self._jobs.clear()
         self._wake = threading.Event()
-        self._idle = self._busy = False
-        self._draining = 0
+        self._idle = False
+        self._batch = threading.Lock()
+        self._runner = None
         self._lock = threading.Lock()
         self._thread = None
         self._awake = None
 
     def runs_here(self) -> bool:
-        """Whether the calling thread is the writer's (its batch's stores are written when the batch ends)."""
-        return threading.current_thread() is self._thread
+        """Whether the calling thread runs a batch now (its stores are written when the batch ends)."""
+        return self._runner is threading.current_thread()
 
 
 _writer = _Writer()
@@ -187,7 +199,7 @@ def _flush_stores() -> None:
 
 
 def in_writer() -> bool:
-    """Whether the calling thread is the background writer, which has the stores write after each batch."""
+    """Whether the calling thread runs a batch of deferred writes, after which the stores write what they hold."""
     return _writer.runs_here()
 
 
@@ -197,7 +209,8 @@ def defer(job: Callable[[], None]) -> None:
 
 
 def drain(timeout: float | None = None) -> bool:
-    """Wait for every deferred write, and have the stores write what they hold back; True when none is left."""
+    """Run every deferred write here (after a batch the writer runs now), and have the stores write what they
+    hold back; True when none is left."""
     done = _writer.drain(timeout)
     _flush_stores()  # saves made outside the writer (a direct save_run) are held too
     return done
