@@ -108,7 +108,12 @@ _LEGACY_TABLES = ("tasks", "task_groups", "workers", "worker_docs")
 
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
 _SELECT_SUMMARY = f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM summaries WHERE identity = ? AND memory_mb = ?"
-_UPSERT_SUMMARY = f"INSERT OR REPLACE INTO summaries VALUES (?, ?, {', '.join('?' * len(_SUMMARY_COLUMNS))})"
+_UPSERT_SUMMARY = (
+    f"INSERT INTO summaries VALUES (?, ?, {', '.join('?' * len(_SUMMARY_COLUMNS))}) "
+    f"ON CONFLICT (identity, memory_mb) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _SUMMARY_COLUMNS)}"
+)
+"""A summary's row written in place (``INSERT OR REPLACE`` deleted and inserted it: a new rowid, so its key's
+index page was written too, one more write-ahead log frame per commit)."""
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _SCHEMA = f"""
