@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fanflow
@@ -110,14 +111,16 @@ def main(argv):
 
 def test_progress_bar_goes_to_stderr_for_long_runs_and_is_off_on_request(tmp_path: Path) -> None:
     (tmp_path / "slow.py").write_text(SLOW_SCRIPT)
-    shown = fanflow_cli("run", "slow.py", "--progress", cwd=tmp_path, env={"FANFLOW_METADATA": "none"})
+    # The three runs side by side: each waits 1.3 s, past the bar's 1 s, and need not wait for the others.
+    with ThreadPoolExecutor(3) as pool:
+        shown, hidden, piped = pool.map(
+            lambda flag: fanflow_cli("run", "slow.py", *flag, cwd=tmp_path), [["--progress"], ["--no-progress"], []]
+        )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == "7"  # the result alone on stdout
     assert "slow" in shown.stderr and "1/1" in shown.stderr
-    hidden = fanflow_cli("run", "slow.py", "--no-progress", cwd=tmp_path)
     assert hidden.returncode == 0 and hidden.stdout.strip() == "7" and "1/1" not in hidden.stderr
-    piped = fanflow_cli("run", "slow.py", cwd=tmp_path)  # not a terminal: off by default
-    assert piped.returncode == 0 and "1/1" not in piped.stderr
+    assert piped.returncode == 0 and "1/1" not in piped.stderr  # not a terminal: off by default
 
 
 def test_pool_names_that_would_break_the_pools_redis_keys_are_refused(tmp_path: Path) -> None:
