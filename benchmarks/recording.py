@@ -24,7 +24,8 @@ baseline's, over ``--runs``, are the instructions per tiny run of each thread::
 
 (``OPENBLAS_NUM_THREADS=1``: numpy's idle BLAS threads spin; the interpreter itself, not a shim
 script, or callgrind follows the shim.) The dumps ``cg.<pid>.<n>-<thread>`` give the counts in their
-``summary:`` line; thread 01 is the client's.
+``summary:`` line; thread 01 is the client's, which also writes the batches its drains run (the writer
+thread only those its timer runs first).
 
 Run: ``python benchmarks/recording.py [--runs 4000] [--repeat 5]``.
 """
@@ -36,6 +37,7 @@ import gc
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,9 +106,11 @@ def counted(run: Any, batches: list[EventRows], runs: int, batch: int, record: b
 
 
 def mark(call: Callable[[], object]) -> None:
-    """Call ``call`` in the history writer's thread, then in this one (callgrind counts per thread)."""
-    defer(call)
-    drain()
+    """Call ``call`` in the history writer's thread, at its next batch (a drain would run it in this thread),
+    then in this one (callgrind counts per thread)."""
+    ran = threading.Event()
+    defer(lambda: (call(), ran.set()))
+    ran.wait()
     call()
 
 
