@@ -86,7 +86,6 @@ from fanflow.dag.placement import (
     shed_units,
     sheddable,
     spread,
-    upstream,
 )
 from fanflow.planning.predict import DagCosts
 from fanflow.worker.loop import LARGE_OUTPUT_BYTES
@@ -251,19 +250,22 @@ class _Placement:
     upload: list[bool] | None
     view: PlanView
     local: list[bool]
+    asks: list[bool]
 
 
 _last: _Placement | None = None
 
 
-def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
-    """The plan's view and which outputs delayed I/O keeps local (computed once while the labels and
-    upload flags stay equal, the labels' part once while they do: see :func:`_of_labels`)."""
+def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool], list[bool]]:
+    """The plan's view, which outputs delayed I/O keeps local, and where the loop decides that at run time
+    (asked, with a label, not kept by the static rule; empty when none is): computed once while the
+    labels and upload flags stay equal, the labels' part once while they do (see :func:`_of_labels`)."""
     global _last
     last = _last
     if last is not None and last.dag() is dag and last.labels == plan.labels and last.upload == plan.upload:
-        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local
+        return dataclasses.replace(last.view, memory_mb=plan.memory_mb), last.local, last.asks
     labelled = _of_labels(dag, plan.labels)
+    asks: list[bool] = []
     if plan.upload is None:
         upload, local = None, [False] * len(dag)
         view = dataclasses.replace(labelled.view, memory_mb=plan.memory_mb)
@@ -272,8 +274,12 @@ def _placement(dag: DAG, plan: Assignment) -> tuple[PlanView, list[bool]]:
         view = dataclasses.replace(labelled.view, memory_mb=plan.memory_mb, upload=upload)
         may = delayable_tasks(dag, labelled.view.labels) if plan.labels is not None else [False] * len(dag)
         local = [not up and delay for up, delay in zip(upload, may, strict=True)]  # PlanView.delays_upload
-    _last = _Placement(weakref.ref(dag), labelled.labels, upload, view, local)
-    return view, local
+        if plan.labels is not None:
+            asks = [not up and not delay for up, delay in zip(upload, may, strict=True)]
+            if not any(asks):
+                asks = []
+    _last = _Placement(weakref.ref(dag), labelled.labels, upload, view, local, asks)
+    return view, local, asks
 
 
 def _same(t: int) -> int:
@@ -299,7 +305,7 @@ def simulate(
     n = len(dag)
     deps, dependents = dag.deps, dag.dependents
     memory = plan.memory_mb
-    view, local = _placement(dag, plan)
+    view, local, asks = _placement(dag, plan)
     out_bytes = costs.out_bytes
     sinks = set(dag.sinks)
     large = [
@@ -334,15 +340,12 @@ def simulate(
     seq = 0
     fetched = uploaded = 0.0
     pool = max_workers is not None and max_workers > 0
-    labels, planned_mb, keeps_upload = view.labels, view.memory_mb, view.upload
-    # delayed I/O asked where the static rule does not decide it: the loop decides at run time (readers_stay)
-    asks = [
-        remote and not up and not here and x is not None
-        for up, here, x in zip(keeps_upload, local, labels, strict=True)
-    ]
-    decides = any(asks)
+    labels, planned_mb = view.labels, view.memory_mb
+    decides = remote and bool(asks)  # delayed I/O the loop decides at run time (readers_stay)
     w_pinned: list[set[int]] = []
-    w_waiting: list[dict[int, list[int]]] = []
+    w_waiting: list[dict[int, set[int]]] = []  # as the loop's _waiting, _awaited and _due, per worker
+    w_awaited: list[dict[int, list[int]]] = []
+    w_due: list[list[int]] = []
     went_large = [False] * n
     labelled = pool and plan.labels is not None  # labels a worker ran: only shedding reads them
     w_labels: list[set[object]] = []
@@ -395,12 +398,15 @@ def simulate(
         if decides and asks[t]:
             # the loop's run-time delayed I/O, on the state it sees when t finishes: this worker is busy
             # with t till then, so what it made and what it queued do not change meanwhile
-            verdict, waits = readers_stay(dag, view, t, lambda u: worker[u] == w, w_queue[w], lambda: upstream(dag, t))
+            verdict, waits = readers_stay(dag, view, t, lambda u: worker[u] == w, w_queue[w])
             if verdict != STORE:
                 w_pinned[w].update(waits)
                 held[t] = True
                 if verdict == WAIT:
-                    w_waiting[w][t] = waits
+                    w_waiting[w][t] = set(waits)
+                    awaited = w_awaited[w]
+                    for u in waits:
+                        awaited.setdefault(u, []).append(t)
         worker[t] = w
         start[t] = now
         w_last[w] = t
@@ -464,6 +470,8 @@ def simulate(
         w_queue.append(deque(tasks))
         w_pinned.append(set())
         w_waiting.append({})
+        w_awaited.append({})
+        w_due.append([])
         if labelled:
             w_labels.append(set())
         w_latency.append(latency)
@@ -510,8 +518,13 @@ def simulate(
     def notify_waiting(w: int, now: float, last: bool) -> float:
         """As the loop's _settle (``last``: its _notify_waiting at the end of the queue); the time after."""
         nonlocal uploaded
-        waiting = w_waiting[w]
-        done = list(waiting) if last else [h for h, waits in waiting.items() if all(worker[u] == w for u in waits)]
+        kept_back = w_waiting[w]
+        if last:
+            done = list(kept_back)
+            w_awaited[w].clear()
+            w_due[w].clear()
+        else:
+            done, w_due[w] = w_due[w], []
         if not done:
             return now
         c = w_costs[w]
@@ -519,7 +532,7 @@ def simulate(
         got: dict[int, list[int]] = {}
         stored: list[int] = []
         for h in done:
-            del waiting[h]
+            del kept_back[h]
             won = got[h] = []
             for d in dependents[h]:
                 if not last:
@@ -622,8 +635,16 @@ def simulate(
         if claimed:
             keep(w, t, claimed, now, unshared)
         if decides and w_waiting[w]:
-            now = notify_waiting(w, now, False)
-            if not queue:
+            kept_back = w_waiting[w]
+            for h in w_awaited[w].pop(t, ()):  # t is made here now
+                waits = kept_back.get(h)
+                if waits is not None:
+                    waits.discard(t)
+                    if not waits:
+                        w_due[w].append(h)
+            if w_due[w]:
+                now = notify_waiting(w, now, False)
+            if not queue and kept_back:
                 now = notify_waiting(w, now, True)
         if queue:
             if pool and slots > 0 and len(queue) > 1:

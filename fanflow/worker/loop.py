@@ -96,7 +96,6 @@ from fanflow.dag.placement import (
     shed_units,
     sheddable,
     spread,
-    upstream,
 )
 from fanflow.errors import FanflowError, InputLostError, NoRetry, ValueTooLargeError
 from fanflow.platforms.base import Platform
@@ -231,9 +230,13 @@ class Worker:
         """Outputs made here and never uploaded: only this worker can run their readers."""
         self._pinned: set[int] = set()
         """Queued tasks an output kept here counts on running here (see :meth:`_readers_stay_here`): never shed."""
-        self._waiting: dict[int, list[int]] = {}
-        """Outputs kept here whose notification waits, with the readers' inputs it waits for to be made here
-        (:func:`~fanflow.dag.placement.readers_stay`, ``WAIT``)."""
+        self._waiting: dict[int, set[int]] = {}
+        """Outputs kept here whose notification waits, with the readers' inputs not made here yet that it waits
+        for (:func:`~fanflow.dag.placement.readers_stay`, ``WAIT``)."""
+        self._awaited: dict[int, list[int]] = {}
+        """Input -> the waiting outputs that wait for it (so a finished task updates only those)."""
+        self._due: list[int] = []
+        """Waiting outputs whose inputs are all made here now: :meth:`_settle` notifies them."""
         self._waiting_rows: dict[int, Row] = {}
         """Their ``task_finished`` rows: whether the output was stored is known when it notifies."""
         self._labels_here: set[Any] = set()
@@ -321,7 +324,7 @@ class Worker:
                     claimed = self._run_task(item)
                 if claimed:
                     self._enqueue(ready, self.continue_after(self._current, claimed))
-                if self._waiting:
+                if self._due:
                     self._settle(ready)
         except _Stop:
             pass
@@ -360,6 +363,13 @@ class Worker:
         claimed, out_bytes, store_s, uploaded = self._store_and_notify(t, value, exec_s)
         self.tasks_run += 1
         self._ran_here.add(t)
+        if self._awaited:
+            for h in self._awaited.pop(t, ()):
+                waits = self._waiting.get(h)
+                if waits is not None:
+                    waits.discard(t)
+                    if not waits:
+                        self._due.append(h)
         label = self.plan.labels[t]
         if label is not None:
             self._labels_here.add(label)
@@ -597,19 +607,19 @@ class Worker:
         if plan.upload[t] or plan.labels[t] is None:
             return STORE
         # a task whose notification is held here ran here: its notification comes from this worker too
-        verdict, waits = readers_stay(dag, plan, t, self._ran_here.__contains__, self._ready, lambda: upstream(dag, t))
+        verdict, waits = readers_stay(dag, plan, t, self._ran_here.__contains__, self._ready)
         self._pinned.update(waits)
         if verdict == WAIT:
-            self._waiting[t] = waits
+            self._waiting[t] = set(waits)
+            for u in waits:
+                self._awaited.setdefault(u, []).append(t)
         return verdict
 
     def _settle(self, ready: deque[Item]) -> None:
         """Notify, without storing them, the waiting outputs whose readers' inputs are all made here now:
         this worker sends the last notification each reader waits for, so it claims and keeps them all."""
-        ran = self._ran_here
-        done = [h for h, waits in self._waiting.items() if all(u in ran for u in waits)]
-        if done:
-            self._notify_waiting(ready, done, last=False)
+        done, self._due = self._due, []
+        self._notify_waiting(ready, done, last=False)
 
     def _notify_waiting(self, ready: deque[Item], done: list[int], *, last: bool) -> None:
         """Notify the readers of the waiting outputs ``done``; continue after each.
@@ -641,6 +651,9 @@ class Worker:
                     claimed[h].append(d)
             self._unstored.difference_update(stored)
         share = (time.perf_counter() - began) / len(done)
+        if last:  # every waiting output goes now
+            self._awaited.clear()
+            self._due.clear()
         for h in done:
             del self._waiting[h]
             row = self._waiting_rows.pop(h)
