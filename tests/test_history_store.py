@@ -345,7 +345,8 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     the usual recording (in the background, through dicts and JSON) stores for the same run: the same
     document but for the time recording took, the same trace byte for byte, the same records and
     summaries. Each run here is recorded both ways, into two files. ``refused``: rows the row-wise digest
-    refuses (a task that ended twice...) are recorded the usual way."""
+    refuses in the writer's batch (a task that ended twice...) are recorded from them as the usual way
+    records the run's events: the same document, trace, records and summaries, in ``runs``."""
     from fanflow.metrics import recorder
     from fanflow.store import keys
 
@@ -355,10 +356,7 @@ def test_a_tiny_run_recorded_raw_reads_back_as_one_recorded_the_usual_way(
     def both_ways(run: Any) -> bool:
         stream = keys.events(run.run_id)
         batches, _ = run.store.read_event_batches(stream)
-        if refused:  # rows the digest refuses: the usual way records the run, from its records
-            assert not saved_raw(run) and recorder._record(run, None) is not None
-        else:
-            assert saved_raw(run), "a tiny run that ended well is saved raw"
+        assert saved_raw(run), "a tiny run that ended well is kept for the writer"
         assert not run.store.read_event_batches(stream)[0]  # its events are freed at once
         for batch in batches:
             run.store.append_events(stream, batch, 60)
@@ -416,6 +414,40 @@ def twin_a(x: int) -> int:
 @fanflow.task
 def twin_b(x: int) -> int:
     return x + 1
+
+
+def test_a_tiny_run_whose_worker_has_not_stopped_is_left_to_the_usual_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client keeps a tiny run for the writer only when every worker seen has flushed its ``worker_stopped``
+    (the digest that checked it runs in the writer's batch now): else its events stay in the run store, and
+    the usual way, which waits for the last events, records it into ``runs``."""
+    from fanflow.metrics import recorder
+    from fanflow.store import keys
+    from fanflow.store.events import EventRows
+
+    saved_raw = recorder._record_raw
+    kept: list[bool] = []
+
+    def unstopped(run: Any) -> bool:
+        stream = keys.events(run.run_id)
+        batches, _ = run.store.read_event_batches(stream)
+        run.store.delete([stream])
+        for batch in batches:  # the worker's last event, worker_stopped, not flushed yet
+            run.store.append_events(stream, EventRows(list(batch.rows[:-1]), batch.worker), 60)
+        kept.append(saved_raw(run))
+        assert run.store.read_event_batches(stream)[0], "its events are left for the usual way"
+        return kept[-1]
+
+    monkeypatch.setattr(recorder, "_record_raw", unstopped)
+    monkeypatch.setattr(recorder, "SETTLE_S", 0.01)  # the usual way waits no longer for the missing event
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{tmp_path / 'meta.db'}")
+    assert leaf(1).compute(config) == 2
+    drain()
+    assert kept == [False]
+    peek = sqlite3.connect(tmp_path / "meta.db")
+    assert peek.execute("SELECT count(*) FROM raw_batches").fetchone() == (0,)
+    assert peek.execute("SELECT count(*), min(doc != '') FROM runs").fetchone() == (1, 1)  # its document as JSON
 
 
 def test_tiny_runs_of_functions_with_the_same_code_keep_their_own_names(tmp_path: Path) -> None:

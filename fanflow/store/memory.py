@@ -354,6 +354,12 @@ class MemoryStore:
 
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:
+        if len(keys) == 1:  # a run's event stream once read: the C loops below cost 2 us in a call's loop
+            key = keys[0]
+            with self._lock:
+                found = self._data.pop(key, MISSING)
+                self._expiry.pop(key, None)
+            return int(found is not MISSING)
         # The pops run as C loops (map): a run's cleanup deletes a dozen keys or thousands.
         missing = itertools.repeat(MISSING)
         with self._lock:
