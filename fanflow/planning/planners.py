@@ -74,7 +74,8 @@ the median of a plan's latest runs, taken minutes apart from uniform 3008
 MB's. On a shared machine whose runs vary 10-20% the +5% rule was a coin
 toss that turned uniform 1769 MB down on 3 of 4 workloads. So, for choosing,
 the overhead models (transfers, loop gap, starts) of those sizes are tied
-into one (:func:`_tied`; execution keeps its line per size), and a plan of
+into one (:func:`_tied`; execution too, as the worker's numeric threads are
+capped at its whole vCPUs: one at both sizes), and a plan of
 such sizes only counts as over a bound when it is over by more than
 :data:`NOISE_Z` standard errors of the comparison, from the spread of the
 DAG's past runs (:func:`_allowance`). A plan with any size below one vCPU,
@@ -93,6 +94,7 @@ from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
 from fanflow.planning.predict import DagCosts, Line, scale
 from fanflow.planning.simulate import Assignment, Simulation, delayable_tasks, simulate
+from fanflow.platforms.sizing import vcpus
 from fanflow.worker.values import MEMORY_SHARE
 
 MEMORY_CHOICES: tuple[int, ...] = (512, 1024, 1769, 3008)
@@ -764,9 +766,16 @@ def critical_path_assignment(
     pool = bool(max_workers)
     tied = _tied(costs, [m for m in {*choices, *(r for r in requested if r)} if m >= ONE_VCPU_MB])
     if tied is not costs:
-        # tying changes only the overheads: the caller's simulation holds where they are the same at the top
+        # the caller's simulation holds where the tied lines are the same at the top
         top = max(choices)
-        if not all(_same_line(getattr(tied, k).line(top), getattr(costs, k).line(top)) for k in _OVERHEAD_MODELS):
+        if not all(
+            _same_line(a.line(top), b.line(top))
+            for a, b in zip(
+                [*(getattr(tied, k) for k in _OVERHEAD_MODELS), *tied.exec_models],
+                [*(getattr(costs, k) for k in _OVERHEAD_MODELS), *costs.exec_models],
+                strict=True,
+            )
+        ):
             top_sim = None
         costs = tied
     allow = _allowance(calibration)
@@ -898,22 +907,38 @@ def critical_path_assignment(
 
 
 def _tied(costs: DagCosts, sizes: Sequence[int]) -> DagCosts:
-    """``costs`` with one line per overhead (transfers, loop gap, starts) across ``sizes`` (those past one vCPU).
+    """``costs`` with one line per overhead (transfers, loop gap, starts) across ``sizes`` (those past one vCPU),
+    and one execution line per function across the sizes of as many whole vCPUs.
 
     The normalization model holds those sizes equal, and their lines, each
     measured at its own time, differed mostly by the load of that time: the
     tree reduction's loop overheads put uniform 1769 MB 12-22% over uniform
     3008 MB, which its runs never were, and a cold start measured slower at
-    1769 MB put it over the target from an empty pool. Execution times keep
-    their line per size: a function's own threads may use more than a vCPU.
-    Returns ``costs`` itself when no line changes.
+    1769 MB put it over the target from an empty pool. A function's own
+    numeric threads may use more than a vCPU, but every platform caps them at
+    the worker's whole vCPUs (:func:`fanflow.platforms.sizing.blas_threads`),
+    so sizes of as many whole vCPUs (1769 and 3008 MB: one) run a function
+    alike, and their execution lines are tied too. Apart, the size run less
+    often was predicted from fewer runs, most of them the first on fresh
+    processes (svd1 small: 1769 MB 15-18% over 3008 MB after one run of it,
+    which ran as fast), and the planner switched sizes between runs, each
+    switch two cold starts. Returns ``costs`` itself when no line changes.
     """
     if len(sizes) < 2:
         return costs
-    models = {name: getattr(costs, name).tied(sizes) for name in _OVERHEAD_MODELS}
-    if all(model is getattr(costs, name) for name, model in models.items()):
+    models: dict[str, object] = {name: getattr(costs, name).tied(sizes) for name in _OVERHEAD_MODELS}
+    groups: dict[int, list[int]] = {}
+    for m in sizes:
+        groups.setdefault(int(vcpus(m)), []).append(m)
+    execution = list(costs.exec_models)
+    for group in groups.values():
+        if len(group) > 1:
+            execution = [model.tied(group) for model in execution]
+    if all(model is getattr(costs, name) for name, model in models.items()) and all(
+        a is b for a, b in zip(execution, costs.exec_models, strict=True)
+    ):
         return costs
-    return dataclasses.replace(costs, **models)
+    return dataclasses.replace(costs, exec_models=execution, **models)
 
 
 def _allowance(calibration: Calibration | Mapping[str, float] | None) -> float:
