@@ -22,7 +22,7 @@ import fanflow
 from fanflow.metrics.digest import digest
 from fanflow.metrics.records import RunRecord
 from fanflow.store import keys, open_store
-from fanflow.store.events import EventRows, as_dict, shape
+from fanflow.store.events import EventRows, as_dict, pack_rows, shape, unpack_rows
 from fanflow.store.metadata import open_metadata
 from fanflow.store.metadata.trace import DagArrays, EventLog, EventTable, IntLists, Strings, decode_trace, encode_trace
 
@@ -78,6 +78,27 @@ def test_the_memory_store_keeps_a_flush_as_rows_and_reads_it_as_dicts() -> None:
     assert events[:6] == [e for b in _batches(3) for e in b] and events[6]["kind"] == "prewarmed"
     assert store.read_event_batches(stream, after) == ([], after)
     store.delete([stream])
+
+
+def test_packed_rows_unpack_to_the_dicts_they_stand_for_in_their_order() -> None:
+    odd = shape("odd", ("value", "mixed", "flag", "task", "t"))
+    rows = [
+        (0, 0.1 + 0.2, STARTED),  # a float's every bit survives the packing
+        (object, 1, True, -1, 1e300, odd),  # no JSON value: written as its repr, as the dicts were
+        (0.5, [1, None], 0, float("inf"), FINISHED),
+        (None, 2.5, False, 3, 7.0, odd),  # ints and floats in one column stay what they were
+        (1, -0.0, STARTED),
+    ]
+    batch = EventRows(rows, "w7")
+    events = unpack_rows(pack_rows(batch))
+    assert events == json.loads(json.dumps(list(batch), default=repr))
+    assert [type(e["mixed"]) for e in events if e["kind"] == "odd"] == [int, float]
+    assert [list(e) for e in events[:2]] == [
+        ["kind", "task", "t", "worker"],
+        ["kind", "value", "mixed", "flag", "task", "t", "worker"],
+    ]
+    assert str(events[-1]["t"]) == "-0.0" and events[0]["t"] == 0.1 + 0.2
+    assert unpack_rows(pack_rows(EventRows([], "w"))) == []
 
 
 def _same(a: EventTable, b: EventTable) -> None:

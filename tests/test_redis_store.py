@@ -172,9 +172,29 @@ def test_events_are_one_entry_per_batch(store: RedisStore, run: str) -> None:
     assert [[e["kind"] for e in b] for b in batches] == [["a", "b"], ["c"]] and after == events[2][0]
     assert store.read_event_batches(stream, after) == ([], after)
     rows = EventRows([(1, 2.5, shape("task_started", ("task", "t")))], "w")
-    store.append_events(stream, rows, 60)  # a worker's flush goes as the dicts it stands for
+    store.append_events(stream, rows, 60)  # a worker's flush is read as the dicts it stands for
     (batch,), _ = store.read_event_batches(stream, after)
     assert batch == [{"kind": "task_started", "task": 1, "worker": "w", "t": 2.5}]
+
+
+def test_a_workers_flush_is_one_packed_entry_that_every_read_gives_as_dicts(store: RedisStore, run: str) -> None:
+    stream = keys.events(run)
+    started, finished = (
+        shape("task_started", ("task", "t")),
+        shape("task_finished", ("exec_s", "in_bytes", "task", "t")),
+    )
+    rows = [(0, 1.25, started), (1, 1.5, started), (0.1, [8, None], 0, 1.7, finished), (0.2, [], 1, 1.9, finished)]
+    store.append_events(stream, [{"kind": "prewarmed", "task": 0, "worker": "client", "t": 1.0}], 60)
+    store.append_events(stream, EventRows(rows, "w1"), 60)
+    (_, client), (_, worker) = store.client.xrange(stream)
+    assert list(client) == [b"e"] and list(worker) == [b"r"]  # the flush as rows, not a dict per event
+    expected = [
+        {"kind": "prewarmed", "task": 0, "worker": "client", "t": 1.0},
+        *(dict(e) for e in EventRows(rows, "w1")),
+    ]
+    assert [e for _, e in store.read_events(stream)] == expected
+    batches, _ = store.read_event_batches(stream)
+    assert [list(b) for b in batches] == [expected[:1], expected[1:]]
 
 
 def test_delete_exact_keys(store: RedisStore, run: str) -> None:

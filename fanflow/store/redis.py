@@ -61,6 +61,7 @@ from fanflow.store.base import (
     Claim,
 )
 from fanflow.store.codec import Codec, Encoded, Sealed
+from fanflow.store.events import EventRows, pack_rows, unpack_rows
 
 __all__ = ["SERVER_ENV", "RedisStore", "connect", "store_error", "trying_once"]
 
@@ -179,9 +180,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
-# KEYS: stream. ARGV: packed events, ttl_s.
+# KEYS: stream. ARGV: packed events, ttl_s, the entry's field (see ``RedisStore.append_events``).
 _EVENTS_LUA = """
-redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -577,11 +578,19 @@ class RedisStore:
 
     @_translated
     def append_events(self, stream: str, events: Sequence[Mapping[str, Any]], ttl_s: int) -> None:
-        """All ``events`` as ONE stream entry (a JSON list), with the stream's TTL, in one script call."""
+        """All ``events`` as ONE stream entry, with the stream's TTL, in one script call.
+
+        A worker's flush (:class:`~fanflow.store.events.EventRows`) goes as its rows,
+        packed (:func:`~fanflow.store.events.pack_rows`), in the entry's field ``r``;
+        other events (the client's own, a few dicts) as a JSON list of dicts in ``e``.
+        """
         if not events:
             return
-        packed = json.dumps(list(events), separators=(",", ":"), default=repr)
-        self._evalsha(self._events, (stream,), (packed, ttl_s))
+        if type(events) is EventRows:
+            field, packed = "r", pack_rows(events)
+        else:
+            field, packed = "e", json.dumps(list(events), separators=(",", ":"), default=repr)
+        self._evalsha(self._events, (stream,), (packed, ttl_s, field))
 
     @_translated
     def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -595,14 +604,14 @@ class RedisStore:
         out: list[tuple[str, dict[str, Any]]] = []
         for entry_id, fields in entries:
             eid = entry_id.decode()
-            out.extend((eid, event) for event in json.loads(fields[b"e"]))
+            out.extend((eid, event) for event in _entry_events(fields))
         return out
 
     @_translated
     def read_event_batches(self, stream: str, after: str = "0") -> tuple[list[Sequence[Mapping[str, Any]]], str]:
         low = "-" if after in ("0", "0-0") else f"({after}"
         entries = self.client.xrange(stream, low, "+")
-        batches = [json.loads(fields[b"e"]) for _, fields in entries]
+        batches = [_entry_events(fields) for _, fields in entries]
         return batches, entries[-1][0].decode() if entries else after
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -616,6 +625,12 @@ class RedisStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self.client.close()
+
+
+def _entry_events(fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
+    """The events of one stream entry: a worker's packed rows (``r``) or a JSON list of dicts (``e``)."""
+    rows = fields.get(b"r")
+    return json.loads(fields[b"e"]) if rows is None else unpack_rows(rows)
 
 
 _calls = threading.local()
