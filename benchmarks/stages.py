@@ -16,7 +16,8 @@ two that no event can carry, which are replayed against the same backend:
 
 - *exit flush*: a worker writes its buffered events as it ends, after its last
   event. The benchmark writes each worker's recorded events again, as one batch
-  (``Store.append_events``) to a scratch key of the same store, and times that;
+  of rows as the worker holds them (``Store.append_events`` of an ``EventRows``)
+  to a scratch key of the same store, and times that;
 - *reply*: the worker's ``DONE`` over its pipe to the pool, timed as half a
   round trip over a pipe to a child process (the same :mod:`multiprocessing.connection`
   framing as the pool's).
@@ -72,6 +73,7 @@ import fanflow
 from fanflow.cli.script import load_module
 from fanflow.platforms.http import HttpPlatform
 from fanflow.store import keys, open_store
+from fanflow.store.events import EventRows, shape
 from fanflow.store.metadata import drain, open_metadata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -178,13 +180,20 @@ def exit_flush_s(store_url: str, events: list[dict[str, Any]]) -> list[float]:
     scratch = keys.events(f"stages-{uuid.uuid4().hex[:8]}")
     times = []
     try:
-        for evs in _per_worker(events).values():
+        for worker, evs in _per_worker(events).items():
+            rows = EventRows([_row(e) for e in evs], worker)
             start = time.perf_counter()
-            store.append_events(scratch, evs, 60)
+            store.append_events(scratch, rows, 60)
             times.append(time.perf_counter() - start)
     finally:
         store.delete([scratch])
     return times
+
+
+def _row(event: dict[str, Any]) -> tuple[Any, ...]:
+    """The row a worker held for ``event`` (its values, then its shape's number)."""
+    names = tuple(k for k in event if k not in ("kind", "worker"))
+    return (*(event[k] for k in names), shape(event["kind"], names))
 
 
 def reply_s(rounds: int = 200) -> float:

@@ -16,8 +16,10 @@ Design points, in the order a task meets them:
   ``EVALSHA``; a pipeline that meets ``NOSCRIPT`` (server restarted or flushed)
   reloads them and runs again, which is safe because every step is idempotent
   (the ``NX`` claims never ran when their script was missing).
-- **Events** of a worker are packed into ONE stream entry (a JSON list in field
-  ``e``) so a worker costs one command for its metrics, not one per event.
+- **Events** of a worker's flush are packed into ONE stream entry, so a worker
+  costs one command for its metrics, not one per event: its rows in field ``r``
+  (:func:`fanflow.store.events.pack_rows`: shapes once, columns, floats as bytes),
+  the client's own events as a JSON list of dicts in field ``e``. Reads give dicts.
 - Every key written carries a TTL. Clients never send the commands of
   :data:`SCRIPT_ONLY_COMMANDS` directly, so ``INFO commandstats`` can tell the
   commands clients send from those the scripts run inside.
