@@ -24,7 +24,16 @@ from fanflow.planning.calibrate import (
     recent_level,
 )
 from fanflow.planning.plan import load_calibration, warm_memory
-from fanflow.planning.planners import NEVER_WORSE, _again, critical_path_assignment, place, plan_key, plan_kind
+from fanflow.planning.planners import (
+    HOLD_Z,
+    NEVER_WORSE,
+    _again,
+    _allowance,
+    critical_path_assignment,
+    place,
+    plan_key,
+    plan_kind,
+)
 from fanflow.planning.predict import Line, MemoryModel
 from fanflow.store.metadata import drain, open_metadata
 
@@ -221,6 +230,38 @@ def test_a_size_past_one_vcpu_loses_only_when_its_runs_were_slower_beyond_their_
 
     assert chosen(0.15) == "uniform 1769"  # runs 15% apart: 8% is noise
     assert chosen(0.01) == "uniform 3008"  # runs 1% apart: 8% is slower
+
+
+def test_on_a_pool_the_plan_of_the_sizes_it_holds_warm_is_turned_down_only_beyond_twice_the_noise() -> None:
+    """Switching sizes on a pool costs two cold starts: the noise that lets one run's check pass and the next
+    one's fail must not switch the plan run after run, but a plan slower beyond it still loses."""
+    dag = DAG.from_sinks([add(work(1, 1), work(2, 1))])
+    n = len(dag)
+    costs = DagCosts.uniform(n, 0.1, 100.0, 0.01, 0.01, 0.01)  # 1769 and 3008 MB predicted alike
+    labels = place(dag, costs, [3008] * n, clustering=False)
+
+    def calibration(slower: float) -> Calibration:
+        return Calibration.from_runs(
+            [
+                *[run_doc("uniform 1769", 1.0, slower + d, 0.5, 2.0) for d in (-0.1, 0.0, 0.1)],
+                *[run_doc("uniform 3008", 1.0, 1.0 + d, 0.5, 2.0) for d in (-0.1, 0.0, 0.1)],
+            ],
+            "threads",
+        )
+
+    def chosen(slower: float, held: list[int]) -> str:
+        plan, *_ = critical_path_assignment(
+            dag, costs, labels, None, 0.1, max_workers=2, calibration=calibration(slower), held=held
+        )
+        return plan_key(plan.memory_mb)
+
+    bound = 1 + NEVER_WORSE
+    assert bound * _allowance(calibration(1.2)) < 1.2 < bound * _allowance(calibration(1.2), HOLD_Z)
+    assert chosen(1.2, []) == "uniform 3008"  # 20% slower: over the +5% by more than the noise
+    assert chosen(1.2, [3008, 3008]) == "uniform 3008"
+    assert chosen(1.2, [1769, 1769]) == "uniform 1769"  # held: not by more than twice the noise
+    assert chosen(1.5, [1769, 1769]) == "uniform 3008"  # 50% slower: beyond it
+    assert chosen(1.0, [3008, 3008]) == "uniform 1769"  # a cheaper size that holds is still taken
 
 
 def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind() -> None:

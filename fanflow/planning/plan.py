@@ -197,8 +197,11 @@ def make_plan(
     ``warm``: memory sizes of the idle processes the run's pool holds now
     (:func:`warm_memory`). Plans are *chosen* as if the pool were empty, each
     paying its own cold starts, so processes another plan's run left warm do
-    not pin the choice to that plan's sizes; the chosen plan's *prediction* is
-    simulated with the pool as it is. Nothing is written to the DAG;
+    not pin the choice to that plan's sizes (they only widen the noise allowance
+    of the plan of exactly those sizes, which another plan must beat to start
+    fresh processes: ``held`` in
+    :func:`~fanflow.planning.planners.critical_path_assignment`); the chosen
+    plan's *prediction* is simulated with the pool as it is. Nothing is written to the DAG;
     :func:`apply_plan` does that.
     """
     began = time.perf_counter()
@@ -235,6 +238,7 @@ def make_plan(
             learned,
             known,
             remote,
+            warm,
         )
         plan.best_makespan_s = best
         plan.target_makespan_s = best * (1 + config.slack)
