@@ -12,6 +12,7 @@ import pytest
 from support import free_port, wait_until
 
 import fanflow
+from fanflow.errors import StoreError
 from fanflow.store import keys
 from fanflow.store.base import MISSING, Claim
 from fanflow.store.codec import Codec
@@ -195,6 +196,15 @@ def test_a_workers_flush_is_one_packed_entry_that_every_read_gives_as_dicts(stor
     assert [e for _, e in store.read_events(stream)] == expected
     batches, _ = store.read_event_batches(stream)
     assert [list(b) for b in batches] == [expected[:1], expected[1:]]
+
+
+def test_an_event_entry_of_another_version_is_an_error_that_names_the_cause(store: RedisStore, run: str) -> None:
+    stream = keys.events(run)
+    store.client.xadd(stream, {"x": b"{}"})  # a field a later format might use
+    with pytest.raises(StoreError, match=r"\(x\).*another fanflow version"):
+        store.read_events(stream)
+    with pytest.raises(StoreError, match="one version"):
+        store.read_event_batches(stream)
 
 
 def test_delete_exact_keys(store: RedisStore, run: str) -> None:

@@ -632,7 +632,16 @@ class RedisStore:
 def _entry_events(fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
     """The events of one stream entry: a worker's packed rows (``r``) or a JSON list of dicts (``e``)."""
     rows = fields.get(b"r")
-    return json.loads(fields[b"e"]) if rows is None else unpack_rows(rows)
+    if rows is not None:
+        return unpack_rows(rows)
+    listed = fields.get(b"e")
+    if listed is None:  # written by another version's worker: say so, rather than a bare KeyError
+        names = ", ".join(sorted(f.decode(errors="replace") for f in fields))
+        raise StoreError(
+            f"an event stream entry holds fields this fanflow cannot read ({names}): the run's workers "
+            "run another fanflow version; run clients and workers on one version (docs/deploy.md)"
+        )
+    return json.loads(listed)
 
 
 _calls = threading.local()
