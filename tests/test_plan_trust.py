@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -288,6 +289,33 @@ def test_on_a_pool_held_at_the_top_size_a_cheaper_plan_is_turned_down_only_beyon
     assert chosen(1.2, [3008, 3008]) == "uniform 1769"  # within twice the noise: the pool's size is no reason
     assert chosen(1.2, []) == "uniform 3008"  # an empty pool: once the noise
     assert chosen(1.5, [3008, 3008]) == "uniform 3008"  # beyond twice the noise
+
+
+def test_on_a_pool_the_plan_it_holds_is_left_only_when_its_loss_over_the_next_runs_pays_the_cold_starts() -> None:
+    """Past twice the noise, the held plan is still kept when what it loses per run, over the runs its
+    comparison rests on, is less than the cold starts of the switch; a plan slower by more is still left."""
+    dag = DAG.from_sinks([add(work(1, 1), work(2, 1))])
+    n = len(dag)
+    warm_only = DagCosts.uniform(n, 0.1, 100.0, 0.01, 0.01, 0.01)  # 1769 and 3008 MB predicted alike
+    costly = dataclasses.replace(warm_only, cold=MemoryModel.flat(1.0))  # a cold start 100 times a warm one
+    labels = place(dag, warm_only, [3008] * n, clustering=False)
+
+    def chosen(costs: DagCosts, slower: float) -> str:
+        calibration = Calibration.from_runs(
+            [
+                *[run_doc("uniform 1769", 1.0, slower + d, 0.5, 2.0) for d in (-0.1, 0.0, 0.1)],
+                *[run_doc("uniform 3008", 1.0, 1.0 + d, 0.5, 2.0) for d in (-0.1, 0.0, 0.1)],
+            ],
+            "threads",
+        )
+        plan, *_ = critical_path_assignment(
+            dag, costs, labels, None, 0.1, max_workers=2, calibration=calibration, held=[1769, 1769]
+        )
+        return plan_key(plan.memory_mb)
+
+    assert chosen(warm_only, 1.5) == "uniform 3008"  # beyond twice the noise, and switching costs nothing
+    assert chosen(costly, 1.5) == "uniform 1769"  # the same loss does not pay for the cold starts
+    assert chosen(costly, 3.0) == "uniform 3008"  # three times slower pays for them within a few runs
 
 
 def test_calibration_keeps_each_plan_apart_and_a_new_plan_borrows_from_its_kind() -> None:

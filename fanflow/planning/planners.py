@@ -93,7 +93,13 @@ another plan's run does not keep a cheaper size that holds from being taken;
 on such a pool every plan of sizes past one vCPU is judged with
 :data:`HOLD_Z` too. Judged with :data:`NOISE_Z` there, a cheaper size turned
 down on noise was taken a run or two later (gemm: 3008, 3008, then 1769 MB),
-its cold starts falling between critical-path's own runs.
+its cold starts falling between critical-path's own runs. And the held plan
+over its bound even past :data:`HOLD_Z` is left only when what it loses per
+run, over the :data:`RECENT` runs its calibrated comparison rests on, is more
+than the switch's cold starts, as the simulator prices them (uniform 3008 MB
+from the pool as it is, against on its own warm processes): a fixed threshold
+on a check that moves run to run (the small tree's: 0.67-1.49x its bound) still
+flips, while a plan whose loss over those runs is more than the cold starts is left.
 """
 
 from __future__ import annotations
@@ -937,6 +943,19 @@ def critical_path_assignment(
         again_makespan, again_cost = calibrated(a, again, cold, by_start[cold])
         if within(a, again_makespan, again_top * bound) and within(a, again_cost, again_top_cost * bound):
             return a, s, best, top_sim
+        if set(a.memory_mb) == kept_warm:
+            # Leaving the plan the pool holds starts fresh processes: worth it only if what the held plan loses
+            # per run over the next RECENT runs (the runs its comparison rests on) outweighs those cold starts,
+            # as the simulator prices them (uniform at the top size on this pool against on its own warm one),
+            # at the factor its warm runs are calibrated by.
+            switch = simulate(dag, costs, top_plan, max_workers, remote, list(held))
+            factor = again_top / top_again.makespan if top_again.makespan > 0 else 1.0
+            per_run_s = max(0.0, switch.makespan - top_again.makespan) * factor / RECENT
+            per_run_gb_s = max(0.0, switch.cost_gb_s - top_again.cost_gb_s) * factor / RECENT
+            if within(a, again_makespan - per_run_s, again_top * bound) and within(
+                a, again_cost - per_run_gb_s, again_top_cost * bound
+            ):
+                return a, s, best, top_sim
     return top_plan, top_sim, best, top_sim
 
 
