@@ -68,7 +68,7 @@ from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import SHAPES, EventRows, as_dict, kind_of
 from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
-from fanflow.store.metadata.base import MetadataStore, RawRun, SavesRaw, saves_raw
+from fanflow.store.metadata.base import MetadataStore, RawRun, SavesRaw, Summary, SummaryKey, saves_raw
 from fanflow.store.metadata.trace import (
     SMALL_COLUMN,
     DagArrays,
@@ -454,10 +454,8 @@ def _record_rows(store: SavesRaw, tiny: _TinyRun) -> None:
         functions = list(zip(names, identities, strict=True))
         digested = digest_events(lists[0], deps, events, header)
         if digested is None:  # a re-run, a value the records convert: the records say it
-            metrics = build_metrics(Graph(functions, task_of, deps), events, header)
-            record, summaries = metrics.run, summaries_of(metrics.tasks)
-        else:
-            record, summaries = digested
+            digested = _built(Graph(functions, task_of, deps), events, header)
+        record, summaries = digested
         trace = small_trace(
             [list(f) for f in functions],
             task_of,
@@ -471,6 +469,14 @@ def _record_rows(store: SavesRaw, tiny: _TinyRun) -> None:
         cast(MetadataStore, store).save_run(record.to_doc(), trace, identities, summaries, keep_runs=keep_runs)
     except Exception as exc:
         log.warning("run %s: could not record its metrics: %s", head[0], exc)
+
+
+def _built(
+    graph: Graph, events: Sequence[dict[str, Any]], header: RunRecord
+) -> tuple[RunRecord, dict[SummaryKey, Summary]]:
+    """The run record and summary increments built from the records of ``events``: what a digest refuses."""
+    metrics = build_metrics(graph, events, header)
+    return metrics.run, summaries_of(metrics.tasks)
 
 
 def _forget_parent() -> None:
@@ -572,10 +578,8 @@ def _record(run: Run, error: BaseException | None) -> RunRecord | None:
             digested = None if dag.maps else digest_events(by_task, dag.deps, events, header)
         if digested is None:  # a failure, a dynamic fan-out, a re-run: the records say it
             dicts = events.events() if isinstance(events, EventTable) else events
-            metrics = build_metrics(Graph.of_dag(dag), dicts, header)
-            record, summaries = metrics.run, summaries_of(metrics.tasks)
-        else:
-            record, summaries = digested
+            digested = _built(Graph.of_dag(dag), dicts, header)
+        record, summaries = digested
         trace = encode_small_trace(dag, events) if arrays is None else encode_trace(arrays, events)
         record.record_s = time.perf_counter() - began
         store = open_metadata(config.metadata)
