@@ -14,10 +14,11 @@ from support import free_port, wait_until
 import fanflow
 from fanflow.errors import StoreError
 from fanflow.store import keys
+from fanflow.store import redis as redis_module
 from fanflow.store.base import MISSING, Claim
 from fanflow.store.codec import Codec
 from fanflow.store.events import EventRows, shape
-from fanflow.store.redis import Packer, RedisStore, connect
+from fanflow.store.redis import LARGE_ARG_BYTES, Packer, RedisStore, connect
 
 
 @pytest.fixture
@@ -115,6 +116,73 @@ def test_finish_writes_outputs_claims_and_publishes_in_one_call(store: RedisStor
         assert sub.get(timeout=0.05) is None
     finally:
         sub.close()
+
+
+def _script_calls(store: RedisStore) -> int:
+    stats = store.client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_many_plain_claims_go_in_few_script_calls_with_the_verdicts_of_one_call_each(
+    store: RedisStore, run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's held notifications (hundreds of plain claims and their small outputs) cost one script call
+    per CLAIMS_PER_CALL claims instead of one per claim; what each claim answers and stores is the same."""
+    monkeypatch.setattr(redis_module, "CLAIMS_PER_CALL", 3)
+    big = np.arange(LARGE_ARG_BYTES, dtype=np.uint8)  # stored by a plain SET beside the scripts
+
+    def notify(run_id: str, batched: bool) -> tuple[list[bool], int]:
+        store.batches_claims = batched
+        # Task 9 has 3 upstreams, two of them notified here (not complete); task 8's two upstreams are both
+        # here (the second completes it); task 7's claim is this owner's already (a redelivery re-enters it).
+        store.finish({}, [Claim(keys.deps(run_id, 7), keys.claim(run_id, 7), 0, 1)], "w", 60, 5000)
+        puts = {keys.output(run_id, t): store.dumps(t * 10)[0] for t in range(4)}
+        puts[keys.output(run_id, 4)] = store.dumps(big)[0]
+        claims = [
+            Claim(keys.deps(run_id, 9), keys.claim(run_id, 9), 1, 3),
+            Claim(keys.deps(run_id, 8), keys.claim(run_id, 8), 2, 2),
+            Claim(keys.deps(run_id, 9), keys.claim(run_id, 9), 2, 3),
+            Claim(keys.deps(run_id, 8), keys.claim(run_id, 8), 3, 2),
+            Claim(keys.deps(run_id, 7), keys.claim(run_id, 7), 0, 1),
+            Claim(keys.deps(run_id, 6), keys.claim(run_id, 6), 4, 1),
+            Claim(keys.deps(run_id, 5), keys.claim(run_id, 5), 4, 1),
+        ]
+        calls = _script_calls(store)
+        won = store.finish(puts, claims, "w", 60, 5000, [(keys.channel(run_id), b"sink:4")])
+        return won, _script_calls(store) - calls
+
+    try:
+        one_each, calls_one_each = notify(run, batched=False)
+        batched, calls_batched = notify(f"{run}b", batched=True)
+    finally:
+        store.batches_claims = True
+    assert batched == one_each == [False, False, False, True, True, True, True]
+    assert (calls_one_each, calls_batched) == (7, 3)  # ceil(7 / CLAIMS_PER_CALL)
+    for r in (run, f"{run}b"):
+        values, _ = store.get_many([keys.output(r, t) for t in range(5)])
+        assert values[:4] == [0, 10, 20, 30] and np.array_equal(values[4], big)
+        assert store.client.smembers(keys.deps(r, 9)) == {b"1", b"2"}
+        written = list(store.client.scan_iter(match=f"ff:{{{r}:*"))
+        assert len(written) == 14  # 5 outputs, 5 dependency sets, the claims of tasks 5-8
+        assert all(0 < store.client.pttl(key) <= 60_000 for key in written)
+
+
+def test_claims_of_other_kinds_keep_their_own_script_calls(store: RedisStore, run: str) -> None:
+    """A claim that stores the output unless it wins, or that joins only if it completes its set, is not
+    batched: those come one or two per round trip, where a batch saves nothing."""
+    calls = _script_calls(store)
+    won = store.finish(
+        {},
+        [
+            Claim(keys.deps(run, 5), keys.claim(run, 5), 1, 2, keys.output(run, 1, 5), store.dumps(1)[0]),
+            Claim(keys.deps(run, 6), keys.claim(run, 6), 1, 1),
+        ],
+        "w",
+        60,
+        5000,
+    )
+    assert won == [False, True] and _script_calls(store) - calls == 2
+    assert store.get_many([keys.output(run, 1, 5)])[0] == [1]
 
 
 def test_every_key_written_has_a_ttl(store: RedisStore, run: str) -> None:

@@ -111,6 +111,30 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
 
+# KEYS: the outputs to store, then the deps and claim of each claim. ARGV: owner, ttl_s, how many outputs,
+# their values, then the member and indegree of each claim. What the claim script does, for each claim
+# in order, after the outputs are stored: one script call for a batch of notifications instead of one
+# per claim (see :data:`CLAIMS_PER_CALL`). Answers the claims' verdicts, 1 or 0, in order.
+_CLAIM_MANY_LUA = """
+local owner, ttl, nputs = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 1, nputs do redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ttl) end
+local won, a = {}, 3 + nputs
+for i = nputs + 1, #KEYS, 2 do
+  local deps, claim = KEYS[i], KEYS[i + 1]
+  redis.call('SADD', deps, ARGV[a + 1])
+  local n = redis.call('SCARD', deps)
+  if n == 1 then redis.call('EXPIRE', deps, ttl) end
+  local ok = 0
+  if n >= tonumber(ARGV[a + 2]) then
+    if redis.call('SET', claim, owner, 'NX', 'EX', ttl) then ok = 1
+    elseif redis.call('GET', claim) == owner then ok = 1 end
+  end
+  won[#won + 1] = ok
+  a = a + 2
+end
+return won
+"""
+
 # KEYS: deps, claim, output. ARGV: member, indegree, owner, ttl_s, value.
 # The claim script, plus: store the upstream's output unless the claim is won
 # (the winner runs the dependent with the value in memory and never uploads it).
@@ -194,6 +218,17 @@ SCRIPT_ONLY_COMMANDS = ("sadd", "scard", "expire", "xadd")
 (``SET`` is both: clients write values with it, and a claim script calls it once
 per dependent whose upstream set is complete. So are ``GET``, ``HGET`` and ``HSET``,
 which a worker's begin script calls once per invocation.)"""
+
+
+CLAIMS_PER_CALL = 128
+"""Most claims one script call of :meth:`RedisStore.finish` makes (the first call also stores the small outputs).
+
+A worker that held the notifications of 511 short tasks (a 2,048-leaf tree's first level) sent them as
+511 ``SET`` and 511 ``EVALSHA`` in one pipeline: a median 28.9 ms (p10 19.1) of the worker's CPU, packing
+1,022 commands and parsing 1,022 replies, and 6.9 ms of ``redis-server``'s, for work Redis does in
+microseconds a claim. In 4 calls: 11.4 ms (p10 8.2) and 5.9 ms (60 pairs taking turns, load 0.3-0.5).
+Not one call: a script holds the server while it runs (~1 ms for 128 claims here), and the other
+workers' commands wait behind it."""
 
 
 # -- packing commands ----------------------------------------------------------------
@@ -366,6 +401,9 @@ class RedisStore:
     """
 
     keeps_objects = False
+    batches_claims = True
+    """Whether :meth:`finish` sends many plain claims in one script call; not on a Redis Cluster, where a
+    script touches one hash slot and each claim's keys have a slot of their own."""
 
     def __init__(self, url: str, client: redis.Redis, secret: bytes | None = None) -> None:
         self.url = url
@@ -375,6 +413,7 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM_LUA)
         self._claim_or_store = client.register_script(_CLAIM_OR_STORE_LUA)
         self._claim_if_last = client.register_script(_CLAIM_IF_LAST_LUA)
+        self._claim_many = client.register_script(_CLAIM_MANY_LUA)
         self._fail = client.register_script(_FAIL_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._begin = client.register_script(_BEGIN_LUA)
@@ -388,6 +427,7 @@ class RedisStore:
             self._claim,
             self._claim_or_store,
             self._claim_if_last,
+            self._claim_many,
             self._fail,
             self._renew,
             self._begin,
@@ -458,12 +498,17 @@ class RedisStore:
         lease_ms: int,
         publish: Sequence[tuple[str, bytes]] = (),
     ) -> list[bool]:
-        """Outputs, fan-in claims and messages in ONE pipeline; per claim, whether ``owner`` won it."""
+        """Outputs, fan-in claims and messages in ONE pipeline; per claim, whether ``owner`` won it.
+
+        Two or more plain claims (a worker's held notifications) go in one script call per
+        :data:`CLAIMS_PER_CALL`, not one each (:meth:`_finish_batched`)."""
         if not (puts or claims or publish):
             return []
-        sha, sha_or_store, sha_if_last = self._claim.sha, self._claim_or_store.sha, self._claim_if_last.sha
         seal = self._codec.seal_frames
         sealed = {key: seal(key, value) for key, value in puts.items()}
+        if self.batches_claims and len(claims) > 1 and all(c.output_key is None and not c.only_if_last for c in claims):
+            return self._finish_batched(sealed, claims, owner, ttl_s, publish)
+        sha, sha_or_store, sha_if_last = self._claim.sha, self._claim_or_store.sha, self._claim_if_last.sha
         outputs = [None if c.output_key is None else seal(c.output_key, c.output) for c in claims]
 
         def fill(pipe: Any) -> None:
@@ -492,6 +537,45 @@ class RedisStore:
         replies = self._execute(fill)
         first = len(puts)
         return [bool(r) for r in replies[first : first + len(claims)]]
+
+    def _finish_batched(
+        self,
+        sealed: Mapping[str, Sealed],
+        claims: Sequence[Claim],
+        owner: str,
+        ttl_s: int,
+        publish: Sequence[tuple[str, bytes]],
+    ) -> list[bool]:
+        """:meth:`finish` of plain claims (no output stored by the claim, none only if last): a script call
+        per :data:`CLAIMS_PER_CALL` claims, the small outputs stored by the first call, before any claim
+        (up to :data:`LARGE_ARG_BYTES` each and 1 MB in all; the others by a plain ``SET`` before it)."""
+        small: dict[str, bytes] = {}
+        room = 1 << 20
+        for key, value in sealed.items():
+            if value.nbytes < LARGE_ARG_BYTES and value.nbytes <= room:
+                small[key] = b"".join(value.frames)
+                room -= value.nbytes
+        sha = self._claim_many.sha
+        calls = range(0, len(claims), CLAIMS_PER_CALL)
+
+        def fill(pipe: Any) -> None:
+            for key, value in sealed.items():
+                if key not in small:
+                    pipe.set(key, value, ex=ttl_s)
+            for start in calls:
+                batch = claims[start : start + CLAIMS_PER_CALL]
+                keys_: list[Any] = list(small) if start == 0 else []
+                args: list[Any] = [owner, ttl_s, len(keys_), *(small.values() if start == 0 else ())]
+                for c in batch:
+                    keys_ += (c.deps_key, c.claim_key)
+                    args += (c.member, c.indegree)
+                pipe.evalsha(sha, len(keys_), *keys_, *args)
+            for channel, message in publish:
+                pipe.publish(channel, message)
+
+        replies = self._execute(fill)
+        first = len(sealed) - len(small)
+        return [bool(won) for reply in replies[first : first + len(calls)] for won in reply]
 
     @_translated
     def renew_leases(self, lease_keys: Sequence[str], owner: str, lease_ms: int) -> None:

@@ -121,6 +121,7 @@ class RedisClusterStore(RedisStore):
     """A :class:`fanflow.store.Store` on a Redis Cluster (``redis+cluster://host:port``)."""
 
     client: ClusterClient
+    batches_claims = False  # a script touches one slot; each claim's keys have a slot of their own
 
     def finish(
         self,
