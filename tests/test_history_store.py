@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import random
 import sqlite3
 import subprocess
 import sys
@@ -131,6 +132,48 @@ def test_a_schema_1_file_is_read_and_upgraded(tmp_path: Path) -> None:
     raw.close()
 
 
+def test_a_schema_6_file_reads_its_batches_of_the_first_layout_as_they_were_written(tmp_path: Path) -> None:
+    """Schema 6 batches held each run's values in full, the DAG's lists and its rows grouped per flush and
+    marshalled apart: such a batch gives the same runs as one of this layout, and is moved on the first read."""
+    from fanflow.store.metadata import raw
+
+    db = tmp_path / "old.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}")
+    assert concat(sized(3), sized(4)).compute(config) == b"xxxxxxx"
+    assert leaf(1).compute(config) == 2
+    drain()
+    peek = sqlite3.connect(db)
+    expected: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for rowid, batch in peek.execute("SELECT rowid, events FROM raw_batches").fetchall():  # one, or two if slow
+        assert batch.startswith(raw.BATCH_MAGIC)
+        version, shapes, runs = marshal.loads(batch[len(raw.BATCH_MAGIC) :])
+        old = []
+        for kept, totals in runs:  # the client's tuple: values, the DAG's entry, seconds, retention, rows
+            (lists, workflow, *_), record_s = kept[1], kept[2]
+            values = (*kept[0], len(lists[2]), len(lists[2]), *totals, record_s, workflow)
+            rows = marshal.dumps(raw.flushes_of(kept[4:]), raw.MARSHAL_VERSION)
+            old.append((values, *lists, rows))
+        first = b"FFBATCH1:" + marshal.dumps((version, shapes, old), 4)
+        assert raw.unpack_batch(first) == raw.unpack_batch(batch)
+        assert raw.batch_run_ids(first) == raw.batch_run_ids(batch)
+        ids, rest = raw.drop_oldest(first, 1)
+        assert ids == raw.batch_run_ids(first)[:1] and rest.startswith(b"FFBATCH1:")
+        assert raw.unpack_batch(rest) == raw.unpack_batch(batch)[1:]
+        peek.execute("UPDATE raw_batches SET events = ? WHERE rowid = ?", (first, rowid))
+        expected |= {run_id: raw.expand(blob) for run_id, _, _, _, blob in raw.unpack_batch(batch)}
+    assert len(expected) == 2
+    peek.execute("UPDATE meta SET value = '6' WHERE key = 'schema'")
+    peek.commit()
+    store = SQLiteMetadataStore(f"sqlite:///{db}")
+    assert peek.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert {d["run_id"]: d for d in store.runs()} == {run_id: doc for run_id, (doc, _) in expected.items()}
+    for run_id, (doc, trace) in expected.items():
+        stored = store.load_run(run_id)
+        assert stored.run == doc and stored.trace == trace
+    assert peek.execute("SELECT count(*) FROM raw_batches").fetchone() == (0,)
+    store.close()
+
+
 def test_a_schema_5_file_reads_the_tiny_runs_waiting_in_its_old_table(tmp_path: Path) -> None:
     """Schema 5 kept a ``raw_runs`` row per tiny run: those are read, counted by retention and moved on the
     first read, beside the batches of runs saved since."""
@@ -156,6 +199,25 @@ def test_a_schema_5_file_reads_the_tiny_runs_waiting_in_its_old_table(tmp_path: 
     store.close()
 
 
+def test_a_summary_merged_by_the_store_has_the_bits_summary_merge_gives(tmp_path: Path) -> None:
+    """The store merges an increment into its row in SQL: the same doubles as :meth:`Summary.merge`, exactly
+    (a product and a quotient taken in another order differ in about one merge of these 200)."""
+    rng = random.Random(7)
+    store = SQLiteMetadataStore(f"sqlite:///{tmp_path / 'merge.db'}")
+    key = ("m.f:1", 512)
+    expected = Summary()
+    for i in range(200):
+        part = Summary.of(
+            (rng.random(), float(rng.randrange(0, 10**9)), float(rng.randrange(0, 10**6)))
+            for _ in range(rng.randrange(1, 6))
+        )
+        expected = expected.merge(part)
+        store.save_run({"run_id": f"r{i}", "signature": "s", "submitted_at": 1.0}, b"", [], {key: part})
+        store.save_run({"run_id": f"e{i}", "signature": "s", "submitted_at": 1.0}, b"", [], {key: Summary()})
+        assert store.summaries() == {key: expected}  # read: written in one transaction, merged into the row
+    store.close()
+
+
 def test_summaries_of_columns_equal_those_added_one_by_one() -> None:
     executions = [(0.5, 10.0, 3.0), (0.25, 0.0, 1.0), (1e-6, 1e6, 0.0), (0.75, 20.0, 5.0)]
     expected = Summary.of(executions)
@@ -173,7 +235,7 @@ def test_raw_runs_summaries_are_the_same_whether_a_batch_has_one_function_or_sev
     one = [("m.f:1", 1769, 0.5, 10.0, 3.0), ("m.f:1", 1769, 0.25, 0.0, 1.0)]
     several = [*one, ("m.g:2", 1769, 1e-6, 1e6, 0.0), ("m.f:1", 512, 0.75, 20.0, 5.0), ("m.f:1", 1769, 2.0, 1.0, 1.0)]
     for executions in (one, several):
-        parts = ((), (), (), (), (), (), (), b"")  # no run to read back: only the summaries are
+        parts = (((), (((),) * 6, ""), 0.0, None), ())  # no run to read back: only the summaries are
         raws = [(parts, (execution,), None) for execution in executions]
         expected: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for identity, memory_mb, *values in executions:
@@ -476,6 +538,11 @@ def test_runs_that_are_not_tiny_are_recorded_the_usual_way(tmp_path: Path) -> No
     assert peek.execute("SELECT sum(runs) FROM raw_batches").fetchone() == (1,)  # the last one, tiny
 
 
+def _flat(flushed: list[tuple[str, list[tuple[Any, ...]]]]) -> list[Any]:
+    """Rows as a tiny run's recording keeps them: each flush's worker id, then its rows."""
+    return [item for worker, rows in flushed for item in (worker, *rows)]
+
+
 def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
     """The row-wise digest of a tiny run equals the dict-wise one, and refuses what it refuses."""
     from fanflow.metrics.digest import digest_rows
@@ -498,7 +565,7 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
     )
     header = RunRecord.from_doc(stored.run)
     expected = digest_events(identities, graph.deps, stored.events, header)
-    got = digest_rows(identities, graph.deps, flushed)
+    got = digest_rows(identities, graph.deps, _flat(flushed))
     assert expected is not None and got is not None
     run, summaries = expected
     totals, executions = got
@@ -508,17 +575,61 @@ def test_digest_rows_gives_what_digest_events_gives(tmp_path: Path) -> None:
         counted.setdefault((identity, memory_mb), Summary()).add(*execution)
     assert counted == summaries and len(executions) == 3
     worker, ended = next((w, r) for w, rows in flushed for r in rows if SHAPES[r[-1]].kind == "task_finished")
-    assert digest_rows(identities, graph.deps, [*flushed, (worker, [ended])]) is None  # a task ending twice
+    assert digest_rows(identities, graph.deps, _flat([*flushed, (worker, [ended])])) is None  # a task ending twice
     names = SHAPES[ended[-1]].names
     for name, value in (("out_bytes", 1.5), ("memory_mb", 0), ("memory_mb", True), ("exec_s", "1"), ("in_bytes", 3)):
         changed = (
             tuple(value if field == name else v for field, v in zip(names, ended, strict=False)) + ended[len(names) :]
         )
         odd = [(w, [changed if r is ended else r for r in rows]) for w, rows in flushed]
-        assert digest_rows(identities, graph.deps, odd) is None, (name, value)  # a value the records would convert
+        assert digest_rows(identities, graph.deps, _flat(odd)) is None, (name, value)  # a value the records convert
     stop = shape("worker_stopped", ("tasks", "task", "t"))
     unstopped = [(w, [r for r in rows if r[-1] != stop]) for w, rows in flushed]
-    assert digest_rows(identities, graph.deps, unstopped) is None  # a worker yet to flush its last events
+    assert digest_rows(identities, graph.deps, _flat(unstopped)) is None  # a worker yet to flush its last events
+    assert digest_rows(identities, graph.deps, _flat(flushed)[1:]) is None  # rows before any worker id
+
+
+def test_digest_rows_by_plan_gives_what_it_gives_row_by_row() -> None:
+    """One worker's rows are digested by a plan kept per sequence of shapes: the same answers as row by row,
+    for runs it takes and runs it refuses, run after run of one plan."""
+    from fanflow.metrics.digest import _digest_flushes, digest_rows
+    from fanflow.store.events import shape
+
+    started = shape("worker_started", ("cold", "memory_mb", "task", "t"))
+    task_started = shape("task_started", ("task", "t"))
+    fields = ("store_s", "out_bytes", "uploaded", "memory_mb", "attempt", "exec_s", "fetch_s", "in_bytes", "task", "t")
+    finished = shape("task_finished", fields)
+    stopped = shape("worker_stopped", ("tasks", "task", "t"))
+    other = shape("task_retried", ("task", "t"))
+
+    def end(task: int, sizes: tuple[Any, ...], exec_s: Any = 0.5, out: Any = 10, memory: Any = 512) -> tuple[Any, ...]:
+        return (0.0, out, False, memory, 1, exec_s, 0.0, sizes, task, 1.0, finished)
+
+    identities, deps = ["m.f:1", "m.g:2"], [(), (0,)]
+    good = ["w-1", (True, 512, -1, 0.5, started), (0, 0.6, task_started), end(0, ()), (1, 0.7, task_started)]
+    good += [end(1, (None,)), (2, -1, 1.0, stopped)]
+    cases = {
+        "good": good,
+        "warm": [good[0], *good[2:]],
+        "two flushes": [*good[:3], "w-1", *good[3:]],
+        "two workers": [*good[:4], "w-2", *good[4:], (1, -1, 1.0, stopped)],
+        "started twice": [*good[:2], *good[1:]],
+        "cold not a flag": [good[0], (1, 512, -1, 0.5, started), *good[2:]],
+        "not stopped": good[:-1],
+        "a task twice": [*good[:-1], end(1, (None,)), good[-1]],
+        "a task missing": [good[0], good[1], good[3], good[-1]],
+        "a task out of range": [*good[:-1], end(2, ()), good[-1]],
+        "seconds as text": [*good[:3], end(0, (), exec_s="0.5"), *good[4:]],
+        "a fetched size": [*good[:5], end(1, (30,)), good[-1]],
+        "a size as a float": [*good[:5], end(1, (3.0,)), good[-1]],
+        "a shape not digested": [*good[:-1], (1, 2.0, other), good[-1]],
+        "no worker id": good[1:],
+    }
+    for name, flat in cases.items():
+        for _ in range(2):  # the plan made, then the plan kept
+            assert digest_rows(identities, deps, flat) == _digest_flushes(identities, deps, flat), name
+    taken = {name for name, flat in cases.items() if digest_rows(identities, deps, flat) is not None}
+    assert taken == {"good", "warm", "two flushes", "a fetched size"}
 
 
 def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_it(tmp_path: Path) -> None:

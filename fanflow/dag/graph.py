@@ -94,6 +94,9 @@ class DAG:
         self._sink_set = frozenset(sinks)
         self.plan_view: PlanView | None = None
         """The plan's columns, kept here by :func:`fanflow.dag.placement.plan_of` (which builds them)."""
+        self.build_s = 0.0
+        """Seconds building it took, for its runs' records (:func:`fanflow.metrics.recorder.note_dag_build`; a
+        ``WeakKeyDictionary`` entry per call cost a weak reference and its callback)."""
 
     # -- building -------------------------------------------------------------
     @classmethod

@@ -238,16 +238,102 @@ def _reader(number: int) -> _Reader | None:
 
 
 def digest_rows(
-    identities: Sequence[str], deps: Sequence[Sequence[int]], batches: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]
+    identities: Sequence[str], deps: Sequence[Sequence[int]], flat: Sequence[Any]
 ) -> tuple[Totals, tuple[Execution, ...]] | None:
-    """:func:`digest_events` on a finished run's event rows as workers flushed them, ``(worker, rows)`` per flush.
+    """:func:`digest_events` on a finished run's event rows as a tiny run's recording keeps them: each flush's
+    worker id (a string) followed by its rows (tuples).
 
     Also checks that the run is complete: every worker seen stopped. Gives
     what :func:`digest_events` gives for the same events (tests compare them)
     without making a dict per event, which cost more than the rest of
     recording a tiny run: its :data:`Totals` and, per task, the execution its
     summary increments count (in task order), or None for anything else.
+
+    The rows of one worker's flushes are read by a plan kept per sequence of
+    row shapes (:func:`_plan`): a stream of calls of one graph repeats it, and
+    finding each row's kind was most of the digest.
     """
+    try:
+        key = tuple(map(_last, flat))  # the shape numbers, and the last character of each worker id
+    except (IndexError, TypeError):
+        return None  # an empty row, or an item that is neither a worker id nor a row
+    plan = _plans.get(key, _UNSEEN)
+    if plan is _UNSEEN:
+        plan = _plan(key)
+    if plan is None:
+        return _digest_flushes(identities, deps, flat)
+    if not plan:
+        return None  # refused whatever the values: a shape not digested, a worker started twice or never stopped
+    finished, started = plan
+    if type(flat[0]) is not str:
+        return None
+    n = len(deps)
+    ends: list[tuple[Any, ...] | None] = [None] * n
+    for at, task_at, fields in finished:
+        row = flat[at]
+        task = row[task_at]
+        if type(task) is not int or not 0 <= task < n or ends[task] is not None:
+            return None  # a task ending twice (re-run after a lost lease)
+        ends[task] = fields(row)
+    cold_starts = 0
+    if started is not None:
+        cold = flat[started[0]][started[1]]
+        if type(cold) is not bool:
+            return None
+        cold_starts = int(cold)
+    return _executions(identities, deps, ends, 1, cold_starts)
+
+
+_last = operator.itemgetter(-1)
+
+_Plan = tuple[tuple[tuple[int, int, Callable[[tuple[Any, ...]], tuple[Any, ...]]], ...], tuple[int, int] | None]
+"""Where one worker's rows hold what the digest reads: per finished task, the row's position, the position of
+its task id and the getter of its fields; the position of the ``worker_started`` row and of its cold flag (None
+when the worker did not start in the run). An empty tuple: a run refused whatever its values."""
+
+_plans: dict[tuple[Any, ...], _Plan | tuple[()] | None] = {}
+"""The plan of each sequence of row shapes after a worker id (ending in its last character), None for flushes of
+several workers (read row by row)."""
+
+_PLANS_KEPT = 256
+
+_UNSEEN = object()
+
+
+def _plan(key: tuple[Any, ...]) -> _Plan | tuple[()] | None:
+    found: _Plan | tuple[()] | None = None
+    if not key or type(key[0]) is not str or any(type(number) is not int for number in key[1:]):
+        pass  # several workers' flushes (or rows of none): None
+    else:
+        finished: list[tuple[int, int, Callable[[tuple[Any, ...]], tuple[Any, ...]]]] = []
+        started: list[tuple[int, int]] = []
+        stops = 0
+        for at, number in enumerate(key[1:], start=1):
+            read = _readers[number] if number in _readers else _reader(number)
+            if read is None:
+                break
+            code, field_at, fields = read
+            if code == _FINISHED:
+                finished.append((at, field_at, fields))  # type: ignore[arg-type]  # a finished reader has its getter
+            elif code == _STARTED:
+                started.append((at, field_at))
+            elif code == _STOPPED:
+                stops += 1
+        else:
+            if stops and len(started) <= 1:
+                found = (tuple(finished), started[0] if started else None)
+        if found is None:
+            found = ()
+    if len(_plans) >= _PLANS_KEPT:  # shapes without end (workers with new ids)
+        _plans.clear()
+    _plans[key] = found
+    return found
+
+
+def _digest_flushes(
+    identities: Sequence[str], deps: Sequence[Sequence[int]], flat: Sequence[Any]
+) -> tuple[Totals, tuple[Execution, ...]] | None:
+    """:func:`digest_rows` row by row: flushes of several workers."""
     n = len(deps)
     ends: list[tuple[Any, ...] | None] = [None] * n
     workers: set[str] = set()
@@ -255,35 +341,50 @@ def digest_rows(
     stopped: set[str] = set()
     cold_starts = 0
     readers = _readers
-    for worker, rows in batches:
-        if type(worker) is not str:
-            return None
-        workers.add(worker)
-        for row in rows:
-            try:
-                code, at, fields = readers[row[-1]]
-            except KeyError:  # a shape met for the first time
-                read = _reader(row[-1])
-                if read is None:
-                    return None
-                code, at, fields = read
-            except TypeError:  # None: a shape the digest does not read
+    if flat and type(flat[0]) is not str:
+        return None  # rows of no worker
+    worker = ""
+    for row in flat:
+        if type(row) is str:
+            worker = row
+            workers.add(row)
+            continue
+        try:
+            code, at, fields = readers[row[-1]]
+        except KeyError:  # a shape met for the first time
+            read = _reader(row[-1])
+            if read is None:
                 return None
-            if code == _FINISHED:
-                task = row[at]
-                if type(task) is not int or not 0 <= task < n or ends[task] is not None:
-                    return None  # a task ending twice (re-run after a lost lease)
-                ends[task] = fields(row)  # type: ignore[misc]  # a finished task's reader has its getter
-            elif code == _STARTED:
-                cold = row[at]
-                if worker in started or type(cold) is not bool:
-                    return None  # a worker started twice: the records keep its last start
-                started.add(worker)
-                cold_starts += cold
-            elif code == _STOPPED:
-                stopped.add(worker)
+            code, at, fields = read
+        except TypeError:  # None: a shape the digest does not read
+            return None
+        if code == _FINISHED:
+            task = row[at]
+            if type(task) is not int or not 0 <= task < n or ends[task] is not None:
+                return None  # a task ending twice (re-run after a lost lease)
+            ends[task] = fields(row)  # type: ignore[misc]  # a finished task's reader has its getter
+        elif code == _STARTED:
+            cold = row[at]
+            if worker in started or type(cold) is not bool:
+                return None  # a worker started twice: the records keep its last start
+            started.add(worker)
+            cold_starts += cold
+        elif code == _STOPPED:
+            stopped.add(worker)
     if stopped != workers:
         return None  # a worker has events to flush yet
+    return _executions(identities, deps, ends, len(workers), cold_starts)
+
+
+def _executions(
+    identities: Sequence[str],
+    deps: Sequence[Sequence[int]],
+    ends: Sequence[tuple[Any, ...] | None],
+    workers: int,
+    cold_starts: int,
+) -> tuple[Totals, tuple[Execution, ...]] | None:
+    """The totals and executions of a run whose finished tasks gave ``ends`` (exec_s, out_bytes, memory_mb,
+    in_bytes, by task); None when a task did not finish or a value is of a type the records would convert."""
     # One pass in task order, which is topological: an upstream's output size is known before its
     # dependents read it (what _inputs does for digest_events, without its lists: this is per call).
     fetched = local = total_out = 0
@@ -310,7 +411,7 @@ def digest_rows(
                 in_bytes += size
         total_out += out
         executions.append((identities[i], memory, float(exec_s), in_bytes, out))
-    return (len(workers), cold_starts, fetched, local, total_out), tuple(executions)
+    return (workers, cold_starts, fetched, local, total_out), tuple(executions)
 
 
 def _inputs(

@@ -16,10 +16,10 @@ A *tiny* run (fewer than ``SMALL_COLUMN`` events, ended well, its events in this
 process) is recorded *raw* (:mod:`fanflow.store.metadata.raw`). The client only
 copies what the writer needs into tuples of numbers and strings
 (:func:`_record_raw`); the writer, once per batch, checks and sums its event
-rows without a dict per event (:func:`~fanflow.metrics.digest.digest_rows`),
-packs them with its run document in one ``marshal`` call and hands them to the
-store, which writes them with the batch and builds the trace only when it is
-read. Keeping the run's own objects until the writer's batch would let the
+rows without a dict per event (:func:`~fanflow.metrics.digest.digest_rows`)
+and hands them to the store as the client copied them, with the totals; the
+store packs the batch's runs in one ``marshal`` call, writes them and builds
+the trace only when it is read. Keeping the run's own objects until the writer's batch would let the
 garbage collector promote them to its oldest generation, and a stream of
 ``dask.compute`` calls then set off full collections; the copy, one flat tuple,
 is untracked by its first young passes.
@@ -44,11 +44,9 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import marshal
 import os
 import sys
 import time
-import weakref
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +65,7 @@ from fanflow.metrics.records import RunRecord
 from fanflow.store import Store, keys
 from fanflow.store.base import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from fanflow.store.events import SHAPES, EventRows, as_dict, kind_of
+from fanflow.store.memory import EventStream, MemoryStore
 from fanflow.store.metadata import defer, is_disabled, open_metadata, raw
 from fanflow.store.metadata.base import MetadataStore, RawRun, SavesRaw, Summary, SummaryKey, saves_raw
 from fanflow.store.metadata.trace import (
@@ -94,8 +93,6 @@ SETTLE_FAILED_S = 0.5
 
 _POLL_S = 0.002
 
-_build_times: weakref.WeakKeyDictionary[DAG, float] = weakref.WeakKeyDictionary()
-
 
 def build_dag(nodes: Sequence[Node]) -> DAG:
     """``DAG.from_sinks(nodes)``, remembering how long it took for the run's record."""
@@ -107,7 +104,7 @@ def build_dag(nodes: Sequence[Node]) -> DAG:
 
 def note_dag_build(dag: DAG, seconds: float) -> None:
     """Remember that building ``dag`` took ``seconds``, for its runs' records (a DAG built without nodes)."""
-    _build_times[dag] = seconds
+    dag.build_s = seconds
 
 
 SCRIPT_MODULE = "fanflow_script_"
@@ -268,27 +265,56 @@ def _record_raw(run: Run) -> bool:
     """
     global _tiny_queued
     dag = run.dag
-    if dag.maps or len(dag.deps) >= SMALL_COLUMN:
+    memory = run.store
+    if dag.maps or len(dag.deps) >= SMALL_COLUMN or type(memory) is not MemoryStore:
         return False
     config = run.config
     began = time.perf_counter()
-    try:
-        store = saves_raw(open_metadata(config.metadata, wait=False))
-    except Exception:  # a store that cannot be opened: the usual way reports it
-        return False
+    url = config.metadata
+    store = _raw_stores.get(url)
     if store is None:
-        return False
+        store = _raw_store(url)
+        if store is None:
+            return False
     stream = keys.events(run.run_id)
-    batches, _ = run.store.read_event_batches(stream)
-    flat: list[Any] = []  # each flush's worker, then its rows
+    entry = memory.take_stream(stream)  # put back below unless the run is kept for the writer
+    flat = () if entry is None else _flat(entry.batches)
+    if flat is None:  # a worker has events to flush yet, or the client has events of its own
+        memory.put_back_stream(stream, cast(EventStream, entry), config.key_ttl_s)
+        return False
+    key = (dag.signature, tuple(dag.tasks), tuple(dag.task_of))
+    lists = _dag_lists.get(key)
+    if lists is None or lists[5] != (sys.argv[0] if sys.argv else ""):
+        lists = _lists_of(dag, key)
+    head = _run_values(run, lists[4][0], lists[4][1], SUCCEEDED, None)
+    waiting = _tiny.get(store)
+    if waiting is None:
+        waiting = _tiny.setdefault(store, collections.deque())
+    waiting.append((head, lists, time.perf_counter() - began, config.retention_runs, *flat))
+    if not _tiny_queued:
+        _tiny_queued = True
+        defer(_save_tiny)
+    return True
+
+
+def _flat(batches: Sequence[Any]) -> Sequence[Any] | None:
+    """Each flush's worker, then its rows; None unless every batch is a worker's rows, fewer than
+    ``SMALL_COLUMN`` in all, and every worker seen flushed its ``worker_stopped`` last."""
+    if len(batches) == 1:  # one worker's one flush (a small run on the caller's thread): no set or list
+        batch = batches[0]
+        if type(batch) is EventRows and 0 < len(rows := batch.rows) < SMALL_COLUMN:
+            last = rows[-1]
+            number = last[-1] if type(last) is tuple and last else None
+            if type(number) is int and (_stop_shapes[number] if number in _stop_shapes else _stop_shape(number)):
+                return (batch.worker, *rows)
+    flat: list[Any] = []
     count = 0
     workers: set[str] = set()
     stopped: set[str] = set()
-    stops = _stops
     for batch in batches:
         if type(batch) is not EventRows:
-            return False  # events of the client's own: recorded the usual way
-        rows = tuple(batch.rows)
+            return None  # events of the client's own: recorded the usual way
+        rows = batch.rows
         if not rows:
             continue
         worker = batch.worker
@@ -296,30 +322,35 @@ def _record_raw(run: Run) -> bool:
         flat += rows
         count += len(rows)
         workers.add(worker)
-        last = rows[-1]
-        number = last[-1] if type(last) is tuple and last else None
-        if type(number) is int and (stops[number] if number in stops else _stop_shape(number)):
+        if _stops(rows[-1]):
             stopped.add(worker)
-    if count >= SMALL_COLUMN or stopped != workers:  # a worker has events to flush yet: the usual way waits
-        return False
-    task_of = tuple(dag.task_of)
-    key = (dag.signature, tuple(dag.tasks), task_of)
-    lists = _dag_lists.get(key)
-    if lists is None or lists[4] != _script():
-        lists = _lists_of(dag, key)
-    head = _run_values(run, lists[2][0], lists[2][1], SUCCEEDED, None)
-    waiting = _tiny.get(store)
-    if waiting is None:
-        waiting = _tiny.setdefault(store, collections.deque())
-    waiting.append((head, lists, time.perf_counter() - began, config.retention_runs, *flat))
-    run.store.delete([stream])  # kept for the writer now
-    if not _tiny_queued:
-        _tiny_queued = True
-        defer(_save_tiny)
-    return True
+    return flat if count < SMALL_COLUMN and stopped == workers else None
 
 
-_stops: dict[int, bool] = {}
+def _stops(row: Any) -> bool:
+    """Whether ``row`` is a ``worker_stopped`` event's (a worker's last)."""
+    number = row[-1] if type(row) is tuple and row else None
+    return type(number) is int and (_stop_shapes[number] if number in _stop_shapes else _stop_shape(number))
+
+
+_raw_stores: dict[str, SavesRaw] = {}
+"""The metadata store of each URL that names the same store from any working directory, when it keeps tiny runs
+raw: :func:`open_metadata` and the protocol check cost about 1.5 us of a 1-task call."""
+
+
+def _raw_store(url: str) -> SavesRaw | None:
+    """The metadata store at ``url`` when it keeps tiny runs raw, else None (also when it cannot be opened: the
+    usual way reports it)."""
+    try:
+        store = saves_raw(open_metadata(url, wait=False))
+    except Exception:
+        return None
+    if store is not None and not (url.startswith("sqlite:///") and not url.startswith("sqlite:////")):
+        _raw_stores[url] = store  # a relative SQLite path is looked up anew: it depends on the working directory
+    return store
+
+
+_stop_shapes: dict[int, bool] = {}
 """Per event shape number: whether it is a ``worker_stopped`` event's (a worker's last)."""
 
 
@@ -327,19 +358,21 @@ def _stop_shape(number: int) -> bool:
     """Whether shape ``number`` is a ``worker_stopped`` event's (False for a number that is no shape's)."""
     if not 0 <= number < len(SHAPES):
         return False
-    found = _stops[number] = SHAPES[number].kind == "worker_stopped"
+    found = _stop_shapes[number] = SHAPES[number].kind == "worker_stopped"
     return found
 
 
 _TinyRun = tuple[Any, ...]
-"""A tiny run as the client keeps it for the writer: the values of :data:`_HEAD_FIELDS`, its DAG's lists
-(:data:`_DagLists`), the seconds the client took, the retention it asks for, then each flush's worker id
-followed by its rows. Flat: the collector stops tracking a tuple of untracked values in a pass, one level of
-nesting per pass, so every level more kept the runs waiting tracked into its older generations."""
+"""A tiny run as the client keeps it for the writer, laid out as :data:`fanflow.store.metadata.raw.RawParts`
+reads it: the values of :data:`_HEAD_FIELDS`, its DAG's lists (:data:`_DagLists`), the seconds the client took,
+the retention it asks for, then each flush's worker id followed by its rows. The batch hands it to the store as it
+is. Flat: the collector stops tracking a tuple of untracked values in a pass, one level of nesting per pass, so
+every level more kept the runs waiting tracked into its older generations."""
 
-_DagLists = tuple[tuple[str, ...], tuple[tuple[Any, ...], ...], tuple[str, str, str], tuple[tuple[int, ...], ...], str]
-"""The function identity of each task, the six tuples of DAG lists a raw run keeps after its values, the DAG's
-values in the run document (signature, sink and workflow), the upstream ids of each task and the script path its
+_DagLists = tuple[tuple[tuple[Any, ...], ...], str, tuple[str, ...], tuple[tuple[int, ...], ...], tuple[str, str], str]
+"""The six tuples of DAG lists a raw run keeps and its workflow (first, where
+:data:`fanflow.store.metadata.raw.RawParts` reads them), the function identity of each task and the upstream ids
+of each task (for the digest), the DAG's signature and sink (run document values) and the script path its
 workflow was found with."""
 
 _dag_lists: dict[tuple[str, tuple[Any, ...], tuple[int, ...]], _DagLists] = {}
@@ -354,12 +387,6 @@ hold their task functions."""
 _DAG_LISTS_KEPT = 256
 
 
-def _script() -> str:
-    """The path of the script this process runs, as :func:`workflow_of` reads it (a workflow may be named after
-    it)."""
-    return sys.argv[0] if sys.argv else ""
-
-
 def _lists_of(dag: DAG, key: tuple[str, tuple[Any, ...], tuple[int, ...]]) -> _DagLists:
     tasks, task_of, deps = dag.tasks, key[2], dag.deps
     identities = tuple([t.identity for t in tasks])
@@ -372,11 +399,12 @@ def _lists_of(dag: DAG, key: tuple[str, tuple[Any, ...], tuple[int, ...]]) -> _D
         tuple(dag.sinks),
     )
     found = (
-        tuple([identities[f] for f in task_of]),
         kept,
-        (key[0], dag.sink_name, workflow_of(dag)),
+        workflow_of(dag),
+        tuple([identities[f] for f in task_of]),
         tuple(map(tuple, deps)),
-        _script(),
+        (key[0], dag.sink_name),
+        sys.argv[0] if sys.argv else "",  # as workflow_of reads it: a workflow may be named after it
     )
     if len(_dag_lists) >= _DAG_LISTS_KEPT:  # a process making DAGs without end
         _dag_lists.clear()
@@ -400,59 +428,31 @@ def _save_tiny() -> None:
         runs: list[RawRun] = []
         while waiting:
             tiny = waiting.popleft()
-            packed = _packed(tiny)
-            if packed is None:
+            lists = tiny[1]
+            try:  # None, or an error: a task ended twice, a value of a type the records would convert
+                digested = digest_rows(lists[2], lists[3], tiny[4:])
+            except Exception:
+                digested = None
+            if digested is None:
                 _record_rows(store, tiny)
-            else:
-                runs.append(packed)
+            else:  # the raw run: what the client kept and the digest's totals
+                runs.append(((tiny, digested[0]), digested[1], tiny[3]))
         if runs:
             store.save_raw(runs)
-
-
-def _packed(tiny: _TinyRun) -> RawRun | None:
-    """The raw run of a tiny run's rows, or None when the digest refuses them (a task ended twice, a value of
-    a type the records would convert, one ``marshal`` does not write)."""
-    head, lists, record_s, keep_runs = tiny[:4]
-    flushed = _flushes(tiny)
-    deps = lists[3]
-    try:
-        digested = digest_rows(lists[0], deps, flushed)
-        if digested is None:
-            return None
-        rows = marshal.dumps(flushed, raw.MARSHAL_VERSION)
-    except Exception:
-        return None
-    totals, executions = digested
-    n = len(deps)
-    values = (*head, n, n, *totals, record_s, lists[2][2])  # the run document's values
-    return (values, *lists[1], rows), executions, keep_runs
-
-
-def _flushes(tiny: _TinyRun) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The ``(worker, rows)`` of each flush of a tiny run."""
-    flushed: list[tuple[str, list[tuple[Any, ...]]]] = []
-    rows: list[tuple[Any, ...]] = []
-    for item in itertools.islice(tiny, 4, None):
-        if type(item) is str:
-            rows = []
-            flushed.append((item, rows))
-        else:
-            rows.append(item)
-    return flushed
 
 
 def _record_rows(store: SavesRaw, tiny: _TinyRun) -> None:
     """Save a tiny run whose rows the digest refused as :func:`_record` would have from its events; never raises."""
     head, lists, record_s, keep_runs = tiny[:4]
-    flushed = _flushes(tiny)
+    flushed = raw.flushes_of(tiny[4:])
     began = time.perf_counter()
     try:
-        names, identities, task_of, _, _, sinks = lists[1]
+        names, identities, task_of, _, _, sinks = lists[0]
         deps = lists[3]
         events = [as_dict(row, worker) for worker, rows in flushed for row in rows]
-        header = RunRecord(**_doc_of((*head, lists[2][2]), 0, 0, 0, 0, 0, 0, 0.0))
+        header = RunRecord(**_doc_of((*head, lists[1]), 0, 0, 0, 0, 0, 0, 0.0))
         functions = list(zip(names, identities, strict=True))
-        digested = digest_events(lists[0], deps, events, header)
+        digested = digest_events(lists[2], deps, events, header)
         if digested is None:  # a re-run, a value the records convert: the records say it
             digested = _built(Graph(functions, task_of, deps), events, header)
         record, summaries = digested
@@ -483,6 +483,7 @@ def _forget_parent() -> None:
     """In a child made by ``fork``: the parent's tiny runs are the parent's to save, as is its writer's queue."""
     global _tiny_queued
     _tiny.clear()
+    _raw_stores.clear()
     _tiny_queued = False
 
 
@@ -525,7 +526,7 @@ def _run_values(run: Run, signature: str, sink: str, status: str, error: str | N
         submitted_at,
         finished_at,
         max(0.0, finished_at - submitted_at),
-        _build_times.get(run.dag, 0.0),
+        run.dag.build_s,
         run.planning_s,
         run.encoded_size,
         run.predicted_makespan_s,

@@ -123,7 +123,7 @@ class _List(list[bytes]):
     """An append-only list (error records)."""
 
 
-class _Stream:
+class EventStream:
     """Event batches with increasing sequence numbers (ids ``<seq>-0``)."""
 
     __slots__ = ("batches", "seqs")
@@ -321,15 +321,15 @@ class MemoryStore:
         # The batch is kept as the worker built it (no copy): it is never mutated after a flush.
         with self._lock:
             entry = self._data.get(stream)
-            if not isinstance(entry, _Stream):
-                entry = self._data[stream] = _Stream()
+            if not isinstance(entry, EventStream):
+                entry = self._data[stream] = EventStream()
             entry.seqs.append(next(self._seq))
             entry.batches.append(events)
         self._expiry[stream] = time.monotonic() + ttl_s
 
     def read_events(self, stream: str, after: str = "0", count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         entry = self._data.get(stream)
-        if not isinstance(entry, _Stream):
+        if not isinstance(entry, EventStream):
             return []
         start = bisect.bisect_right(entry.seqs, int(after.split("-", 1)[0]))
         out = [
@@ -341,7 +341,7 @@ class MemoryStore:
 
     def read_event_batches(self, stream: str, after: str = "0") -> tuple[list[Sequence[Mapping[str, Any]]], str]:
         entry = self._data.get(stream)
-        if not isinstance(entry, _Stream):
+        if not isinstance(entry, EventStream):
             return [], after
         with self._lock:  # a sequence number and its batch are appended together
             if after == "0" and entry.seqs:  # from the start (a tiny run's recording reads it once): no search
@@ -351,6 +351,35 @@ class MemoryStore:
         if not seqs:
             return [], after
         return batches, f"{seqs[-1]}-0"
+
+    def take_stream(self, stream: str) -> EventStream | None:
+        """Remove the event stream ``stream`` and return it (None if there is none).
+
+        A read of every batch and the stream's delete under one lock: a tiny run's
+        recording reads its events once and keeps them for the history writer (two
+        calls and four lock entries cost about 2 us of a 1-task call).
+        :meth:`put_back_stream` undoes it.
+        """
+        with self._lock:
+            entry = self._data.pop(stream, None)
+            deadline = self._expiry.pop(stream, None)
+            if type(entry) is EventStream or entry is None:
+                return entry
+            self._data[stream] = entry  # not a stream: left as it was
+            if deadline is not None:
+                self._expiry[stream] = deadline
+        return None
+
+    def put_back_stream(self, stream: str, entry: EventStream, ttl_s: int) -> None:
+        """Put a stream taken by :meth:`take_stream` back, before any batch appended to it since (their
+        sequence numbers come later), so readers find every batch under the ids they had."""
+        with self._lock:
+            later = self._data.get(stream)
+            if type(later) is EventStream:
+                entry.seqs += later.seqs
+                entry.batches += later.batches
+            self._data[stream] = entry
+        self._expiry[stream] = time.monotonic() + ttl_s
 
     # -- lifetime -------------------------------------------------------------------
     def delete(self, keys: Sequence[str]) -> int:

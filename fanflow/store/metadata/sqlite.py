@@ -17,7 +17,10 @@ worker, schema 2 a ``task_groups`` row per (run, function, memory) and a
 JSON in ``runs.events``, where schema 3 keeps the trace; schema 4 adds
 ``raw_runs`` (a file of schema 4 has runs with an empty ``doc``, which older
 versions cannot read, so they refuse it); schema 5 adds a second layout of raw
-runs, which schema 4 versions cannot read.
+runs, which schema 4 versions cannot read; schema 6 keeps a writer batch's raw
+runs in one ``raw_batches`` row, and schema 7 a second layout of those rows
+(:data:`fanflow.store.metadata.raw.BATCH_MAGIC`), which schema 6 versions
+cannot read.
 
 Every save is one ``BEGIN IMMEDIATE`` transaction: documents, summary merges
 (read, merge, write) and all, so concurrent clients, in this process or in
@@ -79,11 +82,12 @@ from fanflow.store.metadata.trace import is_trace
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
-"""6: the tiny runs of a writer batch wait in one ``raw_batches`` row (:func:`fanflow.store.metadata.raw.pack_batch`);
-5 (raw runs of the second layout, :func:`fanflow.store.metadata.raw.pack_values`), 4 (tiny runs wait raw in
-``raw_runs``, a row each, until read), 3 (a trace per run), 2 (task documents grouped per function) and 1 (a row per
-task) are upgraded in place."""
+SCHEMA_VERSION = 7
+"""7: a batch's tiny runs as the client copied them (:data:`fanflow.store.metadata.raw.RawParts`); 6 (the tiny
+runs of a writer batch wait in one ``raw_batches`` row, :func:`fanflow.store.metadata.raw.pack_batch`), 5 (raw runs
+of the second layout, :func:`fanflow.store.metadata.raw.pack_values`), 4 (tiny runs wait raw in ``raw_runs``, a row
+each, until read), 3 (a trace per run), 2 (task documents grouped per function) and 1 (a row per task) are upgraded
+in place."""
 
 FLUSH_S = BATCH_S
 """Longest time a saved run or started document waits in memory before it is written (the writer's batch)."""
@@ -95,7 +99,8 @@ MAX_PENDING_RUNS = 512
 """Runs waiting in memory that make a save write them at once."""
 
 MAX_PENDING_BYTES = 8 << 20
-"""Bytes of traces waiting in memory that make a save write them at once."""
+"""Bytes of traces waiting in memory that make a save write them at once (raw runs, fewer than
+``SMALL_COLUMN`` events each, are bounded by :data:`MAX_PENDING_RUNS`)."""
 
 VACUUM_SHARE = 0.5
 """Share of the file's pages left free by retention that makes it hand them back to the file system."""
@@ -107,13 +112,24 @@ _LEGACY_TABLES = ("tasks", "task_groups", "workers", "worker_docs")
 """Per-task and per-worker rows of schema 1 and 2 files."""
 
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
-_SELECT_SUMMARY = f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM summaries WHERE identity = ? AND memory_mb = ?"
-_UPSERT_SUMMARY = (
+_MERGED = {
+    "count": "count + excluded.count",
+    "mean": "CASE WHEN count = 0 THEN excluded.mean "
+    "ELSE mean + (excluded.mean - mean) * excluded.count / (count + excluded.count) END",
+    "m2": "CASE WHEN count = 0 THEN excluded.m2 ELSE m2 + excluded.m2 "
+    "+ (excluded.mean - mean) * (excluded.mean - mean) * count * excluded.count / (count + excluded.count) END",
+    "min": 'min("min", excluded."min")',
+    "max": 'max("max", excluded."max")',
+}
+_MERGE_SUMMARY = (
     f"INSERT INTO summaries VALUES (?, ?, {', '.join('?' * len(_SUMMARY_COLUMNS))}) "
-    f"ON CONFLICT (identity, memory_mb) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _SUMMARY_COLUMNS)}"
+    "ON CONFLICT (identity, memory_mb) DO UPDATE SET "
+    + ", ".join(f'"{c}" = {_MERGED.get(c, f"{c} + excluded.{c}")}' for c in _SUMMARY_COLUMNS)
 )
-"""A summary's row written in place (``INSERT OR REPLACE`` deleted and inserted it: a new rowid, so its key's
-index page was written too, one more write-ahead log frame per commit)."""
+"""A summary increment merged into its row in one statement, as :meth:`Summary.merge` merges (the same operations
+in the same order on the same doubles: the same bits): a ``SELECT``, the merge in Python and an upsert cost about
+twice as much. The row is written in place (``INSERT OR REPLACE`` deleted and inserted it: a new rowid, so its
+key's index page was written too)."""
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 _SCHEMA = f"""
@@ -202,7 +218,7 @@ class SQLiteMetadataStore:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(_SCHEMA)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None or int(found[0]) in (1, 2, 3, 4, 5):  # the new tables exist now; old rows stay readable
+            if found is None or int(found[0]) in (1, 2, 3, 4, 5, 6):  # the new tables exist now; old rows stay readable
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise MetadataError(
@@ -356,7 +372,6 @@ class SQLiteMetadataStore:
         """
         with self._lock:
             self._raw.extend(runs)
-            self._pending_bytes += sum(map(len, map(_last, map(_parts_of, runs))))  # their rows' bytes
             full = len(self._runs) + len(self._raw) >= MAX_PENDING_RUNS or self._pending_bytes >= MAX_PENDING_BYTES
             if not full:
                 self._flush_later()
@@ -421,12 +436,14 @@ class SQLiteMetadataStore:
 
     @staticmethod
     def _merge_summaries(db: sqlite3.Connection, increments: Mapping[SummaryKey, Summary]) -> None:
-        for (identity, memory_mb), part in increments.items():
-            found = db.execute(_SELECT_SUMMARY, (identity, memory_mb)).fetchone()
-            if found:  # the stored fields in field order (the columns are named after them), as from_dict reads them
-                count, *rest = found
-                part = Summary(int(count), *map(float, rest)).merge(part)
-            db.execute(_UPSERT_SUMMARY, (identity, memory_mb, *summary_values(part)))
+        db.executemany(
+            _MERGE_SUMMARY,
+            [
+                (identity, memory_mb, *summary_values(part))
+                for (identity, memory_mb), part in increments.items()
+                if part.count
+            ],
+        )
 
     def _delete_runs(self, db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         args = [(r,) for r in run_ids]
@@ -647,10 +664,10 @@ class SQLiteMetadataStore:
 
 
 _keep_of = operator.itemgetter(2)
-_parts_of = operator.itemgetter(0)
-_last = operator.itemgetter(-1)
 _is_set = functools.partial(operator.is_not, None)
-_key_of = operator.itemgetter(0, 1)
+_identity_of = operator.itemgetter(0)
+_memory_of = operator.itemgetter(1)
+_columns = tuple(map(operator.itemgetter, (2, 3, 4)))
 
 
 def _columns_of(
@@ -658,14 +675,16 @@ def _columns_of(
 ) -> Mapping[SummaryKey, tuple[Sequence[float], Sequence[float], Sequence[float]]]:
     """The executions of raw runs as columns (exec_s, in_bytes, out_bytes) per function and memory size.
 
-    A batch of one graph's calls has one function at one size: its columns are split by ``zip`` (no
+    A batch of one graph's calls has one function at one size: its columns are taken by C-level getters (no
     bytecode per execution, where the loop over executions was a third of the writer's per run).
     """
     executions = list(itertools.chain.from_iterable(map(operator.itemgetter(1), raws)))
-    keys = set(map(_key_of, executions))
-    if len(keys) == 1:
-        _, _, exec_s, in_bytes, out_bytes = zip(*executions, strict=True)
-        return {keys.pop(): (exec_s, in_bytes, out_bytes)}
+    identities, sizes = set(map(_identity_of, executions)), set(map(_memory_of, executions))
+    if len(identities) == 1 and len(sizes) == 1:
+        # A column per getter: no key tuple per execution, nor zip's iterator per execution (tracked objects
+        # enough to set off a young collection in a batch of 40 tiny runs).
+        exec_s, in_bytes, out_bytes = (list(map(get, executions)) for get in _columns)
+        return {(identities.pop(), sizes.pop()): (exec_s, in_bytes, out_bytes)}
     columns: dict[SummaryKey, tuple[list[float], list[float], list[float]]] = {}
     for identity, memory_mb, exec_s, in_bytes, out_bytes in executions:
         column = columns.get((identity, memory_mb))
