@@ -209,7 +209,7 @@ def pack_batch(runs: Sequence[RawParts]) -> bytes:
     raw blob per run (:func:`unpack_batch`). A row per run cost more than the rest of a tiny run's
     write (its insert, and twice the bytes: every run repeated the shapes); so did a run's values put
     together anew, its rows regrouped per flush and marshalled apart (4.6 us a run against 1.9 us,
-    and 18.8 KB against 15.1 KB for 40 runs of a 1-task DAG). A run holding a value ``marshal`` does
+    and 18.8 KB against 16.0 KB for 40 runs of a 1-task DAG). A run holding a value ``marshal`` does
     not write is left out, logged (fanflow's workers write none).
     """
     head = (DOC_VERSION, _process_shapes())
@@ -229,7 +229,7 @@ def pack_batch(runs: Sequence[RawParts]) -> bytes:
 BATCH_MARSHAL_VERSION = 4
 """The ``marshal`` format of a batch: unlike a single run (:data:`MARSHAL_VERSION`), a batch repeats the same
 objects run after run (the DAG's lists, function names and identities, worker ids), which later formats write once
-and refer back to: 40 runs of one task, 24 KB in format 2, 15 KB in 4, in about the same time."""
+and refer back to: 40 runs of one task, 24 KB in format 2, 16 KB in 4, in about the same time."""
 
 
 _all_shapes: tuple[int, dict[int, tuple[str, tuple[str, ...]]]] = (0, {})
