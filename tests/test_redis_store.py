@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from redis._parsers.encoders import Encoder
+from redis.connection import PythonRespSerializer
 from support import free_port, wait_until
 
 import fanflow
@@ -62,6 +64,25 @@ def test_a_large_array_goes_to_the_socket_from_the_array_itself() -> None:
     value = b"".join(sealed.frames)
     resp = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n$2\r\nEX\r\n$2\r\n60\r\n" % (len(value), value)
     assert b"".join(chunks) == resp
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 2, "ff:deps:1", "ff:claim:1", 0, 2, "w", 60),  # keys and numbers only
+        ("SET", "k", b"v" * 100, "EX", 60),  # a small value
+        ("SET", "k", memoryview(b"v" * (LARGE_ARG_BYTES - 1)), "EX", 60),
+        ("SET", "k", b"v" * LARGE_ARG_BYTES, "EX", 60),  # from this size sent after its length, not copied
+        ("EVALSHA", "f" * 40, 1, "ff:out:1", "w", 1.5, b"v" * LARGE_ARG_BYTES),
+    ],
+)
+def test_the_packer_sends_every_command_as_redis_py_would(args: tuple[object, ...]) -> None:
+    expected = b"".join(PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack(*args))
+    chunks = Packer().pack(*args)
+    assert b"".join(bytes(c) for c in chunks) == expected
+    values = [a for a in args if isinstance(a, bytes | memoryview)]
+    sent_alone = any(c is a for c in chunks for a in values)  # not copied into the command
+    assert sent_alone == any(len(a) >= LARGE_ARG_BYTES for a in values)
 
 
 @pytest.mark.parametrize("shape", [(3,), (100, 100), (1000, 1000)])
