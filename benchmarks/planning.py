@@ -630,11 +630,8 @@ def exec_factors(runs: list[RunMetrics]) -> list[float]:
 def machine_busy_s() -> float:
     """CPU seconds this machine's CPUs have run anything so far, all processes (user, nice, system, irq and
     softirq time in ``/proc/stat``, 10 ms ticks); 0.0 where there is no ``/proc/stat``."""
-    try:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-        return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    ticks = cpu_ticks()
+    return sum(ticks[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK") if ticks else 0.0
 
 
 def steal_s() -> float:
@@ -644,11 +641,18 @@ def steal_s() -> float:
     quiet run's first measured image_transform run took 0.656 s against 0.41 s with nothing in the
     platform to show why (no plan change, cold start or page faults). 0.0 where there is no ``/proc/stat``.
     """
+    ticks = cpu_ticks()
+    return ticks[7] / os.sysconf("SC_CLK_TCK") if ticks else 0.0
+
+
+def cpu_ticks() -> list[int]:
+    """The all-CPU line of ``/proc/stat`` (user, nice, system, idle, iowait, irq, softirq, steal, ...), in
+    ticks; empty where it cannot be read."""
     try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+        ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return []
+    return ticks if len(ticks) >= 8 else []
 
 
 def cv(values: list[float]) -> float:

@@ -97,72 +97,74 @@ by Redis's own build (its jemalloc is built with the ``je_`` prefix, as in the
 ``deploy/compose.yaml`` sets it for its ``redis`` service.
 """
 
-# KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
-# The set gets its TTL when it is created (first member); the claim is granted
-# once, to the caller that finds the set complete, and lasts as long as the run.
-# Its owner (an invocation id) re-enters it: a redelivered invocation goes on.
-_CLAIM_LUA = """
-redis.call('SADD', KEYS[1], ARGV[1])
-local n = redis.call('SCARD', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if n < tonumber(ARGV[2]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
-if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
-return 0
+# The claim, as Lua functions the claim scripts share. ``join``: add ``member`` to the
+# upstream set ``deps`` (which gets its TTL when it is created, with its first
+# member), then ``grant`` the claim if the set is complete. ``grant``: the claim
+# is given once, to the caller that finds the set complete, and lasts as long as
+# the run; its owner (an invocation id) re-enters it: a redelivered invocation
+# goes on. Each answers 1 when ``owner`` holds the claim, else 0.
+_CLAIM_STEPS = """
+local function grant(claim, owner, ttl)
+  if redis.call('SET', claim, owner, 'NX', 'EX', ttl) then return 1 end
+  if redis.call('GET', claim) == owner then return 1 end
+  return 0
+end
+local function join(deps, member, indegree, claim, owner, ttl)
+  redis.call('SADD', deps, member)
+  local n = redis.call('SCARD', deps)
+  if n == 1 then redis.call('EXPIRE', deps, ttl) end
+  if n < tonumber(indegree) then return 0 end
+  return grant(claim, owner, ttl)
+end
 """
+
+# KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
+_CLAIM_LUA = _CLAIM_STEPS + "return join(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4])\n"
 
 # KEYS: the outputs to store, then the deps and claim of each claim. ARGV: owner, ttl_s, how many outputs,
 # their values, then the member and indegree of each claim. What the claim script does, for each claim
 # in order, after the outputs are stored: one script call for a batch of notifications instead of one
 # per claim (see :data:`CLAIMS_PER_CALL`). Answers the claims' verdicts, 1 or 0, in order.
-_CLAIM_MANY_LUA = """
+_CLAIM_MANY_LUA = (
+    _CLAIM_STEPS
+    + """
 local owner, ttl, nputs = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for i = 1, nputs do redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ttl) end
 local won, a = {}, 3 + nputs
 for i = nputs + 1, #KEYS, 2 do
-  local deps, claim = KEYS[i], KEYS[i + 1]
-  redis.call('SADD', deps, ARGV[a + 1])
-  local n = redis.call('SCARD', deps)
-  if n == 1 then redis.call('EXPIRE', deps, ttl) end
-  local ok = 0
-  if n >= tonumber(ARGV[a + 2]) then
-    if redis.call('SET', claim, owner, 'NX', 'EX', ttl) then ok = 1
-    elseif redis.call('GET', claim) == owner then ok = 1 end
-  end
-  won[#won + 1] = ok
+  won[#won + 1] = join(KEYS[i], ARGV[a + 1], ARGV[a + 2], KEYS[i + 1], owner, ttl)
   a = a + 2
 end
 return won
 """
+)
 
 # KEYS: deps, claim, output. ARGV: member, indegree, owner, ttl_s, value.
 # The claim script, plus: store the upstream's output unless the claim is won
 # (the winner runs the dependent with the value in memory and never uploads it).
-_CLAIM_OR_STORE_LUA = """
-redis.call('SADD', KEYS[1], ARGV[1])
-local n = redis.call('SCARD', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if n >= tonumber(ARGV[2]) then
-  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
-  if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
-end
+_CLAIM_OR_STORE_LUA = (
+    _CLAIM_STEPS
+    + """
+if join(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4]) == 1 then return 1 end
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4])
 return 0
 """
+)
 
 # KEYS: deps, claim. ARGV: member, indegree, owner, ttl_s.
 # The claim script for a caller that joins the set only if that completes it: otherwise nothing
 # changes and it answers 0 (the caller stores its output first, then notifies as usual).
-_CLAIM_IF_LAST_LUA = """
+_CLAIM_IF_LAST_LUA = (
+    _CLAIM_STEPS
+    + """
 local n = redis.call('SCARD', KEYS[1])
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then n = n + 1 end
 if n < tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 1 end
-if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
-return 0
+return grant(KEYS[2], ARGV[3], ARGV[4])
 """
+)
 
 # KEYS: status, errors. ARGV: record, ttl_s, channel, failed.
 # A run whose status is gone has ended (cleaned up) or lost its state: a late
