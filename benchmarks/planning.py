@@ -20,7 +20,14 @@ writable) with a temporary SQLite history:
    worker's own verify, DAG load and begin), when each finished its last task,
    the workers' minor page faults and ``redis-server``'s CPU and faults (it
    shares the cores), and the CPU other processes on the machine used meanwhile
-   (``other ms``: another job's burst shows there, in the run it slowed);
+   (``other ms``: another job's burst shows there, in the run it slowed); and
+   the execution floor: per run the busiest worker process's task execution
+   time (``floor s``, the sum of its tasks' ``exec_s``: the same code on the
+   same inputs every run, no transfers or waits for inputs) and how long that
+   process waited for a core (``wait ms``), then per workload the floor's CV
+   and its error predicted as the makespan is, beside the makespan's, and how
+   much of each miss of a target the floor accounts for (the machine's part;
+   the rest is fanflow's);
 2. cost (GB-s, from the worker records: memory x time alive) and makespan of
    critical-path against uniform at the largest memory (3008 MB), runs
    interleaved so both see the same load (target: never more than +5%). The
@@ -32,6 +39,8 @@ writable) with a temporary SQLite history:
    re-running one plan), the pair order alternates, and the table counts the
    cold starts. Runs under 0.1 s get 3x the pairs, and a sign test over the
    pairs says whether critical-path's ratio is more than the runs' noise;
+   with ``--null``, each workload's pairs are followed by the same pairs with
+   uniform 3008 MB on both sides, whose ratios are what noise alone gives;
 3. bytes moved through the store (fetched inputs + uploaded outputs, from the
    run metrics; an output the loop kept local under delayed I/O is not
    uploaded) on gemm and svd1, with and without clustering + delayed I/O
@@ -51,7 +60,9 @@ numpy values, up to 2,047 tasks, warm runs of ~0.1-1 s on 2 workers) instead
 of the small default (0.03-0.06 s runs, where a few ms of scheduling jitter is
 10% of the makespan); ``--size real --only accuracy,compare`` took 5.2
 minutes at load 1-10, the whole benchmark ~6 (before the root-label fix, f1f47ba, which
-took the real tree from 2.4 s to 0.11-0.19 s).
+took the real tree from 2.4 s to 0.11-0.19 s); ``--null`` adds 2.3 minutes to section 2 at real
+sizes (54 s for tree_reduction and gemm together, 29 s for image_transform, 55 s for svd1; 29-33 s
+at the small sizes, with the 3x pairs of runs under 0.1 s).
 """
 
 from __future__ import annotations
@@ -65,7 +76,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from _redis import redis_server
 
@@ -75,6 +86,7 @@ from fanflow.client.session import session
 from fanflow.dag.graph import DAG
 from fanflow.metrics.records import RunMetrics
 from fanflow.planning import make_plan
+from fanflow.planning.calibrate import KINDS, RECENT, kind_of, recent_level
 from fanflow.planning.predict import clear_cache
 from fanflow.store.metadata import drain, open_metadata
 
@@ -168,6 +180,12 @@ def main() -> None:
         help="workload sizes: small (0.03-0.06 s runs, comparable with earlier tables) or real "
         "(MB-sized values, thousands of tasks, ~0.1-1 s runs); sections 1-3",
     )
+    parser.add_argument(
+        "--null",
+        action="store_true",
+        help="section 2 also runs each workload's pairs with uniform 3008 MB on both sides: the spread of ratios "
+        "noise alone gives (about doubles section 2's time)",
+    )
     parser.add_argument("--max-workers", type=int, default=2, help="worker processes in the pool")
     parser.add_argument(
         "--history-runs",
@@ -206,7 +224,7 @@ def main() -> None:
         if "accuracy" in sections:
             accuracy(base, loads, args.repeat)
         if "compare" in sections:
-            compare(base, loads, args.repeat)
+            compare(base, loads, args.repeat, args.null)
         if "bytes" in sections:
             moved(base, {w: b for w, b in loads.items() if w in ("gemm", "svd1")}, args.repeat)
         if "timing" in sections:
@@ -220,23 +238,24 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(f"1. predicted vs actual makespan, critical-path planner, {repeat} runs after {WARMUP} warm-ups")
     print(
         f"{'workload':<17}{'actual s':>10}{'predicted s':>13}{'p10-p90 s':>15}{'inside':>8}{'error':>8}{'steal ms':>10}"
-        f"{'other ms':>10}{'exec x':>8}"
+        f"{'other ms':>10}{'exec x':>8}{'floor s':>9}{'wait ms':>9}"
         f"{'CPU s':>7}{'faults':>8}{'rd ms':>7}{'rd flt':>8}{'inv':>5}{'thr':>5}{'got ms':>9}{'start ms':>10}"
         f"{'end ms':>10}  tasks per process"
     )
     errors: list[float] = []
     cp = base.replace(planner="critical-path", optimizations="none")
     spreads = {}
+    floored: dict[str, Floor] = {}
     inside_all = 0
     for name, build in loads.items():
+        warmups = run(build, cp, WARMUP)
         warm = ", ".join(
-            f"{m.run.makespan_s:.3f}" + (f" ({m.run.cold_starts} cold)" if m.run.cold_starts else "")
-            for m in run(build, cp, WARMUP)
+            f"{m.run.makespan_s:.3f}" + (f" ({m.run.cold_starts} cold)" if m.run.cold_starts else "") for m in warmups
         )
         print(f"{name:<17}warm-ups {warm} s")
         own = []
         inside_runs = 0
-        ms, cpu, stolen, throttles, counted, others = [], [], [], [], [], []
+        ms, cpu, stolen, throttles, counted, others, waits = [], [], [], [], [], [], []
         for _ in range(repeat):
             before, steal_before, throttled_before = pool_processes(), steal_s(), throttled()
             busy_before, mine_before = machine_busy_s(), time.process_time()
@@ -245,10 +264,13 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             busy, mine = machine_busy_s() - busy_before, time.process_time() - mine_before
             stolen.append(steal_s() - steal_before)
             throttles.append(throttled() - throttled_before)
+            new = (False, 0.0, 0, 0.0)  # a process started during the run
             used = {
-                pid: (redis, t - before.get(pid, (redis, 0.0, 0))[1], f - before.get(pid, (redis, 0.0, 0))[2])
-                for pid, (redis, t, f) in after.items()
+                pid: (redis, t - before.get(pid, new)[1], f - before.get(pid, new)[2])
+                for pid, (redis, t, f, _) in after.items()
             }
+            pid, _ = busiest_process(ms[-1])
+            waits.append(after.get(pid, new)[3] - before.get(pid, new)[3])
             cpu.append(sum(t for redis, t, _ in used.values() if not redis))
             others.append(max(0.0, busy - mine - sum(t for _, t, _ in used.values())))
             counted.append(
@@ -259,8 +281,9 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
                 )
             )
         slowed = exec_factors(ms)
-        for m, taken, used, thr, (faults, redis_s, redis_faults), other, x in zip(
-            ms, stolen, cpu, throttles, counted, others, slowed, strict=True
+        floors = [busiest_exec_s(m) for m in ms]
+        for m, taken, used, thr, (faults, redis_s, redis_faults), other, x, floor, waited in zip(
+            ms, stolen, cpu, throttles, counted, others, slowed, floors, waits, strict=True
         ):
             got, began = starts(m)
             r = m.run
@@ -273,8 +296,8 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             band = f"{low:.3f}-{high:.3f}"
             print(
                 f"{name:<17}{r.makespan_s:>10.3f}{predicted:>13.3f}{band:>15}{inside:>8}{error:>+8.1%}"
-                f"{taken * 1e3:>10.0f}{other * 1e3:>10.0f}{x:>8.2f}{used:>7.3f}{faults:>8}"
-                f"{redis_s * 1e3:>7.0f}{redis_faults:>8}"
+                f"{taken * 1e3:>10.0f}{other * 1e3:>10.0f}{x:>8.2f}{floor:>9.3f}{waited * 1e3:>9.0f}{used:>7.3f}"
+                f"{faults:>8}{redis_s * 1e3:>7.0f}{redis_faults:>8}"
                 f"{len(m.workers):>5}{thr:>5}{got:>9}{began:>10}{ends(m):>10}  {split(m)}"
             )
         errors.extend(abs(e) for e in own)
@@ -292,6 +315,12 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             inside_runs,
             cv([t / x for t, x in zip(times, slowed, strict=True)]),
         )
+        floored[name] = floor_summary(
+            [busiest_exec_s(m) for m in warmups] + floors,
+            [kind_of(m.run.plan_kind) in KINDS for m in warmups + ms],
+            times,
+            own,
+        )
         inside_all += inside_runs
     print("\n(steal ms: CPU time the hypervisor took from this machine during the run, all CPUs, 10 ms ticks;")
     print(" other ms: CPU time of other processes on this machine over the run, planning and recording included:")
@@ -299,7 +328,10 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" exec x: how much longer the tasks of the run's slowest worker process took to execute than the same")
     print(" tasks in the workload's measured runs (median over its tasks): the same code on the same inputs, so")
     print(" what moves it is the machine, whose vCPUs run at one of two speeds about 1.8x apart in phases of")
-    print(" 0.1 s to seconds; the summary's CV / exec x is the makespan's CV once each run is divided by it)")
+    print(" 0.1 s to seconds; the summary's CV / exec x is the makespan's CV once each run is divided by it;")
+    print(" floor s: the execution time of the tasks the run's busiest worker process ran, the sum of their exec_s,")
+    print(" the table after the summary reads it; wait ms: the time that process's threads waited runnable for a")
+    print(" CPU over the run (schedstat), which exec_s, wall time, holds where it fell inside a task)")
     print("(error: predicted minus actual over actual; bias: its median, + means predicted slower; worker CPU:")
     print(" CPU time of the pool's worker processes per run, all threads, and its CV: the platform's own variance,")
     print(" which other jobs on the machine inflate far less than the makespan's; inside: measured runs inside")
@@ -324,6 +356,124 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
         f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%); "
         f"inside p10-p90 {inside_all} of {len(errors)} (a p10-p90 interval should hold ~80%)"
     )
+    print_floors(floored)
+
+
+class Floor(NamedTuple):
+    """A workload's execution floor in section 1 beside its makespan; CVs and errors as fractions.
+
+    Each of the floor's figures twice: relative to the floor (what the machine does to a piece of CPU
+    work that long) and ``in_run``, in units of the makespan (the spread the floor alone puts into the
+    run: its standard deviation or error over the makespan).
+    """
+
+    cv: float
+    """CV of the busiest process's task execution time over the measured runs."""
+    cv_in_run: float
+    median_error: float
+    """Median absolute error of that time predicted from the runs before (:func:`level_predictions`)."""
+    median_in_run: float
+    p90_error: float
+    p90_in_run: float
+    makespan_cv: float
+    makespan_median_error: float
+    makespan_p90_error: float
+    share: float
+    """Median over the measured runs of the floor over the makespan."""
+
+
+def floor_summary(values: list[float], taught: list[bool], makespans: list[float], errors: list[float]) -> Floor:
+    """The :class:`Floor` of a workload: ``values`` its floor per run, warm-ups first, the measured runs
+    last (as many as ``makespans``); ``taught`` per run whether it had a plan (calibration learns from
+    it); ``errors`` the measured runs' makespan errors (predicted minus actual over actual)."""
+    first = len(values) - len(makespans)
+    floors = values[first:]
+    relative, in_run = [], []
+    for predicted, floor, makespan in zip(level_predictions(values, taught, first), floors, makespans, strict=True):
+        if predicted is not None:
+            relative.append(abs(predicted - floor) / floor)
+            in_run.append(abs(predicted - floor) / makespan)
+    size = [abs(e) for e in errors]
+    spread = statistics.stdev(floors) if len(floors) > 1 else 0.0
+    return Floor(
+        cv(floors),
+        spread / statistics.mean(makespans),
+        statistics.median(relative) if relative else 0.0,
+        statistics.median(in_run) if in_run else 0.0,
+        pct(relative, 0.9) if relative else 0.0,
+        pct(in_run, 0.9) if in_run else 0.0,
+        cv(makespans),
+        statistics.median(size),
+        pct(size, 0.9),
+        statistics.median(f / t for f, t in zip(floors, makespans, strict=True)),
+    )
+
+
+CV_TARGET, P90_TARGET, MEDIAN_TARGET = 0.10, 0.15, 0.10
+"""#17's targets for each workload: CV of the makespan over 5 runs, p90 and median error of its prediction."""
+
+
+def split_miss(value: float, floor: float, target: float) -> tuple[float, float]:
+    """How far ``value`` misses ``target`` because of the floor, and beyond it: ``(machine, fanflow)``.
+
+    The floor's own miss (``floor - target``) is the machine's, up to the whole miss; the rest of the
+    miss is above the floor, so fanflow's. Both 0 when ``value`` meets the target; all of it the
+    machine's when the floor is the larger (the floor's relative spread can exceed the makespan's: the
+    makespan adds steady parts, startup and transfers, that dilute it).
+    """
+    miss = max(0.0, value - target)
+    machine = min(miss, max(0.0, floor - target))
+    return machine, miss - machine
+
+
+def print_floors(floored: dict[str, Floor]) -> None:
+    """Section 1's execution floor per workload beside the makespan, and how much of each miss is the machine's."""
+    print("\nexecution floor: per run the busiest worker process's task execution time (sum of its tasks' exec_s),")
+    print("predicted from the runs before as the makespan is; miss: points over the target: machine's part")
+    print(
+        f"{'workload':<17}{'CV makespan':>12}{'CV floor':>9}{'in run':>8}{'miss: machine':>15}{'p90 error':>11}"
+        f"{'floor p90':>10}{'in run':>8}{'miss: machine':>15}{'median error':>13}{'floor median':>13}{'in run':>8}"
+        f"{'miss: machine':>15}{'floor/makespan':>16}"
+    )
+
+    def miss(value: float, floor: float, in_run: float, target: float) -> str:
+        low, high = split_miss(value, in_run, target), split_miss(value, floor, target)
+        return "-" if sum(high) == 0 else f"{sum(high) * 100:.1f}: {low[0] * 100:.1f}-{high[0] * 100:.1f}"
+
+    for name, f in floored.items():
+        print(
+            f"{name:<17}{f.makespan_cv:>12.1%}{f.cv:>9.1%}{f.cv_in_run:>8.1%}"
+            f"{miss(f.makespan_cv, f.cv, f.cv_in_run, CV_TARGET):>15}"
+            f"{f.makespan_p90_error:>11.1%}{f.p90_error:>10.1%}{f.p90_in_run:>8.1%}"
+            f"{miss(f.makespan_p90_error, f.p90_error, f.p90_in_run, P90_TARGET):>15}"
+            f"{f.makespan_median_error:>13.1%}{f.median_error:>13.1%}{f.median_in_run:>8.1%}"
+            f"{miss(f.makespan_median_error, f.median_error, f.median_in_run, MEDIAN_TARGET):>15}{f.share:>16.2f}"
+        )
+    n = len(floored)
+    fs = floored.values()
+
+    def count(test: Callable[[Floor], bool]) -> str:
+        return f"{sum(test(f) for f in fs)} of {n}"
+
+    print(
+        f"floor misses CV <= {CV_TARGET:.0%} in {count(lambda f: f.cv > CV_TARGET)} workloads "
+        f"({count(lambda f: f.cv_in_run > CV_TARGET)} in run units), p90 <= {P90_TARGET:.0%} in "
+        f"{count(lambda f: f.p90_error > P90_TARGET)} ({count(lambda f: f.p90_in_run > P90_TARGET)}); makespan "
+        f"over neither target nor floor: CV {count(lambda f: split_miss(f.makespan_cv, f.cv, CV_TARGET)[1] == 0)}"
+        f", p90 {count(lambda f: split_miss(f.makespan_p90_error, f.p90_error, P90_TARGET)[1] == 0)}; "
+        f"makespan CV minus floor CV, median {statistics.median(f.makespan_cv - f.cv for f in fs) * 100:+.1f} pts"
+    )
+    print("(floor: the busiest process's tasks alone, the same code on the same inputs every run, without fetches,")
+    print(" uploads, claims or waits for inputs; its CV and its error predicted as the makespan is (recent_level of")
+    print(" the runs before that had a plan, warm-ups included) are what the machine leaves any scheduler. in run:")
+    print(" the same in units of the makespan (standard deviation, error over the run's makespan): the spread the")
+    print(" floor alone puts into the run, which no schedule removes. miss: points the makespan is over the target:")
+    print(" the machine's part at least the in-run floor's own miss, at most the floor's (if all of the run's work")
+    print(" slowed as its tasks did), the rest fanflow's; a floor of a small share of the run (floor/makespan) says")
+    print(" little of the rest. exec_s is wall time: it also holds a task's waits for a core (wait ms; on 2 cores")
+    print(" the other worker, redis-server and the client take turns with it, and other jobs do) and the GIL the")
+    print(" process's other threads take (heartbeat, prefetch: 1-9 ms of CPU a run; a task's time neither on a CPU")
+    print(" nor waiting for one measured under 2.5 ms a run); garbage collections inside tasks measured none)")
 
 
 SETTLE_RUNS = 2
@@ -339,7 +489,7 @@ anywhere in 0.85-1.29 between passes of the same code."""
 SHORT_PAIRS = 3
 
 
-def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int) -> None:
+def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int, null: bool) -> None:
     """Section 2: critical-path against uniform at 3008 MB, in pairs of measured runs.
 
     Each measured run follows :data:`SETTLE_RUNS` unmeasured runs of the same
@@ -351,6 +501,10 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
     summarized with a sign test: how often critical-path was the slower, and
     how likely that count is if both plans were equally fast. A p under
     0.05 is a difference the runs show; above it, the ratio is noise.
+    With ``null``, each workload's pairs are followed by as many pairs of
+    uniform 3008 MB against itself (:func:`pair_runs` with one
+    configuration on both sides): the ratios noise alone gives, to read
+    critical-path's against.
     """
     print(
         "\n2. critical-path vs uniform at 3008 MB, pairs of measured runs, each after "
@@ -364,18 +518,11 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
     )
     cp = base.replace(planner="critical-path", optimizations="none")
     uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
+    added = 0.0
     for name, build in loads.items():
-        got: dict[str, list[RunMetrics]] = {"u": [], "cp": []}
-        pairs = repeat
-        i = 0
-        while i < pairs:
-            order = (("u", uniform), ("cp", cp)) if i % 2 == 0 else (("cp", cp), ("u", uniform))
-            for key, cfg in order:
-                got[key] += run(build, cfg, SETTLE_RUNS + 1)[SETTLE_RUNS:]
-            # by the faster of the first pair: a run that paid cold starts says nothing of the workload's length
-            if i == 0 and min(got["u"][0].run.makespan_s, got["cp"][0].run.makespan_s) < SHORT_RUN_S:
-                pairs = repeat * SHORT_PAIRS
-            i += 1
+        u_runs, cp_runs = pair_runs(build, uniform, cp, repeat)
+        got = {"u": u_runs, "cp": cp_runs}
+        pairs = len(u_runs)
         times = {k: [m.run.makespan_s for m in v] for k, v in got.items()}
         mk = {k: statistics.median(v) for k, v in times.items()}
         span = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
@@ -383,19 +530,74 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
         cold = {k: sum(sum(w.cold for w in m.workers) for m in v) for k, v in got.items()}
         sizes = sorted({w.memory_mb for w in got["cp"][-1].workers})
         kind = f"{got['cp'][-1].run.plan_kind or '-'} {'/'.join(map(str, sizes))}"
-        ratios = [c / u for u, c in zip(times["u"], times["cp"], strict=True)]
-        slower = sum(r > 1 for r in ratios)
+        ratio = pair_ratios(times["u"], times["cp"])
         switched = [str(i) for i, m in enumerate(got["cp"]) if any(w.cold for w in m.workers)]
         print(
             f"{name:<17}{pairs:>6}{mk['u']:>10.3f} -> {mk['cp']:<8.3f}{mk['cp'] / mk['u']:>7.2f}{span['u']:>14}"
             f"{span['cp']:>14}{gb['u']:>8.3f} -> {gb['cp']:<6.3f}{gb['cp'] / gb['u']:>7.2f}{kind:>20}"
-            f"{cold['u']:>4} /{cold['cp']:>2}  {statistics.median(ratios):.2f}, {slower} of {pairs}, "
-            f"p={sign_test(slower, pairs):.2f}" + (f"; cp cold in pairs {', '.join(switched)}" if switched else "")
+            f"{cold['u']:>4} /{cold['cp']:>2}  {ratio.median:.2f}, {ratio.slower} of {pairs}, "
+            f"p={ratio.p:.2f}" + (f"; cp cold in pairs {', '.join(switched)}" if switched else "")
         )
+        if null:
+            began = time.perf_counter()
+            twins = pair_runs(build, uniform, uniform, pairs, exact=True)  # as many pairs as cp/u had
+            added += time.perf_counter() - began
+            same = pair_ratios(*([m.run.makespan_s for m in side] for side in twins))
+            print(
+                f"{'':<17}{len(twins[0]):>6}  null, u 3008 against u 3008: ratio {same.median:.2f}, min-max "
+                f"{same.low:.2f}-{same.high:.2f} (cp/u {ratio.low:.2f}-{ratio.high:.2f}), {same.slower} of "
+                f"{len(twins[0])} slower, p={same.p:.2f}"
+            )
     print("(cold: cold starts in all measured runs, u / cp: critical-path changed its sizes between its own runs,")
     print(" in the pairs listed, counted from 0; slower: pairs where critical-path's run took longer;")
     print(" p: two-sided sign test of that count, the chance of a split at least that uneven between equally fast")
     print(" plans: under 0.05 the difference is in the runs, above it the ratio is within their noise)")
+    if null:
+        print("(null: the same pairs with uniform 3008 MB on both sides, the second side's ratio to the first, run")
+        print(" right after the workload's cp/u pairs: the spread of ratios that noise alone gives between identical")
+        print(" configurations, whose median moved 0.95-1.16 between passes of 5 pairs (docs/planning.md): a cp/u")
+        print(" median no further from 1 is not a difference of plans, nor is a sign test the null also gives (5 of 5")
+        print(" pairs is p=0.06). Both sides find the pool at their size, so none of them pays the size switch's cold")
+        print(f" starts the settling runs absorb in cp/u; the null pairs took {added:.0f} s)")
+
+
+class PairRatios(NamedTuple):
+    """Per-pair ratios of the second configuration's makespan to the first's."""
+
+    median: float
+    low: float
+    high: float
+    slower: int
+    """Pairs where the second configuration's run took longer."""
+    p: float
+    """Two-sided sign test of ``slower`` (:func:`sign_test`)."""
+
+
+def pair_ratios(first: list[float], second: list[float]) -> PairRatios:
+    """Summary of the ratios ``second[i] / first[i]`` of paired runs (at least one pair)."""
+    ratios = [b / a for a, b in zip(first, second, strict=True)]
+    slower = sum(r > 1 for r in ratios)
+    return PairRatios(statistics.median(ratios), min(ratios), max(ratios), slower, sign_test(slower, len(ratios)))
+
+
+def pair_runs(
+    build: Callable[[], list[Any]], first: fanflow.Config, second: fanflow.Config, repeat: int, exact: bool = False
+) -> tuple[list[RunMetrics], list[RunMetrics]]:
+    """Section 2's pairs: the measured runs of ``first`` and of ``second``, in pair order. Each follows
+    :data:`SETTLE_RUNS` unmeasured runs of its own configuration, the order alternating (``first`` leads the
+    even pairs); ``repeat`` pairs, unless ``exact`` is False and the faster run of the first pair took under
+    :data:`SHORT_RUN_S`: then :data:`SHORT_PAIRS` times that."""
+    got: tuple[list[RunMetrics], list[RunMetrics]] = ([], [])
+    pairs = repeat
+    i = 0
+    while i < pairs:
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            got[side].extend(run(build, (first, second)[side], SETTLE_RUNS + 1)[SETTLE_RUNS:])
+        # by the faster of the first pair: a run that paid cold starts says nothing of the workload's length
+        if i == 0 and not exact and min(got[0][0].run.makespan_s, got[1][0].run.makespan_s) < SHORT_RUN_S:
+            pairs = repeat * SHORT_PAIRS
+        i += 1
+    return got
 
 
 def sign_test(k: int, n: int) -> float:
@@ -572,29 +774,31 @@ def throttled() -> int:
 
 def worker_cpu_s() -> dict[int, float]:
     """CPU seconds used so far by each worker process of this benchmark's pool, all threads, by pid."""
-    return {pid: cpu for pid, (redis, cpu, _) in pool_processes().items() if not redis}
+    return {pid: cpu for pid, (redis, cpu, _, _) in pool_processes().items() if not redis}
 
 
-def pool_processes() -> dict[int, tuple[bool, float, int]]:
+def pool_processes() -> dict[int, tuple[bool, float, int, float]]:
     """This benchmark's child processes by pid: whether it is the ``redis-server``, the CPU seconds it used so
-    far (all threads) and its minor page faults so far.
+    far (all threads), its minor page faults so far, and the seconds its threads waited runnable for a CPU
+    so far (the run queue, a CPU quota's throttling included).
 
     The pool runs in this process (client-started), so its workers are this
     process's children, and so is ``redis-server``. CPU from
     ``/proc/<pid>/task/*/schedstat`` (nanoseconds, not the 10 ms ticks of
-    ``/proc/<pid>/stat``), faults from ``/proc/<pid>/stat``; empty where there
-    is no ``/proc``.
+    ``/proc/<pid>/stat``), and the wait beside it; faults from
+    ``/proc/<pid>/stat``; empty where there is no ``/proc``.
     """
     me = str(os.getpid())
-    found: dict[int, tuple[bool, float, int]] = {}
+    found: dict[int, tuple[bool, float, int, float]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             comm, _, rest = stat.read_text().rpartition(")")
             fields = rest.split()
             if fields[1] != me:
                 continue
-            cpu = sum(int(task.read_text().split()[0]) for task in stat.parent.glob("task/*/schedstat")) / 1e9
-            found[int(stat.parent.name)] = (comm.endswith("(redis-server"), cpu, int(fields[7]))
+            threads = [task.read_text().split() for task in stat.parent.glob("task/*/schedstat")]
+            cpu, waited = (sum(int(t[i]) for t in threads) / 1e9 for i in (0, 1))
+            found[int(stat.parent.name)] = (comm.endswith("(redis-server"), cpu, int(fields[7]), waited)
         except (OSError, IndexError, ValueError):  # the process or a thread ended while read
             continue
     return found
@@ -625,6 +829,46 @@ def exec_factors(runs: list[RunMetrics]) -> list[float]:
                 per_process.setdefault(t.worker.rsplit("-", 1)[0], []).append(t.exec_s / typical[t.task])
         factors.append(max((statistics.median(r) for r in per_process.values()), default=1.0))
     return factors
+
+
+def busiest_exec_s(m: RunMetrics) -> float:
+    """The task execution time of the run's busiest worker process: per process (a worker id is
+    ``<host>-<pid>-<salt>-<n>``), the sum of ``exec_s`` of the tasks and map elements it ran; the largest.
+
+    The same code on the same inputs in every run of one plan, without fetches, uploads, claims or waits
+    for inputs: a run cannot end before its busiest process has executed its tasks, so that time's spread
+    is a floor under the makespan's that no scheduling removes (as long as the plan puts the same tasks on
+    one process: the ``tasks per process`` column). ``exec_s`` is wall time around the task function, so
+    it also holds what interrupts the function: garbage collections its allocations trigger (of the
+    framework's objects too), other threads of the process taking the GIL, and other processes taking
+    the core (``docs/planning.md`` measures each).
+    """
+    return busiest_process(m)[1]
+
+
+def busiest_process(m: RunMetrics) -> tuple[int, float]:
+    """The pid of the worker process with the most task execution time in the run, and that time
+    (:func:`busiest_exec_s`); (0, 0.0) for a run without tasks run."""
+    per_process: dict[int, float] = {}
+    for t in m.tasks:
+        for worker, exec_s in ((t.worker, t.exec_s), *((e.worker, e.exec_s) for e in t.elements)):
+            if worker:
+                pid = int(worker.rsplit("-", 3)[1])
+                per_process[pid] = per_process.get(pid, 0.0) + exec_s
+    return max(per_process.items(), key=lambda item: item[1], default=(0, 0.0))
+
+
+def level_predictions(values: list[float], taught: list[bool], first: int) -> list[float | None]:
+    """``values[first:]`` each predicted as a run's makespan is calibrated:
+    :func:`~fanflow.planning.calibrate.recent_level` of the :data:`RECENT` latest values before it (newest
+    first) whose run ``taught`` calibration (had a plan: a run planned from defaults, the first warm-up,
+    teaches nothing); None for a run with no such value before it.
+    """
+    predicted: list[float | None] = []
+    for i in range(first, len(values)):
+        before = [values[j] for j in range(i - 1, -1, -1) if taught[j]][:RECENT]
+        predicted.append(recent_level(before) if before else None)
+    return predicted
 
 
 def machine_busy_s() -> float:

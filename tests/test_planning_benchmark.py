@@ -1,0 +1,127 @@
+"""benchmarks/planning.py's own arithmetic: the execution floor from task records, the floor's predictions,
+how a miss splits between the machine and fanflow, and the summary of a pair protocol's ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fanflow.metrics.records import FINISHED, ElementRecord, RunMetrics, RunRecord, TaskRecord
+from fanflow.planning.calibrate import recent_level
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _benchmark() -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling _redis
+    try:
+        spec = importlib.util.spec_from_file_location("planning_benchmark", BENCHMARKS / "planning.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+bench = _benchmark()
+
+
+def task(t: int, worker: str, exec_s: float, elements: tuple[tuple[str, float], ...] = ()) -> TaskRecord:
+    record = TaskRecord(
+        "r", t, f"t{t}", "f", [], FINISHED, worker, 3008, 1, 0.0, 1.0, exec_s, 0.5, 0.5, [], 0, False, 0.0, 0, 0, 0
+    )
+    record.elements = [
+        ElementRecord(i, w, 3008, 1, 0.0, 1.0, e, 0.0, 0.0, 0, 0, 0.0) for i, (w, e) in enumerate(elements)
+    ]
+    return record
+
+
+def metrics(*tasks: TaskRecord) -> RunMetrics:
+    run = RunRecord("r", "sig", "sink", "succeeded", "critical-path", "processes", "none", 3008, 0.0, 9.0, 9.0)
+    return RunMetrics(run, list(tasks), [])
+
+
+def test_the_floor_is_the_busiest_process_s_execution_time_over_all_its_invocations() -> None:
+    # worker ids are <host>-<pid>-<salt>-<n>: invocations 1 and 2 of process 11 add up, process 22 is apart
+    run = metrics(
+        task(0, "h-11-s-1", 0.2),
+        task(1, "h-11-s-2", 0.3),
+        task(2, "h-22-s-1", 0.4),
+        task(3, "h-22-s-3", 0.05, elements=(("h-11-s-4", 0.1), ("h-22-s-3", 0.02))),  # a map's elements count
+        task(4, "", 0.0),  # not run (a fetched or lost task): no process
+    )
+    assert bench.busiest_exec_s(run) == pytest.approx(0.6)  # process 11: 0.2 + 0.3 + 0.1; 22: 0.47
+    assert bench.busiest_process(run) == (11, pytest.approx(0.6))  # its pid, for its /proc counters
+    assert bench.busiest_exec_s(metrics()) == 0.0
+    # fetches, uploads and waits (fetch_s, store_s, finished_at - started_at) are not in it
+    assert bench.busiest_exec_s(metrics(task(0, "h-1-s-1", 0.1))) == pytest.approx(0.1)
+
+
+def test_the_floor_is_predicted_from_the_runs_before_that_taught_calibration() -> None:
+    values = [5.0, 1.0, 1.2, 1.1, 0.9, 2.0]
+    taught = [False, True, True, True, True, True]  # the first warm-up was planned from defaults
+    predicted = bench.level_predictions(values, taught, 3)
+    # run 3 from runs 2 and 1 (not 0): the lower of 2; run 4 from 3, 2, 1; run 5 from 4, 3, 2
+    assert predicted == [recent_level([1.2, 1.0]), recent_level([1.1, 1.2, 1.0]), recent_level([0.9, 1.1, 1.2])]
+    assert predicted[0] == 1.0  # the slower of 2 is taken as noise
+    assert bench.level_predictions([1.0, 2.0], [False, True], 1) == [None]  # nothing before that taught
+
+
+def test_the_floor_summary_sets_the_floor_s_spread_and_errors_beside_the_makespan_s() -> None:
+    floors = [5.0, 1.0, 1.0, 1.0, 1.0, 2.0]  # 3 warm-ups, 3 measured runs
+    taught = [False, True, True, True, True, True]
+    makespans = [4.0, 4.0, 5.0]
+    f = bench.floor_summary(floors, taught, makespans, [0.1, -0.2, 0.05])
+    assert f.cv == pytest.approx(statistics.stdev([1.0, 1.0, 2.0]) / (4 / 3))
+    assert f.cv_in_run == pytest.approx(statistics.stdev([1.0, 1.0, 2.0]) / statistics.mean(makespans))
+    # predicted 1.0 each time (the last from 1.0, 1.0, 1.0): errors 0, 0 and 1.0 -> 2.0
+    assert (f.median_error, f.p90_error) == (0.0, pytest.approx(0.5))
+    assert (f.median_in_run, f.p90_in_run) == (0.0, pytest.approx(1.0 / 5.0))
+    assert f.makespan_cv == pytest.approx(statistics.stdev(makespans) / statistics.mean(makespans))
+    assert (f.makespan_median_error, f.makespan_p90_error) == (pytest.approx(0.1), pytest.approx(0.2))
+    assert f.share == pytest.approx(0.25)  # 1/4, 1/4, 2/5
+
+
+def test_a_miss_is_the_machine_s_up_to_the_floor_s_own_miss() -> None:
+    split = bench.split_miss
+    assert split(0.08, 0.12, 0.10) == (0.0, 0.0)  # the target met: no miss, whatever the floor
+    machine, fanflow = split(0.16, 0.12, 0.10)
+    assert (machine, fanflow) == (pytest.approx(0.02), pytest.approx(0.04))
+    assert split(0.16, 0.05, 0.10) == (0.0, pytest.approx(0.06))  # the floor meets it: all of it fanflow's
+    assert split(0.12, 0.20, 0.10) == (pytest.approx(0.02), 0.0)  # the floor misses by more: all the machine's
+
+
+def test_pair_ratios_are_the_second_over_the_first_with_a_sign_test() -> None:
+    summary = bench.pair_ratios([1.0, 2.0, 1.0, 1.0, 1.0, 1.0], [1.1, 1.8, 1.2, 1.05, 1.3, 1.02])
+    assert summary.median == pytest.approx(1.075)
+    assert (summary.low, summary.high) == (pytest.approx(0.9), pytest.approx(1.3))
+    assert summary.slower == 5
+    assert summary.p == pytest.approx(bench.sign_test(5, 6)) and summary.p == pytest.approx(14 / 64)
+    same = bench.pair_ratios([1.0, 1.0], [1.0, 1.0])
+    assert (same.median, same.slower, same.p) == (1.0, 0, 0.5)  # equal runs are not slower
+
+
+def test_pairs_alternate_settle_and_triple_only_short_runs_unless_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_run(build: object, cfg: str, times: int) -> list[RunMetrics]:
+        calls.append(f"{cfg}x{times}")
+        return [metrics() for _ in range(times)]  # makespan 9 s: not short
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    first, second = bench.pair_runs(lambda: [], "a", "b", 3)
+    assert len(first) == len(second) == 3
+    settled = f"x{bench.SETTLE_RUNS + 1}"  # each measured run after its settling runs
+    assert calls == [f"{c}{settled}" for c in ("a", "b", "b", "a", "a", "b")]  # the order alternates
+
+    short = metrics()
+    short.run.makespan_s = bench.SHORT_RUN_S / 2
+    monkeypatch.setattr(bench, "run", lambda build, cfg, times: [short] * times)
+    assert len(bench.pair_runs(lambda: [], "a", "b", 2)[0]) == 2 * bench.SHORT_PAIRS
+    assert len(bench.pair_runs(lambda: [], "a", "a", 6, exact=True)[1]) == 6
