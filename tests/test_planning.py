@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from support import add
 import fanflow
 from fanflow.cli.main import app
 from fanflow.client.session import session
+from fanflow.dag import placement
 from fanflow.dag.graph import DAG
 from fanflow.metrics import History
 from fanflow.metrics.executions import Executions
@@ -849,3 +852,184 @@ def test_clustered_sums_move_as_the_simulator_predicts_and_far_fewer_bytes_than_
     assert seen[0][:4] == ([8, 13], 2, {"matmul": 4, "tiles": 1}, {"total": 4})
     assert all(s == seen[0] for s in seen)
     assert seen[0][4] < 0.6 * plain
+
+
+# -- planning time: the same answers, computed faster -------------------------------------
+
+
+def _random_dag(n: int, seed: int) -> DAG:
+    """A DAG of ``n`` tasks whose inputs are up to three earlier tasks (some roots, some fan-ins)."""
+    rng = np.random.default_rng(seed)
+    nodes: list[fanflow.Node] = []
+    for i in range(n):
+        ups = sorted({int(u) for u in rng.integers(0, i, size=int(rng.integers(0, 4)))}) if i > 2 else []
+        nodes.append(add(nodes[ups[0]], nodes[ups[-1]]) if ups else add(i, 1))
+    return DAG.from_sinks([join(*nodes[-4:])])
+
+
+def _anchored_reference(dag: DAG, labels: list[Any]) -> set[int]:
+    anchored: set[int] = set()
+    for t, label in enumerate(labels):
+        if label is not None and t not in dag.maps and all(u in anchored and labels[u] == label for u in dag.deps[t]):
+            anchored.add(t)
+    return anchored
+
+
+def test_placement_rules_of_every_task_at_once_are_the_rules_task_by_task() -> None:
+    """anchored_tasks, delayable_all and upload_flags (one pass each, as planners ask for them per label set)
+    against the rules as the loop states them, task by task, on trees, fans and random DAGs under the
+    planner's own labels and arbitrary ones (one label, random labels, unlabelled tasks)."""
+    rng = np.random.default_rng(7)
+    for dag in (
+        DAG.from_sinks([tree(300)]),
+        DAG.from_sinks([fan(5)]),
+        lopsided(),
+        *(_random_dag(80, s) for s in range(6)),
+    ):
+        n = len(dag)
+        costs = Predictor(None).costs(dag)
+        label_sets: list[list[Any]] = [
+            planners.place(dag, costs, [1769] * n, clustering) for clustering in (False, True)
+        ]
+        label_sets += [[0] * n, rng.integers(0, 3, size=n).tolist()]
+        label_sets.append([None if rng.random() < 0.2 else int(x) for x in rng.integers(0, 2, size=n)])
+        for labels in label_sets:
+            anchored = placement.anchored_tasks(dag, labels)
+            assert anchored == _anchored_reference(dag, labels)
+            each = [placement.delayable(dag, t, labels, anchored) for t in range(n)]
+            assert placement.delayable_all(dag, labels, anchored) == each
+            shared = [
+                not dag.is_sink(t)
+                and bool(dag.dependents[t])
+                and all(labels[d] == labels[t] for d in dag.dependents[t])
+                for t in range(n)
+            ]
+            assert planners.upload_flags(dag, labels) == [not (each[t] or shared[t]) for t in range(n)]
+
+
+def _pure_latencies_reference(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
+    """pure_latencies as its docstring states it, plainly: per run, workers rebuilt from their tasks, a warm
+    worker handed its process's slot by the worker that process ran right before it (unless that process
+    ran workers at once), the others replayed in invocation order through ``max_workers`` FIFO slots."""
+    out: list[tuple[int, bool, float]] = []
+    for run in sorted(set(ex["run"].tolist())):
+        workers: dict[int, list[Any]] = {}
+        for i in np.flatnonzero((ex["run"] == run) & (ex["worker"] >= 0)).tolist():
+            w = int(ex["worker"][i])
+            if w not in workers:
+                workers[w] = [ex["started_at"][i], ex["finished_at"][i], int(ex["memory_mb"][i])]
+                workers[w] += [bool(ex["worker_cold"][i]), float(ex["worker_latency_s"][i])]
+            workers[w][0] = min(workers[w][0], ex["started_at"][i])
+            workers[w][1] = max(workers[w][1], ex["finished_at"][i])
+        handed: dict[int, float] = {}
+        by_process: dict[str, list[int]] = {}
+        for w in workers:
+            by_process.setdefault(ex.workers[w].rsplit("-", 1)[0], []).append(w)
+        for ws in by_process.values():
+            ws.sort(key=lambda w: (workers[w][0], workers[w][1], w))
+            if any(workers[b][0] < workers[a][1] for a, b in pairwise(ws)):
+                continue  # workers at once: threads, nothing handed over
+            handed.update((b, workers[a][1]) for a, b in pairwise(ws) if not workers[b][3])
+        order = sorted(workers, key=lambda w: (workers[w][0] - workers[w][4], workers[w][0], workers[w][1], w))
+        free, last = [-float("inf")] * (max_workers or 1), -float("inf")
+        for w in order:
+            began, ended, memory, cold, latency = workers[w]
+            invoked = began - latency
+            if not max_workers:
+                out.append((memory, cold, max(0.0, began - invoked)))
+                continue
+            free.sort()
+            dispatched = last = max(invoked, free[0], last)
+            free[0] = ended
+            if w in handed:
+                dispatched = max(invoked, handed[w])
+            elif dispatched > invoked and began <= dispatched:
+                if not cold:
+                    continue
+                dispatched = invoked
+            out.append((memory, cold, max(0.0, began - dispatched)))
+    return out
+
+
+def test_pure_latencies_of_many_workers_are_the_plain_replay() -> None:
+    """The replay (FIFO slots compared inline, processes numbered by a dict) against the plain statement of
+    it, on random runs mixing pool processes (workers one after another) and thread hosts (at once)."""
+    rng = np.random.default_rng(3)
+    records: list[TaskRecord] = []
+    for run in ("r1", "r2", "r3"):
+        clock = {p: float(rng.random()) for p in ("a", "b", "c", "threads")}
+        for i in range(120):
+            process = str(rng.choice(["a", "b", "c", "threads"]))
+            latency = float(rng.random() * 0.3)
+            began = clock[process] + latency
+            ended = began + float(rng.random() * 0.5)
+            if process != "threads":
+                clock[process] = ended
+            else:
+                clock[process] += float(rng.random() * 0.05)
+            cold = bool(rng.random() < 0.3)
+            memory = int(rng.choice([512, 1769]))
+            for k in range(int(rng.integers(1, 3))):  # a worker of one or two tasks
+                records.append(
+                    TaskRecord(
+                        run,
+                        i * 2 + k,
+                        "t",
+                        "f",
+                        [],
+                        FINISHED,
+                        f"{process}-{i}",
+                        memory,
+                        1,
+                        began + k * 0.01,
+                        ended + k * 0.01,
+                        0.0,
+                        0.0,
+                        0.0,
+                        [],
+                        0,
+                        cold,
+                        latency,
+                        0,
+                        0,
+                        0,
+                    )
+                )
+    ex = Executions.of_records(records)
+    for cap in (None, 1, 2, 3):
+        clear_cache()
+        assert pure_latencies(ex, cap) == _pure_latencies_reference(ex, cap)
+
+
+PINNED_PLANS = {
+    (1024, "none", True): "37cef78fee2665dc",
+    (1024, "all", True): "e5e881094aa72ea1",
+    (1024, "all", False): "5bd457be2fa59f43",
+    (2500, "all", True): "394a1306f8ea06b2",
+}
+"""Digests of plans made without history at main b3a6d90, before the planning-time work of 2026-12-01 made
+the planner faster: it must decide exactly the same (every annotation, the kind, the predicted makespan, its
+interval and the uniform figures). A change meant to change plans updates these."""
+
+
+@pytest.mark.parametrize(("leaves", "optimizations", "pool"), list(PINNED_PLANS))
+def test_plans_without_history_are_pinned(leaves: int, optimizations: str, pool: bool) -> None:
+    every = "clustering,delayed-io,prewarm,preload"
+    place_on = {"platform": "processes", "store": "redis://localhost:1/0", "max_workers": 2} if pool else {}
+    config = fanflow.Config(
+        metadata="none", planner="critical-path", optimizations=every if optimizations == "all" else "none", **place_on
+    )
+    plan = make_plan(DAG.from_sinks([tree(leaves)]), config)
+    made = repr(
+        (
+            sorted(plan.annotations.items()),
+            plan.kind,
+            plan.predicted_makespan_s,
+            plan.predicted_p10_s,
+            plan.predicted_p90_s,
+            plan.uniform_makespan_s,
+            plan.uniform_gb_s,
+            plan.simulation.bytes_moved if plan.simulation else None,
+        )
+    )
+    assert hashlib.sha256(made.encode()).hexdigest()[:16] == PINNED_PLANS[(leaves, optimizations, pool)]

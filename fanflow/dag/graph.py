@@ -185,6 +185,32 @@ class DAG:
     def roots(self) -> tuple[int, ...]:
         return tuple(i for i, d in enumerate(self.deps) if not d)
 
+    @_computed_once
+    def roots_by_readers(self) -> tuple[int, ...]:
+        """The roots, those with a dependent in common next to each other (connected groups, in order of
+        their first root): see :func:`fanflow.dag.placement.by_shared_readers`, which a planner asks for
+        every set of labels it simulates."""
+        roots = self.roots
+        parent = {r: r for r in roots}
+
+        def find(r: int) -> int:
+            while parent[r] != r:
+                parent[r] = parent[parent[r]]
+                r = parent[r]
+            return r
+
+        first_reader_of: dict[int, int] = {}
+        for r in roots:
+            for d in self.dependents[r]:
+                other = first_reader_of.setdefault(d, r)
+                a, b = find(r), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        members: dict[int, list[int]] = {}
+        for r in roots:
+            members.setdefault(find(r), []).append(r)
+        return tuple(r for group in members.values() for r in group)
+
     @property
     def edges(self) -> Iterator[tuple[int, int]]:
         for i, ups in enumerate(self.deps):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -34,14 +35,17 @@ T = TypeVar("T")
 
 def anchored_tasks(dag: DAG, labels: Sequence[Hashable | None]) -> frozenset[int]:
     """The tasks certain to run in their label's root worker (see the module docstring)."""
-    anchored: set[int] = set()
     deps, maps = dag.deps, dag.maps
+    anchored = [False] * len(deps)  # a flag per task, not set lookups: planners ask for every label set they try
     for t, label in enumerate(labels):  # topological order: inputs are decided first
         if label is None or t in maps:
             continue
-        if all(u in anchored and labels[u] == label for u in deps[t]):
-            anchored.add(t)
-    return frozenset(anchored)
+        for u in deps[t]:
+            if not anchored[u] or labels[u] != label:
+                break
+        else:
+            anchored[t] = True
+    return frozenset(compress(range(len(deps)), anchored))
 
 
 def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], anchored: frozenset[int]) -> bool:
@@ -58,6 +62,28 @@ def delayable(dag: DAG, t: int, labels: Sequence[Hashable | None], anchored: fro
     if not all(labels[d] == label for d in dependents):
         return False
     return all(d in anchored or len(dag.deps[d]) == 1 for d in dependents)
+
+
+def delayable_all(dag: DAG, labels: Sequence[Hashable | None], anchored: frozenset[int]) -> list[bool]:
+    """:func:`delayable` of every task, in one pass: what a planner asks of each plan it simulates.
+
+    The same answers as asking task by task: whether a reader may take an
+    output without the store (anchored, or that output its only input) is
+    decided once per reader, not once per input it reads.
+    """
+    deps, sinks = dag.deps, set(dag.sinks)
+    taker = [d in anchored or len(ups) == 1 for d, ups in enumerate(deps)]
+    out = [False] * len(deps)
+    for t, readers in enumerate(dag.dependents):
+        label = labels[t]
+        if label is None or not readers or t in sinks:
+            continue
+        for d in readers:
+            if labels[d] != label or not taker[d]:
+                break
+        else:
+            out[t] = True
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,35 +266,16 @@ def root_groups(dag: DAG, plan: PlanView, free: int | None = None) -> list[list[
     return [[r for unit in share for r in unit] for share in shares]
 
 
-def by_shared_readers(dag: DAG) -> list[int]:
+def by_shared_readers(dag: DAG) -> Sequence[int]:
     """The roots, those with a dependent in common next to each other (connected groups, in order of
-    their first root).
+    their first root); computed once per DAG (:attr:`~fanflow.dag.graph.DAG.roots_by_readers`).
 
     Shares of roots are contiguous runs (:func:`spread`), so this keeps a task's
     inputs in one worker where a whole group fits in a share: ``x @ omega`` of
     ``svd_compressed`` then runs where the 8 MB block ``x`` was made, instead of
     fetching it to where the small ``omega`` chunk was.
     """
-    roots = dag.roots
-    parent = {r: r for r in roots}
-
-    def find(r: int) -> int:
-        while parent[r] != r:
-            parent[r] = parent[parent[r]]
-            r = parent[r]
-        return r
-
-    first_reader_of: dict[int, int] = {}
-    for r in roots:
-        for d in dag.dependents[r]:
-            other = first_reader_of.setdefault(d, r)
-            a, b = find(r), find(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    members: dict[int, list[int]] = {}
-    for r in roots:
-        members.setdefault(find(r), []).append(r)
-    return [r for group in members.values() for r in group]
+    return dag.roots_by_readers
 
 
 def continuation(

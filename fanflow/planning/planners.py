@@ -113,7 +113,7 @@ from fanflow.dag.graph import DAG
 from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
 from fanflow.planning.predict import DagCosts, Line, scale
-from fanflow.planning.simulate import Assignment, Simulation, delayable_tasks, simulate
+from fanflow.planning.simulate import Assignment, Simulation, simulate
 from fanflow.platforms.sizing import vcpus
 from fanflow.worker.values import MEMORY_SHARE
 
@@ -198,17 +198,22 @@ def place(
     next_label = 0
     together = _root_groups(dag, costs, memory) if clustering else {}
     executions: dict[int, list[float]] = {}  # by memory size: one lookup per size, not per task
+    size, at_size = -1, []
     for t in range(n):
         ups = deps[t]
         m = memory[t]
-        at_size = executions.get(m)
-        if at_size is None:
-            at_size = executions[m] = costs.exec_at(m)
+        if m != size:
+            found = executions.get(m)
+            if found is None:
+                found = executions[m] = costs.exec_at(m)
+            size, at_size = m, found
         work = at_size[t]
-        if t in together and together[t] != t:
-            labels[t] = labels[together[t]]
-            done[t] = work
-            continue
+        if together:
+            first = together.get(t, t)
+            if first != t:
+                labels[t] = labels[first]
+                done[t] = work
+                continue
         candidates: list[int] = []
         for u in ups:
             # a first dependent always is one; clustering's cheap branch is asked only when it decides
@@ -218,14 +223,27 @@ def place(
                 candidates.append(u)
         chosen = follow.get(t, -1)
         if chosen < 0 and candidates:
-            one = len(candidates) == 1
-            chosen = candidates[0] if one else max(candidates, key=lambda u: (done[u], out_bytes[u], -u))
+            if len(candidates) == 1:
+                chosen = candidates[0]
+            elif len(candidates) == 2:  # max() by the key below, without its calls: a binary fan-in's inputs
+                a, b = candidates
+                later = (done[b], out_bytes[b], -b) > (done[a], out_bytes[a], -a)
+                chosen = b if later else a
+            else:
+                chosen = max(candidates, key=lambda u: (done[u], out_bytes[u], -u))
         if chosen >= 0:
             labels[t] = labels[chosen]
         else:
             labels[t] = next_label
             next_label += 1
-        done[t] = max((done[u] for u in ups), default=0.0) + work
+        if ups:
+            latest = done[ups[0]]  # max() of the inputs' finishes, as max() compares (first of equals kept)
+            for u in ups:
+                if done[u] > latest:
+                    latest = done[u]
+            done[t] = latest + work
+        else:
+            done[t] = 0.0 + work
     return labels
 
 
@@ -248,25 +266,29 @@ def _root_groups(dag: DAG, costs: DagCosts, memory: Sequence[int]) -> dict[int, 
             x = parent[x]
         return x
 
+    out_bytes = costs.out_bytes
     starts: dict[int, float] = {}
+    executions: dict[int, list[float]] = {}
     fetches: dict[tuple[float, int], float] = {}  # a tree's roots have a few output sizes: asked once each
-
-    def apart(u: int, d: int) -> float:
-        """What running root ``u`` apart from the reader ``d`` costs: a worker start and a fetch."""
-        m, key = memory[u], (costs.out_bytes[u], memory[d])
-        start = starts.get(m)
-        if start is None:
-            start = starts[m] = costs.start_s(m)
-        fetch = fetches.get(key)
-        if fetch is None:
-            fetch = fetches[key] = costs.fetch_s(*key)
-        return start + fetch
-
-    for d in range(len(dag)):
-        ups = [u for u in deps[d] if not deps[u]]
-        if len(deps[d]) < 2 or len(ups) < 2:
+    for d, inputs in enumerate(deps):
+        if len(inputs) < 2:
             continue
-        worth = [u for u in ups if costs.exec_at(memory[u])[u] <= apart(u, d)]
+        ups = [u for u in inputs if not deps[u]]
+        if len(ups) < 2:
+            continue
+        worth: list[int] = []
+        for u in ups:
+            m = memory[u]
+            start, at_size = starts.get(m), executions.get(m)
+            if start is None or at_size is None:
+                start, at_size = starts[m], executions[m] = costs.start_s(m), costs.exec_at(m)
+            key = (out_bytes[u], memory[d])
+            fetch = fetches.get(key)
+            if fetch is None:
+                fetch = fetches[key] = costs.fetch_s(*key)
+            # what running u apart from its reader d costs: a worker start and a fetch
+            if at_size[u] <= start + fetch:
+                worth.append(u)
         for u in worth[1:]:
             a, b = find(worth[0]), find(u)
             if a != b:
@@ -430,13 +452,23 @@ def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
     which the simulator applies too), or where the worker finds at run time
     that it will claim and keep every reader itself
     (:meth:`fanflow.worker.loop.Worker._readers_stay_here`).
+
+    Both cases ask only that every reader share the label: an output the static
+    rule delays has such readers, so that rule is not asked here (the
+    simulations of the plan ask it, once per labels).
     """
-    may = delayable_tasks(dag, list(labels))  # the simulations of this plan ask for them again
-    dependents, sinks = dag.dependents, set(dag.sinks)
-    return [
-        not (may[t] or (t not in sinks and bool(dependents[t]) and all(labels[d] == labels[t] for d in dependents[t])))
-        for t in range(len(dag))
-    ]
+    sinks = set(dag.sinks)
+    flags = [True] * len(dag)
+    for t, readers in enumerate(dag.dependents):
+        if not readers or t in sinks:
+            continue
+        label = labels[t]
+        for d in readers:
+            if labels[d] != label:
+                break
+        else:
+            flags[t] = False
+    return flags
 
 
 def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dict[int, float]:

@@ -158,10 +158,16 @@ def fit_line(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray,
     return None if kept is None else Line(kept[0].intercept, kept[0].slope, kept[0].sd, count, floor)
 
 
+@functools.lru_cache(maxsize=8)
 def _sample(count: int) -> np.ndarray:
     """About :data:`FIT_SAMPLES` of ``count`` samples, ascending: a random subset, the same for the same count
-    (plans are repeatable), not every k-th sample, which could fall in step with a DAG's shape."""
-    return np.flatnonzero(np.random.default_rng(count).random(count) < FIT_SAMPLES / count)
+    (plans are repeatable), not every k-th sample, which could fall in step with a DAG's shape.
+
+    Kept per count (read-only): a plan's fits of one function and of the overheads mostly have one
+    count, and drawing 300,000 numbers took 3 ms a fit."""
+    chosen = np.flatnonzero(np.random.default_rng(count).random(count) < FIT_SAMPLES / count)
+    chosen.flags.writeable = False
+    return chosen
 
 
 def _least_squares(x: np.ndarray, y: np.ndarray, floor: float) -> tuple[Line, np.ndarray] | None:
@@ -408,7 +414,14 @@ def _replay(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, fl
     ):
         if r != previous:  # a run replays through its own empty slots
             free, last, previous = [-math.inf] * max_workers, -math.inf, r
-        dispatched = last = max(inv, replace(free, ended), last)  # the earliest free slot, now held to its end
+        # max(inv, the earliest free slot (now held to its end), last) compared as max() does, without its
+        # call: a run of the embedded default replays 50,000 workers
+        slot, dispatched = replace(free, ended), inv
+        if slot > dispatched:
+            dispatched = slot
+        if last > dispatched:
+            dispatched = last
+        last = dispatched
         if hand == hand:  # not NaN: its process ran another worker right before it
             dispatched = max(inv, hand)
         elif dispatched > inv and began <= dispatched:
@@ -429,8 +442,13 @@ def _handed_over(
     overlapped in time ran threads, not one pool worker at a time, and hands
     nothing over.
     """
-    process = [ex.workers[c].rsplit("-", 1)[0] for c in codes.tolist()]
-    _, proc = np.unique(np.array(process, dtype=object).astype(str), return_inverse=True)
+    # processes numbered in the order first met (any numbering groups the same workers: a dict, not a sort
+    # of 50,000 names for a run of the embedded default)
+    numbers: dict[str, int] = {}
+    names = ex.workers
+    proc = np.array(
+        [numbers.setdefault(names[c].rsplit("-", 1)[0], len(numbers)) for c in codes.tolist()], dtype=np.int64
+    )
     key = run * (int(proc.max()) + 1) + proc
     order = np.lexsort((codes, end, begin, key))
     k, b, e = key[order], begin[order], end[order]

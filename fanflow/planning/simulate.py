@@ -77,7 +77,7 @@ from fanflow.dag.placement import (
     WAIT,
     PlanView,
     continuation,
-    delayable,
+    delayable_all,
     queue_kept,
     readers_stay,
     root_groups,
@@ -215,11 +215,11 @@ def _of_labels(dag: DAG, labels: list[int] | None) -> _Labelled:
 
 def delayable_tasks(dag: DAG, labels: list[int]) -> list[bool]:
     """:func:`~fanflow.dag.placement.delayable` of every task of ``dag`` under ``labels`` (kept, see
-    :func:`_of_labels`: the planner's upload flags and the simulations of their plans ask alike)."""
+    :func:`_of_labels`: the simulations of one plan's labels at every size ask alike)."""
     found = _of_labels(dag, labels)
     if found.delayable is None:
         view = found.view
-        found.delayable = [delayable(dag, t, view.labels, view.anchored) for t in range(len(dag))]
+        found.delayable = delayable_all(dag, view.labels, view.anchored)
     return found.delayable
 
 
@@ -232,9 +232,14 @@ def _root_starts(dag: DAG, plan: Assignment, view: PlanView, free: int | None) -
     """
     starts = _of_labels(dag, plan.labels).starts
     memory, requested = view.memory_mb, view.requested_mb
-    sizes: dict[int | None, int] = {}
-    # the sizes numbered in the order first met: the groups of uniform plans at any size are the same
-    shape = tuple(sizes.setdefault(memory[r] or requested[r], len(sizes)) for r in dag.roots)
+    sizes = [memory[r] or requested[r] for r in dag.roots]
+    numbers = dict.fromkeys(sizes)
+    if len(numbers) > 1:
+        # the sizes numbered in the order first met: the groups of uniform plans at any size are the same
+        numbers.update((m, i) for i, m in enumerate(numbers))
+        shape: tuple[int, ...] = tuple(map(numbers.__getitem__, sizes))
+    else:
+        shape = ()  # one size (the usual): every root alike, without a tuple as long as the roots
     found = starts.get((free, shape))
     if found is None:
         found = starts[(free, shape)] = root_groups(dag, view, free)
@@ -308,10 +313,13 @@ def simulate(
     view, local, asks = _placement(dag, plan)
     out_bytes = costs.out_bytes
     sinks = set(dag.sinks)
-    large = [
-        remote and out_bytes[t] >= LARGE_OUTPUT_BYTES and not local[t] and t not in sinks and bool(dependents[t])
-        for t in range(n)
-    ]
+    if remote and max(out_bytes, default=0.0) >= LARGE_OUTPUT_BYTES:
+        large = [
+            out_bytes[t] >= LARGE_OUTPUT_BYTES and not local[t] and t not in sinks and bool(dependents[t])
+            for t in range(n)
+        ]
+    else:
+        large = [False] * n  # no output that large: no list of n tests
     remaining = [len(d) for d in deps]
     start = [0.0] * n
     finish = [0.0] * n
