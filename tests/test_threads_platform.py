@@ -410,3 +410,157 @@ def test_only_the_invocations_of_dags_with_several_roots_keep_a_streak() -> None
         assert set(platform._streaks) == {two.signature}
     finally:
         platform.close()
+
+
+def _root_invocations(dag: Any, run_id: str) -> list[Any]:
+    """One real invocation per root of ``dag`` (the platform merges only those), as a client starts them."""
+    from fanflow.platforms.invocation import Invocation, WorkerSettings
+
+    settings = WorkerSettings(key_ttl_s=60, lease_ms=1000, max_value_bytes=1 << 20)
+    return [
+        Invocation(
+            run_id=run_id,
+            start=(r,),
+            memory_mb=128 * (i + 1),
+            store_url="memory://",
+            platform="threads",
+            platform_options={},
+            settings=settings,
+            dag=dag,
+            inv_id=f"{run_id}-{i}",
+        )
+        for i, r in enumerate(dag.roots)
+    ]
+
+
+def test_after_held_runs_whose_caller_took_every_root_a_runs_roots_share_the_callers_invocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A held root whose caller takes it still costs a worker of its own; once MERGE_AFTER held runs of a DAG
+    had every root taken by their caller, the roots join the caller's invocation (one worker, its claims'
+    owner the caller's invocation, as large as the largest)."""
+    from fanflow.dag.graph import DAG
+    from fanflow.platforms import threads
+    from fanflow.platforms.threads import MERGE_AFTER, STREAK, ThreadsPlatform
+
+    monkeypatch.setattr(threads, "HOLD_S", 30.0)  # a loaded machine's preemption must not send a root to the pool
+    dag = DAG.from_sinks([fanflow.task(max)(fanflow.task(abs)(-1), fanflow.task(abs)(-2))])
+    caller = threading.get_ident()
+    ran: list[tuple[str, tuple[int, ...], int, str, bool]] = []
+    platform = ThreadsPlatform(
+        lambda inv: ran.append((inv.run_id, inv.start, inv.memory_mb, inv.inv_id, threading.get_ident() == caller)),
+        4,
+    )
+    try:
+        run = 0
+        while platform._streaks.get(dag.signature, 0) < STREAK:  # spread: the other root goes to the pool
+            first, *others = _root_invocations(dag, f"s{run}")
+            assert platform.run_here(first, others)
+            run += 1
+            assert run < 10 * STREAK
+        deadline = time.monotonic() + 10
+        while len(ran) < 2 * run:  # the pool's roots ran
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        ran.clear()
+        for run in range(MERGE_AFTER):  # held: separate invocations, all on the caller's thread
+            first, *others = _root_invocations(dag, f"h{run}")
+            assert platform.run_here(first, others)
+        expected = [(f"h{run}", (t,)) for run in range(MERGE_AFTER) for t in dag.roots]
+        assert sorted((r, s) for r, s, *_ in ran) == sorted(expected)
+        assert all(here for *_, here in ran)
+        ran.clear()
+        first, *others = _root_invocations(dag, "merged")
+        assert platform.run_here(first, others)
+        assert ran == [("merged", tuple(dag.roots), 256, "merged-0", True)]
+        assert not platform._waiting and not platform._held
+    finally:
+        platform.close()
+
+
+def test_a_merged_invocation_that_is_not_short_ends_the_merging_and_the_hold() -> None:
+    """A merged run whose worker ran long (a 5 ms sleep) keeps its other roots behind it once; the DAG's
+    next run spreads again (its other root invoked at once, not held, not merged)."""
+    from fanflow.dag.graph import DAG
+    from fanflow.platforms.threads import MERGE_AFTER, STREAK, ThreadsPlatform
+
+    dag = DAG.from_sinks([fanflow.task(max)(fanflow.task(abs)(-1), fanflow.task(abs)(-2))])
+    ran: list[tuple[str, tuple[int, ...]]] = []
+
+    def handler(inv: Any) -> None:
+        if inv.run_id == "long":
+            time.sleep(0.005)
+        ran.append((inv.run_id, inv.start))
+
+    platform = ThreadsPlatform(handler, 4)
+    try:
+        platform._streaks[dag.signature] = STREAK
+        platform._merging[dag.signature] = MERGE_AFTER
+        first, *others = _root_invocations(dag, "long")
+        assert platform.run_here(first, others)
+        assert ran == [("long", tuple(dag.roots))]
+        assert platform._streaks[dag.signature] == 0 and dag.signature not in platform._merging
+        invoked: list[Any] = []
+        invoke = platform.invoke
+        platform.invoke = lambda invs: (invoked.extend(invs), invoke(invs))  # type: ignore[method-assign]
+        first, *others = _root_invocations(dag, "next")
+        assert platform.run_here(first, others)
+        assert [inv.start for inv in invoked] == [(dag.roots[1],)]
+    finally:
+        platform.close()
+
+
+@fanflow.task
+def checked_inc(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return x + 1
+
+
+@fanflow.task
+def pair_sum(a: int, b: int) -> int:
+    return a + b
+
+
+def test_merged_runs_give_the_results_and_errors_of_separate_invocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on the embedded default, through fanflow.compute and fanflow.dask.get: a 2-root DAG run
+    until its roots merge gives the same values, and a task's failure in a merged run (same DAG, a
+    constant that makes it fail: constants are not in the signature) raises as in a run of separate
+    invocations."""
+    from fanflow.platforms import threads
+
+    monkeypatch.setattr(threads, "HOLD_S", 30.0)
+    monkeypatch.setattr(threads, "STREAK", 2)
+    monkeypatch.setattr(threads, "MERGE_AFTER", 2)
+    merged: list[tuple[int, ...]] = []
+    real = threads._merged
+
+    def spy(first: Any, others: Any) -> Any:
+        inv = real(first, others)
+        merged.append(inv.start)
+        return inv
+
+    monkeypatch.setattr(threads, "_merged", spy)
+    config = fanflow.Config(progress=False, metadata="none", max_workers=3)  # a platform of its own
+    for i in range(40):
+        assert fanflow.compute(pair_sum(checked_inc(i), checked_inc(2 * i)), config=config) == (3 * i + 2,)
+    assert merged, "the roots never merged"
+    with pytest.raises(fanflow.TaskFailedError) as failed:
+        fanflow.compute(pair_sum(checked_inc(1), checked_inc(-5)), config=config)
+    assert isinstance(failed.value.__cause__, ValueError)
+    assert "negative: -5" in str(failed.value)
+
+    dask = pytest.importorskip("dask")
+    import fanflow.dask as ffdask
+
+    @dask.delayed
+    def dinc(x: int) -> int:
+        return checked_inc.func(x)
+
+    merged.clear()
+    for i in range(40):
+        (got,) = dask.compute(dask.delayed(pair_sum.func)(dinc(i), dinc(1)), scheduler=ffdask.get, config=config)
+        assert got == i + 3
+    assert merged, "the Dask graph's roots never merged"
+    with pytest.raises(ValueError, match="negative: -3"):
+        dask.compute(dask.delayed(pair_sum.func)(dinc(1), dinc(-3)), scheduler=ffdask.get, config=config)
