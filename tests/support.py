@@ -180,7 +180,13 @@ def _cluster_port() -> int:
 
 def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
     """A Redis Cluster of ``masters`` masters and no replicas; its ports and processes."""
-    ports = [_cluster_port() for _ in range(masters)]
+    # Distinct ports, no one's bus port another's: a port just closed can be handed out again at once, and
+    # two nodes given one port failed the fixture (and every cluster test with it) on a directory of that name.
+    ports: list[int] = []
+    while len(ports) < masters:
+        port = _cluster_port()
+        if all(port != p and abs(port - p) != 10000 for p in ports):
+            ports.append(port)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
