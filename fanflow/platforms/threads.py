@@ -216,13 +216,10 @@ class ThreadsPlatform:
             return True
         finally:
             if held:
-                merging = self._merging
                 if self._let_go(run_id):
-                    if len(merging) >= _SIGNATURES and signature not in merging:
-                        merging.clear()
-                    merging[signature] = merging.get(signature, 0) + 1
+                    _count(self._merging, signature, self._merging.get(signature, 0) + 1)
                 else:
-                    merging.pop(signature, None)
+                    self._merging.pop(signature, None)
 
     def _hold(self, run_id: str | None, invocations: Sequence[Any]) -> None:
         """Make ``invocations`` wait for their run's caller; the watcher queues them if still waiting in ``HOLD_S``."""
@@ -342,9 +339,7 @@ class ThreadsPlatform:
             short = spreading.leave(entered)
             if streaked:
                 streaks, signature = self._streaks, _signature(item)
-                if len(streaks) >= _SIGNATURES and signature not in streaks:
-                    streaks.clear()
-                streaks[signature] = streaks.get(signature, 0) + 1 if short else 0
+                _count(streaks, signature, streaks.get(signature, 0) + 1 if short else 0)
                 if not short:
                     self._merging.pop(signature, None)  # its runs spread again, then are held, before any merges
 
@@ -439,6 +434,13 @@ def _merged(first: Invocation, others: Sequence[Any]) -> Invocation:
     start = first.start + tuple(item for inv in others for item in inv.start)
     memory = max(first.memory_mb, *(inv.memory_mb for inv in others))
     return first.with_start(start, memory, first.invoked_at, first.inv_id)
+
+
+def _count(counts: dict[str | None, int], signature: str | None, value: int) -> None:
+    """Set a DAG's count, forgetting every count first when :data:`_SIGNATURES` DAGs have one already."""
+    if len(counts) >= _SIGNATURES and signature not in counts:
+        counts.clear()
+    counts[signature] = value
 
 
 def _signature(invocation: Any) -> str | None:
