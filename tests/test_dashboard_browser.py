@@ -345,12 +345,13 @@ def test_a_4095_task_run_page(page: Any, server: str, metadata_url: str) -> None
     assert "pair-" in detail and "fetch / exec / store" in detail and "done" in detail
     page.screenshot(path=str(ARTIFACTS / "dashboard-4095-tasks-open.png"))
 
-    # hovering a timeline bar shows that task's details
+    # hovering a timeline bar shows that task's details; the widest bar, since on a fast machine every
+    # bar of this run can be under 3 px (drawn 1.5 px wide, hit within 2 px)
     page.locator("#gantt canvas").scroll_into_view_if_needed()
     bar = page.evaluate(
         "(() => { const t = window.fanflowDashboard.page.timeline; const r = t.canvas.getBoundingClientRect();"
-        " const row = t.hits.findIndex(h => h.some(b => b.x1 - b.x0 >= 3));"
-        " const b = t.hits[row].find(b => b.x1 - b.x0 >= 3);"
+        " let row = -1, b = null;"
+        " t.hits.forEach((h, i) => h.forEach(c => { if (!b || c.x1 - c.x0 > b.x1 - b.x0) { row = i; b = c; } }));"
         " return { x: r.left + (b.x0 + b.x1) / 2, y: r.top + 24 + row * t.rowH + t.rowH / 2 }; })()"
     )
     page.mouse.move(bar["x"], bar["y"])
