@@ -555,7 +555,7 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
     if null:
         print("(null: the same pairs with uniform 3008 MB on both sides, the second side's ratio to the first, run")
         print(" right after the workload's cp/u pairs: the spread of ratios that noise alone gives between identical")
-        print(" configurations, whose median moved 0.95-1.16 between passes of 5 pairs (docs/planning.md): a cp/u")
+        print(" configurations, whose median moved 0.95-1.16 between passes of 5 pairs (docs/planning-log.md): a cp/u")
         print(" median no further from 1 is not a difference of plans, nor is a sign test the null also gives (5 of 5")
         print(" pairs is p=0.06). Both sides find the pool at their size, so none of them pays the size switch's cold")
         print(f" starts the settling runs absorb in cp/u; the null pairs took {added:.0f} s)")
@@ -841,7 +841,7 @@ def busiest_exec_s(m: RunMetrics) -> float:
     one process: the ``tasks per process`` column). ``exec_s`` is wall time around the task function, so
     it also holds what interrupts the function: garbage collections its allocations trigger (of the
     framework's objects too), other threads of the process taking the GIL, and other processes taking
-    the core (``docs/planning.md`` measures each).
+    the core (``docs/planning-log.md`` measures each).
     """
     return busiest_process(m)[1]
 
