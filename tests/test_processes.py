@@ -30,7 +30,7 @@ from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocat
 from fanflow.platforms.processes import ProcessesPlatform, client_platform, protocol
 from fanflow.platforms.processes import pool as pool_module
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
-from fanflow.platforms.processes.pool import PoolHost, pack_entries, push, widen
+from fanflow.platforms.processes.pool import PoolHost, own_cpus, pack_entries, push, usable_cpus, widen
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING, RUNNING, SUCCEEDED
 from fanflow.store.metadata import drain, open_metadata
@@ -294,6 +294,46 @@ def test_worker_processes_get_cpu_and_memory_by_memory_class(pool: PoolHost, red
         assert int((group.parent / "cpu.weight").read_text()) == round(weight * 100 / 1024)
         assert int((group / "memory.max").read_text()) == 256 * 1024 * 1024
     assert "fanflow-" in str(groups.get("cpu", groups.get("")))
+
+
+def test_a_worker_gets_its_whole_vcpus_of_the_cpus_no_other_worker_holds() -> None:
+    assert own_cpus((0, 1), set(), 1769) == {0}
+    assert own_cpus((0, 1), {0}, 256) == {1}
+    assert own_cpus((0, 1, 2, 3), {0}, 3008) == {1, 2}  # 1.7 vCPUs: a quota of 1.7 cores needs 2
+    # Nothing free, or every CPU needed: bound to none, it runs anywhere.
+    assert own_cpus((0, 1), {0, 1}, 1769) == frozenset()
+    assert own_cpus((0, 1), set(), 3008) == frozenset()
+    assert own_cpus((0, 1, 2, 3), {1, 2, 3}, 3008) == frozenset()
+    assert own_cpus((), set(), 1769) == frozenset()  # no affinity mask on this system
+
+
+def test_the_workers_of_a_pool_with_a_slot_per_cpu_run_on_cpus_of_their_own(redis_url: str) -> None:
+    usable = usable_cpus()
+    if len(usable) < 2:
+        pytest.skip("binding needs 2 CPUs or more")
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    smaller = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=len(usable) - 1)
+    assert smaller._cpus == ()  # a pool smaller than the machine leaves placement to the kernel
+    host = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=len(usable))
+    thread = threading.Thread(target=host.serve, daemon=True)
+    thread.start()
+    try:
+        for memory in (256, 512):  # two classes: a prewarm of one class starts one worker
+            host.prewarm(memory)
+        wait_until(lambda: sum(w.ready for w in host._workers) == 2, 60, "two warm workers")
+        bound = []
+        for worker in host._workers:
+            assert worker.proc is not None and len(worker.cpus) == 1
+            threads = os.listdir(f"/proc/{worker.proc.pid}/task")
+            assert len(threads) >= 2  # the pool watcher's thread too (it may start before the binding)
+            assert {frozenset(os.sched_getaffinity(int(tid))) for tid in threads} == {worker.cpus}
+            bound.append(worker.cpus)
+        assert bound[0] != bound[1] and bound[0] | bound[1] <= set(usable)
+    finally:
+        host.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_a_whole_vcpu_keeps_the_kernels_period() -> None:
