@@ -17,10 +17,10 @@ from fanflow.planning.calibrate import recent_level
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _benchmark() -> ModuleType:
+def _benchmark(file: str = "planning.py") -> ModuleType:
     sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling _redis
     try:
-        spec = importlib.util.spec_from_file_location("planning_benchmark", BENCHMARKS / "planning.py")
+        spec = importlib.util.spec_from_file_location(f"{file[:-3]}_benchmark", BENCHMARKS / file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -30,6 +30,7 @@ def _benchmark() -> ModuleType:
 
 
 bench = _benchmark()
+replay = _benchmark("level_replay.py")
 
 
 def task(t: int, worker: str, exec_s: float, elements: tuple[tuple[str, float], ...] = ()) -> TaskRecord:
@@ -125,3 +126,30 @@ def test_pairs_alternate_settle_and_triple_only_short_runs_unless_exact(monkeypa
     monkeypatch.setattr(bench, "run", lambda build, cfg, times: [short] * times)
     assert len(bench.pair_runs(lambda: [], "a", "b", 2)[0]) == 2 * bench.SHORT_PAIRS
     assert len(bench.pair_runs(lambda: [], "a", "a", 6, exact=True)[1]) == 6
+
+
+def test_the_level_replay_predicts_a_run_from_the_earlier_runs_of_its_plan_that_started_as_it_did() -> None:
+    def run(i: int, plan: str, makespan: float, cold: int = 0, hog: bool = False) -> dict[str, object]:
+        return {"i": i, "plan": plan, "cold": cold, "makespan": makespan, "hog": hog}
+
+    sequence = [
+        run(0, "", 0.9, cold=2),  # planned from defaults: teaches nothing
+        run(1, "uniform 1769", 0.5),
+        run(2, "uniform 1769", 0.4),
+        run(3, "uniform 1769", 0.45),  # measured from here
+        run(4, "uniform 3008", 0.3, cold=1),  # a plan not run before: not replayed
+        run(5, "uniform 1769", 0.7, hog=True),
+        run(6, "uniform 1769", 0.42),
+        run(7, "uniform 3008", 0.31),  # its one earlier run started cold: not this way
+    ]
+    live = replay.replayed(sequence, replay.RULES["current"])
+    assert [r["i"] for r, _ in live] == [3, 5, 6]
+    # newest first, as calibration reads them; the current rule is calibrate.recent_level of the latest 3
+    assert [p for _, p in live] == [
+        recent_level([0.4, 0.5]),
+        recent_level([0.45, 0.4, 0.5]),
+        recent_level([0.7, 0.45, 0.4]),
+    ]
+    assert [p for _, p in replay.replayed(sequence, replay.RULES["2nd of 4"])] == [0.4, 0.45, 0.45]
+    assert replay.error(sequence[6], 0.63) == pytest.approx(0.5)
+    assert replay.p90([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(0.46)

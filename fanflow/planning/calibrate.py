@@ -121,7 +121,15 @@ def recent_level(ratios: Sequence[float]) -> float:
     prediction (image_transform warm-ups 0.031 and 0.054 s, predicted 0.054 s, ran 0.034-0.038 s).
     Replayed on 335 recorded runs of 67 sequences (3 warm-ups, 5 measured; both sizes; load 5-9; newest
     always counted twice -> this): 90th percentile of the error 40.7% -> 40.2%, the first measured run's
-    53.9% -> 42.4% (its median 12.2% -> 13.2%), median 11.7% -> 11.6%; inside p10-p90 81% -> 80%."""
+    53.9% -> 42.4% (its median 12.2% -> 13.2%), median 11.7% -> 11.6%; inside p10-p90 81% -> 80%.
+
+    Kept after a wider replay (``benchmarks/level_replay.py``: 768 runs of 96 sequences, 3 warm-ups and 8
+    measured runs of each workload at both sizes, half with 2 busy loops during one run, load 1-2.5): median /
+    p90 error 5.6 / 18.3% (quiet sequences 5.7 / 20.3%, the runs after a slowed one 5.5 / 17.5%). The lower
+    of the latest 2 gave 5.4 / 19.3% (quiet 6.3 / 21.7%; the small tree 11.1 / 29.0% against 8.1 / 24.1%);
+    the second lowest of 4, the mean of the lower 2 of 3, the median of 3 or of 5 each won some workloads and
+    lost others. What the small tree misses is its spread: its own median, known in hindsight, errs 21.9% at
+    p90 over the same runs."""
     newest, *older = ratios
     if not older:
         return newest
