@@ -308,13 +308,13 @@ def test_a_worker_gets_its_whole_vcpus_of_the_cpus_no_other_worker_holds() -> No
 
 
 def test_the_workers_of_a_pool_with_a_slot_per_cpu_run_on_cpus_of_their_own(redis_url: str) -> None:
-    usable = usable_cpus()
+    usable = tuple(sorted(os.sched_getaffinity(0)))
     if len(usable) < 2:
         pytest.skip("binding needs 2 CPUs or more")
+    assert usable_cpus(len(usable)) == usable_cpus(len(usable) + 1) == usable
+    assert usable_cpus(len(usable) - 1) == ()  # a pool smaller than the machine leaves placement to the kernel
     store = open_store(redis_url)
     assert isinstance(store, RedisStore)
-    smaller = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=len(usable) - 1)
-    assert smaller._cpus == ()  # a pool smaller than the machine leaves placement to the kernel
     host = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=len(usable))
     thread = threading.Thread(target=host.serve, daemon=True)
     thread.start()

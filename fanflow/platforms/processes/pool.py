@@ -318,11 +318,15 @@ def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
         pipe.execute()
 
 
-def usable_cpus() -> tuple[int, ...]:
-    """The CPUs this process may run on (its affinity mask, inherited by the workers it starts), in order;
-    empty where the system has no such mask (not Linux)."""
+def usable_cpus(slots: int) -> tuple[int, ...]:
+    """The CPUs a pool with ``slots`` worker slots binds its workers to (:func:`own_cpus`): those this process
+    may run on (its affinity mask, which the workers it starts inherit), in order. None when the pool has
+    fewer slots than that: a smaller pool on a larger machine would put its workers, and every other such
+    pool's, on the lowest CPUs, where the kernel finds idle ones for them. None where the system has no
+    affinity mask (not Linux)."""
     getter = getattr(os, "sched_getaffinity", None)
-    return tuple(sorted(getter(0))) if getter is not None else ()
+    usable = tuple(sorted(getter(0))) if getter is not None else ()
+    return usable if slots >= len(usable) else ()
 
 
 def own_cpus(usable: tuple[int, ...], held: set[int], memory_mb: int) -> frozenset[int]:
@@ -438,11 +442,8 @@ class PoolHost:
         # The pool's group weighs as much as its processes would alone: under contention its workers
         # get the CPU share separate processes get (each still capped at its quota).
         self._cgroups = Cgroups(name, self.max_workers)
-        usable = usable_cpus()
-        # Only a pool with a slot per usable CPU binds its workers (:func:`own_cpus`): a smaller pool on a
-        # larger machine would put its workers, and every other such pool's, on the lowest CPUs, where
-        # the kernel finds idle ones for them.
-        self._cpus = usable if self.max_workers >= len(usable) else ()
+        self._cpus = usable_cpus(self.max_workers)
+        """The CPUs its workers are bound to, each to its own (:func:`own_cpus`); none: the kernel places them."""
         self._capacity = open_capacity()
         self._launches: list[threading.Thread] = []
         self._chores: list[threading.Thread] = []
