@@ -40,7 +40,13 @@ writable) with a temporary SQLite history:
    cold starts. Runs under 0.1 s get 3x the pairs, and a sign test over the
    pairs says whether critical-path's ratio is more than the runs' noise;
    with ``--null``, each workload's pairs are followed by the same pairs with
-   uniform 3008 MB on both sides, whose ratios are what noise alone gives;
+   uniform 3008 MB on both sides, whose ratios are what noise alone gives
+   on one process, and by pairs of uniform 3008 MB against uniform 3007 MB
+   (:data:`NULL_TWIN_MB`): the same CPU in processes of their own, as
+   critical-path's plan of another size gets, so what two processes alone
+   give; every comparison also splits each side's median makespan into the
+   execution floor (as in section 1) and the rest (transfers, starts, waits),
+   to say which part a ratio came from;
 3. bytes moved through the store (fetched inputs + uploaded outputs, from the
    run metrics; an output the loop kept local under delayed I/O is not
    uploaded) on gemm and svd1, with and without clustering + delayed I/O
@@ -60,9 +66,11 @@ numpy values, up to 2,047 tasks, warm runs of ~0.1-1 s on 2 workers) instead
 of the small default (0.03-0.06 s runs, where a few ms of scheduling jitter is
 10% of the makespan); ``--size real --only accuracy,compare`` took 5.2
 minutes at load 1-10, the whole benchmark ~6 (before the root-label fix, f1f47ba, which
-took the real tree from 2.4 s to 0.11-0.19 s); ``--null`` adds 2.3 minutes to section 2 at real
-sizes (54 s for tree_reduction and gemm together, 29 s for image_transform, 55 s for svd1; 29-33 s
-at the small sizes, with the 3x pairs of runs under 0.1 s).
+took the real tree from 2.4 s to 0.11-0.19 s); ``--null`` added 2.3 minutes to section 2 at real
+sizes with its one-process baseline alone (54 s for tree_reduction and gemm together, 29 s for
+image_transform, 55 s for svd1; 29-33 s at the small sizes, with the 3x pairs of runs under 0.1 s);
+both baselines took 63 s for tree_reduction and gemm, 28 s for image_transform, 42 s for svd1 and
+50 s at the small sizes on a machine whose runs were faster (2026-12-01: real image_transform 0.41 s).
 """
 
 from __future__ import annotations
@@ -487,6 +495,11 @@ SHORT_RUN_S = 0.1
 ms of scheduling jitter is 10-40% of such a run, and 5 pairs of 7-50 ms runs put the small tree's ratio
 anywhere in 0.85-1.29 between passes of the same code."""
 SHORT_PAIRS = 3
+NULL_TWIN_MB = 3007
+"""The second side of section 2's two-process null: uniform at this size gets worker processes of its own (the
+pool gives a run only processes of its exact size) with the CPU of 3008 MB (a quota of 1.6998 against 1.7004
+vCPU), as critical-path's plan at 1769 MB does; uniform 3008 MB on both sides runs on one process. With two
+processes of one size, the pair order and the settling runs are critical-path's, and only the size is not."""
 
 
 def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], repeat: int, null: bool) -> None:
@@ -518,6 +531,7 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
     )
     cp = base.replace(planner="critical-path", optimizations="none")
     uniform = base.replace(planner="uniform", memory_mb=3008, optimizations="none")
+    twin = uniform.replace(memory_mb=NULL_TWIN_MB)
     added = 0.0
     for name, build in loads.items():
         u_runs, cp_runs = pair_runs(build, uniform, cp, repeat)
@@ -538,27 +552,56 @@ def compare(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], rep
             f"{cold['u']:>4} /{cold['cp']:>2}  {ratio.median:.2f}, {ratio.slower} of {pairs}, "
             f"p={ratio.p:.2f}" + (f"; cp cold in pairs {', '.join(switched)}" if switched else "")
         )
+        print(f"{'':<23}{split_sides(got['u'], got['cp'], 'u', 'cp')}")
         if null:
             began = time.perf_counter()
-            twins = pair_runs(build, uniform, uniform, pairs, exact=True)  # as many pairs as cp/u had
+            for second, label in ((uniform, "u 3008"), (twin, f"u {NULL_TWIN_MB}, two processes")):
+                twins = pair_runs(build, uniform, second, pairs, exact=True)  # as many pairs as cp/u had
+                same = pair_ratios(*([m.run.makespan_s for m in side] for side in twins))
+                print(
+                    f"{'':<17}{len(twins[0]):>6}  null, u 3008 against {label}: ratio {same.median:.2f}, min-max "
+                    f"{same.low:.2f}-{same.high:.2f} (cp/u {ratio.low:.2f}-{ratio.high:.2f}), {same.slower} of "
+                    f"{len(twins[0])} slower, p={same.p:.2f}"
+                )
+                print(f"{'':<23}{split_sides(*twins, 'u', 'null')}")
             added += time.perf_counter() - began
-            same = pair_ratios(*([m.run.makespan_s for m in side] for side in twins))
-            print(
-                f"{'':<17}{len(twins[0]):>6}  null, u 3008 against u 3008: ratio {same.median:.2f}, min-max "
-                f"{same.low:.2f}-{same.high:.2f} (cp/u {ratio.low:.2f}-{ratio.high:.2f}), {same.slower} of "
-                f"{len(twins[0])} slower, p={same.p:.2f}"
-            )
     print("(cold: cold starts in all measured runs, u / cp: critical-path changed its sizes between its own runs,")
     print(" in the pairs listed, counted from 0; slower: pairs where critical-path's run took longer;")
     print(" p: two-sided sign test of that count, the chance of a split at least that uneven between equally fast")
-    print(" plans: under 0.05 the difference is in the runs, above it the ratio is within their noise)")
+    print(" plans: under 0.05 the difference is in the runs, above it the ratio is within their noise;")
+    print(" floor: median execution floor of each side's measured runs (the busiest worker process's task execution")
+    print(" time, as in section 1), rest: median makespan less floor (transfers, starts, loop, waits for inputs):")
+    print(" a size that slows execution moves the floor, one that slows transfers or starts the rest)")
     if null:
         print("(null: the same pairs with uniform 3008 MB on both sides, the second side's ratio to the first, run")
         print(" right after the workload's cp/u pairs: the spread of ratios that noise alone gives between identical")
         print(" configurations, whose median moved 0.95-1.16 between passes of 5 pairs (docs/planning-log.md): a cp/u")
         print(" median no further from 1 is not a difference of plans, nor is a sign test the null also gives (5 of 5")
-        print(" pairs is p=0.06). Both sides find the pool at their size, so none of them pays the size switch's cold")
-        print(f" starts the settling runs absorb in cp/u; the null pairs took {added:.0f} s)")
+        print(" pairs is p=0.06). Against itself, u 3008's two sides run on one process; against u")
+        print(f" {NULL_TWIN_MB} (the same CPU) each side has processes of its own, as cp/u's sides do when")
+        print(" critical-path chose another size, and pays the size switch's cold starts in its settling runs as")
+        print(f" cp/u does: what two processes of one size give; the null pairs took {added:.0f} s)")
+
+
+def split_sides(first: list[RunMetrics], second: list[RunMetrics], a: str, b: str) -> str:
+    """Two sides' median execution floor and median rest (makespan less floor), each with its ratio: which
+    part of the runs a makespan ratio came from (at least one run per side)."""
+    (floor_a, rest_a), (floor_b, rest_b) = floor_and_rest(first), floor_and_rest(second)
+    return (
+        f"floor {a} -> {b} {floor_a:.3f} -> {floor_b:.3f} s ({_ratio(floor_b, floor_a)}), "
+        f"rest {rest_a:.3f} -> {rest_b:.3f} s ({_ratio(rest_b, rest_a)})"
+    )
+
+
+def floor_and_rest(runs: list[RunMetrics]) -> tuple[float, float]:
+    """The median execution floor (:func:`busiest_exec_s`) of ``runs`` and the median of their makespan less
+    floor: the part no scheduling removes and the part the framework and the machine add to it."""
+    floors = [busiest_exec_s(m) for m in runs]
+    return statistics.median(floors), statistics.median(m.run.makespan_s - f for m, f in zip(runs, floors, strict=True))
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference > 0 else "-"
 
 
 class PairRatios(NamedTuple):

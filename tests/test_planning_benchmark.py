@@ -1,5 +1,6 @@
 """benchmarks/planning.py's own arithmetic: the execution floor from task records, the floor's predictions,
-how a miss splits between the machine and fanflow, and the summary of a pair protocol's ratios."""
+how a miss splits between the machine and fanflow, the summary of a pair protocol's ratios, and the
+configurations section 2's nulls compare."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from types import ModuleType
 
 import pytest
 
-from fanflow.metrics.records import FINISHED, ElementRecord, RunMetrics, RunRecord, TaskRecord
+import fanflow
+from fanflow.metrics.records import FINISHED, ElementRecord, RunMetrics, RunRecord, TaskRecord, WorkerRecord
 from fanflow.planning.calibrate import recent_level
+from fanflow.platforms.processes.cgroups import cpu_quota_us
+from fanflow.platforms.sizing import blas_threads, vcpus
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -153,3 +157,51 @@ def test_the_level_replay_predicts_a_run_from_the_earlier_runs_of_its_plan_that_
     assert [p for _, p in replay.replayed(sequence, replay.RULES["2nd of 4"])] == [0.4, 0.45, 0.45]
     assert replay.error(sequence[6], 0.63) == pytest.approx(0.5)
     assert replay.p90([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(0.46)
+
+
+def test_floor_and_rest_split_each_side_s_median_makespan() -> None:
+    def run(makespan_s: float, exec_s: float) -> RunMetrics:
+        m = metrics(task(0, "h-1-s-1", exec_s))
+        m.run.makespan_s = makespan_s
+        return m
+
+    u = [run(1.0, 0.6), run(1.2, 0.7), run(1.1, 0.8)]
+    cp = [run(1.2, 0.6), run(1.3, 0.6), run(1.5, 0.7)]
+    assert bench.floor_and_rest(u) == (pytest.approx(0.7), pytest.approx(0.4))  # rests 0.4, 0.5, 0.3
+    assert bench.floor_and_rest(cp) == (pytest.approx(0.6), pytest.approx(0.7))  # rests 0.6, 0.7, 0.8
+    # the same floor and a longer rest: cp's extra time is outside execution
+    assert bench.split_sides(u, cp, "u", "cp") == "floor u -> cp 0.700 -> 0.600 s (0.86), rest 0.400 -> 0.700 s (1.75)"
+    assert "rest 0.000 -> 0.300 s (-)" in bench.split_sides([run(0.6, 0.6)], [run(0.9, 0.6)], "u", "cp")
+
+
+def test_the_nulls_run_uniform_3008_against_itself_and_against_its_own_processes_of_the_same_cpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compared: list[tuple[tuple[str, int], tuple[str, int], int, bool]] = []
+
+    def fake_pairs(
+        build: object, first: fanflow.Config, second: fanflow.Config, repeat: int, exact: bool = False
+    ) -> tuple[list[RunMetrics], list[RunMetrics]]:
+        compared.append(((first.planner, first.memory_mb), (second.planner, second.memory_mb), repeat, exact))
+        sides = []
+        for cfg in (first, second):
+            m = metrics(task(0, "h-1-s-1", 0.5))
+            m.workers = [WorkerRecord("h-1-s-1", 0.0, 1.0, False, cfg.memory_mb, 0.0, [0])]
+            sides.append([m] * repeat)
+        return sides[0], sides[1]
+
+    monkeypatch.setattr(bench, "pair_runs", fake_pairs)
+    base = fanflow.Config(platform="processes", store="redis://localhost:1/0", max_workers=2, metadata="none")
+    bench.compare(base, {"w": lambda: []}, 4, null=True)
+    twin = bench.NULL_TWIN_MB
+    assert compared == [
+        (("uniform", 3008), ("critical-path", base.memory_mb), 4, False),
+        (("uniform", 3008), ("uniform", 3008), 4, True),  # one process on both sides
+        (("uniform", 3008), ("uniform", twin), 4, True),  # processes of its own: the pool matches sizes exactly
+    ]
+    # ... with the CPU of 3008 MB: its quota within 0.1% (0.03%), the same numeric threads
+    assert twin != 3008 and cpu_quota_us(twin) == pytest.approx(cpu_quota_us(3008), rel=1e-3)
+    assert blas_threads(vcpus(twin)) == blas_threads(vcpus(3008))
+    printed = capsys.readouterr().out
+    assert f"null, u 3008 against u {twin}, two processes" in printed
+    assert printed.count("floor u -> ") == 3  # cp/u and both nulls split into floor and rest
