@@ -692,9 +692,12 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
     functions). Runs of the 100k-task tree are stored after the 8,191-task plan is timed, so that plan
     is timed again with both trees' runs (one function: it reads the newest runs of either). Each
     history row is timed twice: "cold" is the first plan in a process (decoded runs and replayed start
-    latencies forgotten), "warm" the next plan of that process. "GC s": CPU time of the garbage
-    collections during the cold plan, part of "CPU s" (what a full collection costs depends on what
-    else the process holds, not on the planner: a row that moves from run to run shows it here).
+    latencies forgotten), "warm" the next plan of that process. The newest 3 runs of a tree are what a
+    plan of either tree reads (``ENOUGH_RUNS``); their workers are printed: the embedded default runs a
+    tree as one worker when it runs serially and as one per branch when it spreads (50,000 for the 100k
+    tree, whose start latencies a cold plan replays), as its measured windows chose. "GC s": CPU time of
+    the garbage collections during the cold plan, part of "CPU s" (what a full collection costs depends
+    on what else the process holds, not on the planner: a row that moves from run to run shows it here).
     """
     print(
         "\n4. planning time, critical-path planner, tree reductions, CPU time of the process "
@@ -744,8 +747,10 @@ def planning_times(cp: fanflow.Config, history_runs: int) -> None:
             for _ in range(history_runs):
                 module.build(leaves).compute(record)
             drain()
+            workers = "/".join(f"{r['workers']:,}" for r in open_metadata(url).runs(limit=3))
             print(
-                f"  (stored {history_runs} runs of the {len(tree):,}-task tree in {time.perf_counter() - began:.0f} s)"
+                f"  (stored {history_runs} runs of the {len(tree):,}-task tree in {time.perf_counter() - began:.0f} s; "
+                f"workers of the newest 3: {workers})"
             )
             timed(f"{history_runs} runs of this tree, 3 of gemm", tree, stored, True)
         timed(f"{history_runs} runs of the 100k tree, {history_runs} of this", trees[8192], stored, True)

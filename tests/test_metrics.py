@@ -409,6 +409,34 @@ def test_executions_of_finishes_in_several_groups_equal_the_records(tmp_path: Pa
         assert np.array_equal(fast.columns[name], column), name
 
 
+@pytest.mark.parametrize("named", ["numbers", "processes", "none"])
+def test_workers_read_from_trace_columns_are_numbered_by_name_as_the_records(tmp_path: Path, named: str) -> None:
+    """The columns number a run's workers by sorting the ids present, not the rows: the same numbers, names,
+    cold flags and latencies as the records, for ids whose text order is not their numbers' ("w-10" before
+    "w-9"), of several processes (one a prefix of another's), without a "-", and tasks that named none."""
+    config = _config(tmp_path)
+    _tree(128).compute(config)  # 127 tasks on 64 workers: the trace keeps columns
+    store = open_metadata(config.metadata)
+    stored = store.load_run(store.runs()[0]["run_id"])
+    ids = sorted({e["worker"] for e in stored.events if e.get("worker")})
+    shapes = {
+        "numbers": [f"w-{i}" for i in range(len(ids))],
+        "processes": [["p-1", "p-1-x", "q", "p-1-x-2", "p-10"][i % 5] + f"-{i}" for i in range(len(ids))],
+        "none": ["" if i % 7 == 0 else f"solo{i}" for i in range(len(ids))],
+    }
+    rename = dict(zip(ids, shapes[named], strict=True))
+    events = [dict(e, worker=rename[e["worker"]]) if e.get("worker") else dict(e) for e in stored.events]
+    if named == "none":  # tasks with no worker, and no start of a worker without a name
+        events = [e for e in events if e.get("worker") or e["kind"] not in ("worker_started", "worker_stopped")]
+    renamed = StoredRun(stored.run, encode_trace(decode_trace(stored.trace).dag, EventTable.of(events)))
+    assert _from_columns(decode_trace(renamed.trace), stored.run["run_id"]) is not None
+    fast, records = executions_of(renamed), Executions.of_records(RunMetrics.from_stored(renamed).tasks)
+    assert fast.workers == records.workers and list(fast.workers) == sorted(fast.workers)
+    assert (named == "none") == bool((fast["worker"] < 0).any())
+    for name, column in records.columns.items():
+        assert fast.columns[name].dtype == column.dtype and np.array_equal(fast.columns[name], column), name
+
+
 def test_a_plan_from_paged_history_equals_one_from_every_record(tmp_path: Path) -> None:
     """Paging stops after the newest RECENT_RUNS runs; the plan is the one the full decode of every run gives."""
     config = _config(tmp_path, planner="uniform", memory_mb=1024)
@@ -448,6 +476,8 @@ def test_decoded_runs_stay_cached_and_a_new_run_is_read(tmp_path: Path) -> None:
     clear_cache()
     first = History.for_dag(dag, config.metadata, RECENT_RUNS)
     old = [run_executions(store, r) for r in first.table.run_ids]
+    assert History.for_dag(dag, config.metadata, RECENT_RUNS).table is first.table  # the same runs: joined once
+    assert History(store, None, RECENT_RUNS).table is not first.table  # other functions asked for: its own
     node.compute(config)
     second = History.for_dag(dag, config.metadata, RECENT_RUNS)
     assert len(second.table.run_ids) == 3 and second.table.run_ids[:2] == first.table.run_ids

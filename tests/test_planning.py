@@ -37,6 +37,8 @@ from fanflow.planning.predict import (
     FIT_SAMPLES,
     Line,
     MemoryModel,
+    _grouped,
+    _processes,
     clear_cache,
     fit_line,
     kept_outputs,
@@ -951,22 +953,21 @@ def _pure_latencies_reference(ex: Executions, max_workers: int | None) -> list[t
     return out
 
 
-def test_pure_latencies_of_many_workers_are_the_plain_replay() -> None:
-    """The replay (FIFO slots compared inline, processes numbered by a dict) against the plain statement of
-    it, on random runs mixing pool processes (workers one after another) and thread hosts (at once)."""
-    rng = np.random.default_rng(3)
+def _random_runs(rng: np.random.Generator, processes: list[str], workers: int) -> list[TaskRecord]:
+    """Three runs of ``workers`` workers of one or two tasks each, on ``processes`` ("threads": workers at
+    once; the others one after another), worker ids ``<process>-<n>``."""
     records: list[TaskRecord] = []
     for run in ("r1", "r2", "r3"):
-        clock = {p: float(rng.random()) for p in ("a", "b", "c", "threads")}
-        for i in range(120):
-            process = str(rng.choice(["a", "b", "c", "threads"]))
+        clock = {p: float(rng.random()) for p in processes}
+        for i in range(workers):
+            process = str(rng.choice(processes))
             latency = float(rng.random() * 0.3)
             began = clock[process] + latency
             ended = began + float(rng.random() * 0.5)
-            if process != "threads":
-                clock[process] = ended
-            else:
+            if process.endswith("threads"):
                 clock[process] += float(rng.random() * 0.05)
+            else:
+                clock[process] = ended
             cold = bool(rng.random() < 0.3)
             memory = int(rng.choice([512, 1769]))
             for k in range(int(rng.integers(1, 3))):  # a worker of one or two tasks
@@ -995,10 +996,62 @@ def test_pure_latencies_of_many_workers_are_the_plain_replay() -> None:
                         0,
                     )
                 )
-    ex = Executions.of_records(records)
+    return records
+
+
+def test_pure_latencies_of_many_workers_are_the_plain_replay() -> None:
+    """The replay (FIFO slots compared inline, processes numbered by a dict) against the plain statement of
+    it, on random runs mixing pool processes (workers one after another) and thread hosts (at once)."""
+    ex = Executions.of_records(_random_runs(np.random.default_rng(3), ["a", "b", "c", "threads"], 120))
     for cap in (None, 1, 2, 3):
         clear_cache()
         assert pure_latencies(ex, cap) == _pure_latencies_reference(ex, cap)
+
+
+def test_pure_latencies_of_any_table_are_the_plain_replay() -> None:
+    """The shapes the replay takes shortcuts on, against the plain statement: every worker of one process
+    (the embedded default's threads: one process number without splitting each id), the rows of runs
+    interleaved (no run is one slice of the table), and worker numbers far apart (grouped by a sort)."""
+    rng = np.random.default_rng(5)
+    threads = Executions.of_records(_random_runs(rng, ["vm-12-ab-threads"], 300))
+    mixed = Executions.of_records(_random_runs(rng, ["a-1", "a-1-x", "threads", "b"], 200))
+    for ex in (threads, mixed):
+        shuffled = ex.take(rng.permutation(len(ex)))
+        spread = 5_000  # every worker number times this: far apart
+        names = [""] * (len(ex.workers) * spread)
+        names[::spread] = ex.workers
+        columns = dict(ex.columns, worker=np.where(ex["worker"] < 0, -1, ex["worker"] * spread).astype(np.int32))
+        apart = Executions(ex.run_ids, ex.functions, tuple(names), columns)
+        for table in (ex, shuffled, apart):
+            for cap in (None, 1, 2, 3):
+                clear_cache()
+                assert pure_latencies(table, cap) == _pure_latencies_reference(table, cap)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"vm-12-ab-{i}" for i in (10, 9, 11)],  # one process
+        ["vm-12-ab-10", "vm-12-ab-x-9", "vm-12-ab-11"],  # an id of another process that starts like them
+        ["vm-12-ab-10", "vm-12-ab-9\nvm-12-ab-8", "vm-12-ab-11"],  # a newline in an id
+        ["vm-12-ab-10", "vm-12-ab-9", "vm-12-cd-11", "vm-12-ab-12"],
+        ["solo", "solo-1", "solo-2"],  # the first id names no process
+        ["-a", "-b", "x-", "x-"],
+        ["p-1", "p-2", "p-"],
+    ],
+)
+def test_processes_number_workers_as_splitting_each_id(names: list[str]) -> None:
+    """Workers' processes, numbered in the order first met: what splitting each id at its last "-" gives,
+    whether or not the one-process count applies."""
+    numbers: dict[str, int] = {}
+    assert _processes(names).tolist() == [numbers.setdefault(n.rsplit("-", 1)[0], len(numbers)) for n in names]
+
+
+def test_grouped_is_numpys_unique_with_first_and_places() -> None:
+    rng = np.random.default_rng(7)
+    for values in (rng.integers(40, 90, 500), rng.integers(0, 10**9, 500), np.array([3]), rng.integers(0, 2, 9)):
+        mine, numpys = _grouped(values), np.unique(values, return_index=True, return_inverse=True)
+        assert all(np.array_equal(a, b) for a, b in zip(mine, numpys, strict=True))
 
 
 PINNED_PLANS = {

@@ -76,8 +76,9 @@ class Executions:
         """Wall time from task start to finish, as :attr:`TaskRecord.duration_s` gives it."""
         return np.maximum(0.0, self.columns["finished_at"] - self.columns["started_at"])
 
-    def take(self, rows: np.ndarray, columns: Iterable[str] | None = None) -> Executions:
-        """The executions at ``rows`` (a boolean mask or indexes), in that order; the tables are shared.
+    def take(self, rows: np.ndarray | slice, columns: Iterable[str] | None = None) -> Executions:
+        """The executions at ``rows`` (a boolean mask, indexes, or a slice: then the columns are views of these),
+        in that order; the tables are shared.
 
         ``columns``: only those (the others are left out: reading one is then a KeyError)."""
         names = self.columns if columns is None else dict.fromkeys(columns)
@@ -297,6 +298,7 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     if not (memory > 0).all() or (sizes.lengths != dag.dep_counts[task]).any():
         return None
     order = np.argsort(task, kind="stable")  # rows by task id, as the records come
+    finished_at = t_end[order].astype(np.float64)
 
     # started_at: the task's start, or its finish when it never logged one
     started = _Gather(table.of_kind("task_started"), names)
@@ -305,10 +307,8 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
         return None
     if began.size and (np.bincount(began, minlength=n) > 1).any():
         return None  # a task started twice: the records keep the earliest start
-    row_of = np.empty(n, dtype=np.int64)
-    row_of[task] = np.arange(n)
-    started_at = t_end.astype(np.float64)
-    started_at[row_of[began]] = at
+    started_at = finished_at.copy()
+    started_at[began] = at
 
     # workers: cold and latency from their (single) start event, by string code
     booted = _Gather(table.of_kind("worker_started"), names)
@@ -321,49 +321,50 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
     latency_by = np.zeros(len(names), dtype=np.float64)
     cold_by[who] = cold
     latency_by[who] = latency
-    used, local_code = np.unique(worker, return_inverse=True)
-    used_names = list(map(names.__getitem__, used.tolist()))
-    by_name = sorted(range(len(used_names)), key=used_names.__getitem__)  # numbered by name, as of_records does
-    kept = [used_names[i] for i in by_name if used_names[i]]
-    number = np.full(len(used_names), -1, dtype=np.int64)
-    number[[i for i in by_name if used_names[i]]] = np.arange(len(kept))
-    code = number[local_code]
-    cold_col = cold_by[worker]
-    latency_col = latency_by[worker]
+    # numbered by name, as of_records does: the codes present sorted by their names (a mark per code, not a
+    # sort of the rows; a run of the embedded default names 50,000 workers), the empty name (none) is -1
+    present = np.zeros(len(names), dtype=np.bool_)
+    present[worker] = True
+    values = names.values
+    by_name = sorted(np.flatnonzero(present).tolist(), key=values.__getitem__)
+    if by_name and not values[by_name[0]]:  # the empty name sorts first
+        del by_name[0]
+    kept = [values[c] for c in by_name]
+    number = np.full(len(names), -1, dtype=np.int64)
+    number[np.array(by_name, dtype=np.int64)] = np.arange(len(by_name))
+    worker = worker[order]
 
-    # input bytes: fetched sizes, and for a local input its upstream's output size
+    # input bytes: fetched sizes, and for a local input its upstream's output size; summed per task id
     counts = dag.dep_counts[task]
-    row = np.repeat(np.arange(n), counts)
-    first = np.concatenate(([0], np.cumsum(dag.dep_counts)[:-1]))[task]
+    row = np.repeat(task, counts)
+    first = np.concatenate(([0], np.cumsum(dag.dep_counts)[:-1]))
     slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
     upstream = dag.deps[first[row] + slot]
     out_of = np.zeros(n, dtype=np.float64)
     out_of[task] = out
     fetched_item = np.where(sizes.missing, 0.0, sizes.items.astype(np.float64))
     slot_bytes = np.where(sizes.missing, out_of[upstream], fetched_item)
-    in_bytes = np.bincount(row, weights=slot_bytes, minlength=n)
-    fetched = np.bincount(row, weights=fetched_item, minlength=n)
 
     # function identities: two function entries may share one identity
     index: dict[str, int] = {}
-    fn_code = np.array([index.setdefault(identity, len(index)) for _, identity in dag.functions], dtype=np.int64)
+    fn_code = np.array([index.setdefault(identity, len(index)) for _, identity in dag.functions], dtype=np.int32)
     columns = {
-        "run": np.zeros(n, dtype=np.int64),
-        "task": task.astype(np.int64),
-        "function": fn_code[dag.task_of[task]],
-        "memory_mb": memory.astype(np.int64),
-        "in_bytes": in_bytes,
-        "fetched_bytes": fetched,
-        "out_bytes": out.astype(np.float64),
-        "exec_s": exec_s.astype(np.float64),
-        "fetch_s": fetch_s.astype(np.float64),
-        "store_s": store_s.astype(np.float64),
+        "run": np.zeros(n, dtype=np.int32),
+        "task": np.arange(n, dtype=np.int32),  # every task once: the rows by task id are the task ids
+        "function": fn_code[dag.task_of],
+        "memory_mb": memory[order],
+        "in_bytes": np.bincount(row, weights=slot_bytes, minlength=n),
+        "fetched_bytes": np.bincount(row, weights=fetched_item, minlength=n),
+        "out_bytes": out_of,
+        "exec_s": exec_s[order],
+        "fetch_s": fetch_s[order],
+        "store_s": store_s[order],
         "started_at": started_at,
-        "finished_at": t_end.astype(np.float64),
-        "uploaded": uploaded,
-        "worker": code,
-        "worker_cold": cold_col,
-        "worker_latency_s": latency_col,
+        "finished_at": finished_at,
+        "uploaded": uploaded[order],
+        "worker": number[worker],
+        "worker_cold": cold_by[worker],
+        "worker_latency_s": latency_by[worker],
     }
-    typed = {k: v[order].astype(COLUMNS[k], copy=False) for k, v in columns.items()}
+    typed = {k: v.astype(COLUMNS[k], copy=False) for k, v in columns.items()}
     return Executions((run_id,), tuple(index), tuple(kept), typed)

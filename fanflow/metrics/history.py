@@ -123,12 +123,38 @@ def _pair_counts(found: Executions) -> dict[tuple[int, int], int]:
     return out
 
 
+TABLES = 2
+"""Tables of the runs a History read (:attr:`History.table`) kept for the next History reading the same runs
+(re-planning a DAG with no new run): joining them again copied every execution read (26 MB for three runs
+of a 100k-task DAG) into fresh memory on every plan. A table is a copy of the decoded runs it joins, so this
+keeps at most two plans' reads besides :data:`CACHE_ROWS`."""
+
+_tables: OrderedDict[tuple[object, ...], Executions] = OrderedDict()
+"""``(store URL, functions asked for, the runs read)`` -> their table, least recently used first."""
+
+
 def clear_cache() -> None:
-    """Forget every decoded run (tests and benchmarks measure a cold read with it)."""
+    """Forget every decoded run and joined table (tests and benchmarks measure a cold read with it)."""
     global _cache_rows
     with _cache_lock:
         _cache.clear()
+        _tables.clear()
         _cache_rows = 0
+
+
+def _joined(key: tuple[object, ...], newest_first: list[Executions]) -> Executions:
+    """The table of ``newest_first``, oldest run first (kept; see :data:`TABLES`)."""
+    with _cache_lock:
+        found = _tables.get(key)
+        if found is not None:
+            _tables.move_to_end(key)
+            return found
+    found = Executions.concat(newest_first[::-1])
+    with _cache_lock:
+        _tables[key] = found
+        while len(_tables) > TABLES:
+            _tables.popitem(last=False)
+    return found
 
 
 class History:
@@ -173,8 +199,10 @@ class History:
                     if done or counted[key] >= self.summaries[key].count:
                         open_keys.discard(key)
             newest_first.append(found)
-        self.table = Executions.concat(newest_first[::-1])
-        """Every execution read, oldest run first."""
+        read = tuple(run_id for found in newest_first for run_id in found.run_ids)
+        self.table = _joined((store.url, None if wanted is None else tuple(wanted), read), newest_first)
+        """Every execution read, oldest run first (shared with the next History that reads the same runs:
+        read only)."""
         self.url: str | None = store.url
         """The store read: with the run ids, what names the executions (None: not read from a store)."""
 

@@ -330,23 +330,22 @@ def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, b
     run = ex["run"]
     if not len(run):
         return []
-    order = np.argsort(run.astype(np.int16) if run.max() < 1 << 15 else run, kind="stable")  # radix sort
-    bounds = np.flatnonzero(np.diff(run[order])) + 1
+    if (run[1:] >= run[:-1]).all():  # a History's table, oldest run first: a run's rows are one slice (views)
+        bounds = [0, *(np.flatnonzero(np.diff(run)) + 1).tolist(), len(run)]
+        parts = [ex.take(slice(lo, hi), _REPLAYED) for lo, hi in itertools.pairwise(bounds)]
+    else:
+        order = np.argsort(run.astype(np.int16) if run.max() < 1 << 15 else run, kind="stable")  # radix sort
+        parts = [ex.take(rows, _REPLAYED) for rows in np.split(order, np.flatnonzero(np.diff(run[order])) + 1)]
     out: list[tuple[int, bool, float]] = []
-    for rows in np.split(order, bounds):
-        part = ex.take(rows, _REPLAYED)
-        digest = hashlib.blake2b(repr((ex.run_ids[run[rows[0]]], max_workers)).encode(), digest_size=16)
-        worker = part["worker"]
-        named = worker >= 0
-        base = int(worker[named].min()) if named.any() else 0
-        digest.update(np.where(named, worker - base, -1).tobytes())  # this History's numbering left out
-        for name in _REPLAYED[2:]:
-            digest.update(np.ascontiguousarray(part[name]).tobytes())
-        key = digest.digest()
+    for part in parts:
+        workers = _Workers.of(part)
+        if workers is None:
+            continue
+        key = workers.digest(ex.run_ids[part["run"][0]], max_workers)
         with _replayed_lock:
             found = _replayed.get(key)
         if found is None:
-            found = _replay(part, max_workers)
+            found = _replay(workers, part.workers, max_workers)
             with _replayed_lock:
                 _replayed[key] = found
                 while len(_replayed) > REPLAYED_RUNS:
@@ -361,10 +360,10 @@ REPLAYED_RUNS = 256
 _REPLAYED = ("run", "worker", "started_at", "finished_at", "memory_mb", "worker_cold", "worker_latency_s")
 _replayed: dict[bytes, list[tuple[int, bool, float]]] = {}
 _replayed_lock = threading.Lock()
-"""A run's replay by the digest of what it reads (the run id, the cap, its rows' columns but the
-run's index in this History, worker numbers relative to the run's first): the same rows give the same
-latencies whichever plan asks. A run of the embedded default has a worker per branch (50,000 for a
-100k-task tree): replaying one cost 40 ms."""
+"""A run's replay by the digest of what it reads (:meth:`_Workers.digest`: the run id, the cap, its workers
+rebuilt from its rows, their numbers relative to the run's first): the same workers give the same latencies
+whichever plan asks. A run of the embedded default can have a worker per branch (50,000 for a 100k-task
+tree): replaying one cost 40 ms."""
 
 
 def clear_cache() -> None:
@@ -377,47 +376,64 @@ def clear_cache() -> None:
     clear_history_cache()
 
 
-def _replay(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
-    """:func:`pure_latencies` of the executions of one run."""
-    worker = ex["worker"]
-    rows = np.flatnonzero(worker >= 0)
-    if not rows.size:
-        return []
-    codes, first = np.unique(worker[rows], return_index=True)
-    first = rows[first]  # each worker's first row, in the table's order: its memory, cold flag and latency
-    slot = np.searchsorted(codes, worker[rows])
-    begin = np.full(len(codes), np.inf)
-    np.minimum.at(begin, slot, ex["started_at"][rows])
-    end = np.full(len(codes), -np.inf)
-    np.maximum.at(end, slot, ex["finished_at"][rows])
-    run = ex["run"][first]
-    memory, cold, latency = ex["memory_mb"][first], ex["worker_cold"][first], ex["worker_latency_s"][first]
-    invoked = begin - latency
-    # workers are numbered by run, then by id: their number orders them as the id would
-    order = np.lexsort((codes, end, begin, invoked, run))
+@dataclass(frozen=True, slots=True)
+class _Workers:
+    """The workers of one run, rebuilt from its tasks, by their numbers in the table (ascending): a worker
+    starts with its first task and ends with its last (the loop has no work between them and the worker's
+    own start and stop); its memory, cold flag and latency are its first row's."""
+
+    codes: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    memory: np.ndarray
+    cold: np.ndarray
+    latency: np.ndarray
+
+    @classmethod
+    def of(cls, ex: Executions) -> _Workers | None:
+        """The workers of the executions of one run (None: no row names a worker)."""
+        worker = ex["worker"]
+        rows = np.flatnonzero(worker >= 0)
+        if not rows.size:
+            return None
+        codes, first, slot = _grouped(worker[rows])
+        first = rows[first]  # each worker's first row, in the table's order
+        begin = np.full(len(codes), np.inf)
+        np.minimum.at(begin, slot, ex["started_at"][rows])
+        end = np.full(len(codes), -np.inf)
+        np.maximum.at(end, slot, ex["finished_at"][rows])
+        return cls(codes, begin, end, ex["memory_mb"][first], ex["worker_cold"][first], ex["worker_latency_s"][first])
+
+    def digest(self, run_id: str, max_workers: int | None) -> bytes:
+        """What the replay reads, hashed: per worker, not per row (a run of 100,000 tasks in one worker hashes
+        one worker, not 3 MB of columns); the numbers relative to the run's first (this History's are not
+        another's), whose names the run id fixes."""
+        digest = hashlib.blake2b(repr((run_id, max_workers)).encode(), digest_size=16)
+        digest.update((self.codes - self.codes[0]).astype(np.int64).tobytes())
+        for column in (self.begin, self.end, self.memory, self.cold, self.latency):
+            digest.update(np.ascontiguousarray(column).tobytes())
+        return digest.digest()
+
+
+def _replay(workers: _Workers, names: Sequence[str], max_workers: int | None) -> list[tuple[int, bool, float]]:
+    """:func:`pure_latencies` of the workers of one run; ``names``: the table's worker ids, by number."""
+    codes, begin, end, memory, cold = workers.codes, workers.begin, workers.end, workers.memory, workers.cold
+    invoked = begin - workers.latency
+    # workers are numbered by id within a run: their number orders them as the id would
+    order = np.lexsort((codes, end, begin, invoked))
     if not max_workers:
         pure = np.maximum(0.0, begin[order] - invoked[order])
         return list(zip(memory[order].tolist(), cold[order].tolist(), pure.tolist(), strict=True))
-    handed = _handed_over(ex, codes, run, begin, end, cold)[order]
-    run, invoked, begin, end, memory, cold = (
-        run[order],
-        invoked[order],
-        begin[order],
-        end[order],
-        memory[order],
-        cold[order],
-    )
-    # The FIFO replay, a run at a time through its own empty slots: the slot that frees first depends only on
-    # when the workers before end (each holds its slot to its end), so the heap runs alone over the ends and
-    # the dispatches are a running maximum of max(invoked, that slot). A run of the embedded default replays
+    handed = _handed_over(names, codes, begin, end, cold)[order]
+    invoked, begin, end, memory, cold = invoked[order], begin[order], end[order], memory[order], cold[order]
+    # The FIFO replay through the run's own empty slots: the slot that frees first depends only on when the
+    # workers before end (each holds its slot to its end), so the heap runs alone over the ends and the
+    # dispatches are a running maximum of max(invoked, that slot). A run of the embedded default can replay
     # 50,000 workers: one heap call each, the rest on arrays (the same floats as comparing one by one).
-    queued = np.empty(len(order))
-    bounds = [0, *(np.flatnonzero(np.diff(run)) + 1).tolist(), len(order)]
+    free = [-math.inf] * max_workers
     replace = heapq.heapreplace
-    for lo, hi in itertools.pairwise(bounds):
-        free = [-math.inf] * max_workers
-        slots = np.array([replace(free, ended) for ended in end[lo:hi].tolist()])
-        queued[lo:hi] = np.maximum.accumulate(np.maximum(invoked[lo:hi], slots))
+    slots = np.array([replace(free, ended) for ended in end.tolist()])
+    queued = np.maximum.accumulate(np.maximum(invoked, slots))
     # a warm worker whose process ran another worker right before it was dispatched when that one ended
     after = ~np.isnan(handed)
     dispatched = np.where(after, np.maximum(invoked, handed), queued)
@@ -430,25 +446,39 @@ def _replay(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, fl
     return list(zip(memory[kept].tolist(), cold[kept].tolist(), pure.tolist(), strict=True))
 
 
+def _grouped(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``np.unique(values, return_index=True, return_inverse=True)`` gives for ints: the distinct values
+    ascending, where each first occurs, and each value's place among them.
+
+    By a mark per value when they span a range not much longer than they are (a run's workers are numbered
+    one after another in a History's table), not by a sort: a run of the embedded default has 100,000 rows
+    of 50,000 workers."""
+    low, high = int(values.min()), int(values.max())
+    if high - low >= 4 * len(values) + 1024:
+        return np.unique(values, return_index=True, return_inverse=True)
+    shifted = values - low
+    present = np.zeros(high - low + 1, dtype=np.bool_)
+    present[shifted] = True
+    place = (np.cumsum(present) - 1)[shifted]
+    first = np.full(np.count_nonzero(present), len(values), dtype=np.int64)
+    np.minimum.at(first, place, np.arange(len(values)))
+    return np.flatnonzero(present) + low, first, place
+
+
 def _handed_over(
-    ex: Executions, codes: np.ndarray, run: np.ndarray, begin: np.ndarray, end: np.ndarray, cold: np.ndarray
+    names: Sequence[str], codes: np.ndarray, begin: np.ndarray, end: np.ndarray, cold: np.ndarray
 ) -> np.ndarray:
-    """Per worker, the end of the worker its process ran right before it when it is warm; NaN otherwise.
+    """Per worker of one run, the end of the worker its process ran right before it when it is warm; NaN
+    otherwise.
 
     Worker ids name their process (``<process>-<n>``); a process whose workers
     overlapped in time ran threads, not one pool worker at a time, and hands
     nothing over.
     """
-    # processes numbered in the order first met (any numbering groups the same workers: a dict, not a sort
-    # of 50,000 names for a run of the embedded default)
-    numbers: dict[str, int] = {}
-    names = ex.workers
-    proc = np.array(
-        [numbers.setdefault(names[c].rsplit("-", 1)[0], len(numbers)) for c in codes.tolist()], dtype=np.int64
-    )
-    key = run * (int(proc.max()) + 1) + proc
-    order = np.lexsort((codes, end, begin, key))
-    k, b, e = key[order], begin[order], end[order]
+    low, high = int(codes[0]), int(codes[-1])
+    proc = _processes(names[low : high + 1] if high - low + 1 == len(codes) else [names[c] for c in codes.tolist()])
+    order = np.lexsort((codes, end, begin, proc))
+    k, b, e = proc[order], begin[order], end[order]
     same = k[1:] == k[:-1]
     overlapped = np.unique(k[1:][same & (b[1:] < e[:-1])])
     pair = same & ~np.isin(k[1:], overlapped)
@@ -457,6 +487,28 @@ def _handed_over(
     handed = np.full(len(codes), np.nan)
     handed[after[warm]] = before_end[warm]
     return handed
+
+
+def _processes(names: Sequence[str]) -> np.ndarray:
+    """Each worker's process (its id up to the last "-"), numbered in the order first met: any numbering
+    groups the same workers (a dict, not a sort of the names).
+
+    A run of the embedded default can name 50,000 workers of one process. When every id is that process's
+    (each starts with the first id's process and a "-" and holds no other "-": counted in the ids joined
+    by a newline that none holds), they get one number without splitting each id."""
+    first = names[0].rsplit("-", 1)[0]
+    if first != names[0]:
+        joined = "\n".join(names)
+        stem = "\n" + first + "-"
+        if (
+            joined.count("\n") == len(names) - 1
+            and ("\n" + joined).count(stem) == len(names)
+            and joined.count("-") == len(names) * stem.count("-")
+        ):
+            return np.zeros(len(names), dtype=np.int64)
+    processes = [name.rsplit("-", 1)[0] for name in names]
+    number = {process: i for i, process in enumerate(dict.fromkeys(processes))}
+    return np.array([number[process] for process in processes], dtype=np.int64)
 
 
 def kept_outputs(ex: Executions) -> np.ndarray:
@@ -668,9 +720,11 @@ class Predictor:
         return found
 
     def _executions(self, rows: np.ndarray, columns: Iterable[str]) -> Executions:
-        """``columns`` of the executions at ``rows`` of the history's table."""
+        """``columns`` of the executions at ``rows`` of the history's table (views when ``rows`` are every row
+        in order: a plan of one function mostly reads them all, 300,000 after three runs of a 100k-task DAG)."""
         table = Executions.empty() if self.history is None else self.history.table
-        return table.take(rows, columns)
+        every = len(rows) == len(table) and np.array_equal(rows, np.arange(len(table)))
+        return table.take(slice(None) if every else rows, columns)
 
     def exec_model(self, identity: str) -> MemoryModel:
         """Execution time of ``identity`` (seconds on input bytes) at any memory size."""
