@@ -237,7 +237,11 @@ def _all_in_hand(redis_url: str, pool: str, runs: list[fanflow.RunFuture]) -> bo
     entries = [e for k in lists for e in client.lrange(k, 0, -1)]
     if len(entries) < 3:
         return False
-    return all(client.exists(keys.started(f.run_id)) or any(f.run_id.encode() in e for e in entries) for f in runs)
+    # a future's run_id is "" until its run is planned, and b"" is in every entry: such a run is not in hand
+    return all(
+        f.run_id and (client.exists(keys.started(f.run_id)) or any(f.run_id.encode() in e for e in entries))
+        for f in runs
+    )
 
 
 def _gated_runs(redis_url: str, urls: list[str], marks: Any, runs: int) -> list[fanflow.RunFuture]:
