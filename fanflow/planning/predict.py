@@ -657,9 +657,10 @@ def _tagged(tag: str, key: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
 class Predictor:
     """Answers prediction questions from a :class:`History` (or from defaults when it is None).
 
-    ``max_workers`` is the worker cap of the platform the history was recorded
-    on (None: no cap); it is what lets :func:`pure_latencies` take queueing out
-    of the recorded start latencies.
+    ``max_workers`` is the worker cap (None: no cap) that :func:`pure_latencies` replays the
+    history's runs through to take queueing out of their recorded start latencies. The
+    planner passes the cap of the platform it plans for (``plan.worker_cap``): runs do not
+    record theirs, so a run made under another cap is replayed through this one.
     """
 
     def __init__(self, history: History | None, sla: str = "mean", max_workers: int | None = None) -> None:
