@@ -30,7 +30,15 @@ from fanflow.platforms.invocation import Invocation, WorkerSettings, new_invocat
 from fanflow.platforms.processes import ProcessesPlatform, client_platform, protocol
 from fanflow.platforms.processes import pool as pool_module
 from fanflow.platforms.processes.cgroups import cpu_period_us, cpu_quota_us, nice_weight
-from fanflow.platforms.processes.pool import PoolHost, own_cpus, pack_entries, push, usable_cpus, widen
+from fanflow.platforms.processes.pool import (
+    PoolHost,
+    own_cpus,
+    pack_entries,
+    push,
+    taking_order,
+    usable_cpus,
+    widen,
+)
 from fanflow.store import keys, open_store
 from fanflow.store.base import MISSING, RUNNING, SUCCEEDED
 from fanflow.store.metadata import drain, open_metadata
@@ -305,6 +313,16 @@ def test_a_worker_gets_its_whole_vcpus_of_the_cpus_no_other_worker_holds() -> No
     assert own_cpus((0, 1), set(), 3008) == frozenset()
     assert own_cpus((0, 1, 2, 3), {1, 2, 3}, 3008) == frozenset()
     assert own_cpus((), set(), 1769) == frozenset()  # no affinity mask on this system
+
+
+def test_pools_of_one_machine_take_its_cpus_from_different_ones() -> None:
+    usable = tuple(range(8))
+    orders = {host: taking_order(usable, host) for host in (f"vm-{pid}-0a1b2c3d" for pid in range(100, 116))}
+    for order in orders.values():  # a rotation: every CPU once, in the machine's order from its start
+        assert sorted(order) == list(usable) and order == usable[order[0] :] + usable[: order[0]]
+    assert len({order[0] for order in orders.values()}) >= 4  # 16 hosts do not all start at CPU 0
+    assert taking_order(usable, "vm-1-x") == taking_order(usable, "vm-1-x")
+    assert taking_order((), "vm-1-x") == ()
 
 
 def test_the_workers_of_a_pool_with_a_slot_per_cpu_run_on_cpus_of_their_own(redis_url: str) -> None:

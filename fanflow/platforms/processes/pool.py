@@ -329,10 +329,20 @@ def usable_cpus(slots: int) -> tuple[int, ...]:
     return usable if slots >= len(usable) else ()
 
 
+def taking_order(usable: tuple[int, ...], host_id: str) -> tuple[int, ...]:
+    """The order in which the pool host ``host_id`` takes the ``usable`` CPUs for its workers: from one its id
+    picks, around. Every pool of a machine taking the lowest free CPU first would stack their first workers
+    on CPU 0 while others idle, and the kernel cannot move a bound worker."""
+    if not usable:
+        return ()
+    turn = int.from_bytes(hashlib.blake2b(host_id.encode(), digest_size=4).digest()) % len(usable)
+    return usable[turn:] + usable[:turn]
+
+
 def own_cpus(usable: tuple[int, ...], held: set[int], memory_mb: int) -> frozenset[int]:
     """The CPUs a new worker of ``memory_mb`` is bound to: as many as its vCPU share rounded up (a
-    3008 MB worker's quota of 1.7 cores needs 2), the lowest of the ``usable`` CPUs no other worker
-    of the pool holds (``held``). None (an empty set: it runs anywhere) when fewer are free, or when it
+    3008 MB worker's quota of 1.7 cores needs 2), the first of the ``usable`` CPUs (in the pool's order)
+    no other worker of the pool holds (``held``). None (an empty set: it runs anywhere) when fewer are free, or when it
     would need every usable CPU, which binds nothing.
 
     Why bind at all: a worker's task loop is short compute between Redis round trips, and the
@@ -442,8 +452,9 @@ class PoolHost:
         # The pool's group weighs as much as its processes would alone: under contention its workers
         # get the CPU share separate processes get (each still capped at its quota).
         self._cgroups = Cgroups(name, self.max_workers)
-        self._cpus = usable_cpus(self.max_workers)
-        """The CPUs its workers are bound to, each to its own (:func:`own_cpus`); none: the kernel places them."""
+        self._cpus = taking_order(usable_cpus(self.max_workers), self.host_id)
+        """The CPUs its workers are bound to, each to its own (:func:`own_cpus`), in the order they are taken;
+        none: the kernel places them."""
         self._capacity = open_capacity()
         self._launches: list[threading.Thread] = []
         self._chores: list[threading.Thread] = []
