@@ -321,9 +321,8 @@ def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
 def usable_cpus(slots: int) -> tuple[int, ...]:
     """The CPUs a pool with ``slots`` worker slots binds its workers to (:func:`own_cpus`): those this process
     may run on (its affinity mask, which the workers it starts inherit), in order. None when the pool has
-    fewer slots than that: a smaller pool on a larger machine would put its workers, and every other such
-    pool's, on the lowest CPUs, where the kernel finds idle ones for them. None where the system has no
-    affinity mask (not Linux)."""
+    fewer slots than that: on a machine larger than the pool the kernel finds idle CPUs for its workers,
+    which bound ones would forgo. None where the system has no affinity mask (not Linux)."""
     getter = getattr(os, "sched_getaffinity", None)
     usable = tuple(sorted(getter(0))) if getter is not None else ()
     return usable if slots >= len(usable) else ()
