@@ -235,6 +235,9 @@ class Config:
     progress: bool | None = _field(None, _flag(True), "progress bar: None = when attached to a terminal")
     pool: str | None = _field(None, _pool, "name of a shared worker pool to use instead of starting one")
     idle_timeout_s: float = _field(60.0, _number(float, 0.0), "a warm worker process exits after this idle time")
+    bind_cpus: bool = _field(
+        True, _flag(False), "a pool with a slot per CPU binds each worker process to CPUs of its own (false: never)"
+    )
     fanout: str = _field("capacity", _choice(FANOUTS), "new workers per fan-out: capacity (idle slots) or wukong")
     keep_alive_s: float = _field(
         60.0, _number(float, 0.0), "a client-started worker pool stays warm this long after its last run (0: stops)"

@@ -42,6 +42,10 @@ def test_env_vars_are_parsed_and_checked(tmp_path: Path) -> None:
         Config.load(cwd=tmp_path, environ={"FANFLOW_PLATFROM": "threads"})
     with pytest.raises(fanflow.ConfigError, match="expected a int"):
         Config.load(cwd=tmp_path, environ={"FANFLOW_MAX_WORKERS": "many"})
+    assert Config().bind_cpus is True
+    assert Config.load(cwd=tmp_path, environ={"FANFLOW_BIND_CPUS": "0"}).bind_cpus is False
+    with pytest.raises(fanflow.ConfigError, match="expected true or false"):
+        Config.load(cwd=tmp_path, environ={"FANFLOW_BIND_CPUS": "maybe"})
 
 
 def test_toml_file_then_env_then_overrides(tmp_path: Path) -> None:

@@ -325,33 +325,55 @@ def test_pools_of_one_machine_take_its_cpus_from_different_ones() -> None:
     assert taking_order((), "vm-1-x") == ()
 
 
-def test_the_workers_of_a_pool_with_a_slot_per_cpu_run_on_cpus_of_their_own(redis_url: str) -> None:
-    usable = tuple(sorted(os.sched_getaffinity(0)))
-    if len(usable) < 2:
-        pytest.skip("binding needs 2 CPUs or more")
-    assert usable_cpus(len(usable)) == usable_cpus(len(usable) + 1) == usable
-    assert usable_cpus(len(usable) - 1) == ()  # a pool smaller than the machine leaves placement to the kernel
+@contextlib.contextmanager
+def _two_warm_workers(redis_url: str, **options: Any) -> Iterator[PoolHost]:
+    """A pool host with a slot per CPU, serving, and two warm worker processes of it (stopped after)."""
     store = open_store(redis_url)
     assert isinstance(store, RedisStore)
-    host = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=len(usable))
+    slots = len(os.sched_getaffinity(0))
+    host = PoolHost(store, f"test-{uuid.uuid4().hex[:8]}", b"pool-secret", max_workers=slots, **options)
     thread = threading.Thread(target=host.serve, daemon=True)
     thread.start()
     try:
         for memory in (256, 512):  # two classes: a prewarm of one class starts one worker
             host.prewarm(memory)
         wait_until(lambda: sum(w.ready for w in host._workers) == 2, 60, "two warm workers")
-        bound = []
-        for worker in host._workers:
-            assert worker.proc is not None and len(worker.cpus) == 1
-            threads = os.listdir(f"/proc/{worker.proc.pid}/task")
-            assert len(threads) >= 2  # the pool watcher's thread too (it may start before the binding)
-            assert {frozenset(os.sched_getaffinity(int(tid))) for tid in threads} == {worker.cpus}
-            bound.append(worker.cpus)
-        assert bound[0] != bound[1] and bound[0] | bound[1] <= set(usable)
+        yield host
     finally:
         host.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def _thread_masks(pid: int) -> set[frozenset[int]]:
+    """The CPU masks of the threads of process ``pid``."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_the_workers_of_a_pool_with_a_slot_per_cpu_run_on_cpus_of_their_own(redis_url: str) -> None:
+    usable = tuple(sorted(os.sched_getaffinity(0)))
+    if len(usable) < 2:
+        pytest.skip("binding needs 2 CPUs or more")
+    assert usable_cpus(len(usable)) == usable_cpus(len(usable) + 1) == usable
+    assert usable_cpus(len(usable) - 1) == ()  # a pool smaller than the machine leaves placement to the kernel
+    with _two_warm_workers(redis_url) as host:
+        bound = []
+        for worker in host._workers:
+            assert worker.proc is not None and len(worker.cpus) == 1
+            assert len(os.listdir(f"/proc/{worker.proc.pid}/task")) >= 2  # the pool watcher's thread too
+            assert _thread_masks(worker.proc.pid) == {worker.cpus}  # it may start before the binding
+            bound.append(worker.cpus)
+        assert bound[0] != bound[1] and bound[0] | bound[1] <= set(usable)
+
+
+def test_a_pool_told_not_to_bind_leaves_its_workers_on_every_cpu(redis_url: str) -> None:
+    usable = frozenset(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        pytest.skip("binding needs 2 CPUs or more")
+    with _two_warm_workers(redis_url, bind_cpus=False) as host:
+        for worker in host._workers:
+            assert worker.proc is not None and worker.cpus == frozenset()
+            assert _thread_masks(worker.proc.pid) == {usable}
 
 
 def test_a_whole_vcpu_keeps_the_kernels_period() -> None:

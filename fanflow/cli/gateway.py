@@ -62,6 +62,7 @@ def gateway(
             max_workers=cfg.max_workers,
             idle_timeout_s=cfg.idle_timeout_s,
             stores=[cfg.store] if cfg.shared_store else [],
+            bind_cpus=cfg.bind_cpus,
         )
         server.open_stores()
     except (FanflowError, OSError, ValueError) as exc:

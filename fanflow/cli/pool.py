@@ -54,6 +54,7 @@ def worker_pool(
             max_workers=cfg.max_workers,
             idle_timeout_s=cfg.idle_timeout_s,
             advertise=True,
+            bind_cpus=cfg.bind_cpus,
         )
     except FanflowError as exc:
         print_error(exc)

@@ -96,6 +96,7 @@ class Session:
             config.max_workers,
             config.pool,
             config.idle_timeout_s,
+            config.bind_cpus,
             config.keep_alive_s,
             config.secret,
             config.endpoints,

@@ -89,6 +89,7 @@ class Gateway:
         max_workers: int | None = None,
         idle_timeout_s: float = 60.0,
         stores: Sequence[str] = (),
+        bind_cpus: bool = True,
     ) -> None:
         self._secret = secret
         self._stores = list(stores)
@@ -99,6 +100,7 @@ class Gateway:
         self.pool = pool or default_pool_name(self.port)
         self._max_workers = max_workers
         self._idle_timeout_s = idle_timeout_s
+        self._bind_cpus = bind_cpus
         self._hosts: dict[str, tuple[RedisStore, PoolHost]] = {}
         self._lock = threading.Lock()
         self.draining = False
@@ -192,6 +194,7 @@ class Gateway:
                     max_workers=self._max_workers,
                     idle_timeout_s=self._idle_timeout_s,
                     advertise=True,  # the runs' clients watch the pool (HttpPlatform.check_serving)
+                    bind_cpus=self._bind_cpus,
                 )
                 host.start()
                 found = self._hosts[store_url] = (store, host)

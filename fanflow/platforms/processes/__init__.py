@@ -148,7 +148,14 @@ def client_platform(config: Config) -> ProcessesPlatform:
 
     pool = f"client-{uuid.uuid4().hex[:12]}"
     secret = signing_secret(config)
-    host = PoolHost(store, pool, secret, max_workers=config.max_workers, idle_timeout_s=config.idle_timeout_s)
+    host = PoolHost(
+        store,
+        pool,
+        secret,
+        max_workers=config.max_workers,
+        idle_timeout_s=config.idle_timeout_s,
+        bind_cpus=config.bind_cpus,
+    )
     host.start()
     return ProcessesPlatform(config.store, pool, host)
 

@@ -400,7 +400,11 @@ class _Worker:
 
 
 class PoolHost:
-    """Runs the invocations queued for pool ``name`` on up to ``max_workers`` worker processes."""
+    """Runs the invocations queued for pool ``name`` on up to ``max_workers`` worker processes.
+
+    ``bind_cpus``: bind each worker process to CPUs of its own when the pool has a slot per CPU
+    (:func:`usable_cpus`, :func:`own_cpus`); False leaves every worker to the kernel, for a machine the
+    pool shares with other busy work that bound workers could not move away from."""
 
     def __init__(
         self,
@@ -411,6 +415,7 @@ class PoolHost:
         max_workers: int | None = None,
         idle_timeout_s: float = 60.0,
         advertise: bool = False,
+        bind_cpus: bool = True,
     ) -> None:
         self.store = store
         self.name = name
@@ -451,7 +456,7 @@ class PoolHost:
         # The pool's group weighs as much as its processes would alone: under contention its workers
         # get the CPU share separate processes get (each still capped at its quota).
         self._cgroups = Cgroups(name, self.max_workers)
-        self._cpus = taking_order(usable_cpus(self.max_workers), self.host_id)
+        self._cpus = taking_order(usable_cpus(self.max_workers), self.host_id) if bind_cpus else ()
         """The CPUs its workers are bound to, each to its own (:func:`own_cpus`), in the order they are taken;
         none: the kernel places them."""
         self._capacity = open_capacity()
