@@ -341,8 +341,8 @@ def taking_order(usable: tuple[int, ...], host_id: str) -> tuple[int, ...]:
 def own_cpus(usable: tuple[int, ...], held: set[int], memory_mb: int) -> frozenset[int]:
     """The CPUs a new worker of ``memory_mb`` is bound to: as many as its vCPU share rounded up (a
     3008 MB worker's quota of 1.7 cores needs 2), the first of the ``usable`` CPUs (in the pool's order)
-    no other worker of the pool holds (``held``). None (an empty set: it runs anywhere) when fewer are free, or when it
-    would need every usable CPU, which binds nothing.
+    no other worker of the pool holds (``held``). None (an empty set: it runs anywhere) when fewer are
+    free, or when it would need every usable CPU, which binds nothing.
 
     Why bind at all: a worker's task loop is short compute between Redis round trips, and the
     kernel tends to wake a process that a socket reply woke on the waker's CPU. On 2 cores with 2
