@@ -71,15 +71,23 @@ def delayable_all(dag: DAG, labels: Sequence[Hashable | None], anchored: frozens
     output without the store (anchored, or that output its only input) is
     decided once per reader, not once per input it reads.
     """
-    deps, sinks = dag.deps, set(dag.sinks)
-    taker = [d in anchored or len(ups) == 1 for d, ups in enumerate(deps)]
-    out = [False] * len(deps)
+    takes = [d in anchored or len(ups) == 1 for d, ups in enumerate(dag.deps)]
+    shared = readers_share_label(dag, labels, takes)
+    return [s and label is not None for s, label in zip(shared, labels, strict=True)]
+
+
+def readers_share_label(dag: DAG, labels: Sequence[Hashable | None], takes: Sequence[bool] | None = None) -> list[bool]:
+    """Per task: not a sink, and every reader of it shares its label, None too (and, given ``takes``,
+    each reader ``d`` with ``takes[d]``): what delayed I/O asks first of an output, statically
+    (:func:`delayable_all`, for labelled tasks) and in the planner's upload flags."""
+    sinks = set(dag.sinks)
+    out = [False] * len(dag.deps)
     for t, readers in enumerate(dag.dependents):
-        label = labels[t]
-        if label is None or not readers or t in sinks:
+        if not readers or t in sinks:
             continue
+        label = labels[t]
         for d in readers:
-            if labels[d] != label or not taker[d]:
+            if labels[d] != label or (takes is not None and not takes[d]):
                 break
         else:
             out[t] = True

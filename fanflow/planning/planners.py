@@ -110,6 +110,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from fanflow.dag.graph import DAG
+from fanflow.dag.placement import readers_share_label
 from fanflow.metrics.normalize import ONE_VCPU_MB
 from fanflow.planning.calibrate import RECENT, Calibration
 from fanflow.planning.predict import DagCosts, Line, scale
@@ -243,7 +244,7 @@ def place(
                     latest = done[u]
             done[t] = latest + work
         else:
-            done[t] = 0.0 + work
+            done[t] = work
     return labels
 
 
@@ -457,18 +458,7 @@ def upload_flags(dag: DAG, labels: Sequence[int]) -> list[bool]:
     rule delays has such readers, so that rule is not asked here (the
     simulations of the plan ask it, once per labels).
     """
-    sinks = set(dag.sinks)
-    flags = [True] * len(dag)
-    for t, readers in enumerate(dag.dependents):
-        if not readers or t in sinks:
-            continue
-        label = labels[t]
-        for d in readers:
-            if labels[d] != label:
-                break
-        else:
-            flags[t] = False
-    return flags
+    return [not shared for shared in readers_share_label(dag, labels)]
 
 
 def prewarm_times(sim: Simulation, costs: DagCosts, roots: Sequence[int]) -> dict[int, float]:
