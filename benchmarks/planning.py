@@ -61,10 +61,11 @@ Run: ``python benchmarks/planning.py`` (several minutes; ``--repeat`` sets the
 measured runs, 5 by default; ``--only accuracy`` runs section 1 alone, the
 CV of the makespan included, ``--only compare,bytes`` sections 2 and 3,
 ``--only timing`` section 4 without Redis; ``--workloads gemm,svd1`` picks
-workloads). ``--size real`` runs sections 1-3 at the sizes users run (MB-sized
-numpy values, up to 2,047 tasks, warm runs of ~0.1-1 s on 2 workers) instead
-of the small default (0.03-0.06 s runs, where a few ms of scheduling jitter is
-10% of the makespan); ``--size real --only accuracy,compare`` took 5.2
+workloads). Sections 1-3 run at the sizes users run (MB-sized numpy values,
+up to 2,047 tasks, warm runs of ~0.1-1 s on 2 workers); ``--size small`` runs
+the DAGs of the earlier #17 tables instead (warm runs of 0.01-0.1 s on the
+machines of 2026-12-01, where a few ms of scheduling jitter is 10-30% of the
+makespan); ``--size real --only accuracy,compare`` took 5.2
 minutes at load 1-10, the whole benchmark ~6 (before the root-label fix, f1f47ba, which
 took the real tree from 2.4 s to 0.11-0.19 s); ``--null`` added 2.3 minutes to section 2 at real
 sizes with its one-process baseline alone (54 s for tree_reduction and gemm together, 29 s for
@@ -105,12 +106,12 @@ WARMUP = 3
 SIZES = ("small", "real")
 
 
-def workloads(size: str = "small") -> dict[str, Callable[[], list[Any]]]:
+def workloads(size: str = "real") -> dict[str, Callable[[], list[Any]]]:
     """The four workloads at ``size``.
 
-    ``small`` (the sizes of the earlier #17 tables): 0.03-0.06 s warm runs,
-    where a few ms of scheduling jitter is already 10% of the makespan.
-    ``real``: what users run, MB-sized numpy values and thousands of tasks;
+    ``small`` (the DAGs of the earlier #17 tables): 0.01-0.1 s warm runs on
+    2026-12-01's machines, where a few ms of scheduling jitter is 10-30% of the makespan.
+    ``real`` (the default): what users run, MB-sized numpy values and thousands of tasks;
     warm runs of about 0.1-1 s on 2 workers (tree_reduction 2,047 tasks,
     gemm 2 MB blocks, image_transform 322 tasks, svd1 8 MB blocks).
     """
@@ -184,9 +185,9 @@ def main() -> None:
     parser.add_argument(
         "--size",
         choices=SIZES,
-        default="small",
-        help="workload sizes: small (0.03-0.06 s runs, comparable with earlier tables) or real "
-        "(MB-sized values, thousands of tasks, ~0.1-1 s runs); sections 1-3",
+        default="real",
+        help="workload sizes: real (the default: MB-sized values, thousands of tasks, ~0.1-1 s runs) or small "
+        "(the DAGs of the earlier tables, 0.01-0.1 s runs); sections 1-3",
     )
     parser.add_argument(
         "--null",
