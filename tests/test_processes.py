@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from support import add, inc, wait_until
 
 import fanflow
 import fanflow.worker as worker_module
+import fanflow.worker.entry as entry_module
 from fanflow.client.hooks import OnPlanned
 from fanflow.client.run import Run
 from fanflow.client.session import session
@@ -156,9 +158,9 @@ def test_no_key_of_a_run_remains(config: fanflow.Config, client: redis.Redis) ->
     assert not list(client.scan_iter(match=f"ff:{{{future.run_id}*", count=1000))
     assert open_metadata(config.metadata).load_run(future.run_id).events
     # The client's pool (kept warm: only its host's beat keys stay) left no queue and holds nothing.
-    # Its host acknowledges an entry when the worker says it is done, which the worker does after
-    # its last events: the held list may trail the run's end by moments (up to 93 ms seen at load
-    # 6), with its TTL meanwhile (a missing one answers -1).
+    # Its host acknowledges an entry when the worker says it is done, which the worker does as its
+    # loop ends: the held list may trail the run's end by moments (up to 93 ms seen at load 6, when
+    # the worker said so after its last events), with its TTL meanwhile (a missing one answers -1).
     assert not list(client.scan_iter(match="ff:pool:client-*"))
 
     def held() -> list[bytes]:
@@ -934,3 +936,81 @@ def test_a_new_run_in_a_process_drops_the_dags_of_runs_that_ended() -> None:
         with worker_module._dags_lock:
             worker_module._dags.clear()
             worker_module._dags.update(saved)
+
+
+def _kinds(store: RedisStore, run_id: str) -> list[str]:
+    return [event["kind"] for _, event in store.read_events(keys.events(run_id))]
+
+
+def _running(store: RedisStore, redis_url: str, dag: DAG) -> Invocation:
+    """An invocation of a new run of ``dag`` (marked running), for a worker of the processes platform."""
+    settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
+    run_id = dag.new_run_id()
+    store.set_status(keys.status(run_id), RUNNING, 60)
+    return Invocation(
+        run_id=run_id,
+        start=(0,),
+        memory_mb=256,
+        store_url=redis_url,
+        platform="processes",
+        platform_options={"store": redis_url, "pool": "answers"},
+        settings=settings,
+        dag=encode(dag),
+        invoked_at=time.time(),
+    )
+
+
+def test_a_worker_says_it_is_done_before_its_last_events_go(redis_url: str) -> None:
+    """So that its process's next invocation comes while they are written: a pool's queued invocation reached
+    the process 1.3-1.6 ms (median) after the worker before it stopped, that write's round trip among them."""
+    store = open_store(redis_url, secret=b"pool-secret")
+    assert isinstance(store, RedisStore)
+    dag = DAG.from_sinks([inc(inc(inc(1)))])  # a chain: nothing for another worker
+    inv = _running(store, redis_url, dag)
+    (sink,) = (t for t in range(len(dag)) if dag.is_sink(t))
+    seen: list[tuple[list[str], Any]] = []
+
+    def done() -> None:
+        seen.append((_kinds(store, inv.run_id), store.get_many([keys.output_of(inv.run_id, dag, sink)])[0][0]))
+
+    report = worker_module.handle(sign(inv, b"pool-secret"), secret=b"pool-secret", done=done)
+    ((kinds_then, result),) = seen  # told once
+    assert report["tasks"] == 3 and result == 4  # the run's work was all done, and stored, when it was told
+    assert "worker_stopped" not in kinds_then  # but its last events had not gone yet
+    assert _kinds(store, inv.run_id).count("worker_stopped") == 1  # they go before handle() returns
+
+
+def test_a_worker_that_runs_nothing_is_not_told_done(redis_url: str) -> None:
+    """Told only by a loop that ran: a worker whose run ended before it began answers once it returns."""
+    store = open_store(redis_url, secret=b"pool-secret")
+    assert isinstance(store, RedisStore)
+    inv = _running(store, redis_url, DAG.from_sinks([inc(1)]))
+    store.set_status(keys.status(inv.run_id), SUCCEEDED, 60)
+    told: list[bool] = []
+    report = worker_module.handle(sign(inv, b"pool-secret"), secret=b"pool-secret", done=lambda: told.append(True))
+    assert report["tasks"] == 0 and not told
+
+
+def test_a_worker_process_answers_each_invocation_once(redis_url: str) -> None:
+    """DONE as its loop ends, and no second reply after the invocation's last events: two invocations, two
+    replies, and a refused one, one more."""
+    store = open_store(redis_url, secret=b"pool-secret")
+    assert isinstance(store, RedisStore)
+    ours, theirs = multiprocessing.Pipe()
+    setup = {"secret": b"pool-secret", "log_level": 30, "prewarmed": True, "capacity_fd": None}
+    serving = threading.Thread(target=entry_module.serve_pipe, args=(theirs,), daemon=True)
+    with ours, theirs:
+        ours.send_bytes(pickle.dumps(setup))
+        serving.start()
+        assert ours.recv_bytes() == protocol.READY
+        runs = [_running(store, redis_url, DAG.from_sinks([inc(n)])) for n in (1, 2)]
+        for inv in runs:
+            ours.send_bytes(sign(inv, b"pool-secret"))
+        ours.send_bytes(sign(runs[0], b"another secret"))
+        replies = [ours.recv_bytes(), ours.recv_bytes(), ours.recv_bytes()]
+        assert replies == [protocol.DONE, protocol.DONE, protocol.REFUSED]
+        ours.send_bytes(b"")  # stop
+        serving.join(timeout=30)
+        assert not serving.is_alive()
+        assert not ours.poll()  # nothing more was said
+    assert [store.get_many([keys.output(inv.run_id, 0)])[0][0] for inv in runs] == [2, 3]

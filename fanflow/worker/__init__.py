@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from fanflow.dag.encoding import decode
@@ -48,6 +49,7 @@ def handle(
     cold: bool | None = None,
     redelivered: bool = False,
     delivery: str | None = None,
+    done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one worker invocation to its end and return a short report.
 
@@ -62,6 +64,10 @@ def handle(
     takes the invocation over (see :meth:`Worker.run`). ``delivery`` names this
     delivery when the platform keeps the name across its own retries of it (a
     Ray task's id, a Lambda request id): a retry then runs as the same delivery.
+    ``done`` is called once the worker's loop is over, before it writes its last
+    events: a platform that tells its pool then lets that write overlap the hand-over
+    of the process's next invocation. It is not called when the worker breaks
+    outside its tasks (the failure is recorded after the loop).
     """
     global _cold
     received_at = time.time()
@@ -96,6 +102,7 @@ def handle(
         redelivered=redelivered,
         delivery=delivery,
         arrival=(received_at, verified_at),
+        done=done,
     )
     try:
         worker.run()

@@ -52,6 +52,14 @@ def serve_pipe(conn: Connection) -> None:
     frozen = freeze_imports(collect=False)
     conn.send_bytes(protocol.READY)
     cold = not setup.get("prewarmed", False)
+    told = False  # whether DONE went for the invocation at hand
+
+    def done() -> None:
+        # Its loop is over: the pool may send the next invocation while this one's last events go.
+        nonlocal told
+        conn.send_bytes(protocol.DONE)
+        told = True
+
     while True:
         try:
             payload = conn.recv_bytes()
@@ -65,8 +73,9 @@ def serve_pipe(conn: Connection) -> None:
         redelivered = payload[:1] == protocol.REDELIVERED
         if redelivered:
             payload = payload[1:]
+        told = False
         try:
-            handle(payload, secret=secret, cold=cold, redelivered=redelivered)
+            handle(payload, secret=secret, cold=cold, redelivered=redelivered, done=done)
             reply = protocol.DONE
         except PayloadRejectedError as exc:
             log.warning("refused an invocation: %s", exc)
@@ -74,7 +83,8 @@ def serve_pipe(conn: Connection) -> None:
         except Exception:  # handle() records task failures itself; this is the worker breaking
             log.exception("the worker crashed outside of its tasks")
             reply = protocol.CRASHED + traceback.format_exc().encode(errors="replace")
-        conn.send_bytes(reply)
+        if not told:  # one reply per invocation: after DONE the pool may have sent this process the next one
+            conn.send_bytes(reply)
         cold = False
         if len(sys.modules) != frozen:  # the run imported code (its first in this process): done between runs
             frozen = freeze_imports()
