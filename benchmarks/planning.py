@@ -323,6 +323,7 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
             cv(cpu),
             inside_runs,
             cv([t / x for t, x in zip(times, slowed, strict=True)]),
+            cv_per_cpu(times, cpu),
         )
         floored[name] = floor_summary(
             [busiest_exec_s(m) for m in warmups] + floors,
@@ -351,15 +352,19 @@ def accuracy(base: fanflow.Config, loads: dict[str, Callable[[], list[Any]]], re
     print(" split the DAG's tasks, busiest first, which wall time under load cannot hide: the same plan should")
     print(" give the same counts run after run; thr: CFS periods in which a worker's CPU quota throttled it;")
     print(" got ms / start ms: when each process received its first invocation of the run / began its work,")
-    print(" after the run was submitted; end ms: when each process finished its last task, earliest first)")
+    print(" after the run was submitted; end ms: when each process finished its last task, earliest first;")
+    print(" CV / CPU x: the makespan's CV once each run is divided by its worker CPU over the workload's median:")
+    print(" with the same tasks per process and invocations, the CPU the same work took, so the spread left is")
+    print(" waits and order, not speed; on small gemm and svd1 a slow run's store, fetch and redis-server's work")
+    print(" slowed with its tasks (docs/planning-log.md, fifteenth session), which exec x and the floor miss)")
     print(
         f"{'workload':<17}{'CV makespan':>12}{'min-max s':>15}{'median error':>14}{'p90 error':>11}{'bias':>8}"
-        f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}{'CV / exec x':>13}"
+        f"{'worker CPU s':>14}{'CV CPU':>8}{'inside':>8}{'CV / exec x':>13}{'CV / CPU x':>12}"
     )
-    for name, (c, lo, hi, med, p90, bias, cpu_s, cpu_cv, inside_runs, c_exec) in spreads.items():
+    for name, (c, lo, hi, med, p90, bias, cpu_s, cpu_cv, inside_runs, c_exec, c_cpu) in spreads.items():
         print(
             f"{name:<17}{c:>12.1%}{f'{lo:.3f}-{hi:.3f}':>15}{med:>14.1%}{p90:>11.1%}{bias:>+8.1%}"
-            f"{cpu_s:>14.3f}{cpu_cv:>8.1%}{f'{inside_runs}/{repeat}':>8}{c_exec:>13.1%}"
+            f"{cpu_s:>14.3f}{cpu_cv:>8.1%}{f'{inside_runs}/{repeat}':>8}{c_exec:>13.1%}{c_cpu:>12.1%}"
         )
     print(
         f"all: median error {statistics.median(errors):.1%} (target <= 10%), p90 {pct(errors, 0.9):.1%} (<= 15%); "
@@ -946,6 +951,19 @@ def cpu_ticks() -> list[int]:
     except (OSError, ValueError):
         return []
     return ticks if len(ticks) >= 8 else []
+
+
+def cv_per_cpu(makespans: list[float], cpu: list[float]) -> float:
+    """The CV of ``makespans`` once each is divided by its run's worker CPU (``cpu``) over their median.
+
+    Runs of one plan that split their tasks and invocations alike do the same work, so a run whose workers
+    needed more CPU for it ran on a slower machine (or paid faults or collections: the faults column says);
+    what spread is left is waits and order. 0.0 when a run has no CPU measured.
+    """
+    if not cpu or min(cpu) <= 0:
+        return 0.0
+    typical = statistics.median(cpu)
+    return cv([t / (c / typical) for t, c in zip(makespans, cpu, strict=True)])
 
 
 def cv(values: list[float]) -> float:

@@ -102,6 +102,14 @@ def test_a_miss_is_the_machine_s_up_to_the_floor_s_own_miss() -> None:
     assert split(0.12, 0.20, 0.10) == (pytest.approx(0.02), 0.0)  # the floor misses by more: all the machine's
 
 
+def test_a_makespan_that_moved_with_its_worker_cpu_leaves_no_spread_per_cpu() -> None:
+    slowed = [0.050, 0.060, 0.055, 0.065]  # the same work at other speeds: CPU in proportion
+    assert bench.cv(slowed) > 0.09
+    assert bench.cv_per_cpu(slowed, [0.040, 0.048, 0.044, 0.052]) == pytest.approx(0.0, abs=1e-12)
+    assert bench.cv_per_cpu(slowed, [0.05] * 4) == pytest.approx(bench.cv(slowed))  # the CPU did not move
+    assert bench.cv_per_cpu(slowed, [0.05, 0.0, 0.05, 0.05]) == 0.0  # a run without CPU measured: no reading
+
+
 def test_pair_ratios_are_the_second_over_the_first_with_a_sign_test() -> None:
     summary = bench.pair_ratios([1.0, 2.0, 1.0, 1.0, 1.0, 1.0], [1.1, 1.8, 1.2, 1.05, 1.3, 1.02])
     assert summary.median == pytest.approx(1.075)

@@ -18,7 +18,9 @@ Messages (length-framed, :mod:`multiprocessing.connection`):
 - worker -> pool: :data:`READY` once imported and ready;
 - pool -> worker: one signed invocation payload, after :data:`REDELIVERED` when
   the pool delivers it again because the worker it first went to died (the new
-  worker then takes the invocation over); worker -> pool: :data:`DONE`,
+  worker then takes the invocation over); worker -> pool, once per payload:
+  :data:`DONE` (as soon as the worker's loop is over, before it writes its last
+  events: the pool may send the next payload meanwhile, which waits in the pipe),
   :data:`REFUSED` (bad signature) or :data:`CRASHED` + traceback (the worker
   itself crashed before it could record the failure; the pool fails the run);
 - pool -> worker, while the whole pool is idle: :data:`GROW` + the bytes to
