@@ -20,7 +20,8 @@ two that no event can carry, which are replayed against the same backend:
   to a scratch key of the same store, and times that;
 - *reply*: the worker's ``DONE`` over its pipe to the pool, timed as half a
   round trip over a pipe to a child process (the same :mod:`multiprocessing.connection`
-  framing as the pool's).
+  framing as the pool's). The worker sends it as its loop ends, before the exit
+  flush, so a pool's next invocation to that process waits for the flush in the pipe.
 
 Stages per invocation (medians, ms):
 
