@@ -684,6 +684,20 @@ def test_a_damaged_raw_run_is_an_error_that_says_so_and_listings_go_on_without_i
         store.load_run(moved)
 
 
+def test_a_raw_run_of_the_first_document_version_reads_without_a_worker_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny runs packed before runs recorded their worker cap keep their fields; the cap reads as not recorded."""
+    from fanflow.store.metadata import raw
+
+    fields = raw.DOC_FIELDS[1]
+    assert "max_workers" not in fields and set(raw.DOC_FIELDS[raw.DOC_VERSION]) - set(fields) == {"max_workers"}
+    values = tuple(range(len(fields)))
+    monkeypatch.setattr(raw, "DOC_VERSION", 1)  # what an older version packed
+    packed = raw.pack_values(values, [("f", "m.f:1")], [0], [()], [0], [], marshal.dumps([]))
+    doc = raw.expand(packed)[0]
+    assert doc == dict(zip(fields, values, strict=True))
+    assert RunRecord.from_doc(doc).max_workers is None
+
+
 def test_trace_round_trips_any_events() -> None:
     events = [
         {"kind": "worker_started", "task": -1, "worker": "w1", "t": 1.5, "cold": True, "memory_mb": 512},

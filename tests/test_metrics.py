@@ -29,6 +29,7 @@ from fanflow.metrics.history import run_executions
 from fanflow.metrics.records import FAILED, FINISHED, UNFINISHED
 from fanflow.planning import make_plan
 from fanflow.planning.predict import RECENT_RUNS, clear_cache
+from fanflow.platforms.threads import default_max_workers
 from fanflow.store.metadata import MetadataStore, RunNotFoundError, StoredRun, Summary, drain, open_metadata
 from fanflow.store.metadata.trace import EventTable, decode_trace, encode_trace
 
@@ -376,12 +377,13 @@ def test_executions_read_from_trace_columns_equal_the_records(tmp_path: Path) ->
     store = open_metadata(config.metadata)
     for doc in store.runs():
         stored = store.load_run(doc["run_id"])
-        columns = _from_columns(decode_trace(stored.trace), doc["run_id"])
+        columns = _from_columns(decode_trace(stored.trace), doc["run_id"], doc["max_workers"])
         assert (columns is None) == (doc["status"] != "succeeded")
         fast, records = executions_of(stored), Executions.of_records(RunMetrics.from_stored(stored).tasks)
         assert (
             fast.run_ids == records.run_ids and fast.workers == records.workers and len(fast) == doc["tasks_finished"]
         )
+        assert doc["max_workers"] == default_max_workers() and fast.caps == (doc["max_workers"],)  # its threads
         for name, column in records.columns.items():
             mine = fast.columns[name]
             if name == "function":
@@ -402,7 +404,7 @@ def test_executions_of_finishes_in_several_groups_equal_the_records(tmp_path: Pa
     table = EventTable.of(events)
     assert len(table.of_kind("task_finished")) == 2
     held = StoredRun(stored.run, encode_trace(decode_trace(stored.trace).dag, table))
-    assert _from_columns(decode_trace(held.trace), stored.run["run_id"]) is not None
+    assert _from_columns(decode_trace(held.trace), stored.run["run_id"], None) is not None
     fast, records = executions_of(held), Executions.of_records(RunMetrics.from_stored(held).tasks)
     assert len(fast) == 127 and fast.workers == records.workers
     for name, column in records.columns.items():
@@ -429,7 +431,7 @@ def test_workers_read_from_trace_columns_are_numbered_by_name_as_the_records(tmp
     if named == "none":  # tasks with no worker, and no start of a worker without a name
         events = [e for e in events if e.get("worker") or e["kind"] not in ("worker_started", "worker_stopped")]
     renamed = StoredRun(stored.run, encode_trace(decode_trace(stored.trace).dag, EventTable.of(events)))
-    assert _from_columns(decode_trace(renamed.trace), stored.run["run_id"]) is not None
+    assert _from_columns(decode_trace(renamed.trace), stored.run["run_id"], None) is not None
     fast, records = executions_of(renamed), Executions.of_records(RunMetrics.from_stored(renamed).tasks)
     assert fast.workers == records.workers and list(fast.workers) == sorted(fast.workers)
     assert (named == "none") == bool((fast["worker"] < 0).any())
@@ -451,7 +453,8 @@ def test_a_plan_from_paged_history_equals_one_from_every_record(tmp_path: Path) 
     newest = [r["run_id"] for r in store.runs()]
     assert set(paged.table.run_ids) == set(newest[:RECENT_RUNS])  # the two oldest were not read
     full = History.__new__(History)
-    full.summaries, full.table = store.summaries(ids), Executions.of_records(task_records(store, ids))
+    caps = {r["run_id"]: r["max_workers"] for r in store.runs()}  # the runs' worker caps, as the paged read has them
+    full.summaries, full.table = store.summaries(ids), Executions.of_records(task_records(store, ids), caps)
     full.url = None  # not read from a store: nothing it fits is kept
     assert len(full.table.run_ids) == RECENT_RUNS + 2
     cp = config.replace(planner="critical-path", optimizations="clustering,delayed-io,prewarm,preload")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -552,6 +554,94 @@ def test_start_latencies_are_replayed_per_run_and_kept() -> None:
     assert pure_latencies(both, 1) == apart and pure_latencies(both, None) != apart  # kept per cap
 
 
+def test_start_latencies_are_replayed_at_the_cap_each_run_recorded() -> None:
+    """A run replays through the worker cap it ran under, whatever cap the plan is for: a history made on
+    1 or 2 workers gives the same pure starts planned for 8 workers or none as for its own caps. A run
+    saved before runs recorded their cap is replayed at the planned one."""
+
+    def record(run: str, worker: str, began: float, ended: float, latency: float, cold: bool) -> TaskRecord:
+        return TaskRecord(
+            run, 0, "t", "f", [], FINISHED, worker, 512, 1, began, ended, 0.0, 0.0, 0.0, [], 0, cold, latency, 0, 0, 0
+        )
+
+    # one slot: b-1, invoked at 0 with a-1, waited for a-1 to end at 1.0 and started warm at 1.01
+    one = [record("r1", "a-1", 0.5, 1.0, 0.5, True), record("r1", "b-1", 1.01, 1.2, 1.01, False)]
+    # two slots, all invoked at 0: a-2 waited for a-1's process (free at 0.4) and started warm at 0.45,
+    # c-1 for the slot a-2 freed at 0.6 (b-1 held the other to 0.9) and started warm at 0.62
+    two = [
+        record("r2", "a-1", 0.3, 0.4, 0.3, True),
+        record("r2", "b-1", 0.35, 0.9, 0.35, True),
+        record("r2", "a-2", 0.45, 0.6, 0.45, False),
+        record("r2", "c-1", 0.62, 0.7, 0.62, False),
+    ]
+    clear_cache()
+    own = pure_latencies(Executions.of_records(one), 1) + pure_latencies(Executions.of_records(two), 2)
+    assert [round(s, 6) for _, _, s in own] == [0.5, 0.01, 0.3, 0.35, 0.05, 0.02]
+    unrecorded = Executions.of_records(one + two)
+    recorded = Executions.of_records(one + two, {"r1": 1, "r2": 2})
+    for planned in (8, None, 2, 1):
+        assert pure_latencies(unrecorded, planned) != own  # r1 at 1 and r2 at 2: no one cap gives both
+        assert pure_latencies(recorded, planned) == own  # not the replay just kept for the planned cap
+    # a run without a cap: its latencies as recorded, whatever the plan's cap
+    free = Executions.of_records(one, {"r1": 0})
+    assert pure_latencies(free, 1) == pure_latencies(unrecorded.take(unrecorded["run"] == 0), None)
+    assert pure_latencies(free, 1)[1] == (512, False, 1.01)
+    # only r2 recorded its cap: r1 falls back to the planned one
+    older = Executions.of_records(one + two, {"r2": 2})
+    assert pure_latencies(older, 1) == own
+    assert pure_latencies(older, None) == [*pure_latencies(free, None), *own[2:]]
+
+
+def test_a_run_saved_without_its_cap_loads_and_is_replayed_at_the_planned_one(tmp_path: Path) -> None:
+    """Runs record the cap they ran under (the threads platform at max_workers=2: 2). A run whose document
+    lacks it, as runs saved before they recorded it do, still loads; its starts replay at the planned cap,
+    the other run's at its own."""
+    db = tmp_path / "meta.db"
+    config = fanflow.Config(progress=False, metadata=f"sqlite:///{db}", max_workers=2)
+    for _ in range(2):
+        fanflow.compute(tree(128), config=config)  # 127 tasks: its document is JSON, not a raw run's
+    drain()
+    store = open_metadata(config.metadata)
+    new, old = (doc["run_id"] for doc in store.runs())
+    assert [doc["max_workers"] for doc in store.runs()] == [2, 2]
+    peek = sqlite3.connect(db)
+    (text,) = peek.execute("SELECT doc FROM runs WHERE run_id = ?", (old,)).fetchone()
+    doc = json.loads(text)
+    del doc["max_workers"]
+    peek.execute("UPDATE runs SET doc = ? WHERE run_id = ?", (json.dumps(doc), old))
+    peek.commit()
+    clear_cache()
+    assert RunMetrics.from_stored(store.load_run(old)).run.max_workers is None
+    table = History(store, [add.identity]).table  # oldest run first
+    assert table.run_ids == (old, new) and table.caps == (None, 2)
+    for planned in (None, 1, 3):
+        clear_cache()
+        assert pure_latencies(table, planned) == _pure_latencies_reference(table, planned)
+    runs = [table.take(table["run"] == r) for r in (0, 1)]
+    clear_cache()
+    assert pure_latencies(table, 3) == _pure_latencies_reference(runs[0], 3) + _pure_latencies_reference(runs[1], 2)
+
+
+def test_a_run_on_the_processes_platform_records_its_pools_cap(redis_url: str, tmp_path: Path) -> None:
+    """A pool of 2 worker processes: the run records 2, and its starts replay at 2 whatever the plan's cap."""
+    config = fanflow.Config(
+        platform="processes",
+        store=redis_url,
+        max_workers=2,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+    )
+    assert fanflow.compute(tree(16), config=config) == (sum(range(16)),)
+    drain()
+    store = open_metadata(config.metadata)
+    (doc,) = store.runs()
+    assert doc["platform"] == "processes" and doc["max_workers"] == 2
+    table = History(store, [add.identity]).table
+    assert table.caps == (2,)
+    clear_cache()
+    assert all(pure_latencies(table, planned) == pure_latencies(table, 2) for planned in (None, 1, 8))
+
+
 def test_pool_replay_pays_cold_starts_per_memory_size() -> None:
     dag = DAG.from_sinks([join(*[blob(i) for i in range(4)])])
     costs = costs_of(5, start=0.01)
@@ -909,12 +999,15 @@ def test_placement_rules_of_every_task_at_once_are_the_rules_task_by_task() -> N
             assert planners.upload_flags(dag, labels) == [not (each[t] or shared[t]) for t in range(n)]
 
 
-def _pure_latencies_reference(ex: Executions, max_workers: int | None) -> list[tuple[int, bool, float]]:
+def _pure_latencies_reference(ex: Executions, planned: int | None) -> list[tuple[int, bool, float]]:
     """pure_latencies as its docstring states it, plainly: per run, workers rebuilt from their tasks, a warm
     worker handed its process's slot by the worker that process ran right before it (unless that process
-    ran workers at once), the others replayed in invocation order through ``max_workers`` FIFO slots."""
+    ran workers at once), the others replayed in invocation order through the run's recorded cap's FIFO
+    slots (``planned``'s for a run that recorded none)."""
     out: list[tuple[int, bool, float]] = []
     for run in sorted(set(ex["run"].tolist())):
+        recorded = ex.caps[run]
+        max_workers = planned if recorded is None else recorded or None
         workers: dict[int, list[Any]] = {}
         for i in np.flatnonzero((ex["run"] == run) & (ex["worker"] >= 0)).tolist():
             w = int(ex["worker"][i])
@@ -1002,10 +1095,12 @@ def _random_runs(rng: np.random.Generator, processes: list[str], workers: int) -
 def test_pure_latencies_of_many_workers_are_the_plain_replay() -> None:
     """The replay (FIFO slots compared inline, processes numbered by a dict) against the plain statement of
     it, on random runs mixing pool processes (workers one after another) and thread hosts (at once)."""
-    ex = Executions.of_records(_random_runs(np.random.default_rng(3), ["a", "b", "c", "threads"], 120))
-    for cap in (None, 1, 2, 3):
-        clear_cache()
-        assert pure_latencies(ex, cap) == _pure_latencies_reference(ex, cap)
+    records = _random_runs(np.random.default_rng(3), ["a", "b", "c", "threads"], 120)
+    unrecorded, recorded = Executions.of_records(records), Executions.of_records(records, {"r1": 2, "r2": 0})
+    for ex in (unrecorded, recorded):  # r3 never records its cap: it is replayed at the planned one
+        for cap in (None, 1, 2, 3):
+            clear_cache()
+            assert pure_latencies(ex, cap) == _pure_latencies_reference(ex, cap)
 
 
 def test_pure_latencies_of_any_table_are_the_plain_replay() -> None:
@@ -1021,7 +1116,7 @@ def test_pure_latencies_of_any_table_are_the_plain_replay() -> None:
         names = [""] * (len(ex.workers) * spread)
         names[::spread] = ex.workers
         columns = dict(ex.columns, worker=np.where(ex["worker"] < 0, -1, ex["worker"] * spread).astype(np.int32))
-        apart = Executions(ex.run_ids, ex.functions, tuple(names), columns)
+        apart = Executions(ex.run_ids, ex.functions, tuple(names), columns, ex.caps)
         for table in (ex, shuffled, apart):
             for cap in (None, 1, 2, 3):
                 clear_cache()

@@ -66,6 +66,8 @@ class Run:
     predicted_p90_s: float | None = None
     plan_kind = ""
     calibration = 1.0
+    max_workers: int | None = None
+    """The platform's worker cap (:meth:`~fanflow.platforms.base.CapsWorkers.worker_cap`; None: it cannot tell)."""
     finished_at = 0.0
     _sub: Any = None
     _base: Invocation | None = None

@@ -32,7 +32,7 @@ from fanflow.dag.graph import DAG
 from fanflow.errors import NestedRunError, RunCancelledError
 from fanflow.planning.plan import apply_plan, plans_nothing
 from fanflow.platforms import Platform, client_platform
-from fanflow.platforms.base import RunsOnCaller, supports
+from fanflow.platforms.base import CapsWorkers, RunsOnCaller, supports
 from fanflow.store.base import CANCELLED
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ class Session:
         platform = self._acquire(key, config)
         try:
             run = Run(dag, config, platform)
+            caps = supports(platform, CapsWorkers)
+            run.max_workers = caps.worker_cap() if caps else None  # recorded: plans replay the run's starts at it
             if not plans_nothing(config):  # else the run keeps Run's no-plan values (no prediction, planning_s 0)
                 plan = apply_plan(dag, config, platform)
                 run.planning_s, run.predicted_makespan_s = plan.planning_s, plan.predicted_makespan_s

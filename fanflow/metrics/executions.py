@@ -17,7 +17,7 @@ both).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,13 +57,17 @@ class Executions:
     ``run`` indexes ``run_ids``, ``function`` indexes ``functions`` (identities)
     and ``worker`` indexes ``workers``, one entry per (run, worker id) pair
     (-1: the task named no worker). ``columns`` holds every column of
-    :data:`COLUMNS`, each as long as the table.
+    :data:`COLUMNS`, each as long as the table. ``caps`` holds each run's
+    worker cap, in the order of ``run_ids``
+    (:attr:`~fanflow.metrics.records.RunRecord.max_workers`: 0 for none, None
+    where the run did not record it).
     """
 
     run_ids: tuple[str, ...]
     functions: tuple[str, ...]
     workers: tuple[str, ...]
     columns: dict[str, np.ndarray]
+    caps: tuple[int | None, ...]
 
     def __len__(self) -> int:
         return len(self.columns["run"])
@@ -82,7 +86,8 @@ class Executions:
 
         ``columns``: only those (the others are left out: reading one is then a KeyError)."""
         names = self.columns if columns is None else dict.fromkeys(columns)
-        return Executions(self.run_ids, self.functions, self.workers, {k: self.columns[k][rows] for k in names})
+        columns = {k: self.columns[k][rows] for k in names}
+        return Executions(self.run_ids, self.functions, self.workers, columns, self.caps)
 
     def of_function(self, identity: str) -> Executions:
         """The executions of one function."""
@@ -96,11 +101,13 @@ class Executions:
 
     @classmethod
     def empty(cls) -> Executions:
-        return cls((), (), (), {k: np.zeros(0, dtype=t) for k, t in COLUMNS.items()})
+        return cls((), (), (), {k: np.zeros(0, dtype=t) for k, t in COLUMNS.items()}, ())
 
     @classmethod
-    def of_records(cls, records: Iterable[TaskRecord]) -> Executions:
-        """The finished ones of ``records``, in their order (runs and functions numbered as they come)."""
+    def of_records(cls, records: Iterable[TaskRecord], caps: Mapping[str, int | None] | None = None) -> Executions:
+        """The finished ones of ``records``, in their order (runs and functions numbered as they come).
+
+        ``caps``: worker caps by run id (a run not in it did not record one)."""
         done = [r for r in records if r.status == FINISHED]
         if not done:
             return cls.empty()
@@ -137,7 +144,8 @@ class Executions:
             name: np.array(col, dtype=kind)
             for (name, kind), col in zip(COLUMNS.items(), zip(*rows, strict=True), strict=True)
         }
-        return cls(tuple(run_ids), tuple(functions), tuple(w for _, w in pairs), columns)
+        kept = tuple(run_ids)
+        return cls(kept, tuple(functions), tuple(w for _, w in pairs), columns, tuple(map((caps or {}).get, kept)))
 
     @classmethod
     def concat(cls, parts: Sequence[Executions]) -> Executions:
@@ -146,10 +154,13 @@ class Executions:
         if not parts:
             return cls.empty()
         run_ids: dict[str, int] = {}
+        caps: dict[str, int | None] = {}  # as run_ids numbers the runs
         functions: dict[str, int] = {}
         workers: list[str] = []
         columns: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
         for part in parts:
+            for run_id, cap in zip(part.run_ids, part.caps, strict=True):
+                caps.setdefault(run_id, cap)
             for name, col in part.columns.items():
                 columns[name].append(col)
             runs = np.array([run_ids.setdefault(r, len(run_ids)) for r in part.run_ids], dtype=np.int64)
@@ -161,18 +172,20 @@ class Executions:
             columns["worker"][-1] = np.where(worker < 0, -1, worker + len(workers))
             workers.extend(part.workers)
         joined = {k: np.concatenate(v).astype(COLUMNS[k], copy=False) for k, v in columns.items()}
-        return cls(tuple(run_ids), tuple(functions), tuple(workers), joined)
+        return cls(tuple(run_ids), tuple(functions), tuple(workers), joined, tuple(caps.values()))
 
 
 def executions_of(stored: StoredRun) -> Executions:
     """The finished executions of a stored run (from its trace's columns when it is a common run)."""
+    run_id, cap = str(stored.run["run_id"]), stored.run.get("max_workers")  # older runs did not record a cap
     if stored.trace is not None:
         decoded = decode_trace(stored.trace)
-        found = _from_columns(decoded, str(stored.run["run_id"]))
+        found = _from_columns(decoded, run_id, cap)
         if found is not None:
             return found
-        return Executions.of_records(RunMetrics.from_stored(stored).tasks)
-    return Executions.of_records(TaskRecord.from_doc(d) for d in sorted(stored.tasks, key=lambda t: t["task"]))
+        return Executions.of_records(RunMetrics.from_stored(stored).tasks, {run_id: cap})
+    tasks = (TaskRecord.from_doc(d) for d in sorted(stored.tasks, key=lambda t: t["task"]))
+    return Executions.of_records(tasks, {run_id: cap})
 
 
 class _Names:
@@ -267,7 +280,7 @@ _PYTHON: dict[str, tuple[type, ...]] = {"b": (bool,), "iu": (int,), "fiu": (int,
 _DTYPES: dict[str, type] = {"b": np.bool_, "iu": np.int64, "fiu": np.float64, "f": np.float64}
 
 
-def _from_columns(trace: Trace, run_id: str) -> Executions | None:
+def _from_columns(trace: Trace, run_id: str, cap: int | None) -> Executions | None:
     """What :func:`fanflow.metrics.build.build_metrics` gives for a common run, from the columns; None otherwise.
 
     Common: every task finished once and started at most once, each worker
@@ -367,4 +380,4 @@ def _from_columns(trace: Trace, run_id: str) -> Executions | None:
         "worker_latency_s": latency_by[worker],
     }
     typed = {k: v.astype(COLUMNS[k], copy=False) for k, v in columns.items()}
-    return Executions((run_id,), tuple(index), tuple(kept), typed)
+    return Executions((run_id,), tuple(index), tuple(kept), typed, (cap,))

@@ -535,6 +535,7 @@ def _run_values(run: Run, signature: str, sink: str, status: str, error: str | N
         run.plan_kind,
         run.calibration,
         error,
+        run.max_workers,
     )
 
 

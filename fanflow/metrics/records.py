@@ -175,6 +175,11 @@ class RunRecord:
     calibration: float = 1.0
     """Factor from past runs the prediction includes (:mod:`fanflow.planning.calibrate`)."""
     error: str | None = None
+    max_workers: int | None = None
+    """The worker cap the run's platform ran it under: at most this many workers at once, the others
+    queued for a slot, 0 for no cap (:meth:`fanflow.platforms.base.CapsWorkers.worker_cap`). None: not
+    known (a shared pool, or a run saved before runs recorded it), which a planner replays at the cap it
+    plans for."""
     tasks: int = 0
     tasks_finished: int = 0
     workers: int = 0

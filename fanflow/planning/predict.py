@@ -30,8 +30,10 @@ slower.
   time the invocation waited in the queue for a free worker slot*. A pool with
   ``max_workers`` slots queues invocations FIFO, and the recorded latency
   includes that wait; the simulator models the queue itself, so the wait is
-  removed here by replaying each past run's workers through the same FIFO
-  (:func:`pure_latencies`). Without a cap the latency is taken as recorded.
+  removed here by replaying each past run's workers through the FIFO of the
+  cap that run recorded (:func:`pure_latencies`; a run saved before runs
+  recorded it is replayed at the cap planned for). Without a cap the latency
+  is taken as recorded.
   ``mix`` pools cold and warm: what a new worker costs when the platform gives
   no way to tell which one it gets.
 - **SLA**: ``mean`` is the fitted value; a percentile ``pNN`` adds ``z(NN)``
@@ -318,9 +320,11 @@ def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, b
     that process ran one worker at a time) was dispatched when it was invoked
     or when that worker ended, whichever came later: the slot it waited for
     is the one that process freed. Other workers are replayed per run in
-    invocation order through ``max_workers`` FIFO slots, each held from
-    dispatch to the worker's end: dispatched at ``max(invoked, earliest free
-    slot, previous dispatch)``. The pure latency is the start minus the
+    invocation order through as many FIFO slots as the run's own worker cap
+    (``ex.caps``; ``max_workers``, the cap planned for, for a run that did not
+    record one; none for a run without a cap: its latencies as recorded), each
+    held from dispatch to the worker's end: dispatched at ``max(invoked,
+    earliest free slot, previous dispatch)``. The pure latency is the start minus the
     dispatch. Where the replay dispatches a worker only after it started, the
     pool took invocations in another order than their timestamps say: a warm
     worker is then left out, and a cold one counts its whole invocation
@@ -341,11 +345,14 @@ def pure_latencies(ex: Executions, max_workers: int | None) -> list[tuple[int, b
         workers = _Workers.of(part)
         if workers is None:
             continue
-        key = workers.digest(ex.run_ids[part["run"][0]], max_workers)
+        run = int(part["run"][0])
+        recorded = ex.caps[run]
+        cap = max_workers if recorded is None else recorded or None
+        key = workers.digest(ex.run_ids[run], cap)
         with _replayed_lock:
             found = _replayed.get(key)
         if found is None:
-            found = _replay(workers, part.workers, max_workers)
+            found = _replay(workers, part.workers, cap)
             with _replayed_lock:
                 _replayed[key] = found
                 while len(_replayed) > REPLAYED_RUNS:
@@ -360,7 +367,7 @@ REPLAYED_RUNS = 256
 _REPLAYED = ("run", "worker", "started_at", "finished_at", "memory_mb", "worker_cold", "worker_latency_s")
 _replayed: dict[bytes, list[tuple[int, bool, float]]] = {}
 _replayed_lock = threading.Lock()
-"""A run's replay by the digest of what it reads (:meth:`_Workers.digest`: the run id, the cap, its workers
+"""A run's replay by the digest of what it reads (:meth:`_Workers.digest`: the run id, the cap replayed at, its workers
 rebuilt from its rows, their numbers relative to the run's first): the same workers give the same latencies
 whichever plan asks. A run of the embedded default can have a worker per branch (50,000 for a 100k-task
 tree): replaying one cost 40 ms."""
@@ -657,10 +664,12 @@ def _tagged(tag: str, key: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
 class Predictor:
     """Answers prediction questions from a :class:`History` (or from defaults when it is None).
 
-    ``max_workers`` is the worker cap (None: no cap) that :func:`pure_latencies` replays the
-    history's runs through to take queueing out of their recorded start latencies. The
-    planner passes the cap of the platform it plans for (``plan.worker_cap``): runs do not
-    record theirs, so a run made under another cap is replayed through this one.
+    ``max_workers`` is the worker cap (None: no cap) of the platform the planner plans for
+    (``plan.worker_cap``). :func:`pure_latencies` takes queueing out of the history's recorded
+    start latencies by replaying each run through the cap it ran under, which runs record
+    (:attr:`~fanflow.metrics.records.RunRecord.max_workers`): a run made under another cap gives
+    the same starts as under this one. Only runs saved before runs recorded their cap are
+    replayed through ``max_workers``.
     """
 
     def __init__(self, history: History | None, sla: str = "mean", max_workers: int | None = None) -> None:

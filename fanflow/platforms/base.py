@@ -17,9 +17,10 @@ Optional parts, each a protocol of its own that a platform follows by defining i
 methods, asked with :func:`supports`: :class:`RunsOnCaller`, :class:`ChecksServing`
 (liveness: a waiting client asks every second or so whether the platform still runs
 what it was given), :class:`KeepsWarmWorkers` (a pool the planner can read and
-prewarm) and :class:`ChecksRequirements` (the workers' packages, when they are not
-the client's). A platform that refuses or loses an invocation tells the
-invocation's run with :func:`fanflow.platforms.lost.fail_invocation`.
+prewarm), :class:`CapsWorkers` (how many workers run at once, which runs record) and
+:class:`ChecksRequirements` (the workers' packages, when they are not the client's). A
+platform that refuses or loses an invocation tells the invocation's run with
+:func:`fanflow.platforms.lost.fail_invocation`.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ class KeepsWarmWorkers(Protocol):
 
     def prewarm(self, memory_mb: int) -> bool:
         """Start an idle worker of ``memory_mb`` ahead of need; False when the pool is not this client's to steer."""
+        ...
+
+
+@runtime_checkable
+class CapsWorkers(Protocol):
+    """The optional part of :class:`Platform` for platforms that know how many workers they run at once."""
+
+    def worker_cap(self) -> int | None:
+        """Workers that run at once at most, later invocations queueing for a slot (0: no cap); None when
+        this client cannot tell (a pool another process runs). Runs record it: planning takes the queue
+        out of their start latencies by replaying them through it."""
         ...
 
 

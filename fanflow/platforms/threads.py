@@ -125,6 +125,10 @@ class ThreadsPlatform:
         # By DAG signature: held runs in a row whose caller took every held root (see MERGE_AFTER).
         self._merging: dict[str | None, int] = {}
 
+    def worker_cap(self) -> int:
+        """``max_workers``: invocations beyond it wait in the queue for a thread."""
+        return self._max
+
     def free_slots(self) -> int | None:
         """None (every fan-out branch gets its own worker) while spreading pays; 0 while it does not.
 

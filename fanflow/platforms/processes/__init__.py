@@ -82,6 +82,10 @@ class ProcessesPlatform:
         shared = capacity.free_slots()
         return 1 if shared is None else shared
 
+    def worker_cap(self) -> int | None:
+        """The pool's ``max_workers`` when this client runs it; None for a shared pool (its hosts say, not here)."""
+        return None if self.host is None else self.host.max_workers
+
     def warm_memory(self) -> list[int] | None:
         """Memory sizes of the worker processes of the pool this client runs, least recently used first
         (:meth:`PoolHost.process_memory`); None for a shared pool (it does not say)."""

@@ -56,38 +56,43 @@ MARSHAL_VERSION = 2
 ones look every object up in a table of those written, to refer back to repeats, which made them 2-4 times
 slower for a tiny run's few values (and the blob a fifth smaller)."""
 
+_FIRST_FIELDS = (
+    "run_id",
+    "signature",
+    "sink",
+    "status",
+    "planner",
+    "platform",
+    "metrics_upload",
+    "memory_mb",
+    "submitted_at",
+    "finished_at",
+    "makespan_s",
+    "dag_build_s",
+    "planning_s",
+    "encoded_size",
+    "predicted_makespan_s",
+    "predicted_p10_s",
+    "predicted_p90_s",
+    "plan_kind",
+    "calibration",
+    "error",
+    "tasks",
+    "tasks_finished",
+    "workers",
+    "cold_starts",
+    "bytes_fetched",
+    "bytes_local",
+    "bytes_out",
+    "record_s",
+    "workflow",
+)
+_CLIENT_END = _FIRST_FIELDS.index("tasks")
+"""The client knows the fields before this one when the run ends; the rest are counted from its events."""
+
 DOC_FIELDS: dict[int, tuple[str, ...]] = {
-    1: (
-        "run_id",
-        "signature",
-        "sink",
-        "status",
-        "planner",
-        "platform",
-        "metrics_upload",
-        "memory_mb",
-        "submitted_at",
-        "finished_at",
-        "makespan_s",
-        "dag_build_s",
-        "planning_s",
-        "encoded_size",
-        "predicted_makespan_s",
-        "predicted_p10_s",
-        "predicted_p90_s",
-        "plan_kind",
-        "calibration",
-        "error",
-        "tasks",
-        "tasks_finished",
-        "workers",
-        "cold_starts",
-        "bytes_fetched",
-        "bytes_local",
-        "bytes_out",
-        "record_s",
-        "workflow",
-    )
+    1: _FIRST_FIELDS,
+    2: (*_FIRST_FIELDS[:_CLIENT_END], "max_workers", *_FIRST_FIELDS[_CLIENT_END:]),  # the run's worker cap
 }
 """The run document's fields, in order, per version: :func:`pack_values` stores the values only (the names were
 two fifths of a tiny run's row), and the blob says which version they follow. A field added to the run
