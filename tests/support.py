@@ -6,6 +6,8 @@
 - ``free_port``, ``RedisServer``, ``start_cluster``, ``start_gateways``, ``stop``: real
   ``redis-server``, Redis Cluster and ``fanflow gateway`` processes on free ports.
 - ``bump``: a counter in a file, for tasks that run in other processes.
+- ``two_processes(redis_url, tmp_path, **options)``: the config of a client-started pool of 2 worker
+  processes on that Redis, its history in ``tmp_path``.
 - ``install_hint(extra)``: the reason to give ``pytest.importorskip`` when an optional extra is missing.
 
 Optional packages (httpx, ray, ...) are imported where they are used, so the suite loads with only
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -89,6 +91,18 @@ def bump(path: str, by: int = 1) -> int:
 
 
 # -- ports and processes --------------------------------------------------------------------------
+def two_processes(redis_url: str, tmp_path: Path, **options: Any) -> fanflow.Config:
+    """A pool of 2 worker processes this client starts, on ``redis_url``, its history in ``tmp_path``."""
+    return fanflow.Config(
+        platform="processes",
+        store=redis_url,
+        max_workers=2,
+        progress=False,
+        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
+        **options,
+    )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

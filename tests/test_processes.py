@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from support import add, inc, wait_until
+from support import add, inc, two_processes, wait_until
 
 import fanflow
 import fanflow.worker as worker_module
@@ -42,7 +42,7 @@ from fanflow.platforms.processes.pool import (
     widen,
 )
 from fanflow.store import keys, open_store
-from fanflow.store.base import MISSING, RUNNING, SUCCEEDED
+from fanflow.store.base import MISSING, RUNNING, SUCCEEDED, Store
 from fanflow.store.metadata import drain, open_metadata
 from fanflow.store.redis import RedisStore
 from fanflow.worker import drop_ended_runs
@@ -74,13 +74,7 @@ def total(values: list[int]) -> int:
 
 @pytest.fixture
 def config(redis_url: str, tmp_path: Path) -> fanflow.Config:
-    return fanflow.Config(
-        platform="processes",
-        store=redis_url,
-        max_workers=2,
-        progress=False,
-        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
-    )
+    return two_processes(redis_url, tmp_path)
 
 
 @pytest.fixture
@@ -243,18 +237,22 @@ def pool(redis_url: str) -> Iterator[PoolHost]:
 
 def _invocation(redis_url: str, pool: PoolHost, dag: DAG, running: bool = True) -> Invocation:
     """An invocation of a new run of ``dag``, marked running as a client would (workers of other runs do nothing)."""
+    return _new_run(pool.store, redis_url, pool.name, dag, running)
+
+
+def _new_run(store: Store, redis_url: str, pool: str, dag: DAG, running: bool = True) -> Invocation:
+    """An invocation of a new run of ``dag`` for the processes pool named ``pool``, marked running unless not."""
     settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
-    options = {"store": redis_url, "pool": pool.name}
     run_id = dag.new_run_id()
     if running:
-        pool.store.set_status(keys.status(run_id), RUNNING, 60)
+        store.set_status(keys.status(run_id), RUNNING, 60)
     return Invocation(
         run_id=run_id,
         start=(0,),
         memory_mb=256,
         store_url=redis_url,
         platform="processes",
-        platform_options=options,
+        platform_options={"store": redis_url, "pool": pool},
         settings=settings,
         dag=encode(dag),
         invoked_at=time.time(),
@@ -944,20 +942,7 @@ def _kinds(store: RedisStore, run_id: str) -> list[str]:
 
 def _running(store: RedisStore, redis_url: str, dag: DAG) -> Invocation:
     """An invocation of a new run of ``dag`` (marked running), for a worker of the processes platform."""
-    settings = WorkerSettings(key_ttl_s=60, lease_ms=30_000, max_value_bytes=1 << 20)
-    run_id = dag.new_run_id()
-    store.set_status(keys.status(run_id), RUNNING, 60)
-    return Invocation(
-        run_id=run_id,
-        start=(0,),
-        memory_mb=256,
-        store_url=redis_url,
-        platform="processes",
-        platform_options={"store": redis_url, "pool": "answers"},
-        settings=settings,
-        dag=encode(dag),
-        invoked_at=time.time(),
-    )
+    return _new_run(store, redis_url, "answers", dag)
 
 
 def test_a_worker_says_it_is_done_before_its_last_events_go(redis_url: str) -> None:
