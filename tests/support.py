@@ -6,8 +6,8 @@
 - ``free_port``, ``RedisServer``, ``start_cluster``, ``start_gateways``, ``stop``: real
   ``redis-server``, Redis Cluster and ``fanflow gateway`` processes on free ports.
 - ``bump``: a counter in a file, for tasks that run in other processes.
-- ``two_processes(redis_url, tmp_path, **options)``: the config of a client-started pool of 2 worker
-  processes on that Redis, its history in ``tmp_path``.
+- ``processes_config(store, tmp_path, workers=2, **options)``: the config of a client-started pool of
+  ``workers`` worker processes on that Redis, its history in ``tmp_path``.
 - ``install_hint(extra)``: the reason to give ``pytest.importorskip`` when an optional extra is missing.
 
 Optional packages (httpx, ray, ...) are imported where they are used, so the suite loads with only
@@ -91,12 +91,12 @@ def bump(path: str, by: int = 1) -> int:
 
 
 # -- ports and processes --------------------------------------------------------------------------
-def two_processes(redis_url: str, tmp_path: Path, **options: Any) -> fanflow.Config:
-    """A pool of 2 worker processes this client starts, on ``redis_url``, its history in ``tmp_path``."""
+def processes_config(store: str, tmp_path: Path, workers: int = 2, **options: Any) -> fanflow.Config:
+    """A pool of ``workers`` worker processes this client starts, on the Redis ``store``, history in ``tmp_path``."""
     return fanflow.Config(
         platform="processes",
-        store=redis_url,
-        max_workers=2,
+        store=store,
+        max_workers=workers,
         progress=False,
         metadata=f"sqlite:///{tmp_path / 'meta.db'}",
         **options,

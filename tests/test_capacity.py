@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import GATEWAY_SECRET, bump, gateway_payload, two_processes, wait_until
+from support import GATEWAY_SECRET, bump, gateway_payload, processes_config, wait_until
 
 import fanflow
 from fanflow.client.session import session
@@ -136,12 +136,12 @@ def _events(config: fanflow.Config, run_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_pool_worker_reads_its_pools_free_slots(redis_url: str, tmp_path: Path) -> None:
-    config = two_processes(redis_url, tmp_path)
+    config = processes_config(redis_url, tmp_path)
     assert seen_free_slots(0).compute(config) == 1  # 2 slots, one of them running this task
 
 
 def test_a_tree_runs_on_as_many_workers_as_the_pool_has(redis_url: str, tmp_path: Path) -> None:
-    config = two_processes(redis_url, tmp_path)
+    config = processes_config(redis_url, tmp_path)
     leaves = [inc(i) for i in range(64)]
     while len(leaves) > 1:
         leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
@@ -158,7 +158,7 @@ def test_a_planned_tree_runs_on_as_many_workers_as_an_unplanned_one(
     redis_url: str, tmp_path: Path, planner: str
 ) -> None:
     """A plan labels each root on its own; the client still shares the labels among the free slots."""
-    config = two_processes(redis_url, tmp_path, planner=planner, memory_mb=1769)
+    config = processes_config(redis_url, tmp_path, planner=planner, memory_mb=1769)
     leaves = [inc(i) for i in range(64)]
     while len(leaves) > 1:
         leaves = [total(leaves[i : i + 2]) for i in range(0, len(leaves), 2)]
@@ -171,7 +171,7 @@ def test_a_planned_tree_runs_on_as_many_workers_as_an_unplanned_one(
 
 
 def test_a_wide_fan_out_goes_to_the_free_slots_only(redis_url: str, tmp_path: Path) -> None:
-    config = two_processes(redis_url, tmp_path)
+    config = processes_config(redis_url, tmp_path)
     root = inc(0)
     future = total([inc(root) for _ in range(40)]).submit(config)
     assert future.result(timeout=120) == 40 * 2
@@ -183,7 +183,7 @@ def test_a_wide_fan_out_goes_to_the_free_slots_only(redis_url: str, tmp_path: Pa
 
 
 def test_a_worker_sheds_queued_work_when_a_slot_frees(redis_url: str, tmp_path: Path) -> None:
-    config = two_processes(redis_url, tmp_path, keep_alive_s=60)
+    config = processes_config(redis_url, tmp_path, keep_alive_s=60)
     total([inc(i) for i in range(4)]).compute(config)  # both workers warm
     host = _platform(config).host
     assert host is not None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import add, two_processes
+from support import add, processes_config
 
 import fanflow
 from fanflow.cli.main import app
@@ -624,7 +624,7 @@ def test_a_run_saved_without_its_cap_loads_and_is_replayed_at_the_planned_one(tm
 
 def test_a_run_on_the_processes_platform_records_its_pools_cap(redis_url: str, tmp_path: Path) -> None:
     """A pool of 2 worker processes: the run records 2, and its starts replay at 2 whatever the plan's cap."""
-    config = two_processes(redis_url, tmp_path)
+    config = processes_config(redis_url, tmp_path)
     assert fanflow.compute(tree(16), config=config) == (sum(range(16)),)
     drain()
     store = open_metadata(config.metadata)
@@ -892,7 +892,7 @@ def test_clustered_sums_move_as_the_simulator_predicts_and_far_fewer_bytes_than_
     plan moves 23-28 blocks' worth (so at most 0.6 of its bytes). Before, which worker claimed each sum
     was a race (37-56% fewer bytes over 5 runs of the 512 KB benchmark) and the simulator stored every
     sum."""
-    config = two_processes(redis_url, tmp_path, memory_mb=1769)
+    config = processes_config(redis_url, tmp_path, memory_mb=1769)
     store = open_metadata(config.metadata)
 
     def run(dag: DAG) -> RunMetrics:

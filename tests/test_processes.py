@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from support import add, inc, two_processes, wait_until
+from support import add, inc, processes_config, wait_until
 
 import fanflow
 import fanflow.worker as worker_module
@@ -74,7 +74,7 @@ def total(values: list[int]) -> int:
 
 @pytest.fixture
 def config(redis_url: str, tmp_path: Path) -> fanflow.Config:
-    return two_processes(redis_url, tmp_path)
+    return processes_config(redis_url, tmp_path)
 
 
 @pytest.fixture

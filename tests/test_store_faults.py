@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import RedisServer, free_port, gateway_payload, start_gateways, start_serving, stop, wait_until
+from support import (
+    RedisServer,
+    free_port,
+    gateway_payload,
+    processes_config,
+    start_gateways,
+    start_serving,
+    stop,
+    wait_until,
+)
 
 import fanflow
 
@@ -31,17 +40,6 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("locked"), "--save", "", "--requirepass", PASSWORD).start()
     yield server
     server.kill()
-
-
-def _config(store: str, tmp_path: Path, **extra: object) -> fanflow.Config:
-    return fanflow.Config(
-        platform="processes",
-        store=store,
-        max_workers=1,
-        progress=False,
-        metadata=f"sqlite:///{tmp_path / 'meta.db'}",
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 @pytest.mark.parametrize(
@@ -62,7 +60,7 @@ def test_a_store_that_refuses_or_is_absent_is_reported_within_3_s(
     }[case]
     began = time.monotonic()
     with pytest.raises(error, match=match) as info:
-        _one().compute(_config(url, tmp_path))
+        _one().compute(processes_config(url, tmp_path, workers=1))
     assert time.monotonic() - began < 3.0
     assert PASSWORD not in str(info.value)
 
@@ -102,7 +100,7 @@ def _fill(url: str) -> None:
 def test_a_store_that_fills_up_mid_run_fails_the_run_within_seconds(full_redis: RedisServer, tmp_path: Path) -> None:
     """The task's output write is refused, and so would be the failure record, a write too."""
     started, gate = tmp_path / "started", tmp_path / "gate"
-    future = _inc(_gated(str(started), str(gate))).submit(_config(full_redis.url, tmp_path))
+    future = _inc(_gated(str(started), str(gate))).submit(processes_config(full_redis.url, tmp_path, workers=1))
     wait_until(started.exists, 60, "the task to start")
     _fill(full_redis.url)
     gate.touch()
@@ -117,7 +115,7 @@ def test_a_full_store_refuses_a_new_run_at_once(full_redis: RedisServer, tmp_pat
     _fill(full_redis.url)
     began = time.monotonic()
     with pytest.raises(fanflow.StoreFullError, match="maxmemory"):
-        _one().compute(_config(full_redis.url, tmp_path))
+        _one().compute(processes_config(full_redis.url, tmp_path, workers=1))
     assert time.monotonic() - began < 15
 
 

@@ -320,9 +320,9 @@ def push(store: RedisStore, pool: str, entries: list[bytes]) -> None:
 
 def usable_cpus(slots: int) -> tuple[int, ...]:
     """The CPUs a pool with ``slots`` worker slots binds its workers to (:func:`own_cpus`): those this process
-    may run on (its affinity mask, which the workers it starts inherit), in order. None when the pool has
+    may run on (its affinity mask, which the workers it starts inherit), in order. Empty when the pool has
     fewer slots than that: on a machine larger than the pool the kernel finds idle CPUs for its workers,
-    which bound ones would forgo. None where the system has no affinity mask (not Linux)."""
+    which bound ones would forgo. Empty where the system has no affinity mask (not Linux)."""
     getter = getattr(os, "sched_getaffinity", None)
     usable = tuple(sorted(getter(0))) if getter is not None else ()
     return usable if slots >= len(usable) else ()
